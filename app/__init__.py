@@ -1,0 +1,66 @@
+"""viberwatch: NXCLOUD Viber webhooks into an order-proof message record, watched live."""
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from flask import Flask
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from .models import db
+from .payloads import parse_zone
+
+DEFAULTS = {
+    "SENDTIME_TZ": "UTC+08:00",
+    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    "MAX_CONTENT_LENGTH": 256 * 1024,
+    "JSON_SORT_KEYS": False,
+}
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record):
+    """WAL for concurrent readers, a busy timeout instead of 'database is locked', real FKs."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+
+def _database_url(app: Flask) -> str:
+    url = os.environ.get("DATABASE_URL") or app.config.get("DATABASE_URL")
+    if not url:
+        return "sqlite:///" + os.path.join(app.instance_path, "viberwatch.db")
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: defaults, then instance/config.py, then the environment, then `test_config`."""
+    app = Flask(__name__, instance_relative_config=True,
+                template_folder="../templates", static_folder="../static")
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env(prefix="VIBERWATCH")
+    if test_config:
+        app.config.from_mapping(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    if "SQLALCHEMY_DATABASE_URI" not in (test_config or {}):
+        app.config["SQLALCHEMY_DATABASE_URI"] = _database_url(app)
+    app.extensions["viberwatch.sendtime_zone"] = parse_zone(str(app.config["SENDTIME_TZ"]))
+
+    db.init_app(app)
+
+    from . import api, cli, webhooks
+
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(api.bp)
+    cli.register(app)
+    return app

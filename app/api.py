@@ -1,0 +1,33 @@
+"""JSON API: registration of sent messages, and reading a message's record."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, jsonify, request
+
+from . import ingest, queries
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+@bp.post("/messages")
+def register_message():
+    """Register a message the sending system just sent, with its phone and text."""
+    result = ingest.ingest("register", request.get_data(cache=False), request.content_type,
+                           dict(request.headers), request.remote_addr)
+    if result.ok:
+        return jsonify({**result.payload, "outcome": result.outcome}), result.http_status
+    return jsonify(result.error), result.http_status
+
+
+@bp.get("/messages/<request_id>")
+def read_message(request_id: str):
+    """A message's state, receipts and replies."""
+    message = queries.get_message(request_id)
+    if message is None:
+        abort(404)
+    return jsonify(queries.message_json(message))
+
+
+@bp.errorhandler(404)
+def not_found(_error):
+    return jsonify({"error": "no message with this requestId", "field": "requestId",
+                    "reason": "not found"}), 404

@@ -1,0 +1,53 @@
+"""The `viberwatch` command: Flask's CLI with this app preset, plus our commands."""
+from __future__ import annotations
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+from . import ingest
+from .models import db
+
+
+def register(app: Flask) -> None:
+    @app.cli.command("init-db")
+    def init_db():
+        """Create the tables that do not exist yet."""
+        db.create_all()
+        click.echo(f"database ready: {db.engine.url.render_as_string(hide_password=True)}")
+
+    @app.cli.command("urls")
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", default=5000, show_default=True)
+    def urls(host: str, port: int):
+        """Print the two webhook URLs to configure in NXCLOUD."""
+        from .webhooks import webhook_urls
+
+        with app.test_request_context(base_url=f"http://{host}:{port}"):
+            for name, url in webhook_urls().items():
+                click.echo(f"{name:16} {url}")
+            click.echo(f"{'dashboard':16} http://{host}:{port}/")
+
+    @app.cli.command("reprocess")
+    @click.option("--include-refused", is_flag=True,
+                  help="Also retry bodies refused by webhook authentication.")
+    @click.option("--id", "ids", type=int, multiple=True, help="Only these raw body ids.")
+    def reprocess(include_refused: bool, ids: tuple[int, ...]):
+        """Retry stored bodies that were rejected (after a fix or a configuration change)."""
+        targets = list(ids) or ingest.rejected_ids(include_refused)
+        counts: dict[str, int] = {}
+        for raw_id in targets:
+            result = ingest.reprocess(raw_id)
+            counts[result.outcome] = counts.get(result.outcome, 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do"
+        click.echo(f"reprocessed {len(targets)}: {summary}")
+
+
+def _create_app():
+    from . import create_app
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app)
+def main():
+    """viberwatch: NXCLOUD Viber webhooks, watched."""

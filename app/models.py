@@ -1,0 +1,202 @@
+"""The append-only raw record and the tables derived from it."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores naive UTC, hands back aware UTC on every database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+# BIGINT on PostgreSQL, INTEGER (and so a rowid alias) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class RawBody(db.Model):
+    """Every body that reached an endpoint, verbatim, with what became of it."""
+
+    __tablename__ = "raw_body"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(32))  # dr | message | register
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    content_type: Mapped[Optional[str]] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    headers: Mapped[Optional[str]] = mapped_column(Text)  # JSON object of the headers that matter
+    remote_addr: Mapped[Optional[str]] = mapped_column(String(64))
+    # accepted | duplicate | rejected | refused (authentication)
+    outcome: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[Optional[str]] = mapped_column(Text)
+    request_id: Mapped[Optional[str]] = mapped_column(String(128))
+    reprocessed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_raw_body_outcome_id", "outcome", "id"),
+        Index("ix_raw_body_request_id", "request_id"),
+        Index("ix_raw_body_received_at", "received_at"),
+    )
+
+
+class Message(db.Model):
+    """One outbound Viber message, identified by NXCLOUD's requestId; state is derived."""
+
+    __tablename__ = "message"
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    phone: Mapped[Optional[str]] = mapped_column(String(64))
+    # Registration, from the sending system.
+    registered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    text: Mapped[Optional[str]] = mapped_column(Text)
+    appkey: Mapped[Optional[str]] = mapped_column(String(128))
+    function_type: Mapped[Optional[str]] = mapped_column(String(64))
+    # Folded from the receipts (status.fold); NULL status means registered, no receipt yet.
+    status: Mapped[Optional[str]] = mapped_column(String(16))
+    code: Mapped[Optional[int]] = mapped_column(Integer)
+    code_message: Mapped[Optional[str]] = mapped_column(Text)
+    send_time_raw: Mapped[Optional[str]] = mapped_column(String(32))
+    send_time: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    seen_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    failed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    expired_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    cost_currency: Mapped[Optional[str]] = mapped_column(String(16))
+    cost_local_price: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
+    cost_original_price: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
+    cost_rate_type: Mapped[Optional[str]] = mapped_column(String(32))
+    anomalies: Mapped[Optional[str]] = mapped_column(Text)  # "; "-joined, NULL when none
+    anomaly: Mapped[bool] = mapped_column(Boolean, default=False)
+    receipts_count: Mapped[int] = mapped_column(Integer, default=0)
+    replies_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_reply_text: Mapped[Optional[str]] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_message_activity", "last_activity_at", "request_id"),
+        Index("ix_message_status_activity", "status", "last_activity_at", "request_id"),
+        Index("ix_message_phone_activity", "phone", "last_activity_at"),
+        Index("ix_message_code_activity", "code", "last_activity_at"),
+        Index("ix_message_anomaly_activity", "anomaly", "last_activity_at"),
+    )
+
+
+class Receipt(db.Model):
+    """One distinct delivery receipt; an identical push again only bumps its counters."""
+
+    __tablename__ = "receipt"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    raw_id: Mapped[int] = mapped_column(ForeignKey("raw_body.id"))
+    request_id: Mapped[str] = mapped_column(String(128))
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    code: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(Text)
+    send_time_raw: Mapped[str] = mapped_column(String(32))
+    send_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    cost_currency: Mapped[Optional[str]] = mapped_column(String(16))
+    cost_local_price: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
+    cost_original_price: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
+    cost_rate_type: Mapped[Optional[str]] = mapped_column(String(32))
+    has_cost: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    times_received: Mapped[int] = mapped_column(Integer, default=1)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_receipt_request_id", "request_id", "received_at"),)
+
+
+class Reply(db.Model):
+    """A user's reply; traceRequestId names the message answered, which may be unknown to us."""
+
+    __tablename__ = "reply"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    raw_id: Mapped[int] = mapped_column(ForeignKey("raw_body.id"))
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    phone: Mapped[str] = mapped_column(String(64))
+    appkey: Mapped[str] = mapped_column(String(128))
+    trace_request_id: Mapped[str] = mapped_column(String(128))
+    text: Mapped[Optional[str]] = mapped_column(Text)
+    media: Mapped[Optional[str]] = mapped_column(Text)
+    file_name: Mapped[Optional[str]] = mapped_column(Text)
+    send_time_raw: Mapped[str] = mapped_column(String(32))
+    send_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    times_received: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        Index("ix_reply_trace", "trace_request_id", "received_at"),
+        Index("ix_reply_phone", "phone", "received_at"),
+        Index("ix_reply_received_at", "received_at"),
+    )
+
+
+class Contact(db.Model):
+    """One phone's thread summary, kept beside the messages so /conversations stays fast."""
+
+    __tablename__ = "contact"
+    phone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    messages_count: Mapped[int] = mapped_column(Integer, default=0)
+    replies_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_preview: Mapped[Optional[str]] = mapped_column(Text)
+    last_reply_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_contact_activity", "last_activity_at", "phone"),)
+
+
+class Activity(db.Model):
+    """The activity log: one row per accepted event; its id is the live cursor."""
+
+    __tablename__ = "activity"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # receipt | reply | register
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    request_id: Mapped[Optional[str]] = mapped_column(String(128))
+    phone: Mapped[Optional[str]] = mapped_column(String(64))
+    status: Mapped[Optional[str]] = mapped_column(String(16))
+    raw_id: Mapped[Optional[int]] = mapped_column(ForeignKey("raw_body.id"))
+    summary: Mapped[Optional[str]] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_activity_created_at", "created_at"),)

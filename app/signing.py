@@ -1,0 +1,19 @@
+"""NXCLOUD's request signature: one implementation for signing sends and verifying callbacks."""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+
+def sign(access_key: str, action: str, biz_type: str, ts: str, body: Optional[bytes],
+         secret: str) -> str:
+    """Lowercase hex MD5 of accessKey=..&action=..&bizType=..&ts=..[&body=..]&accessSecret=..
+
+    `body` is the exact bytes sent; the `&body=` part is left out when it is empty.
+    """
+    parts = [b"accessKey=" + access_key.encode(), b"action=" + action.encode(),
+             b"bizType=" + biz_type.encode(), b"ts=" + ts.encode()]
+    if body:
+        parts.append(b"body=" + body)
+    parts.append(b"accessSecret=" + secret.encode())
+    return hashlib.md5(b"&".join(parts)).hexdigest()
