@@ -1,0 +1,17 @@
+"""Production server settings: `gunicorn -c gunicorn.conf.py 'app:create_app()'` (see `make serve`).
+
+Threaded workers, because each open dashboard holds one WebSocket (flask-sock) on a thread.
+Every setting can be overridden on the command line or with GUNICORN_CMD_ARGS.
+"""
+import multiprocessing
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "64"))
+# WebSockets stay open for hours; the worker timeout only guards against a hung worker.
+timeout = 60
+graceful_timeout = 10
+keepalive = 5
+accesslog = "-"
