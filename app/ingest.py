@@ -14,6 +14,7 @@ from typing import Optional
 from blinker import Namespace
 from flask import current_app
 from sqlalchemy import case, func
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import payloads
@@ -313,8 +314,22 @@ def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers: dic
            remote_addr: Optional[str] = None) -> Result:
     """Store a body verbatim and apply it, all in one transaction."""
     assert endpoint in ENDPOINTS
-    raw = store_raw(endpoint, body, content_type, headers, remote_addr, "pending", 0)
-    return _committed(_process(raw))
+    received_at = utcnow()
+    try:
+        raw = store_raw(endpoint, body, content_type, headers, remote_addr, "pending", 0,
+                        received_at=received_at)
+        return _committed(_process(raw))
+    except SQLAlchemyError as exc:
+        # The effect could not be committed (lost connection, deadlock...): keep the body
+        # on its own so `reprocess` can apply it later, and answer 503 so the sender retries.
+        db.session.rollback()
+        reason = f"not applied: {type(exc).__name__}"
+        current_app.logger.exception("ingest of a %s body failed", endpoint)
+        raw = store_raw(endpoint, body, content_type, headers, remote_addr, "rejected", 503,
+                        reason, received_at=received_at)
+        db.session.commit()
+        return Result(503, "rejected", raw.id, error={"error": reason, "field": "body",
+                                                      "reason": reason})
 
 
 def refuse(endpoint: str, body: bytes, content_type: Optional[str], headers: dict,

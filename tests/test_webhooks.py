@@ -273,3 +273,34 @@ def test_real_http_round_trip(live_server):
         assert response.status == 200 and response.read() == b"success"
     with urllib.request.urlopen(f"{live_server.url}/api/messages/{RID}") as response:
         assert json.loads(response.read())["status"] == "seen"
+
+
+FAILING_TRIGGER = {
+    "sqlite": ["CREATE TRIGGER fail_receipts BEFORE INSERT ON receipt "
+               "BEGIN SELECT RAISE(ABORT, 'simulated storage failure'); END"],
+    "postgresql": ["CREATE OR REPLACE FUNCTION fail_receipts() RETURNS trigger AS $$ "
+                   "BEGIN RAISE EXCEPTION 'simulated storage failure'; END $$ LANGUAGE plpgsql",
+                   "CREATE TRIGGER fail_receipts BEFORE INSERT ON receipt "
+                   "FOR EACH ROW EXECUTE FUNCTION fail_receipts()"],
+}
+
+
+def test_failed_commit_keeps_the_body_and_reprocess_applies_it(client, app):
+    """A database failure while applying a receipt answers 503 (so NXCLOUD retries) and still
+    keeps the body; once the database is healthy again, reprocess applies it."""
+    with app.app_context():
+        for statement in FAILING_TRIGGER[db.engine.dialect.name]:
+            db.session.execute(db.text(statement))
+        db.session.commit()
+    response = client.post(DR, data=fixture_bytes("dr_seen"), content_type="application/json")
+    assert response.status_code == 503
+    [raw] = raw_rows(app)
+    assert raw.body == fixture_bytes("dr_seen") and raw.outcome == "rejected"
+    assert "not applied" in raw.reason
+    assert client.get(f"/api/messages/{RID}").status_code == 404
+    with app.app_context():
+        db.session.execute(db.text("DROP TRIGGER fail_receipts"
+                                   + (" ON receipt" if db.engine.dialect.name == "postgresql" else "")))
+        db.session.commit()
+    assert "1 accepted" in app.test_cli_runner().invoke(args=["reprocess"]).output
+    assert read(client)["status"] == "seen"
