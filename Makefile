@@ -6,6 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
+CHARTJS_VERSION ?= 4.6.1
 
 .PHONY: install run test vendor clean
 
@@ -34,6 +35,8 @@ vendor:
 	cd .vendor-tmp && for f in *.tgz; do tar xzf $$f && mv package $${f%.tgz}; done
 	cp .vendor-tmp/htmx.org-$(HTMX_VERSION)/dist/htmx.min.js static/vendor/htmx-$(HTMX_VERSION).min.js
 	cp .vendor-tmp/htmx-ext-ws-$(HTMX_WS_VERSION)/dist/ws.min.js static/vendor/htmx-ext-ws-$(HTMX_WS_VERSION).min.js
+	cd .vendor-tmp && npm pack --silent chart.js@$(CHARTJS_VERSION) >/dev/null && mkdir chart && tar xzf chart.js-$(CHARTJS_VERSION).tgz -C chart
+	cp .vendor-tmp/chart/package/dist/chart.umd.min.js static/vendor/chart-$(CHARTJS_VERSION).umd.min.js
 	rm -rf .vendor-tmp
 
 clean:
