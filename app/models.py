@@ -76,6 +76,8 @@ class RawBody(db.Model):
         Index("ix_raw_body_outcome_id", "outcome", "id"),
         Index("ix_raw_body_request_id", "request_id"),
         Index("ix_raw_body_received_at", "received_at"),
+        # /metrics counts webhooks by endpoint and outcome from this index alone.
+        Index("ix_raw_body_endpoint_outcome", "endpoint", "outcome"),
     )
 
 
@@ -119,6 +121,8 @@ class Message(db.Model):
         Index("ix_message_phone_activity", "phone", "last_activity_at"),
         Index("ix_message_code_activity", "code", "last_activity_at"),
         Index("ix_message_anomaly_activity", "anomaly", "last_activity_at"),
+        # Analytics take the messages first heard of in a time range.
+        Index("ix_message_created", "created_at"),
     )
 
 
@@ -200,3 +204,54 @@ class Activity(db.Model):
     summary: Mapped[Optional[str]] = mapped_column(Text)
 
     __table_args__ = (Index("ix_activity_created_at", "created_at"),)
+
+
+class AlertState(db.Model):
+    """The current state of one alert rule, shared by every process that evaluates it."""
+
+    __tablename__ = "alert_state"
+    rule: Mapped[str] = mapped_column(String(64), primary_key=True)
+    firing: Mapped[bool] = mapped_column(Boolean, default=False)
+    episode: Mapped[int] = mapped_column(Integer, default=0)  # bumped each time it starts firing
+    since: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)  # when the current state began
+    value: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
+    summary: Mapped[Optional[str]] = mapped_column(Text)
+    checked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+
+class AlertNotice(db.Model):
+    """One outgoing alert (firing or resolved) and the progress of its delivery."""
+
+    __tablename__ = "alert_notice"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    episode: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # firing | resolved
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    payload: Mapped[str] = mapped_column(Text)  # the JSON body that is posted
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # NULL once nothing is left to do (delivered, given up, or no alert URL configured).
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    gave_up_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_alert_notice_due", "next_attempt_at"),
+        Index("ix_alert_notice_created", "created_at"),
+    )
+
+
+class AlertAttempt(db.Model):
+    """One POST of an alert notice to the alert URL."""
+
+    __tablename__ = "alert_attempt"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    notice_id: Mapped[int] = mapped_column(ForeignKey("alert_notice.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    url: Mapped[str] = mapped_column(Text)
+    http_status: Mapped[Optional[int]] = mapped_column(Integer)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    ok: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_alert_attempt_notice", "notice_id", "number"),)
