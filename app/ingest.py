@@ -57,7 +57,8 @@ def _insert(model):
 def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; True when a row was inserted."""
     stmt = _insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    return db.session.execute(stmt).rowcount == 1
+    # Without preserve_rowcount, psycopg's INSERT reports -1 on SQLAlchemy 2.1.
+    return db.session.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
 
 
 def lock_message(request_id: str, at: datetime) -> Message:
