@@ -5,8 +5,10 @@ import os
 import sqlite3
 
 from flask import Flask
+from flask_migrate import Migrate
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .models import db
 from .payloads import parse_zone
@@ -16,7 +18,13 @@ DEFAULTS = {
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
     "MAX_CONTENT_LENGTH": 256 * 1024,
     "JSON_SORT_KEYS": False,
+    # Number of reverse proxies in front of the app whose X-Forwarded-* headers to trust.
+    "PROXY_FIX": 0,
+    "BENCH_NOOP": False,
 }
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+migrate = Migrate()
 
 
 @event.listens_for(Engine, "connect")
@@ -57,10 +65,18 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["viberwatch.sendtime_zone"] = parse_zone(str(app.config["SENDTIME_TZ"]))
 
     db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
+    proxies = int(app.config["PROXY_FIX"] or 0)
+    if proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies,
+                                x_port=proxies, x_prefix=proxies)
 
     from . import api, cli, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)
     cli.register(app)
+    from . import health, maintenance
+    health.register(app)
+    maintenance.register(app)
     return app

@@ -1,6 +1,7 @@
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,44 @@ def fixture_json(name: str) -> dict:
     return json.loads(fixture_bytes(name))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                     help="database of the suite: a SQLite file per test, or a fresh schema per "
+                          "test in the PostgreSQL database named by TEST_DATABASE_URL")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin(request):
+    """An autocommit connection to TEST_DATABASE_URL, on the PostgreSQL pass only."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if not url:
+        raise pytest.UsageError("--db postgresql needs TEST_DATABASE_URL")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    conn = psycopg.connect(make_url(url).set(drivername="postgresql")
+                           .render_as_string(hide_password=False), autocommit=True)
+    yield conn, url
+    conn.close()
+
+
 @pytest.fixture
-def database_url(tmp_path):
-    return "sqlite:///" + str(tmp_path / "viberwatch.db")
+def database_url(request, tmp_path):
+    """SQLite file in tmp_path, or (with --db postgresql) a schema of its own on PostgreSQL."""
+    if request.config.getoption("--db") != "postgresql":
+        yield "sqlite:///" + str(tmp_path / "viberwatch.db")
+        return
+    from sqlalchemy.engine import make_url
+
+    admin, url = request.getfixturevalue("postgres_admin")
+    schema = "vwtest_" + uuid.uuid4().hex[:16]
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    # Every connection of the test (app, CLI, worker processes) sees only this schema.
+    yield (make_url(url).set(drivername="postgresql+psycopg")
+           .update_query_dict({"options": f"-csearch_path={schema}"})
+           .render_as_string(hide_password=False))
+    admin.execute("SET lock_timeout = '10s'")
+    admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture
