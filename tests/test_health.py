@@ -1,0 +1,58 @@
+from app import create_app
+from app.models import db
+
+
+def test_healthz_ok_when_database_reachable(app):
+    client = app.test_client()
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok"}
+
+
+def test_healthz_503_when_database_unreachable(tmp_path):
+    # A SQLite file inside a directory that does not exist cannot be opened.
+    app = create_app({"TESTING": True,
+                      "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "missing" / "x.db")})
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "unavailable", "database": "unreachable"}
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_healthz_503_when_postgres_unreachable():
+    # Port 9 on loopback: nothing listens there, so the connection is refused at once.
+    app = create_app({"TESTING": True,
+                      "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:9/none"
+                                                 "?connect_timeout=2"})
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["database"] == "unreachable"
+
+
+def test_noop_endpoint_only_when_enabled(app_config):
+    off = create_app(app_config).test_client()
+    assert off.post("/bench/noop", data=b"{}", content_type="application/json").status_code == 404
+    on = create_app({**app_config, "BENCH_NOOP": True}).test_client()
+    response = on.post("/bench/noop", data=b"{}", content_type="application/json")
+    assert response.status_code == 200 and response.data == b"success"
+
+
+def test_proxy_fix_trusts_forwarded_headers_only_when_configured(app_config):
+    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
+               "X-Forwarded-Host": "viberwatch.example"}
+    seen = {}
+
+    def probed(app):
+        # Recorded on /healthz, which needs no login, as the app sees the request.
+        @app.before_request
+        def _record():
+            from flask import request, url_for
+            seen["remote"] = request.remote_addr
+            seen["url"] = url_for("health.healthz", _external=True)
+        return app
+
+    probed(create_app(app_config)).test_client().get("/healthz", headers=headers)
+    assert seen == {"remote": "127.0.0.1", "url": "http://localhost/healthz"}
+    probed(create_app({**app_config, "PROXY_FIX": 1})).test_client().get("/healthz", headers=headers)
+    assert seen == {"remote": "203.0.113.7", "url": "https://viberwatch.example/healthz"}
