@@ -1,0 +1,284 @@
+"""Delivery analytics: funnel, rates, latency, failures, cost and replies for a time range.
+
+No `request` here. Every number is aggregated in SQL from the message table, whose columns
+are folded from the set of receipts, so duplicate and out-of-order receipts count once.
+
+Definitions (the README repeats them):
+- The messages of a range are those first heard of in it (`Message.created_at`: the
+  registration or the first receipt or reply, whichever came first).
+- accepted = has any receipt; delivered = has a delivered or a seen receipt; seen = has a
+  seen receipt; failed / expired = the folded status is failed / expired.
+- Time to delivered = first delivered receipt received - first success receipt received;
+  time to seen likewise. Receipts that arrived out of order give a negative difference,
+  counted as 0. Percentiles are nearest-rank: pN is the smallest value with at least N%
+  of the values at or below it.
+- Replies are those received in the range, to messages that match the filters.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Mapping, Sequence
+
+from sqlalchemy import case, func, or_
+
+from .analytics_sql import bucket, bucket_labels, clamp_at_zero, seconds_between
+from .models import Message, Reply, db
+from .status import describe_code
+
+RANGES = {
+    "1h": ("Last hour", timedelta(hours=1)),
+    "24h": ("Last day", timedelta(days=1)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+}
+DEFAULT_RANGE = "24h"
+# Upper edges of the latency histogram, in seconds; the last bucket is open.
+LATENCY_EDGES = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600,
+                 86400, 3 * 86400, 7 * 86400)
+PERCENTILES = (50, 90, 99)
+TOP_PHONES = 10
+FUNNEL_KEYS = ("messages", "pending", "accepted", "delivered", "seen", "failed", "expired")
+
+
+class RangeError(ValueError):
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def as_json(self) -> dict:
+        return {"error": str(self), "field": self.field, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    key: str
+    label: str
+    start: datetime
+    end: datetime
+
+    @property
+    def unit(self) -> str:
+        span = self.end - self.start
+        if span <= timedelta(hours=3):
+            return "minute"
+        if span <= timedelta(days=8):
+            return "hour"
+        return "day"
+
+    def as_json(self) -> dict:
+        return {"key": self.key, "label": self.label, "start": _iso(self.start),
+                "end": _iso(self.end), "unit": self.unit}
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(field: str, value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise RangeError(field, f"not a date and time (YYYY-MM-DDTHH:MM), got {value!r}") from None
+    # Times without a zone are taken as UTC, like every time the app shows.
+    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+
+
+def parse_range(args: Mapping[str, str], now: datetime) -> TimeRange:
+    """The range named by `range` (1h, 24h, 7d, 30d) or `range=custom` with `start` and `end`."""
+    key = (args.get("range") or DEFAULT_RANGE).strip()
+    if key in RANGES:
+        label, span = RANGES[key]
+        return TimeRange(key, label, now - span, now)
+    if key != "custom":
+        raise RangeError("range", f"must be one of {', '.join(RANGES)}, custom, got {key!r}")
+    if not args.get("start"):
+        raise RangeError("start", "required when range is custom")
+    start = _parse_time("start", args["start"])
+    end = _parse_time("end", args["end"]) if args.get("end") else now
+    if end <= start:
+        raise RangeError("end", "must be after start")
+    if end - start > timedelta(days=366):
+        raise RangeError("end", "a custom range spans at most 366 days")
+    return TimeRange("custom", "Custom", start, end)
+
+
+def _cohort(rng: TimeRange, criteria: Sequence) -> list:
+    return [Message.created_at >= rng.start, Message.created_at <= rng.end, *criteria]
+
+
+def _outcome_columns():
+    m = Message
+    delivered = or_(m.delivered_at.isnot(None), m.seen_at.isnot(None))
+    return (
+        func.count(),
+        func.sum(case((m.status.is_(None), 1), else_=0)),
+        func.sum(case((m.status.isnot(None), 1), else_=0)),
+        func.sum(case((delivered, 1), else_=0)),
+        func.sum(case((m.seen_at.isnot(None), 1), else_=0)),
+        func.sum(case((m.status == "failed", 1), else_=0)),
+        func.sum(case((m.status == "expired", 1), else_=0)),
+    )
+
+
+def funnel(rng: TimeRange, criteria: Sequence = ()) -> dict:
+    row = db.session.execute(db.select(*_outcome_columns()).where(*_cohort(rng, criteria))).one()
+    return {key: int(value or 0) for key, value in zip(FUNNEL_KEYS, row)}
+
+
+def rates(rng: TimeRange, criteria: Sequence = ()) -> dict:
+    """Per bucket of first-heard time: how many messages, and how many reached each outcome."""
+    label = bucket(Message.created_at, rng.unit).label("bucket")
+    rows = db.session.execute(
+        db.select(label, *_outcome_columns()).where(*_cohort(rng, criteria)).group_by(label)).all()
+    by_label = {row[0]: row[1:] for row in rows}
+    labels = bucket_labels(rng.start, rng.end, rng.unit)
+    series = {key: [] for key in FUNNEL_KEYS}
+    for name in labels:
+        values = by_label.get(name, (0,) * len(FUNNEL_KEYS))
+        for key, value in zip(FUNNEL_KEYS, values):
+            series[key].append(int(value or 0))
+    return {"labels": labels, "series": series}
+
+
+def _histogram_labels() -> list[str]:
+    def short(seconds: int) -> str:
+        for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+            if seconds >= size and seconds % size == 0:
+                return f"{seconds // size}{unit}"
+        return f"{seconds}s"
+    labels = [f"< {short(LATENCY_EDGES[0])}"]
+    labels += [f"{short(a)}–{short(b)}" for a, b in zip(LATENCY_EDGES, LATENCY_EDGES[1:])]
+    labels.append(f"≥ {short(LATENCY_EDGES[-1])}")
+    return labels
+
+
+def latency(rng: TimeRange, to_column, criteria: Sequence = ()) -> dict:
+    """Seconds from the first success receipt to `to_column`: count, p50/p90/p99, histogram."""
+    m = Message
+    seconds = clamp_at_zero(seconds_between(m.accepted_at, to_column)).label("seconds")
+    values = (db.select(seconds)
+              .where(*_cohort(rng, criteria), m.accepted_at.isnot(None), to_column.isnot(None))
+              .subquery())
+    d = values.c.seconds
+    index = case(*((d < edge, i) for i, edge in enumerate(LATENCY_EDGES)),
+                 else_=len(LATENCY_EDGES)).label("i")
+    counts = [0] * (len(LATENCY_EDGES) + 1)
+    for i, n in db.session.execute(db.select(index, func.count()).group_by(index)):
+        counts[int(i)] = int(n)
+    total = sum(counts)
+    result = {"count": total,
+              "histogram": [{"label": label, "count": n} for label, n in zip(_histogram_labels(), counts)]}
+    for p in PERCENTILES:
+        result[f"p{p}"] = _nearest_rank(d, counts, p) if total else None
+    return result
+
+
+def _nearest_rank(d, counts: list[int], p: int) -> float:
+    """The exact pth percentile: find its histogram bucket, then sort only that bucket."""
+    rank = math.ceil(p / 100 * sum(counts))  # 1-based
+    before = 0
+    for i, n in enumerate(counts):
+        if before + n >= rank:
+            break
+        before += n
+    conditions = []
+    if i > 0:
+        conditions.append(d >= LATENCY_EDGES[i - 1])
+    if i < len(LATENCY_EDGES):
+        conditions.append(d < LATENCY_EDGES[i])
+    value = db.session.execute(
+        db.select(d).where(*conditions).order_by(d).offset(rank - before - 1).limit(1)).scalar_one()
+    return round(float(value), 3)
+
+
+def failures(rng: TimeRange, criteria: Sequence = ()) -> list[dict]:
+    """Failed and expired messages by code, most frequent first, with the code table's advice."""
+    m = Message
+    n = func.count().label("n")
+    rows = db.session.execute(
+        db.select(m.status, m.code, n)
+        .where(*_cohort(rng, criteria), m.status.in_(("failed", "expired")))
+        .group_by(m.status, m.code).order_by(n.desc(), m.status, m.code)).all()
+    total = sum(row.n for row in rows)
+    out = []
+    for status, code, count in rows:
+        described = describe_code(code)
+        out.append({"status": status, "code": code, "count": int(count),
+                    "share": round(100 * count / total, 1) if total else 0.0,
+                    "message": described.message, "solution": described.solution})
+    return out
+
+
+def cost(rng: TimeRange, criteria: Sequence = ()) -> dict:
+    """Cost per currency and rate type, in total and per bucket; each message's cost once."""
+    m = Message
+    label = bucket(m.created_at, rng.unit).label("bucket")
+    rows = db.session.execute(
+        db.select(m.cost_currency, m.cost_rate_type, label, func.count(),
+                  func.sum(m.cost_local_price), func.sum(m.cost_original_price))
+        .where(*_cohort(rng, criteria),
+               or_(m.cost_currency.isnot(None), m.cost_local_price.isnot(None),
+                   m.cost_original_price.isnot(None)))
+        .group_by(m.cost_currency, m.cost_rate_type, label)).all()
+    labels = bucket_labels(rng.start, rng.end, rng.unit)
+    position = {name: i for i, name in enumerate(labels)}
+    groups: dict[tuple, dict] = {}
+    for currency, rate_type, name, count, local, original in rows:
+        key = (currency or "", rate_type or "")
+        group = groups.setdefault(key, {"currency": currency, "rate_type": rate_type, "messages": 0,
+                                        "local": 0.0, "original": 0.0, "series": [0.0] * len(labels)})
+        group["messages"] += int(count)
+        group["local"] += float(local or 0)
+        group["original"] += float(original or 0)
+        if name in position:
+            group["series"][position[name]] = round(float(local or 0), 6)
+    totals = []
+    for key in sorted(groups):
+        group = groups[key]
+        group["local"] = round(group["local"], 6)
+        group["original"] = round(group["original"], 6)
+        totals.append(group)
+    return {"labels": labels, "groups": totals}
+
+
+def replies(rng: TimeRange, criteria: Sequence = ()) -> dict:
+    """Replies received in the range per bucket, and the phones that replied most."""
+    r = Reply
+    where = [r.received_at >= rng.start, r.received_at <= rng.end]
+
+    def scoped(stmt):
+        if criteria:
+            stmt = stmt.join(Message, Message.request_id == r.trace_request_id).where(*criteria)
+        return stmt.where(*where)
+
+    label = bucket(r.received_at, rng.unit).label("bucket")
+    per_bucket = dict(db.session.execute(
+        scoped(db.select(label, func.count()).select_from(r)).group_by(label)).all())
+    labels = bucket_labels(rng.start, rng.end, rng.unit)
+    counts = [int(per_bucket.get(name, 0)) for name in labels]
+    n = func.count().label("n")
+    top = db.session.execute(
+        scoped(db.select(r.phone, n).select_from(r)).group_by(r.phone)
+        .order_by(n.desc(), r.phone).limit(TOP_PHONES)).all()
+    return {"labels": labels, "counts": counts, "total": sum(per_bucket.values()),
+            "top_phones": [{"phone": phone, "count": int(count)} for phone, count in top]}
+
+
+def report(rng: TimeRange, criteria: Sequence = ()) -> dict:
+    """Everything the analytics page shows, as plain JSON-ready data."""
+    return {
+        "range": rng.as_json(),
+        "funnel": funnel(rng, criteria),
+        "rates": rates(rng, criteria),
+        "latency": {
+            "delivered": latency(rng, Message.delivered_at, criteria),
+            "seen": latency(rng, Message.seen_at, criteria),
+        },
+        "failures": failures(rng, criteria),
+        "cost": cost(rng, criteria),
+        "replies": replies(rng, criteria),
+    }
+

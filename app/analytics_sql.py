@@ -1,0 +1,62 @@
+"""SQL building blocks for analytics that differ between SQLite and PostgreSQL.
+
+Everything is aggregated in the database; these helpers only pick the dialect's spelling.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Float, case, cast, func, literal
+
+from .models import db
+
+# Bucket label formats per unit: SQLite strftime, PostgreSQL to_char, Python strftime.
+BUCKET_FORMATS = {
+    "minute": ("%Y-%m-%d %H:%M", "YYYY-MM-DD HH24:MI", "%Y-%m-%d %H:%M"),
+    "hour": ("%Y-%m-%d %H:00", "YYYY-MM-DD HH24:00", "%Y-%m-%d %H:00"),
+    "day": ("%Y-%m-%d", "YYYY-MM-DD", "%Y-%m-%d"),
+}
+UNIT_STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+
+
+def dialect() -> str:
+    return db.session.get_bind().dialect.name
+
+
+def bucket(column, unit: str):
+    """A UTC label ('2026-01-02 13:00') naming the bucket a datetime column falls in."""
+    sqlite_fmt, pg_fmt, _ = BUCKET_FORMATS[unit]
+    if dialect() == "postgresql":
+        return func.to_char(column, pg_fmt)
+    return func.strftime(sqlite_fmt, column)
+
+
+def truncate(at: datetime, unit: str) -> datetime:
+    if unit == "minute":
+        return at.replace(second=0, microsecond=0)
+    if unit == "hour":
+        return at.replace(minute=0, second=0, microsecond=0)
+    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def bucket_labels(start: datetime, end: datetime, unit: str) -> list[str]:
+    """Every bucket label from start to end inclusive, so empty buckets show as zero."""
+    fmt = BUCKET_FORMATS[unit][2]
+    at = truncate(start.astimezone(timezone.utc), unit)
+    labels = []
+    while at <= end:
+        labels.append(at.strftime(fmt))
+        at += UNIT_STEP[unit]
+    return labels
+
+
+def seconds_between(earlier, later):
+    """Seconds from one datetime column to another, as a float expression."""
+    if dialect() == "postgresql":
+        return cast(func.extract("epoch", later - earlier), Float)
+    # julianday keeps ~50 microseconds of precision: round to the millisecond so 30 s is 30.0.
+    return func.round((func.julianday(later) - func.julianday(earlier)) * literal(86400.0), 3)
+
+
+def clamp_at_zero(expr):
+    return case((expr < 0, literal(0.0)), else_=expr)

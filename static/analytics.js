@@ -1,0 +1,119 @@
+// Draws the analytics charts from the JSON block in #analytics-report, and draws them again
+// whenever htmx swaps in a fresh report (filters changed, poll, or live activity).
+(function () {
+  "use strict";
+
+  var COLORS = {
+    messages: "#6b7280", accepted: "#2563eb", delivered: "#16a34a", seen: "#0d9488",
+    failed: "#dc2626", expired: "#d97706", pending: "#9ca3af", replies: "#7c3aed"
+  };
+  var PALETTE = ["#2563eb", "#16a34a", "#d97706", "#7c3aed", "#dc2626", "#0d9488", "#db2777", "#4b5563"];
+
+  function draw(id, config) {
+    var canvas = document.getElementById(id);
+    if (!canvas) return;
+    var old = window.Chart.getChart(canvas);
+    if (old) old.destroy();
+    config.options = Object.assign({
+      animation: false,
+      responsive: true,
+      maintainAspectRatio: false,
+      plugins: { legend: { display: config.data.datasets.length > 1 } }
+    }, config.options || {});
+    new window.Chart(canvas, config);
+  }
+
+  function bar(label, values, color) {
+    return { label: label, data: values, backgroundColor: color, borderColor: color };
+  }
+
+  function line(label, values, color) {
+    return { label: label, data: values, borderColor: color, backgroundColor: color,
+             pointRadius: 0, borderWidth: 2, tension: 0.2 };
+  }
+
+  function render() {
+    var block = document.getElementById("analytics-data");
+    if (!block || !window.Chart) return;
+    var data = JSON.parse(block.textContent);
+    var f = data.funnel;
+
+    draw("chart-funnel", {
+      type: "bar",
+      data: {
+        labels: ["Accepted", "Delivered", "Seen", "Failed", "Expired", "Pending"],
+        datasets: [bar("Messages", [f.accepted, f.delivered, f.seen, f.failed, f.expired, f.pending],
+          [COLORS.accepted, COLORS.delivered, COLORS.seen, COLORS.failed, COLORS.expired, COLORS.pending])]
+      },
+      options: { indexAxis: "y", scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } }
+    });
+
+    var r = data.rates;
+    draw("chart-rates", {
+      type: "line",
+      data: {
+        labels: r.labels,
+        datasets: ["messages", "delivered", "seen", "failed", "expired"].map(function (key) {
+          return line(key, r.series[key], COLORS[key]);
+        })
+      },
+      options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+    });
+
+    ["delivered", "seen"].forEach(function (key) {
+      var lat = data.latency[key];
+      draw("chart-latency-" + key, {
+        type: "bar",
+        data: {
+          labels: lat.histogram.map(function (b) { return b.label; }),
+          datasets: [bar("Messages", lat.histogram.map(function (b) { return b.count; }), COLORS[key])]
+        },
+        options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+      });
+    });
+
+    draw("chart-failures", {
+      type: "bar",
+      data: {
+        labels: data.failures.map(function (row) { return row.status + " " + row.code; }),
+        datasets: [bar("Messages", data.failures.map(function (row) { return row.count; }),
+          data.failures.map(function (row) { return COLORS[row.status]; }))]
+      },
+      options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+    });
+
+    draw("chart-cost", {
+      type: "bar",
+      data: {
+        labels: data.cost.labels,
+        datasets: data.cost.groups.map(function (g, i) {
+          return bar((g.currency || "?") + " " + (g.rate_type || ""), g.series, PALETTE[i % PALETTE.length]);
+        })
+      },
+      options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } } }
+    });
+
+    draw("chart-replies", {
+      type: "bar",
+      data: { labels: data.replies.labels, datasets: [bar("Replies", data.replies.counts, COLORS.replies)] },
+      options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+    });
+  }
+
+  // A burst of live events becomes one re-fetch of the report.
+  var pending = null;
+  function refreshSoon() {
+    if (pending) return;
+    pending = window.setTimeout(function () {
+      pending = null;
+      var report = document.getElementById("analytics-report");
+      if (report && window.htmx) window.htmx.trigger(report, report.dataset.liveRefresh || "analytics-refresh");
+    }, 500);
+  }
+
+  document.addEventListener("DOMContentLoaded", render);
+  // After any swap the report may be new; drawing again is cheap and keeps this simple.
+  document.addEventListener("htmx:afterSettle", render);
+  document.addEventListener("htmx:wsAfterMessage", refreshSoon);
+  document.addEventListener("viberwatch:activity", refreshSoon);
+}());
