@@ -42,6 +42,13 @@ def register(app: Flask) -> None:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do"
         click.echo(f"reprocessed {len(targets)}: {summary}")
 
+    @app.cli.command("recount")
+    def recount():
+        """Rebuild the dashboard counters from the messages (after a bulk load or restore)."""
+        from . import tally
+
+        click.echo(f"recounted: {tally.rebuild()} tally rows")
+
 
 def _create_app():
     from . import create_app

@@ -17,7 +17,7 @@ from sqlalchemy import case, func
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects import postgresql, sqlite
 
-from . import payloads
+from . import payloads, tally
 from .models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
 from .payloads import Invalid
 from .status import ReceiptFact, fold
@@ -64,13 +64,16 @@ def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
 def lock_message(request_id: str, at: datetime) -> Message:
     """The message row, created if new and locked until commit (a no-op lock on SQLite,
     where the raw insert that began the transaction already holds the write lock)."""
-    insert_ignore(Message, {"request_id": request_id, "created_at": at, "last_activity_at": at,
-                            "anomaly": False, "receipts_count": 0, "replies_count": 0},
-                  ["request_id"])
-    return db.session.execute(
+    created = insert_ignore(Message, {"request_id": request_id, "created_at": at,
+                                      "last_activity_at": at, "anomaly": False,
+                                      "receipts_count": 0, "replies_count": 0}, ["request_id"])
+    msg = db.session.execute(
         db.select(Message).where(Message.request_id == request_id).with_for_update()
         .execution_options(populate_existing=True)
     ).scalar_one()
+    # Not yet in the tally: refresh_message counts it once its state is known.
+    msg.untallied = created
+    return msg
 
 
 def touch_contact(phone: str, at: datetime, *, messages: int = 0, replies: int = 0,
@@ -156,12 +159,15 @@ def refresh_message(msg: Message) -> dict:
     # The sending system's word on the phone wins; otherwise learn it from a reply.
     if msg.registered_at is None:
         new["phone"] = first_reply
+    before = None if getattr(msg, "untallied", False) else tally.key_of(msg)
     changed = {}
     for name, value in new.items():
         old = getattr(msg, name)
         if old != value:
             changed[name] = (old, value)
             setattr(msg, name, value)
+    tally.move(before, tally.key_of(msg))
+    msg.untallied = False
     return changed
 
 

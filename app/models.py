@@ -1,13 +1,14 @@
 """The append-only raw record and the tables derived from it."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Optional
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -118,9 +119,10 @@ class Message(db.Model):
     __table_args__ = (
         Index("ix_message_activity", "last_activity_at", "request_id"),
         Index("ix_message_status_activity", "status", "last_activity_at", "request_id"),
-        Index("ix_message_phone_activity", "phone", "last_activity_at"),
-        Index("ix_message_code_activity", "code", "last_activity_at"),
-        Index("ix_message_anomaly_activity", "anomaly", "last_activity_at"),
+        # request_id ends each index so keyset pages seek straight to their cursor.
+        Index("ix_message_phone_activity", "phone", "last_activity_at", "request_id"),
+        Index("ix_message_code_activity", "code", "last_activity_at", "request_id"),
+        Index("ix_message_anomaly_activity", "anomaly", "last_activity_at", "request_id"),
         # Analytics take the messages first heard of in a time range.
         Index("ix_message_created", "created_at"),
     )
@@ -255,3 +257,15 @@ class AlertAttempt(db.Model):
     ok: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("ix_alert_attempt_notice", "notice_id", "number"),)
+
+
+class MessageTally(db.Model):
+    """Messages per (day of last activity, status, code, anomaly), kept in the same transaction
+    as every state change so the counters never count the message table."""
+
+    __tablename__ = "message_tally"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)  # "pending" for NULL
+    code: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1 for NULL
+    anomaly: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)

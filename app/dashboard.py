@@ -1,0 +1,171 @@
+"""The operator's pages: messages with filters and counters, one message, rejected bodies."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+from urllib.parse import urlsplit
+
+from flask import (Blueprint, Flask, abort, current_app, redirect, render_template, request,
+                   url_for)
+
+from . import ingest, listing, queries
+from .filters import STATUS_CHOICES, FilterError, MessageFilter
+from .models import RawBody, db
+from .status import describe_code
+from .webhooks import webhook_urls
+
+bp = Blueprint("dashboard", __name__)
+
+REJECTED_PAGE = 50
+REJECTED_OUTCOMES = ("rejected", "refused")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+
+
+def is_htmx() -> bool:
+    """A fragment request from htmx; a history restore wants the whole page back."""
+    return (request.headers.get("HX-Request") == "true"
+            and request.headers.get("HX-History-Restore-Request") != "true")
+
+
+@bp.app_template_global()
+def has_endpoint(name: str) -> bool:
+    return name in current_app.view_functions
+
+
+@bp.app_template_global("describe_code")
+def describe_code_global(code: Optional[int]):
+    return describe_code(code)
+
+
+@bp.app_template_filter("http_url")
+def http_url(value: Optional[str]) -> Optional[str]:
+    """The value when it is an absolute http(s) URL, else None: nothing else becomes a link."""
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        return None
+    if parts.scheme.lower() in ("http", "https") and parts.netloc:
+        return value.strip()
+    return None
+
+
+@bp.app_template_test("image_name")
+def image_name(value: Optional[str]) -> bool:
+    """A file name or URL whose path ends like a picture (to show a preview)."""
+    if not value:
+        return False
+    path = urlsplit(value).path if "://" in value else value
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@bp.app_template_filter("utc")
+def utc_text(value: Optional[datetime]) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
+
+
+@bp.app_template_filter("iso")
+def iso_text(value: Optional[datetime]) -> str:
+    return queries.iso(value) or ""
+
+
+@bp.app_template_filter("percent")
+def percent(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+@bp.app_template_filter("body_text")
+def body_text(value: Optional[bytes]) -> str:
+    """A stored body for display: decoded leniently, escaped by the template."""
+    return value.decode("utf-8", errors="replace") if value else ""
+
+
+def _messages_context(flt: MessageFilter, args) -> dict:
+    size = listing.page_size(args.get("size"))
+    page = listing.fetch_page(flt, size, after=args.get("after") or None,
+                              before=args.get("before") or None)
+    counters = listing.counters_for(flt)
+    nothing_yet = flt.is_empty and counters.total == 0 and not page.rows
+    return {"flt": flt, "page": page, "counters": counters, "size": size,
+            "size_args": {"size": size} if size != listing.DEFAULT_PAGE_SIZE else {},
+            "page_sizes": listing.PAGE_SIZES, "statuses": STATUS_CHOICES,
+            "webhook_urls": webhook_urls() if nothing_yet else None, "nothing_yet": nothing_yet,
+            "error": None}
+
+
+@bp.get("/")
+def messages():
+    """Messages, most recent activity first, filtered, paged and counted."""
+    try:
+        flt = MessageFilter.from_args(request.args)
+        context = _messages_context(flt, request.args)
+        status = 200
+    except FilterError as exc:
+        context = {"flt": MessageFilter(), "page": None, "counters": None,
+                   "size": listing.DEFAULT_PAGE_SIZE, "size_args": {},
+                   "page_sizes": listing.PAGE_SIZES,
+                   "statuses": STATUS_CHOICES, "webhook_urls": None, "nothing_yet": False,
+                   "error": exc}
+        status = 400
+    if is_htmx():
+        # The filter form swaps only the results; links inside the panel swap the panel,
+        # so the form's fields follow a removed filter.
+        template = ("messages/_results.html" if request.headers.get("HX-Target") == "results"
+                    else "messages/_panel.html")
+        return render_template(template, **context), status
+    return render_template("messages/index.html", **context), status
+
+
+@bp.get("/messages/<path:request_id>")
+def message(request_id: str):
+    """One message: status, receipt timeline, replies and the raw bodies as received."""
+    m = queries.get_message(request_id)
+    if m is None:
+        return render_template("message/missing.html", request_id=request_id), 404
+    return render_template("message/show.html", m=m, receipts=queries.receipts_of(request_id),
+                           replies=queries.replies_of(request_id),
+                           raw_bodies=queries.raw_bodies_of(request_id),
+                           code=describe_code(m.code) if m.code is not None else None)
+
+
+def rejected_page(after: Optional[int]) -> tuple[list[RawBody], Optional[int]]:
+    """Refused and rejected bodies, newest first, keyset by id."""
+    stmt = db.select(RawBody).where(RawBody.outcome.in_(REJECTED_OUTCOMES))
+    if after is not None:
+        stmt = stmt.where(RawBody.id < after)
+    rows = list(db.session.execute(stmt.order_by(RawBody.id.desc()).limit(REJECTED_PAGE + 1)).scalars())
+    more = len(rows) > REJECTED_PAGE
+    rows = rows[:REJECTED_PAGE]
+    return rows, (rows[-1].id if more else None)
+
+
+@bp.get("/rejected")
+def rejected():
+    """Bodies the webhooks refused or rejected, with the reason, the body and a reprocess button."""
+    after = request.args.get("after", type=int)
+    rows, next_after = rejected_page(after)
+    done = request.args.get("reprocessed", type=int)
+    done_body = db.session.get(RawBody, done) if done else None
+    return render_template("rejected/index.html", rows=rows, next_after=next_after, after=after,
+                           done=done_body, webhook_urls=webhook_urls() if not rows and after is None else None)
+
+
+@bp.post("/rejected/<int:raw_id>/reprocess")
+def reprocess(raw_id: int):
+    """Run one stored body through validation again."""
+    if db.session.get(RawBody, raw_id) is None:
+        abort(404)
+    ingest.reprocess(raw_id)
+    raw = db.session.get(RawBody, raw_id)
+    if is_htmx():
+        return render_template("rejected/_row.html", raw=raw)
+    return redirect(url_for("dashboard.rejected", reprocessed=raw_id), code=303)
+
+
+def register(app: Flask) -> None:
+    from . import conversations, export
+
+    app.register_blueprint(bp)
+    app.register_blueprint(conversations.bp)
+    app.register_blueprint(export.bp)
