@@ -79,6 +79,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     from . import health, maintenance
     health.register(app)
     maintenance.register(app)
+    from . import sending
+    sending.register(app)
     from . import dashboard
     dashboard.register(app)
     return app

@@ -192,6 +192,31 @@ class Contact(db.Model):
     __table_args__ = (Index("ix_contact_activity", "last_activity_at", "phone"),)
 
 
+class SendAttempt(db.Model):
+    """One try at sending a text through NXCLOUD's send API, whatever became of it.
+
+    Written before the call and completed after it, so no send is ever silently lost.
+    """
+
+    __tablename__ = "send_attempt"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    phone: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    rate_type: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    # NXCLOUD's code (0 when sent); NULL when NXCLOUD never answered.
+    error_code: Mapped[Optional[int]] = mapped_column(Integer)
+    error_kind: Mapped[Optional[str]] = mapped_column(String(16))  # nxcloud | timeout | network | answer | config
+    error_reason: Mapped[Optional[str]] = mapped_column(Text)
+    error_solution: Mapped[Optional[str]] = mapped_column(Text)
+    request_id: Mapped[Optional[str]] = mapped_column(String(128))
+    user: Mapped[Optional[str]] = mapped_column(String(64))  # who sent it, when known
+
+    __table_args__ = (Index("ix_send_attempt_phone", "phone", "created_at"),)
+
+
 class Activity(db.Model):
     """The activity log: one row per accepted event; its id is the live cursor."""
 

@@ -1,0 +1,181 @@
+"""The simulator: a reproducible script, played over real HTTP against a live viberwatch."""
+import hashlib
+import json
+import socket
+from collections import Counter
+
+import pytest
+from sqlalchemy import func
+
+from app.models import Message, RawBody, Receipt, Reply, db
+from app.simulate import build_script
+from app.simulate_run import Target, build_request, run
+
+
+def fast_script(seed, messages, **kwargs):
+    return build_script(seed, messages, rate=200.0, speed=200.0, **kwargs)
+
+
+def test_same_seed_gives_the_same_bodies_in_the_same_order():
+    a = build_script(7, 50)
+    b = build_script(7, 50)
+    c = build_script(8, 50)
+    assert [(e.at, e.kind, e.body) for e in a.events] == [(e.at, e.kind, e.body) for e in b.events]
+    assert [e.body for e in a.events] != [e.body for e in c.events]
+    # Speed changes when events happen, never what they say.
+    fast = build_script(7, 50, speed=10)
+    assert sorted(e.body for e in fast.events) == sorted(e.body for e in a.events)
+
+
+def test_script_plays_the_real_platform_irregularities():
+    script = build_script(11, 400)
+    notes = Counter(e.note for e in script.events)
+    assert notes["duplicate"] and notes["early-seen"] and notes["retry"] and notes["late-register"]
+    assert set(script.outcomes()) == {"seen", "delivered", "failed", "expired", "success"}
+    assert script.outcomes()["seen"] > script.outcomes()["expired"]
+    failed_codes = {d["code"] for m in script.messages for d in m.receipt_bodies if d["status"] == "failed"}
+    assert {1102, 11000} <= failed_codes
+    for m in script.messages:
+        kinds = [e.kind for e in m.events]
+        assert kinds.count("register") == 1
+        for d in m.receipt_bodies:
+            assert ("cost" in d) == (d["status"] in ("success", "delivered"))
+        statuses = [d["status"] for d in m.receipt_bodies]
+        if any(e.note == "early-seen" for e in m.events):
+            assert statuses.index("seen") < statuses.index("delivered")
+    replies = [e.data["message"] for e in script.events if e.kind == "message"]
+    assert any("text" in r for r in replies) and any("media" in r for r in replies)
+    assert build_script(11, 5, register=False).count("register") == 0
+
+
+def test_intended_state_follows_the_fold():
+    script = build_script(3, 200)
+    for m in script.messages:
+        state = m.intended_state()
+        assert state.status == m.outcome
+        assert state.anomalies == ()
+
+
+def test_signed_request_carries_the_documented_signature():
+    event = build_script(1, 1).messages[0].events[-1]
+    target = Target("http://example.test/", token="t0k", access_key="ak", secret="s3")
+    url, params, headers = build_request(event, target, 1700000000000)
+    if event.kind == "register":
+        assert "sign" not in headers and params == {}
+        return
+    assert url == "http://example.test" + ("/webhooks/viber/dr" if event.kind == "dr"
+                                           else "/webhooks/viber/message")
+    assert params == {"token": "t0k"}
+    plain = (f"accessKey=ak&action={headers['action']}&bizType=7&ts=1700000000000&body=".encode()
+             + event.body + b"&accessSecret=s3")
+    assert headers["sign"] == hashlib.md5(plain).hexdigest()
+    assert headers["accessKey"] == "ak" and headers["ts"] == "1700000000000"
+
+
+def test_every_message_ends_in_the_state_its_script_intended(app, live_server, api_token):
+    script = fast_script(21, 60)
+    summary = run(script, Target(live_server.url, api_token=api_token), concurrency=8)
+    assert summary.errors == 0 and summary.refused == 0
+    assert summary.sent == summary.answered_2xx == len(script.events)
+    with app.app_context():
+        for m in script.messages:
+            state = m.intended_state()
+            row = db.session.get(Message, m.request_id)
+            assert row is not None, m.request_id
+            assert (row.status, row.code, row.phone, row.text) == (state.status, state.code, m.phone, m.text)
+            expected_cost = state.cost[:3] if state.cost else (None, None, None)
+            assert (row.cost_currency, row.cost_local_price, row.cost_original_price) == expected_cost
+            assert row.anomaly is False
+            assert row.replies_count == sum(1 for e in m.events if e.kind == "message")
+        # The summary's counts are the database's counts.
+        kept = dict(db.session.execute(db.select(RawBody.endpoint, func.count()).group_by(RawBody.endpoint)).all())
+        assert kept == {k: n for k, n in (("dr", script.count("dr")), ("message", script.count("message")),
+                                           ("register", script.count("register"))) if n}
+        answered = db.session.execute(db.select(func.count()).where(RawBody.http_status < 300)).scalar()
+        assert answered == summary.answered_2xx
+        assert dict(summary.answered_by_kind) == {k: n for k, n in kept.items()}
+        distinct_dr = {e.body for e in script.events if e.kind == "dr"}
+        assert db.session.execute(db.select(func.count(Receipt.id))).scalar() == len(distinct_dr)
+        assert db.session.execute(db.select(func.sum(Receipt.times_received))).scalar() == script.count("dr")
+        assert db.session.execute(db.select(func.count(Reply.id))).scalar() == script.count("message")
+        assert db.session.execute(db.select(func.count()).select_from(Message)).scalar() == 60
+
+
+def test_replaying_a_seed_repeats_the_same_bodies_and_changes_no_state(app, live_server, api_token):
+    script = fast_script(5, 25)
+    target = Target(live_server.url, api_token=api_token)
+    run(script, target, concurrency=4)
+    with app.app_context():
+        before = {m.request_id: (m.status, m.code, m.phone) for m in
+                  db.session.execute(db.select(Message)).scalars()}
+        raw_before = [json.loads(b) for b in db.session.execute(
+            db.select(RawBody.body).order_by(RawBody.id)).scalars()]
+    again = run(fast_script(5, 25), target, concurrency=4)
+    assert again.answered_2xx == len(script.events)
+    with app.app_context():
+        after = {m.request_id: (m.status, m.code, m.phone) for m in
+                 db.session.execute(db.select(Message)).scalars()}
+        raw_after = [json.loads(b) for b in db.session.execute(
+            db.select(RawBody.body).order_by(RawBody.id)).scalars()]
+        outcomes = Counter(db.session.execute(
+            db.select(RawBody.outcome).where(RawBody.id > len(raw_before))).scalars())
+    assert after == before and len(after) == 25
+    # The second run pushed the very same bodies; every one was a repeat.
+    assert sorted(map(json.dumps, raw_after[len(raw_before):])) == sorted(map(json.dumps, raw_before))
+    assert outcomes == Counter({"duplicate": len(script.events)})
+
+
+def test_refused_and_unreachable_requests_are_counted(app, live_server):
+    script = fast_script(9, 5)
+    wrong = run(script, Target(live_server.url + "/nowhere"), concurrency=4)
+    assert wrong.refused == wrong.sent == len(script.events) and wrong.answered_2xx == 0
+    # Unknown paths: 404, or 401 where the login requirement answers first.
+    assert sum(n for status, n in wrong.statuses.items() if status in (401, 404)) == len(script.events)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    down = run(script, Target(closed), concurrency=4, timeout=2)
+    assert down.errors == len(script.events) and down.answered_2xx == 0
+    assert any("ConnectError" in p for p in down.problems)
+
+
+def test_simulate_command_prints_a_summary(app, live_server, api_token):
+    result = app.test_cli_runner().invoke(args=[
+        "simulate", "--url", live_server.url, "--messages", "12", "--rate", "100", "--speed", "100",
+        "--seed", "4", "--quiet", "--api-token", api_token])
+    assert result.exit_code == 0, result.output
+    planned = len(build_script(4, 12).events)
+    assert f"seed 4: 12 messages" in result.output
+    assert f"answered 2xx {planned}, refused 0, network errors 0" in result.output
+    assert "latency ms: p50" in result.output
+    with app.app_context():
+        assert db.session.execute(db.select(func.count()).select_from(Message)).scalar() == 12
+    bad = app.test_cli_runner().invoke(args=["simulate", "--messages", "3", "--duration", "4"])
+    assert bad.exit_code == 2 and "not both" in bad.output
+
+
+@pytest.fixture
+def authenticated_webhooks(app_config):
+    app_config.update(WEBHOOK_TOKEN="url-secret", WEBHOOK_SIGN_ACCESS_KEY="ak1", WEBHOOK_SIGN_SECRET="sk1")
+
+
+def test_signed_webhooks_with_a_url_token_are_accepted(authenticated_webhooks, app, live_server, api_token):
+    script = fast_script(13, 10)
+    good = run(script, Target(live_server.url, token="url-secret", access_key="ak1", secret="sk1",
+                              api_token=api_token), concurrency=4)
+    assert good.answered_2xx == len(script.events) and good.refused == 0
+    # Without the credentials every webhook call is refused, and counted as such.
+    bare = run(fast_script(14, 10), Target(live_server.url, api_token=api_token), concurrency=4)
+    webhook_calls = sum(1 for e in fast_script(14, 10).events if e.kind != "register")
+    assert bare.refused == webhook_calls and bare.statuses[401] == webhook_calls
+    with app.app_context():
+        refused = db.session.execute(
+            db.select(func.count()).where(RawBody.outcome == "refused")).scalar()
+    assert refused == webhook_calls
+
+
+def test_registration_without_an_api_token_is_refused(app, live_server):
+    script = fast_script(15, 6)
+    summary = run(script, Target(live_server.url), concurrency=4)
+    assert summary.refused == script.count("register") == 6
+    assert summary.answered_2xx == len(script.events) - 6
