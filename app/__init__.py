@@ -83,4 +83,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     sending.register(app)
     from . import dashboard
     dashboard.register(app)
+    from . import live
+    live.init_app(app)
     return app

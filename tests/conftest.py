@@ -74,6 +74,9 @@ def app(app_config):
     with app.app_context():
         db.create_all()
     yield app
+    from app import live
+
+    live.stop(app)  # the live tailer of this app, if a socket started it
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

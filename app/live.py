@@ -1,0 +1,169 @@
+"""Live updates: one WebSocket, /ws, that the dashboard pages open through the htmx ws
+extension. The page says hello (its cursor and what it shows); the server answers with
+what the page missed, then pushes HTML out of band as the activity log grows.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from flask import Blueprint, Flask, current_app, g, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from .live_hub import Client, Hub, head_id, hub_of
+from .live_push import HelloError, catch_up, compose, parse_hello
+from .models import Activity, db
+
+bp = Blueprint("live", __name__)
+sock = Sock()
+
+DEFAULTS = {
+    # Seconds between reads of the activity log when no wake-up arrives.
+    "LIVE_POLL_INTERVAL": 1.0,
+    # Seconds between checks of a SQLite file for commits of other processes (0: off).
+    "LIVE_SQLITE_WATCH_INTERVAL": 0.05,
+    # Seconds to wait for an activity id that is taken but not committed yet.
+    "LIVE_GAP_WAIT": 1.0,
+    # Batches a socket may have waiting before it is closed to catch up on reconnect.
+    "LIVE_QUEUE_BATCHES": 500,
+    # Longest live delivery feed, in events.
+    "LIVE_FEED_CAP": 50,
+    # Redis channel or PostgreSQL NOTIFY channel of the wake-up.
+    "LIVE_CHANNEL": "viberwatch_activity",
+    "LIVE_HELLO_TIMEOUT": 10.0,
+    # Pings find sockets whose peer vanished without closing.
+    "SOCK_SERVER_OPTIONS": {"ping_interval": 25},
+}
+
+# Pages that connect: the cursor they start from is read before their own queries, so a
+# change committed while they render is pushed again rather than missed.
+LIVE_BLUEPRINTS = ("dashboard", "conversations")
+
+# Close codes the htmx ws extension reconnects on.
+CLOSE_TRY_AGAIN = 1013
+CLOSE_RESTART = 1012
+CLOSE_POLICY = 1008
+
+
+def init_app(app: Flask) -> None:
+    for name, value in DEFAULTS.items():
+        app.config.setdefault(name, value)
+    if not app.config.get("REDIS_URL") and os.environ.get("REDIS_URL"):
+        app.config["REDIS_URL"] = os.environ["REDIS_URL"]
+    sock.init_app(app)
+    app.register_blueprint(bp)
+
+
+def stop(app: Flask) -> None:
+    """Stop this process's live threads and close its sockets (pages reconnect)."""
+    hub = app.extensions.get("viberwatch.live")
+    if hub is not None:
+        hub.stop()
+
+
+@bp.before_app_request
+def _page_cursor() -> None:
+    if request.method == "GET" and request.blueprint in LIVE_BLUEPRINTS:
+        g.live_cursor = head_id()
+
+
+@bp.app_template_global()
+def live_cursor() -> int:
+    """The activity id the page was rendered at; its socket resumes from there."""
+    cursor = g.get("live_cursor")
+    return head_id() if cursor is None else cursor
+
+
+@bp.app_template_global()
+def live_feed() -> list[Activity]:
+    """The latest activity up to the page's cursor, newest first, for the feed panel."""
+    return list(db.session.execute(
+        db.select(Activity).where(Activity.id <= live_cursor())
+        .order_by(Activity.id.desc()).limit(int(current_app.config["LIVE_FEED_CAP"]))).scalars())
+
+
+@sock.route("/ws", bp=bp)
+def socket(ws):
+    """The live channel of a dashboard page: a hello, then pushes until it closes."""
+    app = current_app._get_current_object()
+    # The handshake's own session (login checks) must not hold a database connection
+    # for the hours a socket stays open.
+    db.session.remove()
+    try:
+        cursor, page = parse_hello(ws.receive(timeout=float(app.config["LIVE_HELLO_TIMEOUT"])))
+    except HelloError as exc:
+        ws.close(CLOSE_POLICY, str(exc)[:120])
+        return
+    serve(hub_of(app), ws, cursor, page)
+
+
+def _send(ws, html: str) -> None:
+    ws.send(html)
+
+
+def serve(hub: Hub, ws, cursor: Optional[int], page) -> None:
+    cap = int(hub.app.config["LIVE_FEED_CAP"])
+    client, upto = hub.attach(page, cursor)
+    try:
+        push, reload = catch_up(page, client.cursor, upto, cap) if cursor is not None else (None, False)
+        if reload:
+            _send(ws, _meta({"cursor": upto, "reload": True}))
+            return
+        hello = {"hello": True, "pid": os.getpid()}
+        client.cursor = max(client.cursor, upto)
+        if push is not None:
+            push.cursor = client.cursor
+            _send(ws, push.html(hello))
+        else:
+            _send(ws, _meta({"cursor": client.cursor, **hello}))
+        db.session.remove()
+        _pump(hub, ws, client, cap)
+    except ConnectionClosed:
+        pass
+    finally:
+        hub.detach(client)
+        db.session.remove()
+
+
+def _pump(hub: Hub, ws, client: Client, cap: int) -> None:
+    """Send what the tailer queued for this socket until either side closes."""
+    while ws.connected and not client.closed:
+        client.wake.wait(1.0)
+        client.wake.clear()
+        if client.overflow:
+            ws.close(CLOSE_TRY_AGAIN, "behind: reconnect and catch up")
+            return
+        _read_incoming(ws, client)
+        batches = client.take()
+        if not batches:
+            continue
+        try:
+            push = compose(client.page, client.cursor, batches, cap)
+            if push.cursor == client.cursor:
+                continue
+            client.cursor = push.cursor
+            _send(ws, push.html() if not push.empty else _meta({"cursor": push.cursor}))
+        finally:
+            db.session.remove()
+    if client.closed and ws.connected and hub.stopped.is_set():
+        ws.close(CLOSE_RESTART, "server restart")
+
+
+def _read_incoming(ws, client: Client) -> None:
+    """A page that changed its filters in place says hello again with what it shows now."""
+    while True:
+        text = ws.receive(timeout=0)
+        if text is None:
+            return
+        try:
+            _, page = parse_hello(text)
+        except HelloError:
+            continue
+        client.page = page
+
+
+def _meta(meta: dict) -> str:
+    from flask import render_template
+
+    return render_template("partials/_live_push.html", meta=meta, push=None)

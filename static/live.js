@@ -1,0 +1,229 @@
+// The page's side of the live channel (/ws). The htmx ws extension owns the socket and
+// swaps what arrives; this file says hello after every (re)connect with the last event id
+// the page applied, so nothing is missed or applied twice, shows the connection state,
+// and runs the live feed's pause and length cap.
+(function () {
+  "use strict";
+
+  var body = document.body;
+  if (!body || !body.hasAttribute("ws-connect")) {
+    return;
+  }
+  var RETRY_CODES = [1006, 1011, 1012, 1013];
+  var socket = null;
+  var opened = false;
+  var pendingMeta = null;
+  var paused = false;
+  var held = [];
+  var refreshing = false;
+
+  function cursor() {
+    var n = parseInt(body.dataset.liveCursor || "", 10);
+    return isNaN(n) ? null : n;
+  }
+
+  function setState(state) {
+    body.dataset.liveState = state;
+    var box = document.getElementById("live-status");
+    if (box) {
+      box.dataset.state = state;
+      var label = box.querySelector(".live-label");
+      if (label) {
+        label.textContent = state;
+      }
+    }
+  }
+
+  function idsOf(selector, prefix) {
+    var out = [];
+    document.querySelectorAll(selector).forEach(function (el) {
+      if (el.id && el.id.indexOf(prefix) === 0) {
+        out.push(el.id.slice(prefix.length));
+      }
+    });
+    return out;
+  }
+
+  function hello() {
+    var page = body.dataset.livePage || "other";
+    var rows = [];
+    if (page === "messages") {
+      rows = idsOf("#messages-body > tr", "msg-");
+    } else if (page === "thread") {
+      rows = idsOf("#thread > [id]", "thread-msg-");
+    }
+    return JSON.stringify({
+      type: "hello",
+      cursor: cursor(),
+      page: page,
+      filters: page === "messages" ? window.location.search : "",
+      phone: body.dataset.livePhone || null,
+      requestId: body.dataset.liveRequestId || null,
+      rows: rows,
+      feed: !!document.getElementById("feed-items")
+    });
+  }
+
+  function sayHello() {
+    if (socket && opened) {
+      socket.send(hello());
+    }
+  }
+
+  function feedCap() {
+    var feed = document.getElementById("feed");
+    var n = feed ? parseInt(feed.dataset.cap || "", 10) : NaN;
+    return isNaN(n) ? 50 : n;
+  }
+
+  function trimFeed() {
+    var list = document.getElementById("feed-items");
+    if (!list) {
+      return;
+    }
+    var cap = feedCap();
+    while (list.children.length > cap) {
+      list.removeChild(list.lastElementChild);
+    }
+  }
+
+  function showHeld() {
+    var note = document.getElementById("feed-held");
+    if (note) {
+      note.hidden = !held.length;
+      note.textContent = held.length ? held.length + " new while paused" : "";
+    }
+  }
+
+  body.addEventListener("htmx:wsConnecting", function () {
+    setState(opened || body.dataset.liveState === "reconnecting" ? "reconnecting" : "connecting");
+  });
+
+  body.addEventListener("htmx:wsOpen", function (evt) {
+    socket = evt.detail.socketWrapper;
+    opened = true;
+    // The first message on every connection: where this page is and what it has applied.
+    socket.send(hello());
+    setState("live");
+  });
+
+  body.addEventListener("htmx:wsClose", function (evt) {
+    opened = false;
+    var code = evt.detail.event ? evt.detail.event.code : 1006;
+    if (RETRY_CODES.indexOf(code) >= 0) {
+      setState("reconnecting");
+    } else if (code === 1000 || code === 1001) {
+      // A server going away cleanly: come back as the extension does for a crash.
+      setState("reconnecting");
+      var wrapper = evt.detail.socketWrapper;
+      window.setTimeout(function () { wrapper.reconnect(); }, 500 + Math.random() * 1500);
+    } else {
+      setState("offline");
+    }
+  });
+
+  window.addEventListener("offline", function () { setState("offline"); });
+  window.addEventListener("online", function () {
+    if (!opened && socket) {
+      setState("reconnecting");
+      socket.reconnect();
+    }
+  });
+
+  body.addEventListener("htmx:wsBeforeMessage", function (evt) {
+    var match = /^<!--live (\{.*?\})-->/.exec(evt.detail.message);
+    pendingMeta = match ? JSON.parse(match[1]) : null;
+    if (pendingMeta && pendingMeta.reload) {
+      evt.preventDefault();
+      window.location.reload();
+    }
+  });
+
+  body.addEventListener("htmx:wsAfterMessage", function () {
+    if (pendingMeta && typeof pendingMeta.cursor === "number") {
+      var current = cursor();
+      if (current === null || pendingMeta.cursor > current) {
+        body.dataset.liveCursor = String(pendingMeta.cursor);
+      }
+      if (pendingMeta.pid) {
+        body.dataset.liveWorker = String(pendingMeta.pid);
+      }
+    }
+    pendingMeta = null;
+    trimFeed();
+    body.dispatchEvent(new CustomEvent("live:applied", { bubbles: true }));
+  });
+
+  // Inserts are idempotent: an element the page already has is replaced where it stands.
+  document.addEventListener("htmx:oobBeforeSwap", function (evt) {
+    var detail = evt.detail;
+    var fragment = detail.fragment;
+    if (!fragment || !detail.target || !detail.target.id) {
+      return;
+    }
+    if (fragment.nodeType !== Node.ELEMENT_NODE) {
+      return; // an outerHTML swap by id: already in place
+    }
+    if (detail.target.id === "feed-items" && paused) {
+      held = Array.prototype.slice.call(fragment.children).concat(held).slice(0, feedCap());
+      showHeld();
+      detail.shouldSwap = false;
+      return;
+    }
+    Array.prototype.slice.call(fragment.children).forEach(function (child) {
+      var existing = child.id ? document.getElementById(child.id) : null;
+      if (existing) {
+        existing.replaceWith(child);
+        htmx.process(child);
+      }
+    });
+    if (!fragment.children.length) {
+      detail.shouldSwap = false;
+    }
+  });
+
+  // The first row of an empty list: the table is not on the page yet, fetch the results.
+  document.addEventListener("htmx:oobErrorNoTarget", function (evt) {
+    if (evt.detail.target !== "#messages-body" || refreshing || !document.getElementById("results")) {
+      return;
+    }
+    refreshing = true;
+    htmx.ajax("GET", window.location.pathname + window.location.search, { target: "#results" })
+      .finally(function () { refreshing = false; });
+  });
+
+  // Filters and pages change in place: tell the server what the page shows now.
+  body.addEventListener("htmx:afterSettle", function (evt) {
+    var target = evt.detail.target;
+    if (target && (target.id === "results" || target.id === "panel")) {
+      sayHello();
+    }
+  });
+
+  document.addEventListener("click", function (evt) {
+    var button = evt.target.closest ? evt.target.closest("#feed-toggle") : null;
+    if (!button) {
+      return;
+    }
+    paused = !paused;
+    button.setAttribute("aria-pressed", paused ? "true" : "false");
+    button.textContent = paused ? "Resume" : "Pause";
+    var feed = document.getElementById("feed");
+    if (feed) {
+      feed.classList.toggle("paused", paused);
+    }
+    if (!paused && held.length) {
+      var list = document.getElementById("feed-items");
+      for (var i = held.length - 1; i >= 0; i--) {
+        if (!document.getElementById(held[i].id)) {
+          list.insertBefore(held[i], list.firstChild);
+        }
+      }
+      held = [];
+      trimFeed();
+    }
+    showHeld();
+  });
+
+  setState("connecting");
+})();

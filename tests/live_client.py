@@ -1,0 +1,162 @@
+"""A real WebSocket client of /ws for the tests and the benchmark: it says hello as
+static/live.js does and parses each push into its cursor and its top-level fragments."""
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Callable, Optional
+
+import websocket
+
+META_RE = re.compile(r"^<!--live (\{.*?\})-->")
+
+
+@dataclass
+class Fragment:
+    tag: str
+    attrs: dict
+    ids: list[str]  # ids of the element and its descendants, in document order
+    html: str
+
+
+@dataclass
+class Push:
+    meta: dict
+    fragments: list[Fragment] = field(default_factory=list)
+    raw: str = ""
+
+    @property
+    def cursor(self) -> int:
+        return self.meta["cursor"]
+
+    def ids(self) -> list[str]:
+        return [i for f in self.fragments for i in f.ids]
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(request id, "insert" | "update") for every message row in the push."""
+        out = []
+        for f in self.fragments:
+            mode = "insert" if f.attrs.get("hx-swap-oob", "").startswith("afterbegin:#messages-body") else "update"
+            out.extend((i[4:], mode) for i in f.ids if i.startswith("msg-"))
+        return out
+
+
+class _Splitter(HTMLParser):
+    """Split a push into top-level elements, collecting the ids inside each."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+            "track", "wbr"}
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.text = text
+        self.depth = 0
+        self.current: Optional[Fragment] = None
+        self.start = 0
+        self.fragments: list[Fragment] = []
+        self.lines = [0]
+        for line in text.splitlines(keepends=True):
+            self.lines.append(self.lines[-1] + len(line))
+
+    def _offset(self) -> int:
+        line, col = self.getpos()
+        return self.lines[line - 1] + col
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if self.depth == 0:
+            self.current = Fragment(tag, attrs, [], "")
+            self.start = self._offset()
+        if attrs.get("id") and self.current is not None:
+            self.current.ids.append(attrs["id"])
+        if tag not in self.VOID:
+            self.depth += 1
+        elif self.depth == 0:
+            self._close()
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        self.depth -= 1
+        if self.depth == 0 and self.current is not None:
+            self._close(end=True)
+
+    def _close(self, end=False):
+        stop = self.text.find(">", self._offset()) + 1 if end else len(self.text)
+        self.current.html = self.text[self.start:stop]
+        self.fragments.append(self.current)
+        self.current = None
+
+
+def parse_push(text: str) -> Push:
+    match = META_RE.match(text)
+    assert match, f"a push starts with its cursor comment: {text[:80]!r}"
+    splitter = _Splitter(text)
+    splitter.feed(text)
+    splitter.close()
+    return Push(json.loads(match.group(1)), splitter.fragments, text)
+
+
+class LiveClient:
+    """One dashboard's socket."""
+
+    def __init__(self, base_url: str, cookie: Optional[str] = None, *, page: str = "messages",
+                 cursor: Optional[int] = None, filters: str = "", phone: Optional[str] = None,
+                 request_id: Optional[str] = None, rows: Optional[list[str]] = None,
+                 feed: bool = False, timeout: float = 10.0):
+        url = base_url.replace("http://", "ws://", 1) + "/ws"
+        self.ws = websocket.create_connection(url, cookie=cookie, timeout=timeout)
+        self.hello = {"type": "hello", "cursor": cursor, "page": page, "filters": filters,
+                      "phone": phone, "requestId": request_id, "rows": rows or [], "feed": feed}
+        self.ws.send(json.dumps(self.hello))
+        self.first = self.recv(timeout)
+        self.cursor = self.first.cursor
+
+    def recv(self, timeout: float = 10.0) -> Push:
+        self.ws.settimeout(timeout)
+        push = parse_push(self.ws.recv())
+        self.cursor = max(getattr(self, "cursor", 0) or 0, push.cursor)
+        return push
+
+    def until(self, done: Callable[[list[Push]], bool], timeout: float = 10.0) -> list[Push]:
+        """Pushes received until `done(all so far)` holds; fails after `timeout` seconds."""
+        got: list[Push] = []
+        deadline = time.monotonic() + timeout
+        while not done(got):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no push satisfied the test in {timeout} s; got {[p.raw[:300] for p in got]}"
+            try:
+                got.append(self.recv(left))
+            except websocket.WebSocketTimeoutException:
+                continue
+        return got
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except Exception:
+            pass
+
+
+def post(base_url: str, path: str, body: dict | bytes, headers: Optional[dict] = None) -> int:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(base_url + path, data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=30) as response:
+        response.read()
+        return response.status
+
+
+def receipt(request_id: str, status: str = "delivered", code: int = 0,
+            message: str = "ok") -> dict:
+    return {"status": status, "requestId": request_id, "code": code, "message": message,
+            "sendTime": "2023-07-13 15:12:11"}
+
+
+def reply(trace_request_id: str, phone: str, text: str) -> dict:
+    return {"phone": phone, "appkey": "TexxxP6", "traceRequestId": trace_request_id,
+            "message": {"text": text}, "sendTime": "2023-07-17 14:40:50"}
