@@ -29,14 +29,15 @@ class FilterError(ValueError):
 
 
 def _text(args: Mapping, name: str) -> Optional[str]:
-    value = (args.get(name) or "").strip()
+    raw = args.get(name)
+    value = "" if raw is None else str(raw).strip()
     if len(value) > MAX_TEXT:
         raise FilterError(name, f"at most {MAX_TEXT} characters")
     return value or None
 
 
 def _date(args: Mapping, name: str) -> Optional[date]:
-    value = (args.get(name) or "").strip()
+    value = _text(args, name) or ""
     if not value:
         return None
     try:
@@ -102,7 +103,7 @@ class MessageFilter:
         date_from, date_to = _date(args, "from"), _date(args, "to")
         if date_from and date_to and date_from > date_to:
             raise FilterError("to", "must not be before from")
-        anomaly = (args.get("anomaly") or "").strip().lower() in ("1", "true", "on", "yes")
+        anomaly = (_text(args, "anomaly") or "").lower() in ("1", "true", "on", "yes")
         # Keep the page's own order of statuses, whatever order the URL gave.
         ordered = tuple(s for s in STATUS_CHOICES if s in statuses)
         return cls(status=ordered, phone=phone, code=code, q=_text(args, "q"),
