@@ -10,6 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import auth, security, webhook_auth
 from .models import db
 from .payloads import parse_zone
 
@@ -55,6 +56,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True,
                 template_folder="../templates", static_folder="../static")
     app.config.from_mapping(DEFAULTS)
+    app.config.from_mapping({**security.DEFAULTS, **auth.DEFAULTS})
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env(prefix="VIBERWATCH")
     if test_config:
@@ -70,6 +72,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     if proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies,
                                 x_port=proxies, x_prefix=proxies)
+    # Before every other hook and blueprint: nothing is reachable without authentication.
+    security.init_app(app)
+    webhook_auth.init_app(app)
+    auth.init_app(app)
 
     from . import api, cli, webhooks
 
@@ -81,8 +87,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     maintenance.register(app)
     from . import sending
     sending.register(app)
+    from . import openapi
+    openapi.register(app)
     from . import dashboard
     dashboard.register(app)
+    from . import alerts, analytics, logs, metrics
+    analytics.register(app)
+    alerts.register(app)
+    metrics.register(app)
+    logs.register(app)
     from . import live
     live.init_app(app)
     return app

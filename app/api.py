@@ -1,9 +1,9 @@
 """JSON API: registration of sent messages, and reading a message's record."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, abort, current_app, jsonify, request
 
-from . import ingest, queries
+from . import ingest, queries, security
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -11,7 +11,14 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 @bp.post("/messages")
 def register_message():
     """Register a message the sending system just sent, with its phone and text."""
-    result = ingest.ingest("register", request.get_data(cache=False), request.content_type,
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    body = security.read_body(limit)
+    if body.too_large:
+        reason = body.describe(limit)
+        ingest.refuse("register", body.data, request.content_type, dict(request.headers),
+                      request.remote_addr, 413, f"body: {reason}")
+        return jsonify({"error": f"body: {reason}", "field": "body", "reason": reason}), 413
+    result = ingest.ingest("register", body.data, request.content_type,
                            dict(request.headers), request.remote_addr)
     if result.ok:
         return jsonify({**result.payload, "outcome": result.outcome}), result.http_status

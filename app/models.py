@@ -150,7 +150,9 @@ class Receipt(db.Model):
     times_received: Mapped[int] = mapped_column(Integer, default=1)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_receipt_request_id", "request_id", "received_at"),)
+    # raw_id indexed so deleting raw bodies (purge) finds the rows that point at them.
+    __table_args__ = (Index("ix_receipt_request_id", "request_id", "received_at"),
+                      Index("ix_receipt_raw_id", "raw_id"))
 
 
 class Reply(db.Model):
@@ -175,6 +177,7 @@ class Reply(db.Model):
         Index("ix_reply_trace", "trace_request_id", "received_at"),
         Index("ix_reply_phone", "phone", "received_at"),
         Index("ix_reply_received_at", "received_at"),
+        Index("ix_reply_raw_id", "raw_id"),
     )
 
 
@@ -230,7 +233,7 @@ class Activity(db.Model):
     raw_id: Mapped[Optional[int]] = mapped_column(ForeignKey("raw_body.id"))
     summary: Mapped[Optional[str]] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_activity_created_at", "created_at"),)
+    __table_args__ = (Index("ix_activity_created_at", "created_at"), Index("ix_activity_raw_id", "raw_id"))
 
 
 class AlertState(db.Model):
@@ -282,6 +285,62 @@ class AlertAttempt(db.Model):
     ok: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("ix_alert_attempt_notice", "notice_id", "number"),)
+
+
+class User(db.Model):
+    """An operator who may sign in to the dashboard."""
+
+    __tablename__ = "app_user"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    # Flask-Login's user interface.
+    is_active = True
+    is_authenticated = True
+    is_anonymous = False
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+
+class ApiToken(db.Model):
+    """A bearer token for machines; only the SHA-256 of the token is kept."""
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to tell tokens apart
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+
+class LoginFailure(db.Model):
+    """A failed sign-in; recent rows rate-limit further attempts per account and address."""
+
+    __tablename__ = "login_failure"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_login_failure_username", "username", "at"),
+        Index("ix_login_failure_address", "address", "at"),
+    )
+
+
+class RefusedTally(db.Model):
+    """Refused webhook calls counted but not kept, per minute, once over the keep rate."""
+
+    __tablename__ = "refused_tally"
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    dropped: Mapped[int] = mapped_column(Integer, default=0)
+    last_reason: Mapped[Optional[str]] = mapped_column(Text)
 
 
 class MessageTally(db.Model):

@@ -75,7 +75,32 @@ def parse_json_object(body: bytes, content_type: Optional[str]) -> dict:
         raise Invalid(400, "body", f"not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise Invalid(422, "body", f"must be a JSON object, got {_type_name(data)}")
+    _check_structure(data)
     return data
+
+
+MAX_DEPTH = 32
+
+
+def _check_structure(data: Any) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, and lone surrogate escapes ("\\ud800"), which
+    decode to text that cannot be stored or hashed as UTF-8."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise Invalid(400, "body", f"JSON nested deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    stack.append((key, depth))
+                stack.append((item, depth + 1))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Invalid(400, "body", "contains an unpaired surrogate escape") from None
 
 
 def _type_name(value: Any) -> str:

@@ -1,16 +1,30 @@
 """The two NXCLOUD webhook endpoints."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, current_app, g, jsonify, request, url_for
 
-from . import ingest
+from . import ingest, security, webhook_auth
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/viber")
 
 
 def receive(endpoint: str):
-    result = ingest.ingest(endpoint, request.get_data(cache=False), request.content_type,
-                           dict(request.headers), request.remote_addr)
+    settings: webhook_auth.Settings = current_app.extensions["viberwatch.webhook_auth"]
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    address = security.request_client_address()
+    body = security.read_body(limit)
+    refusal = webhook_auth.check_source(settings, address, request.args.get("token"))
+    if refusal is None and body.too_large:
+        refusal = webhook_auth.Refusal(413, "body", body.describe(limit))
+    if refusal is None:
+        refusal = webhook_auth.check_signature(settings, request.headers, body.data)
+    if refusal is not None:
+        webhook_auth.keep_refused(settings, endpoint, body.data, request.content_type,
+                                  request.headers, address, refusal)
+        return jsonify(refusal.as_json()), refusal.http_status
+    result = ingest.ingest(endpoint, body.data, request.content_type,
+                           dict(request.headers), address)
+    g.webhook_result = result  # for the request's log line and metrics (app/logs.py)
     if result.ok:
         # NXCLOUD's callbacks treat HTTP 200 with the body "success" as accepted.
         return "success", 200, {"Content-Type": "text/plain; charset=utf-8"}
@@ -31,7 +45,9 @@ def user_reply():
 
 def webhook_urls() -> dict[str, str]:
     """The two URLs to configure in NXCLOUD, absolute for the current request's host."""
+    token = current_app.extensions["viberwatch.webhook_auth"].token
+    args = {"token": token} if token else {}
     return {
-        "dr_webhook": url_for("webhooks.delivery_receipt", _external=True),
-        "message_webhook": url_for("webhooks.user_reply", _external=True),
+        "dr_webhook": url_for("webhooks.delivery_receipt", _external=True, **args),
+        "message_webhook": url_for("webhooks.user_reply", _external=True, **args),
     }

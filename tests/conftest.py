@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import threading
 import uuid
 from pathlib import Path
@@ -65,7 +66,9 @@ def database_url(request, tmp_path):
 @pytest.fixture
 def app_config(database_url, tmp_path):
     """The mapping handed to create_app; tests may update it before `app` is built."""
-    return {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url}
+    return {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": "test-secret",
+            # Cheap Argon2id parameters: the same code path, a fraction of the cost per test.
+            "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 8192, "ARGON2_PARALLELISM": 1}
 
 
 @pytest.fixture
@@ -82,8 +85,66 @@ def app(app_config):
         db.engine.dispose()
 
 
+TEST_USER = "operator"
+TEST_PASSWORD = "correct horse battery"
+CSRF_INPUT_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def create_test_user(app, username=TEST_USER, password=TEST_PASSWORD):
+    from app import auth
+
+    with app.app_context():
+        if auth.find_user(username) is None:
+            auth.create_user(username, password)
+
+
+def login_form_token(client) -> str:
+    page = client.get("/login")
+    assert page.status_code == 200
+    return CSRF_INPUT_RE.search(page.get_data(as_text=True)).group(1)
+
+
+def csrf_token_of(app, client) -> str:
+    """The signed CSRF token a page would render for this client's session."""
+    from flask import session
+    from flask_wtf.csrf import generate_csrf
+
+    with client.session_transaction() as sess:
+        raw = sess["csrf_token"]
+    with app.test_request_context():
+        session["csrf_token"] = raw
+        return generate_csrf()
+
+
+def log_in(app, client, username=TEST_USER, password=TEST_PASSWORD):
+    """Sign in through the real /login form, then send X-CSRFToken on every request, as
+    base.html makes htmx do."""
+    response = client.post("/login", data={"username": username, "password": password,
+                                           "csrf_token": login_form_token(client)})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    client.environ_base["HTTP_X_CSRFTOKEN"] = csrf_token_of(app, client)
+    return client
+
+
 @pytest.fixture
 def client(app):
+    """A signed-in test client. CSRF stays enabled: it sends the X-CSRFToken header."""
+    create_test_user(app)
+    return log_in(app, app.test_client())
+
+
+@pytest.fixture
+def api_token(app) -> str:
+    """A bearer token for the JSON API, made as `viberwatch create-token` makes it."""
+    from app import auth
+
+    with app.app_context():
+        return auth.create_token("tests")[1]
+
+
+@pytest.fixture
+def anon_client(app):
+    """A test client that has not signed in."""
     return app.test_client()
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from app.models import Contact, Message, RawBody, db
-from conftest import fixture_bytes, fixture_json, post_json
+from conftest import create_test_user, fixture_bytes, fixture_json, log_in, post_json
 
 RID = "f6a7d49946094857ae02812969a83056"
 REG = {"requestId": RID, "phone": "79100000030", "text": "Your code is 1234", "appkey": "TexxxP6",
@@ -94,7 +94,8 @@ def test_reprocess_applies_bodies_rejected_under_old_configuration(app_config, t
     app = create_app(app_config)
     with app.app_context():
         db.create_all()
-    client = app.test_client()
+    create_test_user(app)
+    client = log_in(app, app.test_client())
     # Rejected for its content type; the operator decides it is genuine and reprocesses it.
     response = client.post("/webhooks/viber/dr", data=dr("seen"), content_type="text/plain")
     assert response.status_code == 415
@@ -127,6 +128,7 @@ def test_sendtime_zone_is_configurable(app_config):
     app = create_app({**app_config, "SENDTIME_TZ": "UTC"})
     with app.app_context():
         db.create_all()
-    client = app.test_client()
+    create_test_user(app)
+    client = log_in(app, app.test_client())
     client.post("/webhooks/viber/dr", data=dr("seen"), content_type="application/json")
     assert client.get(f"/api/messages/{RID}").get_json()["sendTimeUtc"] == "2023-07-13T15:12:11Z"

@@ -264,14 +264,16 @@ def test_unknown_message_is_404(client):
     assert response.get_json()["field"] == "requestId"
 
 
-def test_real_http_round_trip(live_server):
+def test_real_http_round_trip(live_server, api_token):
     import urllib.request
 
     req = urllib.request.Request(live_server.url + DR, data=fixture_bytes("dr_seen"),
                                  headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(req) as response:
         assert response.status == 200 and response.read() == b"success"
-    with urllib.request.urlopen(f"{live_server.url}/api/messages/{RID}") as response:
+    read = urllib.request.Request(f"{live_server.url}/api/messages/{RID}",
+                                  headers={"Authorization": f"Bearer {api_token}"})
+    with urllib.request.urlopen(read) as response:
         assert json.loads(response.read())["status"] == "seen"
 
 

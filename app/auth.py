@@ -1,0 +1,342 @@
+"""Operators' sign-in, API tokens, and the login requirement on everything else.
+
+Every endpoint needs a signed-in user, except the login page, static files, the webhooks
+(their own authentication, app/webhook_auth.py), health and metrics (their own token),
+the OpenAPI document, and views marked with `public`. The JSON API also takes
+`Authorization: Bearer <token>`; such calls need no CSRF token, as no browser sends them.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from typing import Optional
+from urllib.parse import urlsplit
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from flask import (Blueprint, Flask, current_app, g, jsonify, redirect, render_template,
+                   request, session, url_for)
+from flask_login import LoginManager, current_user, login_user, logout_user
+from flask_wtf.csrf import generate_csrf
+from sqlalchemy import func
+
+from .models import ApiToken, LoginFailure, User, db, utcnow
+from .security import csrf, request_client_address
+
+bp = Blueprint("auth", __name__)
+login_manager = LoginManager()
+
+PUBLIC_ENDPOINTS = {"auth.login", "static", "openapi.document"}
+# Blueprints with their own authentication (or none needed): webhooks, health, metrics,
+# and the benchmark's no-op endpoint that stands in for a webhook.
+PUBLIC_BLUEPRINTS = {"webhooks", "health", "metrics", "bench"}
+CSRF_EXEMPT_BLUEPRINTS = {"webhooks", "bench"}
+BEARER_BLUEPRINTS = {"api"}
+TOKEN_PREFIX = "vw_"
+MAX_USERNAME = 64
+MIN_PASSWORD = 8
+
+DEFAULTS = {
+    "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),  # idle timeout
+    "LOGIN_MAX_AGE": 7 * 24 * 3600,  # seconds a login lasts at most, however active
+    "LOGIN_FAILURE_WINDOW": 900,
+    "LOGIN_MAX_FAILURES_PER_ACCOUNT": 10,
+    "LOGIN_MAX_FAILURES_PER_ADDRESS": 30,
+    "SESSION_COOKIE_NAME": "viberwatch_session",
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    # The CSRF token lives as long as the session: a dashboard left open still works.
+    "WTF_CSRF_TIME_LIMIT": None,
+    # Argon2id cost: argon2-cffi's recommended defaults (RFC 9106 low-memory profile).
+    "ARGON2_TIME_COST": 3,
+    "ARGON2_MEMORY_COST": 65536,  # KiB
+    "ARGON2_PARALLELISM": 4,
+}
+
+
+def public(view):
+    """Mark a view as reachable without a login (it must authenticate on its own)."""
+    view.public = True
+    return view
+
+
+# --- users -------------------------------------------------------------------------------
+
+class AccountError(ValueError):
+    pass
+
+
+def _check_username(username: str) -> str:
+    username = (username or "").strip()
+    if not username or len(username) > MAX_USERNAME or not username.isprintable():
+        raise AccountError(f"username must be 1 to {MAX_USERNAME} printable characters")
+    return username
+
+
+def find_user(username: str) -> Optional[User]:
+    return db.session.execute(db.select(User).where(User.username == username)).scalar_one_or_none()
+
+
+def create_user(username: str, password: str) -> User:
+    username = _check_username(username)
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
+    if find_user(username) is not None:
+        raise AccountError(f"user {username!r} exists already")
+    user = User(username=username, password_hash=hasher().hash(password), created_at=utcnow())
+    db.session.add(user)
+    db.session.commit()
+    return user
+
+
+def set_password(username: str, password: str) -> None:
+    user = find_user(username)
+    if user is None:
+        raise AccountError(f"no user {username!r}")
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
+    user.password_hash = hasher().hash(password)
+    db.session.commit()
+
+
+def ensure_admin(username: str = "admin") -> Optional[str]:
+    """Create a first user with a random password when there is none; return the password."""
+    if db.session.execute(db.select(func.count(User.id))).scalar_one():
+        return None
+    password = secrets.token_urlsafe(15)
+    create_user(username, password)
+    return password
+
+
+def hasher() -> PasswordHasher:
+    return current_app.extensions["viberwatch.hasher"]
+
+
+@lru_cache(maxsize=8)
+def _dummy_hash(h: PasswordHasher) -> str:
+    return h.hash(secrets.token_hex(16))
+
+
+def _password_matches(user: Optional[User], password: str) -> bool:
+    # An unknown name costs the same hash check, so timing does not tell which names exist.
+    try:
+        return hasher().verify(user.password_hash if user else _dummy_hash(hasher()), password) and user is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass
+class LoginOutcome:
+    user: Optional[User] = None
+    http_status: int = 200
+    error: Optional[str] = None
+    retry_after: Optional[int] = None
+
+
+def _recent_failures(column, value, since) -> int:
+    return db.session.execute(db.select(func.count(LoginFailure.id))
+                              .where(column == value, LoginFailure.at > since)).scalar_one()
+
+
+def authenticate(username: str, password: str, address: str) -> LoginOutcome:
+    """Check a sign-in, rate-limited per account and per address by recent failures."""
+    cfg = current_app.config
+    window = int(cfg["LOGIN_FAILURE_WINDOW"])
+    key = (username or "").strip().lower()[:MAX_USERNAME]
+    address = (address or "unknown")[:64]
+    now = utcnow()
+    since = now - timedelta(seconds=window)
+    if (_recent_failures(LoginFailure.username, key, since) >= int(cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"])
+            or _recent_failures(LoginFailure.address, address, since) >= int(cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"])):
+        return LoginOutcome(http_status=429, retry_after=window,
+                            error="Too many failed sign-ins. Try again later.")
+    user = find_user((username or "").strip()) if username else None
+    if not _password_matches(user, password or ""):
+        db.session.execute(db.delete(LoginFailure).where(LoginFailure.at <= since))
+        db.session.add(LoginFailure(username=key, address=address, at=now))
+        db.session.commit()
+        return LoginOutcome(http_status=401, error="Unknown username or wrong password.")
+    if hasher().check_needs_rehash(user.password_hash):
+        user.password_hash = hasher().hash(password)
+    user.last_login_at = now
+    db.session.execute(db.delete(LoginFailure).where(LoginFailure.username == key))
+    db.session.commit()
+    return LoginOutcome(user=user)
+
+
+@login_manager.user_loader
+def load_user(user_id: str) -> Optional[User]:
+    return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+
+
+# --- API tokens --------------------------------------------------------------------------
+
+def _token_hash(token: str) -> str:
+    # Tokens are 256 random bits, so a fast hash is enough; it is also the lookup key.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(name: str) -> tuple[ApiToken, str]:
+    name = (name or "").strip()
+    if not name or len(name) > 64 or not name.isprintable():
+        raise AccountError("token name must be 1 to 64 printable characters")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(name=name, token_hash=_token_hash(token), prefix=token[:10], created_at=utcnow())
+    db.session.add(row)
+    db.session.commit()
+    return row, token
+
+
+def token_for(presented: str) -> Optional[ApiToken]:
+    """The live token row for a presented bearer token, noting when it was last used."""
+    if not presented or len(presented) > 200:
+        return None
+    row = db.session.execute(db.select(ApiToken).where(
+        ApiToken.token_hash == _token_hash(presented), ApiToken.revoked_at.is_(None))).scalar_one_or_none()
+    if row is not None:
+        now = utcnow()
+        # At most one write a minute per token, not one per call.
+        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+            row.last_used_at = now
+            db.session.commit()
+    return row
+
+
+def list_tokens() -> list[ApiToken]:
+    return list(db.session.execute(db.select(ApiToken).order_by(ApiToken.id)).scalars())
+
+
+def revoke_token(ident: str) -> list[ApiToken]:
+    """Revoke live tokens by id or by name; returns those revoked."""
+    query = db.select(ApiToken).where(ApiToken.revoked_at.is_(None))
+    query = query.where(ApiToken.id == int(ident)) if ident.isdigit() else query.where(ApiToken.name == ident)
+    rows = list(db.session.execute(query).scalars())
+    for row in rows:
+        row.revoked_at = utcnow()
+    db.session.commit()
+    return rows
+
+
+# --- views -------------------------------------------------------------------------------
+
+def home_url() -> str:
+    return url_for("dashboard.messages") if "dashboard.messages" in current_app.view_functions else "/"
+
+
+def safe_next(target: Optional[str]) -> str:
+    """`next` only when it is a path on this site; anything else goes home."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return home_url()
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in target):
+        return home_url()
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return home_url()
+    return target
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Sign in with a username and password."""
+    next_url = safe_next(request.values.get("next"))
+    if request.method == "GET":
+        if current_user.is_authenticated:
+            return redirect(next_url)
+        return render_template("auth/login.html", next=next_url, username="", error=None)
+    username = request.form.get("username", "")
+    outcome = authenticate(username, request.form.get("password", ""), request_client_address())
+    if outcome.user is None:
+        headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else {}
+        return render_template("auth/login.html", next=next_url, username=username[:MAX_USERNAME],
+                               error=outcome.error), outcome.http_status, headers
+    # A fresh session on sign-in, so nothing set before it (a planted CSRF token) carries over.
+    session.clear()
+    login_user(outcome.user)
+    session.permanent = True
+    session["login_at"] = int(time.time())
+    generate_csrf()
+    return redirect(next_url)
+
+
+@bp.post("/logout")
+def logout():
+    """Sign out and forget the session."""
+    logout_user()
+    session.clear()
+    return redirect(url_for("auth.login"))
+
+
+def _wants_json() -> bool:
+    return (request.blueprint in BEARER_BLUEPRINTS or request.is_json
+            or request.headers.get("Upgrade", "").lower() == "websocket"
+            or request.accept_mimetypes.best == "application/json")
+
+
+def _unauthenticated(reason: str):
+    if request.blueprint in BEARER_BLUEPRINTS:
+        return (jsonify({"error": f"Authorization: {reason}", "field": "Authorization", "reason": reason}),
+                401, {"WWW-Authenticate": 'Bearer realm="viberwatch"'})
+    if _wants_json():
+        return jsonify({"error": f"login: {reason}", "field": "login", "reason": reason}), 401
+    login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
+    if request.headers.get("HX-Request"):
+        # htmx would swap a login page into a fragment; send the whole window there instead.
+        return "", 401, {"HX-Redirect": login_url}
+    return redirect(login_url)
+
+
+def _is_public() -> bool:
+    if request.endpoint in PUBLIC_ENDPOINTS or request.blueprint in PUBLIC_BLUEPRINTS:
+        return True
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, "public", False))
+
+
+def _login_expired() -> bool:
+    login_at = session.get("login_at")
+    return not isinstance(login_at, int) or time.time() - login_at > int(current_app.config["LOGIN_MAX_AGE"])
+
+
+def require_login():
+    """before_request: let through public endpoints, bearer API calls and signed-in users."""
+    if request.routing_exception is not None:
+        return None  # 404 or 405 whoever asks: it shows nothing a 401 would not
+    if _is_public():
+        if request.blueprint not in CSRF_EXEMPT_BLUEPRINTS:
+            csrf.protect()
+        return None
+    authorization = request.headers.get("Authorization", "")
+    if request.blueprint in BEARER_BLUEPRINTS and authorization:
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return _unauthenticated("use Bearer <token>")
+        token = token_for(presented.strip())
+        if token is None:
+            return _unauthenticated("unknown or revoked token")
+        g.api_token = token
+        return None
+    if not current_user.is_authenticated:
+        return _unauthenticated("sign in required")
+    if _login_expired():
+        logout_user()
+        session.clear()
+        return _unauthenticated("the sign-in has expired")
+    csrf.protect()
+    return None
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["viberwatch.hasher"] = PasswordHasher(
+        time_cost=int(app.config["ARGON2_TIME_COST"]), memory_cost=int(app.config["ARGON2_MEMORY_COST"]),
+        parallelism=int(app.config["ARGON2_PARALLELISM"]))
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    app.register_blueprint(bp)
+    app.before_request(require_login)
+    from .auth_cli import register
+
+    register(app)

@@ -1,0 +1,82 @@
+"""Commands for users and API tokens: create-user, set-password, ensure-admin, tokens."""
+from __future__ import annotations
+
+import click
+from flask import Flask
+
+from . import auth
+from .models import db
+
+
+def register(app: Flask) -> None:
+    @app.cli.command("create-user")
+    @click.argument("name")
+    @click.option("--password", help="For scripts; without it the password is asked for.")
+    def create_user(name: str, password: str | None):
+        """Create a user who can sign in to the dashboard."""
+        if password is None:
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        try:
+            auth.create_user(name, password)
+        except auth.AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"user {name.strip()} created")
+
+    @app.cli.command("set-password")
+    @click.argument("name")
+    @click.option("--password", help="For scripts; without it the password is asked for.")
+    def set_password(name: str, password: str | None):
+        """Change a user's password."""
+        if password is None:
+            password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+        try:
+            auth.set_password(name, password)
+        except auth.AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"password of {name} changed")
+
+    @app.cli.command("ensure-admin")
+    @click.option("--name", default="admin", show_default=True)
+    def ensure_admin(name: str):
+        """Create a first user with a random password if no user exists, and print it once."""
+        db.create_all()
+        password = auth.ensure_admin(name)
+        if password is None:
+            return
+        click.echo("No user existed, so one was created. Sign in with:")
+        click.echo(f"  username: {name}")
+        click.echo(f"  password: {password}")
+        click.echo("This password is not shown again; change it with `viberwatch set-password`.")
+
+    @app.cli.command("create-token")
+    @click.argument("name")
+    def create_token(name: str):
+        """Create an API token for a machine; it is printed once and only its hash is kept."""
+        try:
+            row, token = auth.create_token(name)
+        except auth.AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"token {row.id} ({row.name}), shown this once:", err=True)
+        click.echo(token)
+
+    @app.cli.command("list-tokens")
+    def list_tokens():
+        """List API tokens (never the tokens themselves)."""
+        rows = auth.list_tokens()
+        if not rows:
+            click.echo("no tokens")
+        for row in rows:
+            state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+            used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
+            click.echo(f"{row.id:>4}  {row.name:24} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}"
+                       f"  last used {used}  {state}")
+
+    @app.cli.command("revoke-token")
+    @click.argument("ident")
+    def revoke_token(ident: str):
+        """Revoke API tokens by id or by name."""
+        rows = auth.revoke_token(ident)
+        if not rows:
+            raise click.ClickException(f"no active token with id or name {ident!r}")
+        for row in rows:
+            click.echo(f"revoked token {row.id} ({row.name})")
