@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run test vendor clean
+.PHONY: install run test demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,32 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/viberwatch init-db
+	$(BIN)/viberwatch ensure-admin
 	$(BIN)/viberwatch urls --host $(HOST) --port $(PORT)
 	$(BIN)/viberwatch run --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/pytest
+
+# Serve, then play NXCLOUD against the server so the dashboard fills up live; Ctrl-C stops.
+DEMO_RATE ?= 2
+DEMO_DURATION ?= 300
+demo: install
+	$(BIN)/viberwatch init-db
+	$(BIN)/viberwatch ensure-admin
+	@$(BIN)/viberwatch revoke-token demo-simulator >/dev/null 2>&1 || true
+	@token=$$($(BIN)/viberwatch create-token demo-simulator 2>/dev/null) || exit 1; \
+	$(BIN)/viberwatch run --host $(HOST) --port $(PORT) & server=$$!; \
+	trap 'kill $$server 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	for i in $$(seq 100); do \
+	  $(BIN)/python -c "import httpx; httpx.get('http://$(HOST):$(PORT)/healthz', timeout=1)" 2>/dev/null && break; \
+	  sleep 0.2; \
+	done; \
+	echo "dashboard: http://$(HOST):$(PORT)/ (sign in, then watch it fill up)"; \
+	$(BIN)/viberwatch simulate --url http://$(HOST):$(PORT) --rate $(DEMO_RATE) \
+	  --duration $(DEMO_DURATION) --api-token "$$token" || true; \
+	echo "simulation over; still serving http://$(HOST):$(PORT)/ until Ctrl-C"; \
+	wait $$server
 
 # Re-vendor the front-end files from npm; the version is part of each file name.
 vendor:
