@@ -1,0 +1,99 @@
+"""/metrics: off by default, guarded by a token and/or an allow-list, parsed as Prometheus text."""
+from datetime import datetime, timezone
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import alerts
+from app.models import db
+from conftest import fixture_json, post_json
+from timed_ingest import receipt
+
+TOKEN = "s3cret-metrics-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def samples(family, name=None) -> dict:
+    return {tuple(sorted(s.labels.items())): s.value for s in family.samples
+            if name is None or s.name == name}
+
+
+@pytest.fixture
+def app_config(app_config):
+    app_config.update({"METRICS_TOKEN": TOKEN, "ALERT_RULES": [
+        {"name": "expired", "kind": "expired_count", "threshold": 0, "window_minutes": 60}]})
+    return app_config
+
+
+def test_off_by_default(database_url):
+    from app import create_app
+
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": "x"})
+    assert app.test_client().get("/metrics").status_code == 404
+
+
+def test_token_required(anon_client):
+    assert anon_client.get("/metrics").status_code == 403
+    assert anon_client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    response = anon_client.get("/metrics", headers={"Authorization": f"Basic {TOKEN}"})
+    assert response.status_code == 403 and response.get_json()["field"] == "Authorization"
+    assert anon_client.get("/metrics", headers=AUTH).status_code == 200
+
+
+def test_allow_list(app_config):
+    from app import create_app
+
+    app_config.pop("METRICS_TOKEN")
+    app = create_app({**app_config, "METRICS_ALLOW_NETWORKS": "10.0.0.0/8, 127.0.0.1"})
+    client = app.test_client()
+    with app.app_context():
+        db.create_all()
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.2.3.4"}).status_code == 200
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 403
+    both = create_app({**app_config, "METRICS_TOKEN": TOKEN, "METRICS_ALLOW_NETWORKS": "10.0.0.0/8"})
+    # With both set, both must hold.
+    assert both.test_client().get("/metrics", headers=AUTH,
+                                  environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 403
+
+
+def test_metrics_from_database_and_process(app, anon_client):
+    dr = "/webhooks/viber/dr"
+    body = fixture_json("dr_delivered")
+    assert post_json(anon_client, dr, body).status_code == 200
+    assert post_json(anon_client, dr, body).status_code == 200  # duplicate
+    assert post_json(anon_client, dr, {**body, "status": "read"}).status_code == 422
+    assert post_json(anon_client, "/webhooks/viber/message", fixture_json("reply_text")).status_code == 200
+    with app.app_context():
+        receipt(datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc), "X1", "expired")
+        alerts.evaluate(datetime(2026, 3, 1, 12, 5, tzinfo=timezone.utc))
+    response = anon_client.get("/metrics", headers=AUTH)
+    assert response.status_code == 200 and response.content_type.startswith("text/plain")
+    fams = families(response.get_data(as_text=True))
+
+    webhooks = samples(fams["viberwatch_webhooks_received"], "viberwatch_webhooks_received_total")
+    assert webhooks[(("endpoint", "dr"), ("outcome", "accepted"))] == 2  # the fixture and X1
+    assert webhooks[(("endpoint", "dr"), ("outcome", "duplicate"))] == 1
+    assert webhooks[(("endpoint", "dr"), ("outcome", "rejected"))] == 1
+    assert webhooks[(("endpoint", "message"), ("outcome", "accepted"))] == 1
+
+    messages = samples(fams["viberwatch_messages"])
+    # The reply's traced message is known but has no receipt: pending.
+    assert messages == {(("status", "delivered"),): 1, (("status", "expired"),): 1, (("status", "pending"),): 1}
+
+    assert samples(fams["viberwatch_alert_firing"]) == {(("rule", "expired"),): 1}
+    assert samples(fams["viberwatch_alert_value"]) == {(("rule", "expired"),): 1}
+    assert samples(fams["viberwatch_live_connections"]) == {(): 0}
+
+    latency = fams["viberwatch_webhook_duration_seconds"]
+    counts = samples(latency, "viberwatch_webhook_duration_seconds_count")
+    # This process answered these four webhook requests (X1 went straight to ingest).
+    assert counts[(("endpoint", "dr"), ("outcome", "accepted"))] >= 1
+    assert counts[(("endpoint", "dr"), ("outcome", "rejected"))] >= 1
+    assert counts[(("endpoint", "message"), ("outcome", "accepted"))] >= 1
+    buckets = [s for s in latency.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
+    assert buckets and all(b.value >= 1 for b in buckets)
