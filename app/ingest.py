@@ -132,8 +132,10 @@ def refresh_message(msg: Message) -> dict:
     send_time = None
     if state.send_time_raw:
         send_time = payloads.parse_send_time(state.send_time_raw, sendtime_zone())
+    # A repeated push only bumps its receipt's counters; counting it as activity would make
+    # last_activity_at depend on the order in which duplicates and new receipts arrive.
     activity = [msg.created_at, msg.registered_at, reply_stats[1],
-                *(r.last_received_at for r in receipts)]
+                *(r.received_at for r in receipts)]
     new = {
         "status": state.status,
         "code": state.code,
