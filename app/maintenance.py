@@ -1,8 +1,180 @@
-"""Commands for data at scale: seed, purge, rebuild."""
+"""Data at scale: the `seed`, `purge` and `rebuild` commands, and purging in batches."""
 from __future__ import annotations
 
-from flask import Flask
+import re
+from datetime import datetime, timedelta
+from typing import Callable, Optional
+
+import click
+from flask import Flask, current_app
+from sqlalchemy import func
+
+from .models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
+
+AGE_RE = re.compile(r"\A(\d+)\s*([dhw])\Z")
+AGE_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_age(value: str) -> timedelta:
+    """'90d', '12h' or '2w'."""
+    m = AGE_RE.match(value.strip().lower())
+    if not m:
+        raise ValueError(f"must look like 90d, 12h or 2w, got {value!r}")
+    return timedelta(**{AGE_UNITS[m.group(2)]: int(m.group(1))})
+
+
+def _recount_contacts(phones: set[str]) -> None:
+    """Make the thread summaries of these phones agree with the messages and replies left."""
+    if not phones:
+        return
+    phones_list = sorted(phones)
+    messages = dict(db.session.execute(
+        db.select(Message.phone, func.count()).where(Message.phone.in_(phones_list))
+        .group_by(Message.phone)).all())
+    messages_activity = dict(db.session.execute(
+        db.select(Message.phone, func.max(Message.last_activity_at)).where(Message.phone.in_(phones_list))
+        .group_by(Message.phone)).all())
+    replies = {p: (n, last) for p, n, last in db.session.execute(
+        db.select(Reply.phone, func.count(), func.max(Reply.received_at))
+        .where(Reply.phone.in_(phones_list)).group_by(Reply.phone)).all()}
+    gone = [p for p in phones_list if not messages.get(p) and p not in replies]
+    if gone:
+        db.session.execute(db.delete(Contact).where(Contact.phone.in_(gone)))
+    for phone in phones_list:
+        if phone in gone:
+            continue
+        n_replies, last_reply = replies.get(phone, (0, None))
+        latest = [t for t in (messages_activity.get(phone), last_reply) if t is not None]
+        db.session.execute(db.update(Contact).where(Contact.phone == phone).values(
+            messages_count=messages.get(phone, 0), replies_count=n_replies, last_reply_at=last_reply,
+            last_activity_at=max(latest)))
+
+
+def purge_batch(request_ids: list[str]) -> dict[str, int]:
+    """Delete these messages and everything recorded about them, in the current transaction."""
+    raw_ids = list(db.session.execute(
+        db.select(RawBody.id).where(RawBody.request_id.in_(request_ids))).scalars())
+    phones = set(db.session.execute(
+        db.select(Message.phone).where(Message.request_id.in_(request_ids), Message.phone.is_not(None))
+    ).scalars())
+    phones |= set(db.session.execute(
+        db.select(Reply.phone).where(Reply.trace_request_id.in_(request_ids))).scalars())
+    counts = {}
+    # Children first: activity, receipts and replies point at the raw bodies.
+    counts["activity"] = db.session.execute(
+        db.delete(Activity).where(Activity.raw_id.in_(raw_ids)),
+        execution_options={"synchronize_session": False}).rowcount if raw_ids else 0
+    counts["receipt"] = db.session.execute(
+        db.delete(Receipt).where(Receipt.request_id.in_(request_ids)),
+        execution_options={"synchronize_session": False}).rowcount
+    counts["reply"] = db.session.execute(
+        db.delete(Reply).where(Reply.trace_request_id.in_(request_ids)),
+        execution_options={"synchronize_session": False}).rowcount
+    counts["raw_body"] = db.session.execute(
+        db.delete(RawBody).where(RawBody.id.in_(raw_ids)),
+        execution_options={"synchronize_session": False}).rowcount if raw_ids else 0
+    counts["message"] = db.session.execute(
+        db.delete(Message).where(Message.request_id.in_(request_ids)),
+        execution_options={"synchronize_session": False}).rowcount
+    _recount_contacts(phones)
+    return counts
+
+
+def purge(older_than: timedelta, *, batch_size: int = 2000, now: Optional[datetime] = None,
+          progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+    """Delete messages whose last activity is older than `older_than`, and rejected bodies as old.
+
+    One transaction per batch, so a long purge never holds the database for long and can be
+    interrupted and run again.
+    """
+    cutoff = (now or utcnow()) - older_than
+    totals = {"message": 0, "receipt": 0, "reply": 0, "raw_body": 0, "activity": 0}
+    while True:
+        ids = list(db.session.execute(
+            db.select(Message.request_id).where(Message.last_activity_at < cutoff)
+            .order_by(Message.last_activity_at, Message.request_id).limit(batch_size)).scalars())
+        if not ids:
+            break
+        for name, n in purge_batch(ids).items():
+            totals[name] += n
+        db.session.commit()
+        progress(len(ids))
+    # Bodies that never became a message (rejected, refused) age out too.
+    while True:
+        ids = list(db.session.execute(
+            db.select(RawBody.id).where(RawBody.received_at < cutoff,
+                                        RawBody.outcome.in_(("rejected", "refused", "pending")))
+            .order_by(RawBody.received_at).limit(batch_size)).scalars())
+        if not ids:
+            break
+        totals["raw_body"] += db.session.execute(
+            db.delete(RawBody).where(RawBody.id.in_(ids)),
+            execution_options={"synchronize_session": False}).rowcount
+        db.session.commit()
+    _recount_tally()
+    return totals
+
+
+def _recount_tally() -> None:
+    """The counters' tally is derived from the messages; recount it after bulk changes."""
+    from . import tally
+
+    tally.rebuild()
+
+
+def count_older(older_than: timedelta, now: Optional[datetime] = None) -> int:
+    cutoff = (now or utcnow()) - older_than
+    return db.session.execute(
+        db.select(func.count()).select_from(Message).where(Message.last_activity_at < cutoff)).scalar()
 
 
 def register(app: Flask) -> None:
-    pass
+    @app.cli.command("seed")
+    @click.option("--messages", "count", type=click.IntRange(min=1), required=True,
+                  help="How many messages to add.")
+    @click.option("--replies", type=click.IntRange(min=0), default=None,
+                  help="About how many replies (default: a fifth of the messages).")
+    @click.option("--days", type=click.FloatRange(min=1), default=120.0, show_default=True,
+                  help="Spread the messages over this many past days.")
+    @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True)
+    @click.option("--random-seed", type=int, default=None, help="Make the data reproducible.")
+    def seed_command(count, replies, days, batch_size, random_seed):
+        """Fill the database with realistic messages, receipts, replies and contacts."""
+        from .seed import seed
+
+        with click.progressbar(length=count, label="seeding messages", show_pos=True) as bar:
+            written = seed(count, replies=replies, days=days, batch_size=batch_size,
+                           random_seed=random_seed, zone=current_app.extensions["viberwatch.sendtime_zone"],
+                           progress=bar.update)
+        _recount_tally()
+        click.echo("written: " + ", ".join(f"{n} {name}" for name, n in written.items()))
+
+    @app.cli.command("purge")
+    @click.option("--older-than", required=True, help="Age of the last activity, e.g. 90d, 12h, 2w.")
+    @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True)
+    def purge_command(older_than, batch_size):
+        """Delete messages whose last activity is older than the given age, in batches."""
+        try:
+            age = parse_age(older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+        now = utcnow()
+        total = count_older(age, now)
+        with click.progressbar(length=total, label="purging messages", show_pos=True) as bar:
+            counts = purge(age, batch_size=batch_size, now=now, progress=bar.update)
+        click.echo("deleted: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+
+    @app.cli.command("rebuild")
+    @click.option("--check", is_flag=True, help="Only report differences, change nothing.")
+    @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True)
+    def rebuild_command(check, batch_size):
+        """Recompute every message from the raw record and report any difference."""
+        from .rebuild import rebuild
+
+        total = db.session.execute(db.select(func.count()).select_from(Message)).scalar()
+        with click.progressbar(length=total, label="rebuilding messages", show_pos=True) as bar:
+            report = rebuild(batch_size=batch_size, fix=not check, progress=bar.update)
+        if report.changed_messages and not check:
+            _recount_tally()
+        for line in report.lines():
+            click.echo(line)

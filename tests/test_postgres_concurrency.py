@@ -1,0 +1,127 @@
+"""Many parallel pushes for the same messages, through the production server with several
+workers, end in the same record as any sequential order (on SQLite and on PostgreSQL)."""
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+COPIES = 6  # each distinct body is pushed this many times (NXCLOUD retries, several devices)
+MESSAGES = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def gunicorn_server(app, database_url, tmp_path):
+    """`gunicorn -c gunicorn.conf.py 'app:create_app()'` with three workers on the test database."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "HOST": "127.0.0.1", "PORT": str(port),
+           "WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8"}
+    log = open(tmp_path / "gunicorn.log", "wb")
+    proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "--access-logfile", "/dev/null",
+                             "app:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:  # not listening yet, or still starting
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("gunicorn did not start: " + (tmp_path / "gunicorn.log").read_text())
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(20)
+    log.close()
+
+
+def receipt(rid: str, status: str, code: int, message: str, cost: bool = False) -> dict:
+    body = {"status": status, "requestId": rid, "code": code, "message": message,
+            "sendTime": "2024-05-01 10:00:00"}
+    if cost:
+        body["cost"] = {"currency": "USD", "localPrice": 0.012, "originalPrice": 0.012,
+                        "rateType": "Transactional"}
+    return body
+
+
+def bodies_for(rid: str, phone: str) -> list[tuple[str, dict]]:
+    return [
+        ("dr", receipt(rid, "success", 0, "Successfully sent.", cost=True)),
+        ("dr", receipt(rid, "delivered", 11001, "Viber message has delivered")),
+        ("dr", receipt(rid, "seen", 11002, "Viber message has seen")),
+        ("dr", receipt(rid, "expired", 11003, "Viber message has expired")),
+        ("dr", receipt(rid, "failed", 11000, "Viber send error")),
+        ("message", {"phone": phone, "appkey": "app1", "traceRequestId": rid,
+                     "message": {"text": f"thanks {rid}"}, "sendTime": "2024-05-01 10:05:00"}),
+    ]
+
+
+def post(url: str, endpoint: str, body: dict) -> int:
+    req = urllib.request.Request(f"{url}/webhooks/viber/{endpoint}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_parallel_pushes_to_several_workers_end_in_the_folded_state(app, gunicorn_server):
+    messages = {f"conc{i:02d}{'0' * 24}": f"7910000{i:04d}" for i in range(MESSAGES)}
+    work = [(endpoint, body) for rid, phone in messages.items()
+            for endpoint, body in bodies_for(rid, phone) for _ in range(COPIES)]
+    random.Random(6).shuffle(work)
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        statuses = list(pool.map(lambda w: post(gunicorn_server, *w), work))
+    assert Counter(statuses) == {200: len(work)}
+
+    distinct_receipts = 5
+    with app.app_context():
+        for rid, phone in messages.items():
+            m = db.session.get(Message, rid)
+            assert m.status == "seen" and m.code == 11002
+            assert m.anomaly and set(m.anomalies.split("; ")) == {"expired beside seen", "failed beside seen"}
+            assert m.phone == phone
+            assert (m.receipts_count, m.replies_count) == (distinct_receipts, 1)
+            assert (m.cost_currency, m.cost_local_price) == ("USD", 0.012)
+            receipts = db.session.execute(db.select(Receipt).where(Receipt.request_id == rid)).scalars().all()
+            assert sorted(r.times_received for r in receipts) == [COPIES] * distinct_receipts
+            times = {r.status: r.received_at for r in receipts}
+            assert (m.accepted_at, m.delivered_at, m.seen_at, m.failed_at, m.expired_at) == (
+                times["success"], times["delivered"], times["seen"], times["failed"], times["expired"])
+            assert m.last_activity_at == max(
+                [r.received_at for r in receipts] + [m.created_at]
+                + list(db.session.execute(db.select(Reply.received_at)
+                                          .where(Reply.trace_request_id == rid)).scalars()))
+            reply = db.session.execute(db.select(Reply).where(Reply.trace_request_id == rid)).scalar_one()
+            assert reply.times_received == COPIES
+            contact = db.session.get(Contact, phone)
+            assert (contact.messages_count, contact.replies_count) == (1, 1)
+
+        outcomes = Counter(db.session.execute(db.select(RawBody.outcome)).scalars())
+        accepted = MESSAGES * (distinct_receipts + 1)
+        assert outcomes == {"accepted": accepted, "duplicate": len(work) - accepted}
+        kinds = Counter(db.session.execute(db.select(Activity.kind)).scalars())
+        assert kinds == {"receipt": MESSAGES * distinct_receipts, "reply": MESSAGES}
