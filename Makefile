@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run test demo vendor clean
+.PHONY: install run serve test bench demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,29 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/viberwatch init-db
+	$(BIN)/viberwatch db upgrade
 	$(BIN)/viberwatch ensure-admin
 	$(BIN)/viberwatch urls --host $(HOST) --port $(PORT)
 	$(BIN)/viberwatch run --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/pytest
+	@if [ -n "$$TEST_DATABASE_URL" ]; then \
+	  echo "== the suite again, on PostgreSQL (TEST_DATABASE_URL)"; \
+	  $(BIN)/pytest --db postgresql; \
+	fi
+
+# The production server: gunicorn with threaded workers (gunicorn.conf.py), after migrating.
+serve: install
+	$(BIN)/viberwatch db upgrade
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py 'app:create_app()'
+
+# Benchmarks (docs/benchmarks.md). BENCH_MESSAGES=20000 for a quick run; needs wrk.
+BENCH_MESSAGES ?= 1000000
+bench: install
+	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
+	$(BIN)/python bench/run.py --messages $(BENCH_MESSAGES)
 
 # Serve, then play NXCLOUD against the server so the dashboard fills up live; Ctrl-C stops.
 DEMO_RATE ?= 2
