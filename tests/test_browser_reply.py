@@ -1,0 +1,127 @@
+"""The reply box in a real browser: Chromium driven by Playwright against a real server and
+a local fake of NXCLOUD's send API; the sent message's receipts arrive live."""
+import os
+
+import httpx
+import pytest
+
+from conftest import TEST_PASSWORD, TEST_USER, create_test_user
+from fake_nxcloud import fake_nxcloud, nxcloud_config  # noqa: F401
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+PHONE = "79100000077"
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def sending_config(app_config, fake_nxcloud):
+    app_config.update(nxcloud_config(fake_nxcloud))
+
+
+@pytest.fixture
+def signed_in(chromium, sending_config, app, live_server):
+    create_test_user(app)
+    context = chromium.new_context(base_url=live_server.url)
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    pg.goto("/login")
+    pg.fill("input[name=username]", TEST_USER)
+    pg.fill("input[name=password]", TEST_PASSWORD)
+    pg.click("button[type=submit]")
+    pg.wait_for_url(lambda url: "/login" not in url)
+    yield pg
+    context.close()
+    # Nothing the page did broke the Content-Security-Policy or threw.
+    assert errors == [], errors
+
+
+def push(server, path, body):
+    response = httpx.post(server.url + path, json=body, timeout=10)
+    assert response.status_code == 200, response.text
+
+
+def user_writes(server, text="When do you open?"):
+    push(server, "/webhooks/viber/message", {
+        "phone": PHONE, "appkey": "FakeApp1", "traceRequestId": "b" * 32, "message": {"text": text},
+        "sendTime": "2024-06-03 17:00:00"})
+
+
+def receipt(request_id, status, code):
+    return {"status": status, "requestId": request_id, "code": code, "message": f"Viber message has {status}",
+            "sendTime": "2024-06-03 17:01:00"}
+
+
+def open_thread(pg):
+    pg.goto(f"/conversations/{PHONE}")
+    pg.wait_for_selector("body[data-live-state=live]")
+
+
+def test_a_reply_sent_from_the_thread_is_delivered_live(signed_in, live_server, fake_nxcloud):
+    pg = signed_in
+    user_writes(live_server)
+    open_thread(pg)
+    assert "Session open" in pg.locator("#session-window").inner_text()
+    assert "5 of 5 before the user must reply" in pg.locator("#session-window").inner_text()
+    pg.fill("#reply-text", "We open at 9, see you <soon>")
+    pg.click("#reply-box button[type=submit]")
+    pg.wait_for_selector("#reply-box .send-ok")
+    request_id = fake_nxcloud.sent[0]["requestId"]
+    assert request_id in pg.locator("#reply-box .send-ok").inner_text()
+    assert pg.locator("#reply-text").input_value() == ""
+    assert "4 of 5 before the user must reply" in pg.locator("#session-window").inner_text()
+    # The sent message joins the thread without a reload, then its receipts move it on.
+    sent = pg.locator(f"#thread #thread-msg-{request_id}")
+    sent.wait_for()
+    assert "We open at 9, see you <soon>" in sent.inner_text()
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "success", 0))
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "delivered", 11001))
+    pg.wait_for_selector(f"#thread-msg-{request_id}[data-status=delivered]")
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "seen", 11002))
+    pg.wait_for_selector(f"#thread-msg-{request_id}[data-status=seen]")
+    assert pg.locator(f"#thread-msg-{request_id}").count() == 1
+
+
+def test_a_refused_send_is_explained_and_listed(signed_in, live_server, fake_nxcloud):
+    pg = signed_in
+    user_writes(live_server)
+    open_thread(pg)
+    fake_nxcloud.next_codes.append(1102)
+    pg.fill("#reply-text", "Your order is ready")
+    pg.click("#reply-box button[type=submit]")
+    error = pg.locator("#reply-box .send-error")
+    error.wait_for()
+    assert "Not sent (code 1102): Insufficient balance" in error.inner_text()
+    assert "recharge" in error.inner_text()
+    # The text stays in the box for another try, and the attempt is listed after a reload.
+    assert pg.locator("#reply-text").input_value() == "Your order is ready"
+    open_thread(pg)
+    assert "code 1102: Insufficient balance" in pg.locator("#failed-sends").inner_text()
+
+
+def test_a_send_outside_the_window_needs_a_second_click(signed_in, live_server, fake_nxcloud):
+    pg = signed_in
+    user_writes(live_server)
+    # A phone that never wrote has no open session.
+    other = "79100000088"
+    pg.goto(f"/conversations/{other}/reply")
+    assert "No session" in pg.locator("#session-window").inner_text()
+    pg.fill("#reply-text", "Hello first")
+    pg.click("#reply-box button[type=submit]")
+    pg.wait_for_selector("#reply-box .send-warning[role=alert]")
+    assert fake_nxcloud.calls == []
+    pg.click("#reply-box button:has-text('Send anyway')")
+    pg.wait_for_selector("#reply-box .send-ok")
+    assert [s["phone"] for s in fake_nxcloud.sent] == [other]
