@@ -98,8 +98,9 @@ def socket(ws):
     serve(hub_of(app), ws, cursor, page)
 
 
-def _send(ws, html: str) -> None:
-    ws.send(html)
+def _send(ws, *frames: str) -> None:
+    for frame in frames:
+        ws.send(frame)
 
 
 def serve(hub: Hub, ws, cursor: Optional[int], page) -> None:
@@ -114,7 +115,7 @@ def serve(hub: Hub, ws, cursor: Optional[int], page) -> None:
         client.cursor = max(client.cursor, upto)
         if push is not None:
             push.cursor = client.cursor
-            _send(ws, push.html(hello))
+            _send(ws, *push.frames(hello))
         else:
             _send(ws, _meta({"cursor": client.cursor, **hello}))
         db.session.remove()
@@ -143,7 +144,7 @@ def _pump(hub: Hub, ws, client: Client, cap: int) -> None:
             if push.cursor == client.cursor:
                 continue
             client.cursor = push.cursor
-            _send(ws, push.html() if not push.empty else _meta({"cursor": push.cursor}))
+            _send(ws, *push.frames())
         finally:
             db.session.remove()
     if client.closed and ws.connected and hub.stopped.is_set():
@@ -166,4 +167,4 @@ def _read_incoming(ws, client: Client) -> None:
 def _meta(meta: dict) -> str:
     from flask import render_template
 
-    return render_template("partials/_live_push.html", meta=meta, push=None)
+    return render_template("partials/_live_push.html", part="rest", meta=meta, push=None)

@@ -225,9 +225,14 @@ class Push:
     def empty(self) -> bool:
         return not (self.rows or self.counters or self.feed or self.items)
 
-    def html(self, extra: Optional[dict] = None) -> str:
+    def frames(self, extra: Optional[dict] = None) -> list[str]:
+        """The WebSocket messages of this push, the one carrying the cursor last."""
         meta = {"cursor": self.cursor, **(extra or {})}
-        return render_template("partials/_live_push.html", meta=meta, push=self)
+        modes = {mode for mode, _ in self.rows.values()}
+        out = [render_template("partials/_live_push.html", part=part, push=self)
+               for part, mode in (("updates", "update"), ("inserts", "insert")) if mode in modes]
+        out.append(render_template("partials/_live_push.html", part="rest", meta=meta, push=self))
+        return out
 
 
 def compose(page: Page, cursor: int, batches: list[Batch], feed_cap: int) -> Push:

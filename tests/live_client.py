@@ -92,13 +92,16 @@ class _Splitter(HTMLParser):
         self.current = None
 
 
-def parse_push(text: str) -> Push:
+def parse_push(text: str, before: list[str] = ()) -> Push:
     match = META_RE.match(text)
-    assert match, f"a push starts with its cursor comment: {text[:80]!r}"
-    splitter = _Splitter(text)
-    splitter.feed(text)
-    splitter.close()
-    return Push(json.loads(match.group(1)), splitter.fragments, text)
+    assert match, f"a push ends with a frame that starts with its cursor: {text[:80]!r}"
+    fragments = []
+    for frame in [*before, text]:
+        splitter = _Splitter(frame)
+        splitter.feed(frame)
+        splitter.close()
+        fragments.extend(splitter.fragments)
+    return Push(json.loads(match.group(1)), fragments, "".join([*before, text]))
 
 
 class LiveClient:
@@ -117,8 +120,16 @@ class LiveClient:
         self.cursor = self.first.cursor
 
     def recv(self, timeout: float = 10.0) -> Push:
-        self.ws.settimeout(timeout)
-        push = parse_push(self.ws.recv())
+        # Table rows come in frames of their own before the frame with the cursor.
+        frames = []
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ws.settimeout(max(0.01, deadline - time.monotonic()))
+            frame = self.ws.recv()
+            if META_RE.match(frame):
+                break
+            frames.append(frame)
+        push = parse_push(frame, frames)
         self.cursor = max(getattr(self, "cursor", 0) or 0, push.cursor)
         return push
 

@@ -1,0 +1,131 @@
+"""Live updates in a real browser: Chromium driven by Playwright against a real server."""
+import os
+import uuid
+
+import pytest
+
+from app import create_app, live
+from app.models import db
+from conftest import TEST_PASSWORD, TEST_USER, LiveServer, create_test_user, post_json
+from live_client import post, receipt
+
+DR = "/webhooks/viber/dr"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, app, live_server):
+    create_test_user(app)
+    context = browser.new_context(base_url=live_server.url)
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto("/login")
+    pg.fill("input[name=username]", TEST_USER)
+    pg.fill("input[name=password]", TEST_PASSWORD)
+    pg.click("button[type=submit]")
+    pg.wait_for_url(lambda url: "/login" not in url)
+    yield pg
+    context.close()
+    assert errors == []
+
+
+def open_live(pg, path="/"):
+    pg.goto(path)
+    pg.wait_for_selector("body[data-live-state=live]")
+
+
+def test_new_row_appears_and_badge_changes_in_place(page, live_server):
+    open_live(page)
+    a = uuid.uuid4().hex
+    post(live_server.url, DR, receipt(a, "delivered"))
+    row = page.locator(f"#msg-{a}")
+    row.wait_for()
+    assert row.get_attribute("data-status") == "delivered"
+    first_row_id = page.locator("#messages-body > tr").first.get_attribute("id")
+    assert first_row_id == f"msg-{a}"
+    b = uuid.uuid4().hex
+    post(live_server.url, DR, receipt(b, "success"))
+    page.locator(f"#msg-{b}").wait_for()
+    post(live_server.url, DR, receipt(a, "seen"))
+    page.wait_for_selector(f"#msg-{a}[data-status=seen] .badge-seen")
+    # Updated where it stands: b stays on top, one row per message.
+    assert page.locator("#messages-body > tr").first.get_attribute("id") == f"msg-{b}"
+    assert page.locator(f"#msg-{a}").count() == 1
+    assert page.locator("#feed-items > li").count() == 3
+    assert page.locator("#live-status").get_attribute("data-state") == "live"
+
+
+def test_feed_pauses_and_resumes(page, live_server):
+    open_live(page)
+    page.click("#feed-toggle")
+    a = uuid.uuid4().hex
+    post(live_server.url, DR, receipt(a, "success"))
+    page.locator(f"#msg-{a}").wait_for()
+    assert page.locator("#feed-items > li").count() == 0
+    assert "1 new" in page.locator("#feed-held").inner_text()
+    page.click("#feed-toggle")
+    assert page.locator("#feed-items > li").count() == 1
+
+
+def test_filtered_page_does_not_receive_other_rows(page, live_server):
+    a = uuid.uuid4().hex
+    post(live_server.url, DR, receipt(a, "seen"))
+    open_live(page, "/?status=seen")
+    other, wanted = uuid.uuid4().hex, uuid.uuid4().hex
+    post(live_server.url, DR, receipt(other, "delivered"))
+    post(live_server.url, DR, receipt(wanted, "seen"))
+    page.locator(f"#msg-{wanted}").wait_for()
+    # The feed shows every event; the table only what matches.
+    page.wait_for_selector("#feed-items > li:nth-child(3)")
+    assert page.locator(f"#msg-{other}").count() == 0
+    assert page.locator("#messages-body > tr").count() == 2
+
+
+def test_restarted_server_and_the_page_catches_up(page, app, app_config, live_server):
+    a = uuid.uuid4().hex
+    open_live(page)
+    post(live_server.url, DR, receipt(a, "success"))
+    page.locator(f"#msg-{a}").wait_for()
+    port = live_server.server.server_port
+    live_server.stop()
+    live.stop(app)
+    page.wait_for_selector("body[data-live-state=reconnecting]")
+    # While no server runs, the record grows (another process keeps receiving).
+    with app.test_client() as other:
+        post_json(other, DR, receipt(a, "delivered"))
+        b = uuid.uuid4().hex
+        post_json(other, DR, receipt(b, "success"))
+    second = create_app(app_config)
+    from werkzeug.serving import make_server
+
+    restarted = LiveServer.__new__(LiveServer)
+    restarted.server = make_server("127.0.0.1", port, second, threaded=True)
+    restarted.url = live_server.url
+    import threading
+
+    restarted.thread = threading.Thread(target=restarted.server.serve_forever, daemon=True)
+    restarted.start()
+    try:
+        page.wait_for_selector(f"#msg-{a}[data-status=delivered]", timeout=30_000)
+        page.locator(f"#msg-{b}").wait_for()
+        page.wait_for_selector("body[data-live-state=live]")
+        assert page.locator(f"#msg-{b}").count() == 1
+        assert page.locator("#feed-items > li").count() == 3
+    finally:
+        restarted.stop()
+        live.stop(second)
+        with second.app_context():
+            db.engine.dispose()
