@@ -5,7 +5,6 @@ import click
 from flask import Flask
 
 from . import auth
-from .models import db
 
 
 def register(app: Flask) -> None:
@@ -39,7 +38,6 @@ def register(app: Flask) -> None:
     @click.option("--name", default="admin", show_default=True)
     def ensure_admin(name: str):
         """Create a first user with a random password if no user exists, and print it once."""
-        db.create_all()
         password = auth.ensure_admin(name)
         if password is None:
             return

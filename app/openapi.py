@@ -15,11 +15,14 @@ ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": r
 NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
 
-COST = {"type": "object", "properties": {
+PRICE = {"type": ["number", "null"], "exclusiveMinimum": -1e12, "exclusiveMaximum": 1e12}
+COST = {"type": ["object", "null"], "properties": {
     "currency": {"type": ["string", "null"], "maxLength": 16},
-    "localPrice": {"type": ["number", "null"]},
-    "originalPrice": {"type": ["number", "null"]},
+    "localPrice": PRICE,
+    "originalPrice": PRICE,
     "rateType": {"type": ["string", "null"], "maxLength": 32}}}
+# Optional fields may also be null, which counts as absent.
+OPTIONAL_ID = {**ID, "type": ["string", "null"]}
 
 SCHEMAS = {
     "Error": {
@@ -44,10 +47,14 @@ SCHEMAS = {
             "phone": {"type": "string", "minLength": 1, "maxLength": MAX_PHONE_LENGTH, "pattern": r"\S"},
             "appkey": ID,
             "traceRequestId": ID,
-            "message": {"type": "object", "properties": {
-                "text": {"type": "string", "maxLength": MAX_TEXT_LENGTH},
-                "media": {"type": "string", "maxLength": 4096},
-                "fileName": {"type": "string", "maxLength": 1024}}},
+            "message": {
+                "type": "object", "description": "Text, or media with fileName.",
+                "properties": {
+                    "text": {"type": ["string", "null"], "maxLength": MAX_TEXT_LENGTH},
+                    "media": {"type": ["string", "null"], "maxLength": 4096, "pattern": r"\S"},
+                    "fileName": {"type": ["string", "null"], "maxLength": 1024}},
+                "anyOf": [{"required": ["text"], "properties": {"text": {"type": "string"}}},
+                          {"required": ["media"], "properties": {"media": {"type": "string"}}}]},
             "sendTime": SEND_TIME,
         },
     },
@@ -56,9 +63,9 @@ SCHEMAS = {
         "properties": {
             "requestId": ID,
             "phone": {"type": "string", "minLength": 1, "maxLength": MAX_PHONE_LENGTH, "pattern": r"\S"},
-            "text": {"type": "string", "maxLength": MAX_TEXT_LENGTH},
-            "appkey": ID,
-            "functionType": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"\S"},
+            "text": {"type": ["string", "null"], "maxLength": MAX_TEXT_LENGTH},
+            "appkey": OPTIONAL_ID,
+            "functionType": {"type": ["string", "null"], "minLength": 1, "maxLength": 64, "pattern": r"\S"},
         },
     },
     "Registered": {
@@ -81,7 +88,7 @@ SCHEMAS = {
             "statusTimes": {"type": "object", "additionalProperties": {"type": "string"}},
             "sendTime": NULLABLE_STRING,
             "sendTimeUtc": TIME,
-            "cost": {"oneOf": [COST, {"type": "null"}]},
+            "cost": COST,
             "anomalies": {"type": "array", "items": {"type": "string"}},
             "registeredAt": TIME,
             "text": NULLABLE_STRING,
