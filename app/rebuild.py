@@ -229,7 +229,7 @@ def rebuild_batch(messages: list[Message], zone, report: Report, fix: bool) -> s
         changes = derive(msg, exp, zone)
         if changes:
             report.changed_messages += 1
-            report.columns.update(changes)
+            report.columns.update(list(changes))
             shown = ", ".join(f"{k}: {getattr(msg, k)!r} -> {v!r}" for k, v in list(changes.items())[:4])
             report.note(f"{msg.request_id}: {shown}")
             writes["message"].append({"request_id": msg.request_id, **changes})

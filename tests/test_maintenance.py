@@ -98,6 +98,8 @@ def test_rebuild_reports_and_repairs_differences(app, client):
     with app.app_context():
         db.session.execute(db.update(Message).where(Message.request_id == rid)
                            .values(status="failed", replies_count=0, last_reply_text="forged"))
+        other = fixture_json("dr_failed")["requestId"]
+        db.session.execute(db.update(Message).where(Message.request_id == other).values(status="seen"))
         db.session.execute(db.delete(Activity).where(Activity.raw_id.in_(
             db.select(Receipt.raw_id).where(Receipt.request_id == rid, Receipt.status == "seen"))))
         db.session.execute(db.delete(Receipt).where(Receipt.request_id == rid, Receipt.status == "seen"))
@@ -106,8 +108,9 @@ def test_rebuild_reports_and_repairs_differences(app, client):
         db.session.commit()
 
         check = rebuild(fix=False)
-        assert check.changed_messages == 1 and check.receipts_missing == 1 and check.receipts_fixed == 1
-        assert {"status", "replies_count", "last_reply_text"} <= set(check.columns)
+        assert check.changed_messages == 2 and check.receipts_missing == 1 and check.receipts_fixed == 1
+        assert check.columns["status"] == 2
+        assert {"replies_count", "last_reply_text"} <= set(check.columns)
         assert any(rid in line for line in check.lines())
         assert db.session.get(Message, rid).status == "failed"  # --check changes nothing
 
@@ -115,6 +118,7 @@ def test_rebuild_reports_and_repairs_differences(app, client):
         assert fixed.differences == check.differences
         msg = db.session.get(Message, rid)
         assert (msg.status, msg.replies_count, msg.last_reply_text) == ("seen", 2, "[media] xxxx.jpeg")
+        assert db.session.get(Message, other).status == "failed"
         delivered = db.session.execute(db.select(Receipt).where(
             Receipt.request_id == rid, Receipt.status == "delivered")).scalar_one()
         assert delivered.times_received == 2
