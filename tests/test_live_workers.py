@@ -1,0 +1,159 @@
+"""Live updates across processes: gunicorn workers, and the wake-up between processes."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app import create_app, live
+from app.models import db
+from conftest import TEST_PASSWORD, TEST_USER, LiveServer, create_test_user
+from live_client import LiveClient, post, receipt
+
+ROOT = Path(__file__).resolve().parent.parent
+DR = "/webhooks/viber/dr"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_cookie(base_url: str) -> str:
+    """Sign in through the real login form over HTTP; the session cookie it sets."""
+    with httpx.Client(base_url=base_url, timeout=10) as http:
+        token = CSRF_RE.search(http.get("/login").text).group(1)
+        r = http.post("/login", data={"username": TEST_USER, "password": TEST_PASSWORD, "csrf_token": token})
+        assert r.status_code == 302, r.text
+        return "; ".join(f"{k}={v}" for k, v in http.cookies.items())
+
+
+def wait_up(url: str, proc, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the server exited"
+        try:
+            if httpx.get(url + "/login", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server did not answer")
+
+
+@pytest.fixture
+def gunicorn(app, app_config, tmp_path):
+    """The production command with two workers, on the test's database."""
+    create_test_user(app)
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"], "HOST": "127.0.0.1",
+           "PORT": str(port), "VIBERWATCH_SECRET_KEY": app_config["SECRET_KEY"],
+           "GUNICORN_THREADS": "16"}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "--workers", "2",
+         "--access-logfile", os.devnull, "app:create_app()"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.log", "wb"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_up(url, proc)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_dashboards_on_different_workers_all_see_every_event(gunicorn):
+    cookie = session_cookie(gunicorn)
+    sockets, pids = [], set()
+    try:
+        # The kernel spreads connections over the workers; open until both serve some.
+        for _ in range(40):
+            c = LiveClient(gunicorn, cookie, cursor=0, feed=True)
+            sockets.append(c)
+            pids.add(c.first.meta["pid"])
+            if len(pids) == 2 and len(sockets) >= 6:
+                break
+        assert len(pids) == 2, "every socket landed on one worker"
+        ids = [uuid.uuid4().hex for _ in range(5)]
+        for a in ids:
+            assert post(gunicorn, DR, receipt(a)) == 200
+        for c in sockets:
+            pushes = c.until(lambda ps: sum(1 for p in ps for i in p.ids() if i.startswith("act-")) >= 5)
+            feed = [i for p in pushes for i in p.ids() if i.startswith("act-")]
+            assert sorted(feed) == [f"act-{n}" for n in range(1, 6)]
+            assert sorted(r[0] for p in pushes for r in p.rows()) == sorted(ids)
+    finally:
+        for c in sockets:
+            c.close()
+
+
+def redis_url() -> str:
+    return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def redis_ready() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(redis_url(), socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.parametrize("backend", ["database", "redis"])
+def test_wake_up_reaches_another_process_without_the_poll(app, app_config, live_server, backend):
+    """Two app instances on one database stand for two processes. The watcher's poll is an
+    hour, so only the wake-up (SQLite file watch or PostgreSQL NOTIFY, or Redis) can deliver."""
+    if backend == "redis" and not redis_ready():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is not reachable at {redis_url()}")
+        pytest.skip("no Redis server")
+    channel = "viberwatch_test_" + uuid.uuid4().hex[:12]
+    config = {**app_config, "LIVE_POLL_INTERVAL": 3600, "LIVE_CHANNEL": channel}
+    if backend == "redis":
+        config.update(REDIS_URL=redis_url(), LIVE_SQLITE_WATCH_INTERVAL=0)
+    watcher = create_app(config)
+    create_test_user(app)
+    server = LiveServer(watcher).start()
+    sender = create_app({**config, "LIVE_POLL_INTERVAL": 3600})
+    try:
+        from live_client import LiveClient as Client
+
+        cookie = session_cookie(server.url)
+        c = Client(server.url, cookie, cursor=None)
+        hub = watcher.extensions["viberwatch.live"]
+        expected = {"database": "postgresql" if "postgresql" in app_config["SQLALCHEMY_DATABASE_URI"]
+                    else "sqlite", "redis": "redis"}[backend]
+        assert hub.backend is not None and hub.backend.name == expected
+        # The sender's own hub starts when it has a socket; it publishes the wake-up.
+        sender_server = LiveServer(sender).start()
+        try:
+            Client(sender_server.url, cookie, cursor=None).close()
+            time.sleep(0.5)  # let the subscriptions settle
+            a = uuid.uuid4().hex
+            post(sender_server.url, DR, receipt(a))
+            pushes = c.until(lambda ps: any(r[0] == a for p in ps for r in p.rows()), timeout=20)
+            assert pushes
+        finally:
+            sender_server.stop()
+        c.close()
+    finally:
+        server.stop()
+        for x in (watcher, sender):
+            live.stop(x)
+            with x.app_context():
+                db.engine.dispose()
