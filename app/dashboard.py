@@ -94,6 +94,14 @@ def _messages_context(flt: MessageFilter, args) -> dict:
             "error": None}
 
 
+def canonical_url(flt: MessageFilter, args) -> str:
+    """The page's bookmarkable URL: only the filters in use, in a stable order."""
+    extra = {k: args[k] for k in ("size", "after", "before") if args.get(k)}
+    if extra.get("size") == str(listing.DEFAULT_PAGE_SIZE):
+        extra.pop("size")
+    return url_for("dashboard.messages", **flt.to_args(), **extra)
+
+
 @bp.get("/")
 def messages():
     """Messages, most recent activity first, filtered, paged and counted."""
@@ -101,6 +109,10 @@ def messages():
         flt = MessageFilter.from_args(request.args)
         context = _messages_context(flt, request.args)
         status = 200
+        canonical = canonical_url(flt, request.args)
+        # A plain form submit sends every field, empty or not: keep the address short.
+        if not is_htmx() and any(v == "" for v in request.args.values()):
+            return redirect(canonical, code=302)
     except FilterError as exc:
         context = {"flt": MessageFilter(), "page": None, "counters": None,
                    "size": listing.DEFAULT_PAGE_SIZE, "size_args": {},
@@ -108,12 +120,14 @@ def messages():
                    "statuses": STATUS_CHOICES, "webhook_urls": None, "nothing_yet": False,
                    "error": exc}
         status = 400
+        canonical = None
     if is_htmx():
         # The filter form swaps only the results; links inside the panel swap the panel,
         # so the form's fields follow a removed filter.
         template = ("messages/_results.html" if request.headers.get("HX-Target") == "results"
                     else "messages/_panel.html")
-        return render_template(template, **context), status
+        headers = {"HX-Push-Url": canonical} if status == 200 else {}
+        return render_template(template, **context), status, headers
     return render_template("messages/index.html", **context), status
 
 

@@ -173,3 +173,38 @@ def live_server(app):
     server = LiveServer(app).start()
     yield server
     server.stop()
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """The Debian chromium, driven by Playwright (its own browser download is never used)."""
+    if not os.path.exists(CHROMIUM):
+        message = f"{CHROMIUM} is missing: install the Debian chromium package"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server, app):
+    """A fresh browser tab, signed in, whose relative URLs go to the live server."""
+    context = browser.new_context(base_url=live_server.url)
+    tab = context.new_page()
+    create_test_user(app)
+    tab.goto("/login")
+    tab.fill("#username", TEST_USER)
+    tab.fill("#password", TEST_PASSWORD)
+    tab.click("button[type=submit]")
+    tab.wait_for_url(lambda url: "/login" not in url)
+    yield tab
+    context.close()
