@@ -10,8 +10,8 @@ from .filters import STATUS_CHOICES, FilterError, MessageFilter
 
 bp = Blueprint("analytics", __name__)
 
-# How often the page re-reads its numbers when no live event arrives first.
-POLL_SECONDS = 5
+# Live activity refreshes the page; this slow poll only moves a quiet page's window along.
+POLL_SECONDS = 60
 
 
 def _now() -> datetime:

@@ -3,11 +3,24 @@
 (function () {
   "use strict";
 
-  var COLORS = {
-    messages: "#6b7280", accepted: "#2563eb", delivered: "#16a34a", seen: "#0d9488",
-    failed: "#dc2626", expired: "#d97706", pending: "#9ca3af", replies: "#7c3aed"
-  };
+  // Status colours come from app.css (light and dark), so a chart matches the badges.
+  function cssVar(name, fallback) {
+    var value = window.getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return value || fallback;
+  }
+  var COLORS = {};
   var PALETTE = ["#2563eb", "#16a34a", "#d97706", "#7c3aed", "#dc2626", "#0d9488", "#db2777", "#4b5563"];
+
+  function loadColors() {
+    COLORS = {
+      messages: cssVar("--muted", "#6b7280"), accepted: cssVar("--st-success", "#2563eb"),
+      delivered: cssVar("--st-delivered", "#16a34a"), seen: cssVar("--st-seen", "#0d9488"),
+      failed: cssVar("--st-failed", "#dc2626"), expired: cssVar("--st-expired", "#d97706"),
+      pending: cssVar("--st-pending", "#9ca3af"), replies: cssVar("--accent", "#7c3aed")
+    };
+    window.Chart.defaults.color = cssVar("--muted", "#5d6678");
+    window.Chart.defaults.borderColor = cssVar("--border", "#dde1e8");
+  }
 
   function draw(id, config) {
     var canvas = document.getElementById(id);
@@ -36,6 +49,7 @@
     var block = document.getElementById("analytics-data");
     if (!block || !window.Chart) return;
     var data = JSON.parse(block.textContent);
+    loadColors();
     var f = data.funnel;
 
     draw("chart-funnel", {
@@ -100,20 +114,25 @@
     });
   }
 
-  // A burst of live events becomes one re-fetch of the report.
+  // Live activity re-fetches the report; a burst of events becomes one request, and at
+  // most one request every few seconds however busy the stream is.
+  var MIN_GAP_MS = 3000;
   var pending = null;
+  var last = 0;
   function refreshSoon() {
     if (pending) return;
+    var wait = Math.max(300, last + MIN_GAP_MS - Date.now());
     pending = window.setTimeout(function () {
       pending = null;
+      last = Date.now();
       var report = document.getElementById("analytics-report");
       if (report && window.htmx) window.htmx.trigger(report, report.dataset.liveRefresh || "analytics-refresh");
-    }, 500);
+    }, wait);
   }
 
   document.addEventListener("DOMContentLoaded", render);
   // After any swap the report may be new; drawing again is cheap and keeps this simple.
   document.addEventListener("htmx:afterSettle", render);
-  document.addEventListener("htmx:wsAfterMessage", refreshSoon);
-  document.addEventListener("viberwatch:activity", refreshSoon);
+  // static/live.js announces each message of the live channel it has applied.
+  document.addEventListener("live:applied", refreshSoon);
 }());
