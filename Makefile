@@ -45,9 +45,15 @@ bench: install
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
 	$(BIN)/python bench/run.py --messages $(BENCH_MESSAGES)
 
-# Serve, then play NXCLOUD against the server so the dashboard fills up live; Ctrl-C stops.
+# Serve, then play NXCLOUD against the server so the dashboard fills up live; the played
+# send API lets a thread's reply box send too (nothing reaches real NXCLOUD). Ctrl-C stops.
 DEMO_RATE ?= 2
 DEMO_DURATION ?= 300
+DEMO_SEND_PORT ?= 5001
+demo: export VIBERWATCH_NXCLOUD_BASE_URL = http://$(HOST):$(DEMO_SEND_PORT)
+demo: export VIBERWATCH_NXCLOUD_ACCESS_KEY = demo-access-key
+demo: export VIBERWATCH_NXCLOUD_ACCESS_SECRET = demo-access-secret
+demo: export VIBERWATCH_NXCLOUD_APPKEY = DEMOAPP
 demo: install
 	$(BIN)/viberwatch init-db
 	$(BIN)/viberwatch ensure-admin
@@ -61,8 +67,8 @@ demo: install
 	done; \
 	echo "dashboard: http://$(HOST):$(PORT)/ (sign in, then watch it fill up)"; \
 	$(BIN)/viberwatch simulate --url http://$(HOST):$(PORT) --rate $(DEMO_RATE) \
-	  --duration $(DEMO_DURATION) --api-token "$$token" || true; \
-	echo "simulation over; still serving http://$(HOST):$(PORT)/ until Ctrl-C"; \
+	  --duration $(DEMO_DURATION) --api-token "$$token" --send-api $(HOST):$(DEMO_SEND_PORT) || true; \
+	echo "simulator stopped; still serving http://$(HOST):$(PORT)/ until Ctrl-C"; \
 	wait $$server
 
 # Re-vendor the front-end files from npm; the version is part of each file name.

@@ -246,3 +246,31 @@ def build_script(seed: int, messages: int, *, rate: float = 5.0, register: bool 
     ordered = sorted(((e.at, i, j, e) for i, m in enumerate(scripted) for j, e in enumerate(m.events)),
                      key=lambda item: item[:3])
     return Script(seed, scripted, tuple(e for *_, e in ordered))
+
+
+def sent_message_events(rng: random.Random, request_id: str, phone: str, *, appkey: str = "SIMAPP01",
+                        zone: str = "UTC+08:00", now: Optional[datetime] = None,
+                        speed: float = 1.0) -> tuple[Event, ...]:
+    """The receipts (and perhaps a reply) of a message someone sent through the played send API."""
+    builder = _Builder(0, 0, 1.0, now or datetime.now(timezone.utc), parse_zone(zone), speed, appkey)
+    builder.rng = rng
+    send_time = _send_time(builder.start, 0, builder.zone)
+    price = round(rng.uniform(0.002, 0.05), 5)
+    cost = {"currency": "USD", "localPrice": round(price * 7.25, 5), "originalPrice": price,
+            "rateType": "Session"}
+    t = builder.delay(0.5, 1.5)
+    timeline = [(t, "dr", builder.receipt(request_id, "success", send_time, cost=cost))]
+    if rng.random() < 0.1:
+        timeline.append((t + builder.delay(0.5, 2.0), "dr",
+                         builder.receipt(request_id, "failed", send_time, code=11000)))
+    else:
+        t += builder.delay(1.0, 4.0)
+        timeline.append((t, "dr", builder.receipt(request_id, "delivered", send_time, cost=cost)))
+        if rng.random() < 0.75:
+            t += builder.delay(2.0, 10.0)
+            timeline.append((t, "dr", builder.receipt(request_id, "seen", send_time)))
+            if rng.random() < 0.3:
+                t += builder.delay(3.0, 10.0)
+                timeline.append((t, "message", builder.reply(request_id, phone, t * speed)))
+    return tuple(Event(at=round(at, 6), kind=kind, request_id=request_id, body=_dumps(body))
+                 for at, kind, body in timeline)

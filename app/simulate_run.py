@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional
 
 import click
 import httpx
@@ -23,6 +23,7 @@ PATHS = {"dr": "/webhooks/viber/dr", "message": "/webhooks/viber/message", "regi
 # NXCLOUD does not document the action of a signed Viber callback; name the webhook.
 SIGN_ACTIONS = {"dr": "dr", "message": "message"}
 VIBER_BIZ_TYPE = "7"
+SEND_PATH_HINT = "/api/viber/mt (set NXCLOUD_BASE_URL to its base)"
 
 
 @dataclass(frozen=True)
@@ -95,50 +96,77 @@ class Summary:
         return out
 
 
+class Player:
+    """Sends events to the target over one pooled client, and counts what became of them."""
+
+    def __init__(self, target: Target, client: httpx.AsyncClient, concurrency: int,
+                 on_done: Optional[Callable[[], None]] = None):
+        self.target = target
+        self.client = client
+        self.gate = asyncio.Semaphore(concurrency)
+        self.on_done = on_done
+        self.summary = Summary(planned=0)
+        self.loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task] = set()  # scheduled by play_later, kept until done
+
+    async def send(self, event: Event) -> None:
+        summary = self.summary
+        url, params, headers = build_request(event, self.target, int(time.time() * 1000))
+        async with self.gate:
+            started = self.loop.time()
+            try:
+                response = await self.client.post(url, params=params, headers=headers, content=event.body)
+            except httpx.HTTPError as exc:
+                summary.errors += 1
+                summary.problems[f"{event.kind}: {type(exc).__name__}: {exc}".splitlines()[0]] += 1
+                return
+            finally:
+                summary.sent += 1
+                if self.on_done:
+                    self.on_done()
+            summary.latencies_ms.append((self.loop.time() - started) * 1000)
+        summary.statuses[response.status_code] += 1
+        if 200 <= response.status_code < 300:
+            summary.answered_2xx += 1
+            summary.answered_by_kind[event.kind] += 1
+        else:
+            summary.refused += 1
+            summary.problems[f"{event.kind}: HTTP {response.status_code} {response.text[:160]}"
+                             .splitlines()[0]] += 1
+
+    async def play_events(self, events: tuple[Event, ...], zero: float) -> None:
+        """One message's events at their times after `zero`, strictly in order."""
+        for event in events:
+            wait = zero + event.at - self.loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self.send(event)
+
+    def play_later(self, events: tuple[Event, ...]) -> None:
+        """Schedule a message's events from now (thread-safe through call_soon_threadsafe)."""
+        self.summary.planned += len(events)
+        task = self.loop.create_task(self.play_events(events, self.loop.time()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
 async def play(script: Script, target: Target, *, concurrency: int = 16, timeout: float = 10.0,
-               on_done: Optional[Callable[[], None]] = None) -> Summary:
-    """Send every event of the script at its time; a message's events go strictly in order."""
-    summary = Summary(planned=len(script.events))
-    gate = asyncio.Semaphore(concurrency)
+               on_done: Optional[Callable[[], None]] = None,
+               on_start: Optional[Callable[[Player], None]] = None,
+               then: Optional[Callable[[Player], Awaitable[None]]] = None) -> Summary:
+    """Send every event of the script at its time; `then` runs after, with the same player."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        zero = loop.time()
-
-        async def send(event: Event) -> None:
-            url, params, headers = build_request(event, target, int(time.time() * 1000))
-            async with gate:
-                started = loop.time()
-                try:
-                    response = await client.post(url, params=params, headers=headers, content=event.body)
-                except httpx.HTTPError as exc:
-                    summary.errors += 1
-                    summary.problems[f"{event.kind}: {type(exc).__name__}: {exc}".splitlines()[0]] += 1
-                    return
-                finally:
-                    summary.sent += 1
-                    if on_done:
-                        on_done()
-                summary.latencies_ms.append((loop.time() - started) * 1000)
-            summary.statuses[response.status_code] += 1
-            if 200 <= response.status_code < 300:
-                summary.answered_2xx += 1
-                summary.answered_by_kind[event.kind] += 1
-            else:
-                summary.refused += 1
-                summary.problems[f"{event.kind}: HTTP {response.status_code} {response.text[:160]}"
-                                 .splitlines()[0]] += 1
-
-        async def one_message(events: tuple[Event, ...]) -> None:
-            for event in events:
-                wait = zero + event.at - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                await send(event)
-
-        await asyncio.gather(*(one_message(m.events) for m in script.messages))
-        summary.elapsed = loop.time() - zero
-    return summary
+        player = Player(target, client, concurrency, on_done)
+        player.summary.planned = len(script.events)
+        if on_start is not None:
+            on_start(player)
+        zero = player.loop.time()
+        await asyncio.gather(*(player.play_events(m.events, zero) for m in script.messages))
+        player.summary.elapsed = player.loop.time() - zero
+        if then is not None:
+            await then(player)
+    return player.summary
 
 
 def run(script: Script, target: Target, *, concurrency: int = 16, timeout: float = 10.0,
@@ -163,11 +191,15 @@ def run(script: Script, target: Target, *, concurrency: int = 16, timeout: float
               help="Divide the delays between a message's receipts (10 = ten times faster).")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="Requests in flight at most.")
 @click.option("--zone", default=None, help="Zone of the sendTime fields (default: SENDTIME_TZ).")
+@click.option("--send-api", metavar="HOST:PORT",
+              help="Also play NXCLOUD's send API here, and keep answering sends until Ctrl-C.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @with_appcontext
 def simulate_command(url, rate, duration, messages, seed, register, api_token, token, access_key,
-                     secret, speed, concurrency, zone, quiet):
+                     secret, speed, concurrency, zone, send_api, quiet):
     """Play NXCLOUD: push synthetic receipts and replies to a running viberwatch."""
+    from .simulate_send import PlayedSendApi
+
     if duration is not None and messages is not None:
         raise click.UsageError("give --duration or --messages, not both")
     if rate <= 0 or speed <= 0 or concurrency < 1:
@@ -185,12 +217,53 @@ def simulate_command(url, rate, duration, messages, seed, register, api_token, t
     script = build_script(seed, count, rate=rate, register=register, start=start, zone=zone, speed=speed)
     outcomes = ", ".join(f"{n} {k}" for k, n in sorted(script.outcomes().items()))
     click.echo(f"seed {seed}: {count} messages ({outcomes}), {len(script.events)} requests to {url}")
-    if quiet:
-        summary = run(script, target, concurrency=concurrency)
-    else:
-        with click.progressbar(length=len(script.events), label="pushing", file=sys.stderr) as bar:
-            summary = run(script, target, concurrency=concurrency, on_done=lambda: bar.update(1))
-    for line in summary.lines():
-        click.echo(line)
+
+    holder: dict = {}
+    api = None
+    if send_api:
+        host, _, port = send_api.rpartition(":")
+        if not port.isdigit():
+            raise click.UsageError("--send-api takes HOST:PORT")
+        api = PlayedSendApi(host or "127.0.0.1", int(port),
+                            lambda events: holder["player"].loop.call_soon_threadsafe(
+                                holder["player"].play_later, events),
+                            access_key=config.get("NXCLOUD_ACCESS_KEY"),
+                            secret=config.get("NXCLOUD_ACCESS_SECRET"), zone=zone, seed=seed,
+                            speed=speed)
+    bar = None if quiet else click.progressbar(length=len(script.events), label="pushing", file=sys.stderr)
+
+    def report(summary: Summary) -> None:
+        if holder.get("reported"):
+            return
+        holder["reported"] = True
+        if bar is not None:
+            bar.render_finish()
+        for line in summary.lines():
+            click.echo(line)
+
+    def on_start(player: Player) -> None:
+        holder["player"] = player
+        if api is not None:
+            api.start()
+            click.echo(f"playing NXCLOUD's send API at {api.url}{SEND_PATH_HINT}")
+
+    async def then(player: Player) -> None:
+        report(player.summary)
+        if api is not None:
+            click.echo("script done; still answering sends (and pushing their receipts) until Ctrl-C")
+            await asyncio.Event().wait()
+
+    try:
+        summary = asyncio.run(play(script, target, concurrency=concurrency, on_start=on_start, then=then,
+                                   on_done=(lambda: bar.update(1)) if bar is not None else None))
+    except KeyboardInterrupt:
+        if "player" not in holder:
+            raise
+        summary = holder["player"].summary
+        click.echo("interrupted", err=True)
+    finally:
+        if api is not None:
+            api.stop()
+    report(summary)
     if summary.refused or summary.errors:
         sys.exit(1)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func
 
 from app.models import Message, RawBody, Receipt, Reply, db
-from app.simulate import build_script
+from app.simulate import ScriptedMessage, build_script
 from app.simulate_run import Target, build_request, run
 
 
@@ -179,3 +179,65 @@ def test_registration_without_an_api_token_is_refused(app, live_server):
     summary = run(script, Target(live_server.url), concurrency=4)
     assert summary.refused == script.count("register") == 6
     assert summary.answered_2xx == len(script.events) - 6
+
+
+def test_the_played_send_api_answers_sends_and_pushes_their_receipts(app, live_server, client):
+    """What `make demo` relies on: a send from a thread gets a requestId and then receipts."""
+    import asyncio
+    import threading
+    import time
+
+    from app import nxcloud, outbound
+    from app.simulate_run import play
+    from app.simulate_send import PlayedSendApi
+
+    state, ready = {}, threading.Event()
+
+    async def main():
+        stop = asyncio.Event()
+        state["stop"], state["loop"] = stop, asyncio.get_running_loop()
+
+        def on_start(player):
+            api = PlayedSendApi("127.0.0.1", 0, lambda events: player.loop.call_soon_threadsafe(
+                player.play_later, events), access_key="ak", secret="sk", seed=3, speed=50)
+            state["api"] = api.start()
+            ready.set()
+
+        async def then(player):
+            await stop.wait()
+
+        state["summary"] = await play(build_script(0, 0), Target(live_server.url), on_start=on_start, then=then)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    api = state["api"]
+    try:
+        app.config.update(NXCLOUD_BASE_URL=api.url, NXCLOUD_ACCESS_KEY="ak", NXCLOUD_ACCESS_SECRET="sk",
+                          NXCLOUD_APPKEY="DemoApp")
+        wrong = nxcloud.send_text(nxcloud.Settings(base_url=api.url, access_key="ak", access_secret="nope",
+                                                   appkey="DemoApp"), "79100000001", "hi")
+        assert (wrong.code, wrong.reason) == (1003, "Invalid signature")
+        for n in range(3):
+            assert "Sent · requestId" in client.post(
+                "/conversations/79100000001/send", data={"text": f"hello {n}", "confirm": "1"},
+                headers={"HX-Request": "true"}).get_data(as_text=True)
+        assert len(api.played) == 3
+        deadline = time.monotonic() + 30
+        with app.app_context():
+            for events in api.played:
+                request_id = events[0].request_id
+                intended = ScriptedMessage(request_id, "79100000001", "", "", True, events).intended_state()
+                while True:
+                    db.session.expire_all()
+                    row = db.session.get(Message, request_id)
+                    if (row.receipts_count, row.status) == (sum(e.kind == "dr" for e in events), intended.status) \
+                            or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                assert (row.phone, row.status, row.code) == ("79100000001", intended.status, intended.code)
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(10)
+        api.stop()
+    assert state["summary"].answered_2xx == sum(len(events) for events in api.played)
