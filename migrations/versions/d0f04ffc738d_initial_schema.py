@@ -1,8 +1,8 @@
 """Initial schema
 
-Revision ID: 863b796e6948
+Revision ID: d0f04ffc738d
 Revises: 
-Create Date: 2026-11-28 16:30:24.571296
+Create Date: 2026-11-28 16:45:50.955928
 
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '863b796e6948'
+revision = 'd0f04ffc738d'
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -161,6 +161,25 @@ def upgrade():
     sa.Column('last_reason', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('minute')
     )
+    op.create_table('send_attempt',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('phone', sa.String(length=64), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('rate_type', sa.String(length=32), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('finished_at', sa.DateTime(), nullable=True),
+    sa.Column('outcome', sa.String(length=16), nullable=False),
+    sa.Column('error_code', sa.Integer(), nullable=True),
+    sa.Column('error_kind', sa.String(length=16), nullable=True),
+    sa.Column('error_reason', sa.Text(), nullable=True),
+    sa.Column('error_solution', sa.Text(), nullable=True),
+    sa.Column('request_id', sa.String(length=128), nullable=True),
+    sa.Column('user', sa.String(length=64), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('send_attempt', schema=None) as batch_op:
+        batch_op.create_index('ix_send_attempt_phone', ['phone', 'created_at'], unique=False)
+
     op.create_table('activity',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
@@ -175,6 +194,7 @@ def upgrade():
     )
     with op.batch_alter_table('activity', schema=None) as batch_op:
         batch_op.create_index('ix_activity_created_at', ['created_at'], unique=False)
+        batch_op.create_index('ix_activity_raw_id', ['raw_id'], unique=False)
 
     op.create_table('alert_attempt',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -214,6 +234,7 @@ def upgrade():
     sa.UniqueConstraint('content_hash')
     )
     with op.batch_alter_table('receipt', schema=None) as batch_op:
+        batch_op.create_index('ix_receipt_raw_id', ['raw_id'], unique=False)
         batch_op.create_index('ix_receipt_request_id', ['request_id', 'received_at'], unique=False)
 
     op.create_table('reply',
@@ -236,6 +257,7 @@ def upgrade():
     )
     with op.batch_alter_table('reply', schema=None) as batch_op:
         batch_op.create_index('ix_reply_phone', ['phone', 'received_at'], unique=False)
+        batch_op.create_index('ix_reply_raw_id', ['raw_id'], unique=False)
         batch_op.create_index('ix_reply_received_at', ['received_at'], unique=False)
         batch_op.create_index('ix_reply_trace', ['trace_request_id', 'received_at'], unique=False)
 
@@ -247,11 +269,13 @@ def downgrade():
     with op.batch_alter_table('reply', schema=None) as batch_op:
         batch_op.drop_index('ix_reply_trace')
         batch_op.drop_index('ix_reply_received_at')
+        batch_op.drop_index('ix_reply_raw_id')
         batch_op.drop_index('ix_reply_phone')
 
     op.drop_table('reply')
     with op.batch_alter_table('receipt', schema=None) as batch_op:
         batch_op.drop_index('ix_receipt_request_id')
+        batch_op.drop_index('ix_receipt_raw_id')
 
     op.drop_table('receipt')
     with op.batch_alter_table('alert_attempt', schema=None) as batch_op:
@@ -259,9 +283,14 @@ def downgrade():
 
     op.drop_table('alert_attempt')
     with op.batch_alter_table('activity', schema=None) as batch_op:
+        batch_op.drop_index('ix_activity_raw_id')
         batch_op.drop_index('ix_activity_created_at')
 
     op.drop_table('activity')
+    with op.batch_alter_table('send_attempt', schema=None) as batch_op:
+        batch_op.drop_index('ix_send_attempt_phone')
+
+    op.drop_table('send_attempt')
     op.drop_table('refused_tally')
     with op.batch_alter_table('raw_body', schema=None) as batch_op:
         batch_op.drop_index('ix_raw_body_request_id')

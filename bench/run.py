@@ -1,0 +1,431 @@
+"""The benchmarks of docs/benchmarks.md, side by side in one run (`make bench`).
+
+    python bench/run.py --messages 1000000            # everything, SQLite and PostgreSQL
+    python bench/run.py --messages 20000 --only ingest,dashboard --db sqlite
+
+Seeded databases are kept in bench/.data (SQLite) and in PostgreSQL databases named
+viberwatch_bench_<N>, and reused by later runs with the same N (--fresh seeds again).
+Results are printed as Markdown tables and written to bench/.data/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "bench" / ".data"
+BIN = Path(sys.executable).parent
+PG_SERVER = os.environ.get("BENCH_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
+USER, PASSWORD = "bench", "bench-password-1"
+TARGET_MS = 50.0
+
+
+def log(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def sqlalchemy_url(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def pg_database(name: str, fresh: bool) -> str:
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists and fresh:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            exists = None
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG_SERVER}/{name}"
+
+
+def database(kind: str, name: str, fresh: bool) -> str:
+    if kind == "sqlite":
+        DATA.mkdir(parents=True, exist_ok=True)
+        path = DATA / f"{name}.db"
+        if fresh:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        return f"sqlite:///{path}"
+    return pg_database(f"viberwatch_{name}", fresh)
+
+
+def viberwatch(url: str, *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "viberwatch"), *args], cwd=ROOT, check=True, text=True,
+                          env={**os.environ, "DATABASE_URL": url},
+                          stdout=subprocess.PIPE if quiet else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(url: str, workers: int | None = None, noop: bool = False):
+    """The production command, `gunicorn -c gunicorn.conf.py 'app:create_app()'`, on `url`."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": url, "HOST": "127.0.0.1", "PORT": str(port)}
+    if workers:
+        env["WEB_CONCURRENCY"] = str(workers)
+    if noop:
+        env["VIBERWATCH_BENCH_NOOP"] = "true"
+    proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:create_app()"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.3)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+# --- ingest -------------------------------------------------------------------------------------
+
+def wrk(url: str, seconds: int, tag: str, connections: int) -> dict:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+                          "-s", str(ROOT / "bench" / "ingest.lua"), url, "--", tag],
+                         check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return result
+
+
+def bench_ingest(kind: str, seconds: int, connections: int) -> dict:
+    url = database(kind, "bench_ingest", fresh=True)
+    viberwatch(url, "db", "upgrade", quiet=True)
+    rounds = []
+    with server(url, noop=True) as base:
+        ok_2xx = 0
+        # Warm both paths, then alternate so load from elsewhere on the machine hits both alike.
+        for tag, path in (("wn", "/bench/noop"), ("wd", "/webhooks/viber/dr")):
+            r = wrk(base + path, 3, tag, connections)
+            ok_2xx += (r["requests"] - r["status"]) if path.endswith("/dr") else 0
+        for i in range(2):
+            noop = wrk(base + "/bench/noop", seconds, f"n{i}", connections)
+            ingest = wrk(base + "/webhooks/viber/dr", seconds, f"d{i}", connections)
+            ok_2xx += ingest["requests"] - ingest["status"]
+            rounds.append((noop, ingest))
+    engine = create_engine(sqlalchemy_url(url))
+    with engine.connect() as conn:
+        stored = conn.execute(text(
+            "SELECT COUNT(*) FROM raw_body WHERE endpoint = 'dr' AND http_status = 200")).scalar()
+        not_ok = conn.execute(text(
+            "SELECT COUNT(*) FROM raw_body WHERE endpoint = 'dr' AND http_status <> 200")).scalar()
+    engine.dispose()
+    noop_rate = statistics.mean(n["rate"] for n, _ in rounds)
+    ingest_rate = statistics.mean(d["rate"] for _, d in rounds)
+    return {
+        "db": kind, "noop_rate": noop_rate, "ingest_rate": ingest_rate, "ratio": ingest_rate / noop_rate,
+        "noop_p50_ms": statistics.mean(n["p50_us"] for n, _ in rounds) / 1000,
+        "noop_p99_ms": max(n["p99_us"] for n, _ in rounds) / 1000,
+        "ingest_p50_ms": statistics.mean(d["p50_us"] for _, d in rounds) / 1000,
+        "ingest_p99_ms": max(d["p99_us"] for _, d in rounds) / 1000,
+        "errors": sum(n["errors"] + d["errors"] for n, d in rounds),
+        "answered_2xx": ok_2xx, "stored_2xx": stored, "stored_not_2xx": not_ok,
+    }
+
+
+# --- seeded databases -------------------------------------------------------------------------
+
+def seeded(kind: str, messages: int, replies: int, fresh: bool) -> tuple[str, float | None]:
+    """A database with `messages` seeded messages; the seconds seeding took, None if reused."""
+    name = f"bench_{messages}"
+    marker = DATA / f"{kind}-{messages}.seeded"
+    url = database(kind, name, fresh=fresh or not marker.exists())
+    if marker.exists() and not fresh:
+        return url, None
+    viberwatch(url, "db", "upgrade", quiet=True)
+    start = time.perf_counter()
+    viberwatch(url, "seed", "--messages", str(messages), "--replies", str(replies), "--random-seed", "1",
+               "--batch", "5000")
+    took = time.perf_counter() - start
+    if kind == "postgresql":
+        engine = create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+        engine.dispose()
+    else:
+        engine = create_engine(sqlalchemy_url(url))
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+        engine.dispose()
+    marker.write_text(json.dumps({"seconds": took}))
+    return url, took
+
+
+def ensure_user(url: str) -> None:
+    try:
+        viberwatch(url, "create-user", USER, "--password", PASSWORD, quiet=True)
+    except subprocess.CalledProcessError:
+        viberwatch(url, "set-password", USER, "--password", PASSWORD, quiet=True)
+
+
+def samples(url: str) -> dict:
+    """Real values from the seeded data for the filters, a thread and a message page."""
+    engine = create_engine(sqlalchemy_url(url))
+    with engine.connect() as conn:
+        phone = conn.execute(text(
+            "SELECT phone FROM contact ORDER BY messages_count DESC, phone LIMIT 1")).scalar()
+        rid = conn.execute(text(
+            "SELECT request_id FROM message WHERE replies_count > 0 AND receipts_count >= 3 "
+            "ORDER BY request_id LIMIT 1")).scalar()
+        last = conn.execute(text("SELECT MAX(last_activity_at) FROM message")).scalar()
+    engine.dispose()
+    day = str(last)[:10]
+    return {"phone": phone, "rid": rid, "day": day}
+
+
+def dashboard_targets(s: dict) -> list[tuple[str, str]]:
+    from datetime import date, timedelta
+
+    week_ago = (date.fromisoformat(s["day"]) - timedelta(days=6)).isoformat()
+    filters = [
+        ("no filter", ""),
+        ("status=seen", "status=seen"),
+        ("status=failed", "status=failed"),
+        ("status=pending", "status=pending"),
+        ("status=delivered,seen", "status=delivered&status=seen"),
+        ("code=11003", "code=11003"),
+        ("phone (exact)", f"phone={s['phone']}"),
+        ("phone (prefix)", f"phone={s['phone'][:6]}"),
+        ("requestId prefix", f"q={s['rid'][:5]}"),
+        ("last 7 days", f"from={week_ago}&to={s['day']}"),
+        ("anomalies", "anomaly=1"),
+        ("seen, last 7 days", f"status=seen&from={week_ago}&to={s['day']}"),
+    ]
+    return filters
+
+
+def login(base: str) -> httpx.Client:
+    client = httpx.Client(base_url=base, timeout=60)
+    page = client.get("/login").text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    r = client.post("/login", data={"username": USER, "password": PASSWORD,
+                                    "csrf_token": token.group(1) if token else ""})
+    if r.status_code not in (302, 303):
+        raise RuntimeError(f"login failed: {r.status_code}")
+    return client
+
+
+def timed(client: httpx.Client, path: str, repeat: int, headers: dict | None = None) -> dict:
+    for _ in range(3):
+        client.get(path, headers=headers)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        r = client.get(path, headers=headers)
+        times.append((time.perf_counter() - start) * 1000)
+        if r.status_code != 200:
+            raise RuntimeError(f"{path}: {r.status_code}")
+    return {"p50": statistics.median(times), "p95": percentile(times, 95), "max": max(times)}
+
+
+def counters_times(url: str, targets: list[tuple[str, str]], repeat: int) -> dict:
+    """The counters block alone, in process: MessageFilter -> listing.counters_for."""
+    from urllib.parse import parse_qsl
+
+    from werkzeug.datastructures import MultiDict
+
+    os.environ["DATABASE_URL"] = url
+    sys.path.insert(0, str(ROOT))
+    from app import create_app
+    from app.filters import MessageFilter
+    from app.listing import counters_for
+    from app.models import db
+
+    app = create_app()
+    out = {}
+    with app.app_context():
+        for name, query in targets:
+            flt = MessageFilter.from_args(MultiDict(parse_qsl(query)))
+            counters_for(flt)
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                counters_for(flt)
+                times.append((time.perf_counter() - start) * 1000)
+                db.session.rollback()
+            out[name] = {"p50": statistics.median(times), "p95": percentile(times, 95)}
+        db.engine.dispose()
+    del os.environ["DATABASE_URL"]
+    return out
+
+
+def bench_dashboard(kind: str, url: str, repeat: int) -> dict:
+    ensure_user(url)
+    s = samples(url)
+    targets = dashboard_targets(s)
+    rows = []
+    with server(url, workers=2) as base:
+        client = login(base)
+        for name, query in targets:
+            path = "/?" + query if query else "/"
+            page = timed(client, path, repeat)
+            fragment = timed(client, path, repeat, headers={"HX-Request": "true"})
+            rows.append({"what": f"messages: {name}", "page": page, "fragment": fragment})
+        for what, path in (("conversations list", "/conversations"),
+                           (f"thread ({s['phone']})", f"/conversations/{s['phone']}"),
+                           ("message page", f"/messages/{s['rid']}")):
+            rows.append({"what": what, "page": timed(client, path, repeat)})
+        client.close()
+    counters = counters_times(url, targets, repeat)
+    return {"db": kind, "rows": rows, "counters": counters}
+
+
+# --- export and rebuild -----------------------------------------------------------------------
+
+def export_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "export_child.py"), *args], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_export(kind: str, url: str) -> dict:
+    ensure_user(url)
+    app = export_child("app", url, USER, PASSWORD)
+    result = {"db": kind, "app": app}
+    if kind == "sqlite":
+        result["bare"] = export_child("bare", url[len("sqlite:///"):])
+    return result
+
+
+def bench_rebuild(kind: str, url: str) -> dict:
+    engine = create_engine(sqlalchemy_url(url))
+    with engine.connect() as conn:
+        receipts = conn.execute(text("SELECT COUNT(*) FROM receipt")).scalar()
+        messages = conn.execute(text("SELECT COUNT(*) FROM message")).scalar()
+    engine.dispose()
+    start = time.perf_counter()
+    out = viberwatch(url, "rebuild", "--check", quiet=True).stdout
+    took = time.perf_counter() - start
+    return {"db": kind, "seconds": took, "receipts": receipts, "messages": messages,
+            "report": out.strip().splitlines()[-1]}
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def markdown(results: dict) -> str:
+    out = []
+    if results.get("seed"):
+        out += ["### Seeding", "", "| database | messages | replies | seconds | messages/s |",
+                "| --- | ---: | ---: | ---: | ---: |"]
+        for s in results["seed"]:
+            if s["seconds"]:
+                out.append(f"| {s['db']} | {s['messages']:,} | {s['replies']:,} | {s['seconds']:.0f} | "
+                           f"{s['messages'] / s['seconds']:,.0f} |")
+        out.append("")
+    if results.get("ingest"):
+        out += ["### Ingest", "", "| database | no-op req/s | receipts/s | ratio | no-op p50 / p99 ms | "
+                "receipt p50 / p99 ms | errors | 2xx answered | 2xx stored |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in results["ingest"]:
+            out.append(f"| {r['db']} | {r['noop_rate']:,.0f} | {r['ingest_rate']:,.0f} | {r['ratio']:.2f} | "
+                       f"{r['noop_p50_ms']:.1f} / {r['noop_p99_ms']:.1f} | "
+                       f"{r['ingest_p50_ms']:.1f} / {r['ingest_p99_ms']:.1f} | {r['errors']} | "
+                       f"{r['answered_2xx']:,} | {r['stored_2xx']:,} |")
+        out.append("")
+    for d in results.get("dashboard", []):
+        out += [f"### Dashboard, {d['db']} (p95 ms, p50 in brackets)", "",
+                "| view | page | fragment | counters |", "| --- | ---: | ---: | ---: |"]
+        for row in d["rows"]:
+            name = row["what"].removeprefix("messages: ")
+            counters = d["counters"].get(name)
+            cell = lambda t: f"{t['p95']:.1f} ({t['p50']:.1f})" if t else "–"
+            out.append(f"| {row['what']} | {cell(row['page'])} | {cell(row.get('fragment'))} | "
+                       f"{cell(counters)} |")
+        out.append("")
+    if results.get("export"):
+        out += ["### Export", "", "| database | what | rows | seconds | rows/s | peak memory growth MB |",
+                "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for e in results["export"]:
+            for what in ("app", "bare"):
+                if what in e:
+                    x = e[what]
+                    out.append(f"| {e['db']} | {'GET /export.csv' if what == 'app' else 'sqlite3 + csv'} | "
+                               f"{x['rows']:,} | {x['seconds']:.1f} | {x['rows'] / x['seconds']:,.0f} | "
+                               f"{(x['rss_peak_kb'] - x['rss_before_kb']) / 1024:.1f} |")
+        out.append("")
+    if results.get("rebuild"):
+        out += ["### Rebuild", "", "| database | messages | receipts | seconds | receipts/s | result |",
+                "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in results["rebuild"]:
+            out.append(f"| {r['db']} | {r['messages']:,} | {r['receipts']:,} | {r['seconds']:.0f} | "
+                       f"{r['receipts'] / r['seconds']:,.0f} | {r['report']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--replies", type=int, default=None, help="default: a fifth of the messages")
+    parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument("--only", default="ingest,dashboard,export,rebuild")
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=40, help="timed requests per dashboard view")
+    parser.add_argument("--fresh", action="store_true", help="seed again even if a seeded database exists")
+    args = parser.parse_args()
+    kinds = args.db.split(",")
+    only = set(args.only.split(","))
+    replies = args.messages // 5 if args.replies is None else args.replies
+    results: dict = {"messages": args.messages, "replies": replies, "seed": []}
+    if "ingest" in only:
+        results["ingest"] = []
+        for kind in kinds:
+            log(f"ingest on {kind}")
+            results["ingest"].append(bench_ingest(kind, args.seconds, args.connections))
+    for kind in kinds:
+        if not only & {"dashboard", "export", "rebuild"}:
+            break
+        log(f"seeding {args.messages} messages on {kind} (reused when already there)")
+        url, took = seeded(kind, args.messages, replies, args.fresh)
+        results["seed"].append({"db": kind, "messages": args.messages, "replies": replies, "seconds": took})
+        if "dashboard" in only:
+            log(f"dashboard on {kind}")
+            results.setdefault("dashboard", []).append(bench_dashboard(kind, url, args.repeat))
+        if "export" in only:
+            log(f"export on {kind}")
+            results.setdefault("export", []).append(bench_export(kind, url))
+        if "rebuild" in only:
+            log(f"rebuild on {kind}")
+            results.setdefault("rebuild", []).append(bench_rebuild(kind, url))
+    DATA.mkdir(parents=True, exist_ok=True)
+    (DATA / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
