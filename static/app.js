@@ -3,8 +3,8 @@
   "use strict";
 
   var timeFormat = new Intl.DateTimeFormat(undefined, {
-    year: "numeric", month: "2-digit", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
+    year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"
   });
 
   // Times arrive as UTC text; show them in the viewer's zone, keeping UTC in the title.
