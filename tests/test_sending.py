@@ -220,3 +220,12 @@ def test_send_command(sending_config, app, client, fake_nxcloud):
     assert "failed (code 1102): Insufficient balance" in failed.output
     assert "what to do: Insufficient account balance" in failed.output
     assert [a[0] for a in attempts(app)] == ["sent", "failed"]
+
+
+def test_sending_needs_a_login_and_the_csrf_token(sending_config, app, client, anon_client, fake_nxcloud):
+    anonymous = anon_client.post(f"/conversations/{PHONE}/send", data={"text": "hello", "confirm": "1"})
+    assert anonymous.status_code == 302 and anonymous.headers["Location"].startswith("/login")
+    del client.environ_base["HTTP_X_CSRFTOKEN"]
+    forged = client.post(f"/conversations/{PHONE}/send", data={"text": "hello", "confirm": "1"})
+    assert forged.status_code == 400
+    assert fake_nxcloud.calls == [] and attempts(app) == []
