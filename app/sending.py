@@ -51,11 +51,11 @@ def send(phone: str):
     outcome = outbound.send_text(phone, text, confirmed=request.form.get("confirm") == "1",
                                  user=_user_name())
     box = reply_box(phone, outcome, text)
-    status = 422 if outcome.invalid else 200
     if request.headers.get("HX-Request"):
-        return render_template("partials/_reply_box.html", box=box), status
+        # 200 even for a bad form: htmx swaps only successful answers, and the box says what is wrong.
+        return render_template("partials/_reply_box.html", box=box)
     if outcome.invalid or outcome.needs_confirmation:
-        return render_template("sending/reply.html", box=box), status
+        return render_template("sending/reply.html", box=box), 422 if outcome.invalid else 200
     return redirect(_thread_url(phone), code=303)
 
 

@@ -135,8 +135,11 @@ def test_missing_settings_are_named(app, client):
 
 def test_an_empty_text_is_refused_before_anything_is_sent(sending_config, app, client, fake_nxcloud):
     response = send(client, "   ")
-    assert response.status_code == 422
-    assert "text: must not be empty" in response.get_data(as_text=True)
+    # htmx swaps only 2xx answers, so the box with its error comes back as 200.
+    assert response.status_code == 200
+    assert '<p class="send-result send-error" role="alert">text: must not be empty</p>' in response.get_data(as_text=True)
+    plain = send(client, "   ", htmx=False)
+    assert plain.status_code == 422 and "text: must not be empty" in plain.get_data(as_text=True)
     assert fake_nxcloud.calls == [] and attempts(app) == []
 
 
