@@ -125,3 +125,17 @@ def test_a_send_outside_the_window_needs_a_second_click(signed_in, live_server, 
     pg.click("#reply-box button:has-text('Send anyway')")
     pg.wait_for_selector("#reply-box .send-ok")
     assert [s["phone"] for s in fake_nxcloud.sent] == [other]
+
+
+def test_the_session_window_opens_live_when_the_user_writes(signed_in, live_server, api_token):
+    pg = signed_in
+    response = httpx.post(live_server.url + "/api/messages", headers={"Authorization": f"Bearer {api_token}"},
+                          json={"requestId": "c" * 32, "phone": PHONE, "text": "Your order shipped"}, timeout=10)
+    assert response.status_code == 201
+    open_thread(pg)
+    assert "No session" in pg.locator("#session-window").inner_text()
+    push(live_server, "/webhooks/viber/message", {
+        "phone": PHONE, "appkey": "FakeApp1", "traceRequestId": "c" * 32, "message": {"text": "Thanks"},
+        "sendTime": "2024-06-03 17:00:00"})
+    pg.wait_for_selector("#session-window.is-open")
+    assert "5 of 5 before the user must reply" in pg.locator("#session-window").inner_text()
