@@ -33,6 +33,9 @@ def _text(args: Mapping, name: str) -> Optional[str]:
     value = "" if raw is None else str(raw).strip()
     if len(value) > MAX_TEXT:
         raise FilterError(name, f"at most {MAX_TEXT} characters")
+    # NUL cannot be sent to PostgreSQL at all; no control character belongs in a filter.
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in value):
+        raise FilterError(name, "contains a control character")
     return value or None
 
 
@@ -57,6 +60,8 @@ def _getlist(args: Any, name: str) -> list[str]:
 
 def prefix_condition(column, value: str):
     """`column` starts with `value`: a range the index can seek, plus LIKE for exactness."""
+    if ord(value[-1]) >= 0x10FFFF:  # no character above it to bound the range with
+        return and_(column >= value, column.startswith(value, autoescape=True))
     upper = value[:-1] + chr(ord(value[-1]) + 1)
     return and_(column >= value, column < upper, column.startswith(value, autoescape=True))
 
