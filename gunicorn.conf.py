@@ -15,3 +15,21 @@ timeout = 60
 graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
+
+
+# Metrics of several workers add up when PROMETHEUS_MULTIPROC_DIR is set (see app/metrics.py):
+# its files start empty with each server, and an exited worker's live gauges stop counting.
+def on_starting(server):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.remove(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

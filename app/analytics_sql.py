@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Float, case, cast, func, literal
+from sqlalchemy import Float, String, case, cast, func, literal
 
 from .models import db
 
-# Bucket label formats per unit: SQLite strftime, PostgreSQL to_char, Python strftime.
+# Bucket label formats per unit: PostgreSQL to_char, Python strftime.
 BUCKET_FORMATS = {
-    "minute": ("%Y-%m-%d %H:%M", "YYYY-MM-DD HH24:MI", "%Y-%m-%d %H:%M"),
-    "hour": ("%Y-%m-%d %H:00", "YYYY-MM-DD HH24:00", "%Y-%m-%d %H:00"),
-    "day": ("%Y-%m-%d", "YYYY-MM-DD", "%Y-%m-%d"),
+    "minute": ("YYYY-MM-DD HH24:MI", "%Y-%m-%d %H:%M"),
+    "hour": ("YYYY-MM-DD HH24:00", "%Y-%m-%d %H:00"),
+    "day": ("YYYY-MM-DD", "%Y-%m-%d"),
 }
 UNIT_STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 
@@ -23,12 +23,18 @@ def dialect() -> str:
     return db.session.get_bind().dialect.name
 
 
+# SQLite keeps a DateTime as the text 'YYYY-MM-DD HH:MM:SS.ffffff' (naive UTC here), so a
+# bucket is a prefix of it: far cheaper per row than strftime at a million rows.
+SQLITE_PREFIX = {"minute": (16, ""), "hour": (13, ":00"), "day": (10, "")}
+
+
 def bucket(column, unit: str):
     """A UTC label ('2026-01-02 13:00') naming the bucket a datetime column falls in."""
-    sqlite_fmt, pg_fmt, _ = BUCKET_FORMATS[unit]
     if dialect() == "postgresql":
-        return func.to_char(column, pg_fmt)
-    return func.strftime(sqlite_fmt, column)
+        return func.to_char(column, BUCKET_FORMATS[unit][0])
+    length, suffix = SQLITE_PREFIX[unit]
+    label = func.substr(column, 1, length, type_=String)
+    return label + suffix if suffix else label
 
 
 def truncate(at: datetime, unit: str) -> datetime:
@@ -41,7 +47,7 @@ def truncate(at: datetime, unit: str) -> datetime:
 
 def bucket_labels(start: datetime, end: datetime, unit: str) -> list[str]:
     """Every bucket label from start to end inclusive, so empty buckets show as zero."""
-    fmt = BUCKET_FORMATS[unit][2]
+    fmt = BUCKET_FORMATS[unit][1]
     at = truncate(start.astimezone(timezone.utc), unit)
     labels = []
     while at <= end:

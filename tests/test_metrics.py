@@ -97,3 +97,66 @@ def test_metrics_from_database_and_process(app, anon_client):
     assert counts[(("endpoint", "message"), ("outcome", "accepted"))] >= 1
     buckets = [s for s in latency.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
     assert buckets and all(b.value >= 1 for b in buckets)
+
+
+def test_latency_adds_up_across_gunicorn_workers(tmp_path, database_url):
+    """Two worker processes: every scrape, whichever worker answers, counts all requests."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from app import create_app
+
+    if not database_url.startswith("sqlite"):
+        database_url = "sqlite:///" + str(tmp_path / "workers.db")
+    setup = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": "x"})
+    with setup.app_context():
+        db.create_all()
+        db.engine.dispose()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "DATABASE_URL": database_url, "VIBERWATCH_SECRET_KEY": "x",
+           "VIBERWATCH_METRICS_TOKEN": TOKEN, "VIBERWATCH_ALERT_INTERVAL": "0",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "HOST": "127.0.0.1", "PORT": str(port),
+           "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c", "gunicorn.conf.py",
+                               "--access-logfile", "/dev/null", "app:create_app()"], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.2)
+        body = fixture_json("dr_delivered")
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for i in range(12):
+                r = http.post("/webhooks/viber/dr", json={**body, "requestId": f"W{i}"},
+                              headers={"Connection": "close"})
+                assert r.status_code == 200
+            for _ in range(6):
+                scrape = http.get("/metrics", headers={**AUTH, "Connection": "close"})
+                assert scrape.status_code == 200
+                fams = families(scrape.text)
+                counts = samples(fams["viberwatch_webhook_duration_seconds"],
+                                 "viberwatch_webhook_duration_seconds_count")
+                assert counts[(("endpoint", "dr"), ("outcome", "accepted"))] == 12
+                received = samples(fams["viberwatch_webhooks_received"], "viberwatch_webhooks_received_total")
+                assert received[(("endpoint", "dr"), ("outcome", "accepted"))] == 12
+        files = os.listdir(tmp_path / "prom")
+        # Both workers kept their own share of the histogram on disk.
+        assert len([f for f in files if f.startswith("histogram_")]) == 2
+    finally:
+        server.terminate()
+        server.wait(15)
