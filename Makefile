@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run serve test bench demo vendor clean
+.PHONY: install run serve test bench bench-live demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: install
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
 	$(BIN)/python bench/run.py --messages $(BENCH_MESSAGES)
+	$(BIN)/python bench/live_latency.py --write-docs
+
+# Only the live-update latency part of the benchmarks.
+bench-live: install
+	$(BIN)/python bench/live_latency.py --write-docs
 
 # Serve, then play NXCLOUD against the server so the dashboard fills up live; the played
 # send API lets a thread's reply box send too (nothing reaches real NXCLOUD). Ctrl-C stops.

@@ -53,6 +53,8 @@ def init_app(app: Flask) -> None:
         app.config["REDIS_URL"] = os.environ["REDIS_URL"]
     sock.init_app(app)
     app.register_blueprint(bp)
+    # Eager but idle: it only listens for commits until a socket arrives.
+    hub_of(app)
 
 
 def stop(app: Flask) -> None:
@@ -144,7 +146,7 @@ def _pump(hub: Hub, ws, client: Client, cap: int) -> None:
             if push.cursor == client.cursor:
                 continue
             client.cursor = push.cursor
-            _send(ws, *push.frames())
+            _send(ws, *batches[-1].frames_for(push))
         finally:
             db.session.remove()
     if client.closed and ws.connected and hub.stopped.is_set():

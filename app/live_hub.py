@@ -91,13 +91,31 @@ class Hub:
         # A missing id above the cursor: a transaction that has not committed yet (or
         # rolled back). Held back for gap_wait so that the cursor never skips an event.
         self._gap_since: Optional[float] = None
-        activity_committed.connect(self._on_commit, sender=app, weak=False)
+        self._backend_pid: Optional[int] = None
+        self._backend_lock = threading.Lock()
+        activity_committed.connect(self._on_commit, sender=app)
 
     # -- wake-ups ---------------------------------------------------------------------
     def _on_commit(self, sender, **_):
+        """After a commit of this process: wake our tailer, and tell the other processes
+        (a process with no socket of its own still publishes)."""
         self.wakeup.set()
-        if self.backend is not None:
-            self.backend.publish()
+        backend = self._wake_backend()
+        if backend is not None:
+            backend.publish()
+
+    def _wake_backend(self) -> Optional[live_wake.Backend]:
+        if self._backend_pid != os.getpid():
+            with self._backend_lock:
+                if self._backend_pid != os.getpid():
+                    # Created in the process that uses it: threads do not survive a fork.
+                    self.stopped.clear()
+                    url = self.app.config["SQLALCHEMY_DATABASE_URI"]
+                    self.backend = live_wake.choose(self.app.config, url, self.wake, self.stopped)
+                    if self.backend is not None:
+                        self.backend.start_publisher()
+                    self._backend_pid = os.getpid()
+        return self.backend
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -113,11 +131,10 @@ class Hub:
         self.stopped.clear()
         with self.app.app_context():
             self.cursor = head_id()
-            url = str(db.engine.url.render_as_string(hide_password=False))
             db.session.remove()
-        self.backend = live_wake.choose(self.app.config, url, self.wake, self.stopped)
-        if self.backend is not None:
-            self.backend.start()
+        backend = self._wake_backend()
+        if backend is not None:
+            backend.start_listener()
         self.thread = threading.Thread(target=self._run, name="live-tailer", daemon=True)
         self.thread.start()
 
@@ -128,6 +145,7 @@ class Hub:
         with self.lock:
             clients = list(self.clients)
             self.started = False
+            self._backend_pid = None
         for c in clients:
             c.closed = True
             c.wake.set()

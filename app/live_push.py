@@ -205,6 +205,12 @@ class Batch:
             return render_template("partials/_thread_item.html", r=r, m=None) if r is not None else None
         return self._once(("reply", ev.id), make)
 
+    def frames_for(self, push: "Push") -> list[str]:
+        """The frames of a push, rendered once for every socket that gets the same push."""
+        key = ("frames", push.cursor, tuple(push.rows.items()), push.counters, tuple(push.feed),
+               tuple(push.items.items()))
+        return self._once(key, push.frames)
+
     def outbound_item(self, request_id: str) -> str:
         m = self.messages[request_id]
         return self._once(("out", request_id), lambda: render_template(

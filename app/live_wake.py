@@ -27,13 +27,21 @@ class Backend:
         self.wake = wake
         self.stopped = stopped
         self.kick = threading.Event()
+        self.listening = False
         self.threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        for target, label in ((self._listen_forever, "listen"), (self._publish_forever, "publish")):
-            thread = threading.Thread(target=target, name=f"live-{self.name}-{label}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+    def start_publisher(self) -> None:
+        self._thread(self._publish_forever, "publish")
+
+    def start_listener(self) -> None:
+        if not self.listening:
+            self.listening = True
+            self._thread(self._listen_forever, "listen")
+
+    def _thread(self, target, label: str) -> None:
+        thread = threading.Thread(target=target, name=f"live-{self.name}-{label}", daemon=True)
+        thread.start()
+        self.threads.append(thread)
 
     def publish(self) -> None:
         """Ask the publisher thread to announce new activity; a burst collapses into one."""
@@ -152,10 +160,8 @@ class SqliteBackend(Backend):
         self.path = path
         self.interval = interval
 
-    def start(self) -> None:
-        thread = threading.Thread(target=self._listen_forever, name="live-sqlite-watch", daemon=True)
-        thread.start()
-        self.threads.append(thread)
+    def start_publisher(self) -> None:
+        pass
 
     def publish(self) -> None:
         pass
