@@ -14,9 +14,9 @@ from .models import Message, MessageTally, db
 
 PAGE_SIZES = (25, 50, 100, 200)
 DEFAULT_PAGE_SIZE = 50
-# Counting a filter that the tally cannot answer stops here ("10000+"): a phone prefix of
+# Counting a filter that the tally cannot answer stops here ("1000+"): a phone prefix of
 # one digit must not make every page view count half the table.
-COUNT_CAP = 10_000
+COUNT_CAP = 1_000
 
 
 def page_size(value: Optional[str]) -> int:
