@@ -228,13 +228,18 @@ def index():
                            attempts=attempts, alert_url=bool(current_app.config.get("ALERT_URL")))
 
 
-def _banner_context() -> dict:
+def firing_for_banner() -> list[AlertState]:
     # The banner must never take a page down: a missing table or a busy database hides it.
     try:
-        return {"firing_alerts": firing()}
+        return firing()
     except SQLAlchemyError:
         db.session.rollback()
-        return {"firing_alerts": []}
+        return []
+
+
+def _banner_context() -> dict:
+    # A function, not a list: only pages that show the banner query (not every partial).
+    return {"firing_alerts": firing_for_banner}
 
 
 def _cli(app: Flask) -> click.Group:

@@ -160,51 +160,68 @@ def _histogram_labels() -> list[str]:
     return labels
 
 
-def latency(rng: TimeRange, to_column, criteria: Sequence = ()) -> dict:
-    """Seconds from the first success receipt to `to_column`: count, p50/p90/p99, histogram."""
+LATENCY_TARGETS = (("delivered", "delivered_at"), ("seen", "seen_at"))
+
+
+def latency(rng: TimeRange, criteria: Sequence = ()) -> dict:
+    """Seconds from the first success receipt to the first delivered and to the first seen
+    receipt: count, p50/p90/p99 and a histogram of each, in two statements."""
     m = Message
-    seconds = clamp_at_zero(seconds_between(m.accepted_at, to_column)).label("seconds")
-    # Computed once per row into a temporary table, not once per reference to it.
-    values = (db.select(seconds)
-              .where(*_cohort(rng, criteria), m.accepted_at.isnot(None), to_column.isnot(None))
+    columns = [clamp_at_zero(seconds_between(m.accepted_at, getattr(m, column))).label(key)
+               for key, column in LATENCY_TARGETS]
+    # Computed once per message into a temporary table, not once per reference to it.
+    values = (db.select(*columns)
+              .where(*_cohort(rng, criteria), m.accepted_at.isnot(None),
+                     or_(*(getattr(m, column).isnot(None) for _, column in LATENCY_TARGETS)))
               .cte("latency_values").prefix_with("MATERIALIZED"))
-    d = values.c.seconds
-    index = case(*((d < edge, i) for i, edge in enumerate(LATENCY_EDGES)),
-                 else_=len(LATENCY_EDGES)).label("i")
-    counts = [0] * (len(LATENCY_EDGES) + 1)
-    for i, n in db.session.execute(db.select(index, func.count()).select_from(values).group_by(index)):
-        counts[int(i)] = int(n)
-    total = sum(counts)
-    result = {"count": total,
-              "histogram": [{"label": label, "count": n} for label, n in zip(_histogram_labels(), counts)]}
-    result.update({f"p{p}": None for p in PERCENTILES})
-    if total:
-        result.update(_percentiles(values, counts))
+    parts = []
+    for key, _ in LATENCY_TARGETS:
+        d = values.c[key]
+        index = case(*((d < edge, i) for i, edge in enumerate(LATENCY_EDGES)), else_=len(LATENCY_EDGES))
+        parts.append(db.select(literal(key).label("k"), index.label("i"), func.count().label("n"))
+                     .select_from(values).where(d.isnot(None)).group_by(index))
+    counts = {key: [0] * (len(LATENCY_EDGES) + 1) for key, _ in LATENCY_TARGETS}
+    for key, i, n in db.session.execute(union_all(*parts)):
+        counts[key][int(i)] = int(n)
+    found = _percentiles(values, counts)
+    result = {}
+    for key, _ in LATENCY_TARGETS:
+        result[key] = {"count": sum(counts[key]),
+                       "histogram": [{"label": label, "count": n}
+                                     for label, n in zip(_histogram_labels(), counts[key])]}
+        for p in PERCENTILES:
+            result[key][f"p{p}"] = found.get((key, p))
     return result
 
 
-def _percentiles(values, counts: list[int]) -> dict:
+def _percentiles(values, counts: dict[str, list[int]]) -> dict:
     """Exact nearest-rank percentiles: find each one's histogram bucket, then sort only that
-    bucket's values; the three lookups share one statement and one pass over the messages."""
-    d = values.c.seconds
+    bucket's values; all lookups share one statement and one pass over the messages."""
     parts = []
-    for p in PERCENTILES:
-        rank = math.ceil(p / 100 * sum(counts))  # 1-based
-        before = 0
-        for i, n in enumerate(counts):
-            if before + n >= rank:
-                break
-            before += n
-        conditions = []
-        if i > 0:
-            conditions.append(d >= LATENCY_EDGES[i - 1])
-        if i < len(LATENCY_EDGES):
-            conditions.append(d < LATENCY_EDGES[i])
-        one = (db.select(d).where(*conditions).order_by(d).offset(rank - before - 1).limit(1)
-               .subquery(f"p{p}"))
-        parts.append(db.select(literal(p).label("p"), one.c.seconds).select_from(one))
-    return {f"p{p}": round(float(value), 3)
-            for p, value in db.session.execute(union_all(*parts)).all()}
+    for key, bars in counts.items():
+        total = sum(bars)
+        if not total:
+            continue
+        d = values.c[key]
+        for p in PERCENTILES:
+            rank = math.ceil(p / 100 * total)  # 1-based
+            before = 0
+            for i, n in enumerate(bars):
+                if before + n >= rank:
+                    break
+                before += n
+            conditions = [d.isnot(None)]
+            if i > 0:
+                conditions.append(d >= LATENCY_EDGES[i - 1])
+            if i < len(LATENCY_EDGES):
+                conditions.append(d < LATENCY_EDGES[i])
+            one = (db.select(d.label("v")).where(*conditions).order_by(d).offset(rank - before - 1).limit(1)
+                   .subquery(f"{key}_p{p}"))
+            parts.append(db.select(literal(key).label("k"), literal(p).label("p"), one.c.v).select_from(one))
+    if not parts:
+        return {}
+    return {(key, int(p)): round(float(value), 3)
+            for key, p, value in db.session.execute(union_all(*parts)).all()}
 
 
 def failures(rng: TimeRange, criteria: Sequence = ()) -> list[dict]:
@@ -287,10 +304,7 @@ def report(rng: TimeRange, criteria: Sequence = ()) -> dict:
         "range": rng.as_json(),
         "funnel": funnel_from_rates(outcomes),
         "rates": outcomes,
-        "latency": {
-            "delivered": latency(rng, Message.delivered_at, criteria),
-            "seen": latency(rng, Message.seen_at, criteria),
-        },
+        "latency": latency(rng, criteria),
         "failures": failures(rng, criteria),
         "cost": cost(rng, criteria),
         "replies": replies(rng, criteria),

@@ -5,10 +5,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import fixture_json
 from test_analytics import CUSTOM, load_fixture
 from timed_ingest import register, receipt, reply
+
+pytestmark = pytest.mark.browser
 
 CHARTS = ("funnel", "rates", "latency-delivered", "latency-seen", "failures", "cost", "replies")
 # Set SCREENSHOTS to a folder (docs/screenshots) to refresh the README's picture.
