@@ -129,3 +129,19 @@ def test_restarted_server_and_the_page_catches_up(page, app, app_config, live_se
         live.stop(second)
         with second.app_context():
             db.engine.dispose()
+
+
+def test_filters_changed_in_place_follow_the_new_filter(page, live_server):
+    a = uuid.uuid4().hex
+    post(live_server.url, DR, receipt(a, "seen"))
+    open_live(page)
+    with page.expect_response(lambda r: "status=seen" in r.url):
+        page.check("input[name=status][value=seen]")
+    page.wait_for_url("**status=seen**")
+    page.locator(f"#msg-{a}").wait_for()
+    other, wanted = uuid.uuid4().hex, uuid.uuid4().hex
+    post(live_server.url, DR, receipt(other, "delivered"))
+    post(live_server.url, DR, receipt(wanted, "seen"))
+    page.locator(f"#msg-{wanted}").wait_for()
+    page.wait_for_selector("#feed-items > li:nth-child(3)")
+    assert page.locator(f"#msg-{other}").count() == 0
