@@ -1,0 +1,115 @@
+"""Every query the messages page, its counters, a thread and a message page run is served by an
+index: no full scan of a big table and no sort of all its rows, whatever the filter."""
+import re
+
+import pytest
+from sqlalchemy import event, text
+
+from app.models import Message, db
+from app.seed import seed
+
+BIG_TABLES = ("message", "receipt", "reply", "raw_body", "activity")
+FILTERS = ["", "status=seen", "status=failed", "status=pending", "status=delivered&status=seen",
+           "code=11003", "phone={phone}", "phone={phone_prefix}", "q={rid_prefix}",
+           "from={day}&to={day}", "anomaly=1", "status=seen&from={day}&to={day}"]
+
+
+@pytest.fixture
+def seeded(app):
+    with app.app_context():
+        seed(300, random_seed=11, days=10, zone=app.extensions["viberwatch.sendtime_zone"])
+        from app import tally
+        tally.rebuild()
+        m = db.session.execute(db.select(Message).where(Message.replies_count > 0)
+                               .order_by(Message.request_id).limit(1)).scalar_one()
+        return {"phone": m.phone, "phone_prefix": m.phone[:5], "rid": m.request_id,
+                "rid_prefix": m.request_id[:4], "day": m.last_activity_at.date().isoformat()}
+
+
+def captured_selects(app, client, paths):
+    """(path, statement, parameters) of every SELECT the pages ran, page and fragment."""
+    statements = []
+    current = [None]
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((current[0], statement, parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for path in paths:
+            current[0] = path
+            assert client.get(path).status_code == 200, path
+            assert client.get(path, headers={"HX-Request": "true"}).status_code == 200, path
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    return [(p, s, a) for p, s, a in statements if touches_big_table(s)]
+
+
+def touches_big_table(statement: str) -> bool:
+    return any(re.search(rf"\b(FROM|JOIN)\s+{t}\b", statement, re.I) for t in BIG_TABLES)
+
+
+def sqlite_problems(conn, statement, parameters, filtered: bool) -> list[str]:
+    plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)]
+    # Sorting is fine after an index seek (a prefix range of phones or requestIds: only its
+    # matches are sorted), not after reading a whole table. Walking a whole index in order
+    # is fine for the unfiltered list (it stops after a page), not when a filter must skip rows.
+    seeks = any(line.startswith("SEARCH ") for line in plan)
+    tables = "|".join(BIG_TABLES)
+    return [line for line in plan
+            if re.match(rf"SCAN ({tables})$", line)
+            or (filtered and re.match(rf"SCAN ({tables}) USING", line))
+            or ("USE TEMP B-TREE FOR ORDER BY" in line and not seeks)]
+
+
+def postgres_problems(conn, statement, parameters, filtered: bool) -> list[str]:
+    # With sequential scans priced out, a plan that still reads a big table whole, or (for a
+    # filter) walks an index with no condition on it, has no index that serves the query.
+    conn.exec_driver_sql("SET enable_seqscan = off")
+    plan = [row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters)]
+    conn.exec_driver_sql("RESET enable_seqscan")
+    tables = "|".join(BIG_TABLES)
+    bad = []
+    for i, line in enumerate(plan):
+        if re.search(rf"Seq Scan on ({tables})\b", line):
+            bad.append(line)
+        elif filtered and re.search(rf"Index (Only )?Scan (Backward )?using \w+ on ({tables})\b", line):
+            details = []
+            for following in plan[i + 1:]:
+                if "->" in following:
+                    break
+                details.append(following)
+            if not any("Index Cond" in d for d in details):
+                bad.append(line)
+    return bad
+
+
+def problems_of(app, statements) -> dict:
+    problems = {}
+    with app.app_context(), db.engine.connect() as conn:
+        check = sqlite_problems if conn.dialect.name == "sqlite" else postgres_problems
+        for path, statement, parameters in statements:
+            bad = check(conn, statement, parameters, filtered=path not in ("/", "/conversations"))
+            if bad:
+                problems[(path, statement)] = bad
+    return problems
+
+
+def test_pages_use_indexes(app, client, seeded):
+    paths = ["/?" + f.format(**seeded) if f else "/" for f in FILTERS]
+    paths += [f"/conversations/{seeded['phone']}", f"/messages/{seeded['rid']}", "/conversations"]
+    statements = captured_selects(app, client, paths)
+    assert {p for p, _, _ in statements} >= set(paths) - {"/conversations"}
+    assert problems_of(app, statements) == {}
+
+
+def test_a_missing_index_is_caught(app, client, seeded):
+    # The check can fail: without the code index, a code filter walks the whole table.
+    with app.app_context():
+        db.session.execute(text("DROP INDEX ix_message_code_activity"))
+        db.session.commit()
+    statements = captured_selects(app, client, ["/?code=11003"])
+    assert any("message.code" in statement for _, statement in problems_of(app, statements))
