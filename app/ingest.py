@@ -280,7 +280,8 @@ def _guess_request_id(data) -> Optional[str]:
     if isinstance(data, dict):
         for key in ("requestId", "traceRequestId"):
             value = data.get(key)
-            if isinstance(value, str) and 0 < len(value) <= payloads.MAX_ID_LENGTH:
+            # PostgreSQL text cannot hold NUL; such an id is only in the raw body.
+            if isinstance(value, str) and 0 < len(value) <= payloads.MAX_ID_LENGTH and "\x00" not in value:
                 return value
     return None
 
