@@ -125,3 +125,13 @@ def test_parallel_pushes_to_several_workers_end_in_the_folded_state(app, gunicor
         assert outcomes == {"accepted": accepted, "duplicate": len(work) - accepted}
         kinds = Counter(db.session.execute(db.select(Activity.kind)).scalars())
         assert kinds == {"receipt": MESSAGES * distinct_receipts, "reply": MESSAGES}
+
+
+def test_nul_in_an_id_is_rejected_and_kept_on_every_database(app, client):
+    # PostgreSQL text columns cannot hold NUL: the id stays only in the stored raw body.
+    body = json.dumps(receipt("a\u0000b", "seen", 11002, "Viber message has seen")).encode()
+    response = client.post("/webhooks/viber/dr", data=body, content_type="application/json")
+    assert response.status_code == 422 and response.get_json()["field"] == "requestId"
+    with app.app_context():
+        raw = db.session.execute(db.select(RawBody)).scalar_one()
+        assert (raw.outcome, raw.request_id, raw.body) == ("rejected", None, body)
