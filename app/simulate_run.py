@@ -190,20 +190,22 @@ def run(script: Script, target: Target, *, concurrency: int = 16, timeout: float
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="Divide the delays between a message's receipts (10 = ten times faster).")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="Requests in flight at most.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for each answer before counting a network error.")
 @click.option("--zone", default=None, help="Zone of the sendTime fields (default: SENDTIME_TZ).")
 @click.option("--send-api", metavar="HOST:PORT",
               help="Also play NXCLOUD's send API here, and keep answering sends until Ctrl-C.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @with_appcontext
 def simulate_command(url, rate, duration, messages, seed, register, api_token, token, access_key,
-                     secret, speed, concurrency, zone, send_api, quiet):
+                     secret, speed, concurrency, timeout, zone, send_api, quiet):
     """Play NXCLOUD: push synthetic receipts and replies to a running viberwatch."""
     from .simulate_send import PlayedSendApi
 
     if duration is not None and messages is not None:
         raise click.UsageError("give --duration or --messages, not both")
-    if rate <= 0 or speed <= 0 or concurrency < 1:
-        raise click.UsageError("--rate, --speed and --concurrency must be positive")
+    if rate <= 0 or speed <= 0 or concurrency < 1 or timeout <= 0:
+        raise click.UsageError("--rate, --speed, --concurrency and --timeout must be positive")
     count = messages if messages is not None else (max(1, round(rate * duration)) if duration else 100)
     config = current_app.config
     target = Target(url=url, token=token or config.get("WEBHOOK_TOKEN"),
@@ -254,7 +256,8 @@ def simulate_command(url, rate, duration, messages, seed, register, api_token, t
             await asyncio.Event().wait()
 
     try:
-        summary = asyncio.run(play(script, target, concurrency=concurrency, on_start=on_start, then=then,
+        summary = asyncio.run(play(script, target, concurrency=concurrency, timeout=timeout,
+                                   on_start=on_start, then=then,
                                    on_done=(lambda: bar.update(1)) if bar is not None else None))
     except KeyboardInterrupt:
         if "player" not in holder:
