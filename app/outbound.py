@@ -107,7 +107,7 @@ def send_checks(settings: nxcloud.Settings, phone: str) -> list[str]:
     return session_window(phone).warnings()
 
 
-def send_text(phone: str, text: str, *, confirmed: bool = False, user: Optional[str] = None) -> Outcome:
+def send_text(phone: str, text: str, *, confirmed: bool = False, sent_by: Optional[str] = None) -> Outcome:
     """Send a text to `phone` through NXCLOUD and register the returned requestId.
 
     A send that would break the session rules is held back until `confirmed`.
@@ -126,7 +126,7 @@ def send_text(phone: str, text: str, *, confirmed: bool = False, user: Optional[
         return Outcome(warnings=warnings, needs_confirmation=True)
     # Kept before the call: if this process dies mid-send the attempt still shows, as pending.
     attempt = SendAttempt(phone=phone, text=text, rate_type=settings.rate_type, created_at=utcnow(),
-                          outcome="pending", user=user)
+                          outcome="pending", user=sent_by)
     db.session.add(attempt)
     db.session.commit()
     result = nxcloud.send_text(settings, phone, text)

@@ -49,7 +49,7 @@ def send(phone: str):
     """Send the form's text to this phone through NXCLOUD."""
     text = request.form.get("text", "")
     outcome = outbound.send_text(phone, text, confirmed=request.form.get("confirm") == "1",
-                                 user=_user_name())
+                                 sent_by=_user_name())
     box = reply_box(phone, outcome, text)
     if request.headers.get("HX-Request"):
         # 200 even for a bad form: htmx swaps only successful answers, and the box says what is wrong.

@@ -48,6 +48,7 @@ def test_a_reply_is_sent_registered_and_shown_in_the_thread(sending_config, app,
     assert fake_nxcloud.sent[0]["messageData"] == {"rateType": "Session", "text": "Yes, <b>tomorrow</b> at 10"}
     assert attempts(app) == [("sent", 0, None, request_id)]
     with app.app_context():
+        assert db.session.execute(db.select(SendAttempt.user)).scalar_one() == "operator"
         m = db.session.get(Message, request_id)
         assert (m.phone, m.text, m.function_type, m.appkey) == (PHONE, "Yes, <b>tomorrow</b> at 10", "text", "FakeApp1")
         assert m.registered_at is not None and m.status is None
