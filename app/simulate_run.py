@@ -226,12 +226,15 @@ def simulate_command(url, rate, duration, messages, seed, register, api_token, t
         host, _, port = send_api.rpartition(":")
         if not port.isdigit():
             raise click.UsageError("--send-api takes HOST:PORT")
-        api = PlayedSendApi(host or "127.0.0.1", int(port),
-                            lambda events: holder["player"].loop.call_soon_threadsafe(
-                                holder["player"].play_later, events),
-                            access_key=config.get("NXCLOUD_ACCESS_KEY"),
-                            secret=config.get("NXCLOUD_ACCESS_SECRET"), zone=zone, seed=seed,
-                            speed=speed)
+        try:
+            api = PlayedSendApi(host or "127.0.0.1", int(port),
+                                lambda events: holder["player"].loop.call_soon_threadsafe(
+                                    holder["player"].play_later, events),
+                                access_key=config.get("NXCLOUD_ACCESS_KEY"),
+                                secret=config.get("NXCLOUD_ACCESS_SECRET"), zone=zone, seed=seed,
+                                speed=speed)
+        except OSError as exc:
+            raise click.ClickException(f"cannot play the send API on {send_api}: {exc.strerror or exc}")
     bar = None if quiet else click.progressbar(length=len(script.events), label="pushing", file=sys.stderr)
 
     def report(summary: Summary) -> None:

@@ -80,5 +80,7 @@ class PlayedSendApi:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.thread.join(5)
+        if self.thread.is_alive():
+            self.server.shutdown()
+            self.thread.join(5)
+        self.server.server_close()
