@@ -182,9 +182,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """The Debian chromium, driven by Playwright (its own browser download is never used)."""
+    """The Debian chromium, driven by Playwright (its own browser download is never used).
+
+    Module scope: Playwright's sync API keeps an event loop running while it is started,
+    which would break later tests that use asyncio or start Playwright themselves."""
     if not os.path.exists(CHROMIUM):
         message = f"{CHROMIUM} is missing: install the Debian chromium package"
         if os.environ.get("CI") == "true":
