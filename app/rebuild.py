@@ -104,7 +104,7 @@ def _expected(raws, zone, report: Report) -> Expected:
     return exp
 
 
-def derive(msg: Message, exp: Expected, zone) -> dict:
+def derive(msg, exp: Expected, zone) -> dict:
     """The message's columns from its raw record; the same rules as ingest.refresh_message."""
     facts = []
     last_times = []  # first arrivals: a repeated push is not activity
@@ -206,7 +206,7 @@ def _group(rows, key) -> dict:
     return out
 
 
-def rebuild_batch(messages: list[Message], zone, report: Report, fix: bool) -> set[str]:
+def rebuild_batch(messages: list, zone, report: Report, fix: bool) -> set[str]:
     """Check (and with `fix`, repair) these messages; returns the phones whose threads changed."""
     ids = [m.request_id for m in messages]
     raws = _group(db.session.execute(
@@ -214,10 +214,15 @@ def rebuild_batch(messages: list[Message], zone, report: Report, fix: bool) -> s
                   RawBody.body, RawBody.request_id)
         .where(RawBody.request_id.in_(ids), RawBody.outcome.in_(("accepted", "duplicate")))
         .order_by(RawBody.id)).all(), lambda r: r.request_id)
+    # Plain rows, not ORM objects: only what the comparison needs, a million times over.
     receipts = _group(db.session.execute(
-        db.select(Receipt).where(Receipt.request_id.in_(ids))).scalars(), lambda r: r.request_id)
+        db.select(Receipt.id, Receipt.request_id, Receipt.content_hash, Receipt.status,
+                  Receipt.times_received, Receipt.received_at, Receipt.last_received_at)
+        .where(Receipt.request_id.in_(ids))).all(), lambda r: r.request_id)
     replies = _group(db.session.execute(
-        db.select(Reply).where(Reply.trace_request_id.in_(ids))).scalars(), lambda r: r.trace_request_id)
+        db.select(Reply.id, Reply.trace_request_id, Reply.content_hash, Reply.times_received,
+                  Reply.received_at)
+        .where(Reply.trace_request_id.in_(ids))).all(), lambda r: r.trace_request_id)
     writes = {"receipt_insert": [], "receipt_update": [], "reply_insert": [], "reply_update": [],
               "message": []}
     phones: set[str] = set()
@@ -254,9 +259,9 @@ def rebuild(*, batch_size: int = 2000, fix: bool = True,
     report = Report()
     after = ""
     while True:
-        messages = list(db.session.execute(
-            db.select(Message).where(Message.request_id > after).order_by(Message.request_id)
-            .limit(batch_size)).scalars())
+        messages = db.session.execute(
+            db.select(*Message.__table__.c).where(Message.request_id > after)
+            .order_by(Message.request_id).limit(batch_size)).all()
         if not messages:
             break
         after = messages[-1].request_id
@@ -266,7 +271,5 @@ def rebuild(*, batch_size: int = 2000, fix: bool = True,
             db.session.commit()
         else:
             db.session.rollback()
-        # Loaded messages are not needed past their batch; keep memory flat.
-        db.session.expunge_all()
         progress(len(messages))
     return report
