@@ -1,44 +1,22 @@
 """Live updates in a real browser: Chromium driven by Playwright against a real server."""
-import os
 import uuid
 
 import pytest
 
 from app import create_app, live
 from app.models import db
-from conftest import TEST_PASSWORD, TEST_USER, LiveServer, create_test_user, post_json
+from conftest import LiveServer, post_json
 from live_client import post, receipt
 
 DR = "/webhooks/viber/dr"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture
-def page(browser, app, live_server):
-    create_test_user(app)
-    context = browser.new_context(base_url=live_server.url)
-    pg = context.new_page()
+def page(page):
+    """The shared signed-in tab; a script error on it fails the test."""
     errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto("/login")
-    pg.fill("input[name=username]", TEST_USER)
-    pg.fill("input[name=password]", TEST_PASSWORD)
-    pg.click("button[type=submit]")
-    pg.wait_for_url(lambda url: "/login" not in url)
-    yield pg
-    context.close()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
     assert errors == []
 
 
