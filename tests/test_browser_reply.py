@@ -1,27 +1,12 @@
 """The reply box in a real browser: Chromium driven by Playwright against a real server and
 a local fake of NXCLOUD's send API; the sent message's receipts arrive live."""
-import os
-
 import httpx
 import pytest
 
 from conftest import TEST_PASSWORD, TEST_USER, create_test_user
 from fake_nxcloud import fake_nxcloud, nxcloud_config  # noqa: F401
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 PHONE = "79100000077"
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -30,9 +15,10 @@ def sending_config(app_config, fake_nxcloud):
 
 
 @pytest.fixture
-def signed_in(chromium, sending_config, app, live_server):
+def signed_in(browser, sending_config, app, live_server):
+    """The shared browser, signed in, with NXCLOUD's send API played by the local fake."""
     create_test_user(app)
-    context = chromium.new_context(base_url=live_server.url)
+    context = browser.new_context(base_url=live_server.url)
     pg = context.new_page()
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
