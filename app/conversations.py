@@ -28,6 +28,8 @@ def _encode(c: Contact) -> str:
 def _decode(value: str) -> tuple[datetime, str]:
     try:
         when, phone = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode().split("\n", 1)
+        if "\x00" in phone:  # PostgreSQL refuses NUL in text outright
+            raise ValueError(phone)
         return datetime.fromisoformat(when), phone
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise FilterError("after", "not a page cursor of this list") from None

@@ -189,6 +189,17 @@ def init_app(app: Flask) -> None:
                                 "reason": "cross-site WebSocket refused"}), 403
         return None
 
+    @app.before_request
+    def refuse_nul_in_url():
+        # No URL of ours takes a NUL; PostgreSQL cannot even compare text with one, so a
+        # %00 in a path or filter would otherwise reach the database as an error.
+        if "\x00" in request.path or any("\x00" in k or "\x00" in v
+                                         for k, v in request.args.items(multi=True)):
+            body = {"error": "URL: contains a NUL character", "field": "URL",
+                    "reason": "contains a NUL character"}
+            return jsonify(body), 400
+        return None
+
     @app.after_request
     def security_headers(response):
         for name, value in SECURITY_HEADERS.items():

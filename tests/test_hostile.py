@@ -183,6 +183,13 @@ def test_filters_cannot_inject_sql(app, client, value):
         assert db.session.execute(db.text("SELECT count(*) FROM app_user")).scalar_one() == 1
 
 
+@pytest.mark.parametrize("path", ["/conversations/79%00100", "/messages/abc%00def", "/?q=a%00b",
+                                  "/conversations?after=MjAyNC0wMS0wMVQwMDowMDowMAphAGI"])
+def test_nul_in_a_url_is_a_clean_400(client, path):
+    response = client.get(path)
+    assert response.status_code == 400
+
+
 # --- the parsers, driven by Hypothesis --------------------------------------------------------
 
 json_values = st.recursive(
