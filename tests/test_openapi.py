@@ -4,7 +4,6 @@ import json
 
 import httpx
 import jsonschema_rs
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks

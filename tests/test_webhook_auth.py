@@ -1,7 +1,6 @@
 """Webhook authentication through real HTTP: URL token, NXCLOUD signature with replay window,
 source networks with trusted proxies, each alone and combined; refused bodies are kept
 (or, in a flood, counted) and nothing of them is applied."""
-import json
 import time
 from datetime import datetime, timezone
 
