@@ -109,43 +109,64 @@ def _cohort(rng: TimeRange, criteria: Sequence) -> list:
     return [Message.created_at >= rng.start, Message.created_at <= rng.end, *criteria]
 
 
-def _outcome_columns():
+def outcomes(rng: TimeRange, criteria: Sequence = ()) -> tuple[dict, list[dict], dict]:
+    """Outcomes per bucket, failures by code and cost, from one pass over the messages.
+
+    The database groups by bucket, status, code, currency and rate type (a few thousand
+    groups at most); the three views are sums over those groups.
+    """
     m = Message
+    label = bucket(m.created_at, rng.unit).label("bucket")
     delivered = or_(m.delivered_at.isnot(None), m.seen_at.isnot(None))
-    return (
-        func.count(),
-        func.sum(case((m.status.is_(None), 1), else_=0)),
-        func.sum(case((m.status.isnot(None), 1), else_=0)),
-        func.sum(case((delivered, 1), else_=0)),
-        func.sum(case((m.seen_at.isnot(None), 1), else_=0)),
-        func.sum(case((m.status == "failed", 1), else_=0)),
-        func.sum(case((m.status == "expired", 1), else_=0)),
-    )
-
-
-def funnel(rng: TimeRange, criteria: Sequence = ()) -> dict:
-    row = db.session.execute(db.select(*_outcome_columns()).where(*_cohort(rng, criteria))).one()
-    return {key: int(value or 0) for key, value in zip(FUNNEL_KEYS, row)}
+    has_cost = or_(m.cost_currency.isnot(None), m.cost_local_price.isnot(None),
+                   m.cost_original_price.isnot(None))
+    keys = (label, m.status, m.code, m.cost_currency, m.cost_rate_type)
+    rows = db.session.execute(
+        db.select(*keys, func.count(), func.sum(case((delivered, 1), else_=0)),
+                  func.sum(case((m.seen_at.isnot(None), 1), else_=0)), func.sum(case((has_cost, 1), else_=0)),
+                  func.sum(m.cost_local_price), func.sum(m.cost_original_price))
+        .where(*_cohort(rng, criteria)).group_by(*keys)).all()
+    labels = bucket_labels(rng.start, rng.end, rng.unit)
+    position = {name: i for i, name in enumerate(labels)}
+    series = {key: [0] * len(labels) for key in FUNNEL_KEYS}
+    failed: dict[tuple, int] = {}
+    groups: dict[tuple, dict] = {}
+    for name, status, code, currency, rate_type, n, n_delivered, n_seen, n_cost, local, original in rows:
+        i = position[name]
+        n = int(n)
+        series["messages"][i] += n
+        series["pending" if status is None else "accepted"][i] += n
+        series["delivered"][i] += int(n_delivered or 0)
+        series["seen"][i] += int(n_seen or 0)
+        if status in ("failed", "expired"):
+            series[status][i] += n
+            failed[(status, code)] = failed.get((status, code), 0) + n
+        if n_cost:
+            group = groups.setdefault((currency or "", rate_type or ""), {
+                "currency": currency, "rate_type": rate_type, "messages": 0, "local": 0.0, "original": 0.0,
+                "series": [0.0] * len(labels)})
+            group["messages"] += int(n_cost)
+            group["local"] += float(local or 0)
+            group["original"] += float(original or 0)
+            group["series"][i] = round(group["series"][i] + float(local or 0), 6)
+    total_failed = sum(failed.values())
+    failures = []
+    for (status, code), count in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1] or 0)):
+        described = describe_code(code)
+        failures.append({"status": status, "code": code, "count": count,
+                         "share": round(100 * count / total_failed, 1),
+                         "message": described.message, "solution": described.solution})
+    cost = []
+    for key in sorted(groups):
+        group = groups[key]
+        group["local"], group["original"] = round(group["local"], 6), round(group["original"], 6)
+        cost.append(group)
+    return {"labels": labels, "series": series}, failures, {"labels": labels, "groups": cost}
 
 
 def funnel_from_rates(rates_: dict) -> dict:
-    """The funnel is the sum of the per-bucket outcomes: one pass over the messages for both."""
+    """The funnel is the sum of the per-bucket outcomes."""
     return {key: sum(values) for key, values in rates_["series"].items()}
-
-
-def rates(rng: TimeRange, criteria: Sequence = ()) -> dict:
-    """Per bucket of first-heard time: how many messages, and how many reached each outcome."""
-    label = bucket(Message.created_at, rng.unit).label("bucket")
-    rows = db.session.execute(
-        db.select(label, *_outcome_columns()).where(*_cohort(rng, criteria)).group_by(label)).all()
-    by_label = {row[0]: row[1:] for row in rows}
-    labels = bucket_labels(rng.start, rng.end, rng.unit)
-    series = {key: [] for key in FUNNEL_KEYS}
-    for name in labels:
-        values = by_label.get(name, (0,) * len(FUNNEL_KEYS))
-        for key, value in zip(FUNNEL_KEYS, values):
-            series[key].append(int(value or 0))
-    return {"labels": labels, "series": series}
 
 
 def _histogram_labels() -> list[str]:
@@ -224,56 +245,6 @@ def _percentiles(values, counts: dict[str, list[int]]) -> dict:
             for key, p, value in db.session.execute(union_all(*parts)).all()}
 
 
-def failures(rng: TimeRange, criteria: Sequence = ()) -> list[dict]:
-    """Failed and expired messages by code, most frequent first, with the code table's advice."""
-    m = Message
-    n = func.count().label("n")
-    rows = db.session.execute(
-        db.select(m.status, m.code, n)
-        .where(*_cohort(rng, criteria), m.status.in_(("failed", "expired")))
-        .group_by(m.status, m.code).order_by(n.desc(), m.status, m.code)).all()
-    total = sum(row.n for row in rows)
-    out = []
-    for status, code, count in rows:
-        described = describe_code(code)
-        out.append({"status": status, "code": code, "count": int(count),
-                    "share": round(100 * count / total, 1) if total else 0.0,
-                    "message": described.message, "solution": described.solution})
-    return out
-
-
-def cost(rng: TimeRange, criteria: Sequence = ()) -> dict:
-    """Cost per currency and rate type, in total and per bucket; each message's cost once."""
-    m = Message
-    label = bucket(m.created_at, rng.unit).label("bucket")
-    rows = db.session.execute(
-        db.select(m.cost_currency, m.cost_rate_type, label, func.count(),
-                  func.sum(m.cost_local_price), func.sum(m.cost_original_price))
-        .where(*_cohort(rng, criteria),
-               or_(m.cost_currency.isnot(None), m.cost_local_price.isnot(None),
-                   m.cost_original_price.isnot(None)))
-        .group_by(m.cost_currency, m.cost_rate_type, label)).all()
-    labels = bucket_labels(rng.start, rng.end, rng.unit)
-    position = {name: i for i, name in enumerate(labels)}
-    groups: dict[tuple, dict] = {}
-    for currency, rate_type, name, count, local, original in rows:
-        key = (currency or "", rate_type or "")
-        group = groups.setdefault(key, {"currency": currency, "rate_type": rate_type, "messages": 0,
-                                        "local": 0.0, "original": 0.0, "series": [0.0] * len(labels)})
-        group["messages"] += int(count)
-        group["local"] += float(local or 0)
-        group["original"] += float(original or 0)
-        if name in position:
-            group["series"][position[name]] = round(float(local or 0), 6)
-    totals = []
-    for key in sorted(groups):
-        group = groups[key]
-        group["local"] = round(group["local"], 6)
-        group["original"] = round(group["original"], 6)
-        totals.append(group)
-    return {"labels": labels, "groups": totals}
-
-
 def replies(rng: TimeRange, criteria: Sequence = ()) -> dict:
     """Replies received in the range per bucket, and the phones that replied most."""
     r = Reply
@@ -299,14 +270,14 @@ def replies(rng: TimeRange, criteria: Sequence = ()) -> dict:
 
 def report(rng: TimeRange, criteria: Sequence = ()) -> dict:
     """Everything the analytics page shows, as plain JSON-ready data."""
-    outcomes = rates(rng, criteria)
+    rates, failures, cost = outcomes(rng, criteria)
     return {
         "range": rng.as_json(),
-        "funnel": funnel_from_rates(outcomes),
-        "rates": outcomes,
+        "funnel": funnel_from_rates(rates),
+        "rates": rates,
         "latency": latency(rng, criteria),
-        "failures": failures(rng, criteria),
-        "cost": cost(rng, criteria),
+        "failures": failures,
+        "cost": cost,
         "replies": replies(rng, criteria),
     }
 

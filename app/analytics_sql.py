@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Float, String, case, cast, func, literal
+from sqlalchemy import Float, String, cast, func, literal
 
 from .models import db
 
@@ -65,4 +65,7 @@ def seconds_between(earlier, later):
 
 
 def clamp_at_zero(expr):
-    return case((expr < 0, literal(0.0)), else_=expr)
+    """expr, or 0 where it is negative; the expression is evaluated once per row."""
+    if dialect() == "postgresql":
+        return func.greatest(expr, literal(0.0))
+    return func.max(expr, literal(0.0))  # SQLite's two-argument max() is scalar
