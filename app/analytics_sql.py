@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Float, String, cast, func, literal
+from sqlalchemy import Float, String, case, cast, func, literal
 
 from .models import db
 
@@ -65,7 +65,9 @@ def seconds_between(earlier, later):
 
 
 def clamp_at_zero(expr):
-    """expr, or 0 where it is negative; the expression is evaluated once per row."""
+    """expr, or 0 where it is negative, NULL where it is NULL."""
     if dialect() == "postgresql":
-        return func.greatest(expr, literal(0.0))
-    return func.max(expr, literal(0.0))  # SQLite's two-argument max() is scalar
+        # Not greatest(): it would turn NULL into 0.
+        return case((expr < 0, literal(0.0)), else_=expr)
+    # SQLite's two-argument max() is scalar, NULL for NULL, and evaluates expr only once.
+    return func.max(expr, literal(0.0))
