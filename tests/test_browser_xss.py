@@ -4,6 +4,8 @@ on full pages and in rows pushed live."""
 import httpx
 import pytest
 
+pytestmark = pytest.mark.browser
+
 PHONE = "79100000066"
 RID = "c" * 32
 # Each payload would set window.__xss or open a dialog if it ever ran.
