@@ -120,7 +120,11 @@ class Dashboard(threading.Thread):
             while True:
                 frame = self.ws.recv()
                 now = time.perf_counter()
-                # Rows travel in frames of their own: each row is timed by its own frame.
+                # Rows travel in frames of their own, before the frame with the cursor,
+                # counters and feed, which is left unparsed: in a browser each dashboard
+                # has its own process, here they share one.
+                if META_RE.match(frame):
+                    continue
                 for request_id, _ in parse_push(f'<!--live {{"cursor": 0}}-->{frame}').rows():
                     self.arrived.setdefault(request_id, now)
         except (websocket.WebSocketException, OSError):
