@@ -205,3 +205,23 @@ def test_restart_closes_sockets_for_reconnect(app, live_server, cookie):
     live.stop(app)
     # 1012 "service restart": the htmx ws extension reconnects on it.
     assert close_frame(c.ws)[0] == 1012
+
+
+def test_an_id_not_yet_committed_holds_the_cursor_back_until_it_is_given_up(app):
+    """On PostgreSQL ids are taken before commit: 3 may commit after 4. The tailer waits
+    for the gap before moving past it, then gives it up (a rolled-back transaction)."""
+    import time
+
+    from app.live_push import Event
+
+    def ev(n):
+        return Event(n, "receipt", "r", None, "seen", None, None, None)
+
+    hub = hub_of(app)
+    hub.gap_wait = 0.2
+    hub.cursor = 2
+    assert [e.id for e in hub._contiguous([ev(3), ev(5), ev(6)])] == [3]
+    hub.cursor = 3
+    assert hub._contiguous([ev(5), ev(6)]) == []
+    time.sleep(0.25)
+    assert [e.id for e in hub._contiguous([ev(5), ev(6)])] == [5, 6]
