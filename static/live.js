@@ -16,6 +16,9 @@
   var paused = false;
   var held = [];
   var refreshing = false;
+  // Failed attempts in a row; past this many the page says offline (it keeps trying).
+  var failures = 0;
+  var OFFLINE_AFTER = 5;
 
   function cursor() {
     var n = parseInt(body.dataset.liveCursor || "", 10);
@@ -96,12 +99,15 @@
   }
 
   body.addEventListener("htmx:wsConnecting", function () {
-    setState(opened || body.dataset.liveState === "reconnecting" ? "reconnecting" : "connecting");
+    if (body.dataset.liveState !== "offline") {
+      setState(failures ? "reconnecting" : "connecting");
+    }
   });
 
   body.addEventListener("htmx:wsOpen", function (evt) {
     socket = evt.detail.socketWrapper;
     opened = true;
+    failures = 0;
     // The first message on every connection: where this page is and what it has applied.
     socket.send(hello());
     setState("live");
@@ -109,9 +115,10 @@
 
   body.addEventListener("htmx:wsClose", function (evt) {
     opened = false;
+    failures += 1;
     var code = evt.detail.event ? evt.detail.event.code : 1006;
     if (RETRY_CODES.indexOf(code) >= 0) {
-      setState("reconnecting");
+      setState(failures > OFFLINE_AFTER ? "offline" : "reconnecting");
     } else if (code === 1000 || code === 1001) {
       // A server going away cleanly: come back as the extension does for a crash.
       setState("reconnecting");
