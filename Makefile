@@ -45,6 +45,7 @@ bench: install
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
 	$(BIN)/python bench/run.py --messages $(BENCH_MESSAGES)
 	$(BIN)/python bench/live_latency.py --write-docs
+	$(BIN)/python bench/analytics.py --messages $(BENCH_MESSAGES) --reuse
 
 # Only the live-update latency part of the benchmarks.
 bench-live: install
