@@ -12,6 +12,9 @@ bp = Blueprint("analytics", __name__)
 
 # Live activity refreshes the page; this slow poll only moves a quiet page's window along.
 POLL_SECONDS = 60
+# Least seconds between live refreshes, by bucket size: a month of a million messages takes
+# seconds to aggregate (docs/benchmarks.md), an hour a fraction of one.
+REFRESH_GAP = {"minute": 3, "hour": 10, "day": 60}
 
 
 def _now() -> datetime:
@@ -48,7 +51,7 @@ def _context(flt: MessageFilter, rng: TimeRange) -> dict:
         row["link"] = failure_link(flt, rng, row["status"], row["code"])
     here = {**flt.to_args(), **range_args(rng)}
     return {"flt": flt, "rng": rng, "data": data, "ranges": RANGES, "statuses": STATUS_CHOICES,
-            "here": here, "poll_seconds": POLL_SECONDS,
+            "here": here, "poll_seconds": POLL_SECONDS, "refresh_gap": REFRESH_GAP[rng.unit],
             "chips": [(label, url_for("analytics.index", **{**rest.to_args(), **range_args(rng)}))
                       for label, rest in flt.chips()]}
 

@@ -115,13 +115,14 @@
   }
 
   // Live activity re-fetches the report; a burst of events becomes one request, and at
-  // most one request every few seconds however busy the stream is.
-  var MIN_GAP_MS = 3000;
+  // most one request per gap (the server sets it: longer for ranges that cost more).
   var pending = null;
   var last = 0;
   function refreshSoon() {
     if (pending) return;
-    var wait = Math.max(300, last + MIN_GAP_MS - Date.now());
+    var report = document.getElementById("analytics-report");
+    var gap = report ? parseInt(report.dataset.refreshGap || "3", 10) * 1000 : 3000;
+    var wait = Math.max(300, last + gap - Date.now());
     pending = window.setTimeout(function () {
       pending = null;
       last = Date.now();
