@@ -61,7 +61,7 @@ demo: export VIBERWATCH_NXCLOUD_ACCESS_KEY = demo-access-key
 demo: export VIBERWATCH_NXCLOUD_ACCESS_SECRET = demo-access-secret
 demo: export VIBERWATCH_NXCLOUD_APPKEY = DEMOAPP
 demo: install
-	$(BIN)/viberwatch init-db
+	$(BIN)/viberwatch db upgrade
 	$(BIN)/viberwatch ensure-admin
 	@$(BIN)/viberwatch revoke-token demo-simulator >/dev/null 2>&1 || true
 	@token=$$($(BIN)/viberwatch create-token demo-simulator 2>/dev/null) || exit 1; \
