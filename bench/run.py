@@ -372,7 +372,7 @@ def markdown(results: dict) -> str:
                        f"{cell(counters)} |")
         out.append("")
     if results.get("export"):
-        out += ["### Export", "", "| database | what | rows | seconds | rows/s | peak memory growth MB |",
+        out += ["### Export", "", "| database | what | rows | seconds | rows/s | memory growth MB |",
                 "| --- | --- | ---: | ---: | ---: | ---: |"]
         for e in results["export"]:
             for what in ("app", "bare"):
