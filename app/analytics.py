@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 
-from .analytics_report import RANGES, RangeError, TimeRange, parse_range, report
+from .analytics_report import RANGES, TimeRange, parse_range, report
 from .filters import STATUS_CHOICES, FilterError, MessageFilter
 
 bp = Blueprint("analytics", __name__)
@@ -65,7 +65,7 @@ def index():
     """Delivery analytics for the filtered messages in a time range; a fragment for htmx."""
     try:
         flt, rng = _parse(request.args)
-    except (FilterError, RangeError) as exc:
+    except FilterError as exc:
         return _bad(exc)
     context = _context(flt, rng)
     if request.headers.get("HX-Request") == "true" and \
@@ -79,7 +79,7 @@ def data():
     """The same numbers as the analytics page, as JSON."""
     try:
         flt, rng = _parse(request.args)
-    except (FilterError, RangeError) as exc:
+    except FilterError as exc:
         return _bad(exc)
     return jsonify(_context(flt, rng)["data"])
 

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 from sqlalchemy import case, func, literal, or_, union_all
 
+from .filters import FilterError
 from .analytics_sql import bucket, bucket_labels, clamp_at_zero, seconds_between
 from .models import Message, Reply, db
 from .status import describe_code
@@ -42,14 +43,8 @@ TOP_PHONES = 10
 FUNNEL_KEYS = ("messages", "pending", "accepted", "delivered", "seen", "failed", "expired")
 
 
-class RangeError(ValueError):
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-    def as_json(self) -> dict:
-        return {"error": str(self), "field": self.field, "reason": self.reason}
+class RangeError(FilterError):
+    """A time range argument that cannot be used; names the argument."""
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def test_simulate_command_prints_a_summary(app, live_server, api_token):
         "--seed", "4", "--quiet", "--api-token", api_token])
     assert result.exit_code == 0, result.output
     planned = len(build_script(4, 12).events)
-    assert f"seed 4: 12 messages" in result.output
+    assert "seed 4: 12 messages" in result.output
     assert f"answered 2xx {planned}, refused 0, network errors 0" in result.output
     assert "latency ms: p50" in result.output
     with app.app_context():
@@ -187,7 +187,7 @@ def test_the_played_send_api_answers_sends_and_pushes_their_receipts(app, live_s
     import threading
     import time
 
-    from app import nxcloud, outbound
+    from app import nxcloud
     from app.simulate_run import play
     from app.simulate_send import PlayedSendApi
 
