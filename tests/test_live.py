@@ -1,14 +1,11 @@
 """Live updates over real WebSocket connections to a real server."""
 import json
-import threading
 import uuid
 
 import pytest
 
-from app.live_hub import hub_of
-from app.live_push import Batch, Page, compose, parse_hello, HelloError
-from app.live_hub import read_events
-from app.models import Activity, db
+from app.live_hub import hub_of, read_events
+from app.live_push import Batch, HelloError, Page, compose, parse_hello
 from live_client import LiveClient, post, receipt, reply
 
 DR = "/webhooks/viber/dr"
