@@ -201,10 +201,9 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, live_server, app):
-    """A fresh browser tab, signed in, whose relative URLs go to the live server."""
-    context = browser.new_context(base_url=live_server.url)
+def signed_in_tab(browser, app, base_url, **context_options):
+    """A new browser context and tab on `base_url`, signed in through the real login form."""
+    context = browser.new_context(base_url=base_url, **context_options)
     tab = context.new_page()
     create_test_user(app)
     tab.goto("/login")
@@ -212,5 +211,12 @@ def page(browser, live_server, app):
     tab.fill("#password", TEST_PASSWORD)
     tab.click("button[type=submit]")
     tab.wait_for_url(lambda url: "/login" not in url)
+    return context, tab
+
+
+@pytest.fixture
+def page(browser, live_server, app):
+    """A fresh browser tab, signed in, whose relative URLs go to the live server."""
+    context, tab = signed_in_tab(browser, app, live_server.url)
     yield tab
     context.close()

@@ -69,16 +69,9 @@ def test_remove_a_filter_chip_updates_the_form(page, data):
 
 
 def test_filters_work_without_javascript(browser, live_server, app, data):
-    from conftest import TEST_PASSWORD, TEST_USER, create_test_user
+    from conftest import signed_in_tab
 
-    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
-    tab = context.new_page()
-    create_test_user(app)
-    tab.goto("/login")
-    tab.fill("#username", TEST_USER)
-    tab.fill("#password", TEST_PASSWORD)
-    tab.click("button[type=submit]")
-    tab.wait_for_url(lambda url: "/login" not in url)
+    context, tab = signed_in_tab(browser, app, live_server.url, java_script_enabled=False)
     tab.goto("/")
     tab.get_by_label("failed", exact=True).check()
     tab.get_by_role("button", name="Apply").click()

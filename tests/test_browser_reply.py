@@ -3,7 +3,7 @@ a local fake of NXCLOUD's send API; the sent message's receipts arrive live."""
 import httpx
 import pytest
 
-from conftest import TEST_PASSWORD, TEST_USER, create_test_user
+from conftest import signed_in_tab
 from fake_nxcloud import fake_nxcloud, nxcloud_config  # noqa: F401
 
 PHONE = "79100000077"
@@ -17,17 +17,11 @@ def sending_config(app_config, fake_nxcloud):
 @pytest.fixture
 def signed_in(browser, sending_config, app, live_server):
     """The shared browser, signed in, with NXCLOUD's send API played by the local fake."""
-    create_test_user(app)
-    context = browser.new_context(base_url=live_server.url)
-    pg = context.new_page()
+    context, pg = signed_in_tab(browser, app, live_server.url)
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
-    pg.goto("/login")
-    pg.fill("input[name=username]", TEST_USER)
-    pg.fill("input[name=password]", TEST_PASSWORD)
-    pg.click("button[type=submit]")
-    pg.wait_for_url(lambda url: "/login" not in url)
+    pg.reload()
     yield pg
     context.close()
     # Nothing the page did broke the Content-Security-Policy or threw.
