@@ -154,6 +154,8 @@ def post_json(client, path, body, content_type="application/json", **kwargs):
 
 
 class LiveServer:
+    """A real threaded HTTP server for any WSGI app, on a free port of 127.0.0.1."""
+
     def __init__(self, app):
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"

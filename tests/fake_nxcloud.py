@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 import uuid
 
 import pytest
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from conftest import LiveServer
 
 ACCESS_KEY = "fake-access-key"
 SECRET = "fake-secret"
@@ -36,10 +36,8 @@ class FakeNxcloud:
         self.sent: list[dict] = []  # the bodies it accepted, with their requestId
         self.next_codes: list[int] = []  # answer the next calls with these error codes
         self.delay = 0.0  # seconds to wait before answering (timeouts)
-        self.server = make_server("127.0.0.1", 0, self.wsgi, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.server = LiveServer(self.wsgi)
+        self.url = self.server.url
 
     def check(self, request: Request) -> int:
         """0 when the call is what the documentation asks for, else the code NXCLOUD gives."""
@@ -85,12 +83,11 @@ class FakeNxcloud:
         return Response(json.dumps(answer), mimetype="application/json")(environ, start_response)
 
     def start(self):
-        self.thread.start()
+        self.server.start()
         return self
 
     def stop(self):
-        self.server.shutdown()
-        self.thread.join(5)
+        self.server.stop()
 
 
 @pytest.fixture
