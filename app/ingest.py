@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from . import payloads, tally
 from .models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
 from .payloads import Invalid
-from .status import ReceiptFact, fold
+from .status import ReceiptFact, State, fold
 
 signals = Namespace()
 # Sent after a commit that appended to the activity log; live updates listen to it.
@@ -111,6 +111,38 @@ def receipt_fact(r: Receipt) -> ReceiptFact:
                        key=r.content_hash, send_time_raw=r.send_time_raw, cost=cost)
 
 
+def derived_columns(state: State, zone: tzinfo, *, receipts_count: int, replies_count: int,
+                    last_reply: Optional[tuple], activity: list) -> dict:
+    """A message's columns that follow from its folded receipts and its replies.
+
+    `last_reply` is (text, file_name, media) of the latest reply; `activity` the times of
+    every first arrival (None entries are ignored).
+    """
+    cost = state.cost or (None, None, None, None)
+    return {
+        "status": state.status,
+        "code": state.code,
+        "code_message": state.code_message,
+        "send_time_raw": state.send_time_raw,
+        "send_time": payloads.parse_send_time(state.send_time_raw, zone) if state.send_time_raw else None,
+        "accepted_at": state.times.get("success"),
+        "delivered_at": state.times.get("delivered"),
+        "seen_at": state.times.get("seen"),
+        "failed_at": state.times.get("failed"),
+        "expired_at": state.times.get("expired"),
+        "cost_currency": cost[0],
+        "cost_local_price": cost[1],
+        "cost_original_price": cost[2],
+        "cost_rate_type": cost[3],
+        "anomalies": "; ".join(state.anomalies) or None,
+        "anomaly": bool(state.anomalies),
+        "receipts_count": receipts_count,
+        "replies_count": replies_count,
+        "last_reply_text": reply_preview(*last_reply) if last_reply else None,
+        "last_activity_at": max(t for t in activity if t is not None),
+    }
+
+
 def refresh_message(msg: Message) -> dict:
     """Recompute a message's derived columns from its receipts, replies and registration.
 
@@ -128,36 +160,12 @@ def refresh_message(msg: Message) -> dict:
     last_reply = db.session.execute(
         db.select(Reply.text, Reply.file_name, Reply.media).where(Reply.trace_request_id == msg.request_id)
         .order_by(Reply.received_at.desc(), Reply.id.desc()).limit(1)).first()
-    cost = state.cost or (None, None, None, None)
-    send_time = None
-    if state.send_time_raw:
-        send_time = payloads.parse_send_time(state.send_time_raw, sendtime_zone())
     # A repeated push only bumps its receipt's counters; counting it as activity would make
     # last_activity_at depend on the order in which duplicates and new receipts arrive.
     activity = [msg.created_at, msg.registered_at, reply_stats[1],
                 *(r.received_at for r in receipts)]
-    new = {
-        "status": state.status,
-        "code": state.code,
-        "code_message": state.code_message,
-        "send_time_raw": state.send_time_raw,
-        "send_time": send_time,
-        "accepted_at": state.times.get("success"),
-        "delivered_at": state.times.get("delivered"),
-        "seen_at": state.times.get("seen"),
-        "failed_at": state.times.get("failed"),
-        "expired_at": state.times.get("expired"),
-        "cost_currency": cost[0],
-        "cost_local_price": cost[1],
-        "cost_original_price": cost[2],
-        "cost_rate_type": cost[3],
-        "anomalies": "; ".join(state.anomalies) or None,
-        "anomaly": bool(state.anomalies),
-        "receipts_count": len(receipts),
-        "replies_count": reply_stats[0],
-        "last_reply_text": reply_preview(*last_reply) if last_reply else None,
-        "last_activity_at": max(t for t in activity if t is not None),
-    }
+    new = derived_columns(state, sendtime_zone(), receipts_count=len(receipts),
+                          replies_count=reply_stats[0], last_reply=last_reply, activity=activity)
     # The sending system's word on the phone wins; otherwise learn it from a reply.
     if msg.registered_at is None:
         new["phone"] = first_reply

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from flask import current_app
 
 from . import payloads
-from .ingest import reply_preview
+from .ingest import derived_columns
 from .models import Message, RawBody, Receipt, Reply, db
 from .payloads import Invalid
 from .status import ReceiptFact, fold
@@ -116,36 +116,18 @@ def derive(msg, exp: Expected, zone) -> dict:
         last_times.append(at)
     state = fold(facts)
     replies = sorted(exp.replies.values(), key=lambda r: (r[2], r[1]))
-    cost = state.cost or (None, None, None, None)
     reg = exp.registration
     activity = [msg.created_at, exp.registered_at, max((r[2] for r in replies), default=None), *last_times]
+    last = replies[-1][0] if replies else None
     new = {
         "registered_at": exp.registered_at,
         "text": reg.text if reg else None,
         "appkey": reg.appkey if reg else None,
         "function_type": reg.function_type if reg else None,
         "phone": reg.phone if reg else (replies[0][0].phone if replies else None),
-        "status": state.status,
-        "code": state.code,
-        "code_message": state.code_message,
-        "send_time_raw": state.send_time_raw,
-        "send_time": payloads.parse_send_time(state.send_time_raw, zone) if state.send_time_raw else None,
-        "accepted_at": state.times.get("success"),
-        "delivered_at": state.times.get("delivered"),
-        "seen_at": state.times.get("seen"),
-        "failed_at": state.times.get("failed"),
-        "expired_at": state.times.get("expired"),
-        "cost_currency": cost[0],
-        "cost_local_price": cost[1],
-        "cost_original_price": cost[2],
-        "cost_rate_type": cost[3],
-        "anomalies": "; ".join(state.anomalies) or None,
-        "anomaly": bool(state.anomalies),
-        "receipts_count": len(facts),
-        "replies_count": len(replies),
-        "last_reply_text": reply_preview(replies[-1][0].text, replies[-1][0].file_name, replies[-1][0].media)
-        if replies else None,
-        "last_activity_at": max(t for t in activity if t is not None),
+        **derived_columns(state, zone, receipts_count=len(facts), replies_count=len(replies),
+                          last_reply=(last.text, last.file_name, last.media) if last else None,
+                          activity=activity),
     }
     return {name: value for name, value in new.items() if getattr(msg, name) != value}
 
