@@ -1,8 +1,8 @@
 """Initial schema
 
-Revision ID: d0f04ffc738d
+Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 16:45:50.955928
+Create Date: 2026-11-28 17:57:54.658257
 
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = 'd0f04ffc738d'
+revision = '0001'
 down_revision = None
 branch_labels = None
 depends_on = None
