@@ -26,6 +26,8 @@ import httpx
 import psycopg
 from sqlalchemy import create_engine, text
 
+from report import markdown
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / ".data"
 BIN = Path(sys.executable).parent
@@ -336,60 +338,6 @@ def bench_rebuild(kind: str, url: str) -> dict:
     took = time.perf_counter() - start
     return {"db": kind, "seconds": took, "receipts": receipts, "messages": messages,
             "report": out.strip().splitlines()[-1]}
-
-
-# --- report -----------------------------------------------------------------------------------
-
-def markdown(results: dict) -> str:
-    out = []
-    if results.get("seed"):
-        out += ["### Seeding (both databases at once)", "",
-                "| database | messages | replies | seconds | messages/s |",
-                "| --- | ---: | ---: | ---: | ---: |"]
-        for s in results["seed"]:
-            if s["seconds"]:
-                out.append(f"| {s['db']} | {s['messages']:,} | {s['replies']:,} | {s['seconds']:.0f} | "
-                           f"{s['messages'] / s['seconds']:,.0f} |")
-        out.append("")
-    if results.get("ingest"):
-        out += ["### Ingest", "", "| database | no-op req/s | receipts/s | ratio | no-op p50 / p99 ms | "
-                "receipt p50 / p99 ms | errors | 2xx answered | 2xx stored |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for r in results["ingest"]:
-            out.append(f"| {r['db']} | {r['noop_rate']:,.0f} | {r['ingest_rate']:,.0f} | {r['ratio']:.2f} | "
-                       f"{r['noop_p50_ms']:.1f} / {r['noop_p99_ms']:.1f} | "
-                       f"{r['ingest_p50_ms']:.1f} / {r['ingest_p99_ms']:.1f} | {r['errors']} | "
-                       f"{r['answered_2xx']:,} | {r['stored_2xx']:,} |")
-        out.append("")
-    for d in results.get("dashboard", []):
-        out += [f"### Dashboard, {d['db']} (p95 ms, p50 in brackets)", "",
-                "| view | page | fragment | counters |", "| --- | ---: | ---: | ---: |"]
-        for row in d["rows"]:
-            name = row["what"].removeprefix("messages: ")
-            counters = d["counters"].get(name)
-            cell = lambda t: f"{t['p95']:.1f} ({t['p50']:.1f})" if t else "–"
-            out.append(f"| {row['what']} | {cell(row['page'])} | {cell(row.get('fragment'))} | "
-                       f"{cell(counters)} |")
-        out.append("")
-    if results.get("export"):
-        out += ["### Export", "", "| database | what | rows | seconds | rows/s | memory growth MB |",
-                "| --- | --- | ---: | ---: | ---: | ---: |"]
-        for e in results["export"]:
-            for what in ("app", "bare"):
-                if what in e:
-                    x = e[what]
-                    out.append(f"| {e['db']} | {'GET /export.csv' if what == 'app' else 'sqlite3 + csv'} | "
-                               f"{x['rows']:,} | {x['seconds']:.1f} | {x['rows'] / x['seconds']:,.0f} | "
-                               f"{(x['rss_peak_kb'] - x['rss_before_kb']) / 1024:.1f} |")
-        out.append("")
-    if results.get("rebuild"):
-        out += ["### Rebuild", "", "| database | messages | receipts | seconds | receipts/s | result |",
-                "| --- | ---: | ---: | ---: | ---: | --- |"]
-        for r in results["rebuild"]:
-            out.append(f"| {r['db']} | {r['messages']:,} | {r['receipts']:,} | {r['seconds']:.0f} | "
-                       f"{r['receipts'] / r['seconds']:,.0f} | {r['report']} |")
-        out.append("")
-    return "\n".join(out)
 
 
 def main() -> None:
