@@ -89,15 +89,19 @@ def test_formula_cells_are_neutralised(client):
     assert neutralise("plain") == "plain" and neutralise(None) == "" and neutralise(-1.5) == "-1.5"
 
 
-def test_export_is_streamed(client, app):
+def test_export_is_streamed(client, app, monkeypatch):
+    from app import export
+
     for i in range(30):
         receipt(client, f"s-{i:02d}", "seen")
+    # Small chunks, so 30 rows show the chunking.
+    monkeypatch.setattr(export, "CHUNK", 7)
     response = client.get("/export.csv", buffered=False)
     assert response.is_streamed
     assert not isinstance(response.response, (list, tuple, bytes, str))
     chunks = list(response.response)
-    # One chunk for the header, then one per row: never the whole file in one piece.
-    assert len(chunks) == 31
+    # One chunk for the header, then one per 7 rows: never the whole file in one piece.
+    assert len(chunks) == 1 + 5
     response.close()
     body = b"".join(c if isinstance(c, bytes) else c.encode() for c in chunks).decode("utf-8-sig")
     assert len(body.splitlines()) == 31
