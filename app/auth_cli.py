@@ -7,14 +7,17 @@ from flask import Flask
 from . import auth
 
 
+# Asked for (hidden, twice) unless given, which scripts do.
+password_option = click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
+                               help="For scripts; without it the password is asked for.")
+
+
 def register(app: Flask) -> None:
     @app.cli.command("create-user")
     @click.argument("name")
-    @click.option("--password", help="For scripts; without it the password is asked for.")
-    def create_user(name: str, password: str | None):
+    @password_option
+    def create_user(name: str, password: str):
         """Create a user who can sign in to the dashboard."""
-        if password is None:
-            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
         try:
             auth.create_user(name, password)
         except auth.AccountError as exc:
@@ -23,11 +26,9 @@ def register(app: Flask) -> None:
 
     @app.cli.command("set-password")
     @click.argument("name")
-    @click.option("--password", help="For scripts; without it the password is asked for.")
-    def set_password(name: str, password: str | None):
+    @password_option
+    def set_password(name: str, password: str):
         """Change a user's password."""
-        if password is None:
-            password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
         try:
             auth.set_password(name, password)
         except auth.AccountError as exc:
