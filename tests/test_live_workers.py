@@ -1,13 +1,8 @@
 """Live updates across processes: gunicorn workers, and the wake-up between processes."""
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,16 +11,10 @@ from app import create_app, live
 from app.models import db
 from conftest import TEST_PASSWORD, TEST_USER, LiveServer, create_test_user
 from live_client import LiveClient, post, receipt
+from servers import production_server
 
-ROOT = Path(__file__).resolve().parent.parent
 DR = "/webhooks/viber/dr"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def session_cookie(base_url: str) -> str:
@@ -37,43 +26,15 @@ def session_cookie(base_url: str) -> str:
         return "; ".join(f"{k}={v}" for k, v in http.cookies.items())
 
 
-def wait_up(url: str, proc, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited"
-        try:
-            if httpx.get(url + "/login", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not answer")
-
-
 @pytest.fixture
 def gunicorn(app, app_config, tmp_path):
     """The production command with two workers, on the test's database."""
     create_test_user(app)
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"], "HOST": "127.0.0.1",
-           "PORT": str(port), "VIBERWATCH_SECRET_KEY": app_config["SECRET_KEY"],
+    env = {"DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
+           "VIBERWATCH_SECRET_KEY": app_config["SECRET_KEY"], "WEB_CONCURRENCY": "2",
            "GUNICORN_THREADS": "16"}
-    env.pop("REDIS_URL", None)
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "--workers", "2",
-         "--access-logfile", os.devnull, "app:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gunicorn.log", "wb"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_up(url, proc)
+    with production_server(env, tmp_path / "gunicorn.log", unset=("REDIS_URL",)) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_dashboards_on_different_workers_all_see_every_event(gunicorn):

@@ -7,6 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import alerts
 from app.models import db
 from conftest import fixture_json, post_json
+from servers import production_server
 from timed_ingest import receipt
 
 TOKEN = "s3cret-metrics-token"
@@ -102,10 +103,6 @@ def test_metrics_from_database_and_process(app, anon_client):
 def test_latency_adds_up_across_gunicorn_workers(tmp_path, database_url):
     """Two worker processes: every scrape, whichever worker answers, counts all requests."""
     import os
-    import socket
-    import subprocess
-    import sys
-    import time
 
     import httpx
 
@@ -117,28 +114,11 @@ def test_latency_adds_up_across_gunicorn_workers(tmp_path, database_url):
     with setup.app_context():
         db.create_all()
         db.engine.dispose()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "DATABASE_URL": database_url, "VIBERWATCH_SECRET_KEY": "x",
+    env = {"DATABASE_URL": database_url, "VIBERWATCH_SECRET_KEY": "x",
            "VIBERWATCH_METRICS_TOKEN": TOKEN, "VIBERWATCH_ALERT_INTERVAL": "0",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"), "HOST": "127.0.0.1", "PORT": str(port),
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
            "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c", "gunicorn.conf.py",
-                               "--access-logfile", "/dev/null", "app:create_app()"], cwd=root, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.2)
+    with production_server(env, tmp_path / "gunicorn.log") as base:
         body = fixture_json("dr_delivered")
         prom = tmp_path / "prom"
 
@@ -172,6 +152,3 @@ def test_latency_adds_up_across_gunicorn_workers(tmp_path, database_url):
                 assert counts[(("endpoint", "dr"), ("outcome", "accepted"))] == posted
                 received = samples(fams["viberwatch_webhooks_received"], "viberwatch_webhooks_received_total")
                 assert received[(("endpoint", "dr"), ("outcome", "accepted"))] == posted
-    finally:
-        server.terminate()
-        server.wait(15)

@@ -1,60 +1,27 @@
 """Many parallel pushes for the same messages, through the production server with several
 workers, end in the same record as any sequential order (on SQLite and on PostgreSQL)."""
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
+from servers import production_server
 
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).parent / "gunicorn"
 COPIES = 6  # each distinct body is pushed this many times (NXCLOUD retries, several devices)
 MESSAGES = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def gunicorn_server(app, database_url, tmp_path):
     """`gunicorn -c gunicorn.conf.py 'app:create_app()'` with three workers on the test database."""
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "HOST": "127.0.0.1", "PORT": str(port),
-           "WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8"}
-    log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "--access-logfile", "/dev/null",
-                             "app:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
-                if r.status == 200:
-                    break
-        except OSError:  # not listening yet, or still starting
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("gunicorn did not start: " + (tmp_path / "gunicorn.log").read_text())
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(20)
-    log.close()
+    env = {"DATABASE_URL": database_url, "WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "8"}
+    with production_server(env, tmp_path / "gunicorn.log") as url:
+        yield url
 
 
 def receipt(rid: str, status: str, code: int, message: str, cost: bool = False) -> dict:
