@@ -10,9 +10,9 @@ from datetime import date
 from typing import Optional
 
 from sqlalchemy import func
-from sqlalchemy.dialects import postgresql, sqlite
 
 from .models import Message, MessageTally, db
+from .sqlutil import add_counts
 
 Key = tuple[date, str, int, bool]
 
@@ -24,12 +24,8 @@ def key_of(m: Message) -> Key:
 
 
 def _bump(key: Key, delta: int) -> None:
-    dialect = db.session.get_bind().dialect.name
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(MessageTally)
     day, status, code, anomaly = key
-    stmt = insert.values(day=day, status=status, code=code, anomaly=anomaly, n=delta)
-    db.session.execute(stmt.on_conflict_do_update(
-        index_elements=["day", "status", "code", "anomaly"], set_={"n": MessageTally.n + delta}))
+    add_counts(MessageTally, {"day": day, "status": status, "code": code, "anomaly": anomaly}, {"n": delta})
 
 
 def move(before: Optional[Key], after: Key) -> None:
