@@ -44,10 +44,12 @@ def register(app: Flask) -> None:
 
     @app.cli.command("recount")
     def recount():
-        """Rebuild the dashboard counters from the messages (after a bulk load or restore)."""
-        from . import tally
+        """Rebuild the dashboard counters and the analytics rollups from the messages (after a
+        bulk load or restore)."""
+        from .maintenance import recount
 
-        click.echo(f"recounted: {tally.rebuild()} tally rows")
+        rows = recount()
+        click.echo(f"recounted: {rows['tally']} tally rows, {rows['rollup']} rollup rows")
 
 
 def _create_app():

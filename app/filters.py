@@ -170,6 +170,23 @@ class MessageFilter:
             conds.append(Message.anomaly.is_(True))
         return conds
 
+    @property
+    def by_key_only(self) -> bool:
+        """Whether only status, code and anomaly are asked for: what the counters' tally and
+        the analytics rollups are keyed by (each with "pending" for no status and -1 for no code)."""
+        return self.phone is None and self.q is None and self.date_from is None and self.date_to is None
+
+    def key_conditions(self, table) -> list:
+        """Conditions on the status, code and anomaly columns of a tally or rollup table."""
+        conds = []
+        if self.status:
+            conds.append(table.status.in_(self.status))
+        if self.code is not None:
+            conds.append(table.code == self.code)
+        if self.anomaly:
+            conds.append(table.anomaly.is_(True))
+        return conds
+
     def query(self) -> Select:
         """SELECT of the matching messages, most recent activity first."""
         return (db.select(Message).where(*self.conditions())

@@ -15,11 +15,11 @@ from blinker import Namespace
 from flask import current_app
 from sqlalchemy import case, func
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.dialects import postgresql, sqlite
 
-from . import payloads, tally
+from . import payloads, rollup, tally
 from .models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
 from .payloads import Invalid
+from .sqlutil import insert_for
 from .status import ReceiptFact, State, fold
 
 signals = Namespace()
@@ -49,9 +49,7 @@ def sendtime_zone() -> tzinfo:
     return current_app.extensions["viberwatch.sendtime_zone"]
 
 
-def _insert(model):
-    dialect = db.session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+_insert = insert_for
 
 
 def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
@@ -71,7 +69,7 @@ def lock_message(request_id: str, at: datetime) -> Message:
         db.select(Message).where(Message.request_id == request_id).with_for_update()
         .execution_options(populate_existing=True)
     ).scalar_one()
-    # Not yet in the tally: refresh_message counts it once its state is known.
+    # Not yet in the tally and rollups: refresh_message counts it once its state is known.
     msg.untallied = created
     return msg
 
@@ -169,14 +167,16 @@ def refresh_message(msg: Message) -> dict:
     # The sending system's word on the phone wins; otherwise learn it from a reply.
     if msg.registered_at is None:
         new["phone"] = first_reply
-    before = None if getattr(msg, "untallied", False) else tally.key_of(msg)
+    counted = not getattr(msg, "untallied", False)
+    before = (tally.key_of(msg), rollup.share_of(msg)) if counted else (None, None)
     changed = {}
     for name, value in new.items():
         old = getattr(msg, name)
         if old != value:
             changed[name] = (old, value)
             setattr(msg, name, value)
-    tally.move(before, tally.key_of(msg))
+    tally.move(before[0], tally.key_of(msg))
+    rollup.move(before[1], rollup.share_of(msg))
     msg.untallied = False
     return changed
 

@@ -125,13 +125,7 @@ class Counters:
 
 
 def _tally_counts(flt: MessageFilter) -> dict[str, int]:
-    conds = []
-    if flt.status:
-        conds.append(MessageTally.status.in_(flt.status))
-    if flt.code is not None:
-        conds.append(MessageTally.code == flt.code)
-    if flt.anomaly:
-        conds.append(MessageTally.anomaly.is_(True))
+    conds = flt.key_conditions(MessageTally)
     if flt.date_from:
         conds.append(MessageTally.day >= flt.date_from)
     if flt.date_to:

@@ -111,15 +111,16 @@ def purge(older_than: timedelta, *, batch_size: int = 2000, now: Optional[dateti
             db.delete(RawBody).where(RawBody.id.in_(ids)),
             execution_options={"synchronize_session": False}).rowcount
         db.session.commit()
-    _recount_tally()
+    recount()
     return totals
 
 
-def _recount_tally() -> None:
-    """The counters' tally is derived from the messages; recount it after bulk changes."""
-    from . import tally
+def recount() -> dict[str, int]:
+    """The counters' tally and the analytics rollups are derived from the messages; recount
+    them after bulk changes. Returns the rows written to each."""
+    from . import rollup, tally
 
-    tally.rebuild()
+    return {"tally": tally.rebuild(), "rollup": rollup.rebuild()}
 
 
 def count_older(older_than: timedelta, now: Optional[datetime] = None) -> int:
@@ -146,7 +147,7 @@ def register(app: Flask) -> None:
             written = seed(count, replies=replies, days=days, batch_size=batch_size,
                            random_seed=random_seed, zone=current_app.extensions["viberwatch.sendtime_zone"],
                            progress=bar.update)
-        _recount_tally()
+        recount()
         click.echo("written: " + ", ".join(f"{n} {name}" for name, n in written.items()))
 
     @app.cli.command("purge")
@@ -175,6 +176,6 @@ def register(app: Flask) -> None:
         with click.progressbar(length=total, label="rebuilding messages", show_pos=True) as bar:
             report = rebuild(batch_size=batch_size, fix=not check, progress=bar.update)
         if report.changed_messages and not check:
-            _recount_tally()
+            recount()
         for line in report.lines():
             click.echo(line)

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -353,3 +354,42 @@ class MessageTally(db.Model):
     code: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1 for NULL
     anomaly: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class OutcomeHour(db.Model):
+    """Messages per hour first heard of, with their outcome and cost, kept in the same
+    transaction as every state change so analytics of long ranges never read every message."""
+
+    __tablename__ = "outcome_hour"
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # of Message.created_at
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)  # "pending" for NULL
+    code: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1 for NULL
+    anomaly: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    currency: Mapped[str] = mapped_column(String(16), primary_key=True)  # "" for NULL
+    rate_type: Mapped[str] = mapped_column(String(32), primary_key=True)  # "" for NULL
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+    seen: Mapped[int] = mapped_column(BigInteger, default=0)
+    priced: Mapped[int] = mapped_column(BigInteger, default=0)
+    local_price: Mapped[float] = mapped_column(Numeric(24, 6, asdecimal=False), default=0)
+    original_price: Mapped[float] = mapped_column(Numeric(24, 6, asdecimal=False), default=0)
+
+    __table_args__ = {"sqlite_with_rowid": False}
+
+
+class LatencyHour(db.Model):
+    """Time to delivered / to seen per hour first heard of, as counts in narrow bins (2 %
+    wide) with the least and greatest value seen in each, for histograms and percentiles."""
+
+    __tablename__ = "latency_hour"
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # delivered | seen
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    code: Mapped[int] = mapped_column(Integer, primary_key=True)
+    anomaly: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    bin: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    low: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = {"sqlite_with_rowid": False}

@@ -1,0 +1,188 @@
+"""Hourly rollups of the messages for analytics: outcomes and cost, and latency bins.
+
+A message counts in the hour it was first heard of (`Message.created_at`, which never
+changes). `move` runs inside the transaction that changes a message, like the counters'
+tally, so the rollups and the messages commit or roll back together; `rebuild` recomputes
+them from the messages after a bulk load.
+
+Latency (seconds from the first success receipt to the first delivered / seen receipt) is
+counted in bins: the analytics histogram's bars, each cut into bins 2 % wide, with the
+least and greatest value a bin has held. A percentile read from them is the exact value
+where it is a bin's least or greatest, and otherwise within 1 % of it.
+"""
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Iterable, Optional
+
+from sqlalchemy import and_, case, or_
+
+from .models import LatencyHour, Message, OutcomeHour, db
+from .sqlutil import add_counts
+
+# Upper edges of the latency histogram's bars, in seconds; the last bar is open.
+LATENCY_EDGES = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600,
+                 86400, 3 * 86400, 7 * 86400)
+LATENCY_TARGETS = (("delivered", "delivered_at"), ("seen", "seen_at"))
+BIN_RATIO = 1.02
+BIN_FLOOR = 0.001  # below a millisecond: one bin
+BINS_PER_BAR = 100_000  # bin id = bar * BINS_PER_BAR + position in the bar
+_LOG_RATIO = math.log(BIN_RATIO)
+
+# The message columns a share is computed from.
+COLUMNS = ("created_at", "status", "code", "anomaly", "cost_currency", "cost_rate_type",
+           "cost_local_price", "cost_original_price", "accepted_at", "delivered_at", "seen_at")
+OUTCOME_SUMS = ("n", "delivered", "seen", "priced", "local_price", "original_price")
+
+
+def bar_of(seconds: float) -> int:
+    """The histogram bar a latency falls in (bar i holds values below LATENCY_EDGES[i])."""
+    return bisect_right(LATENCY_EDGES, seconds)
+
+
+def bin_of(seconds: float) -> int:
+    bar = bar_of(seconds)
+    low = BIN_FLOOR if bar == 0 else LATENCY_EDGES[bar - 1]
+    position = 0 if seconds < low else 1 + int(math.log(seconds / low) / _LOG_RATIO)
+    return bar * BINS_PER_BAR + position
+
+
+def bin_bounds(bin_id: int) -> tuple[float, float]:
+    """The values a bin can hold, [lower, upper)."""
+    bar, position = divmod(bin_id, BINS_PER_BAR)
+    low = BIN_FLOOR if bar == 0 else LATENCY_EDGES[bar - 1]
+    if position == 0:
+        return 0.0, low
+    top = LATENCY_EDGES[bar] if bar < len(LATENCY_EDGES) else math.inf
+    return low * BIN_RATIO ** (position - 1), min(low * BIN_RATIO ** position, top)
+
+
+def latency_values(accepted_at, delivered_at, seen_at) -> list[tuple[str, float]]:
+    """(kind, seconds) for each latency the message has; arrivals out of order count as 0."""
+    out = []
+    for (kind, _), at in zip(LATENCY_TARGETS, (delivered_at, seen_at)):
+        if accepted_at is not None and at is not None:
+            out.append((kind, max(0.0, (at - accepted_at).total_seconds())))
+    return out
+
+
+def hour_of(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one message adds to the rollups."""
+
+    outcome_key: tuple  # (hour, status, code, anomaly, currency, rate_type)
+    outcome: tuple  # OUTCOME_SUMS
+    latency: frozenset  # {(hour, kind, status, code, anomaly, bin, seconds)}
+
+
+def share_of(m) -> Share:
+    """A message's share (a Message, or any row with the COLUMNS)."""
+    hour = hour_of(m.created_at)
+    key = (m.status or "pending", -1 if m.code is None else m.code, bool(m.anomaly))
+    priced = (m.cost_currency is not None or m.cost_local_price is not None
+              or m.cost_original_price is not None)
+    outcome = (1, int(m.delivered_at is not None or m.seen_at is not None), int(m.seen_at is not None),
+               int(priced), float(m.cost_local_price or 0), float(m.cost_original_price or 0))
+    latency = frozenset((hour, kind, *key, bin_of(v), v)
+                        for kind, v in latency_values(m.accepted_at, m.delivered_at, m.seen_at))
+    return Share((hour, *key, m.cost_currency or "", m.cost_rate_type or ""), outcome, latency)
+
+
+OUTCOME_KEY = ("hour", "status", "code", "anomaly", "currency", "rate_type")
+LATENCY_KEY = ("hour", "kind", "status", "code", "anomaly", "bin")
+
+
+def _bounds_update(stmt) -> dict:
+    """On adding a value, widen the bin's least and greatest (reset when it was empty)."""
+    t, new = LatencyHour.__table__.c, stmt.excluded
+    adding = new.n > 0
+    return {"low": case((and_(adding, or_(t.n <= 0, new.low < t.low)), new.low), else_=t.low),
+            "high": case((and_(adding, or_(t.n <= 0, new.high > t.high)), new.high), else_=t.high)}
+
+
+def move(before: Optional[Share], after: Share) -> None:
+    """Count a message as `after` instead of `before` (None: a message new to the rollups)."""
+    ops = []
+    if before is None or before.outcome_key != after.outcome_key or before.outcome != after.outcome:
+        if before is not None:
+            ops.append((OutcomeHour, before.outcome_key, tuple(-x for x in before.outcome)))
+        ops.append((OutcomeHour, after.outcome_key, after.outcome))
+    old = before.latency if before is not None else frozenset()
+    for entry in old - after.latency:
+        ops.append((LatencyHour, entry[:-1], (-1, entry[-1])))
+    for entry in after.latency - old:
+        ops.append((LatencyHour, entry[:-1], (1, entry[-1])))
+    # A fixed lock order over the rollup rows, so two transactions cannot deadlock on them.
+    ops.sort(key=lambda op: (op[0].__tablename__, op[1], op[2][0]))
+    for model, key, values in ops:
+        if model is OutcomeHour:
+            add_counts(OutcomeHour, dict(zip(OUTCOME_KEY, key)), dict(zip(OUTCOME_SUMS, values)))
+        else:
+            n, seconds = values
+            add_counts(LatencyHour, dict(zip(LATENCY_KEY, key)), {"n": n},
+                       extra={"low": seconds, "high": seconds}, more=_bounds_update)
+
+
+class Totals:
+    """Rollup rows summed in memory: what `rebuild` writes and what analytics add for the
+    part of a range that is not whole hours."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple, list] = {}
+        self.latency: dict[tuple, list] = {}  # key -> [n, low, high]
+
+    def add(self, share: Share) -> None:
+        sums = self.outcomes.setdefault(share.outcome_key, [0] * len(OUTCOME_SUMS))
+        for i, x in enumerate(share.outcome):
+            sums[i] += x
+        for entry in share.latency:
+            v = entry[-1]
+            b = self.latency.get(entry[:-1])
+            if b is None:
+                self.latency[entry[:-1]] = [1, v, v]
+            else:
+                b[0] += 1
+                b[1] = min(b[1], v)
+                b[2] = max(b[2], v)
+
+    def add_rows(self, rows: Iterable) -> "Totals":
+        for row in rows:
+            self.add(share_of(row))
+        return self
+
+
+def message_rows(*conditions, batch: int = 10_000):
+    """The COLUMNS of the messages matching `conditions`, streamed."""
+    stmt = db.select(*(getattr(Message, c) for c in COLUMNS)).where(*conditions)
+    return db.session.execute(stmt.execution_options(yield_per=batch))
+
+
+def rebuild(progress: Optional[Callable[[int], None]] = None, batch: int = 10_000) -> int:
+    """Recompute both rollups from the messages; returns the number of rows written."""
+    totals = Totals()
+    seen = 0
+    for row in message_rows(batch=batch):
+        totals.add(share_of(row))
+        seen += 1
+        if progress and seen % batch == 0:
+            progress(batch)
+    if progress and seen % batch:
+        progress(seen % batch)
+    db.session.execute(db.delete(OutcomeHour))
+    db.session.execute(db.delete(LatencyHour))
+    outcome_rows = [{**dict(zip(OUTCOME_KEY, k)), **dict(zip(OUTCOME_SUMS, v))}
+                    for k, v in totals.outcomes.items()]
+    latency_rows = [{**dict(zip(LATENCY_KEY, k)), "n": v[0], "low": v[1], "high": v[2]}
+                    for k, v in totals.latency.items()]
+    for model, rows in ((OutcomeHour, outcome_rows), (LatencyHour, latency_rows)):
+        for i in range(0, len(rows), batch):
+            db.session.execute(db.insert(model), rows[i:i + batch])
+    db.session.commit()
+    return len(outcome_rows) + len(latency_rows)
