@@ -46,7 +46,7 @@ def failure_link(flt: MessageFilter, rng: TimeRange, status: str, code) -> str:
 
 
 def _context(flt: MessageFilter, rng: TimeRange) -> dict:
-    data = report(rng, flt.conditions())
+    data = report(rng, flt)
     for row in data["failures"]:
         row["link"] = failure_link(flt, rng, row["status"], row["code"])
     here = {**flt.to_args(), **range_args(rng)}

@@ -1,7 +1,10 @@
 """Delivery analytics: funnel, rates, latency, failures, cost and replies for a time range.
 
-No `request` here. Every number is aggregated in SQL from the message table, whose columns
-are folded from the set of receipts, so duplicate and out-of-order receipts count once.
+No `request` here. Every number comes from the message table, whose columns are folded
+from the set of receipts, so duplicate and out-of-order receipts count once: aggregated in
+SQL from the messages themselves for ranges shown per minute and for filters on phone,
+requestId or days, and otherwise from the hourly rollups (app/rollup.py) kept beside the
+messages, plus the messages of the range's partial hours at either end.
 
 Definitions (the README repeats them):
 - The messages of a range are those first heard of in it (`Message.created_at`: the
@@ -11,7 +14,8 @@ Definitions (the README repeats them):
 - Time to delivered = first delivered receipt received - first success receipt received;
   time to seen likewise. Receipts that arrived out of order give a negative difference,
   counted as 0. Percentiles are nearest-rank: pN is the smallest value with at least N%
-  of the values at or below it.
+  of the values at or below it; read from the rollups, exact when that value is the least
+  or greatest of its 2 %-wide bin, otherwise interpolated inside the bin.
 - Replies are those received in the range, to messages that match the filters.
 """
 from __future__ import annotations
@@ -19,13 +23,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
-from sqlalchemy import case, func, literal, or_, union_all
+from sqlalchemy import and_, case, func, literal, or_, union_all
 
-from .filters import FilterError
-from .analytics_sql import bucket, bucket_labels, clamp_at_zero, seconds_between
-from .models import Message, Reply, db
+from .analytics_sql import BUCKET_FORMATS, bucket, bucket_labels, clamp_at_zero, seconds_between, truncate
+from .filters import FilterError, MessageFilter
+from .models import LatencyHour, Message, OutcomeHour, Reply, db
+from .rollup import (BINS_PER_BAR, LATENCY_EDGES, LATENCY_TARGETS, OUTCOME_SUMS, Totals, hour_of,
+                     message_rows)
 from .status import describe_code
 
 RANGES = {
@@ -35,9 +41,6 @@ RANGES = {
     "30d": ("Last 30 days", timedelta(days=30)),
 }
 DEFAULT_RANGE = "24h"
-# Upper edges of the latency histogram, in seconds; the last bucket is open.
-LATENCY_EDGES = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600,
-                 86400, 3 * 86400, 7 * 86400)
 PERCENTILES = (50, 90, 99)
 TOP_PHONES = 10
 FUNNEL_KEYS = ("messages", "pending", "accepted", "delivered", "seen", "failed", "expired")
@@ -104,24 +107,76 @@ def _cohort(rng: TimeRange, criteria: Sequence) -> list:
     return [Message.created_at >= rng.start, Message.created_at <= rng.end, *criteria]
 
 
-def outcomes(rng: TimeRange, criteria: Sequence = ()) -> tuple[dict, list[dict], dict]:
-    """Outcomes per bucket, failures by code and cost, from one pass over the messages.
+@dataclass(frozen=True)
+class Plan:
+    """How a report reads its range: whole hours [first, stop) from the hourly rollups, and
+    the messages of the rest of the range (`edges`) one by one."""
 
-    The database groups by bucket, status, code, currency and rate type (a few thousand
-    groups at most); the three views are sums over those groups.
-    """
+    first: datetime
+    stop: datetime
+    edges: object  # an SQL condition on Message.created_at
+
+
+def rollup_plan(rng: TimeRange, flt: MessageFilter) -> Optional[Plan]:
+    """None where the rollups cannot answer: ranges shown per minute, and filters on phone,
+    requestId or last-activity days, which the rollups are not keyed by."""
+    if rng.unit == "minute" or not flt.by_key_only:
+        return None
+    first = hour_of(rng.start)
+    if first < rng.start:
+        first += timedelta(hours=1)
+    stop = hour_of(rng.end)
+    if stop <= first:
+        return None
+    created = Message.created_at
+    edges = [and_(created >= stop, created <= rng.end)]
+    if rng.start < first:
+        edges.append(and_(created >= rng.start, created < first))
+    return Plan(first, stop, or_(*edges))
+
+
+def _outcome_rows(rng: TimeRange, criteria: Sequence) -> list[tuple]:
+    """(bucket, status, code, currency, rate type, messages, delivered, seen, priced, local,
+    original) per group, from the messages of the range."""
     m = Message
     label = bucket(m.created_at, rng.unit).label("bucket")
     delivered = or_(m.delivered_at.isnot(None), m.seen_at.isnot(None))
     has_cost = or_(m.cost_currency.isnot(None), m.cost_local_price.isnot(None),
                    m.cost_original_price.isnot(None))
     keys = (label, m.status, m.code, m.cost_currency, m.cost_rate_type)
-    rows = db.session.execute(
+    return [tuple(row) for row in db.session.execute(
         db.select(*keys, func.count(), func.sum(case((delivered, 1), else_=0)),
                   func.sum(case((m.seen_at.isnot(None), 1), else_=0)), func.sum(case((has_cost, 1), else_=0)),
                   func.sum(m.cost_local_price), func.sum(m.cost_original_price))
-        .where(*_cohort(rng, criteria)).group_by(*keys)).all()
-    labels = bucket_labels(rng.start, rng.end, rng.unit)
+        .where(*_cohort(rng, criteria)).group_by(*keys))]
+
+
+def _unkeyed(status, code, currency, rate_type) -> tuple:
+    """Rollup key values back to the message columns' (NULL where the key has a stand-in)."""
+    return (None if status == "pending" else status, None if code == -1 else code,
+            currency or None, rate_type or None)
+
+
+def _outcome_rows_rolled(rng: TimeRange, flt: MessageFilter, plan: Plan, edges: Totals) -> list[tuple]:
+    """The same groups as `_outcome_rows`, from the rollup for whole hours plus `edges`."""
+    o = OutcomeHour
+    label = bucket(o.hour, rng.unit).label("bucket")
+    keys = (label, o.status, o.code, o.currency, o.rate_type)
+    stored = db.session.execute(
+        db.select(*keys, *(func.sum(getattr(o, name)) for name in OUTCOME_SUMS))
+        .where(o.hour >= plan.first, o.hour < plan.stop, o.n != 0, *flt.key_conditions(o))
+        .group_by(*keys)).all()
+    fmt = BUCKET_FORMATS[rng.unit][1]
+    rows = []
+    for row in stored:
+        rows.append((row[0], *_unkeyed(*row[1:5]), *row[5:]))
+    for (hour, status, code, _anomaly, currency, rate_type), sums in edges.outcomes.items():
+        rows.append((truncate(hour, rng.unit).strftime(fmt), *_unkeyed(status, code, currency, rate_type), *sums))
+    return rows
+
+
+def _summarise_outcomes(rows: Sequence[tuple], labels: list[str]) -> tuple[dict, list[dict], dict]:
+    """Outcomes per bucket, failures by code and cost: sums over the grouped rows."""
     position = {name: i for i, name in enumerate(labels)}
     series = {key: [0] * len(labels) for key in FUNNEL_KEYS}
     failed: dict[tuple, int] = {}
@@ -147,6 +202,8 @@ def outcomes(rng: TimeRange, criteria: Sequence = ()) -> tuple[dict, list[dict],
     total_failed = sum(failed.values())
     failures = []
     for (status, code), count in sorted(failed.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1] or 0)):
+        if not count:
+            continue
         described = describe_code(code)
         failures.append({"status": status, "code": code, "count": count,
                          "share": round(100 * count / total_failed, 1),
@@ -176,7 +233,15 @@ def _histogram_labels() -> list[str]:
     return labels
 
 
-LATENCY_TARGETS = (("delivered", "delivered_at"), ("seen", "seen_at"))
+def _latency_result(counts: dict[str, list[int]], found: dict) -> dict:
+    result = {}
+    for key, _ in LATENCY_TARGETS:
+        result[key] = {"count": sum(counts[key]),
+                       "histogram": [{"label": label, "count": n}
+                                     for label, n in zip(_histogram_labels(), counts[key])]}
+        for p in PERCENTILES:
+            result[key][f"p{p}"] = found.get((key, p))
+    return result
 
 
 def latency(rng: TimeRange, criteria: Sequence = ()) -> dict:
@@ -199,15 +264,7 @@ def latency(rng: TimeRange, criteria: Sequence = ()) -> dict:
     counts = {key: [0] * (len(LATENCY_EDGES) + 1) for key, _ in LATENCY_TARGETS}
     for key, i, n in db.session.execute(union_all(*parts)):
         counts[key][int(i)] = int(n)
-    found = _percentiles(values, counts)
-    result = {}
-    for key, _ in LATENCY_TARGETS:
-        result[key] = {"count": sum(counts[key]),
-                       "histogram": [{"label": label, "count": n}
-                                     for label, n in zip(_histogram_labels(), counts[key])]}
-        for p in PERCENTILES:
-            result[key][f"p{p}"] = found.get((key, p))
-    return result
+    return _latency_result(counts, _percentiles(values, counts))
 
 
 def _percentiles(values, counts: dict[str, list[int]]) -> dict:
@@ -240,6 +297,51 @@ def _percentiles(values, counts: dict[str, list[int]]) -> dict:
             for key, p, value in db.session.execute(union_all(*parts)).all()}
 
 
+def _latency_rolled(flt: MessageFilter, plan: Plan, edges: Totals) -> dict:
+    """The same as `latency`, from the latency bins of whole hours plus `edges`."""
+    h = LatencyHour
+    bins: dict[tuple, list] = {}
+    stored = db.session.execute(
+        db.select(h.kind, h.bin, func.sum(h.n), func.min(h.low), func.max(h.high))
+        .where(h.hour >= plan.first, h.hour < plan.stop, h.n > 0, *flt.key_conditions(h))
+        .group_by(h.kind, h.bin))
+    for kind, bin_id, n, low, high in stored:
+        bins[(kind, bin_id)] = [int(n), float(low), float(high)]
+    for (_hour, kind, _status, _code, _anomaly, bin_id), (n, low, high) in edges.latency.items():
+        known = bins.get((kind, bin_id))
+        if known is None:
+            bins[(kind, bin_id)] = [n, low, high]
+        else:
+            known[0] += n
+            known[1], known[2] = min(known[1], low), max(known[2], high)
+    counts = {key: [0] * (len(LATENCY_EDGES) + 1) for key, _ in LATENCY_TARGETS}
+    for (kind, bin_id), (n, _, _) in bins.items():
+        counts[kind][bin_id // BINS_PER_BAR] += n
+    found = {}
+    for kind, _ in LATENCY_TARGETS:
+        ordered = sorted((bin_id, *v) for (k, bin_id), v in bins.items() if k == kind)
+        total = sum(counts[kind])
+        for p in PERCENTILES if total else ():
+            found[(kind, p)] = round(_binned_value(ordered, math.ceil(p / 100 * total)), 3)
+    return _latency_result(counts, found)
+
+
+def _binned_value(ordered: list[tuple], rank: int) -> float:
+    """The rank-th smallest value (1-based) of the bins: exact when it is a bin's least or
+    greatest, otherwise interpolated between those two, inside a bin 2 % wide."""
+    before = 0
+    for _bin_id, n, low, high in ordered:
+        if before + n >= rank:
+            break
+        before += n
+    k = rank - before
+    if k == 1:
+        return low
+    if k == n:
+        return high
+    return low + (high - low) * (k - 1) / (n - 1)
+
+
 def replies(rng: TimeRange, criteria: Sequence = ()) -> dict:
     """Replies received in the range per bucket, and the phones that replied most."""
     r = Reply
@@ -263,16 +365,26 @@ def replies(rng: TimeRange, criteria: Sequence = ()) -> dict:
             "top_phones": [{"phone": phone, "count": int(count)} for phone, count in top]}
 
 
-def report(rng: TimeRange, criteria: Sequence = ()) -> dict:
-    """Everything the analytics page shows, as plain JSON-ready data."""
-    rates, failures, cost = outcomes(rng, criteria)
+def report(rng: TimeRange, flt: Optional[MessageFilter] = None, *, use_rollup: bool = True) -> dict:
+    """Everything the analytics page shows, as plain JSON-ready data. Whole hours come from
+    the hourly rollups where the filter allows (`use_rollup=False` reads every message)."""
+    flt = flt or MessageFilter()
+    criteria = flt.conditions()
+    plan = rollup_plan(rng, flt) if use_rollup else None
+    labels = bucket_labels(rng.start, rng.end, rng.unit)
+    if plan is None:
+        rates, failures, cost = _summarise_outcomes(_outcome_rows(rng, criteria), labels)
+        latency_ = latency(rng, criteria)
+    else:
+        edges = Totals().add_rows(message_rows(plan.edges, *criteria))
+        rates, failures, cost = _summarise_outcomes(_outcome_rows_rolled(rng, flt, plan, edges), labels)
+        latency_ = _latency_rolled(flt, plan, edges)
     return {
         "range": rng.as_json(),
         "funnel": funnel_from_rates(rates),
         "rates": rates,
-        "latency": latency(rng, criteria),
+        "latency": latency_,
         "failures": failures,
         "cost": cost,
         "replies": replies(rng, criteria),
     }
-

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Float, String, case, cast, func, literal
+from sqlalchemy import Float, Integer, String, case, cast, func, literal
 
 from .models import db
 
@@ -60,8 +60,13 @@ def seconds_between(earlier, later):
     """Seconds from one datetime column to another, as a float expression."""
     if dialect() == "postgresql":
         return cast(func.extract("epoch", later - earlier), Float)
-    # julianday keeps ~50 microseconds of precision: round to the millisecond so 30 s is 30.0.
-    return func.round((func.julianday(later) - func.julianday(earlier)) * literal(86400.0), 3)
+    # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds from strftime('%s') and the
+    # microseconds after the point, in integers, divided once, so the value is the same
+    # float Python's timedelta.total_seconds() gives (julianday keeps only ~50 µs).
+    def micro(at):
+        return (cast(func.strftime("%s", func.substr(at, 1, 19)), Integer) * 1_000_000
+                + cast(func.substr(at, 21), Integer))
+    return cast(micro(later) - micro(earlier), Float) / literal(1_000_000.0)
 
 
 def clamp_at_zero(expr):
