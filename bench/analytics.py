@@ -2,8 +2,13 @@
 
 Only the derived tables are read by these queries, so the data set is made directly in
 them (message, reply, activity, raw_body), with bulk inserts: a month of traffic whose
-message columns look as the fold leaves them. Each view is timed in process (the domain
-function, then the page fragment rendered), warm, `--repeat` times.
+message columns look as the fold leaves them; then the hourly rollups are rebuilt from it
+(`rollup.rebuild`, as `viberwatch recount` does). Each view is timed in process, warm: the
+report from the rollups (`--repeat` times), the same report reading every message of the
+range (once; what the rollups replace), and the page fragment rendered.
+
+Then what keeping the rollups costs at ingest: receipts through the real ingest into a
+fresh SQLite file, in alternating rounds with and without `rollup.move`.
 
     .venv/bin/python bench/analytics.py --messages 1000000 [--db sqlite,postgresql]
 """
@@ -25,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 
-from app.models import Activity, Message, RawBody, Reply, db  # noqa: E402
+from app.models import Activity, Message, OutcomeHour, RawBody, Reply, db  # noqa: E402
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=timezone.utc)
 DAYS = 30
@@ -179,21 +184,32 @@ def measure(kind: str, url: str, repeat: int) -> list[dict]:
     from flask import render_template
     from werkzeug.datastructures import MultiDict
 
-    from app import alerts, create_app
+    from app import alerts, create_app, rollup
     from app import analytics as view
+    from app import analytics_report as report_module
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "bench", "ANALYTICS_CLOCK": lambda: NOW,
                       "ALERT_RULES": None, "METRICS_TOKEN": "bench"})
     out = []
     with app.app_context():
+        db.create_all()  # the rollup tables, on data made before they existed
+        if db.session.execute(db.select(OutcomeHour.hour).limit(1)).first() is None:
+            start = time.perf_counter()
+            written = rollup.rebuild()
+            seconds = time.perf_counter() - start
+            log(f"rollups rebuilt on {kind}: {written:,} rows in {seconds:.0f} s")
+            out.append({"db": kind, "what": f"rollups rebuilt ({written:,} rows)",
+                        "report": {"p50": seconds * 1000, "max": seconds * 1000}})
         for name, query in VIEWS:
             args = MultiDict(parse_qsl(query))
             flt, rng = view._parse(args)
-            report = timed(lambda: view.report(rng, flt.conditions()), repeat)
+            report = timed(lambda: report_module.report(rng, flt), repeat)
+            every = timed(lambda: report_module.report(rng, flt, use_rollup=False), 1)
             with app.test_request_context(f"/analytics?{query}"):
                 page = timed(lambda: render_template("analytics/_report.html", **view._context(flt, rng)),
                              repeat)
-            out.append({"db": kind, "what": f"analytics: {name}", "report": report, "page": page})
+            out.append({"db": kind, "what": f"analytics: {name}", "report": report, "every": every,
+                        "page": page, "rolled": report_module.rollup_plan(rng, flt) is not None})
         out.append({"db": kind, "what": "alert rules (3 built-in)",
                     "report": timed(lambda: alerts.evaluate(NOW), repeat)})
         client = app.test_client()
@@ -204,24 +220,61 @@ def measure(kind: str, url: str, repeat: int) -> list[dict]:
     return out
 
 
-def markdown(messages: int, fills: dict, results: list[dict]) -> str:
+def ingest_cost(messages: int, rounds: int) -> dict:
+    """ms per receipt through the real ingest, with and without keeping the rollups, in
+    alternating rounds on fresh SQLite files (the rollups are the only difference)."""
+    import json
+    import tempfile
+
+    from app import create_app, ingest, rollup
+
+    keep = rollup.move
+    per: dict[str, list[float]] = {"with": [], "without": []}
+    for r in range(rounds):
+        for mode in (("with", "without") if r % 2 == 0 else ("without", "with")):
+            rollup.move = keep if mode == "with" else (lambda before, after: None)
+            with tempfile.TemporaryDirectory() as tmp:
+                app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp}/ingest.db", "SECRET_KEY": "bench",
+                                  "ALERT_RULES": None})
+                with app.app_context():
+                    db.create_all()
+                    bodies = [json.dumps({"status": status, "requestId": f"m{i}", "code": code,
+                                          "message": "bench", "sendTime": "2026-03-01 20:00:00"}).encode()
+                              for status, code in (("success", 0), ("delivered", 11001), ("seen", 11002))
+                              for i in range(messages)]
+                    start = time.perf_counter()
+                    for body in bodies:
+                        assert ingest.ingest("dr", body, "application/json", {}).ok
+                    per[mode].append((time.perf_counter() - start) * 1000 / len(bodies))
+                    db.engine.dispose()
+    rollup.move = keep
+    return {mode: statistics.median(values) for mode, values in per.items()}
+
+
+def markdown(messages: int, fills: dict, results: list[dict], cost: dict | None) -> str:
     kinds = list(fills)
     lines = [f"### Analytics, alerts and metrics at {messages:,} messages (p50 ms, max in brackets)", "",
-             "| view | " + " | ".join(f"{k} query | {k} fragment" for k in kinds) + " |",
-             "| --- | " + " | ".join("---: | ---:" for _ in kinds) + " |"]
+             "| view | " + " | ".join(f"{k} rollups | {k} every message | {k} fragment" for k in kinds) + " |",
+             "| --- | " + " | ".join("---: | ---: | ---:" for _ in kinds) + " |"]
     by_what: dict[str, dict] = {}
     for r in results:
         by_what.setdefault(r["what"], {})[r["db"]] = r
     cell = lambda t: f"{t['p50']:.1f} ({t['max']:.1f})" if t else "–"
     for what, per in by_what.items():
         cells = []
+        rolled = True
         for k in kinds:
             r = per.get(k, {})
-            cells += [cell(r.get("report")), cell(r.get("page"))]
-        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+            rolled = r.get("rolled", rolled)
+            cells += [cell(r.get("report")), cell(r.get("every")), cell(r.get("page"))]
+        name = what if rolled else f"{what} (no rollup: every message)"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     made = [f"{k} {s:.0f} s" for k, s in fills.items() if s is not None]
     if made:
         lines += ["", "Data made in " + ", ".join(made) + "."]
+    if cost:
+        lines += ["", f"Ingest, ms per receipt (median of rounds): {cost['with']:.2f} keeping the rollups, "
+                      f"{cost['without']:.2f} without ({100 * (cost['with'] / cost['without'] - 1):+.0f} %)."]
     return "\n".join(lines)
 
 
@@ -231,6 +284,8 @@ def main() -> None:
     parser.add_argument("--db", default="sqlite,postgresql")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--reuse", action="store_true", help="keep data made by an earlier run")
+    parser.add_argument("--ingest-messages", type=int, default=300,
+                        help="messages (3 receipts each) per round of the ingest cost; 0 skips it")
     args = parser.parse_args()
     fills, results = {}, []
     for kind in args.db.split(","):
@@ -243,7 +298,11 @@ def main() -> None:
             (DATA / f"analytics_{args.messages}-{kind}.made").write_text(f"{fills[kind]:.0f}")
         log(f"timing on {kind}")
         results += measure(kind, url, args.repeat)
-    print(markdown(args.messages, fills, results))
+    cost = None
+    if args.ingest_messages:
+        log("ingest with and without the rollups")
+        cost = ingest_cost(args.ingest_messages, rounds=6)
+    print(markdown(args.messages, fills, results, cost))
 
 
 if __name__ == "__main__":
