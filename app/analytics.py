@@ -5,15 +5,17 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 
-from .analytics_report import RANGES, TimeRange, parse_range, report
+from .analytics_report import RANGES, TimeRange, parse_range, report, rollup_plan
 from .filters import STATUS_CHOICES, FilterError, MessageFilter
 
 bp = Blueprint("analytics", __name__)
 
 # Live activity refreshes the page; this slow poll only moves a quiet page's window along.
 POLL_SECONDS = 60
-# Least seconds between live refreshes, by bucket size: a month of a million messages takes
-# seconds to aggregate (docs/benchmarks.md), an hour a fraction of one.
+# Least seconds between live refreshes. Read from the rollups, any range takes a fraction of
+# a second at a million messages (docs/benchmarks.md); read message by message, a month of
+# them takes seconds, so those refreshes are spaced by bucket size.
+ROLLUP_REFRESH_GAP = 3
 REFRESH_GAP = {"minute": 3, "hour": 10, "day": 60}
 
 
@@ -51,7 +53,8 @@ def _context(flt: MessageFilter, rng: TimeRange) -> dict:
         row["link"] = failure_link(flt, rng, row["status"], row["code"])
     here = {**flt.to_args(), **range_args(rng)}
     return {"flt": flt, "rng": rng, "data": data, "ranges": RANGES, "statuses": STATUS_CHOICES,
-            "here": here, "poll_seconds": POLL_SECONDS, "refresh_gap": REFRESH_GAP[rng.unit],
+            "here": here, "poll_seconds": POLL_SECONDS,
+            "refresh_gap": ROLLUP_REFRESH_GAP if rollup_plan(rng, flt) else REFRESH_GAP[rng.unit],
             "chips": [(label, url_for("analytics.index", **{**rest.to_args(), **range_args(rng)}))
                       for label, rest in flt.chips()]}
 

@@ -29,9 +29,9 @@ from sqlalchemy import and_, case, func, literal, or_, union_all
 
 from .analytics_sql import BUCKET_FORMATS, bucket, bucket_labels, clamp_at_zero, seconds_between, truncate
 from .filters import FilterError, MessageFilter
-from .models import LatencyHour, Message, OutcomeHour, Reply, db
-from .rollup import (BINS_PER_BAR, LATENCY_EDGES, LATENCY_TARGETS, OUTCOME_SUMS, Totals, hour_of,
-                     message_rows)
+from .models import LatencyDay, LatencyHour, Message, OutcomeHour, Reply, db
+from .rollup import (BINS_PER_BAR, LATENCY_EDGES, LATENCY_TARGETS, OUTCOME_SUMS, Totals, add_bin, day_of,
+                     hour_of, message_rows)
 from .status import describe_code
 
 RANGES = {
@@ -297,23 +297,32 @@ def _percentiles(values, counts: dict[str, list[int]]) -> dict:
             for key, p, value in db.session.execute(union_all(*parts)).all()}
 
 
+def _latency_spans(plan: Plan) -> list[tuple]:
+    """Whole days of the plan's hours from the daily bins, the hours around them hourly."""
+    first_day = day_of(plan.first)
+    if first_day < plan.first:
+        first_day += timedelta(days=1)
+    stop_day = day_of(plan.stop)
+    hour = LatencyHour.hour
+    if stop_day <= first_day:
+        return [(LatencyHour, hour, plan.first, plan.stop)]
+    spans = [(LatencyDay, LatencyDay.day, first_day, stop_day),
+             (LatencyHour, hour, plan.first, first_day), (LatencyHour, hour, stop_day, plan.stop)]
+    return [span for span in spans if span[2] < span[3]]
+
+
 def _latency_rolled(flt: MessageFilter, plan: Plan, edges: Totals) -> dict:
     """The same as `latency`, from the latency bins of whole hours plus `edges`."""
-    h = LatencyHour
     bins: dict[tuple, list] = {}
-    stored = db.session.execute(
-        db.select(h.kind, h.bin, func.sum(h.n), func.min(h.low), func.max(h.high))
-        .where(h.hour >= plan.first, h.hour < plan.stop, h.n > 0, *flt.key_conditions(h))
-        .group_by(h.kind, h.bin))
-    for kind, bin_id, n, low, high in stored:
-        bins[(kind, bin_id)] = [int(n), float(low), float(high)]
+    for model, column, start, stop in _latency_spans(plan):
+        stored = db.session.execute(
+            db.select(model.kind, model.bin, func.sum(model.n), func.min(model.low), func.max(model.high))
+            .where(column >= start, column < stop, model.n > 0, *flt.key_conditions(model))
+            .group_by(model.kind, model.bin))
+        for kind, bin_id, n, low, high in stored:
+            add_bin(bins, (kind, bin_id), int(n), float(low), float(high))
     for (_hour, kind, _status, _code, _anomaly, bin_id), (n, low, high) in edges.latency.items():
-        known = bins.get((kind, bin_id))
-        if known is None:
-            bins[(kind, bin_id)] = [n, low, high]
-        else:
-            known[0] += n
-            known[1], known[2] = min(known[1], low), max(known[2], high)
+        add_bin(bins, (kind, bin_id), n, low, high)
     counts = {key: [0] * (len(LATENCY_EDGES) + 1) for key, _ in LATENCY_TARGETS}
     for (kind, bin_id), (n, _, _) in bins.items():
         counts[kind][bin_id // BINS_PER_BAR] += n

@@ -377,12 +377,10 @@ class OutcomeHour(db.Model):
     __table_args__ = {"sqlite_with_rowid": False}
 
 
-class LatencyHour(db.Model):
-    """Time to delivered / to seen per hour first heard of, as counts in narrow bins (2 %
-    wide) with the least and greatest value seen in each, for histograms and percentiles."""
+class LatencyBins:
+    """Time to delivered / to seen as counts in narrow bins (2 % wide) with the least and
+    greatest value seen in each, for histograms and percentiles."""
 
-    __tablename__ = "latency_hour"
-    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # delivered | seen
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     code: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -392,4 +390,18 @@ class LatencyHour(db.Model):
     low: Mapped[float] = mapped_column(Float)
     high: Mapped[float] = mapped_column(Float)
 
+
+class LatencyHour(LatencyBins, db.Model):
+    """Latency bins per hour first heard of."""
+
+    __tablename__ = "latency_hour"
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
+    __table_args__ = {"sqlite_with_rowid": False}
+
+
+class LatencyDay(LatencyBins, db.Model):
+    """The same bins per UTC day first heard of, so a month reads 30 days' bins, not 720 hours'."""
+
+    __tablename__ = "latency_day"
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
     __table_args__ = {"sqlite_with_rowid": False}

@@ -1,4 +1,5 @@
-"""Hourly rollups of the messages for analytics: outcomes and cost, and latency bins.
+"""Hourly rollups of the messages for analytics: outcomes and cost, and latency bins
+(per hour, and per day for long ranges).
 
 A message counts in the hour it was first heard of (`Message.created_at`, which never
 changes). `move` runs inside the transaction that changes a message, like the counters'
@@ -20,7 +21,7 @@ from typing import Callable, Iterable, Optional
 
 from sqlalchemy import and_, case, or_
 
-from .models import LatencyHour, Message, OutcomeHour, db
+from .models import LatencyDay, LatencyHour, Message, OutcomeHour, db
 from .sqlutil import add_counts
 
 # Upper edges of the latency histogram's bars, in seconds; the last bar is open.
@@ -73,6 +74,10 @@ def hour_of(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
+def day_of(at: datetime) -> datetime:
+    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 @dataclass(frozen=True)
 class Share:
     """What one message adds to the rollups."""
@@ -97,11 +102,13 @@ def share_of(m) -> Share:
 
 OUTCOME_KEY = ("hour", "status", "code", "anomaly", "currency", "rate_type")
 LATENCY_KEY = ("hour", "kind", "status", "code", "anomaly", "bin")
+# Each latency entry counts in its hour and in its day.
+LATENCY_TABLES = ((LatencyHour, LATENCY_KEY, hour_of), (LatencyDay, ("day",) + LATENCY_KEY[1:], day_of))
 
 
 def _bounds_update(stmt) -> dict:
     """On adding a value, widen the bin's least and greatest (reset when it was empty)."""
-    t, new = LatencyHour.__table__.c, stmt.excluded
+    t, new = stmt.table.c, stmt.excluded
     adding = new.n > 0
     return {"low": case((and_(adding, or_(t.n <= 0, new.low < t.low)), new.low), else_=t.low),
             "high": case((and_(adding, or_(t.n <= 0, new.high > t.high)), new.high), else_=t.high)}
@@ -109,25 +116,43 @@ def _bounds_update(stmt) -> dict:
 
 def move(before: Optional[Share], after: Share) -> None:
     """Count a message as `after` instead of `before` (None: a message new to the rollups)."""
-    ops = []
+    ops = []  # (table, key, sums or (n, seconds))
     if before is None or before.outcome_key != after.outcome_key or before.outcome != after.outcome:
         if before is not None:
-            ops.append((OutcomeHour, before.outcome_key, tuple(-x for x in before.outcome)))
-        ops.append((OutcomeHour, after.outcome_key, after.outcome))
+            ops.append((OutcomeHour.__tablename__, before.outcome_key, tuple(-x for x in before.outcome)))
+        ops.append((OutcomeHour.__tablename__, after.outcome_key, after.outcome))
     old = before.latency if before is not None else frozenset()
-    for entry in old - after.latency:
-        ops.append((LatencyHour, entry[:-1], (-1, entry[-1])))
-    for entry in after.latency - old:
-        ops.append((LatencyHour, entry[:-1], (1, entry[-1])))
+    changes = [(entry, -1) for entry in old - after.latency] + [(entry, 1) for entry in after.latency - old]
+    for model, _, period in LATENCY_TABLES:
+        for entry, n in changes:
+            ops.append((model.__tablename__, (period(entry[0]), *entry[1:-1]), (n, entry[-1])))
     # A fixed lock order over the rollup rows, so two transactions cannot deadlock on them.
-    ops.sort(key=lambda op: (op[0].__tablename__, op[1], op[2][0]))
-    for model, key, values in ops:
-        if model is OutcomeHour:
+    ops.sort(key=lambda op: (op[0], op[1], op[2][0]))
+    for table, key, values in ops:
+        if table == OutcomeHour.__tablename__:
             add_counts(OutcomeHour, dict(zip(OUTCOME_KEY, key)), dict(zip(OUTCOME_SUMS, values)))
-        else:
-            n, seconds = values
-            add_counts(LatencyHour, dict(zip(LATENCY_KEY, key)), {"n": n},
-                       extra={"low": seconds, "high": seconds}, more=_bounds_update)
+            continue
+        model, names, _ = next(t for t in LATENCY_TABLES if t[0].__tablename__ == table)
+        n, seconds = values
+        add_counts(model, dict(zip(names, key)), {"n": n},
+                   extra={"low": seconds, "high": seconds}, more=_bounds_update)
+
+
+def add_bin(bins: dict, key: tuple, n: int, low: float, high: float) -> None:
+    """Merge a bin's count, least and greatest value into `bins` (key -> [n, low, high])."""
+    known = bins.get(key)
+    if known is None:
+        bins[key] = [n, low, high]
+    else:
+        known[0] += n
+        known[1], known[2] = min(known[1], low), max(known[2], high)
+
+
+def merged_bins(items: Iterable[tuple[tuple, list]]) -> dict:
+    bins: dict = {}
+    for key, (n, low, high) in items:
+        add_bin(bins, key, n, low, high)
+    return bins
 
 
 class Totals:
@@ -143,14 +168,7 @@ class Totals:
         for i, x in enumerate(share.outcome):
             sums[i] += x
         for entry in share.latency:
-            v = entry[-1]
-            b = self.latency.get(entry[:-1])
-            if b is None:
-                self.latency[entry[:-1]] = [1, v, v]
-            else:
-                b[0] += 1
-                b[1] = min(b[1], v)
-                b[2] = max(b[2], v)
+            add_bin(self.latency, entry[:-1], 1, entry[-1], entry[-1])
 
     def add_rows(self, rows: Iterable) -> "Totals":
         for row in rows:
@@ -158,31 +176,41 @@ class Totals:
         return self
 
 
-def message_rows(*conditions, batch: int = 10_000):
+def message_rows(*conditions, batch: int = 10_000, conn=None):
     """The COLUMNS of the messages matching `conditions`, streamed."""
     stmt = db.select(*(getattr(Message, c) for c in COLUMNS)).where(*conditions)
-    return db.session.execute(stmt.execution_options(yield_per=batch))
+    return (conn or db.session).execute(stmt.execution_options(yield_per=batch))
 
 
-def rebuild(progress: Optional[Callable[[int], None]] = None, batch: int = 10_000) -> int:
-    """Recompute both rollups from the messages; returns the number of rows written."""
+def fill(conn, progress: Optional[Callable[[int], None]] = None, batch: int = 10_000) -> int:
+    """Add every message to empty rollups, through `conn`; returns the rows written."""
     totals = Totals()
     seen = 0
-    for row in message_rows(batch=batch):
+    for row in message_rows(batch=batch, conn=conn):
         totals.add(share_of(row))
         seen += 1
         if progress and seen % batch == 0:
             progress(batch)
     if progress and seen % batch:
         progress(seen % batch)
-    db.session.execute(db.delete(OutcomeHour))
-    db.session.execute(db.delete(LatencyHour))
     outcome_rows = [{**dict(zip(OUTCOME_KEY, k)), **dict(zip(OUTCOME_SUMS, v))}
                     for k, v in totals.outcomes.items()]
-    latency_rows = [{**dict(zip(LATENCY_KEY, k)), "n": v[0], "low": v[1], "high": v[2]}
-                    for k, v in totals.latency.items()]
-    for model, rows in ((OutcomeHour, outcome_rows), (LatencyHour, latency_rows)):
+    tables = [(OutcomeHour, outcome_rows)]
+    for model, names, period in LATENCY_TABLES:
+        bins = totals.latency if period is hour_of else merged_bins(
+            ((period(k[0]), *k[1:]), v) for k, v in totals.latency.items())
+        tables.append((model, [{**dict(zip(names, k)), "n": v[0], "low": v[1], "high": v[2]}
+                               for k, v in bins.items()]))
+    for model, rows in tables:
         for i in range(0, len(rows), batch):
-            db.session.execute(db.insert(model), rows[i:i + batch])
+            conn.execute(db.insert(model), rows[i:i + batch])
+    return sum(len(rows) for _, rows in tables)
+
+
+def rebuild(progress: Optional[Callable[[int], None]] = None, batch: int = 10_000) -> int:
+    """Recompute both rollups from the messages; returns the number of rows written."""
+    for model in (OutcomeHour, LatencyHour, LatencyDay):
+        db.session.execute(db.delete(model))
+    written = fill(db.session.connection(), progress, batch)
     db.session.commit()
-    return len(outcome_rows) + len(latency_rows)
+    return written

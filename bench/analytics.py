@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 
-from app.models import Activity, Message, OutcomeHour, RawBody, Reply, db  # noqa: E402
+from app.models import Activity, LatencyDay, Message, OutcomeHour, RawBody, Reply, db  # noqa: E402
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=timezone.utc)
 DAYS = 30
@@ -193,7 +193,8 @@ def measure(kind: str, url: str, repeat: int) -> list[dict]:
     out = []
     with app.app_context():
         db.create_all()  # the rollup tables, on data made before they existed
-        if db.session.execute(db.select(OutcomeHour.hour).limit(1)).first() is None:
+        if any(db.session.execute(db.select(model).limit(1)).first() is None
+               for model in (OutcomeHour, LatencyDay)):
             start = time.perf_counter()
             written = rollup.rebuild()
             seconds = time.perf_counter() - start

@@ -177,3 +177,12 @@ def test_bad_arguments_are_400_naming_the_field(client, query, field):
         response = client.get(f"{path}?{query}")
         assert response.status_code == 400
         assert response.get_json()["field"] == field
+
+
+def test_live_refresh_spacing_follows_the_cost_of_the_report(client):
+    def gap(query):
+        html = client.get(f"/analytics?{query}").get_data(as_text=True)
+        return html.split('data-refresh-gap="', 1)[1].split('"', 1)[0]
+    # From the rollups any range is cheap; read message by message, a month is not.
+    assert gap("range=30d") == gap("range=7d&status=failed") == gap("range=1h") == "3"
+    assert gap("range=7d&phone=79") == "10" and gap("range=30d&q=abc") == "60"

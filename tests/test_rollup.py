@@ -9,9 +9,9 @@ from sqlalchemy import insert
 
 from analytics_data import T0, at, load_fixture
 from app import rollup
-from app.analytics_report import TimeRange, report, rollup_plan
+from app.analytics_report import TimeRange, _latency_spans, report, rollup_plan
 from app.filters import MessageFilter
-from app.models import LatencyHour, Message, OutcomeHour, db
+from app.models import LatencyDay, LatencyHour, Message, OutcomeHour, db
 from timed_ingest import register, receipt, reply
 
 
@@ -24,13 +24,15 @@ def span(start: datetime, end: datetime) -> TimeRange:
 WIDE = span(T0 - timedelta(minutes=40), T0 + timedelta(hours=4))
 
 
-def stored() -> tuple[dict, dict]:
+def stored() -> tuple[dict, dict, dict]:
+    """The rows of the three rollup tables that count something."""
     outcomes = {tuple(getattr(r, c) for c in rollup.OUTCOME_KEY):
                 tuple(round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS)
                 for r in db.session.execute(db.select(OutcomeHour)).scalars() if r.n}
-    latency = {tuple(getattr(r, c) for c in rollup.LATENCY_KEY): (r.n, r.low, r.high)
-               for r in db.session.execute(db.select(LatencyHour)).scalars() if r.n}
-    return outcomes, latency
+    latency = [{tuple(getattr(r, c) for c in names): (r.n, r.low, r.high)
+                for r in db.session.execute(db.select(model)).scalars() if r.n}
+               for model, names, _ in rollup.LATENCY_TABLES]
+    return outcomes, *latency
 
 
 def test_rollups_kept_at_ingest_equal_a_rebuild(app):
@@ -47,11 +49,13 @@ def test_rollups_kept_at_ingest_equal_a_rebuild(app):
             db.select(db.func.count()).select_from(Message)).scalar() == 9
         written = rollup.rebuild()
         rebuilt = stored()
-    assert written == len(rebuilt[0]) + len(rebuilt[1])
+    assert written == sum(len(table) for table in rebuilt)
     assert kept == rebuilt
     # D is now anomalous and seen; F delivered 60 s after its success receipt.
     f_hour = (T0, "delivered", "delivered", 11001, False)
     assert [v for k, v in rebuilt[1].items() if k[:5] == f_hour] == [(1, 60.0, 60.0)]
+    # The daily bins are the hourly ones summed per day: here one day.
+    assert {k[1:]: v[0] for k, v in rebuilt[2].items()} == {k[1:]: v[0] for k, v in rebuilt[1].items()}
 
 
 def test_report_over_whole_hours_matches_the_hand_numbers(app):
@@ -125,10 +129,10 @@ def test_percentiles_from_bins_are_within_two_percent_of_exact(app):
     """Many messages with spread-out latencies, loaded in bulk and rolled up by a rebuild:
     the rollups' percentiles are within 2 % of the exact ones, everything else equal."""
     rnd = random.Random(11)
-    start = datetime(2026, 4, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 4, 1, 5, tzinfo=timezone.utc)
     rows = []
     for i in range(3000):
-        created = start + timedelta(seconds=rnd.uniform(0, 10 * 3600))
+        created = start + timedelta(seconds=rnd.uniform(-1800, 3 * 86400 + 1800))
         accepted = created + timedelta(seconds=rnd.uniform(0.2, 2))
         delivered = accepted + timedelta(seconds=rnd.expovariate(1 / 8))
         seen = delivered + timedelta(seconds=rnd.expovariate(1 / 900)) if rnd.random() < 0.6 else None
@@ -142,7 +146,12 @@ def test_percentiles_from_bins_are_within_two_percent_of_exact(app):
         db.session.execute(insert(Message), rows)
         db.session.commit()
         rollup.rebuild()
-        rng = span(start - timedelta(minutes=30), start + timedelta(hours=10, minutes=30))
+        # Partial hours at both ends, whole hours around two whole days.
+        rng = span(start - timedelta(minutes=30), start + timedelta(days=3, minutes=30))
+        spans = [(model, a, b) for model, _, a, b in _latency_spans(rollup_plan(rng, MessageFilter()))]
+        assert spans == [(LatencyDay, start + timedelta(hours=19), start + timedelta(days=2, hours=19)),
+                         (LatencyHour, start, start + timedelta(hours=19)),
+                         (LatencyHour, start + timedelta(days=2, hours=19), start + timedelta(days=3))]
         rolled, exact = report(rng), report(rng, use_rollup=False)
     for kind in ("delivered", "seen"):
         a, b = rolled["latency"][kind], exact["latency"][kind]
@@ -157,11 +166,11 @@ def test_recount_command_rebuilds_the_rollups(app):
     with app.app_context():
         load_fixture()
         kept = stored()
-        db.session.execute(db.delete(OutcomeHour))
-        db.session.execute(db.delete(LatencyHour))
+        for model in (OutcomeHour, LatencyHour, LatencyDay):
+            db.session.execute(db.delete(model))
         db.session.commit()
     result = app.test_cli_runner().invoke(args=["recount"])
     assert result.exit_code == 0, result.output
     with app.app_context():
         assert stored() == kept
-    assert f"{len(kept[0]) + len(kept[1])} rollup rows" in result.output
+    assert f"{sum(len(table) for table in kept)} rollup rows" in result.output

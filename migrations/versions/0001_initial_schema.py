@@ -126,35 +126,6 @@ def upgrade():
         batch_op.create_index('ix_message_phone_activity', ['phone', 'last_activity_at', 'request_id'], unique=False)
         batch_op.create_index('ix_message_status_activity', ['status', 'last_activity_at', 'request_id'], unique=False)
 
-    op.create_table('outcome_hour',
-    sa.Column('hour', sa.DateTime(), nullable=False),
-    sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('code', sa.Integer(), nullable=False),
-    sa.Column('anomaly', sa.Boolean(), nullable=False),
-    sa.Column('currency', sa.String(length=16), nullable=False),
-    sa.Column('rate_type', sa.String(length=32), nullable=False),
-    sa.Column('n', sa.BigInteger(), nullable=False),
-    sa.Column('delivered', sa.BigInteger(), nullable=False),
-    sa.Column('seen', sa.BigInteger(), nullable=False),
-    sa.Column('priced', sa.BigInteger(), nullable=False),
-    sa.Column('local_price', sa.Numeric(precision=24, scale=6, asdecimal=False), nullable=False),
-    sa.Column('original_price', sa.Numeric(precision=24, scale=6, asdecimal=False), nullable=False),
-    sa.PrimaryKeyConstraint('hour', 'status', 'code', 'anomaly', 'currency', 'rate_type'),
-    sqlite_with_rowid=False
-    )
-    op.create_table('latency_hour',
-    sa.Column('hour', sa.DateTime(), nullable=False),
-    sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('code', sa.Integer(), nullable=False),
-    sa.Column('anomaly', sa.Boolean(), nullable=False),
-    sa.Column('bin', sa.Integer(), nullable=False),
-    sa.Column('n', sa.BigInteger(), nullable=False),
-    sa.Column('low', sa.Float(), nullable=False),
-    sa.Column('high', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('hour', 'kind', 'status', 'code', 'anomaly', 'bin'),
-    sqlite_with_rowid=False
-    )
     op.create_table('message_tally',
     sa.Column('day', sa.Date(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
@@ -329,8 +300,6 @@ def downgrade():
 
     op.drop_table('raw_body')
     op.drop_table('message_tally')
-    op.drop_table('latency_hour')
-    op.drop_table('outcome_hour')
     with op.batch_alter_table('message', schema=None) as batch_op:
         batch_op.drop_index('ix_message_status_activity')
         batch_op.drop_index('ix_message_phone_activity')
