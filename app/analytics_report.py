@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Mapping, Optional, Sequence
 
-from sqlalchemy import and_, case, func, literal, or_, union_all
+from sqlalchemy import and_, case, func, literal, literal_column, or_, union_all
 
-from .analytics_sql import BUCKET_FORMATS, bucket, bucket_labels, clamp_at_zero, seconds_between, truncate
+from .analytics_sql import (BUCKET_FORMATS, bucket, bucket_labels, clamp_at_zero, dialect, seconds_between,
+                            truncate)
 from .filters import FilterError, MessageFilter
 from .models import LatencyDay, LatencyHour, Message, OutcomeHour, Reply, db
 from .rollup import (BINS_PER_BAR, LATENCY_EDGES, LATENCY_TARGETS, OUTCOME_SUMS, Totals, add_bin, day_of,
@@ -103,8 +104,24 @@ def parse_range(args: Mapping[str, str], now: datetime) -> TimeRange:
     return TimeRange("custom", "Custom", start, end)
 
 
-def _cohort(rng: TimeRange, criteria: Sequence) -> list:
-    return [Message.created_at >= rng.start, Message.created_at <= rng.end, *criteria]
+# SQLite's planner walks the range of `created_at` even when a phone or requestId prefix
+# matches a handful of messages (PostgreSQL's statistics pick the prefix's index by
+# themselves). When a probe finds the prefix matches at most this many, the range is
+# written so that SQLite cannot use its index and seeks the prefix instead.
+NARROW_PREFIX = 20_000
+
+
+def prefix_is_narrow(flt: MessageFilter) -> bool:
+    if dialect() != "sqlite" or (flt.phone is None and flt.q is None):
+        return False
+    prefixes = MessageFilter(phone=flt.phone, q=flt.q).conditions()
+    probe = db.select(literal(1)).select_from(Message).where(*prefixes).limit(NARROW_PREFIX + 1).subquery()
+    return db.session.execute(db.select(func.count()).select_from(probe)).scalar() <= NARROW_PREFIX
+
+
+def _cohort(rng: TimeRange, criteria: Sequence, narrow: bool = False) -> list:
+    created = _not_indexed(Message.created_at) if narrow else Message.created_at
+    return [created >= rng.start, created <= rng.end, *criteria]
 
 
 @dataclass(frozen=True)
@@ -135,7 +152,7 @@ def rollup_plan(rng: TimeRange, flt: MessageFilter) -> Optional[Plan]:
     return Plan(first, stop, or_(*edges))
 
 
-def _outcome_rows(rng: TimeRange, criteria: Sequence) -> list[tuple]:
+def _outcome_rows(rng: TimeRange, criteria: Sequence, narrow: bool = False) -> list[tuple]:
     """(bucket, status, code, currency, rate type, messages, delivered, seen, priced, local,
     original) per group, from the messages of the range."""
     m = Message
@@ -148,7 +165,7 @@ def _outcome_rows(rng: TimeRange, criteria: Sequence) -> list[tuple]:
         db.select(*keys, func.count(), func.sum(case((delivered, 1), else_=0)),
                   func.sum(case((m.seen_at.isnot(None), 1), else_=0)), func.sum(case((has_cost, 1), else_=0)),
                   func.sum(m.cost_local_price), func.sum(m.cost_original_price))
-        .where(*_cohort(rng, criteria)).group_by(*keys))]
+        .where(*_cohort(rng, criteria, narrow)).group_by(*keys))]
 
 
 def _unkeyed(status, code, currency, rate_type) -> tuple:
@@ -244,7 +261,7 @@ def _latency_result(counts: dict[str, list[int]], found: dict) -> dict:
     return result
 
 
-def latency(rng: TimeRange, criteria: Sequence = ()) -> dict:
+def latency(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> dict:
     """Seconds from the first success receipt to the first delivered and to the first seen
     receipt: count, p50/p90/p99 and a histogram of each, in two statements."""
     m = Message
@@ -252,7 +269,7 @@ def latency(rng: TimeRange, criteria: Sequence = ()) -> dict:
                for key, column in LATENCY_TARGETS]
     # Computed once per message into a temporary table, not once per reference to it.
     values = (db.select(*columns)
-              .where(*_cohort(rng, criteria), m.accepted_at.isnot(None),
+              .where(*_cohort(rng, criteria, narrow), m.accepted_at.isnot(None),
                      or_(*(getattr(m, column).isnot(None) for _, column in LATENCY_TARGETS)))
               .cte("latency_values").prefix_with("MATERIALIZED"))
     parts = []
@@ -351,10 +368,16 @@ def _binned_value(ordered: list[tuple], rank: int) -> float:
     return low + (high - low) * (k - 1) / (n - 1)
 
 
-def replies(rng: TimeRange, criteria: Sequence = ()) -> dict:
+def _not_indexed(column):
+    """The same text on SQLite, but no index serves it (see NARROW_PREFIX)."""
+    return column.op("||")(literal_column("''"))
+
+
+def replies(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> dict:
     """Replies received in the range per bucket, and the phones that replied most."""
     r = Reply
-    where = [r.received_at >= rng.start, r.received_at <= rng.end]
+    received = _not_indexed(r.received_at) if narrow else r.received_at
+    where = [received >= rng.start, received <= rng.end]
 
     def scoped(stmt):
         if criteria:
@@ -381,9 +404,10 @@ def report(rng: TimeRange, flt: Optional[MessageFilter] = None, *, use_rollup: b
     criteria = flt.conditions()
     plan = rollup_plan(rng, flt) if use_rollup else None
     labels = bucket_labels(rng.start, rng.end, rng.unit)
+    narrow = prefix_is_narrow(flt)
     if plan is None:
-        rates, failures, cost = _summarise_outcomes(_outcome_rows(rng, criteria), labels)
-        latency_ = latency(rng, criteria)
+        rates, failures, cost = _summarise_outcomes(_outcome_rows(rng, criteria, narrow), labels)
+        latency_ = latency(rng, criteria, narrow)
     else:
         edges = Totals().add_rows(message_rows(plan.edges, *criteria))
         rates, failures, cost = _summarise_outcomes(_outcome_rows_rolled(rng, flt, plan, edges), labels)
@@ -395,5 +419,5 @@ def report(rng: TimeRange, flt: Optional[MessageFilter] = None, *, use_rollup: b
         "latency": latency_,
         "failures": failures,
         "cost": cost,
-        "replies": replies(rng, criteria),
+        "replies": replies(rng, criteria, narrow),
     }

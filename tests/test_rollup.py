@@ -174,3 +174,20 @@ def test_recount_command_rebuilds_the_rollups(app):
     with app.app_context():
         assert stored() == kept
     assert f"{sum(len(table) for table in kept)} rollup rows" in result.output
+
+
+@pytest.mark.parametrize("flt", [MessageFilter(phone="10"), MessageFilter(phone="300", status=("failed",)),
+                                 MessageFilter(q="B"), MessageFilter(q="Z")], ids=lambda f: str(f.to_args()))
+def test_a_narrow_prefix_gives_the_same_report_whichever_index_is_used(app, monkeypatch, flt):
+    from app import analytics_report
+
+    with app.app_context():
+        load_fixture()
+        sqlite = db.engine.dialect.name == "sqlite"
+        assert analytics_report.prefix_is_narrow(flt) is sqlite
+        seeking = [report(rng, flt) for rng in RANGES]
+        monkeypatch.setattr(analytics_report, "NARROW_PREFIX", -1)  # never narrow: walk created_at
+        assert not analytics_report.prefix_is_narrow(flt)
+        assert [report(rng, flt) for rng in RANGES] == seeking
+    # A (phone 100), C (failed, phone 300 learned from its reply), B; no requestId starts with Z.
+    assert seeking[0]["funnel"]["messages"] == (0 if flt.q == "Z" else 1)
