@@ -175,6 +175,8 @@ VIEWS = [
     ("last 7 days, status=failed", "range=7d&status=failed"),
     ("last 7 days, phone prefix", "range=7d&phone=7900"),
     ("last 30 days, code=11003", "range=30d&code=11003"),
+    ("last 30 days, one phone", "range=30d&phone=7900012345"),
+    ("last 30 days, requestId prefix", "range=30d&q=r00000012"),
 ]
 
 
