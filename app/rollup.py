@@ -9,7 +9,8 @@ them from the messages after a bulk load.
 Latency (seconds from the first success receipt to the first delivered / seen receipt) is
 counted in bins: the analytics histogram's bars, each cut into bins 2 % wide, with the
 least and greatest value a bin has held. A percentile read from them is the exact value
-where it is a bin's least or greatest, and otherwise within 1 % of it.
+where it is a bin's least or greatest, and otherwise interpolated between those two,
+less than 2 % from it.
 """
 from __future__ import annotations
 
