@@ -119,6 +119,11 @@ def prefix_is_narrow(flt: MessageFilter) -> bool:
     return db.session.execute(db.select(func.count()).select_from(probe)).scalar() <= NARROW_PREFIX
 
 
+def _not_indexed(column):
+    """The same text on SQLite, but no index serves it (see NARROW_PREFIX)."""
+    return column.op("||")(literal_column("''"))
+
+
 def _cohort(rng: TimeRange, criteria: Sequence, narrow: bool = False) -> list:
     created = _not_indexed(Message.created_at) if narrow else Message.created_at
     return [created >= rng.start, created <= rng.end, *criteria]
@@ -366,11 +371,6 @@ def _binned_value(ordered: list[tuple], rank: int) -> float:
     if k == n:
         return high
     return low + (high - low) * (k - 1) / (n - 1)
-
-
-def _not_indexed(column):
-    """The same text on SQLite, but no index serves it (see NARROW_PREFIX)."""
-    return column.op("||")(literal_column("''"))
 
 
 def replies(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> dict:

@@ -18,7 +18,7 @@ import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 from sqlalchemy import and_, case, or_
 
@@ -117,26 +117,25 @@ def _bounds_update(stmt) -> dict:
 
 def move(before: Optional[Share], after: Share) -> None:
     """Count a message as `after` instead of `before` (None: a message new to the rollups)."""
-    ops = []  # (table, key, sums or (n, seconds))
+    ops = []  # (model, key columns, key, values)
     if before is None or before.outcome_key != after.outcome_key or before.outcome != after.outcome:
         if before is not None:
-            ops.append((OutcomeHour.__tablename__, before.outcome_key, tuple(-x for x in before.outcome)))
-        ops.append((OutcomeHour.__tablename__, after.outcome_key, after.outcome))
+            ops.append((OutcomeHour, OUTCOME_KEY, before.outcome_key, tuple(-x for x in before.outcome)))
+        ops.append((OutcomeHour, OUTCOME_KEY, after.outcome_key, after.outcome))
     old = before.latency if before is not None else frozenset()
     changes = [(entry, -1) for entry in old - after.latency] + [(entry, 1) for entry in after.latency - old]
-    for model, _, period in LATENCY_TABLES:
+    for model, names, period in LATENCY_TABLES:
         for entry, n in changes:
-            ops.append((model.__tablename__, (period(entry[0]), *entry[1:-1]), (n, entry[-1])))
+            ops.append((model, names, (period(entry[0]), *entry[1:-1]), (n, entry[-1])))
     # A fixed lock order over the rollup rows, so two transactions cannot deadlock on them.
-    ops.sort(key=lambda op: (op[0], op[1], op[2][0]))
-    for table, key, values in ops:
-        if table == OutcomeHour.__tablename__:
-            add_counts(OutcomeHour, dict(zip(OUTCOME_KEY, key)), dict(zip(OUTCOME_SUMS, values)))
-            continue
-        model, names, _ = next(t for t in LATENCY_TABLES if t[0].__tablename__ == table)
-        n, seconds = values
-        add_counts(model, dict(zip(names, key)), {"n": n},
-                   extra={"low": seconds, "high": seconds}, more=_bounds_update)
+    ops.sort(key=lambda op: (op[0].__tablename__, op[2], op[3][0]))
+    for model, names, key, values in ops:
+        if model is OutcomeHour:
+            add_counts(model, dict(zip(names, key)), dict(zip(OUTCOME_SUMS, values)))
+        else:
+            n, seconds = values
+            add_counts(model, dict(zip(names, key)), {"n": n},
+                       extra={"low": seconds, "high": seconds}, more=_bounds_update)
 
 
 def add_bin(bins: dict, key: tuple, n: int, low: float, high: float) -> None:
@@ -183,17 +182,9 @@ def message_rows(*conditions, batch: int = 10_000, conn=None):
     return (conn or db.session).execute(stmt.execution_options(yield_per=batch))
 
 
-def fill(conn, progress: Optional[Callable[[int], None]] = None, batch: int = 10_000) -> int:
+def fill(conn, batch: int = 10_000) -> int:
     """Add every message to empty rollups, through `conn`; returns the rows written."""
-    totals = Totals()
-    seen = 0
-    for row in message_rows(batch=batch, conn=conn):
-        totals.add(share_of(row))
-        seen += 1
-        if progress and seen % batch == 0:
-            progress(batch)
-    if progress and seen % batch:
-        progress(seen % batch)
+    totals = Totals().add_rows(message_rows(batch=batch, conn=conn))
     outcome_rows = [{**dict(zip(OUTCOME_KEY, k)), **dict(zip(OUTCOME_SUMS, v))}
                     for k, v in totals.outcomes.items()]
     tables = [(OutcomeHour, outcome_rows)]
@@ -208,10 +199,10 @@ def fill(conn, progress: Optional[Callable[[int], None]] = None, batch: int = 10
     return sum(len(rows) for _, rows in tables)
 
 
-def rebuild(progress: Optional[Callable[[int], None]] = None, batch: int = 10_000) -> int:
+def rebuild(batch: int = 10_000) -> int:
     """Recompute both rollups from the messages; returns the number of rows written."""
     for model in (OutcomeHour, LatencyHour, LatencyDay):
         db.session.execute(db.delete(model))
-    written = fill(db.session.connection(), progress, batch)
+    written = fill(db.session.connection(), batch)
     db.session.commit()
     return written

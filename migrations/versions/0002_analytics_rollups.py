@@ -15,6 +15,22 @@ branch_labels = None
 depends_on = None
 
 
+def _latency_bins(table, period):
+    op.create_table(table,
+    sa.Column(period, sa.DateTime(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('code', sa.Integer(), nullable=False),
+    sa.Column('anomaly', sa.Boolean(), nullable=False),
+    sa.Column('bin', sa.Integer(), nullable=False),
+    sa.Column('n', sa.BigInteger(), nullable=False),
+    sa.Column('low', sa.Float(), nullable=False),
+    sa.Column('high', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint(period, 'kind', 'status', 'code', 'anomaly', 'bin'),
+    sqlite_with_rowid=False
+    )
+
+
 def upgrade():
     op.create_table('outcome_hour',
     sa.Column('hour', sa.DateTime(), nullable=False),
@@ -32,32 +48,8 @@ def upgrade():
     sa.PrimaryKeyConstraint('hour', 'status', 'code', 'anomaly', 'currency', 'rate_type'),
     sqlite_with_rowid=False
     )
-    op.create_table('latency_hour',
-    sa.Column('hour', sa.DateTime(), nullable=False),
-    sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('code', sa.Integer(), nullable=False),
-    sa.Column('anomaly', sa.Boolean(), nullable=False),
-    sa.Column('bin', sa.Integer(), nullable=False),
-    sa.Column('n', sa.BigInteger(), nullable=False),
-    sa.Column('low', sa.Float(), nullable=False),
-    sa.Column('high', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('hour', 'kind', 'status', 'code', 'anomaly', 'bin'),
-    sqlite_with_rowid=False
-    )
-    op.create_table('latency_day',
-    sa.Column('day', sa.DateTime(), nullable=False),
-    sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('code', sa.Integer(), nullable=False),
-    sa.Column('anomaly', sa.Boolean(), nullable=False),
-    sa.Column('bin', sa.Integer(), nullable=False),
-    sa.Column('n', sa.BigInteger(), nullable=False),
-    sa.Column('low', sa.Float(), nullable=False),
-    sa.Column('high', sa.Float(), nullable=False),
-    sa.PrimaryKeyConstraint('day', 'kind', 'status', 'code', 'anomaly', 'bin'),
-    sqlite_with_rowid=False
-    )
+    for table, period in (('latency_hour', 'hour'), ('latency_day', 'day')):
+        _latency_bins(table, period)
     # The messages stored before this revision count in the rollups too.
     from app import rollup
 
