@@ -19,7 +19,7 @@ from .status import STATUSES
 MAX_ID_LENGTH = 128
 MAX_PHONE_LENGTH = 64
 MAX_TEXT_LENGTH = 65536
-SEND_TIME_RE = re.compile(r"\A\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\Z")
+SEND_TIME_RE = re.compile(r"\A(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})\Z")
 OFFSET_RE = re.compile(r"\A(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?\Z")
 
 
@@ -159,10 +159,11 @@ def _number(data: dict, field: str, path: str) -> Optional[float]:
 
 
 def parse_send_time(raw: str, zone: tzinfo, field: str = "sendTime") -> datetime:
-    if not SEND_TIME_RE.match(raw):
+    m = SEND_TIME_RE.match(raw)
+    if not m:
         raise Invalid(422, field, 'must look like "YYYY-MM-DD HH:MM:SS"')
     try:
-        local = datetime.strptime(raw, "%Y-%m-%d %H:%M:%S")
+        local = datetime(*map(int, m.groups()))
     except ValueError:
         raise Invalid(422, field, "is not a valid date and time") from None
     return local.replace(tzinfo=zone).astimezone(timezone.utc)

@@ -84,11 +84,20 @@ class State:
     anomalies: tuple[str, ...] = ()
 
 
-def _first(receipts: Iterable[ReceiptFact]) -> Optional[ReceiptFact]:
+def _first(receipts: list[ReceiptFact]) -> Optional[ReceiptFact]:
     # The content hash breaks ties between receipts received in the same instant, and the
     # full content breaks ties between facts that carry no hash, so the choice is a
     # function of the set alone.
-    return min(receipts, key=lambda r: (r.received_at, r.key, repr(r)), default=None)
+    if len(receipts) < 2:
+        return receipts[0] if receipts else None
+    best = min(receipts, key=_arrival)
+    if sum(1 for r in receipts if _arrival(r) == _arrival(best)) > 1:
+        return min(receipts, key=lambda r: (r.received_at, r.key, repr(r)))
+    return best
+
+
+def _arrival(r: ReceiptFact) -> tuple:
+    return r.received_at, r.key
 
 
 def fold(receipts: Iterable[ReceiptFact]) -> State:
