@@ -33,3 +33,13 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# A worker told to stop (SIGTERM) has answered its requests; the bodies its ingest writer
+# still holds are committed before the process ends.
+def worker_exit(server, worker):
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions"):
+        from app import ingest
+
+        ingest.stop(app)

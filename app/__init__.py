@@ -77,7 +77,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     webhook_auth.init_app(app)
     auth.init_app(app)
 
-    from . import api, cli, webhooks
+    from . import api, cli, ingest, webhooks
+
+    ingest.init_app(app)
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)

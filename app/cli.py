@@ -43,11 +43,20 @@ def register(app: Flask) -> None:
         click.echo(f"reprocessed {len(targets)}: {summary}")
 
     @app.cli.command("recount")
-    def recount():
+    @click.option("--check", is_flag=True, help="Only report differences, change nothing.")
+    def recount(check: bool):
         """Rebuild the dashboard counters and the analytics rollups from the messages (after a
         bulk load or restore)."""
-        from .maintenance import recount
+        from .maintenance import recount, recount_differences
 
+        if check:
+            differences = recount_differences()
+            for line in differences:
+                click.echo(line)
+            click.echo("no differences" if not differences else "differences found")
+            if differences:
+                raise SystemExit(1)
+            return
         rows = recount()
         click.echo(f"recounted: {rows['tally']} tally rows, {rows['rollup']} rollup rows")
 

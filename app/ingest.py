@@ -1,26 +1,57 @@
-"""Store every body, apply what is valid, log the activity: one transaction per request.
+"""Store every body, apply what is valid, log the activity: group commit.
+
+Each server process has one ingest writer, a thread. A request thread hands its body over
+(`ingest`) and waits; the writer takes every body waiting at that moment (up to
+INGEST_BATCH_MAX) and applies them together in one transaction (`apply_batch`):
+
+    lock the touched messages (one upsert, in requestId order) and read what is stored
+    about them (one query for their receipts, one for their replies)
+    decide each body in arrival order: accepted, duplicate or rejected, each its own answer
+    raw bodies (one multi-row insert), new receipts and replies, repeat counters
+    each touched message's columns from the union (`derivation.message_columns`)
+    activity rows, contacts, then the hot rows: tally and rollups summed per key, written
+    once per key in key order
+    commit, then release each waiting request with its own answer
 
 No `request` here: views hand over the bytes and headers. Status changes go only through
-`status.fold`, by `refresh_message`, which recomputes a message from everything stored
-about it, so any arrival order gives the same record.
+`status.fold` (by way of `derivation`), over the whole set of a message's receipts, so any
+arrival order, batching or concurrency gives the same record.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Optional
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Optional, Union
 
 from blinker import Namespace
-from flask import current_app
-from sqlalchemy import case, func
-from sqlalchemy.exc import SQLAlchemyError
+from flask import Flask, current_app
+from sqlalchemy import bindparam, case
 
-from . import payloads, rollup, tally
-from .models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
+from . import contacts, metrics, payloads, rollup, tally
+from .derivation import (
+    COLUMNS,
+    Registration,
+    ReplyFact,
+    message_columns,
+    outbound_preview,
+    receipt_fact,
+    reply_fact,
+    reply_preview,
+)
+from .models import Activity, Message, RawBody, Receipt, Reply, UTCDateTime, db, utcnow
 from .payloads import Invalid
-from .sqlutil import insert_for
-from .status import ReceiptFact, State, fold
+from .sqlutil import begin_writing, insert_for, next_ids, run_many, select_in
+from .status import PRECEDENCE, ReceiptFact
+
+log = logging.getLogger(__name__)
 
 signals = Namespace()
 # Sent after a commit that appended to the activity log; live updates listen to it.
@@ -29,13 +60,22 @@ activity_committed = signals.signal("activity-committed")
 ENDPOINTS = ("dr", "message", "register")
 KEPT_HEADERS = ("content-type", "user-agent", "accesskey", "ts", "biztype", "action", "sign",
                 "x-forwarded-for")
+DEFAULTS = {
+    # Most bodies one transaction applies; more wait for the next one.
+    "INGEST_BATCH_MAX": 500,
+    # Seconds a request waits for its body to be committed before it is answered 503 (the
+    # body is still applied when the writer gets to it).
+    "INGEST_WAIT_TIMEOUT": 30.0,
+}
+# A writer thread with nothing to do for this long ends; the next body starts another.
+IDLE_SECONDS = 30.0
 
 
 @dataclass
 class Result:
     http_status: int
     outcome: str  # accepted | duplicate | rejected | refused
-    raw_id: int
+    raw_id: Optional[int]
     request_id: Optional[str] = None
     error: Optional[dict] = None
     payload: dict = field(default_factory=dict)
@@ -45,243 +85,55 @@ class Result:
         return self.http_status < 400
 
 
+def unavailable(reason: str, raw_id: Optional[int] = None) -> Result:
+    return Result(503, "rejected", raw_id, error={"error": reason, "field": "body", "reason": reason})
+
+
+@dataclass(eq=False)
+class Job:
+    """One body handed to the writer, and its answer once committed."""
+
+    endpoint: str
+    body: bytes
+    content_type: Optional[str]
+    headers: dict  # the headers that matter (KEPT_HEADERS), lower-case names
+    remote_addr: Optional[str]
+    received_at: Optional[datetime] = None
+    raw_id: Optional[int] = None  # a stored body run again (reprocess): its row is updated
+    result: Optional[Result] = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def finish(self, result: Result) -> None:
+        self.result = result
+        self.done.set()
+
+
+def kept_headers(headers) -> dict:
+    return {k: v for k, v in ((k.lower(), v) for k, v in headers.items()) if k in KEPT_HEADERS}
+
+
 def sendtime_zone() -> tzinfo:
     return current_app.extensions["viberwatch.sendtime_zone"]
 
 
-_insert = insert_for
+Item = Union[payloads.ReceiptIn, payloads.ReplyIn, payloads.RegistrationIn]
 
 
-def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING; True when a row was inserted."""
-    stmt = _insert(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    # Without preserve_rowcount, psycopg's INSERT reports -1 on SQLAlchemy 2.1.
-    return db.session.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
+@dataclass(eq=False)
+class Parsed:
+    """A job after validation: its item, or the answer that rejects it."""
 
+    job: Job
+    item: Optional[Item] = None
+    result: Optional[Result] = None
+    guessed_id: Optional[str] = None
 
-def lock_message(request_id: str, at: datetime) -> Message:
-    """The message row, created if new and locked until commit (a no-op lock on SQLite,
-    where the raw insert that began the transaction already holds the write lock)."""
-    created = insert_ignore(Message, {"request_id": request_id, "created_at": at,
-                                      "last_activity_at": at, "anomaly": False,
-                                      "receipts_count": 0, "replies_count": 0}, ["request_id"])
-    msg = db.session.execute(
-        db.select(Message).where(Message.request_id == request_id).with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-    # Not yet in the tally and rollups: refresh_message counts it once its state is known.
-    msg.untallied = created
-    return msg
-
-
-def touch_contact(phone: str, at: datetime, *, messages: int = 0, replies: int = 0,
-                  preview: Optional[str] = None) -> None:
-    """Atomically bump a phone's thread summary."""
-    values = {"phone": phone, "messages_count": max(messages, 0), "replies_count": replies,
-              "last_activity_at": at, "last_preview": preview,
-              "last_reply_at": at if replies else None}
-    stmt = _insert(Contact).values(**values)
-    later = stmt.excluded.last_activity_at > Contact.last_activity_at
-    update = {
-        "messages_count": Contact.messages_count + messages,
-        "replies_count": Contact.replies_count + replies,
-        "last_activity_at": case((later, stmt.excluded.last_activity_at), else_=Contact.last_activity_at),
-    }
-    if preview is not None:
-        update["last_preview"] = case((later, stmt.excluded.last_preview), else_=Contact.last_preview)
-    if replies:
-        update["last_reply_at"] = case(
-            (Contact.last_reply_at.is_(None), stmt.excluded.last_reply_at),
-            (stmt.excluded.last_reply_at > Contact.last_reply_at, stmt.excluded.last_reply_at),
-            else_=Contact.last_reply_at)
-    db.session.execute(stmt.on_conflict_do_update(index_elements=["phone"], set_=update))
-
-
-def reply_preview(text: Optional[str], file_name: Optional[str], media: Optional[str]) -> str:
-    if text is not None:
-        return text[:200]
-    return f"[media] {file_name or media or ''}"[:200]
-
-
-def receipt_fact(r: Receipt) -> ReceiptFact:
-    cost = (r.cost_currency, r.cost_local_price, r.cost_original_price, r.cost_rate_type) if r.has_cost else None
-    return ReceiptFact(status=r.status, code=r.code, message=r.message, received_at=r.received_at,
-                       key=r.content_hash, send_time_raw=r.send_time_raw, cost=cost)
-
-
-def derived_columns(state: State, zone: tzinfo, *, receipts_count: int, replies_count: int,
-                    last_reply: Optional[tuple], activity: list) -> dict:
-    """A message's columns that follow from its folded receipts and its replies.
-
-    `last_reply` is (text, file_name, media) of the latest reply; `activity` the times of
-    every first arrival (None entries are ignored).
-    """
-    cost = state.cost or (None, None, None, None)
-    return {
-        "status": state.status,
-        "code": state.code,
-        "code_message": state.code_message,
-        "send_time_raw": state.send_time_raw,
-        "send_time": payloads.parse_send_time(state.send_time_raw, zone) if state.send_time_raw else None,
-        "accepted_at": state.times.get("success"),
-        "delivered_at": state.times.get("delivered"),
-        "seen_at": state.times.get("seen"),
-        "failed_at": state.times.get("failed"),
-        "expired_at": state.times.get("expired"),
-        "cost_currency": cost[0],
-        "cost_local_price": cost[1],
-        "cost_original_price": cost[2],
-        "cost_rate_type": cost[3],
-        "anomalies": "; ".join(state.anomalies) or None,
-        "anomaly": bool(state.anomalies),
-        "receipts_count": receipts_count,
-        "replies_count": replies_count,
-        "last_reply_text": reply_preview(*last_reply) if last_reply else None,
-        "last_activity_at": max(t for t in activity if t is not None),
-    }
-
-
-def refresh_message(msg: Message) -> dict:
-    """Recompute a message's derived columns from its receipts, replies and registration.
-
-    Returns the columns that changed ({name: (old, new)}); the caller holds the row lock.
-    """
-    receipts = db.session.execute(
-        db.select(Receipt).where(Receipt.request_id == msg.request_id)).scalars().all()
-    state = fold(receipt_fact(r) for r in receipts)
-    first_reply = db.session.execute(
-        db.select(Reply.phone).where(Reply.trace_request_id == msg.request_id)
-        .order_by(Reply.received_at, Reply.id).limit(1)).scalar()
-    reply_stats = db.session.execute(
-        db.select(func.count(Reply.id), func.max(Reply.received_at))
-        .where(Reply.trace_request_id == msg.request_id)).one()
-    last_reply = db.session.execute(
-        db.select(Reply.text, Reply.file_name, Reply.media).where(Reply.trace_request_id == msg.request_id)
-        .order_by(Reply.received_at.desc(), Reply.id.desc()).limit(1)).first()
-    # A repeated push only bumps its receipt's counters; counting it as activity would make
-    # last_activity_at depend on the order in which duplicates and new receipts arrive.
-    activity = [msg.created_at, msg.registered_at, reply_stats[1],
-                *(r.received_at for r in receipts)]
-    new = derived_columns(state, sendtime_zone(), receipts_count=len(receipts),
-                          replies_count=reply_stats[0], last_reply=last_reply, activity=activity)
-    # The sending system's word on the phone wins; otherwise learn it from a reply.
-    if msg.registered_at is None:
-        new["phone"] = first_reply
-    counted = not getattr(msg, "untallied", False)
-    before = (tally.key_of(msg), rollup.share_of(msg)) if counted else (None, None)
-    changed = {}
-    for name, value in new.items():
-        old = getattr(msg, name)
-        if old != value:
-            changed[name] = (old, value)
-            setattr(msg, name, value)
-    tally.move(before[0], tally.key_of(msg))
-    rollup.move(before[1], rollup.share_of(msg))
-    msg.untallied = False
-    return changed
-
-
-def _sync_contact_for_phone_change(msg: Message, changed: dict, at: datetime) -> None:
-    if "phone" not in changed:
-        return
-    old, new = changed["phone"]
-    if old:
-        touch_contact(old, at, messages=-1)
-    if new:
-        touch_contact(new, at, messages=1)
-
-
-def _log(kind: str, at: datetime, raw_id: int, *, request_id=None, phone=None, status=None,
-         summary=None) -> Activity:
-    entry = Activity(kind=kind, created_at=at, raw_id=raw_id, request_id=request_id, phone=phone,
-                     status=status, summary=summary)
-    db.session.add(entry)
-    return entry
-
-
-def apply_receipt(rc: payloads.ReceiptIn, raw: RawBody) -> Result:
-    at = raw.received_at
-    msg = lock_message(rc.request_id, at)
-    cost = rc.cost
-    inserted = insert_ignore(Receipt, {
-        "raw_id": raw.id, "request_id": rc.request_id, "content_hash": rc.content_hash,
-        "status": rc.status, "code": rc.code, "message": rc.message,
-        "send_time_raw": rc.send_time_raw, "send_time": rc.send_time,
-        "cost_currency": cost.currency if cost else None,
-        "cost_local_price": cost.local_price if cost else None,
-        "cost_original_price": cost.original_price if cost else None,
-        "cost_rate_type": cost.rate_type if cost else None,
-        "has_cost": cost is not None,
-        "received_at": at, "times_received": 1, "last_received_at": at,
-    }, ["content_hash"])
-    if not inserted:
-        db.session.execute(
-            db.update(Receipt).where(Receipt.content_hash == rc.content_hash)
-            .values(times_received=Receipt.times_received + 1, last_received_at=at))
-        return Result(200, "duplicate", raw.id, rc.request_id)
-    changed = refresh_message(msg)
-    _sync_contact_for_phone_change(msg, changed, at)
-    if msg.phone:
-        touch_contact(msg.phone, at)
-    _log("receipt", at, raw.id, request_id=rc.request_id, phone=msg.phone, status=rc.status,
-         summary=f"{rc.code} {rc.message}"[:200])
-    return Result(200, "accepted", raw.id, rc.request_id)
-
-
-def apply_reply(rp: payloads.ReplyIn, raw: RawBody) -> Result:
-    at = raw.received_at
-    # Lock the traced message first (creating it if unknown) so a receipt arriving at the
-    # same moment cannot miss this reply's phone.
-    msg = lock_message(rp.trace_request_id, at)
-    inserted = insert_ignore(Reply, {
-        "raw_id": raw.id, "content_hash": rp.content_hash, "phone": rp.phone, "appkey": rp.appkey,
-        "trace_request_id": rp.trace_request_id, "text": rp.text, "media": rp.media,
-        "file_name": rp.file_name, "send_time_raw": rp.send_time_raw, "send_time": rp.send_time,
-        "received_at": at, "times_received": 1,
-    }, ["content_hash"])
-    if not inserted:
-        db.session.execute(db.update(Reply).where(Reply.content_hash == rp.content_hash)
-                           .values(times_received=Reply.times_received + 1))
-        return Result(200, "duplicate", raw.id, rp.trace_request_id)
-    changed = refresh_message(msg)
-    _sync_contact_for_phone_change(msg, changed, at)
-    preview = reply_preview(rp.text, rp.file_name, rp.media)
-    touch_contact(rp.phone, at, replies=1, preview=preview)
-    _log("reply", at, raw.id, request_id=rp.trace_request_id, phone=rp.phone, status=msg.status,
-         summary=preview)
-    return Result(200, "accepted", raw.id, rp.trace_request_id)
-
-
-def apply_registration(rg: payloads.RegistrationIn, raw: RawBody) -> Result:
-    at = raw.received_at
-    msg = lock_message(rg.request_id, at)
-    fields = {"phone": rg.phone, "text": rg.text, "appkey": rg.appkey, "function_type": rg.function_type}
-    if msg.registered_at is not None and all(getattr(msg, k) == v for k, v in fields.items()):
-        return Result(200, "duplicate", raw.id, rg.request_id, payload={"requestId": rg.request_id})
-    first = msg.registered_at is None
-    old_phone = msg.phone
-    if first:
-        msg.registered_at = at
-    for name, value in fields.items():
-        setattr(msg, name, value)
-    changed = refresh_message(msg)
-    if old_phone != msg.phone:
-        changed["phone"] = (old_phone, msg.phone)
-    _sync_contact_for_phone_change(msg, changed, at)
-    touch_contact(msg.phone, at, preview=(f"→ {rg.text}"[:200] if rg.text else None))
-    _log("register", at, raw.id, request_id=rg.request_id, phone=rg.phone, status=msg.status,
-         summary=(rg.text or "")[:200])
-    return Result(201 if first else 200, "accepted", raw.id, rg.request_id,
-                  payload={"requestId": rg.request_id})
-
-
-def _apply(endpoint: str, data: dict, raw: RawBody) -> Result:
-    zone = sendtime_zone()
-    if endpoint == "dr":
-        return apply_receipt(payloads.parse_receipt(data, zone), raw)
-    if endpoint == "message":
-        return apply_reply(payloads.parse_reply(data, zone), raw)
-    return apply_registration(payloads.parse_registration(data), raw)
+    @property
+    def request_id(self) -> Optional[str]:
+        item = self.item
+        if item is None:
+            return self.guessed_id
+        return item.trace_request_id if isinstance(item, payloads.ReplyIn) else item.request_id
 
 
 def _guess_request_id(data) -> Optional[str]:
@@ -294,60 +146,556 @@ def _guess_request_id(data) -> Optional[str]:
     return None
 
 
-def _process(raw: RawBody) -> Result:
-    """Validate and apply one stored body inside the current transaction."""
+def parse(job: Job, zone: tzinfo) -> Parsed:
+    """Validate a body (no database): its item, or its rejection."""
     data = None
     try:
-        data = payloads.parse_json_object(raw.body, raw.content_type)
-        result = _apply(raw.endpoint, data, raw)
+        data = payloads.parse_json_object(job.body, job.content_type)
+        if job.endpoint == "dr":
+            return Parsed(job, payloads.parse_receipt(data, zone))
+        if job.endpoint == "message":
+            return Parsed(job, payloads.parse_reply(data, zone))
+        return Parsed(job, payloads.parse_registration(data))
     except Invalid as exc:
-        result = Result(exc.status, "rejected", raw.id, _guess_request_id(data), error=exc.as_json())
-    raw.outcome = result.outcome
-    raw.http_status = result.http_status
-    raw.reason = result.error["error"] if result.error else None
-    raw.request_id = result.request_id
-    return result
+        guessed = _guess_request_id(data)
+        return Parsed(job, result=Result(exc.status, "rejected", None, guessed, error=exc.as_json()),
+                      guessed_id=guessed)
 
 
-def _committed(result: Result) -> Result:
-    db.session.commit()
-    if result.outcome == "accepted":
+# --- reading what is stored about the touched messages ----------------------------------------
+
+# What a batch needs of a stored message: the registration, and what the tally and the
+# rollups count it under (tally.key_of, rollup.share_of).
+MESSAGE_COLUMNS = ("request_id", "phone", "registered_at", "text", "appkey", "function_type", "status",
+                   "code", "anomaly", "created_at", "last_activity_at", "receipts_count", "cost_currency",
+                   "cost_rate_type", "cost_local_price", "cost_original_price", "accepted_at",
+                   "delivered_at", "seen_at")
+RECEIPT_COLUMNS = ("request_id", "content_hash", "status", "code", "message", "received_at",
+                   "send_time_raw", "has_cost", "cost_currency", "cost_local_price",
+                   "cost_original_price", "cost_rate_type")
+REPLY_COLUMNS = ("trace_request_id", "content_hash", "phone", "received_at", "raw_id", "text",
+                 "file_name", "media")
+# receipts_count of a message row created by this transaction until its columns are written
+# (a stored row never has it): tells new rows from old.
+NEW_ROW = -1
+
+
+@lru_cache(maxsize=None)
+def _create_statement(dialect: str):
+    return insert_for(Message, dialect).on_conflict_do_nothing(index_elements=["request_id"])
+
+
+def lock_messages(conn, first_heard: dict[str, datetime]) -> dict:
+    """Create the messages not yet stored, lock all of them and return their rows.
+
+    Both steps go in requestId order, so two transactions never wait on each other in a
+    cycle: a transaction that finds a key another one created waits for it in the first
+    step, before it has locked anything further. (SQLite has one writer at a time.)
+    """
+    ids = sorted(first_heard)
+    run_many(conn, _create_statement(conn.dialect.name), [
+        {"request_id": rid, "created_at": first_heard[rid], "last_activity_at": first_heard[rid],
+         "anomaly": False, "receipts_count": NEW_ROW, "replies_count": 0} for rid in ids])
+    rows = select_in(conn, Message.__table__, MESSAGE_COLUMNS, "request_id", ids, lock=True)
+    return {row.request_id: row for row in rows}
+
+
+def receipt_facts(conn, request_ids) -> dict[str, dict[str, ReceiptFact]]:
+    """request_id -> content_hash -> the fold's view of each stored receipt."""
+    out: dict[str, dict[str, ReceiptFact]] = {}
+    for r in select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", request_ids):
+        cost = (r.cost_currency, r.cost_local_price, r.cost_original_price, r.cost_rate_type) if r.has_cost else None
+        out.setdefault(r.request_id, {})[r.content_hash] = ReceiptFact(
+            status=r.status, code=r.code, message=r.message, received_at=r.received_at, key=r.content_hash,
+            send_time_raw=r.send_time_raw, cost=cost)
+    return out
+
+
+def reply_facts(conn, request_ids) -> dict[str, dict[str, ReplyFact]]:
+    """request_id -> content_hash -> each stored reply to it."""
+    out: dict[str, dict[str, ReplyFact]] = {}
+    for r in select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", request_ids):
+        out.setdefault(r.trace_request_id, {})[r.content_hash] = ReplyFact(
+            r.phone, r.received_at, r.raw_id, r.text, r.file_name, r.media)
+    return out
+
+
+def registration_of(row) -> Optional[Registration]:
+    if row.registered_at is None:
+        return None
+    return Registration(row.phone, row.text, row.appkey, row.function_type, row.registered_at)
+
+
+def stored_columns(request_ids: list[str]) -> dict[str, dict]:
+    """Each message's columns as derived now from its stored receipts, replies and
+    registration (what a batch would write for it)."""
+    conn = db.session.connection()
+    t = Message.__table__.c
+    rows = conn.execute(db.select(Message.__table__).where(t.request_id.in_(request_ids))).all()
+    receipts, replies = receipt_facts(conn, request_ids), reply_facts(conn, request_ids)
+    return {row.request_id: message_columns(receipts.get(row.request_id, {}).values(),
+                                            replies.get(row.request_id, {}).values(),
+                                            registration_of(row), row.created_at, sendtime_zone())
+            for row in rows}
+
+
+# --- one batch ---------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class Touched:
+    """One message a batch touches: what is stored, and what the batch adds."""
+
+    row: object  # the locked row as stored (receipts_count NEW_ROW when created now)
+    receipts: dict  # content_hash -> ReceiptFact
+    replies: dict  # content_hash -> ReplyFact (new ones get theirs once their raw id is known)
+    registration: Optional[Registration]
+    changed: bool = False
+    last_event_at: Optional[datetime] = None
+    # The phone and the statuses as each event leaves them, for its activity row: the log
+    # reads the same whichever batch an event was applied in.
+    phone: Optional[str] = None
+    statuses: set = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.phone = None if self.new else self.row.phone
+        self.statuses = {r.status for r in self.receipts.values()}
+
+    @property
+    def new(self) -> bool:
+        return self.row.receipts_count == NEW_ROW
+
+    @property
+    def status(self) -> Optional[str]:
+        return next((s for s in PRECEDENCE if s in self.statuses), None)
+
+    def event(self, at: datetime) -> None:
+        self.changed = True
+        if self.last_event_at is None or at > self.last_event_at:
+            self.last_event_at = at
+
+
+@dataclass
+class Repeat:
+    """Further arrivals of a receipt or reply: added to its counters."""
+
+    times: int = 0
+    last: Optional[datetime] = None
+
+    def add(self, at: datetime) -> None:
+        self.times += 1
+        if self.last is None or at > self.last:
+            self.last = at
+
+
+@lru_cache(maxsize=None)
+def _statements() -> SimpleNamespace:
+    m, rc, rp, raw = Message.__table__, Receipt.__table__, Reply.__table__, RawBody.__table__
+    return SimpleNamespace(
+        raw=db.insert(raw),
+        raw_again=db.update(raw).where(raw.c.id == bindparam("b_id")).values(
+            outcome=bindparam("outcome"), http_status=bindparam("http_status"), reason=bindparam("reason"),
+            request_id=bindparam("request_id"), reprocessed_at=bindparam("reprocessed_at")),
+        receipt=db.insert(rc),
+        receipt_again=db.update(rc).where(rc.c.content_hash == bindparam("b_hash")).values(
+            times_received=rc.c.times_received + bindparam("b_times"),
+            last_received_at=case((rc.c.last_received_at < bindparam("b_last", type_=UTCDateTime()),
+                                   bindparam("b_last", type_=UTCDateTime())), else_=rc.c.last_received_at)),
+        reply=db.insert(rp),
+        reply_again=db.update(rp).where(rp.c.content_hash == bindparam("b_hash")).values(
+            times_received=rp.c.times_received + bindparam("b_times")),
+        message=db.update(m).where(m.c.request_id == bindparam("b_rid")).values(
+            {name: bindparam(name) for name in COLUMNS}),
+        activity=db.insert(Activity.__table__),
+    )
+
+
+def _text(value: Optional[str], limit: int) -> Optional[str]:
+    """A header value fit for a bounded text column (PostgreSQL text cannot hold NUL)."""
+    return None if value is None else value.replace("\x00", "\ufffd")[:limit]
+
+
+class Batch:
+    """Applies validated bodies inside the caller's transaction; `run` returns True when an
+    event joined the activity log. Answers are in each Parsed.result (given out after commit)."""
+
+    def __init__(self, parsed: list[Parsed], zone: tzinfo):
+        self.parsed = parsed
+        self.zone = zone
+        self.touched: dict[str, Touched] = {}
+        self.new_receipts: dict[str, list] = {}  # content_hash -> [Parsed, Repeat]
+        self.new_replies: dict[str, list] = {}
+        self.receipt_repeats: dict[str, Repeat] = {}
+        self.reply_repeats: dict[str, Repeat] = {}
+        # Accepted bodies in arrival order: (body, kind, phone, status) for the activity log.
+        self.events: list[tuple[Parsed, str, Optional[str], Optional[str]]] = []
+        self.contacts = contacts.Changes()
+
+    def run(self, conn) -> bool:
+        valid = [p for p in self.parsed if p.item is not None]
+        first_heard: dict[str, datetime] = {}
+        for p in valid:
+            rid, at = p.request_id, p.job.received_at
+            if rid not in first_heard or at < first_heard[rid]:
+                first_heard[rid] = at
+        rows = lock_messages(conn, first_heard)
+        ids = list(rows)
+        receipts = receipt_facts(conn, ids) if ids else {}
+        replies = reply_facts(conn, ids) if ids else {}
+        for rid, row in rows.items():
+            self.touched[rid] = Touched(row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row))
+        for p in valid:
+            self._decide(p)
+        self._write_raw(conn)
+        self._write_records(conn)
+        changes = self._write_messages(conn)
+        self._write_activity(conn)
+        contacts.write(conn, self.contacts)
+        changes[0].write(conn)
+        changes[1].write(conn)
+        return bool(self.events)
+
+    def _decide(self, p: Parsed) -> None:
+        item, at = p.item, p.job.received_at
+        msg = self.touched[p.request_id]
+        if isinstance(item, payloads.ReceiptIn):
+            digest = item.content_hash
+            if digest in msg.receipts:
+                p.result = Result(200, "duplicate", None, item.request_id)
+                fresh = self.new_receipts.get(digest)
+                (fresh[1] if fresh else self.receipt_repeats.setdefault(digest, Repeat())).add(at)
+                return
+            msg.receipts[digest] = receipt_fact(item, at)
+            self.new_receipts[digest] = [p, Repeat(1, at)]
+            p.result = Result(200, "accepted", None, item.request_id)
+            msg.event(at)
+            msg.statuses.add(item.status)
+            self.events.append((p, "receipt", msg.phone, item.status))
+        elif isinstance(item, payloads.ReplyIn):
+            digest = item.content_hash
+            if digest in msg.replies or digest in self.new_replies:
+                p.result = Result(200, "duplicate", None, item.trace_request_id)
+                fresh = self.new_replies.get(digest)
+                (fresh[1] if fresh else self.reply_repeats.setdefault(digest, Repeat())).add(at)
+                return
+            self.new_replies[digest] = [p, Repeat(1, at)]
+            p.result = Result(200, "accepted", None, item.trace_request_id)
+            msg.event(at)
+            change = self.contacts.of(item.phone, at)
+            change.replied(at)
+            change.show(reply_preview(item.text, item.file_name, item.media), at)
+            if msg.registration is None and msg.phone is None:
+                msg.phone = item.phone
+            self.events.append((p, "reply", item.phone, msg.status))
+        else:
+            payload = {"requestId": item.request_id}
+            if msg.registration is not None and msg.registration.same_fields(item):
+                p.result = Result(200, "duplicate", None, item.request_id, payload=payload)
+                return
+            first = msg.registration is None
+            msg.registration = Registration(item.phone, item.text, item.appkey, item.function_type,
+                                            at if first else msg.registration.registered_at)
+            p.result = Result(201 if first else 200, "accepted", None, item.request_id, payload=payload)
+            msg.event(at)
+            self.contacts.of(item.phone, at).show(outbound_preview(item.text), at)
+            msg.phone = item.phone
+            self.events.append((p, "register", item.phone, msg.status))
+
+    def _write_raw(self, conn) -> None:
+        fresh, again, now = [], [], utcnow()
+        for p in self.parsed:
+            job, result = p.job, p.result
+            reason = result.error["error"] if result.error else None
+            if job.raw_id is not None:
+                again.append({"b_id": job.raw_id, "outcome": result.outcome, "http_status": result.http_status,
+                              "reason": reason, "request_id": p.request_id, "reprocessed_at": now})
+                result.raw_id = job.raw_id
+                continue
+            fresh.append({"id": None, "endpoint": job.endpoint, "received_at": job.received_at,
+                          "content_type": _text(job.content_type, 255), "body": job.body,
+                          "headers": json.dumps(job.headers), "remote_addr": _text(job.remote_addr, 64),
+                          "outcome": result.outcome, "http_status": result.http_status, "reason": reason,
+                          "request_id": p.request_id, "reprocessed_at": None})
+        st = _statements()
+        if fresh:
+            ids = next_ids(conn, RawBody.__table__, len(fresh))
+            for p, row, raw_id in zip((p for p in self.parsed if p.job.raw_id is None), fresh, ids):
+                p.result.raw_id = row["id"] = raw_id
+            run_many(conn, st.raw, fresh)
+        if again:
+            run_many(conn, st.raw_again, again)
+
+    def _write_records(self, conn) -> None:
+        st = _statements()
+        rows = []
+        for digest, (p, repeat) in self.new_receipts.items():
+            rc, cost = p.item, p.item.cost
+            rows.append({
+                "raw_id": p.result.raw_id, "request_id": rc.request_id, "content_hash": digest,
+                "status": rc.status, "code": rc.code, "message": rc.message,
+                "send_time_raw": rc.send_time_raw, "send_time": rc.send_time,
+                "cost_currency": cost.currency if cost else None,
+                "cost_local_price": cost.local_price if cost else None,
+                "cost_original_price": cost.original_price if cost else None,
+                "cost_rate_type": cost.rate_type if cost else None, "has_cost": cost is not None,
+                "received_at": p.job.received_at, "times_received": repeat.times,
+                "last_received_at": repeat.last})
+        run_many(conn, st.receipt, rows)
+        rows = []
+        for digest, (p, repeat) in self.new_replies.items():
+            rp, at = p.item, p.job.received_at
+            self.touched[rp.trace_request_id].replies[digest] = reply_fact(rp, at, p.result.raw_id)
+            rows.append({
+                "raw_id": p.result.raw_id, "content_hash": digest, "phone": rp.phone, "appkey": rp.appkey,
+                "trace_request_id": rp.trace_request_id, "text": rp.text, "media": rp.media,
+                "file_name": rp.file_name, "send_time_raw": rp.send_time_raw, "send_time": rp.send_time,
+                "received_at": at, "times_received": repeat.times})
+        run_many(conn, st.reply, rows)
+        run_many(conn, st.receipt_again, [{"b_hash": h, "b_times": r.times, "b_last": r.last}
+                                          for h, r in sorted(self.receipt_repeats.items())])
+        run_many(conn, st.reply_again, [{"b_hash": h, "b_times": r.times}
+                                        for h, r in sorted(self.reply_repeats.items())])
+
+    def _write_messages(self, conn) -> tuple[tally.Moves, rollup.Moves]:
+        tally_moves, rollup_moves = tally.Moves(), rollup.Moves()
+        updates = []
+        for rid, msg in self.touched.items():
+            if not (msg.changed or msg.new):
+                continue
+            row = msg.row
+            columns = message_columns(msg.receipts.values(), msg.replies.values(), msg.registration,
+                                      row.created_at, self.zone)
+            updates.append({"b_rid": rid, **columns})
+            after = SimpleNamespace(created_at=row.created_at, **columns)
+            if msg.new:
+                tally_moves.move(None, tally.key_of(after))
+                rollup_moves.move(None, rollup.share_of(after))
+            else:
+                tally_moves.move(tally.key_of(row), tally.key_of(after))
+                rollup_moves.move(rollup.share_of(row), rollup.share_of(after))
+            old_phone, phone = (None if msg.new else row.phone), columns["phone"]
+            if old_phone and old_phone != phone:
+                self.contacts.of(old_phone, msg.last_event_at).messages -= 1
+            if phone:
+                # The message's whole activity, not only this batch's: another process may
+                # have committed a later receipt before the phone was known.
+                self.contacts.of(phone, columns["last_activity_at"]).messages += old_phone != phone
+        run_many(conn, _statements().message, updates)
+        return tally_moves, rollup_moves
+
+    def _write_activity(self, conn) -> None:
+        rows = []
+        for p, kind, phone, status in self.events:
+            item = p.item
+            if kind == "receipt":
+                summary = f"{item.code} {item.message}"
+            elif kind == "reply":
+                summary = reply_preview(item.text, item.file_name, item.media)
+            else:
+                summary = item.text or ""
+            rows.append({"kind": kind, "created_at": p.job.received_at, "request_id": p.request_id,
+                         "phone": phone, "status": status, "raw_id": p.result.raw_id,
+                         "summary": summary[:200]})
+        run_many(conn, _statements().activity, rows)
+
+
+# --- transactions ------------------------------------------------------------------------------
+
+class WriteLock:
+    """On a SQLite file, a kernel lock (flock) held around each ingest transaction, so the
+    writers of several processes queue in the kernel and the next one wakes the moment the
+    last one commits, instead of sleeping through SQLite's busy timeout. A no-op elsewhere."""
+
+    def __init__(self, app: Flask):
+        self._threads = threading.Lock()
+        self._path = None
+        self._fd = None
+        self._pid = None
+        url = db.engines[None].url if app else None
+        if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            self._path = url.database + "-ingest.lock"
+
+    @contextmanager
+    def held(self):
+        with self._threads:
+            if self._path is None:
+                yield
+                return
+            if self._fd is None or self._pid != os.getpid():
+                self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def write_lock() -> WriteLock:
+    app = current_app._get_current_object()
+    lock = app.extensions.get("viberwatch.ingest_lock")
+    if lock is None:
+        lock = app.extensions.setdefault("viberwatch.ingest_lock", WriteLock(app))
+    return lock
+
+
+def apply_batch(jobs: list[Job]) -> None:
+    """Store and apply these bodies in one transaction of the current app context, and
+    finish each job with its own answer once committed. Never raises.
+
+    A batch whose transaction fails is applied again one body at a time, so one body the
+    database refuses cannot sink the others; that body is still kept, answered 503.
+    """
+    try:
+        zone = sendtime_zone()
+        for job in jobs:
+            if job.received_at is None:
+                job.received_at = utcnow()
+        parsed = [parse(job, zone) for job in jobs]
+        with write_lock().held():
+            try:
+                conn = db.session.connection()
+                begin_writing(conn)
+                logged = Batch(parsed, zone).run(conn)
+                db.session.commit()
+            except BaseException:
+                db.session.rollback()
+                raise
+    except Exception as exc:
+        if len(jobs) > 1:
+            log.warning("a batch of %d bodies failed (%s); applying them one by one", len(jobs),
+                        type(exc).__name__)
+            for job in jobs:
+                apply_batch([job])
+            return
+        _keep_unapplied(jobs[0], exc)
+        return
+    metrics.observe_ingest_batch(len(jobs))
+    for p in parsed:
+        p.job.finish(p.result)
+    if logged:
         activity_committed.send(current_app._get_current_object())
+
+
+def _keep_unapplied(job: Job, exc: Exception) -> None:
+    """The effect could not be committed (lost connection, a constraint, a bug): keep the body
+    on its own so `reprocess` can apply it later, and answer 503 so the sender retries."""
+    reason = f"not applied: {type(exc).__name__}"
+    log.error("ingest of a %s body failed", job.endpoint, exc_info=exc)
+    if job.raw_id is not None:
+        job.finish(unavailable(reason, job.raw_id))
+        return
+    try:
+        raw = store_raw(job.endpoint, job.body, job.content_type, job.headers, job.remote_addr,
+                        "rejected", 503, reason, received_at=job.received_at)
+        db.session.commit()
+        job.finish(unavailable(reason, raw.id))
+    except Exception:
+        db.session.rollback()
+        log.exception("a %s body could not be kept either", job.endpoint)
+        job.finish(unavailable(f"{reason}; not kept"))
+
+
+class Writer:
+    """The ingest writer of one process: a thread applying every waiting body in batches."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.max_batch = max(1, int(app.config["INGEST_BATCH_MAX"]))
+        self.wait_seconds = float(app.config["INGEST_WAIT_TIMEOUT"])
+        self._cond = threading.Condition()
+        self._pending: list[Job] = []
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self._pid = os.getpid()
+
+    def submit(self, job: Job) -> Result:
+        """Hand a body over and wait for its answer."""
+        with self._cond:
+            if self._pid != os.getpid():  # a fork inherited this object, not its thread
+                self._pid, self._pending, self._thread = os.getpid(), [], None
+            if job.received_at is None:
+                # Taken under the lock, so arrival order and received times agree.
+                job.received_at = utcnow()
+            self._pending.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        if not job.done.wait(self.wait_seconds):
+            return unavailable("not committed in time; it is still kept and applied")
+        return job.result
+
+    def waiting(self) -> int:
+        """Bodies handed over and not yet taken into a batch."""
+        with self._cond:
+            return len(self._pending)
+
+    def _take(self) -> list[Job]:
+        with self._cond:
+            while not self._pending and not self._stopping:
+                if not self._cond.wait(IDLE_SECONDS):
+                    break
+            if not self._pending:
+                self._thread = None
+                return []
+            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            return batch
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            try:
+                while True:
+                    batch = self._take()
+                    if not batch:
+                        return
+                    try:
+                        apply_batch(batch)
+                    finally:
+                        for job in batch:
+                            if not job.done.is_set():
+                                job.finish(unavailable("not applied: the writer failed"))
+                        db.session.remove()
+            finally:
+                with self._cond:
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Apply what is waiting, then end the thread (a process about to exit)."""
+        with self._cond:
+            thread = self._thread
+            self._stopping = True
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join(timeout)
+        with self._cond:
+            self._stopping = False
+
+
+def writer_of(app: Flask) -> Writer:
+    return app.extensions["viberwatch.ingest"]
+
+
+def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers, remote_addr: Optional[str] = None,
+           *, received_at: Optional[datetime] = None) -> Result:
+    """Store a body verbatim and apply it; answered once both are committed."""
+    assert endpoint in ENDPOINTS
+    job = Job(endpoint, body, content_type, kept_headers(headers), remote_addr, received_at)
+    result = writer_of(current_app._get_current_object()).submit(job)
+    # Committed by the writer's session: objects this thread's session loaded are stale now.
+    if db.session.registry.has():
+        db.session.expire_all()
     return result
 
 
 def store_raw(endpoint: str, body: bytes, content_type: Optional[str], headers: dict,
               remote_addr: Optional[str], outcome: str, http_status: int,
               reason: Optional[str] = None, received_at: Optional[datetime] = None) -> RawBody:
-    kept = {k: v for k, v in ((k.lower(), v) for k, v in headers.items()) if k in KEPT_HEADERS}
-    raw = RawBody(endpoint=endpoint, received_at=received_at or utcnow(), content_type=content_type,
-                  body=body, headers=json.dumps(kept), remote_addr=remote_addr, outcome=outcome,
-                  http_status=http_status, reason=reason)
+    raw = RawBody(endpoint=endpoint, received_at=received_at or utcnow(), content_type=_text(content_type, 255),
+                  body=body, headers=json.dumps(kept_headers(headers)), remote_addr=_text(remote_addr, 64),
+                  outcome=outcome, http_status=http_status, reason=reason)
     db.session.add(raw)
     db.session.flush()
     return raw
-
-
-def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers: dict,
-           remote_addr: Optional[str] = None) -> Result:
-    """Store a body verbatim and apply it, all in one transaction."""
-    assert endpoint in ENDPOINTS
-    received_at = utcnow()
-    try:
-        raw = store_raw(endpoint, body, content_type, headers, remote_addr, "pending", 0,
-                        received_at=received_at)
-        return _committed(_process(raw))
-    except SQLAlchemyError as exc:
-        # The effect could not be committed (lost connection, deadlock...): keep the body
-        # on its own so `reprocess` can apply it later, and answer 503 so the sender retries.
-        db.session.rollback()
-        reason = f"not applied: {type(exc).__name__}"
-        current_app.logger.exception("ingest of a %s body failed", endpoint)
-        raw = store_raw(endpoint, body, content_type, headers, remote_addr, "rejected", 503,
-                        reason, received_at=received_at)
-        db.session.commit()
-        return Result(503, "rejected", raw.id, error={"error": reason, "field": "body",
-                                                      "reason": reason})
 
 
 def refuse(endpoint: str, body: bytes, content_type: Optional[str], headers: dict,
@@ -360,14 +708,13 @@ def refuse(endpoint: str, body: bytes, content_type: Optional[str], headers: dic
 
 def reprocess(raw_id: int) -> Result:
     """Run a rejected or refused body through validation again, as if it arrived when it did."""
-    raw = db.session.execute(
-        db.select(RawBody).where(RawBody.id == raw_id).with_for_update()).scalar_one()
+    raw = db.session.execute(db.select(RawBody.__table__).where(RawBody.id == raw_id)).one()
     if raw.outcome not in ("rejected", "refused"):
-        db.session.rollback()
         return Result(raw.http_status, raw.outcome, raw.id, raw.request_id)
-    result = _process(raw)
-    raw.reprocessed_at = utcnow()
-    return _committed(result)
+    job = Job(raw.endpoint, raw.body, raw.content_type, json.loads(raw.headers or "{}"), raw.remote_addr,
+              raw.received_at, raw_id=raw.id)
+    apply_batch([job])
+    return job.result
 
 
 def rejected_ids(include_refused: bool = False) -> list[int]:
@@ -375,3 +722,21 @@ def rejected_ids(include_refused: bool = False) -> list[int]:
     return list(db.session.execute(
         db.select(RawBody.id).where(RawBody.outcome.in_(outcomes)).order_by(RawBody.id)).scalars())
 
+
+def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; True when a row was inserted."""
+    stmt = insert_for(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    # Without preserve_rowcount, psycopg's INSERT reports -1 on SQLAlchemy 2.1.
+    return db.session.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
+
+
+def init_app(app: Flask) -> None:
+    for name, value in DEFAULTS.items():
+        app.config.setdefault(name, value)
+    app.extensions["viberwatch.ingest"] = Writer(app)
+
+
+def stop(app: Flask) -> None:
+    writer = app.extensions.get("viberwatch.ingest")
+    if writer is not None:
+        writer.stop()

@@ -9,7 +9,8 @@ import click
 from flask import Flask, current_app
 from sqlalchemy import func
 
-from .models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
+from . import rollup, tally
+from .models import Activity, Contact, Message, MessageTally, OutcomeHour, RawBody, Receipt, Reply, db, utcnow
 
 AGE_RE = re.compile(r"\A(\d+)\s*([dhw])\Z")
 AGE_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
@@ -118,9 +119,55 @@ def purge(older_than: timedelta, *, batch_size: int = 2000, now: Optional[dateti
 def recount() -> dict[str, int]:
     """The counters' tally and the analytics rollups are derived from the messages; recount
     them after bulk changes. Returns the rows written to each."""
-    from . import rollup, tally
-
     return {"tally": tally.rebuild(), "rollup": rollup.rebuild()}
+
+
+def _counted() -> dict[str, dict]:
+    """What the tally and the rollups count now (rows that count nothing left out)."""
+    out = {"message_tally": {(r.day, r.status, r.code, r.anomaly): r.n
+                             for r in db.session.execute(db.select(MessageTally)).scalars() if r.n}}
+    out["outcome_hour"] = {tuple(getattr(r, c) for c in rollup.OUTCOME_KEY):
+                           tuple(round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS)
+                           for r in db.session.execute(db.select(OutcomeHour)).scalars() if r.n}
+    for model, names, _period in rollup.LATENCY_TABLES:
+        out[model.__tablename__] = {tuple(getattr(r, c) for c in names): (r.n, r.low, r.high)
+                                    for r in db.session.execute(db.select(model)).scalars() if r.n}
+    return out
+
+
+def _recounted() -> dict[str, dict]:
+    """What a recount would write, computed without writing."""
+    out = {"message_tally": {k: n for k, n in tally.recounted().items() if n}}
+    for model, rows in rollup.recounted():
+        if model is OutcomeHour:
+            out[model.__tablename__] = {tuple(r[c] for c in rollup.OUTCOME_KEY):
+                                        tuple(round(float(r[c]), 6) for c in rollup.OUTCOME_SUMS)
+                                        for r in rows if r["n"]}
+        else:
+            names = next(n for m, n, _ in rollup.LATENCY_TABLES if m is model)
+            out[model.__tablename__] = {tuple(r[c] for c in names): (r["n"], r["low"], r["high"])
+                                        for r in rows if r["n"]}
+    return out
+
+
+def recount_differences(limit: int = 10) -> list[str]:
+    """Where the tally and the rollups kept at ingest differ from a recount of the messages
+    (nothing is written). A latency bin's bounds may be wider than a recount's (a value taken
+    away does not narrow them), never narrower."""
+    recounted, kept = _recounted(), _counted()
+    db.session.rollback()
+    found = []
+    for table, rows in recounted.items():
+        stored = kept[table]
+        for key in sorted(set(rows) | set(stored), key=repr):
+            have, want = stored.get(key), rows.get(key)
+            if table.startswith("latency_") and have and want:
+                same = have[0] == want[0] and have[1] <= want[1] and have[2] >= want[2]
+            else:
+                same = have == want
+            if not same:
+                found.append(f"{table} {key}: kept {have}, recounted {want}")
+    return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else [])
 
 
 def count_older(older_than: timedelta, now: Optional[datetime] = None) -> int:

@@ -36,6 +36,9 @@ WEBHOOK_SECONDS = Histogram(
     "viberwatch_webhook_duration_seconds", "Time to answer a webhook request, by endpoint and outcome.",
     ["endpoint", "outcome"], registry=None,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+INGEST_BATCH = Histogram(
+    "viberwatch_ingest_batch_bodies", "Bodies applied per ingest transaction (group commit).",
+    registry=None, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 LIVE_CONNECTIONS = Gauge(
     "viberwatch_live_connections", "Open live (WebSocket) connections.", registry=None,
     multiprocess_mode="livesum")
@@ -60,6 +63,10 @@ def live_count(app: Flask) -> int:
 
 def observe_webhook(endpoint: str, outcome: str, seconds: float) -> None:
     WEBHOOK_SECONDS.labels(endpoint=endpoint, outcome=outcome).observe(seconds)
+
+
+def observe_ingest_batch(bodies: int) -> None:
+    INGEST_BATCH.observe(bodies)
 
 
 class DatabaseCollector:
@@ -118,6 +125,7 @@ def scrape():
     else:
         LIVE_CONNECTIONS.set(live_count(current_app))
         registry.register(WEBHOOK_SECONDS)
+        registry.register(INGEST_BATCH)
         registry.register(LIVE_CONNECTIONS)
     registry.register(DatabaseCollector())
     try:

@@ -190,6 +190,8 @@ class Contact(db.Model):
     messages_count: Mapped[int] = mapped_column(Integer, default=0)
     replies_count: Mapped[int] = mapped_column(Integer, default=0)
     last_preview: Mapped[Optional[str]] = mapped_column(Text)
+    # When the message the preview shows arrived: a later message replaces it, never an older one.
+    last_preview_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     last_reply_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

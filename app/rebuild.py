@@ -1,5 +1,5 @@
-"""Recompute every message from the raw record: re-parse the accepted bodies, re-fold with
-`status.fold`, derive the columns as `ingest.refresh_message` does, and report differences.
+"""Recompute every message from the raw record: re-parse the accepted bodies, derive the
+columns with `derivation.message_columns` as ingest does, and report differences.
 
 Messages are walked in request_id order, a batch at a time, with one query per table per
 batch, so a million messages take minutes, not hours.
@@ -14,10 +14,9 @@ from typing import Callable, Optional
 from flask import current_app
 
 from . import payloads
-from .ingest import derived_columns
+from .derivation import Registration, message_columns, receipt_fact, reply_fact
 from .models import Message, RawBody, Receipt, Reply, db
 from .payloads import Invalid
-from .status import ReceiptFact, fold
 
 MAX_EXAMPLES = 10
 
@@ -105,30 +104,15 @@ def _expected(raws, zone, report: Report) -> Expected:
 
 
 def derive(msg, exp: Expected, zone) -> dict:
-    """The message's columns from its raw record; the same rules as ingest.refresh_message."""
-    facts = []
-    last_times = []  # first arrivals: a repeated push is not activity
-    for digest, (rc, _raw_id, at, _times, _last) in exp.receipts.items():
-        cost = (rc.cost.currency, rc.cost.local_price, rc.cost.original_price, rc.cost.rate_type) \
-            if rc.cost else None
-        facts.append(ReceiptFact(status=rc.status, code=rc.code, message=rc.message, received_at=at,
-                                 key=digest, send_time_raw=rc.send_time_raw, cost=cost))
-        last_times.append(at)
-    state = fold(facts)
-    replies = sorted(exp.replies.values(), key=lambda r: (r[2], r[1]))
-    reg = exp.registration
-    activity = [msg.created_at, exp.registered_at, max((r[2] for r in replies), default=None), *last_times]
-    last = replies[-1][0] if replies else None
-    new = {
-        "registered_at": exp.registered_at,
-        "text": reg.text if reg else None,
-        "appkey": reg.appkey if reg else None,
-        "function_type": reg.function_type if reg else None,
-        "phone": reg.phone if reg else (replies[0][0].phone if replies else None),
-        **derived_columns(state, zone, receipts_count=len(facts), replies_count=len(replies),
-                          last_reply=(last.text, last.file_name, last.media) if last else None,
-                          activity=activity),
-    }
+    """The message's columns from its raw record (by `derivation.message_columns`, as ingest
+    derives them), where they differ from the stored row."""
+    registration = None
+    if exp.registration is not None:
+        reg = exp.registration
+        registration = Registration(reg.phone, reg.text, reg.appkey, reg.function_type, exp.registered_at)
+    new = message_columns((receipt_fact(rc, at) for rc, _raw_id, at, _times, _last in exp.receipts.values()),
+                          (reply_fact(rp, at, raw_id) for rp, raw_id, at, _times in exp.replies.values()),
+                          registration, msg.created_at, zone)
     return {name: value for name, value in new.items() if getattr(msg, name) != value}
 
 

@@ -2,9 +2,9 @@
 (per hour, and per day for long ranges).
 
 A message counts in the hour it was first heard of (`Message.created_at`, which never
-changes). `move` runs inside the transaction that changes a message, like the counters'
-tally, so the rollups and the messages commit or roll back together; `rebuild` recomputes
-them from the messages after a bulk load.
+changes). The ingest transaction that changes messages sums their moves (`Moves`) and
+writes each changed row once, like the counters' tally, so the rollups and the messages
+commit or roll back together; `rebuild` recomputes them from the messages after a bulk load.
 
 Latency (seconds from the first success receipt to the first delivered / seen receipt) is
 counted in bins: the analytics histogram's bars, each cut into bins 2 % wide, with the
@@ -110,32 +110,66 @@ LATENCY_TABLES = ((LatencyHour, LATENCY_KEY, hour_of), (LatencyDay, ("day",) + L
 def _bounds_update(stmt) -> dict:
     """On adding a value, widen the bin's least and greatest (reset when it was empty)."""
     t, new = stmt.table.c, stmt.excluded
-    adding = new.n > 0
+    # Rows that only take values away carry low > high (see Moves.write).
+    adding = new.low <= new.high
     return {"low": case((and_(adding, or_(t.n <= 0, new.low < t.low)), new.low), else_=t.low),
             "high": case((and_(adding, or_(t.n <= 0, new.high > t.high)), new.high), else_=t.high)}
 
 
-def move(before: Optional[Share], after: Share) -> None:
-    """Count a message as `after` instead of `before` (None: a message new to the rollups)."""
-    ops = []  # (model, key columns, key, values)
-    if before is None or before.outcome_key != after.outcome_key or before.outcome != after.outcome:
-        if before is not None:
-            ops.append((OutcomeHour, OUTCOME_KEY, before.outcome_key, tuple(-x for x in before.outcome)))
-        ops.append((OutcomeHour, OUTCOME_KEY, after.outcome_key, after.outcome))
-    old = before.latency if before is not None else frozenset()
-    changes = [(entry, -1) for entry in old - after.latency] + [(entry, 1) for entry in after.latency - old]
-    for model, names, period in LATENCY_TABLES:
-        for entry, n in changes:
-            ops.append((model, names, (period(entry[0]), *entry[1:-1]), (n, entry[-1])))
-    # A fixed lock order over the rollup rows, so two transactions cannot deadlock on them.
-    ops.sort(key=lambda op: (op[0].__tablename__, op[2], op[3][0]))
-    for model, names, key, values in ops:
-        if model is OutcomeHour:
-            add_counts(model, dict(zip(names, key)), dict(zip(OUTCOME_SUMS, values)))
-        else:
-            n, seconds = values
-            add_counts(model, dict(zip(names, key)), {"n": n},
-                       extra={"low": seconds, "high": seconds}, more=_bounds_update)
+class Moves:
+    """The changes of a transaction summed per rollup row, so each row is written once."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple, list] = {}
+        # (table index, key) -> [n, least added value, greatest added value]
+        self.latency: dict[tuple, list] = {}
+
+    def move(self, before: Optional[Share], after: Share) -> None:
+        """Count a message as `after` instead of `before` (None: a message new to the rollups)."""
+        if before is None or (before.outcome_key, before.outcome) != (after.outcome_key, after.outcome):
+            if before is not None:
+                self._add_outcome(before.outcome_key, before.outcome, -1)
+            self._add_outcome(after.outcome_key, after.outcome, 1)
+        old = before.latency if before is not None else frozenset()
+        for entry in old - after.latency:
+            self._add_latency(entry, -1)
+        for entry in after.latency - old:
+            self._add_latency(entry, 1)
+
+    def _add_outcome(self, key: tuple, values: tuple, sign: int) -> None:
+        sums = self.outcomes.get(key)
+        if sums is None:
+            sums = self.outcomes[key] = [0] * len(OUTCOME_SUMS)
+        for i, x in enumerate(values):
+            sums[i] += sign * x
+
+    def _add_latency(self, entry: tuple, n: int) -> None:
+        seconds = entry[-1]
+        for i, (_model, _names, period) in enumerate(LATENCY_TABLES):
+            key = (i, period(entry[0]), *entry[1:-1])
+            known = self.latency.get(key)
+            if known is None:
+                known = self.latency[key] = [0, None, None]
+            known[0] += n
+            if n > 0:
+                known[1] = seconds if known[1] is None else min(known[1], seconds)
+                known[2] = seconds if known[2] is None else max(known[2], seconds)
+
+    def write(self, conn) -> None:
+        """Write every changed row, each table in key order (a fixed lock order, so two
+        transactions cannot deadlock on the rollup rows)."""
+        rows = [{**dict(zip(OUTCOME_KEY, key)), **dict(zip(OUTCOME_SUMS, sums))}
+                for key, sums in sorted(self.outcomes.items()) if any(sums)]
+        add_counts(conn, OutcomeHour, OUTCOME_KEY, OUTCOME_SUMS, rows)
+        for i, (model, names, _period) in enumerate(LATENCY_TABLES):
+            rows = []
+            for key, (n, low, high) in sorted((k, v) for k, v in self.latency.items() if k[0] == i):
+                if n or low is not None:
+                    # A value added widens its bin's bounds (they reset when the bin was empty);
+                    # a row that only takes values away says so with low > high.
+                    rows.append({**dict(zip(names, key[1:])), "n": n,
+                                 "low": 1.0 if low is None else low, "high": 0.0 if high is None else high})
+            add_counts(conn, model, names, ("n",), rows, extra=("low", "high"), more=_bounds_update)
 
 
 def add_bin(bins: dict, key: tuple, n: int, low: float, high: float) -> None:
@@ -182,8 +216,8 @@ def message_rows(*conditions, batch: int = 10_000, conn=None):
     return (conn or db.session).execute(stmt.execution_options(yield_per=batch))
 
 
-def fill(conn, batch: int = 10_000) -> int:
-    """Add every message to empty rollups, through `conn`; returns the rows written."""
+def recounted(conn=None, batch: int = 10_000) -> list[tuple]:
+    """The rows of each rollup table, counted from the messages: [(model, rows)]."""
     totals = Totals().add_rows(message_rows(batch=batch, conn=conn))
     outcome_rows = [{**dict(zip(OUTCOME_KEY, k)), **dict(zip(OUTCOME_SUMS, v))}
                     for k, v in totals.outcomes.items()]
@@ -193,6 +227,12 @@ def fill(conn, batch: int = 10_000) -> int:
             ((period(k[0]), *k[1:]), v) for k, v in totals.latency.items())
         tables.append((model, [{**dict(zip(names, k)), "n": v[0], "low": v[1], "high": v[2]}
                                for k, v in bins.items()]))
+    return tables
+
+
+def fill(conn, batch: int = 10_000) -> int:
+    """Add every message to empty rollups, through `conn`; returns the rows written."""
+    tables = recounted(conn, batch)
     for model, rows in tables:
         for i in range(0, len(rows), batch):
             conn.execute(db.insert(model), rows[i:i + batch])

@@ -2,7 +2,7 @@
 
 Every event gets its raw body (so `viberwatch rebuild` can recompute everything from the
 raw record), its receipt or reply row and its activity row; each message's columns come from
-`status.fold` over its receipts, exactly as `ingest.refresh_message` derives them. Rows go in
+`derivation.message_columns`, exactly as ingest derives them. Rows go in
 with bulk inserts, one transaction per batch of messages.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Callable, Optional
 
 from sqlalchemy import func, insert, text
 
-from . import payloads
-from .ingest import _insert, reply_preview
-from .models import Activity, Contact, Message, RawBody, Receipt, Reply, UTCDateTime, db, utcnow
+from . import contacts, payloads
+from .derivation import Registration, ReplyFact, message_columns, outbound_preview, reply_preview
+from .models import Activity, Message, RawBody, Receipt, Reply, UTCDateTime, db, utcnow
 from .status import ReceiptFact, fold
 
 HEADERS = json.dumps({"content-type": "application/json"})
@@ -30,24 +30,6 @@ REPLIES = ("Thanks!", "ok", "Who is this?", "STOP", "When will it arrive?", "Rec
 FAILURES = ((9002, "Phone number error"), (1102, "Insufficient balance"),
             (11000, "Viber send error"), (9001, "System business error"))
 SENDTIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
-
-@dataclass
-class ContactSum:
-    messages: int = 0
-    replies: int = 0
-    preview: Optional[str] = None
-    preview_at: Optional[datetime] = None
-    last_reply_at: Optional[datetime] = None
-    last_activity_at: Optional[datetime] = None
-
-    def touch(self, at: datetime) -> None:
-        if self.last_activity_at is None or at > self.last_activity_at:
-            self.last_activity_at = at
-
-    def show(self, preview: str, at: datetime) -> None:
-        if self.preview_at is None or at >= self.preview_at:
-            self.preview, self.preview_at = preview, at
 
 
 @dataclass
@@ -74,7 +56,7 @@ class Seeder:
         self.step = (timedelta(days=days) - timedelta(hours=8)) / max(count, 1)
         self.ids = ids
         self.phones = [f"79{rng.randrange(10**9):09d}" for _ in range(max(1, count // 5))]
-        self.contacts: dict[str, ContactSum] = {}
+        self.contacts = contacts.Changes()
 
     def _next(self, table: str) -> int:
         self.ids[table] += 1
@@ -133,9 +115,7 @@ class Seeder:
         plan = self._plan(t0)
         registered = not plan or rng.random() < 0.8
         events: list[datetime] = []
-        msg = {"request_id": rid, "phone": None, "registered_at": None, "text": None, "appkey": None,
-               "function_type": None}
-        contact = None
+        registration = None
 
         if registered:
             at = t0 + timedelta(milliseconds=rng.randint(50, 400))
@@ -144,12 +124,10 @@ class Seeder:
                     "appkey": rng.choice(APPKEYS), "functionType": rng.choice(FUNCTION_TYPES)}
             raw_id = self._raw(batch, "register", at, body, rid, http_status=201)
             self._activity(batch, "register", at, raw_id, rid, phone, None, body["text"])
-            msg.update(phone=phone, registered_at=at, text=body["text"], appkey=body["appkey"],
-                       function_type=body["functionType"])
-            contact = self.contacts.setdefault(phone, ContactSum())
+            registration = Registration(phone, body["text"], body["appkey"], body["functionType"], at)
+            contact = self.contacts.of(phone, at)
             contact.messages += 1
-            contact.touch(at)
-            contact.show(f"→ {body['text']}"[:200], at)
+            contact.show(outbound_preview(body["text"]), at)
             events.append(at)
 
         facts = []
@@ -180,14 +158,14 @@ class Seeder:
                 "received_at": at, "times_received": times, "last_received_at": last})
             facts.append(ReceiptFact(status=status, code=code, message=message, received_at=at,
                                      key=digest, send_time_raw=send_time_raw, cost=cost))
-            self._activity(batch, "receipt", at, raw_id, rid, msg["phone"], status, f"{code} {message}")
-            if contact is not None:
-                contact.touch(at)
+            self._activity(batch, "receipt", at, raw_id, rid, phone if registration else None, status,
+                           f"{code} {message}")
+            if registration:
+                self.contacts.of(phone, at)
             events.append(at)
 
         state = fold(facts)
-        reply_text = None
-        replies_count = 0
+        replies = []
         if state.status in ("delivered", "seen") and rng.random() < self.reply_share / 0.85:
             at = max(events) + timedelta(seconds=rng.expovariate(1 / 1800))
             if rng.random() < 0.1:
@@ -195,7 +173,7 @@ class Seeder:
             else:
                 content = {"text": rng.choice(REPLIES)}
             reply_at_send = at.astimezone(self.zone).strftime(SENDTIME_FORMAT)
-            data = {"phone": phone, "appkey": msg["appkey"] or rng.choice(APPKEYS),
+            data = {"phone": phone, "appkey": registration.appkey if registration else rng.choice(APPKEYS),
                     "traceRequestId": rid, "message": content, "sendTime": reply_at_send}
             raw_id = self._raw(batch, "message", at, data, rid)
             preview = reply_preview(content.get("text"), content.get("fileName"), content.get("media"))
@@ -208,32 +186,18 @@ class Seeder:
                 "send_time": payloads.parse_send_time(reply_at_send, self.zone),
                 "received_at": at, "times_received": 1})
             self._activity(batch, "reply", at, raw_id, rid, phone, state.status, preview)
-            if contact is None:
-                contact = self.contacts.setdefault(phone, ContactSum())
+            contact = self.contacts.of(phone, at)
+            if registration is None:
                 contact.messages += 1
-                msg["phone"] = phone
-            contact.replies += 1
-            contact.touch(at)
+            contact.replied(at)
             contact.show(preview, at)
-            contact.last_reply_at = max(filter(None, (contact.last_reply_at, at)))
-            reply_text, replies_count = preview, 1
+            replies.append(ReplyFact(phone, at, raw_id, content.get("text"), content.get("fileName"),
+                                     content.get("media")))
             events.append(at)
 
-        cost = state.cost or (None, None, None, None)
-        created = min(events)
-        msg.update({
-            "status": state.status, "code": state.code, "code_message": state.code_message,
-            "send_time_raw": state.send_time_raw,
-            "send_time": send_time if state.send_time_raw else None,
-            "accepted_at": state.times.get("success"), "delivered_at": state.times.get("delivered"),
-            "seen_at": state.times.get("seen"), "failed_at": state.times.get("failed"),
-            "expired_at": state.times.get("expired"),
-            "cost_currency": cost[0], "cost_local_price": cost[1], "cost_original_price": cost[2],
-            "cost_rate_type": cost[3], "anomalies": "; ".join(state.anomalies) or None,
-            "anomaly": bool(state.anomalies), "receipts_count": len(facts),
-            "replies_count": replies_count, "last_reply_text": reply_text,
-            "created_at": created, "last_activity_at": max(events)})
-        batch.messages.append(msg)
+        batch.messages.append({"request_id": rid, "created_at": min(events),
+                               **message_columns(facts, replies, registration, min(events), self.zone,
+                                                 state=state)})
 
 
 def _max_ids() -> dict[str, int]:
@@ -287,24 +251,6 @@ def _write(batch: Batch) -> None:
         bulk_insert(model, rows)
 
 
-def _write_contacts(contacts: dict[str, ContactSum], chunk: int = 5000) -> None:
-    items = list(contacts.items())
-    for start in range(0, len(items), chunk):
-        rows = [{"phone": p, "messages_count": c.messages, "replies_count": c.replies,
-                 "last_preview": c.preview, "last_reply_at": c.last_reply_at,
-                 "last_activity_at": c.last_activity_at} for p, c in items[start:start + chunk]]
-        stmt = _insert(Contact)
-        greatest = func.max if db.session.get_bind().dialect.name == "sqlite" else func.greatest
-        db.session.execute(stmt.on_conflict_do_update(index_elements=["phone"], set_={
-            "messages_count": Contact.messages_count + stmt.excluded.messages_count,
-            "replies_count": Contact.replies_count + stmt.excluded.replies_count,
-            "last_preview": func.coalesce(stmt.excluded.last_preview, Contact.last_preview),
-            "last_reply_at": func.coalesce(stmt.excluded.last_reply_at, Contact.last_reply_at),
-            "last_activity_at": greatest(stmt.excluded.last_activity_at, Contact.last_activity_at),
-        }), rows)
-    db.session.commit()
-
-
 def _reset_sequences() -> None:
     """Explicit ids leave PostgreSQL's sequences behind; move them past the seeded rows."""
     if db.session.get_bind().dialect.name != "postgresql":
@@ -339,7 +285,8 @@ def seed(count: int, *, replies: Optional[int] = None, days: float = 120.0, batc
                            ("activity", batch.activity)):
             written[name] += len(rows)
         progress(len(batch.messages))
-    _write_contacts(seeder.contacts)
+    contacts.write(db.session.connection(), seeder.contacts)
+    db.session.commit()
     written["contact"] = len(seeder.contacts)
     _reset_sequences()
     return written

@@ -1,7 +1,7 @@
 """Play NXCLOUD against a running viberwatch: a seeded script of messages, receipts and replies.
 
 `build_script` is pure: the same arguments give the same bodies in the same order, so a
-test can compute every message's intended final state with `status.fold`. `simulate_run`
+test can compute every message's intended final columns as ingest derives them. `simulate_run`
 plays a script over real HTTP.
 """
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Optional
 
-from .payloads import content_hash, parse_zone
-from .status import ReceiptFact, State, describe_code, fold
+from .derivation import Registration, message_columns, receipt_fact, reply_fact
+from .payloads import parse_receipt, parse_registration, parse_reply, parse_zone
+from .status import describe_code
 
 # Share of messages per final outcome, and of failures per code (all from NXCLOUD's table).
 OUTCOMES = (("seen", 55), ("delivered", 20), ("failed", 12), ("expired", 8), ("success", 5))
@@ -75,22 +76,25 @@ class ScriptedMessage:
     def replied(self) -> bool:
         return any(e.kind == "message" for e in self.events)
 
-    def intended_state(self, zero: Optional[datetime] = None) -> State:
-        """The state `status.fold` gives for this message's receipts, pushed as scripted."""
-        zero = zero or SEEDED_START
-        facts = []
-        for e in self.events:
-            if e.kind != "dr":
-                continue
-            d = e.data
-            cost = d.get("cost")
-            facts.append(ReceiptFact(
-                status=d["status"], code=d["code"], message=d["message"],
-                received_at=zero + timedelta(seconds=e.at), key=content_hash("dr", d),
-                send_time_raw=d["sendTime"],
-                cost=(cost["currency"], cost["localPrice"], cost["originalPrice"], cost["rateType"])
-                if cost else None))
-        return fold(facts)
+    def intended_columns(self, zero: Optional[datetime] = None, zone: str = "UTC+08:00") -> dict:
+        """The message's columns as ingest derives them (`derivation.message_columns`) from the
+        bodies pushed as scripted, each received `at` seconds after `zero`."""
+        zero, tz = zero or SEEDED_START, parse_zone(zone)
+        receipts, replies, registration = {}, {}, None
+        for order, e in enumerate(self.events):
+            at = zero + timedelta(seconds=e.at)
+            if e.kind == "dr":
+                rc = parse_receipt(e.data, tz)
+                receipts.setdefault(rc.content_hash, receipt_fact(rc, at))
+            elif e.kind == "message":
+                rp = parse_reply(e.data, tz)
+                replies.setdefault(rp.content_hash, reply_fact(rp, at, order))
+            else:
+                rg = parse_registration(e.data)
+                registration = Registration(rg.phone, rg.text, rg.appkey, rg.function_type,
+                                            registration.registered_at if registration else at)
+        first = zero + timedelta(seconds=min(e.at for e in self.events))
+        return message_columns(receipts.values(), replies.values(), registration, first, tz)
 
     @property
     def intended_phone(self) -> Optional[str]:

@@ -1,11 +1,21 @@
-"""INSERT statements that differ only in spelling between SQLite and PostgreSQL."""
+"""Statements that differ only in spelling between SQLite and PostgreSQL, and a lean way to
+run one statement for many rows."""
 from __future__ import annotations
 
+import json
+import re
+from collections import namedtuple
+from contextlib import closing
+from datetime import date, datetime, timezone
+from decimal import Decimal
 from functools import lru_cache
+from operator import itemgetter
 from typing import Callable, Optional
 
-from sqlalchemy import bindparam
+from sqlalchemy import BigInteger, Boolean, Date, DateTime, Float, Integer, LargeBinary, Numeric, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import NullType
 
 from .models import db
 
@@ -29,14 +39,264 @@ def _adding(dialect: str, model, key: tuple, counts: tuple, extra: tuple, more: 
     return stmt.on_conflict_do_update(index_elements=list(key), set_=update)
 
 
-def add_counts(model, key: dict, counts: dict, *, extra: Optional[dict] = None,
-               more: Optional[Callable] = None) -> None:
-    """Add `counts` to the row of `model` named by `key` (its primary key), creating it.
+def add_counts(conn, model, key: tuple, counts: tuple, rows: list[dict], *, extra: tuple = (),
+                    more: Optional[Callable] = None) -> None:
+    """Add each row's `counts` to the row of `model` named by its `key` columns (the primary
+    key), creating it; a new row also takes the `extra` columns, and `more(stmt)` may return
+    further columns to set on conflict, from `stmt.excluded`. Rows go in the order given:
+    callers sort them by key, so that transactions lock rows in one order."""
+    if rows:
+        run_many(conn, _adding(conn.dialect.name, model, key, counts, extra, more), rows)
 
-    A new row also takes `extra`; `more(stmt)` may return further columns to set on
-    conflict, from `stmt.excluded`. Runs on the session's connection, in its transaction,
-    as one statement built once per shape (this is on every state change of a message).
+
+@lru_cache(maxsize=8192)
+def _sqlite_datetime(value: datetime) -> str:
+    # The same instants recur in a batch (a body's received time is in four tables).
+    if value.tzinfo is not timezone.utc:
+        value = value.astimezone(timezone.utc)
+    return value.isoformat(" ", "microseconds")[:26]
+
+
+def _sqlite_value(value):
+    # As the column types store them: UTC datetimes as naive text with microseconds, dates as text.
+    if isinstance(value, datetime):
+        return _sqlite_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _postgresql_value(value):
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def cursor(conn):
+    """The driver's cursor under a SQLAlchemy connection, in the same transaction.
+
+    The ingest path runs its statements here: SQLAlchemy's per-statement and per-value work
+    (result metadata, type processing) costs more than the database's own. Values go in and
+    come out as the column types would convert them (`Compiled`, `select_in`).
     """
-    extra = extra or {}
-    stmt = _adding(_dialect(), model, tuple(key), tuple(counts), tuple(extra), more)
-    db.session.connection().execute(stmt, {**key, **counts, **extra})
+    return conn.connection.dbapi_connection.cursor()
+
+
+def begin_writing(conn) -> None:
+    """On SQLite, take the database's write lock now (BEGIN IMMEDIATE) rather than at the first
+    write: what is read next cannot change before the commit. PostgreSQL locks rows instead."""
+    raw = conn.connection.dbapi_connection
+    if conn.dialect.name == "sqlite" and not raw.in_transaction:
+        raw.execute("BEGIN IMMEDIATE")
+
+
+def _constants(compiled, names: tuple) -> dict:
+    """The statement's own values (a literal compared with a column becomes a parameter)."""
+    return {name: bind.value for bind, name in compiled.bind_names.items() if name not in names}
+
+
+def _needs_conversion(kind) -> bool:
+    return isinstance(getattr(kind, "impl", kind), (DateTime, Date, NullType))
+
+
+class Compiled:
+    """A statement compiled once for SQLite, run with the driver's executemany, its values
+    converted as the column types would store them, only where the type needs it."""
+
+    def __init__(self, stmt, dialect, names: tuple):
+        compiled = stmt.compile(dialect=dialect, column_keys=list(names))
+        self.sql = compiled.string
+        self.order = tuple(compiled.positiontup)
+        self.constants = _constants(compiled, names)
+        self.converters = {name: _sqlite_value for name in self.order
+                           if name in names and _needs_conversion(compiled.binds[name].type)}
+
+    def run(self, cur, rows: list[dict]) -> None:
+        constants, converters = self.constants, self.converters
+        if constants:
+            rows = [{**constants, **row} for row in rows]
+        if converters:
+            rows = [{**row, **{n: f(row[n]) for n, f in converters.items()}} for row in rows]
+        pick = itemgetter(*self.order)
+        cur.executemany(self.sql, [pick(row) for row in rows] if len(self.order) > 1
+                        else [(pick(row),) for row in rows])
+
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+# From this many rows on, a PostgreSQL statement gets its rows by COPY into a temporary table.
+COPY_FROM = 20
+
+
+def _copy_type(kind) -> str:
+    """The PostgreSQL type a binary COPY writes a value of this column type as."""
+    impl = getattr(kind, "impl", kind)
+    for cls, name in ((DateTime, "timestamp"), (Date, "date"), (Boolean, "bool"), (BigInteger, "int8"),
+                      (Integer, "int4"), (Float, "float8"), (Numeric, "numeric"), (LargeBinary, "bytea")):
+        if isinstance(impl, cls):
+            return name
+    return "text"
+
+
+def _copy_value(kind: str):
+    """How a value goes into a binary COPY as `kind` (None: as it is)."""
+    if kind == "timestamp":
+        return lambda v: None if v is None else v.astimezone(timezone.utc).replace(tzinfo=None)
+    if kind == "numeric":
+        return lambda v: None if v is None else Decimal(repr(v)) if isinstance(v, float) else v
+    return None
+
+
+class CompiledCopy:
+    """A statement compiled once for PostgreSQL, run for many rows with binary COPY, the
+    fastest way in: a plain INSERT copies straight into its table; any other statement copies
+    its rows into a temporary table and runs once over it, in the order given. A few rows go
+    by the driver's executemany instead, which is quicker for them."""
+
+    _count = 0
+
+    def __init__(self, stmt, dialect, names: tuple):
+        compiled = stmt.compile(dialect=dialect, column_keys=list(names))
+        self.sql = compiled.string
+        self.constants = _constants(compiled, names)
+        self.converters = {name: _postgresql_value for name in names
+                           if name in compiled.binds and _needs_conversion(compiled.binds[name].type)}
+        self.names = tuple(n for n in names if n in compiled.binds)
+        self.types = tuple(_copy_type(compiled.binds[n].type) for n in self.names)
+        self.values = tuple(_copy_value(t) for t in self.types)
+        table = getattr(stmt, "table", None)
+        plain_insert = (isinstance(stmt, Insert) and getattr(stmt, "_post_values_clause", None) is None
+                        and not stmt._values and not self.constants)
+        if plain_insert:
+            self.copy = f"COPY {table.name} ({', '.join(self.names)}) FROM STDIN (FORMAT BINARY)"
+            self.via_temp = None
+            return
+        CompiledCopy._count += 1
+        temp = f"vw_rows_{CompiledCopy._count}"
+        columns = ", ".join(f"{n} {t}" for n, t in zip(self.names, self.types))
+        self.create = f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({columns}, v_order int4)"
+        self.copy = f"COPY {temp} ({', '.join(self.names)}, v_order) FROM STDIN (FORMAT BINARY)"
+        plain = stmt.compile(dialect=postgresql.dialect(), column_keys=list(names)).string
+        body = _PARAM.sub(lambda m: f"v.{m.group(1)}" if m.group(1) in self.names else m.group(0), plain)
+        # WHERE true: an INSERT's SELECT followed by ON CONFLICT is then not read as a join.
+        source = f"(SELECT * FROM {temp} ORDER BY v_order) AS v WHERE true"
+        if body.startswith("INSERT"):
+            head, _, rest = body.partition(" VALUES (")
+            depth, end = 1, 0
+            while depth:
+                depth += {"(": 1, ")": -1}.get(rest[end], 0)
+                end += 1
+            body = f"{head} SELECT {rest[:end - 1]} FROM {source}{rest[end:]}"
+        else:
+            head, _, tail = body.partition(" WHERE ")
+            body = f"{head} FROM {source} AND {tail}"
+        # The temporary rows go in the same statement, so the next use starts empty.
+        self.via_temp = f"WITH applied AS ({body} RETURNING 1) DELETE FROM {temp}"
+
+    def run(self, cur, rows: list[dict]) -> None:
+        if self.via_temp is not None and len(rows) < COPY_FROM:
+            constants, converters = self.constants, self.converters
+            cur.executemany(self.sql, [{**constants, **row, **{n: f(row[n]) for n, f in converters.items()}}
+                                       for row in rows])
+            return
+        if self.via_temp is not None:
+            cur.execute(self.create)
+        steps = tuple(zip(self.names, self.values))
+        with cur.copy(self.copy) as copy:
+            copy.set_types(list(self.types) + ([] if self.via_temp is None else ["int4"]))
+            for i, row in enumerate(rows):
+                values = [row[n] if f is None else f(row[n]) for n, f in steps]
+                if self.via_temp is not None:
+                    values.append(i)
+                copy.write_row(values)
+        if self.via_temp is not None:
+            cur.execute(self.via_temp, self.constants)
+
+
+@lru_cache(maxsize=512)
+def _compiled(stmt, dialect, names: tuple):
+    return (CompiledCopy if dialect.name == "postgresql" else Compiled)(stmt, dialect, names)
+
+
+def run_many(conn, stmt, rows: list[dict]) -> None:
+    """Run `stmt` for every row (all with the same keys), in the order given, through the driver."""
+    if rows:
+        with closing(cursor(conn)) as cur:
+            _compiled(stmt, conn.dialect, tuple(rows[0])).run(cur, rows)
+
+
+def next_ids(conn, table, n: int) -> list[int]:
+    """`n` new ids for `table`'s integer primary key, in increasing order, to insert explicitly.
+
+    PostgreSQL takes them from the column's sequence. On SQLite they follow the greatest id,
+    which is safe only while the transaction holds the write lock (`begin_writing`).
+    """
+    with closing(cursor(conn)) as cur:
+        if conn.dialect.name == "postgresql":
+            cur.execute("SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) FROM generate_series(1, %(n)s)",
+                        {"table": table.name, "n": n})
+            return sorted(row[0] for row in cur.fetchall())
+        cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}")
+        top = cur.fetchone()[0]
+    return list(range(top + 1, top + n + 1))
+
+
+def _from_sqlite_datetime(value):
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+
+def _from_naive_utc(value):
+    return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _to_float(value):
+    return None if value is None else float(value)
+
+
+def _to_bool(value):
+    return None if value is None else bool(value)
+
+
+def _to_date(value):
+    return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+@lru_cache(maxsize=None)
+def _reader(dialect: str, table, columns: tuple, key: str, lock: bool):
+    """SQL selecting `columns` of the rows whose `key` is in a list given as one parameter,
+    the named-tuple type of its rows, and a converter per column (None: as the driver gives it)."""
+    names = ", ".join(columns)
+    if dialect == "postgresql":
+        sql = f"SELECT {names} FROM {table.name} WHERE {key} = ANY(%(ids)s)"
+        if lock:
+            sql += f" ORDER BY {key} FOR UPDATE"
+    else:
+        sql = f"SELECT {names} FROM {table.name} WHERE {key} IN (SELECT value FROM json_each(?))"
+    converters = []
+    for name in columns:
+        kind = table.c[name].type
+        impl = getattr(kind, "impl", kind)
+        if isinstance(impl, DateTime):
+            converters.append(_from_naive_utc if dialect == "postgresql" else _from_sqlite_datetime)
+        elif isinstance(impl, Date):
+            converters.append(_to_date)
+        elif isinstance(impl, Boolean):
+            converters.append(_to_bool)
+        elif isinstance(impl, Numeric) and not getattr(impl, "asdecimal", True):
+            converters.append(_to_float)
+        else:
+            converters.append(None)
+    return sql, namedtuple(f"{table.name}_row", columns), tuple(converters)
+
+
+def select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bool = False) -> list:
+    """The rows of `table` whose `key` is one of `ids`, as named tuples of `columns` with values
+    as the column types give them (aware UTC datetimes, floats), read through the driver.
+    `lock` (PostgreSQL) locks them, in key order."""
+    if not ids:
+        return []
+    sql, row, converters = _reader(conn.dialect.name, table, columns, key, lock)
+    params = {"ids": list(ids)} if conn.dialect.name == "postgresql" else (json.dumps(list(ids)),)
+    with closing(cursor(conn)) as cur:
+        cur.execute(sql, params)
+        fetched = cur.fetchall()
+    return [row(*[v if f is None else f(v) for f, v in zip(converters, raw)]) for raw in fetched]

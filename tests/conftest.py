@@ -77,9 +77,10 @@ def app(app_config):
     with app.app_context():
         db.create_all()
     yield app
-    from app import live
+    from app import ingest, live
 
     live.stop(app)  # the live tailer of this app, if a socket started it
+    ingest.stop(app)  # the ingest writer of this app, if a body started it
     with app.app_context():
         db.session.remove()
         db.engine.dispose()

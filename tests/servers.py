@@ -26,6 +26,20 @@ def free_port() -> int:
 def production_server(env: dict, log_path: Path, *, unset: tuple = (), seconds: float = 60) -> Iterator[str]:
     """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port with `env` added to the
     environment; yields its base URL once /healthz answers, and stops it afterwards."""
+    with production_process(env, log_path, unset=unset, seconds=seconds) as (url, _proc):
+        yield url
+
+
+def worker_pids(master: int) -> list[int]:
+    """The gunicorn workers of a master process (its children)."""
+    children = Path(f"/proc/{master}/task/{master}/children")
+    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+
+
+@contextmanager
+def production_process(env: dict, log_path: Path, *, unset: tuple = (),
+                       seconds: float = 60) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`production_server`, yielding the base URL and the master process."""
     port = free_port()
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env}
     for name in unset:
@@ -46,7 +60,7 @@ def production_server(env: dict, log_path: Path, *, unset: tuple = (), seconds: 
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("gunicorn did not start: " + Path(log_path).read_text())
                 time.sleep(0.2)
-            yield url
+            yield url, proc
         finally:
             proc.terminate()
             try:

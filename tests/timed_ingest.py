@@ -10,10 +10,9 @@ SEND_TIME = "2026-03-01 20:00:00"
 
 
 def receive_at(at: datetime, endpoint: str, body: dict) -> ingest.Result:
-    """What `ingest.ingest` does for one body, with the received time set by the test."""
-    raw = ingest.store_raw(endpoint, json.dumps(body).encode(), "application/json", {}, "127.0.0.1",
-                           "pending", 0, received_at=at)
-    return ingest._committed(ingest._process(raw))
+    """`ingest.ingest` of one body, with the received time set by the test."""
+    return ingest.ingest(endpoint, json.dumps(body).encode(), "application/json", {}, "127.0.0.1",
+                         received_at=at)
 
 
 def receipt(at: datetime, rid: str, status: str, code: int | None = None, message: str | None = None,
