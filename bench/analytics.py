@@ -8,7 +8,7 @@ report from the rollups (`--repeat` times), the same report reading every messag
 range (once; what the rollups replace), and the page fragment rendered.
 
 Then what keeping the rollups costs at ingest: receipts through the real ingest into a
-fresh SQLite file, in alternating rounds with and without `rollup.move`.
+fresh SQLite file, in alternating rounds with and without writing the rollups (`rollup.Moves.write`).
 
     .venv/bin/python bench/analytics.py --messages 1000000 [--db sqlite,postgresql]
 """
@@ -231,11 +231,11 @@ def ingest_cost(messages: int, rounds: int) -> dict:
 
     from app import create_app, ingest, rollup
 
-    keep = rollup.move
+    keep = rollup.Moves.write
     per: dict[str, list[float]] = {"with": [], "without": []}
     for r in range(rounds):
         for mode in (("with", "without") if r % 2 == 0 else ("without", "with")):
-            rollup.move = keep if mode == "with" else (lambda before, after: None)
+            rollup.Moves.write = keep if mode == "with" else (lambda self, conn: None)
             with tempfile.TemporaryDirectory() as tmp:
                 app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp}/ingest.db", "SECRET_KEY": "bench",
                                   "ALERT_RULES": None})
@@ -250,7 +250,7 @@ def ingest_cost(messages: int, rounds: int) -> dict:
                         assert ingest.ingest("dr", body, "application/json", {}).ok
                     per[mode].append((time.perf_counter() - start) * 1000 / len(bodies))
                     db.engine.dispose()
-    rollup.move = keep
+    rollup.Moves.write = keep
     return {mode: statistics.median(values) for mode, values in per.items()}
 
 

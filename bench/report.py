@@ -1,6 +1,8 @@
 """Markdown tables of a benchmark run (bench/run.py prints them)."""
 from __future__ import annotations
 
+from ingest import markdown as ingest_markdown
+
 
 def markdown(results: dict) -> str:
     out = []
@@ -14,15 +16,7 @@ def markdown(results: dict) -> str:
                            f"{s['messages'] / s['seconds']:,.0f} |")
         out.append("")
     if results.get("ingest"):
-        out += ["### Ingest", "", "| database | no-op req/s | receipts/s | ratio | no-op p50 / p99 ms | "
-                "receipt p50 / p99 ms | errors | 2xx answered | 2xx stored |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for r in results["ingest"]:
-            out.append(f"| {r['db']} | {r['noop_rate']:,.0f} | {r['ingest_rate']:,.0f} | {r['ratio']:.2f} | "
-                       f"{r['noop_p50_ms']:.1f} / {r['noop_p99_ms']:.1f} | "
-                       f"{r['ingest_p50_ms']:.1f} / {r['ingest_p99_ms']:.1f} | {r['errors']} | "
-                       f"{r['answered_2xx']:,} | {r['stored_2xx']:,} |")
-        out.append("")
+        out += ["### Ingest", ""] + ingest_markdown(results["ingest"]) + [""]
     for d in results.get("dashboard", []):
         out += [f"### Dashboard, {d['db']} (p95 ms, p50 in brackets)", "",
                 "| view | page | fragment | counters |", "| --- | ---: | ---: | ---: |"]

@@ -26,6 +26,7 @@ import httpx
 import psycopg
 from sqlalchemy import create_engine, text
 
+import ingest as ingest_bench
 from report import markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +67,8 @@ def database(kind: str, name: str, fresh: bool) -> str:
     return pg_database(f"viberwatch_{name}", fresh)
 
 
-def viberwatch(url: str, *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "viberwatch"), *args], cwd=ROOT, check=True, text=True,
+def viberwatch(url: str, *args: str, quiet: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "viberwatch"), *args], cwd=ROOT, check=check, text=True,
                           env={**os.environ, "DATABASE_URL": url},
                           stdout=subprocess.PIPE if quiet else None,
                           stderr=subprocess.PIPE if quiet else None)
@@ -80,8 +81,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(url: str, workers: int | None = None, noop: bool = False):
-    """The production command, `gunicorn -c gunicorn.conf.py 'app:create_app()'`, on `url`."""
+def server(url: str, workers: int | None = None, noop: bool = False, with_pid: bool = False):
+    """The production command, `gunicorn -c gunicorn.conf.py 'app:create_app()'`, on `url`;
+    yields its base URL (and its master's pid `with_pid`)."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "HOST": "127.0.0.1", "PORT": str(port)}
     if workers:
@@ -103,7 +105,7 @@ def server(url: str, workers: int | None = None, noop: bool = False):
             raise RuntimeError("the server did not start")
         time.sleep(0.3)
     try:
-        yield base
+        yield (base, proc.pid) if with_pid else base
     finally:
         proc.terminate()
         proc.wait(30)
@@ -114,51 +116,15 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
-# --- ingest -------------------------------------------------------------------------------------
+# --- ingest (bench/ingest.py) -----------------------------------------------------------------
 
-def wrk(url: str, seconds: int, tag: str, connections: int) -> dict:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-                          "-s", str(ROOT / "bench" / "ingest.lua"), url, "--", tag],
-                         check=True, capture_output=True, text=True).stdout
-    result = json.loads(out.strip().splitlines()[-1])
-    result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
-    result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
-    return result
-
-
-def bench_ingest(kind: str, seconds: int, connections: int) -> dict:
-    url = database(kind, "bench_ingest", fresh=True)
-    viberwatch(url, "db", "upgrade", quiet=True)
-    rounds = []
-    with server(url, noop=True) as base:
-        ok_2xx = 0
-        # Warm both paths, then alternate so load from elsewhere on the machine hits both alike.
-        for tag, path in (("wn", "/bench/noop"), ("wd", "/webhooks/viber/dr")):
-            r = wrk(base + path, 3, tag, connections)
-            ok_2xx += (r["requests"] - r["status"]) if path.endswith("/dr") else 0
-        for i in range(2):
-            noop = wrk(base + "/bench/noop", seconds, f"n{i}", connections)
-            ingest = wrk(base + "/webhooks/viber/dr", seconds, f"d{i}", connections)
-            ok_2xx += ingest["requests"] - ingest["status"]
-            rounds.append((noop, ingest))
-    engine = create_engine(sqlalchemy_url(url))
-    with engine.connect() as conn:
-        stored = conn.execute(text(
-            "SELECT COUNT(*) FROM raw_body WHERE endpoint = 'dr' AND http_status = 200")).scalar()
-        not_ok = conn.execute(text(
-            "SELECT COUNT(*) FROM raw_body WHERE endpoint = 'dr' AND http_status <> 200")).scalar()
-    engine.dispose()
-    noop_rate = statistics.mean(n["rate"] for n, _ in rounds)
-    ingest_rate = statistics.mean(d["rate"] for _, d in rounds)
-    return {
-        "db": kind, "noop_rate": noop_rate, "ingest_rate": ingest_rate, "ratio": ingest_rate / noop_rate,
-        "noop_p50_ms": statistics.mean(n["p50_us"] for n, _ in rounds) / 1000,
-        "noop_p99_ms": max(n["p99_us"] for n, _ in rounds) / 1000,
-        "ingest_p50_ms": statistics.mean(d["p50_us"] for _, d in rounds) / 1000,
-        "ingest_p99_ms": max(d["p99_us"] for _, d in rounds) / 1000,
-        "errors": sum(n["errors"] + d["errors"] for n, d in rounds),
-        "answered_2xx": ok_2xx, "stored_2xx": stored, "stored_not_2xx": not_ok,
-    }
+def bench_ingest(kind: str, seconds: int, connections: int, url: str | None = None) -> dict:
+    """On a fresh database unless `url` names one (the seeded million)."""
+    label = "seeded" if url else "fresh"
+    if url is None:
+        url = database(kind, f"bench_ingest_{connections}", fresh=True)
+        viberwatch(url, "db", "upgrade", quiet=True)
+    return ingest_bench.run(kind, url, seconds, connections, label=label, server=server, viberwatch=viberwatch)
 
 
 # --- seeded databases -------------------------------------------------------------------------
@@ -345,9 +311,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--replies", type=int, default=None, help="default: a fifth of the messages")
     parser.add_argument("--db", default="sqlite,postgresql")
-    parser.add_argument("--only", default="ingest,dashboard,export,rebuild")
+    parser.add_argument("--only", default="ingest,dashboard,export,rebuild,ingest-seeded")
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", default="32,256", help="concurrent connections of the ingest runs")
     parser.add_argument("--repeat", type=int, default=40, help="timed requests per dashboard view")
     parser.add_argument("--fresh", action="store_true", help="seed again even if a seeded database exists")
     args = parser.parse_args()
@@ -355,13 +321,15 @@ def main() -> None:
     only = set(args.only.split(","))
     replies = args.messages // 5 if args.replies is None else args.replies
     results: dict = {"messages": args.messages, "replies": replies, "seed": []}
+    connections = [int(c) for c in args.connections.split(",")]
     if "ingest" in only:
         results["ingest"] = []
         for kind in kinds:
-            log(f"ingest on {kind}")
-            results["ingest"].append(bench_ingest(kind, args.seconds, args.connections))
+            for n in connections:
+                log(f"ingest on {kind}, fresh database, {n} connections")
+                results["ingest"].append(bench_ingest(kind, args.seconds, n))
     urls = {}
-    if only & {"dashboard", "export", "rebuild"}:
+    if only & {"dashboard", "export", "rebuild", "ingest-seeded"}:
         log(f"seeding {args.messages} messages on {', '.join(kinds)} at once (reused when already there)")
         with ThreadPoolExecutor(len(kinds)) as pool:
             done = dict(zip(kinds, pool.map(lambda k: seeded(k, args.messages, replies, args.fresh), kinds)))
@@ -380,6 +348,11 @@ def main() -> None:
         if "rebuild" in only:
             log(f"rebuild on {kind}")
             results.setdefault("rebuild", []).append(bench_rebuild(kind, url))
+        # Last: it adds messages to the seeded database.
+        if "ingest-seeded" in only:
+            for n in connections:
+                log(f"ingest on {kind}, {args.messages:,} messages, {n} connections")
+                results.setdefault("ingest", []).append(bench_ingest(kind, args.seconds, n, url=url))
     DATA.mkdir(parents=True, exist_ok=True)
     (DATA / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(markdown(results))
