@@ -167,7 +167,8 @@ def parse(job: Job, zone: tzinfo) -> Parsed:
 # What a batch needs of a stored message: the registration, and what the tally and the
 # rollups count it under (tally.key_of, rollup.share_of).
 MESSAGE_COLUMNS = ("request_id", "phone", "registered_at", "text", "appkey", "function_type", "status",
-                   "code", "anomaly", "created_at", "last_activity_at", "receipts_count", "cost_currency",
+                   "code", "anomaly", "created_at", "last_activity_at", "receipts_count", "replies_count",
+                   "cost_currency",
                    "cost_rate_type", "cost_local_price", "cost_original_price", "accepted_at",
                    "delivered_at", "seen_at")
 RECEIPT_COLUMNS = ("request_id", "content_hash", "status", "code", "message", "received_at",
@@ -338,9 +339,10 @@ class Batch:
             if rid not in first_heard or at < first_heard[rid]:
                 first_heard[rid] = at
         rows = lock_messages(conn, first_heard)
-        ids = list(rows)
-        receipts = receipt_facts(conn, ids) if ids else {}
-        replies = reply_facts(conn, ids) if ids else {}
+        # Only stored messages that have receipts or replies are asked for them (a
+        # campaign's first receipts are for messages new to the record).
+        receipts = receipt_facts(conn, [rid for rid, row in rows.items() if row.receipts_count > 0])
+        replies = reply_facts(conn, [rid for rid, row in rows.items() if row.replies_count > 0])
         for rid, row in rows.items():
             self.touched[rid] = Touched(row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row))
         for p in valid:
@@ -537,9 +539,54 @@ def write_lock() -> WriteLock:
     return lock
 
 
-def apply_batch(jobs: list[Job]) -> None:
-    """Store and apply these bodies in one transaction of the current app context, and
-    finish each job with its own answer once committed. Never raises.
+class Link:
+    """The writer's own database connection, kept from one batch to the next (no pool
+    checkout and liveness ping per batch); dropped after a failure, made again when needed."""
+
+    def __init__(self) -> None:
+        self._conn = None
+
+    def connection(self):
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = db.engine.connect()
+        return self._conn
+
+    def drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # a broken connection may fail to close; it is gone either way
+                log.debug("closing the writer's connection failed", exc_info=True)
+            self._conn = None
+
+
+@contextmanager
+def _transaction(link: Optional[Link]):
+    """A connection in a transaction: the writer's own, or the current session's."""
+    if link is None:
+        try:
+            yield db.session.connection()
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
+        return
+    conn = link.connection()
+    transaction = conn.begin()
+    try:
+        yield conn
+        transaction.commit()
+    except BaseException:
+        try:
+            transaction.rollback()
+        finally:
+            link.drop()
+        raise
+
+
+def apply_batch(jobs: list[Job], link: Optional[Link] = None) -> None:
+    """Store and apply these bodies in one transaction (on `link`, else on the current
+    session) and finish each job with its own answer once committed. Never raises.
 
     A batch whose transaction fails is applied again one body at a time, so one body the
     database refuses cannot sink the others; that body is still kept, answered 503.
@@ -550,21 +597,15 @@ def apply_batch(jobs: list[Job]) -> None:
             if job.received_at is None:
                 job.received_at = utcnow()
         parsed = [parse(job, zone) for job in jobs]
-        with write_lock().held():
-            try:
-                conn = db.session.connection()
-                begin_writing(conn)
-                logged = Batch(parsed, zone).run(conn)
-                db.session.commit()
-            except BaseException:
-                db.session.rollback()
-                raise
+        with write_lock().held(), _transaction(link) as conn:
+            begin_writing(conn)
+            logged = Batch(parsed, zone).run(conn)
     except Exception as exc:
         if len(jobs) > 1:
             log.warning("a batch of %d bodies failed (%s); applying them one by one", len(jobs),
                         type(exc).__name__)
             for job in jobs:
-                apply_batch([job])
+                apply_batch([job], link)
             return
         _keep_unapplied(jobs[0], exc)
         return
@@ -642,19 +683,21 @@ class Writer:
 
     def _run(self) -> None:
         with self.app.app_context():
+            link = Link()
             try:
                 while True:
                     batch = self._take()
                     if not batch:
                         return
                     try:
-                        apply_batch(batch)
+                        apply_batch(batch, link)
                     finally:
                         for job in batch:
                             if not job.done.is_set():
                                 job.finish(unavailable("not applied: the writer failed"))
                         db.session.remove()
             finally:
+                link.drop()
                 with self._cond:
                     if self._thread is threading.current_thread():
                         self._thread = None

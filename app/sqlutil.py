@@ -149,8 +149,8 @@ def _copy_value(kind: str):
 class CompiledCopy:
     """A statement compiled once for PostgreSQL, run for many rows with binary COPY, the
     fastest way in: a plain INSERT copies straight into its table; any other statement copies
-    its rows into a temporary table and runs once over it, in the order given. A few rows go
-    by the driver's executemany instead, which is quicker for them."""
+    its rows into a temporary table and runs once over it, in the order given. Fewer than
+    COPY_FROM rows go by the driver's execute or executemany instead, quicker for them."""
 
     _count = 0
 
@@ -193,10 +193,13 @@ class CompiledCopy:
         self.via_temp = f"WITH applied AS ({body} RETURNING 1) DELETE FROM {temp}"
 
     def run(self, cur, rows: list[dict]) -> None:
-        if self.via_temp is not None and len(rows) < COPY_FROM:
+        if len(rows) < COPY_FROM:
             constants, converters = self.constants, self.converters
-            cur.executemany(self.sql, [{**constants, **row, **{n: f(row[n]) for n, f in converters.items()}}
-                                       for row in rows])
+            params = [{**constants, **row, **{n: f(row[n]) for n, f in converters.items()}} for row in rows]
+            if len(params) == 1:
+                cur.execute(self.sql, params[0])
+            else:
+                cur.executemany(self.sql, params)
             return
         if self.via_temp is not None:
             cur.execute(self.create)
