@@ -22,6 +22,10 @@ DEFAULTS = {
     # Number of reverse proxies in front of the app whose X-Forwarded-* headers to trust.
     "PROXY_FIX": 0,
     "BENCH_NOOP": False,
+    # Seconds a SQLite statement waits for another connection's write lock before it fails.
+    "SQLITE_BUSY_TIMEOUT": 30.0,
+    # Seconds to wait for a PostgreSQL connection before counting the database as away.
+    "DATABASE_CONNECT_TIMEOUT": 10,
 }
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -30,11 +34,11 @@ migrate = Migrate()
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, _record):
-    """WAL for concurrent readers, a busy timeout instead of 'database is locked', real FKs."""
+    """WAL for concurrent readers, real FKs (the busy timeout is SQLITE_BUSY_TIMEOUT, given
+    when connecting)."""
     if isinstance(dbapi_connection, sqlite3.Connection):
         cur = dbapi_connection.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -51,6 +55,19 @@ def _database_url(app: Flask) -> str:
     return url
 
 
+def _connect_options(app: Flask) -> None:
+    """How long connecting and waiting for a lock may take, per database."""
+    options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+    connect_args = dict(options.get("connect_args", {}))
+    uri = str(app.config["SQLALCHEMY_DATABASE_URI"])
+    if uri.startswith("sqlite"):
+        connect_args.setdefault("timeout", float(app.config["SQLITE_BUSY_TIMEOUT"]))
+    elif uri.startswith("postgresql"):
+        connect_args.setdefault("connect_timeout", int(app.config["DATABASE_CONNECT_TIMEOUT"]))
+    options["connect_args"] = connect_args
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+
+
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then instance/config.py, then the environment, then `test_config`."""
     app = Flask(__name__, instance_relative_config=True,
@@ -64,6 +81,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     os.makedirs(app.instance_path, exist_ok=True)
     if "SQLALCHEMY_DATABASE_URI" not in (test_config or {}):
         app.config["SQLALCHEMY_DATABASE_URI"] = _database_url(app)
+    _connect_options(app)
     app.extensions["viberwatch.sendtime_zone"] = parse_zone(str(app.config["SENDTIME_TZ"]))
 
     db.init_app(app)

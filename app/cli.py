@@ -1,11 +1,13 @@
 """The `viberwatch` command: Flask's CLI with this app preset, plus our commands."""
 from __future__ import annotations
 
+import os
+
 import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from . import ingest
+from . import ingest, spool
 from .models import db
 
 
@@ -41,6 +43,39 @@ def register(app: Flask) -> None:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do"
         click.echo(f"reprocessed {len(targets)}: {summary}")
+
+    @app.cli.group("spool")
+    def spool_group():
+        """Bodies kept on this server's disk while the database was away."""
+
+    @spool_group.command("status")
+    def spool_status():
+        """List the spool files: their process, bodies waiting, the oldest waiting."""
+        writer = ingest.writer_of(app)
+        files = sorted(writer.folder.glob("*" + spool.SUFFIX)) if writer.folder.is_dir() else []
+        for path in files:
+            fd = spool.claim(path)
+            running = fd is None
+            if fd is not None:
+                os.close(fd)
+            waiting = spool.read_status(path)
+            since = f", oldest received {waiting.oldest:%Y-%m-%d %H:%M:%S} UTC" if waiting.oldest else ""
+            click.echo(f"{path.name}: {waiting.bodies} waiting{since} "
+                       f"({'its process runs and drains it' if running else 'its process has ended'})")
+        total = writer.spool_status()
+        click.echo(f"{total.bodies} bodies waiting in {len(files)} spool file(s) in {writer.folder}")
+
+    @spool_group.command("drain")
+    def spool_drain():
+        """Apply now the spool files whose process has ended (running ones drain their own)."""
+        writer = ingest.writer_of(app)
+        before = writer.spool_status().bodies
+        outcome = ingest.drain(writer.folder, None, writer.max_batch)
+        left = writer.spool_status().bodies
+        click.echo(f"applied {before - left} bodies; {left} still waiting"
+                   + ("; the database is away" if outcome == "away" else ""))
+        if outcome == "away":
+            raise SystemExit(1)
 
     @app.cli.command("recount")
     @click.option("--check", is_flag=True, help="Only report differences, change nothing.")

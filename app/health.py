@@ -1,10 +1,11 @@
 """Health check for load balancers, and the benchmark's no-op endpoint when enabled."""
 from __future__ import annotations
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import ingest
 from .models import db
 
 bp = Blueprint("health", __name__)
@@ -23,10 +24,19 @@ def database_reachable() -> bool:
 
 @bp.get("/healthz")
 def healthz():
-    """Whether this worker can reach its database (200) or not (503)."""
-    if database_reachable():
-        return jsonify({"status": "ok", "database": "ok"}), 200
-    return jsonify({"status": "unavailable", "database": "unreachable"}), 503
+    """Whether this worker can take webhooks: into the database (ok), into its spool while
+    the database is away or bodies still wait there (degraded), or not at all (503)."""
+    writer = ingest.writer_of(current_app)
+    waiting = writer.spool_status()
+    reachable = database_reachable()
+    body = {"database": "ok" if reachable else "unreachable", "spool": waiting.as_json()}
+    if writer.cannot_store:
+        return jsonify({"status": "unavailable", **body}), 503
+    if reachable and not waiting.bodies:
+        return jsonify({"status": "ok", **body}), 200
+    if reachable or writer.spool_writable():
+        return jsonify({"status": "degraded", **body}), 200
+    return jsonify({"status": "unavailable", **body}), 503
 
 
 @noop_bp.post("/noop")

@@ -23,19 +23,24 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from functools import lru_cache
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional, Union
 
+import psycopg
 from blinker import Namespace
 from flask import Flask, current_app
 from sqlalchemy import bindparam, case
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from . import contacts, metrics, payloads, rollup, tally
+from . import contacts, metrics, payloads, rollup, spool, tally
 from .derivation import (
     COLUMNS,
     Registration,
@@ -46,12 +51,14 @@ from .derivation import (
     reply_fact,
     reply_preview,
 )
-from .models import Activity, Message, RawBody, Receipt, Reply, UTCDateTime, db, utcnow
+from .models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db, utcnow
 from .payloads import Invalid
 from .sqlutil import begin_writing, insert_for, next_ids, run_many, select_in
 from .status import PRECEDENCE, ReceiptFact
 
 log = logging.getLogger(__name__)
+# One line when spooling starts or fails, and when a spool is drained (app/logs.py formats it).
+spool_log = logging.getLogger("viberwatch.spool")
 
 signals = Namespace()
 # Sent after a commit that appended to the activity log; live updates listen to it.
@@ -63,6 +70,10 @@ KEPT_HEADERS = ("content-type", "user-agent", "accesskey", "ts", "biztype", "act
 DEFAULTS = {
     # Most bodies one transaction applies; more wait for the next one.
     "INGEST_BATCH_MAX": 500,
+    # Where bodies wait while the database is away (default: the instance folder's spool/).
+    "SPOOL_FOLDER": None,
+    # Seconds between attempts to drain the spool while the database is away.
+    "SPOOL_RETRY_SECONDS": 1.0,
     # Seconds a request waits for its body to be committed before it is answered 503 (the
     # body is still applied when the writer gets to it).
     "INGEST_WAIT_TIMEOUT": 30.0,
@@ -100,6 +111,7 @@ class Job:
     remote_addr: Optional[str]
     received_at: Optional[datetime] = None
     raw_id: Optional[int] = None  # a stored body run again (reprocess): its row is updated
+    spooled: Optional[str] = None  # "file:number" of the spool record it is applied from
     result: Optional[Result] = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -354,6 +366,7 @@ class Batch:
         contacts.write(conn, self.contacts)
         changes[0].write(conn)
         changes[1].write(conn)
+        write_marks(conn, [p.job for p in self.parsed])
         return bool(self.events)
 
     def _decide(self, p: Parsed) -> None:
@@ -416,7 +429,7 @@ class Batch:
                           "content_type": _text(job.content_type, 255), "body": job.body,
                           "headers": json.dumps(job.headers), "remote_addr": _text(job.remote_addr, 64),
                           "outcome": result.outcome, "http_status": result.http_status, "reason": reason,
-                          "request_id": p.request_id, "reprocessed_at": None})
+                          "request_id": p.request_id, "reprocessed_at": None, "spooled": job.spooled})
         st = _statements()
         if fresh:
             ids = next_ids(conn, RawBody.__table__, len(fresh))
@@ -584,12 +597,55 @@ def _transaction(link: Optional[Link]):
         raise
 
 
-def apply_batch(jobs: list[Job], link: Optional[Link] = None) -> None:
+@lru_cache(maxsize=None)
+def _mark_statement(dialect: str):
+    stmt = insert_for(SpoolMark, dialect)
+    return stmt.on_conflict_do_update(index_elements=["name"], set_={
+        "drained_upto": stmt.excluded.drained_upto, "updated_at": stmt.excluded.updated_at})
+
+
+def write_marks(conn, jobs: list[Job]) -> None:
+    """Record, in the transaction that applies them, the last spool record of each file among
+    `jobs` (a file is drained in order, so that is how far it has been applied)."""
+    upto: dict[str, int] = {}
+    for job in jobs:
+        if job.spooled is not None:
+            name, _, n = job.spooled.rpartition(":")
+            upto[name] = max(upto.get(name, 0), int(n))
+    if upto:
+        now = utcnow()
+        run_many(conn, _mark_statement(conn.dialect.name),
+                 [{"name": name, "drained_upto": n, "updated_at": now} for name, n in sorted(upto.items())])
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether an error says the database cannot take writes now (unreachable, shutting down,
+    read-only, full, locked beyond the busy timeout, its file gone), rather than refusing
+    this data: the bodies then wait in the spool instead of being answered 503."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(exc, (DisconnectionError, InterfaceError)) or isinstance(orig, sqlite3.InterfaceError):
+        return True
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig).lower()
+        return any(part in text for part in ("locked", "unable to open", "disk i/o", "disk is full",
+                                              "readonly", "no such table"))
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(orig, psycopg.Error):
+        # 08 connection, 53 resources (disk full), 57 operator intervention (shutdown),
+        # 25006 read-only transaction (a standby); not 40 (deadlock: a retry will do).
+        return (state or "08").startswith(("08", "53", "57")) or state == "25006" or (
+            isinstance(orig, psycopg.OperationalError) and state is None)
+    return isinstance(exc, OperationalError) and not isinstance(orig, (sqlite3.Error, psycopg.Error))
+
+
+def apply_batch(jobs: list[Job], link: Optional[Link] = None) -> bool:
     """Store and apply these bodies in one transaction (on `link`, else on the current
-    session) and finish each job with its own answer once committed. Never raises.
+    session) and finish each job with its own answer once committed.
 
     A batch whose transaction fails is applied again one body at a time, so one body the
-    database refuses cannot sink the others; that body is still kept, answered 503.
+    database refuses cannot sink the others; that body is still kept, answered 503. When the
+    database cannot be reached at all, returns False and leaves the bodies not yet applied
+    unanswered, for the spool. Never raises.
     """
     try:
         zone = sendtime_zone()
@@ -601,58 +657,87 @@ def apply_batch(jobs: list[Job], link: Optional[Link] = None) -> None:
             begin_writing(conn)
             logged = Batch(parsed, zone).run(conn)
     except Exception as exc:
+        if database_away(exc):
+            log.warning("the database is away (%s)", type(getattr(exc, "orig", None) or exc).__name__)
+            return False
         if len(jobs) > 1:
             log.warning("a batch of %d bodies failed (%s); applying them one by one", len(jobs),
                         type(exc).__name__)
-            for job in jobs:
-                apply_batch([job], link)
-            return
-        _keep_unapplied(jobs[0], exc)
-        return
+            return all(apply_batch([job], link) for job in jobs)
+        return _keep_unapplied(jobs[0], exc)
     metrics.observe_ingest_batch(len(jobs))
     for p in parsed:
         p.job.finish(p.result)
     if logged:
         activity_committed.send(current_app._get_current_object())
+    return True
 
 
-def _keep_unapplied(job: Job, exc: Exception) -> None:
-    """The effect could not be committed (lost connection, a constraint, a bug): keep the body
-    on its own so `reprocess` can apply it later, and answer 503 so the sender retries."""
+def _keep_unapplied(job: Job, exc: Exception) -> bool:
+    """The effect could not be committed (a constraint, a bug): keep the body on its own so
+    `reprocess` can apply it later, and answer 503 so the sender retries. False when the
+    database cannot be reached to keep it either."""
     reason = f"not applied: {type(exc).__name__}"
     log.error("ingest of a %s body failed", job.endpoint, exc_info=exc)
     if job.raw_id is not None:
         job.finish(unavailable(reason, job.raw_id))
-        return
+        return True
     try:
         raw = store_raw(job.endpoint, job.body, job.content_type, job.headers, job.remote_addr,
-                        "rejected", 503, reason, received_at=job.received_at)
+                        "rejected", 503, reason, received_at=job.received_at, spooled=job.spooled)
+        write_marks(db.session.connection(), [job])
         db.session.commit()
-        job.finish(unavailable(reason, raw.id))
-    except Exception:
+    except Exception as again:
         db.session.rollback()
+        if database_away(again):
+            return False
         log.exception("a %s body could not be kept either", job.endpoint)
         job.finish(unavailable(f"{reason}; not kept"))
+        return True
+    job.finish(unavailable(reason, raw.id))
+    return True
+
+
+def queued(p: Parsed) -> Result:
+    """The answer to a valid body that waits in the spool: success for a webhook (NXCLOUD
+    needs no more), 202 for the API."""
+    if p.job.endpoint == "register":
+        return Result(202, "queued", None, p.request_id, payload={"requestId": p.request_id})
+    return Result(200, "queued", None, p.request_id)
 
 
 class Writer:
-    """The ingest writer of one process: a thread applying every waiting body in batches."""
+    """The ingest writer of one process: a thread applying every waiting body in batches, and
+    while the database is away, appending them to this process's spool instead (a drainer
+    thread applies the spool, in order, once the database answers again)."""
 
     def __init__(self, app: Flask):
         self.app = app
         self.max_batch = max(1, int(app.config["INGEST_BATCH_MAX"]))
         self.wait_seconds = float(app.config["INGEST_WAIT_TIMEOUT"])
+        self.retry_seconds = float(app.config["SPOOL_RETRY_SECONDS"])
+        self.folder = Path(app.config["SPOOL_FOLDER"] or os.path.join(app.instance_path, "spool"))
         self._cond = threading.Condition()
         self._pending: list[Job] = []
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self._pid = os.getpid()
+        # While set, every body goes to this file, so the spool keeps the order of arrival.
+        # Set by the writer, cleared by the drainer, both under the lock.
+        self._spool: Optional[spool.SpoolFile] = None
+        self._spool_lock = threading.Lock()
+        self._drainer: Optional[threading.Thread] = None
+        self._drainer_stop = threading.Event()
+        self._checked_at = 0.0
+        # Set while the last bodies could be neither applied nor spooled (answered 503).
+        self.cannot_store = False
 
     def submit(self, job: Job) -> Result:
         """Hand a body over and wait for its answer."""
         with self._cond:
-            if self._pid != os.getpid():  # a fork inherited this object, not its thread
+            if self._pid != os.getpid():  # a fork inherited this object, not its threads
                 self._pid, self._pending, self._thread = os.getpid(), [], None
+                self._spool, self._drainer = None, None
             if job.received_at is None:
                 # Taken under the lock, so arrival order and received times agree.
                 job.received_at = utcnow()
@@ -690,7 +775,7 @@ class Writer:
                     if not batch:
                         return
                     try:
-                        apply_batch(batch, link)
+                        self._handle(batch, link)
                     finally:
                         for job in batch:
                             if not job.done.is_set():
@@ -702,16 +787,219 @@ class Writer:
                     if self._thread is threading.current_thread():
                         self._thread = None
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Apply what is waiting, then end the thread (a process about to exit)."""
+    def _handle(self, batch: list[Job], link: Link) -> None:
+        while True:
+            if self._spool is None:
+                if apply_batch(batch, link):
+                    self.cannot_store = False
+                    return
+                batch = [job for job in batch if not job.done.is_set()]
+                if self._append(batch, start=True):
+                    return
+            elif self._append(batch, start=False):
+                return
+            # The drainer emptied the spool in between: the database is back.
+
+    def _append(self, jobs: list[Job], *, start: bool) -> bool:
+        """Spool the bodies, durably, and answer them; False when no spool is active and
+        `start` does not ask for one."""
+        zone = sendtime_zone()
+        # Validated now (no database needed) so that each gets the answer it would get; all
+        # are spooled, valid or not, and validated again when applied.
+        parsed = [parse(job, zone) for job in jobs]
+        with self._spool_lock:
+            if self._spool is None and not start:
+                return False
+            try:
+                started = self._spool is None
+                if started:
+                    self._spool = spool.SpoolFile(spool.ensure(self.folder))
+                self._spool.append([(j.endpoint, j.received_at, j.content_type, j.headers, j.remote_addr, j.body)
+                                    for j in jobs])
+            except OSError as exc:
+                spool_log.critical("the database is away and the spool cannot be written (%s): bodies "
+                                   "answered 503", exc, extra={"event": "spool_failed", "bodies": len(jobs)})
+                self.cannot_store = True
+                for job in jobs:
+                    job.finish(unavailable("not applied: the database is away and the spool cannot be written"))
+                return True
+            self.cannot_store = False
+            if started:
+                spool_log.warning("spooling started: the database is away; bodies wait on disk",
+                                  extra={"event": "spool_started", "spool": str(self._spool.path),
+                                         "bodies": len(jobs)})
+        for p in parsed:
+            p.job.finish(p.result if p.result is not None else queued(p))
+        self.ensure_draining(force=True)
+        return True
+
+    def spool_status(self) -> spool.Status:
+        """Bodies waiting in this server's spool files (every process's), read from disk."""
+        return spool.status(self.folder) if self.folder.is_dir() else spool.Status()
+
+    def spool_writable(self) -> bool:
+        try:
+            return os.access(spool.ensure(self.folder), os.W_OK)
+        except OSError:
+            return False
+
+    # --- draining ------------------------------------------------------------------------------
+
+    def ensure_draining(self, force: bool = False) -> None:
+        """Start the drainer when this process spools, or (checked at most every
+        SPOOL_RETRY_SECONDS) when a spool left by a process that ended is waiting."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < max(self.retry_seconds, 1.0):
+            return
+        self._checked_at = now
         with self._cond:
-            thread = self._thread
+            if self._drainer is not None and self._drainer.is_alive():
+                return
+            if not force and not (self.folder.is_dir() and any(self.folder.glob("*" + spool.SUFFIX))):
+                return
+            self._drainer_stop.clear()
+            self._drainer = threading.Thread(target=self._drain_forever, name="ingest-drainer", daemon=True)
+            self._drainer.start()
+
+    def _drain_forever(self) -> None:
+        with self.app.app_context():
+            link = Link()
+            try:
+                while not self._drainer_stop.is_set():
+                    outcome = drain(self.folder, link, self.max_batch, own=self._own_file())
+                    if outcome == "done" and self._spool is None:
+                        return
+                    if outcome != "progress":
+                        self._drainer_stop.wait(self.retry_seconds)
+            finally:
+                link.drop()
+                db.session.remove()
+
+    def _own_file(self) -> "OwnFile":
+        return OwnFile(self)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Apply (or spool) what is waiting, then end the threads (a process about to exit)."""
+        with self._cond:
+            thread, drainer = self._thread, self._drainer
             self._stopping = True
             self._cond.notify_all()
         if thread is not None:
             thread.join(timeout)
+        self._drainer_stop.set()
+        if drainer is not None:
+            drainer.join(timeout)
         with self._cond:
             self._stopping = False
+
+
+class OwnFile:
+    """The drainer's view of its own process's active spool file."""
+
+    def __init__(self, writer: Writer):
+        self.writer = writer
+
+    @property
+    def path(self) -> Optional[Path]:
+        current = self.writer._spool
+        return current.path if current is not None else None
+
+    def progress(self, drained: int, oldest: Optional[datetime]) -> None:
+        with self.writer._spool_lock:
+            current = self.writer._spool
+            if current is not None:
+                current.drained, current.oldest = drained, oldest
+                spool.write_status(current.path, current.appended, drained, oldest)
+
+    def finish_if_drained(self, drained: int) -> bool:
+        """Stop spooling when every body appended has been applied (under the lock the writer
+        appends under, so none can slip in between)."""
+        with self.writer._spool_lock:
+            current = self.writer._spool
+            if current is None or current.appended != drained:
+                return False
+            current.close()
+            spool.remove(current.path)
+            forget_mark(current.name)
+            self.writer._spool = None
+        spool_log.info("spool drained: every body applied; back to writing directly",
+                       extra={"event": "spool_drained", "spool": str(current.path), "bodies": drained})
+        return True
+
+
+def _mark_of(name: str) -> int:
+    mark = db.session.execute(db.select(SpoolMark.drained_upto).where(SpoolMark.name == name)).scalar()
+    db.session.rollback()
+    return mark or 0
+
+
+def forget_mark(name: str) -> None:
+    """After its file is gone (never before: the mark is what stops a second application)."""
+    try:
+        db.session.execute(db.delete(SpoolMark).where(SpoolMark.name == name))
+        db.session.commit()
+    except Exception:  # a leftover mark of a deleted file is harmless
+        db.session.rollback()
+        log.warning("the mark of spool %s stays (the database refused its deletion)", name)
+
+
+def drain(folder: Path, link: Optional[Link], batch_max: int, own: Optional[OwnFile] = None) -> str:
+    """Apply every spool file of `folder` that is this process's own or whose process has
+    ended, in order. "done" when nothing is left that can be drained now, "away" when the
+    database stopped answering, "progress" when this process's own file received more."""
+    if not folder.is_dir():
+        return "done"
+    own_path = own.path if own is not None else None
+    for path in sorted(folder.glob("*" + spool.SUFFIX)):
+        mine = path == own_path
+        fd = None if mine else spool.claim(path)
+        if not mine and fd is None:
+            continue  # its process still runs and drains it
+        try:
+            try:
+                applied = _mark_of(path.stem)
+            except Exception as exc:
+                db.session.rollback()
+                if database_away(exc):
+                    return "away"
+                raise
+            total = applied
+            chunk: list[Job] = []
+            for record in spool.records(path, applied):
+                chunk.append(Job(record.endpoint, record.body, record.content_type, record.headers,
+                                 record.remote_addr, record.received_at, spooled=f"{path.stem}:{record.n}"))
+                total = record.n
+                if len(chunk) >= batch_max:
+                    if not _drain_chunk(path, chunk, link, mine, own):
+                        return "away"
+                    chunk = []
+            if chunk and not _drain_chunk(path, chunk, link, mine, own):
+                return "away"
+            if mine:
+                if not own.finish_if_drained(total):
+                    return "progress"
+            else:
+                spool.remove(path)
+                forget_mark(path.stem)
+                spool_log.info("spool drained: it was left by a process that ended",
+                               extra={"event": "spool_drained", "spool": str(path), "bodies": total})
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return "done"
+
+
+def _drain_chunk(path: Path, jobs: list[Job], link: Optional[Link], mine: bool, own: Optional[OwnFile]) -> bool:
+    if not apply_batch(jobs, link):
+        return False
+    last = int(jobs[-1].spooled.rpartition(":")[2])
+    # The bodies still waiting arrived after the last one applied.
+    oldest = jobs[-1].received_at
+    if mine:
+        own.progress(last, oldest)
+    else:
+        spool.mark_drained(path, last, oldest)
+    return True
 
 
 def writer_of(app: Flask) -> Writer:
@@ -732,10 +1020,11 @@ def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers, rem
 
 def store_raw(endpoint: str, body: bytes, content_type: Optional[str], headers: dict,
               remote_addr: Optional[str], outcome: str, http_status: int,
-              reason: Optional[str] = None, received_at: Optional[datetime] = None) -> RawBody:
+              reason: Optional[str] = None, received_at: Optional[datetime] = None,
+              spooled: Optional[str] = None) -> RawBody:
     raw = RawBody(endpoint=endpoint, received_at=received_at or utcnow(), content_type=_text(content_type, 255),
                   body=body, headers=json.dumps(kept_headers(headers)), remote_addr=_text(remote_addr, 64),
-                  outcome=outcome, http_status=http_status, reason=reason)
+                  outcome=outcome, http_status=http_status, reason=reason, spooled=spooled)
     db.session.add(raw)
     db.session.flush()
     return raw
@@ -756,7 +1045,8 @@ def reprocess(raw_id: int) -> Result:
         return Result(raw.http_status, raw.outcome, raw.id, raw.request_id)
     job = Job(raw.endpoint, raw.body, raw.content_type, json.loads(raw.headers or "{}"), raw.remote_addr,
               raw.received_at, raw_id=raw.id)
-    apply_batch([job])
+    if not apply_batch([job]):
+        return unavailable("not applied: the database is away", raw.id)
     return job.result
 
 
@@ -776,7 +1066,19 @@ def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
 def init_app(app: Flask) -> None:
     for name, value in DEFAULTS.items():
         app.config.setdefault(name, value)
-    app.extensions["viberwatch.ingest"] = Writer(app)
+    writer = app.extensions["viberwatch.ingest"] = Writer(app)
+
+    @app.context_processor
+    def spool_banner():
+        return {"spool_waiting": writer.spool_status}
+
+    @app.before_request
+    def drain_what_was_left():
+        # A spool left by a process that ended is drained by the first live one to notice.
+        try:
+            writer.ensure_draining()
+        except OSError:
+            log.exception("the spool folder cannot be read")
 
 
 def stop(app: Flask) -> None:

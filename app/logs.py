@@ -17,6 +17,8 @@ from . import metrics
 log = logging.getLogger("viberwatch.webhooks")
 
 FIELDS = ("endpoint", "requestId", "outcome", "status", "durationMs", "remoteAddr")
+# The spool's lines (app/ingest.py): when spooling starts, fails, and when a spool is drained.
+SPOOL_FIELDS = ("event", "spool", "bodies")
 WEBHOOK_ENDPOINTS = {"webhooks.delivery_receipt": "dr", "webhooks.user_reply": "message"}
 # Answers given before a body is validated: authentication, source address, size.
 REFUSED_STATUSES = (401, 403, 413)
@@ -25,10 +27,14 @@ REFUSED_STATUSES = (401, 403, 413)
 class KeyValueFormatter(logging.Formatter):
     """`time level logger message key=value ...`, values quoted when they hold spaces."""
 
+    def __init__(self, fmt: str, fields: tuple = FIELDS):
+        super().__init__(fmt)
+        self.fields = fields
+
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         pairs = []
-        for name in FIELDS:
+        for name in self.fields:
             value = getattr(record, name, None)
             text = "-" if value is None else str(value)
             if any(c.isspace() or c in '"=' for c in text):
@@ -52,23 +58,24 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
-def _handler(json_lines: bool) -> logging.Handler:
+def _handler(json_lines: bool, fields: tuple) -> logging.Handler:
     handler = StderrHandler()
     if json_lines:
         handler.setFormatter(JsonFormatter("{levelname}{name}{message}", style="{", timestamp="time",
                                            rename_fields={"levelname": "level", "name": "logger"}))
     else:
-        handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", fields))
     handler.viberwatch = True  # marks our handler, replaced when the app is built again
     return handler
 
 
 def configure(json_lines: bool) -> None:
-    for old in [h for h in log.handlers if getattr(h, "viberwatch", False)]:
-        log.removeHandler(old)
-    log.addHandler(_handler(json_lines))
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    for logger, fields in ((log, FIELDS), (logging.getLogger("viberwatch.spool"), SPOOL_FIELDS)):
+        for old in [h for h in logger.handlers if getattr(h, "viberwatch", False)]:
+            logger.removeHandler(old)
+        logger.addHandler(_handler(json_lines, fields))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _endpoint() -> str | None:

@@ -99,6 +99,22 @@ class DatabaseCollector:
         yield value
 
 
+class SpoolCollector:
+    """The bodies waiting in this server's spool for the database, read from disk (so they
+    are scraped while the database is away)."""
+
+    def __init__(self, status):
+        self.status = status
+
+    def collect(self):
+        waiting = self.status()
+        yield GaugeMetricFamily("viberwatch_spool_bodies",
+                                "Bodies kept in the spool, waiting for the database.", value=waiting.bodies)
+        yield GaugeMetricFamily("viberwatch_spool_oldest_seconds",
+                                "Age of the oldest body waiting in the spool (0 when none).",
+                                value=waiting.as_json()["oldest_seconds"])
+
+
 def _allowed() -> bool:
     cfg = current_app.config
     token, networks = cfg.get("METRICS_TOKEN"), current_app.extensions["viberwatch.metrics_networks"]
@@ -127,6 +143,7 @@ def scrape():
         registry.register(WEBHOOK_SECONDS)
         registry.register(INGEST_BATCH)
         registry.register(LIVE_CONNECTIONS)
+    registry.register(SpoolCollector(current_app.extensions["viberwatch.ingest"].spool_status))
     registry.register(DatabaseCollector())
     try:
         body = generate_latest(registry)

@@ -73,6 +73,8 @@ class RawBody(db.Model):
     reason: Mapped[Optional[str]] = mapped_column(Text)
     request_id: Mapped[Optional[str]] = mapped_column(String(128))
     reprocessed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    # "file:number" of the spool record it was applied from (app/spool.py), else NULL.
+    spooled: Mapped[Optional[str]] = mapped_column(String(200))
 
     __table_args__ = (
         Index("ix_raw_body_outcome_id", "outcome", "id"),
@@ -344,6 +346,16 @@ class RefusedTally(db.Model):
     minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     dropped: Mapped[int] = mapped_column(Integer, default=0)
     last_reason: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class SpoolMark(db.Model):
+    """How far a spool file has been applied: written in the same transaction as the bodies,
+    so a drain that stops anywhere resumes after the last body applied, never before."""
+
+    __tablename__ = "spool_mark"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    drained_upto: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class MessageTally(db.Model):

@@ -67,6 +67,7 @@ def database_url(request, tmp_path):
 def app_config(database_url, tmp_path):
     """The mapping handed to create_app; tests may update it before `app` is built."""
     return {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": "test-secret",
+            "SPOOL_FOLDER": str(tmp_path / "spool"),
             # Cheap Argon2id parameters: the same code path, a fraction of the cost per test.
             "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 8192, "ARGON2_PARALLELISM": 1}
 

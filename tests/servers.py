@@ -41,7 +41,9 @@ def production_process(env: dict, log_path: Path, *, unset: tuple = (),
                        seconds: float = 60) -> Iterator[tuple[str, subprocess.Popen]]:
     """`production_server`, yielding the base URL and the master process."""
     port = free_port()
-    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env}
+    # Each server spools into a folder of its own test (never into the repository's instance).
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port),
+                "VIBERWATCH_SPOOL_FOLDER": str(Path(log_path).parent / "spool"), **env}
     for name in unset:
         full_env.pop(name, None)
     url = f"http://127.0.0.1:{port}"

@@ -6,28 +6,40 @@ def test_healthz_ok_when_database_reachable(app):
     client = app.test_client()
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "database": "ok"}
+    assert response.get_json() == {"status": "ok", "database": "ok",
+                                   "spool": {"bodies": 0, "oldest_seconds": 0}}
 
 
-def test_healthz_503_when_database_unreachable(tmp_path):
+def test_healthz_degraded_while_the_spool_takes_bodies_503_when_it_cannot(tmp_path):
     # A SQLite file inside a directory that does not exist cannot be opened.
-    app = create_app({"TESTING": True,
-                      "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "missing" / "x.db")})
+    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "missing" / "x.db"),
+              "SPOOL_FOLDER": str(tmp_path / "spool")}
+    app = create_app(config)
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "degraded", "database": "unreachable",
+                                   "spool": {"bodies": 0, "oldest_seconds": 0}}
+    with app.app_context():
+        db.engine.dispose()
+    # A spool folder under a plain file cannot be made, whoever runs the test.
+    (tmp_path / "a-file").write_text("")
+    app = create_app({**config, "SPOOL_FOLDER": str(tmp_path / "a-file" / "spool")})
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
-    assert response.get_json() == {"status": "unavailable", "database": "unreachable"}
+    assert response.get_json()["status"] == "unavailable"
     with app.app_context():
         db.engine.dispose()
 
 
-def test_healthz_503_when_postgres_unreachable():
+def test_healthz_when_postgres_unreachable(tmp_path):
     # Port 9 on loopback: nothing listens there, so the connection is refused at once.
     app = create_app({"TESTING": True,
                       "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:9/none"
-                                                 "?connect_timeout=2"})
+                                                 "?connect_timeout=2", "SPOOL_FOLDER": str(tmp_path / "spool")})
     response = app.test_client().get("/healthz")
-    assert response.status_code == 503
+    assert response.status_code == 200
     assert response.get_json()["database"] == "unreachable"
+    assert response.get_json()["status"] == "degraded"
 
 
 def test_noop_endpoint_only_when_enabled(app_config):
