@@ -260,6 +260,10 @@
       for (var i = held.length - 1; i >= 0; i--) {
         if (!document.getElementById(held[i].id)) {
           list.insertBefore(held[i], list.firstChild);
+          // Held back from htmx's swap, so announce it as new content the way a swap does:
+          // app.js localises its time on htmx:load.
+          htmx.process(held[i]);
+          htmx.trigger(held[i], "htmx:load");
         }
       }
       held = [];

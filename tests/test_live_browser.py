@@ -185,3 +185,19 @@ def test_a_server_that_drops_every_socket_is_retried_ever_more_slowly(page, app,
         assert gap >= 0.45 * 2 ** step, gaps
     # Left alone, the server keeps the next socket, and the page is live again.
     page.wait_for_selector("body[data-live-state=live]", timeout=20_000)
+
+
+def test_events_held_while_paused_show_local_times_like_the_others(page, live_server):
+    open_live(page)
+    post(live_server.url, DR, receipt(uuid.uuid4().hex, "success"))
+    page.wait_for_selector("#feed-items > li time[data-localised]")
+    page.click("#feed-toggle")
+    held = uuid.uuid4().hex
+    post(live_server.url, DR, receipt(held, "delivered"))
+    page.locator(f"#msg-{held}").wait_for()
+    page.click("#feed-toggle")
+    times = page.locator("#feed-items > li time")
+    assert times.count() == 2
+    # Each in the viewer's zone and format, UTC kept for the hover; none left as raw UTC text.
+    assert [times.nth(i).get_attribute("data-localised") for i in range(2)] == ["1", "1"]
+    assert "UTC" not in times.nth(0).inner_text() and "UTC" in times.nth(0).get_attribute("title")
