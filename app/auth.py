@@ -1,7 +1,7 @@
 """Operators' sign-in, API tokens, and the login requirement on everything else.
 
-Every endpoint needs a signed-in user, except the login page, static files, the webhooks
-(their own authentication, app/webhook_auth.py), health and metrics (their own token),
+Every endpoint needs a signed-in user, except the login page, static files and the icon, the
+webhooks (their own authentication, app/webhook_auth.py), health and metrics (their own token),
 the OpenAPI document, and views marked with `public`. The JSON API also takes
 `Authorization: Bearer <token>`; such calls need no CSRF token, as no browser sends them.
 """
@@ -30,7 +30,7 @@ from .security import csrf, request_client_address
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
 
-PUBLIC_ENDPOINTS = {"auth.login", "static", "openapi.document"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "favicon", "openapi.document"}
 # Blueprints with their own authentication (or none needed): webhooks, health, metrics,
 # and the benchmark's no-op endpoint that stands in for a webhook.
 PUBLIC_BLUEPRINTS = {"webhooks", "health", "metrics", "bench"}

@@ -18,7 +18,7 @@ from conftest import (CSRF_INPUT_RE, TEST_PASSWORD, TEST_USER, create_test_user,
                       log_in, login_form_token)
 
 # Endpoints that authenticate on their own or need nothing; everything else needs a login.
-PUBLIC = {"auth.login", "static", "openapi.document", "health.healthz", "metrics.scrape",
+PUBLIC = {"auth.login", "static", "favicon", "openapi.document", "health.healthz", "metrics.scrape",
           "webhooks.delivery_receipt", "webhooks.user_reply"}
 ARGS = {"request_id": "f6a7d49946094857ae02812969a83056", "phone": "79100000030", "raw_id": 1,
         "filename": "app.css"}
@@ -60,6 +60,7 @@ def test_public_endpoints_stay_reachable(app, anon_client):
     assert anon_client.get("/login").status_code == 200
     assert anon_client.get("/healthz").status_code == 200
     assert anon_client.get("/openapi.json").status_code == 200
+    assert anon_client.get("/favicon.ico").status_code == 200
     assert anon_client.post("/webhooks/viber/dr", data=fixture_bytes("dr_seen"),
                             content_type="application/json").status_code == 200
 
