@@ -103,6 +103,11 @@ def set_password(username: str, password: str) -> None:
     db.session.commit()
 
 
+def user_names(limit: int = 5) -> list[str]:
+    """The first few user names, alphabetically."""
+    return list(db.session.execute(db.select(User.username).order_by(User.username).limit(limit)).scalars())
+
+
 def ensure_admin(username: str = "admin") -> Optional[str]:
     """Create a first user with a random password when there is none; return the password."""
     if db.session.execute(db.select(func.count(User.id))).scalar_one():
