@@ -102,7 +102,7 @@ def test_live_activity_refreshes_the_report(page, live_server):
     page.wait_for_function(
         "() => document.querySelector(\"tr[data-stage='accepted'] td\").textContent.trim() === '1'",
         timeout=15000)
-    assert "USD" in page.inner_text("#an-cost-h + .an-chart + table")
+    assert "USD" in page.inner_text("#an-cost-h ~ .an-side table")
 
 
 def load_demo(now: datetime) -> None:
@@ -141,7 +141,7 @@ def test_screenshot(page, app, tmp_path):
     now = datetime.now(timezone.utc)
     with app.app_context():
         load_demo(now)
-    page.set_viewport_size({"width": 1360, "height": 900})
+    page.set_viewport_size({"width": 1366, "height": 900})
     page.goto("/analytics?range=24h")
     page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-replies'))")
     drawn = dict(page.evaluate(DRAWN_JS, list(CHARTS)))
