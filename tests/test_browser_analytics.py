@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import fixture_json
+from conftest import fixture_json, watch_console
 from test_analytics import CUSTOM, load_fixture
 from timed_ingest import register, receipt, reply
 
@@ -26,15 +26,6 @@ DRAWN_JS = """ids => ids.map(id => {
   for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) painted++;
   return [id, painted];
 })"""
-
-
-def watch_console(page) -> list[str]:
-    """Errors of the pages opened from now on (the signed-in landing page is left first)."""
-    page.goto("about:blank")
-    problems = []
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    return problems
 
 
 def test_charts_are_drawn_with_tables_beside_them(page, app):

@@ -1,29 +1,15 @@
 """Every page in a real Chromium: nothing blocked or failing in the console, and a layout that
 fits a 1366 px window and stays usable on a 390 px phone."""
-import socket
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conftest import watch_console
+from servers import free_port
 from test_analytics import CUSTOM, load_fixture
 from timed_ingest import receipt, register, reply
 
 pytestmark = pytest.mark.browser
-
-# The Content-Security-Policy forbids inline styles and scripts; a violation is an error here
-# even where Chromium would only count it.
-REPORT_CSP = """document.addEventListener("securitypolicyviolation", e =>
-  console.error(`CSP violation: ${e.violatedDirective} by ${e.sourceFile}:${e.lineNumber}`));"""
-
-
-def watch(page) -> list[str]:
-    """Console errors, uncaught exceptions and CSP violations of the pages opened from now on."""
-    page.goto("about:blank")  # leave the signed-in landing page first
-    page.context.add_init_script(REPORT_CSP)
-    problems = []
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    return problems
 
 
 def test_analytics_charts_redrawn_after_a_swap_break_no_policy(page, app):
@@ -31,7 +17,7 @@ def test_analytics_charts_redrawn_after_a_swap_break_no_policy(page, app):
     ones; a chart's canvas has a style attribute (Chart.js sizes it), which the policy blocks."""
     with app.app_context():
         load_fixture()
-    problems = watch(page)
+    problems = watch_console(page)
     page.goto(f"/analytics?{CUSTOM}")
     page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-cost'))")
     with page.expect_response(lambda r: "/analytics?" in r.url and r.request.headers.get("hx-request")):
@@ -51,16 +37,10 @@ STEPS = {"seen": ["success", "delivered", "seen"], "delivered": ["success", "del
 COST = {"currency": "USD", "localPrice": 1234.567891, "originalPrice": 0.0123, "rateType": "Transactional"}
 
 
-def unreachable_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/hook"
-
-
 @pytest.fixture
 def app_config(app_config):
     # The built-in alert rules, and a receiver that is down: notices with failed attempts.
-    app_config.update(ALERT_URL=unreachable_url(), ALERT_TIMEOUT=1)
+    app_config.update(ALERT_URL=f"http://127.0.0.1:{free_port()}/hook", ALERT_TIMEOUT=1)
     return app_config
 
 
@@ -167,7 +147,7 @@ def test_a_thread_uses_the_width_sent_on_the_right_replies_on_the_left(page, app
 
 def test_no_page_logs_an_error_or_fails_a_request(page, app):
     rid = load_busy_day(app)
-    problems = watch(page)
+    problems = watch_console(page)
     failed = []
     page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     pages = ["/", "/?status=seen&status=failed", f"/messages/{rid}", "/conversations", f"/conversations/{PHONE}",

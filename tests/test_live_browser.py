@@ -5,7 +5,7 @@ import pytest
 
 from app import create_app, live
 from app.models import db
-from conftest import LiveServer, post_json
+from conftest import LiveServer, post_json, watch_console
 from live_client import post, receipt
 
 DR = "/webhooks/viber/dr"
@@ -125,21 +125,14 @@ def test_filters_changed_in_place_follow_the_new_filter(page, live_server):
     assert page.locator(f"#msg-{other}").count() == 0
 
 
-def console_errors(pg) -> list[str]:
-    errors = []
-    pg.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    return errors
-
-
 def test_a_refused_hello_is_not_tried_again(page, live_server):
     """A filter the live channel cannot follow is refused with 1008 for good: one attempt,
     a clean close (no "Invalid frame header"), and the page says why."""
     import time
 
-    page.goto("about:blank")  # leave the signed-in landing page and its socket first
+    errors = watch_console(page)  # from about:blank: the landing page's socket is left behind
     sockets = []
     page.on("websocket", lambda ws: sockets.append(ws.url))
-    errors = console_errors(page)
     page.goto("/?status=read")
     page.wait_for_selector("body[data-live-state=refused]")
     assert "filters:" in page.get_attribute("#live-status", "title")
