@@ -97,8 +97,14 @@ def socket(ws):
     # for the hours a socket stays open.
     db.session.remove()
     try:
+        hello = ws.receive(timeout=float(app.config["LIVE_HELLO_TIMEOUT"]))
+        if hello is None:
+            # A page that was slow to speak (a throttled tab) is welcome to try again;
+            # 1008 would tell it that its hello is refused for good.
+            ws.close(CLOSE_TRY_AGAIN, "no hello in time: reconnect")
+            return
         try:
-            cursor, page = parse_hello(ws.receive(timeout=float(app.config["LIVE_HELLO_TIMEOUT"])))
+            cursor, page = parse_hello(hello)
         except HelloError as exc:
             ws.close(CLOSE_POLICY, str(exc)[:120])
             return

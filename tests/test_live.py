@@ -183,6 +183,16 @@ def test_a_server_restart_is_followed_by_nothing_either(app, live_server, cookie
     assert ends_cleanly(c.ws) == b""
 
 
+def test_a_socket_silent_past_the_hello_timeout_is_asked_to_try_again(app, live_server, cookie):
+    """Slow is not wrong: 1013 (reconnect), not the 1008 that a page does not retry."""
+    import websocket
+
+    app.config["LIVE_HELLO_TIMEOUT"] = 0.3
+    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5)
+    assert close_frame(ws) == (1013, "no hello in time: reconnect")
+    assert ends_cleanly(ws) == b""
+
+
 def test_socket_requires_login(live_server):
     import websocket
 
