@@ -52,10 +52,12 @@ bench-live: install
 	$(BIN)/python bench/live_latency.py --write-docs
 
 # Serve, then play NXCLOUD against the server so the dashboard fills up live; the played
-# send API lets a thread's reply box send too (nothing reaches real NXCLOUD). Ctrl-C stops.
+# send API (on PORT+1) lets a thread's reply box send too (nothing reaches real NXCLOUD).
+# The server logs to DEMO_LOG so that the terminal shows the simulator. Ctrl-C stops.
 DEMO_RATE ?= 2
 DEMO_DURATION ?= 300
-DEMO_SEND_PORT ?= 5001
+DEMO_SEND_PORT ?= $(shell echo $$(($(PORT) + 1)))
+DEMO_LOG ?= instance/demo-server.log
 demo: export VIBERWATCH_NXCLOUD_BASE_URL = http://$(HOST):$(DEMO_SEND_PORT)
 demo: export VIBERWATCH_NXCLOUD_ACCESS_KEY = demo-access-key
 demo: export VIBERWATCH_NXCLOUD_ACCESS_SECRET = demo-access-secret
@@ -65,16 +67,19 @@ demo: install
 	$(BIN)/viberwatch ensure-admin
 	@$(BIN)/viberwatch revoke-token demo-simulator >/dev/null 2>&1 || true
 	@token=$$($(BIN)/viberwatch create-token demo-simulator 2>/dev/null) || exit 1; \
-	$(BIN)/viberwatch run --host $(HOST) --port $(PORT) & server=$$!; \
+	$(BIN)/viberwatch run --host $(HOST) --port $(PORT) >"$(DEMO_LOG)" 2>&1 & server=$$!; \
 	trap 'kill $$server 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
-	for i in $$(seq 100); do \
-	  $(BIN)/python -c "import httpx; httpx.get('http://$(HOST):$(PORT)/healthz', timeout=1)" 2>/dev/null && break; \
+	up=; for i in $$(seq 100); do \
+	  $(BIN)/python -c "import httpx; httpx.get('http://$(HOST):$(PORT)/healthz', timeout=1)" 2>/dev/null && up=1 && break; \
 	  sleep 0.2; \
 	done; \
-	echo "dashboard: http://$(HOST):$(PORT)/ (sign in, then watch it fill up)"; \
+	if [ -z "$$up" ]; then echo "the server did not start; the end of $(DEMO_LOG):"; tail -n 20 "$(DEMO_LOG)"; exit 1; fi; \
+	echo "dashboard:    http://$(HOST):$(PORT)/ (sign in, then watch it fill up)"; \
+	echo "server log:   $(DEMO_LOG)"; \
+	echo "NXCLOUD send: played at http://$(HOST):$(DEMO_SEND_PORT) (DEMO_SEND_PORT) for the reply box"; \
 	$(BIN)/viberwatch simulate --url http://$(HOST):$(PORT) --rate $(DEMO_RATE) \
 	  --duration $(DEMO_DURATION) --api-token "$$token" --send-api $(HOST):$(DEMO_SEND_PORT) || true; \
-	echo "simulator stopped; still serving http://$(HOST):$(PORT)/ until Ctrl-C"; \
+	echo "simulator stopped; still serving http://$(HOST):$(PORT)/ until Ctrl-C (log: $(DEMO_LOG))"; \
 	wait $$server
 
 # Re-vendor the front-end files from npm; the version is part of each file name.

@@ -1,7 +1,7 @@
 """Operators' sign-in, API tokens, and the login requirement on everything else.
 
-Every endpoint needs a signed-in user, except the login page, static files, the webhooks
-(their own authentication, app/webhook_auth.py), health and metrics (their own token),
+Every endpoint needs a signed-in user, except the login page, static files and the icon, the
+webhooks (their own authentication, app/webhook_auth.py), health and metrics (their own token),
 the OpenAPI document, and views marked with `public`. The JSON API also takes
 `Authorization: Bearer <token>`; such calls need no CSRF token, as no browser sends them.
 """
@@ -30,7 +30,7 @@ from .security import csrf, request_client_address
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
 
-PUBLIC_ENDPOINTS = {"auth.login", "static", "openapi.document"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "favicon", "openapi.document"}
 # Blueprints with their own authentication (or none needed): webhooks, health, metrics,
 # and the benchmark's no-op endpoint that stands in for a webhook.
 PUBLIC_BLUEPRINTS = {"webhooks", "health", "metrics", "bench"}
@@ -101,6 +101,11 @@ def set_password(username: str, password: str) -> None:
         raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
     user.password_hash = hasher().hash(password)
     db.session.commit()
+
+
+def user_names(limit: int = 5) -> list[str]:
+    """The first few user names, alphabetically."""
+    return list(db.session.execute(db.select(User.username).order_by(User.username).limit(limit)).scalars())
 
 
 def ensure_admin(username: str = "admin") -> Optional[str]:

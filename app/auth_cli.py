@@ -41,6 +41,10 @@ def register(app: Flask) -> None:
         """Create a first user with a random password if no user exists, and print it once."""
         password = auth.ensure_admin(name)
         if password is None:
+            names = auth.user_names()
+            who = name if name in names else names[0]
+            click.echo(f"Users exist ({', '.join(names)}): sign in with one and its password.")
+            click.echo(f"Forgotten? Set a new one with `viberwatch set-password {who}`.")
             return
         click.echo("No user existed, so one was created. Sign in with:")
         click.echo(f"  username: {name}")

@@ -57,16 +57,23 @@ class ThreadItem:
     item: Union[Message, Reply]
 
 
+@bp.app_template_global()
 def message_time(m: Message) -> datetime:
-    """When we learnt of an outbound message: its registration, else its first event."""
-    return m.registered_at or m.created_at
+    """Where an outbound message sits in its thread: the first we heard of it.
+
+    That is its registration, its first receipt or the first reply naming it, whichever came
+    first, so it is never later than a reply to it, even when the sending system registers
+    the message after its receipts or its answer.
+    """
+    return m.created_at
 
 
 def thread_of(phone: str, limit: int = THREAD_LIMIT) -> tuple[list[ThreadItem], bool]:
     """The latest `limit` outbound messages and replies of a phone, oldest first.
 
-    Both sides are timed by our own clock (registration or first receipt, reply arrival),
-    never by NXCLOUD's zone-less sendTime. Returns (items, whether older ones exist).
+    Both sides are timed by our own clock (first heard of, reply arrival), never by
+    NXCLOUD's sendTime, whose zone is a guess (SENDTIME_TZ). Returns (items, whether older
+    ones exist).
     """
     messages = db.session.execute(
         db.select(Message).where(Message.phone == phone)

@@ -177,9 +177,15 @@ def reprocess(raw_id: int):
     return redirect(url_for("dashboard.rejected", reprocessed=raw_id), code=303)
 
 
+def favicon():
+    """The icon, for clients that ask for /favicon.ico rather than the page's <link rel="icon">."""
+    return current_app.send_static_file("favicon.ico")
+
+
 def register(app: Flask) -> None:
     from . import conversations, export
 
+    app.add_url_rule("/favicon.ico", "favicon", favicon)
     app.register_blueprint(bp)
     app.register_blueprint(conversations.bp)
     app.register_blueprint(export.bp)

@@ -5,6 +5,7 @@ what the page missed, then pushes HTML out of band as the activity log grows.
 from __future__ import annotations
 
 import os
+from socket import SHUT_RDWR
 from typing import Optional
 
 from flask import Blueprint, Flask, current_app, g, request
@@ -43,7 +44,10 @@ LIVE_BLUEPRINTS = ("dashboard", "conversations")
 # Close codes the htmx ws extension reconnects on.
 CLOSE_TRY_AGAIN = 1013
 CLOSE_RESTART = 1012
+# A hello refused for what it says: static/live.js does not try it again.
 CLOSE_POLICY = 1008
+# Seconds to wait for the peer's answer to our close frame before ending the connection.
+CLOSE_ANSWER_WAIT = 2.0
 
 
 def init_app(app: Flask) -> None:
@@ -93,11 +97,45 @@ def socket(ws):
     # for the hours a socket stays open.
     db.session.remove()
     try:
-        cursor, page = parse_hello(ws.receive(timeout=float(app.config["LIVE_HELLO_TIMEOUT"])))
-    except HelloError as exc:
-        ws.close(CLOSE_POLICY, str(exc)[:120])
+        hello = ws.receive(timeout=float(app.config["LIVE_HELLO_TIMEOUT"]))
+        if hello is None:
+            # A page that was slow to speak (a throttled tab) is welcome to try again;
+            # 1008 would tell it that its hello is refused for good.
+            ws.close(CLOSE_TRY_AGAIN, "no hello in time: reconnect")
+            return
+        try:
+            cursor, page = parse_hello(hello)
+        except HelloError as exc:
+            ws.close(CLOSE_POLICY, str(exc)[:120])
+            return
+        serve(hub_of(app), ws, cursor, page)
+    finally:
+        _end(ws)
+
+
+def _end(ws) -> None:
+    """Finish the closing handshake and end the connection, with nothing after the close frame.
+
+    The development server (werkzeug) writes an HTTP response once the view returns, even on
+    a connection that is a WebSocket by then; a browser reads those bytes as a broken frame
+    ("Invalid frame header"), reports 1006 instead of our close code and reconnects. Once the
+    peer has answered the close (or had CLOSE_ANSWER_WAIT to), shutting the socket down makes
+    that write fail as a dropped connection, which werkzeug ignores. gunicorn writes nothing
+    after a socket, and its worker closes the connection itself.
+    """
+    if ws.connected:
+        try:
+            ws.close()
+        except ConnectionClosed:
+            pass
+    if ws.mode != "werkzeug":
         return
-    serve(hub_of(app), ws, cursor, page)
+    # The socket's reader thread ends on the peer's close frame (or when the peer goes away).
+    ws.thread.join(CLOSE_ANSWER_WAIT)
+    try:
+        ws.sock.shutdown(SHUT_RDWR)
+    except OSError:  # the peer is gone already
+        pass
 
 
 def _send(ws, *frames: str) -> None:

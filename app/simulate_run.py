@@ -69,7 +69,16 @@ class Summary:
     answered_by_kind: Counter = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     problems: Counter = field(default_factory=Counter)  # first line of each distinct failure
-    elapsed: float = 0.0
+    # time.monotonic() when the script started and ended; a run stopped early (Ctrl-C) has
+    # no end, and counts up to the moment it is reported.
+    started: Optional[float] = None
+    finished: Optional[float] = None
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (time.monotonic() if self.finished is None else self.finished) - self.started
 
     def percentile(self, p: float) -> Optional[float]:
         data = sorted(self.latencies_ms)
@@ -80,8 +89,9 @@ class Summary:
         return statistics.quantiles(data, n=100, method="inclusive")[round(p) - 1]
 
     def lines(self) -> list[str]:
-        rate = self.sent / self.elapsed if self.elapsed > 0 else 0.0
-        out = [f"sent {self.sent} of {self.planned} requests in {self.elapsed:.1f} s ({rate:.1f}/s)",
+        elapsed = self.elapsed
+        rate = self.sent / elapsed if elapsed > 0 else 0.0
+        out = [f"sent {self.sent} of {self.planned} requests in {elapsed:.1f} s ({rate:.1f}/s)",
                f"answered 2xx {self.answered_2xx}, refused {self.refused}, network errors {self.errors}"]
         if self.answered_by_kind:
             out.append("accepted: " + ", ".join(f"{n} {k}" for k, n in sorted(self.answered_by_kind.items())))
@@ -162,8 +172,9 @@ async def play(script: Script, target: Target, *, concurrency: int = 16, timeout
         if on_start is not None:
             on_start(player)
         zero = player.loop.time()
+        player.summary.started = time.monotonic()
         await asyncio.gather(*(player.play_events(m.events, zero) for m in script.messages))
-        player.summary.elapsed = player.loop.time() - zero
+        player.summary.finished = time.monotonic()
         if then is not None:
             await then(player)
     return player.summary

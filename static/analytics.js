@@ -37,7 +37,25 @@
   }
 
   function bar(label, values, color) {
-    return { label: label, data: values, backgroundColor: color, borderColor: color };
+    return { label: label, data: values, backgroundColor: color, borderColor: color, maxBarThickness: 28 };
+  }
+
+  // Bucket labels are "YYYY-MM-DD HH:MM" (UTC) or "YYYY-MM-DD": the axis shows the time, or
+  // the month and day at midnight and for whole days, level; the tooltip keeps the full label.
+  function timeTick(value) {
+    var parts = this.getLabelForValue(value).split(" ");
+    return parts.length < 2 || parts[1] === "00:00" ? parts[0].slice(5) : parts[1];
+  }
+
+  function timeAxis(extra) {
+    return Object.assign({ ticks: { maxRotation: 0, autoSkipPadding: 16, callback: timeTick } }, extra || {});
+  }
+
+  // A bar per row, each its own line: the box grows with the rows instead of stretching a
+  // few bars over a wide card.
+  function fitRows(id, rows) {
+    var canvas = document.getElementById(id);
+    if (canvas) canvas.parentElement.style.height = (60 + 40 * Math.max(rows, 1)) + "px";
   }
 
   function line(label, values, color) {
@@ -71,7 +89,7 @@
           return line(key, r.series[key], COLORS[key]);
         })
       },
-      options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+      options: { scales: { x: timeAxis(), y: { beginAtZero: true, ticks: { precision: 0 } } } }
     });
 
     ["delivered", "seen"].forEach(function (key) {
@@ -86,6 +104,7 @@
       });
     });
 
+    fitRows("chart-failures", data.failures.length);
     draw("chart-failures", {
       type: "bar",
       data: {
@@ -93,7 +112,7 @@
         datasets: [bar("Messages", data.failures.map(function (row) { return row.count; }),
           data.failures.map(function (row) { return COLORS[row.status]; }))]
       },
-      options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+      options: { indexAxis: "y", scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } }
     });
 
     draw("chart-cost", {
@@ -104,13 +123,13 @@
           return bar((g.currency || "?") + " " + (g.rate_type || ""), g.series, PALETTE[i % PALETTE.length]);
         })
       },
-      options: { scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } } }
+      options: { scales: { x: timeAxis({ stacked: true }), y: { stacked: true, beginAtZero: true } } }
     });
 
     draw("chart-replies", {
       type: "bar",
       data: { labels: data.replies.labels, datasets: [bar("Replies", data.replies.counts, COLORS.replies)] },
-      options: { scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+      options: { scales: { x: timeAxis(), y: { beginAtZero: true, ticks: { precision: 0 } } } }
     });
   }
 

@@ -6,16 +6,36 @@
     year: "numeric", month: "short", day: "numeric",
     hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"
   });
+  var clockFormat = new Intl.DateTimeFormat(undefined, {
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"
+  });
+  var dayTimeFormat = new Intl.DateTimeFormat(undefined, {
+    month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", hourCycle: "h23"
+  });
+  var dayFormat = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric" });
+
+  // Table cells: as much as tells the time apart from its neighbours, in little width.
+  function shortText(when, now) {
+    if (when.toDateString() === now.toDateString()) return clockFormat.format(when);
+    if (when.getFullYear() === now.getFullYear()) return dayTimeFormat.format(when);
+    return dayFormat.format(when);
+  }
 
   // Times arrive as UTC text; show them in the viewer's zone, keeping UTC in the title.
   function localiseTimes(root) {
     var nodes = (root || document).querySelectorAll("time[data-local]");
+    var now = new Date();
     for (var i = 0; i < nodes.length; i++) {
       var node = nodes[i];
       if (node.dataset.localised) continue;
       var when = new Date(node.getAttribute("datetime"));
       if (isNaN(when.getTime())) continue;
-      node.textContent = timeFormat.format(when);
+      if (node.dataset.local === "short") {
+        node.textContent = shortText(when, now);
+        node.title = timeFormat.format(when) + " · " + node.title;
+      } else {
+        node.textContent = timeFormat.format(when);
+      }
       node.dataset.localised = "1";
     }
   }

@@ -9,30 +9,64 @@
   if (!body || !body.hasAttribute("ws-connect")) {
     return;
   }
+  // The htmx ws extension reconnects by itself on these codes, after wsReconnectDelay.
   var RETRY_CODES = [1006, 1011, 1012, 1013];
+  // A server going away cleanly: this page reconnects itself, with the same backoff.
+  var RECONNECT_CODES = [1000, 1001];
+  // The server refused the hello (a bad filter, say): the same hello would be refused again.
+  // simple-websocket also closes with 1008 when pongs stop coming back: that one is a line
+  // problem, worth trying again.
+  var REFUSED = 1008;
+  var PING_TIMEOUT_REASON = "Ping/Pong timeout";
   var socket = null;
   var opened = false;
   var pendingMeta = null;
   var paused = false;
   var held = [];
   var refreshing = false;
-  // Failed attempts in a row; past this many the page says offline (it keeps trying).
+  // Connections in a row that failed or did not last; past OFFLINE_AFTER the page says
+  // offline (it keeps trying). One that stayed up STABLE_AFTER ms starts the count afresh:
+  // a server that accepts and then drops every socket at once must not be retried at full
+  // speed because each attempt "opened".
   var failures = 0;
+  var openedAt = 0;
   var OFFLINE_AFTER = 5;
+  var STABLE_AFTER = 10000;
+  var RETRY_FIRST = 1000;
+  var RETRY_CAP = 30000;
+
+  function failuresSoFar() {
+    return opened && Date.now() - openedAt >= STABLE_AFTER ? 0 : failures;
+  }
+
+  // Exponential, capped, with jitter (half of it random) so that the pages of a restarted
+  // server do not all come back in the same instant.
+  function retryDelay(n) {
+    var ceiling = Math.min(RETRY_CAP, RETRY_FIRST * Math.pow(2, Math.min(n, 15)));
+    return ceiling / 2 + Math.random() * ceiling / 2;
+  }
+
+  if (window.htmx) {
+    // Called by the extension as the socket closes, before htmx:wsClose below counts it.
+    htmx.config.wsReconnectDelay = function () { return retryDelay(failuresSoFar()); };
+  }
 
   function cursor() {
     var n = parseInt(body.dataset.liveCursor || "", 10);
     return isNaN(n) ? null : n;
   }
 
-  function setState(state) {
+  var LABELS = { refused: "not live" };
+
+  function setState(state, why) {
     body.dataset.liveState = state;
     var box = document.getElementById("live-status");
     if (box) {
       box.dataset.state = state;
+      box.title = why || "Live updates";
       var label = box.querySelector(".live-label");
       if (label) {
-        label.textContent = state;
+        label.textContent = LABELS[state] || state;
       }
     }
   }
@@ -107,25 +141,27 @@
   body.addEventListener("htmx:wsOpen", function (evt) {
     socket = evt.detail.socketWrapper;
     opened = true;
-    failures = 0;
+    openedAt = Date.now();
     // The first message on every connection: where this page is and what it has applied.
     socket.send(hello());
     setState("live");
   });
 
   body.addEventListener("htmx:wsClose", function (evt) {
+    failures = failuresSoFar() + 1;
     opened = false;
-    failures += 1;
-    var code = evt.detail.event ? evt.detail.event.code : 1006;
+    var event = evt.detail.event || {};
+    var code = event.code || 1006;
     if (RETRY_CODES.indexOf(code) >= 0) {
       setState(failures > OFFLINE_AFTER ? "offline" : "reconnecting");
-    } else if (code === 1000 || code === 1001) {
-      // A server going away cleanly: come back as the extension does for a crash.
-      setState("reconnecting");
+    } else if (RECONNECT_CODES.indexOf(code) >= 0 || (code === REFUSED && event.reason === PING_TIMEOUT_REASON)) {
+      setState(failures > OFFLINE_AFTER ? "offline" : "reconnecting");
       var wrapper = evt.detail.socketWrapper;
-      window.setTimeout(function () { wrapper.reconnect(); }, 500 + Math.random() * 1500);
+      window.setTimeout(function () { wrapper.reconnect(); }, retryDelay(failures - 1));
     } else {
-      setState("offline");
+      // Neither side tries again: say why, and that a reload is the way back.
+      setState("refused", "Live updates stopped: the server closed the connection (" + code + " " +
+        (event.reason || "no reason given") + "). Reload the page to try again.");
     }
   });
 
@@ -224,6 +260,10 @@
       for (var i = held.length - 1; i >= 0; i--) {
         if (!document.getElementById(held[i].id)) {
           list.insertBefore(held[i], list.firstChild);
+          // Held back from htmx's swap, so announce it as new content the way a swap does:
+          // app.js localises its time on htmx:load.
+          htmx.process(held[i]);
+          htmx.trigger(held[i], "htmx:load");
         }
       }
       held = [];

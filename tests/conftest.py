@@ -218,6 +218,23 @@ def signed_in_tab(browser, app, base_url, **context_options):
     return context, tab
 
 
+# The Content-Security-Policy forbids inline styles and scripts; a violation is an error here
+# even where Chromium would only count it.
+REPORT_CSP = """document.addEventListener("securitypolicyviolation", e =>
+  console.error(`CSP violation: ${e.violatedDirective} by ${e.sourceFile}:${e.lineNumber}`));"""
+
+
+def watch_console(page) -> list[str]:
+    """Console errors, uncaught exceptions and CSP violations of the pages opened from now on
+    (the signed-in landing page is left first)."""
+    page.goto("about:blank")
+    page.context.add_init_script(REPORT_CSP)
+    problems = []
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    return problems
+
+
 @pytest.fixture
 def page(browser, live_server, app):
     """A fresh browser tab, signed in, whose relative URLs go to the live server."""

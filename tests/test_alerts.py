@@ -1,5 +1,6 @@
 """Alert rules fire and clear on a fixed clock; notices reach a real HTTP receiver, with retries."""
 import json
+import re
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -228,6 +229,24 @@ def test_banner_on_every_page_and_attempts_on_alerts_page(app, client):
         alerts.evaluate(at(30))
     html = client.get("/analytics").get_data(as_text=True)
     assert "alert-banner" not in html
+
+
+def test_the_navigation_links_to_alerts_with_the_firing_count(app, client):
+    nav = re.compile(r'<nav class="nav".*?</nav>', re.S)
+    link = re.compile(r'<a href="/alerts"[^>]*>Alerts(.*?)</a>', re.S)
+    quiet = link.search(nav.search(client.get("/").get_data(as_text=True)).group(0))
+    assert quiet and "nav-badge" not in quiet.group(1)
+    with app.app_context():
+        failed_message("M1", 0)
+        failed_message("M2", 1)
+        receipt(at(1.5), "M3", "expired")
+        receipt(at(1.6), "M4", "expired")
+        alerts.evaluate(at(2))
+        assert len(alerts.firing()) == 2
+    for path in ("/", "/conversations", "/alerts"):
+        badge = link.search(nav.search(client.get(path).get_data(as_text=True)).group(0)).group(1)
+        assert re.search(r'class="nav-badge"[^>]*>2<', badge), (path, badge)
+    assert 'aria-current="page">Alerts' in client.get("/alerts").get_data(as_text=True)
 
 
 def test_cli_check_uses_the_configured_clock(app_config):

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import fixture_json
+from conftest import fixture_json, watch_console
 from test_analytics import CUSTOM, load_fixture
 from timed_ingest import register, receipt, reply
 
@@ -28,15 +28,6 @@ DRAWN_JS = """ids => ids.map(id => {
 })"""
 
 
-def watch_console(page) -> list[str]:
-    """Errors of the pages opened from now on (the signed-in landing page is left first)."""
-    page.goto("about:blank")
-    problems = []
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
-    return problems
-
-
 def test_charts_are_drawn_with_tables_beside_them(page, app):
     with app.app_context():
         load_fixture()
@@ -48,6 +39,35 @@ def test_charts_are_drawn_with_tables_beside_them(page, app):
     assert page.inner_text("[data-percentile='delivered-p50']") == "3.0 s"
     assert page.inner_text("tr[data-stage='seen'] td") == "2"
     assert not problems, problems
+
+
+AXES_JS = """ids => ids.map(id => {
+  const chart = Chart.getChart(document.getElementById('chart-' + id));
+  return [id, chart.scales.x.labelRotation, chart.scales.x.ticks.map(t => t.label)];
+})"""
+
+BARS_JS = """id => {
+  const canvas = document.getElementById('chart-' + id);
+  const bars = Chart.getChart(canvas).getDatasetMeta(0).data;
+  return [bars.map(b => b.horizontal ? b.height : b.width), canvas.parentElement.clientHeight];
+}"""
+
+
+def test_time_axes_are_legible_and_the_failures_chart_fits_its_rows(page, app):
+    with app.app_context():
+        load_fixture()
+    page.set_viewport_size({"width": 1366, "height": 900})
+    page.goto(f"/analytics?{CUSTOM}")  # an hour, per minute: 60 buckets
+    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-replies'))")
+    for chart, rotation, labels in page.evaluate(AXES_JS, ["rates", "cost", "replies"]):
+        # Short labels, level: the hour and minute (the date at midnight); the full UTC value
+        # is in the tooltip and the table beside the chart.
+        assert rotation == 0, chart
+        assert all(len(label) == 5 for label in labels), (chart, labels)
+        assert "12:00" in labels and "12:59" not in labels, (chart, labels)  # every tick is not drawn
+    thickness, height = page.evaluate(BARS_JS, "failures")
+    assert len(thickness) == 3 and max(thickness) <= 28, thickness  # three codes, as thin bars
+    assert height <= 3 * 40 + 60, height  # the chart grows with its rows, not a fixed box
 
 
 def test_filter_change_swaps_report_and_redraws(page, app):
@@ -73,7 +93,7 @@ def test_live_activity_refreshes_the_report(page, live_server):
     page.wait_for_function(
         "() => document.querySelector(\"tr[data-stage='accepted'] td\").textContent.trim() === '1'",
         timeout=15000)
-    assert "USD" in page.inner_text("#an-cost-h + .an-chart + table")
+    assert "USD" in page.inner_text("#an-cost-h ~ .an-side table")
 
 
 def load_demo(now: datetime) -> None:
@@ -112,7 +132,7 @@ def test_screenshot(page, app, tmp_path):
     now = datetime.now(timezone.utc)
     with app.app_context():
         load_demo(now)
-    page.set_viewport_size({"width": 1360, "height": 900})
+    page.set_viewport_size({"width": 1366, "height": 900})
     page.goto("/analytics?range=24h")
     page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-replies'))")
     drawn = dict(page.evaluate(DRAWN_JS, list(CHARTS)))

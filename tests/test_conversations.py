@@ -75,3 +75,24 @@ def test_unknown_phone_is_404(client):
     message_with(client, "x-1", "seen", phone="79100000001")
     page = client.get("/conversations/70000000000")
     assert page.status_code == 404 and "Nothing for this phone" in page.get_data(as_text=True)
+
+
+def test_a_message_registered_after_its_reply_stays_above_the_reply(app, client):
+    """The sending system may register a message late: after its receipts and even after the
+    user answered. It belongs where it was first heard of, before the answer."""
+    from datetime import datetime, timedelta, timezone
+
+    from timed_ingest import receipt as receipt_at, register as register_at, reply as reply_at
+
+    phone, t0 = "79100000066", datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    with app.app_context():
+        register_at(t0, "early", phone, text="an earlier message")
+        receipt_at(t0 + timedelta(minutes=1), "late-reg", "delivered")
+        reply_at(t0 + timedelta(minutes=2), "late-reg", phone, "yes please")
+        register_at(t0 + timedelta(minutes=3), "late-reg", phone, text="want a call back?")
+    html = client.get(f"/conversations/{phone}").get_data(as_text=True)
+    assert [ident for _, ident in THREAD_RE.findall(html)][:2] == ["thread-msg-early", "thread-msg-late-reg"]
+    assert THREAD_RE.findall(html)[2][0] == "in"
+    # The bubble shows the time it is placed at, the first time the message was heard of.
+    bubble = html[html.index('id="thread-msg-late-reg"'):]
+    assert '<time datetime="2026-03-01T12:01:00' in bubble.split("</article>")[0]

@@ -376,3 +376,13 @@ def test_pages_have_no_inline_script_or_style(mixed):
         assert re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html) is None, url
         assert " style=" not in html and "<style" not in html and "hx-on" not in html, url
         assert "javascript:" not in html, url
+
+
+def test_the_icon_is_served_to_anyone_and_named_by_every_page(client, anon_client):
+    icon = anon_client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.mimetype in ("image/vnd.microsoft.icon", "image/x-icon")
+    assert icon.data[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    for path, who in (("/", client), ("/login", anon_client)):
+        href = re.search(r'<link rel="icon" href="([^"]+)"', who.get(path).get_data(as_text=True)).group(1)
+        named = anon_client.get(href)
+        assert named.status_code == 200 and named.mimetype == "image/svg+xml", (path, href)

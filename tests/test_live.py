@@ -149,6 +149,50 @@ def test_bad_hello_is_refused_with_a_reason(live_server, cookie):
     assert code == 1008 and reason.startswith("cursor:")
 
 
+def ends_cleanly(ws) -> bytes:
+    """Answer the server's close frame as a browser does, then read until the server ends the
+    connection: whatever arrives after the close frame is returned (nothing, when clean)."""
+    ws.send_close()
+    rest = b""
+    while True:
+        chunk = ws.sock.recv(4096)
+        if not chunk:
+            return rest
+        rest += chunk
+
+
+def test_a_refused_hello_is_followed_by_nothing_on_the_development_server(live_server, cookie):
+    """werkzeug's server writes a response when the view returns; on a socket that response
+    comes after the close frame, and Chromium takes it for a broken frame (code 1006) and
+    reconnects instead of reading the 1008."""
+    import websocket
+
+    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5)
+    ws.send(json.dumps({"page": "messages", "filters": "status=read"}))
+    code, reason = close_frame(ws)
+    assert code == 1008 and reason.startswith("filters:")
+    assert ends_cleanly(ws) == b""
+
+
+def test_a_server_restart_is_followed_by_nothing_either(app, live_server, cookie):
+    from app import live
+
+    c = LiveClient(live_server.url, cookie, cursor=None)
+    live.stop(app)
+    assert close_frame(c.ws)[0] == 1012
+    assert ends_cleanly(c.ws) == b""
+
+
+def test_a_socket_silent_past_the_hello_timeout_is_asked_to_try_again(app, live_server, cookie):
+    """Slow is not wrong: 1013 (reconnect), not the 1008 that a page does not retry."""
+    import websocket
+
+    app.config["LIVE_HELLO_TIMEOUT"] = 0.3
+    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5)
+    assert close_frame(ws) == (1013, "no hello in time: reconnect")
+    assert ends_cleanly(ws) == b""
+
+
 def test_socket_requires_login(live_server):
     import websocket
 

@@ -5,7 +5,7 @@ import pytest
 
 from app import create_app, live
 from app.models import db
-from conftest import LiveServer, post_json
+from conftest import LiveServer, post_json, watch_console
 from live_client import post, receipt
 
 DR = "/webhooks/viber/dr"
@@ -123,3 +123,74 @@ def test_filters_changed_in_place_follow_the_new_filter(page, live_server):
     page.locator(f"#msg-{wanted}").wait_for()
     page.wait_for_selector("#feed-items > li:nth-child(3)")
     assert page.locator(f"#msg-{other}").count() == 0
+
+
+def test_a_refused_hello_is_not_tried_again(page, live_server):
+    """A filter the live channel cannot follow is refused with 1008 for good: one attempt,
+    a clean close (no "Invalid frame header"), and the page says why."""
+    import time
+
+    errors = watch_console(page)  # from about:blank: the landing page's socket is left behind
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.goto("/?status=read")
+    page.wait_for_selector("body[data-live-state=refused]")
+    assert "filters:" in page.get_attribute("#live-status", "title")
+    assert page.inner_text("#live-status") == "not live"
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert len(sockets) == 1
+    # The page itself answers 400 (the bad filter), which Chromium reports; nothing else.
+    assert [e for e in errors if "status of 400" not in e] == []
+
+
+def test_a_server_that_drops_every_socket_is_retried_ever_more_slowly(page, app, live_server):
+    """A socket that opens and is closed at once counts as a failed attempt: the page backs
+    off exponentially (with jitter) instead of retrying at the first step each time."""
+    import threading
+    import time
+
+    open_live(page)
+    attempts = []
+    page.on("websocket", lambda ws: attempts.append(time.monotonic()))
+    stop = threading.Event()
+
+    def restart_loop():
+        while not stop.is_set():
+            live.stop(app)  # closes every socket with 1012, as a restarting server does
+            stop.wait(0.05)
+
+    dropper = threading.Thread(target=restart_loop, daemon=True)
+    dropper.start()
+    try:
+        deadline = time.monotonic() + 9
+        while time.monotonic() < deadline:
+            page.wait_for_timeout(200)
+    finally:
+        stop.set()
+        dropper.join(5)
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    # Delays are drawn from [half, all] of 1 s, 2 s, 4 s, ...: at most 4 attempts in 9 s, each
+    # wait at least half the ceiling of its step (a little less for the event's own delay).
+    assert 2 <= len(attempts) <= 4, gaps
+    for step, gap in enumerate(gaps[1:], start=1):
+        assert gap >= 0.45 * 2 ** step, gaps
+    # Left alone, the server keeps the next socket, and the page is live again.
+    page.wait_for_selector("body[data-live-state=live]", timeout=20_000)
+
+
+def test_events_held_while_paused_show_local_times_like_the_others(page, live_server):
+    open_live(page)
+    post(live_server.url, DR, receipt(uuid.uuid4().hex, "success"))
+    page.wait_for_selector("#feed-items > li time[data-localised]")
+    page.click("#feed-toggle")
+    held = uuid.uuid4().hex
+    post(live_server.url, DR, receipt(held, "delivered"))
+    page.locator(f"#msg-{held}").wait_for()
+    page.click("#feed-toggle")
+    times = page.locator("#feed-items > li time")
+    assert times.count() == 2
+    # Each in the viewer's zone and format, UTC kept for the hover; none left as raw UTC text.
+    assert [times.nth(i).get_attribute("data-localised") for i in range(2)] == ["1", "1"]
+    assert "UTC" not in times.nth(0).inner_text() and "UTC" in times.nth(0).get_attribute("title")

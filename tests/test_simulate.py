@@ -245,3 +245,36 @@ def test_the_played_send_api_answers_sends_and_pushes_their_receipts(app, live_s
         thread.join(10)
         api.stop()
     assert state["summary"].answered_2xx == sum(len(events) for events in api.played)
+
+
+def test_an_interrupted_run_reports_its_real_duration_and_rate(app, live_server, api_token, tmp_path):
+    """Ctrl-C ends the run early; the summary still says how long it ran and at what rate."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", "VIBERWATCH_SECRET_KEY": "cli"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "viberwatch"), "simulate", "--url", live_server.url,
+                             "--messages", "400", "--rate", "4", "--seed", "5", "--quiet", "--api-token", api_token],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        with app.app_context():
+            while db.session.execute(db.select(func.count()).select_from(RawBody)).scalar() < 5:
+                assert time.monotonic() < deadline and proc.poll() is None, "the simulator sends nothing"
+                db.session.remove()
+                time.sleep(0.1)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=30)[0]
+    finally:
+        proc.kill()
+    found = re.search(r"sent (\d+) of \d+ requests in ([\d.]+) s \(([\d.]+)/s\)", output)
+    assert found, output
+    sent, elapsed, rate = int(found.group(1)), float(found.group(2)), float(found.group(3))
+    assert "interrupted" in output and sent >= 5
+    assert elapsed >= 1.5 and abs(rate - sent / elapsed) <= 0.1 + rate * 0.05, output

@@ -1,8 +1,9 @@
 """Screenshots of the dashboard's main pages for the README.
 
 Builds the app on a throw-away SQLite file, feeds it the documented NXCLOUD examples
-(tests/fixtures/) through the real webhooks with varied requestIds, signs in, and saves
-PNGs beside this file. Run: `.venv/bin/python docs/screenshots/make_screenshots.py`.
+(tests/fixtures/) through the real webhooks with varied requestIds, checks the alert rules
+once (an eighth of the messages failed: the default failed-rate rule fires), signs in, and
+saves PNGs beside this file: the pages in a 1366x900 window, the messages on a 390x844 phone. Run: `.venv/bin/python docs/screenshots/make_screenshots.py`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from werkzeug.serving import make_server
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from app import auth, create_app  # noqa: E402
+from app import alerts, auth, create_app  # noqa: E402
 from app.models import db  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -79,23 +80,33 @@ def main() -> None:
     base = f"http://127.0.0.1:{server.server_port}"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        context = browser.new_context(base_url=base, viewport={"width": 1360, "height": 900},
-                                      timezone_id="Europe/Berlin")
-        page = context.new_page()
-        page.goto("/login")
-        page.fill("#username", USER)
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(lambda url: "/login" not in url)
         phone = populate(app.test_client(), token)
+        with app.app_context():
+            alerts.evaluate()
         rid = "0aa7d49946094857ae02812969a83010"
-        for name, url in (("messages", "/"), ("messages-filtered", "/?status=seen&status=failed"),
-                          ("message", f"/messages/{rid}"), ("conversations", "/conversations"),
-                          ("thread", f"/conversations/{phone}"), ("rejected", "/rejected")):
-            page.goto(url)
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(OUT / f"{name}.png"), full_page=False)
-            print("saved", OUT / f"{name}.png")
+        shots = {(1366, 900): (("messages", "/"), ("messages-filtered", "/?status=seen&status=failed"),
+                               ("message", f"/messages/{rid}"), ("conversations", "/conversations"),
+                               ("thread", f"/conversations/{phone}"), ("rejected", "/rejected"),
+                               ("alerts", "/alerts")),
+                 # On the phone, the list rather than the filters above it.
+                 (390, 844): (("messages-phone", "/#results"),)}
+        for (width, height), pages in shots.items():
+            context = browser.new_context(base_url=base, viewport={"width": width, "height": height},
+                                          timezone_id="Europe/Berlin")
+            page = context.new_page()
+            page.goto("/login")
+            page.fill("#username", USER)
+            page.fill("#password", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/login" not in url)
+            for name, url in pages:
+                page.goto(url)
+                page.wait_for_load_state("networkidle")
+                if "#" in url:
+                    page.locator(url[url.index("#"):]).scroll_into_view_if_needed()
+                page.screenshot(path=str(OUT / f"{name}.png"), full_page=False)
+                print("saved", OUT / f"{name}.png")
+            context.close()
         browser.close()
     server.shutdown()
 

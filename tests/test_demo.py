@@ -1,0 +1,79 @@
+"""`make demo` as a new operator runs it: the real make target, server and simulator, stopped
+with Ctrl-C."""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(sys.executable).parent.parent
+
+
+def two_free_ports() -> int:
+    """A port whose successor is free too (the played send API listens there)."""
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two free ports in a row")
+
+
+@pytest.fixture
+def demo_env(database_url, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIBERWATCH_")}
+    env.update(DATABASE_URL=database_url, VIBERWATCH_SECRET_KEY="demo-test")
+    viberwatch = str(VENV / "bin" / "viberwatch")
+    # A user from an earlier run: the demo cannot print its password.
+    for args in (["db", "upgrade"], ["create-user", "operator", "--password", "an earlier password"]):
+        subprocess.run([viberwatch, *args], env=env, cwd=ROOT, check=True, capture_output=True)
+    return env
+
+
+def test_make_demo_keeps_the_terminal_for_the_simulator_and_says_where_everything_is(demo_env, tmp_path):
+    if shutil.which("make") is None:
+        pytest.fail("make is needed: it is how the README starts the demo")
+    port, log = two_free_ports(), tmp_path / "server.log"
+    command = ["make", "--no-print-directory", "-o", f"{VENV}/.installed", "demo", f"VENV={VENV}",
+               "HOST=127.0.0.1", f"PORT={port}", "DEMO_RATE=5", "DEMO_DURATION=20", f"DEMO_LOG={log}"]
+    # A session of its own: Ctrl-C in a terminal reaches make, the server and the simulator.
+    proc = subprocess.Popen(command, cwd=ROOT, env=demo_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.exists() and len(re.findall(r"endpoint=dr", log.read_text())) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    reader.join(10)
+    terminal = "".join(lines)
+    # How to sign in when the password cannot be shown.
+    assert "Users exist (operator)" in terminal and "viberwatch set-password operator" in terminal
+    # The send API on PORT+1, said before the simulator starts, and where the server logs.
+    assert f"played at http://127.0.0.1:{port + 1}" in terminal
+    assert f"server log:   {log}" in terminal
+    assert f"playing NXCLOUD's send API at http://127.0.0.1:{port + 1}/api/viber/mt" in terminal
+    # The server's lines are in its log, none in the terminal; the simulator's summary is.
+    server_lines = re.compile(r'"(GET|POST) /|viberwatch\.webhooks')
+    assert server_lines.search(log.read_text())
+    assert not [line for line in lines if server_lines.search(line)], terminal
+    assert re.search(r"sent \d+ of \d+ requests in \d+\.\d s", terminal), terminal
