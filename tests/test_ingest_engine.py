@@ -172,6 +172,30 @@ def test_the_writer_takes_every_body_waiting_as_one_batch(app):
         assert_consistent()
 
 
+def test_a_body_not_committed_in_time_is_answered_503_and_still_applied(app_config):
+    from app import create_app
+
+    app = create_app({**app_config, "INGEST_WAIT_TIMEOUT": 0.5})
+    with app.app_context():
+        db.create_all()
+    client = app.test_client()
+    with app.app_context(), ingest.write_lock().held():  # a transaction that takes too long
+        response = client.post("/webhooks/viber/dr", data=receipt("slow" + "0" * 28),
+                               content_type="application/json")
+    assert response.status_code == 503 and "not committed in time" in response.get_json()["error"]
+    deadline = time.monotonic() + 10
+    with app.app_context():
+        while db.session.get(Message, "slow" + "0" * 28) is None:
+            assert time.monotonic() < deadline
+            db.session.remove()
+            time.sleep(0.05)
+        assert db.session.get(Message, "slow" + "0" * 28).status == "seen"
+    ingest.stop(app)
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
 def _ingest_in(app, endpoint: str, body: bytes) -> ingest.Result:
     with app.app_context():
         return ingest.ingest(endpoint, body, "application/json", {"Content-Type": "application/json"})
