@@ -336,18 +336,26 @@ def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers: dic
     try:
         raw = store_raw(endpoint, body, content_type, headers, remote_addr, "pending", 0,
                         received_at=received_at)
-        return _committed(_process(raw))
-    except SQLAlchemyError as exc:
-        # The effect could not be committed (lost connection, deadlock...): keep the body
-        # on its own so `reprocess` can apply it later, and answer 503 so the sender retries.
+        result = _process(raw)
+        db.session.commit()
+    except Exception as exc:
+        # Whatever failed (lost connection, deadlock, a value no check foresaw), keep the
+        # body on its own so `reprocess` can apply it later, and answer 503 so the sender retries.
         db.session.rollback()
         reason = f"not applied: {type(exc).__name__}"
+        error = {"error": reason, "field": "body", "reason": reason}
         current_app.logger.exception("ingest of a %s body failed", endpoint)
-        raw = store_raw(endpoint, body, content_type, headers, remote_addr, "rejected", 503,
-                        reason, received_at=received_at)
-        db.session.commit()
-        return Result(503, "rejected", raw.id, error={"error": reason, "field": "body",
-                                                      "reason": reason})
+        try:
+            raw = store_raw(endpoint, body, content_type, headers, remote_addr, "rejected", 503,
+                            reason, received_at=received_at)
+            db.session.commit()
+        except SQLAlchemyError:
+            # Not even the body could be written: the 503 still tells the sender to retry.
+            db.session.rollback()
+            current_app.logger.exception("a %s body could not be kept", endpoint)
+            return Result(503, "rejected", 0, error=error)
+        return Result(503, "rejected", raw.id, error=error)
+    return _committed(result)
 
 
 def refuse(endpoint: str, body: bytes, content_type: Optional[str], headers: dict,
