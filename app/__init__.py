@@ -7,7 +7,7 @@ import sqlite3
 from flask import Flask
 from flask_migrate import Migrate
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, security, webhook_auth
@@ -53,17 +53,22 @@ def _database_url(app: Flask) -> str:
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then instance/config.py, then the environment, then `test_config`."""
-    app = Flask(__name__, instance_relative_config=True,
-                template_folder="../templates", static_folder="../static")
+    instance = os.environ.get("VIBERWATCH_INSTANCE_PATH")
+    app = Flask(__name__, instance_relative_config=True, template_folder="../templates",
+                static_folder="../static", instance_path=os.path.abspath(instance) if instance else None)
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping({**security.DEFAULTS, **auth.DEFAULTS})
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env(prefix="VIBERWATCH")
     if test_config:
         app.config.from_mapping(test_config)
-    os.makedirs(app.instance_path, exist_ok=True)
+    # Secrets, the SQLite database and the spool live here: nobody else may read them.
+    security.private_folder(app.instance_path)
     if "SQLALCHEMY_DATABASE_URI" not in (test_config or {}):
         app.config["SQLALCHEMY_DATABASE_URI"] = _database_url(app)
+    url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        security.private_sqlite(url.database, app.instance_path)
     app.extensions["viberwatch.sendtime_zone"] = parse_zone(str(app.config["SENDTIME_TZ"]))
 
     db.init_app(app)

@@ -40,6 +40,38 @@ COUNT_PAST_LIMIT = 16
 READ_CHUNK = 64 * 1024
 
 
+def private_folder(path: str) -> None:
+    """Create a folder only its owner can enter (0700), or close one of ours left open."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    _tighten(path, 0o700)
+
+
+def private_file(path: str) -> None:
+    """Create an empty file only its owner can read (0600) unless it exists."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def _tighten(path: str, mode: int) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, mode)
+
+
+def private_sqlite(path: str, instance_path: str) -> None:
+    """A SQLite file is created 0600 (its -wal and -shm files take the same mode); one in the
+    instance folder, made by an earlier version with the default 0644, is closed too."""
+    private_file(path)
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(instance_path):
+        for name in (path, path + "-wal", path + "-shm"):
+            _tighten(name, 0o600)
+
+
 def load_secret_key(app: Flask) -> None:
     """Use the configured SECRET_KEY, else the one in instance/, creating it on first run."""
     if app.config.get("SECRET_KEY"):

@@ -355,3 +355,32 @@ def test_websocket_needs_a_login_and_this_site_as_origin(app, client, live_serve
     cookie = f"viberwatch_session={client.get_cookie('viberwatch_session').value}"
     assert ws_handshake(live_server.url, cookie, origin="https://evil.example") == 403
     assert ws_handshake(live_server.url, cookie, origin=live_server.url) == 101
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_instance_folder_and_database_are_private(tmp_path, monkeypatch):
+    """Made 0700 and 0600 like the secret key, and closed when an earlier version left them open."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("VIBERWATCH_INSTANCE_PATH", str(tmp_path / "instance"))
+    config = {"TESTING": True, "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 8192, "ARGON2_PARALLELISM": 1}
+    app = create_app(config)
+    database = tmp_path / "instance" / "viberwatch.db"
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{database}"
+    with app.app_context():
+        db.create_all()
+        create_test_user(app)
+        assert mode(tmp_path / "instance") == 0o700
+        for name in ("viberwatch.db", "viberwatch.db-wal", "viberwatch.db-shm", "secret_key"):
+            assert mode(tmp_path / "instance" / name) == 0o600, name
+        db.engine.dispose()
+
+    os.chmod(tmp_path / "instance", 0o755)
+    os.chmod(database, 0o644)
+    again = create_app(config)
+    assert mode(tmp_path / "instance") == 0o700 and mode(database) == 0o600
+    with again.app_context():
+        assert db.session.execute(db.select(db.func.count(User.id))).scalar_one() == 1
+        db.engine.dispose()
