@@ -32,6 +32,9 @@ DEFAULTS = {
     # Redis channel or PostgreSQL NOTIFY channel of the wake-up.
     "LIVE_CHANNEL": "viberwatch_activity",
     "LIVE_HELLO_TIMEOUT": 10.0,
+    # Largest message a page may send (its hello is a few hundred bytes): a bigger one closes
+    # the socket (1009) as it arrives, instead of being read whole into memory.
+    "LIVE_MAX_MESSAGE": 64 * 1024,
     # Pings find sockets whose peer vanished without closing.
     "SOCK_SERVER_OPTIONS": {"ping_interval": 25},
 }
@@ -49,6 +52,8 @@ CLOSE_POLICY = 1008
 def init_app(app: Flask) -> None:
     for name, value in DEFAULTS.items():
         app.config.setdefault(name, value)
+    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": int(app.config["LIVE_MAX_MESSAGE"]),
+                                         **app.config["SOCK_SERVER_OPTIONS"]}
     if not app.config.get("REDIS_URL") and os.environ.get("REDIS_URL"):
         app.config["REDIS_URL"] = os.environ["REDIS_URL"]
     sock.init_app(app)

@@ -222,3 +222,22 @@ def test_an_id_not_yet_committed_holds_the_cursor_back_until_it_is_given_up(app)
     assert hub._contiguous([ev(5), ev(6)]) == []
     time.sleep(0.25)
     assert [e.id for e in hub._contiguous([ev(5), ev(6)])] == [5, 6]
+
+
+@pytest.mark.parametrize("size", [64 * 1024 + 1, 4 * 1024 * 1024])
+def test_a_message_over_the_cap_closes_the_socket_as_it_arrives(app, live_server, cookie, size):
+    """A hello (or any later message) larger than LIVE_MAX_MESSAGE is not read whole."""
+    import websocket
+
+    assert app.config["SOCK_SERVER_OPTIONS"]["max_message_size"] == 64 * 1024
+    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5)
+    try:
+        ws.send('{"cursor": 0, "filters": "' + "x" * size + '"}')
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed before all of it was written
+    code, _ = close_frame(ws)
+    assert code == 1009
+    # A hello within the cap is still read.
+    ok = LiveClient(live_server.url, cookie, filters="q=" + "y" * 100)
+    assert ok.first.cursor == 0
+    ok.close()
