@@ -8,7 +8,6 @@ from flask import Flask
 from flask_migrate import Migrate
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import auth, security, webhook_auth
 from .models import db
@@ -19,7 +18,8 @@ DEFAULTS = {
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
     "MAX_CONTENT_LENGTH": 256 * 1024,
     "JSON_SORT_KEYS": False,
-    # Number of reverse proxies in front of the app whose X-Forwarded-* headers to trust.
+    # Number of reverse proxies in front of the app whose X-Forwarded-Proto/-Host/-Port/-Prefix
+    # to read; believed only from TRUSTED_PROXIES (app/security.py).
     "PROXY_FIX": 0,
     "BENCH_NOOP": False,
 }
@@ -73,10 +73,6 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
-    proxies = int(app.config["PROXY_FIX"] or 0)
-    if proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies,
-                                x_port=proxies, x_prefix=proxies)
     # Before every other hook and blueprint: nothing is reachable without authentication.
     security.init_app(app)
     webhook_auth.init_app(app)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 csrf = CSRFProtect()
 
@@ -66,7 +67,10 @@ def _tighten(path: str, mode: int) -> None:
 def private_sqlite(path: str, instance_path: str) -> None:
     """A SQLite file is created 0600 (its -wal and -shm files take the same mode); one in the
     instance folder, made by an earlier version with the default 0644, is closed too."""
-    private_file(path)
+    try:
+        private_file(path)
+    except FileNotFoundError:
+        return  # no such folder: opening the database reports it
     if os.path.dirname(os.path.abspath(path)) == os.path.abspath(instance_path):
         for name in (path, path + "-wal", path + "-shm"):
             _tighten(name, 0o600)
@@ -140,14 +144,35 @@ def client_address(peer: Optional[str], forwarded_for: Optional[str], trusted: l
     return address
 
 
+PEER = "viberwatch.peer"
+
+
+class ForwardedOnlyFromTrustedProxies:
+    """WSGI middleware: the one rule for the client's address, and for the scheme, host, port
+    and prefix a proxy forwards. X-Forwarded-* headers count only when the socket peer is in
+    TRUSTED_PROXIES: then REMOTE_ADDR becomes client_address(), and with PROXY_FIX = n the
+    other headers are read as ProxyFix reads them behind n proxies. From any other peer they
+    are ignored, so every use of `request.remote_addr` (webhook allow-list, sign-in limits,
+    stored bodies, logs, metrics) sees the same address."""
+
+    def __init__(self, wsgi_app, trusted: list, hops: int):
+        self.wsgi_app = wsgi_app
+        self.trusted = trusted
+        self.behind_proxies = (ProxyFix(wsgi_app, x_for=0, x_proto=hops, x_host=hops, x_port=hops,
+                                        x_prefix=hops) if hops else wsgi_app)
+
+    def __call__(self, environ, start_response):
+        peer = environ.get("REMOTE_ADDR") or ""
+        environ[PEER] = peer
+        if self.trusted and _in(peer, self.trusted):
+            environ["REMOTE_ADDR"] = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
+            return self.behind_proxies(environ, start_response)
+        return self.wsgi_app(environ, start_response)
+
+
 def request_client_address() -> str:
-    """client_address() for the current request, from the socket peer before any ProxyFix."""
-    orig = request.environ.get("werkzeug.proxy_fix.orig") or {}
-    trusted = current_app.extensions["viberwatch.trusted_proxies"]
-    if not trusted:
-        return request.remote_addr or ""
-    return client_address(orig.get("REMOTE_ADDR") or request.remote_addr,
-                          request.headers.get("X-Forwarded-For"), trusted)
+    """The current request's client address (see ForwardedOnlyFromTrustedProxies)."""
+    return request.remote_addr or ""
 
 
 @dataclass
@@ -205,8 +230,13 @@ def _same_origin(origin: str) -> bool:
 def init_app(app: Flask) -> None:
     load_secret_key(app)
     app.session_interface = SessionInterface()
-    app.extensions["viberwatch.trusted_proxies"] = parse_networks(
-        app.config.get("TRUSTED_PROXIES"), "TRUSTED_PROXIES")
+    trusted = parse_networks(app.config.get("TRUSTED_PROXIES"), "TRUSTED_PROXIES")
+    hops = int(app.config.get("PROXY_FIX") or 0)
+    if hops and not trusted:
+        # Forwarded headers believed from any peer would let anyone pick their address.
+        raise ValueError("PROXY_FIX needs TRUSTED_PROXIES: the addresses of the proxies whose "
+                         "X-Forwarded-* headers to believe")
+    app.wsgi_app = ForwardedOnlyFromTrustedProxies(app.wsgi_app, trusted, hops)
     # The login guard in auth.py decides when CSRF applies (not to webhooks or bearer calls).
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
     csrf.init_app(app)

@@ -224,3 +224,32 @@ def test_warning_banner_while_webhooks_are_open(serve):
     for closed in ({"WEBHOOK_TOKEN": "t0ken"}, {"WEBHOOK_ALLOW_NETWORKS": "127.0.0.1"},
                    {"WEBHOOK_SIGN_ACCESS_KEY": ACCESS_KEY, "WEBHOOK_SIGN_SECRET": SECRET}):
         assert "Webhooks accept unauthenticated calls" not in dashboard(serve(**closed).app)
+
+
+def test_one_client_address_rule_for_every_use(serve):
+    """Behind PROXY_FIX, a peer that is not a trusted proxy cannot pick its address by
+    X-Forwarded-For: not for the allow-list, the sign-in limit, nor the address kept."""
+    from app import auth
+
+    server = serve(PROXY_FIX=1, TRUSTED_PROXIES="192.0.2.1", WEBHOOK_ALLOW_NETWORKS="10.0.0.0/8",
+                   LOGIN_MAX_FAILURES_PER_ADDRESS=2)
+    forged = {**JSON, "X-Forwarded-For": "10.1.2.3"}
+    response = httpx.post(server.url + DR, content=BODY, headers=forged)
+    assert response.status_code == 403 and "127.0.0.1" in response.json()["reason"]
+    with server.app.app_context():
+        token = auth.create_token("t")[1]
+    api = httpx.post(server.url + "/api/messages", json={"requestId": "r", "phone": "1"},
+                     headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "203.0.113.9"})
+    assert api.status_code == 201
+    raws, _ = rows(server)
+    assert [r.remote_addr for r in raws] == ["127.0.0.1", "127.0.0.1"]
+    create_test_user(server.app)
+    with httpx.Client(base_url=server.url) as browser:
+        statuses = []
+        for i in range(4):
+            page = browser.get("/login")
+            token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+            statuses.append(browser.post("/login", data={"username": f"guess{i}", "password": "x",
+                                                         "csrf_token": token},
+                                         headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code)
+    assert statuses == [401, 401, 429, 429]
