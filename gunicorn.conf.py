@@ -15,6 +15,8 @@ timeout = 60
 graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
+# The webhook URLs carry ?token=: the access log writes it as [redacted].
+logger_class = "app.serving.RedactingLogger"
 
 
 # Metrics of several workers add up when PROMETHEUS_MULTIPROC_DIR is set (see app/metrics.py):

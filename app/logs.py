@@ -6,8 +6,10 @@ The same measurement feeds the webhook latency histogram of /metrics.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+from urllib.parse import unquote_plus
 
 from flask import Flask, g, request
 from pythonjsonlogger.json import JsonFormatter
@@ -15,6 +17,36 @@ from pythonjsonlogger.json import JsonFormatter
 from . import metrics
 
 log = logging.getLogger("viberwatch.webhooks")
+
+# Query parameters whose values are secrets (the webhook token): never written to a log.
+SECRET_PARAMS = frozenset({"token"})
+REDACTED = "[redacted]"
+_PARAM_RE = re.compile(r"(^|[?&;])([^?=&;\s\"]*)=([^&;\s\"]*)")
+
+
+def _redact_param(match: re.Match) -> str:
+    lead, name, _value = match.groups()
+    # The name as the app reads it: "tok%65n" is the token too.
+    if unquote_plus(name).lower() in SECRET_PARAMS:
+        return f"{lead}{name}={REDACTED}"
+    return match.group(0)
+
+
+def redact(text: str) -> str:
+    """A request line, URL or query string with the values of secret parameters replaced."""
+    return _PARAM_RE.sub(_redact_param, text) if "=" in text else text
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites each record's message with secret query values redacted (the development
+    server logs every request line, ?token= included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
 
 FIELDS = ("endpoint", "requestId", "outcome", "status", "durationMs", "remoteAddr")
 WEBHOOK_ENDPOINTS = {"webhooks.delivery_receipt": "dr", "webhooks.user_reply": "message"}
@@ -123,6 +155,9 @@ def register(app: Flask) -> None:
     value = app.config["LOG_JSON"]
     json_lines = value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
     configure(json_lines)
+    server_log = logging.getLogger("werkzeug")
+    if not any(isinstance(f, RedactSecrets) for f in server_log.filters):
+        server_log.addFilter(RedactSecrets())
     # First of all before_request hooks, so the duration covers authentication too.
     app.before_request_funcs.setdefault(None, []).insert(0, _start)
     app.after_request(_finish)

@@ -23,7 +23,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def production_server(env: dict, log_path: Path, *, unset: tuple = (), seconds: float = 60) -> Iterator[str]:
+def production_server(env: dict, log_path: Path, *, unset: tuple = (), seconds: float = 60,
+                      access_log: str = os.devnull) -> Iterator[str]:
     """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port with `env` added to the
     environment; yields its base URL once /healthz answers, and stops it afterwards."""
     port = free_port()
@@ -32,7 +33,7 @@ def production_server(env: dict, log_path: Path, *, unset: tuple = (), seconds: 
         full_env.pop(name, None)
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "--access-logfile", os.devnull,
+        proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "--access-logfile", str(access_log),
                                  "app:create_app()"], cwd=ROOT, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT)
         try:
