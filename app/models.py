@@ -344,6 +344,18 @@ class RefusedTally(db.Model):
     last_reason: Mapped[Optional[str]] = mapped_column(Text)
 
 
+class WebhookSignature(db.Model):
+    """A webhook signature that was used, kept past its `ts` window: the same one again is a replay."""
+
+    __tablename__ = "webhook_signature"
+    sign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    access_key: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[int] = mapped_column(BigInteger)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_webhook_signature_seen_at", "seen_at"),)
+
+
 class MessageTally(db.Model):
     """Messages per (day of last activity, status, code, anomaly), kept in the same transaction
     as every state change so the counters never count the message table."""

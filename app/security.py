@@ -13,6 +13,8 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import signing
+
 csrf = CSRFProtect()
 
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -32,6 +34,8 @@ DEFAULTS = {
     "WEBHOOK_SIGN_ACCESS_KEY": "",
     "WEBHOOK_SIGN_SECRET": "",
     "WEBHOOK_SIGN_WINDOW": 300,
+    "WEBHOOK_SIGN_BIZ_TYPE": signing.VIBER_BIZ_TYPE,
+    "WEBHOOK_SIGN_ACTIONS": dict(signing.CALLBACK_ACTIONS),
     "WEBHOOK_ALLOW_NETWORKS": "",
     "WEBHOOK_REFUSED_KEEP_PER_MINUTE": 60,
 }

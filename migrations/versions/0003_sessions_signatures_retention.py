@@ -1,0 +1,33 @@
+"""Webhook signatures already used (replays are refused)
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-02 05:10:00
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0003'
+down_revision = '0002'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table('webhook_signature',
+    sa.Column('sign', sa.String(length=64), nullable=False),
+    sa.Column('access_key', sa.String(length=128), nullable=False),
+    sa.Column('ts', sa.BigInteger(), nullable=False),
+    sa.Column('seen_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('sign')
+    )
+    with op.batch_alter_table('webhook_signature', schema=None) as batch_op:
+        batch_op.create_index('ix_webhook_signature_seen_at', ['seen_at'], unique=False)
+
+
+def downgrade():
+    with op.batch_alter_table('webhook_signature', schema=None) as batch_op:
+        batch_op.drop_index('ix_webhook_signature_seen_at')
+    op.drop_table('webhook_signature')
