@@ -17,14 +17,15 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
+from blinker import Namespace
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import (Blueprint, Flask, current_app, g, jsonify, redirect, render_template,
                    request, session, url_for)
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
-from sqlalchemy import func
+from sqlalchemy import func, or_
 
-from .models import ApiToken, LoginFailure, User, db, utcnow
+from .models import ApiToken, LoginFailure, User, UserSession, db, utcnow
 from .security import csrf, request_client_address
 
 bp = Blueprint("auth", __name__)
@@ -94,13 +95,81 @@ def create_user(username: str, password: str) -> User:
 
 
 def set_password(username: str, password: str) -> None:
+    """Change a password; every sign-in of the user ends with the old one."""
     user = find_user(username)
     if user is None:
         raise AccountError(f"no user {username!r}")
     if len(password) < MIN_PASSWORD:
         raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
     user.password_hash = hasher().hash(password)
+    end_sessions(UserSession.user_id == user.id)
+
+
+def logout_everywhere(username: str) -> int:
+    """End every sign-in of a user; returns how many were open."""
+    user = find_user(username)
+    if user is None:
+        raise AccountError(f"no user {username!r}")
+    return end_sessions(UserSession.user_id == user.id)
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+# Sent after sign-ins were ended, so this process's live sockets are checked at once
+# (other processes find out within LIVE_SESSION_CHECK_INTERVAL).
+signals = Namespace()
+sessions_ended = signals.signal("sessions-ended")
+
+
+def _session_id(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(user: User) -> None:
+    """A new sign-in for `user`: a random token for the cookie, its hash in user_session."""
+    now = utcnow()
+    token = secrets.token_urlsafe(32)
+    db.session.add(UserSession(id=_session_id(token), user_id=user.id, created_at=now))
+    # The user's sign-ins that ended or ran out need not be kept.
+    db.session.execute(db.delete(UserSession).where(
+        UserSession.user_id == user.id,
+        or_(UserSession.ended_at.is_not(None), UserSession.created_at < now - _max_age())))
     db.session.commit()
+    user.session_token = token
+
+
+def end_sessions(*conditions) -> int:
+    """End the open sign-ins matching `conditions` (and commit); returns how many."""
+    ended = db.session.execute(
+        db.update(UserSession).where(UserSession.ended_at.is_(None), *conditions)
+        .values(ended_at=utcnow()), execution_options={"preserve_rowcount": True}).rowcount
+    db.session.commit()
+    if ended:
+        sessions_ended.send(current_app._get_current_object())
+    return ended
+
+
+def end_session(token: Optional[str]) -> None:
+    if token:
+        end_sessions(UserSession.id == _session_id(token))
+
+
+def _max_age() -> timedelta:
+    return timedelta(seconds=int(current_app.config["LOGIN_MAX_AGE"]))
+
+
+def open_sessions(ids: set[str]) -> set[str]:
+    """Which of these session ids (hashes) are still signed in."""
+    if not ids:
+        return set()
+    return set(db.session.execute(db.select(UserSession.id).where(
+        UserSession.id.in_(sorted(ids)), UserSession.ended_at.is_(None),
+        UserSession.created_at >= utcnow() - _max_age())).scalars())
+
+
+def session_id_of(user) -> Optional[str]:
+    token = getattr(user, "session_token", None)
+    return _session_id(token) if token else None
 
 
 def ensure_admin(username: str = "admin") -> Optional[str]:
@@ -169,8 +238,17 @@ def authenticate(username: str, password: str, address: str) -> LoginOutcome:
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> Optional[User]:
-    return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+def load_user(token: str) -> Optional[User]:
+    """The user of an open sign-in: the cookie's token must name a session not ended."""
+    if not token or len(token) > 64:
+        return None
+    row = db.session.execute(
+        db.select(User).join(UserSession, UserSession.user_id == User.id)
+        .where(UserSession.id == _session_id(token), UserSession.ended_at.is_(None),
+               UserSession.created_at >= utcnow() - _max_age())).scalar_one_or_none()
+    if row is not None:
+        row.session_token = token
+    return row
 
 
 # --- API tokens --------------------------------------------------------------------------
@@ -255,6 +333,7 @@ def login():
                                error=outcome.error), outcome.http_status, headers
     # A fresh session on sign-in, so nothing set before it (a planted CSRF token) carries over.
     session.clear()
+    start_session(outcome.user)
     login_user(outcome.user)
     session.permanent = True
     session["login_at"] = int(time.time())
@@ -264,7 +343,8 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    """Sign out and forget the session."""
+    """Sign out: this sign-in ends for good, wherever its cookie was copied."""
+    end_session(getattr(current_user, "session_token", None))
     logout_user()
     session.clear()
     return redirect(url_for("auth.login"))
@@ -322,6 +402,7 @@ def require_login():
     if not current_user.is_authenticated:
         return _unauthenticated("sign in required")
     if _login_expired():
+        end_session(current_user.session_token)
         logout_user()
         session.clear()
         return _unauthenticated("the sign-in has expired")

@@ -298,13 +298,31 @@ class User(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_login_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
-    # Flask-Login's user interface.
+    # Flask-Login's user interface. The id it keeps in the cookie is the sign-in's own
+    # session token (UserSession), set when the user is loaded for a request.
     is_active = True
     is_authenticated = True
     is_anonymous = False
+    session_token = None
 
     def get_id(self) -> str:
-        return str(self.id)
+        if not self.session_token:
+            raise RuntimeError("a user is signed in through a session (auth.start_session)")
+        return self.session_token
+
+
+class UserSession(db.Model):
+    """One sign-in. The session cookie carries its token; only the token's SHA-256 is kept.
+    Ending it (logout, a new password, `viberwatch logout-user`) ends that cookie wherever
+    it was copied, and closes its live socket."""
+
+    __tablename__ = "user_session"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_user_session_user", "user_id", "ended_at"),)
 
 
 class ApiToken(db.Model):

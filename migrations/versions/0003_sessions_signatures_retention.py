@@ -1,4 +1,4 @@
-"""Webhook signatures already used (replays are refused)
+"""Sign-ins kept server-side; webhook signatures already used (replays are refused)
 
 Revision ID: 0003
 Revises: 0002
@@ -16,6 +16,17 @@ depends_on = None
 
 
 def upgrade():
+    op.create_table('user_session',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('ended_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['user_id'], ['app_user.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('user_session', schema=None) as batch_op:
+        batch_op.create_index('ix_user_session_user', ['user_id', 'ended_at'], unique=False)
+
     op.create_table('webhook_signature',
     sa.Column('sign', sa.String(length=64), nullable=False),
     sa.Column('access_key', sa.String(length=128), nullable=False),
@@ -31,3 +42,6 @@ def downgrade():
     with op.batch_alter_table('webhook_signature', schema=None) as batch_op:
         batch_op.drop_index('ix_webhook_signature_seen_at')
     op.drop_table('webhook_signature')
+    with op.batch_alter_table('user_session', schema=None) as batch_op:
+        batch_op.drop_index('ix_user_session_user')
+    op.drop_table('user_session')
