@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -47,6 +49,10 @@ DEFAULTS = {
     "LOGIN_FAILURE_WINDOW": 900,
     "LOGIN_MAX_FAILURES_PER_ACCOUNT": 10,
     "LOGIN_MAX_FAILURES_PER_ADDRESS": 30,
+    # Password checks (Argon2, ARGON2_MEMORY_COST each) at once per process, and how long a
+    # sign-in waits for one before it is answered 503.
+    "LOGIN_CONCURRENT_CHECKS": 2,
+    "LOGIN_CHECK_WAIT": 5.0,
     "SESSION_COOKIE_NAME": "viberwatch_session",
     "SESSION_COOKIE_HTTPONLY": True,
     "SESSION_COOKIE_SAMESITE": "Lax",
@@ -206,33 +212,98 @@ class LoginOutcome:
     retry_after: Optional[int] = None
 
 
-def _recent_failures(column, value, since) -> int:
-    return db.session.execute(db.select(func.count(LoginFailure.id))
-                              .where(column == value, LoginFailure.at > since)).scalar_one()
+class PasswordChecks:
+    """Bounds the Argon2 checks running at once in this process (each takes ARGON2_MEMORY_COST
+    of memory), and remembers the most that ever ran together."""
+
+    def __init__(self, limit: int):
+        self.slots = threading.BoundedSemaphore(limit)
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+
+    @contextmanager
+    def slot(self, wait: float):
+        """Yields True with a slot held, or False when none came free within `wait` seconds."""
+        if not self.slots.acquire(timeout=wait):
+            yield False
+            return
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            yield True
+        finally:
+            with self.lock:
+                self.running -= 1
+            self.slots.release()
+
+
+# Any constant: the advisory lock that makes PostgreSQL take sign-in attempts one at a time.
+ATTEMPTS_LOCK = 0x7669626572
+
+
+def _count(*conditions) -> int:
+    return db.session.execute(db.select(func.count(LoginFailure.id)).where(*conditions)).scalar_one()
+
+
+def _reserve(key: str, address: str, now, since) -> Optional[LoginFailure]:
+    """Count an attempt as a failure before its password is checked, or refuse it (None).
+
+    Reserved one at a time across processes and hosts, so simultaneous attempts cannot all
+    read the count before any of them is added. The limits slow a guesser without locking
+    the owner out: an address may fail LOGIN_MAX_FAILURES_PER_ADDRESS times over all
+    accounts; once an account has failed LOGIN_MAX_FAILURES_PER_ACCOUNT times (from anywhere),
+    only addresses that have not failed on it may still try it.
+    """
+    cfg = current_app.config
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(db.select(func.pg_advisory_xact_lock(ATTEMPTS_LOCK)))
+    # On SQLite this first write takes the database's write lock until the commit.
+    db.session.execute(db.delete(LoginFailure).where(LoginFailure.at <= since))
+    by_address = _count(LoginFailure.address == address)
+    by_account = _count(LoginFailure.username == key)
+    by_both = _count(LoginFailure.username == key, LoginFailure.address == address)
+    if by_address >= int(cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"]) or (
+            by_account >= int(cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"]) and by_both):
+        db.session.commit()
+        return None
+    attempt = LoginFailure(username=key, address=address, at=now)
+    db.session.add(attempt)
+    db.session.commit()
+    return attempt
 
 
 def authenticate(username: str, password: str, address: str) -> LoginOutcome:
-    """Check a sign-in, rate-limited per account and per address by recent failures."""
+    """Check a sign-in: the attempt is counted first (see _reserve), then its password is
+    checked among a bounded number at once; a right password takes the attempt back."""
     cfg = current_app.config
     window = int(cfg["LOGIN_FAILURE_WINDOW"])
     key = (username or "").strip().lower()[:MAX_USERNAME]
     address = (address or "unknown")[:64]
     now = utcnow()
     since = now - timedelta(seconds=window)
-    if (_recent_failures(LoginFailure.username, key, since) >= int(cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"])
-            or _recent_failures(LoginFailure.address, address, since) >= int(cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"])):
+    attempt = _reserve(key, address, now, since)
+    if attempt is None:
         return LoginOutcome(http_status=429, retry_after=window,
                             error="Too many failed sign-ins. Try again later.")
     user = find_user((username or "").strip()) if username else None
-    if not _password_matches(user, password or ""):
-        db.session.execute(db.delete(LoginFailure).where(LoginFailure.at <= since))
-        db.session.add(LoginFailure(username=key, address=address, at=now))
-        db.session.commit()
+    checks: PasswordChecks = current_app.extensions["viberwatch.password_checks"]
+    with checks.slot(float(cfg["LOGIN_CHECK_WAIT"])) as held:
+        if not held:
+            db.session.delete(attempt)  # no password was checked: it does not count
+            db.session.commit()
+            return LoginOutcome(http_status=503, retry_after=1,
+                                error="Too many sign-ins at once. Try again in a moment.")
+        matches = _password_matches(user, password or "")
+        if matches and hasher().check_needs_rehash(user.password_hash):
+            user.password_hash = hasher().hash(password)
+    if not matches:
         return LoginOutcome(http_status=401, error="Unknown username or wrong password.")
-    if hasher().check_needs_rehash(user.password_hash):
-        user.password_hash = hasher().hash(password)
     user.last_login_at = now
-    db.session.execute(db.delete(LoginFailure).where(LoginFailure.username == key))
+    # This address's failures on the account are forgiven; other addresses' stay counted.
+    db.session.execute(db.delete(LoginFailure).where(LoginFailure.username == key,
+                                                     LoginFailure.address == address))
     db.session.commit()
     return LoginOutcome(user=user)
 
@@ -411,6 +482,7 @@ def require_login():
 
 
 def init_app(app: Flask) -> None:
+    app.extensions["viberwatch.password_checks"] = PasswordChecks(int(app.config["LOGIN_CONCURRENT_CHECKS"]))
     app.extensions["viberwatch.hasher"] = PasswordHasher(
         time_cost=int(app.config["ARGON2_TIME_COST"]), memory_cost=int(app.config["ARGON2_MEMORY_COST"]),
         parallelism=int(app.config["ARGON2_PARALLELISM"]))
