@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from gunicorn.glogging import Logger
 
-from .logs import REDACTED, redact
+from .redaction import REDACTED, redact
 
 # Request headers that carry credentials, in gunicorn's "{name}i" atom form.
 SECRET_HEADER_ATOMS = ("{authorization}i", "{cookie}i", "{x-webhook-token}i")
