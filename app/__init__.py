@@ -9,7 +9,7 @@ from flask_migrate import Migrate
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
-from . import auth, security, webhook_auth
+from . import auth, retention, security, webhook_auth
 from .models import db
 from .payloads import parse_zone
 
@@ -76,6 +76,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     # Before every other hook and blueprint: nothing is reachable without authentication.
     security.init_app(app)
     webhook_auth.init_app(app)
+    retention.init_app(app)
     auth.init_app(app)
 
     from . import api, cli, webhooks

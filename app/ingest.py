@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy import case, func
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import payloads, rollup, tally
+from . import payloads, retention, rollup, tally
 from .models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
 from .payloads import Invalid
 from .sqlutil import insert_for
@@ -354,7 +354,9 @@ def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers: dic
             db.session.rollback()
             current_app.logger.exception("a %s body could not be kept", endpoint)
             return Result(503, "rejected", 0, error=error)
-        return Result(503, "rejected", raw.id, error=error)
+        result = Result(503, "rejected", raw.id, error=error)
+    if not result.ok:
+        retention.kept(len(body))  # never applied: bounded by REJECTED_KEEP_BYTES / _DAYS
     return _committed(result)
 
 
@@ -363,6 +365,7 @@ def refuse(endpoint: str, body: bytes, content_type: Optional[str], headers: dic
     """Keep a body whose request was refused before validation (authentication, size)."""
     raw = store_raw(endpoint, body, content_type, headers, remote_addr, "refused", http_status, reason)
     db.session.commit()
+    retention.kept(len(body))
     return raw
 
 

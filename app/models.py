@@ -362,6 +362,15 @@ class RefusedTally(db.Model):
     last_reason: Mapped[Optional[str]] = mapped_column(Text)
 
 
+class RetentionDrop(db.Model):
+    """Never-applied bodies deleted to stay under REJECTED_KEEP_BYTES, per minute (for the banner)."""
+
+    __tablename__ = "retention_drop"
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    bodies: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class WebhookSignature(db.Model):
     """A webhook signature that was used, kept past its `ts` window: the same one again is a replay."""
 

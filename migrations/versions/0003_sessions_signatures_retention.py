@@ -1,4 +1,5 @@
-"""Sign-ins kept server-side; webhook signatures already used (replays are refused)
+"""Sign-ins kept server-side; webhook signatures already used (replays are refused);
+never-applied bodies deleted for REJECTED_KEEP_BYTES, per minute
 
 Revision ID: 0003
 Revises: 0002
@@ -16,6 +17,12 @@ depends_on = None
 
 
 def upgrade():
+    op.create_table('retention_drop',
+    sa.Column('minute', sa.DateTime(), nullable=False),
+    sa.Column('bodies', sa.Integer(), nullable=False),
+    sa.Column('bytes', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('minute')
+    )
     op.create_table('user_session',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -45,3 +52,4 @@ def downgrade():
     with op.batch_alter_table('user_session', schema=None) as batch_op:
         batch_op.drop_index('ix_user_session_user')
     op.drop_table('user_session')
+    op.drop_table('retention_drop')
