@@ -286,52 +286,47 @@ def attempt_at_once(base_url: str, count: int, password="wrong", addresses=None)
     return statuses
 
 
-def test_simultaneous_attempts_check_no_more_passwords_than_the_limit(app_config):
-    app = limited_app(app_config, LOGIN_MAX_FAILURES_PER_ACCOUNT=10, LOGIN_CONCURRENT_CHECKS=8)
+def served_attempts(app, count: int, addresses=None) -> tuple[list[int], int]:
+    """attempt_at_once against a real server of `app`: the answers, and the failures counted."""
     server = LiveServer(app).start()
     try:
-        statuses = attempt_at_once(server.url, 40)
+        statuses = attempt_at_once(server.url, count, addresses=addresses)
     finally:
         server.stop()
-    assert sorted(statuses) == [401] * 10 + [429] * 30
     with app.app_context():
-        assert db.session.execute(db.select(db.func.count(LoginFailure.id))).scalar_one() == 10
+        counted = db.session.execute(db.select(db.func.count(LoginFailure.id))).scalar_one()
         db.engine.dispose()
+    return statuses, counted
+
+
+# Argon2 at its production memory cost, so that checks take long enough to overlap.
+SLOW_ARGON2 = {"ARGON2_TIME_COST": 2, "ARGON2_MEMORY_COST": 65536, "ARGON2_PARALLELISM": 1,
+               "TRUSTED_PROXIES": "127.0.0.1"}
+
+
+def test_simultaneous_attempts_check_no_more_passwords_than_the_limit(app_config):
+    app = limited_app(app_config, LOGIN_MAX_FAILURES_PER_ACCOUNT=10, LOGIN_CONCURRENT_CHECKS=8)
+    statuses, counted = served_attempts(app, 40)
+    assert sorted(statuses) == [401] * 10 + [429] * 30
+    assert counted == 10
 
 
 def test_password_checks_at_once_are_bounded_per_process(app_config):
-    """Argon2 at its production memory cost: 8 sign-ins at once, one check at a time."""
-    argon2 = {"ARGON2_TIME_COST": 2, "ARGON2_MEMORY_COST": 65536, "ARGON2_PARALLELISM": 1}
+    """8 sign-ins at once, one check at a time."""
     peaks = {}
     for limit in (1, 8):
-        app = limited_app(app_config, LOGIN_CONCURRENT_CHECKS=limit, LOGIN_CHECK_WAIT=60,
-                          TRUSTED_PROXIES="127.0.0.1", **argon2)
-        server = LiveServer(app).start()
-        try:
-            statuses = attempt_at_once(server.url, 8, addresses=[f"192.0.{limit}.{i}" for i in range(8)])
-        finally:
-            server.stop()
+        app = limited_app(app_config, LOGIN_CONCURRENT_CHECKS=limit, LOGIN_CHECK_WAIT=60, **SLOW_ARGON2)
+        statuses, _ = served_attempts(app, 8, [f"192.0.{limit}.{i}" for i in range(8)])
         assert statuses == [401] * 8
         peaks[limit] = app.extensions["viberwatch.password_checks"].peak
-        with app.app_context():
-            db.engine.dispose()
     # Without the bound they do overlap: the measurement can tell.
     assert peaks[1] == 1 and peaks[8] > 1
 
 
 def test_a_sign_in_that_finds_no_free_check_is_503_and_not_counted(app_config):
-    argon2 = {"ARGON2_TIME_COST": 3, "ARGON2_MEMORY_COST": 65536, "ARGON2_PARALLELISM": 1}
-    app = limited_app(app_config, LOGIN_CONCURRENT_CHECKS=1, LOGIN_CHECK_WAIT=0.001,
-                      TRUSTED_PROXIES="127.0.0.1", **argon2)
-    server = LiveServer(app).start()
-    try:
-        statuses = attempt_at_once(server.url, 6, addresses=[f"192.0.2.{i}" for i in range(6)])
-    finally:
-        server.stop()
+    app = limited_app(app_config, LOGIN_CONCURRENT_CHECKS=1, LOGIN_CHECK_WAIT=0.001, **SLOW_ARGON2)
+    statuses, counted = served_attempts(app, 6, [f"192.0.2.{i}" for i in range(6)])
     assert 401 in statuses and 503 in statuses and set(statuses) <= {401, 503}
-    with app.app_context():
-        counted = db.session.execute(db.select(db.func.count(LoginFailure.id))).scalar_one()
-        db.engine.dispose()
     assert counted == statuses.count(401)
 
 
