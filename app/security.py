@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import signing
@@ -282,6 +283,20 @@ def init_app(app: Flask) -> None:
         if _is_json_client():
             return jsonify(body), 400
         return error.description, 400, {"Content-Type": "text/plain; charset=utf-8"}
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_unavailable(error):
+        # The database is away (or gave up on a lock): a retry may succeed, so 503, not 500.
+        from .models import db
+
+        db.session.rollback()
+        current_app.logger.warning("database unavailable: %s", type(error.orig).__name__)
+        body = {"error": "database: unavailable, try again", "field": "database",
+                "reason": "unavailable, try again"}
+        if _is_json_client():
+            return jsonify(body), 503, {"Retry-After": "5"}
+        return body["error"], 503, {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "5"}
 
     @app.errorhandler(413)
     def too_large(error):

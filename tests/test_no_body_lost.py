@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.models import RawBody, db
-from conftest import fixture_json
+from conftest import fixture_json, login_form_token
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"
@@ -133,3 +133,30 @@ def test_any_value_in_any_field_is_answered_and_kept(app, anon_client, api_token
     run()
     # The run reached both sides: applied bodies and refused ones.
     assert any(s < 300 for s in answered) and any(s == 422 for s in answered)
+
+
+def test_with_the_database_away_nothing_answers_500(app_config):
+    """Port 9 on loopback: nothing listens, every connection is refused at once. Whatever
+    needs the database answers 503 (push again) instead of 500."""
+    from app import create_app
+
+    from app.signing import sign
+
+    app = create_app({**app_config, "WEBHOOK_SIGN_ACCESS_KEY": "ak", "WEBHOOK_SIGN_SECRET": "s",
+                      "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=2"})
+    client = app.test_client()
+    body = json.dumps(fixture_json("dr_seen")).encode()
+    ts = str(int(__import__("time").time() * 1000))
+    signed = {"accessKey": "ak", "ts": ts, "bizType": "7", "action": "dr", "sign": sign("ak", "dr", "7", ts, body, "s")}
+    answers = [
+        client.post(DR, data=body, content_type="application/json", headers=signed),  # taking the signature
+        client.post(DR, data=body, content_type="application/json"),  # keeping the refused body
+        client.post(API, json=REGISTRATION, headers={"Authorization": "Bearer vw_x"}),  # the token
+        client.post("/login", data={"username": "a", "password": "b",
+                                    "csrf_token": login_form_token(client)}),  # counting the attempt
+    ]
+    with client.session_transaction() as session:
+        session["_user_id"] = "a-session-token"
+    answers.append(client.get("/"))  # finding the sign-in
+    assert [a.status_code for a in answers] == [503] * 5
+    assert answers[0].get_json()["field"] == "database" and answers[0].headers["Retry-After"]
