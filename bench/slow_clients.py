@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from live_latency import free_port, prepare_database, stop_server  # noqa: E402
+from report import write_between  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -218,15 +219,11 @@ def main() -> None:
                      f"{cell(r['healthz'])} | {cell(r['webhook'])} |")
     text = "\n".join(table)
     print(text)
-    if args.write_docs and DOCS.exists():
-        doc = DOCS.read_text()
-        if START in doc and END in doc:
-            head, rest = doc.split(START, 1)
-            _, tail = rest.split(END, 1)
-            stamp = (f"Measured {time.strftime('%Y-%m-%d')}: {args.connections} slow connections, one byte "
-                     f"every {args.interval:g} s each, {args.hold:g} s of probes (a /healthz and a webhook "
-                     f"every half second).")
-            DOCS.write_text(f"{head}{START}\n{stamp}\n\n{text}\n{END}{tail}")
+    if args.write_docs:
+        stamp = (f"Measured {time.strftime('%Y-%m-%d')}: {args.connections} slow connections, one byte "
+                 f"every {args.interval:g} s each, {args.hold:g} s of probes (a /healthz and a webhook "
+                 f"every half second).")
+        write_between(DOCS, START, END, f"{stamp}\n\n{text}")
 
 
 if __name__ == "__main__":
