@@ -1,7 +1,7 @@
 """Sign-ins kept server-side; webhook signatures already used (replays are refused);
 never-applied bodies deleted for REJECTED_KEEP_BYTES, per minute
 
-Revision ID: 0003
+Revision ID: 0003_sessions_replay_retention
 Revises: 0002
 Create Date: 2026-12-02 05:10:00
 
@@ -10,7 +10,7 @@ from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0003'
+revision = '0003_sessions_replay_retention'
 down_revision = '0002'
 branch_labels = None
 depends_on = None
