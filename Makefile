@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run serve test bench bench-live demo vendor clean
+.PHONY: install run serve test bench bench-live bench-slow demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,15 @@ bench: install
 	$(BIN)/python bench/run.py --messages $(BENCH_MESSAGES)
 	$(BIN)/python bench/live_latency.py --write-docs
 	$(BIN)/python bench/analytics.py --messages $(BENCH_MESSAGES) --reuse
+	$(BIN)/python bench/slow_clients.py --write-docs
 
 # Only the live-update latency part of the benchmarks.
 bench-live: install
 	$(BIN)/python bench/live_latency.py --write-docs
+
+# Only the slow-clients part: 1,500 connections trickling a request, /healthz and a webhook probed.
+bench-slow: install
+	$(BIN)/python bench/slow_clients.py --write-docs
 
 # Serve, then play NXCLOUD against the server so the dashboard fills up live; the played
 # send API (on PORT+1) lets a thread's reply box send too (nothing reaches real NXCLOUD).

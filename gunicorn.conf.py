@@ -8,13 +8,17 @@ import os
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
-worker_class = "gthread"
+# gthread, whose main loop also reads each request whole before a thread serves it, so slow
+# clients cannot hold the threads (app/serving.py; GUNICORN_HEAD_TIMEOUT, GUNICORN_BODY_TIMEOUT).
+worker_class = "app.serving.SlowClientWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "64"))
 # WebSockets stay open for hours; the worker timeout only guards against a hung worker.
 timeout = 60
 graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
+# The webhook URLs carry ?token=: the access log writes it as [redacted].
+logger_class = "app.serving.RedactingLogger"
 
 
 # Metrics of several workers add up when PROMETHEUS_MULTIPROC_DIR is set (see app/metrics.py):

@@ -7,10 +7,9 @@ import sqlite3
 from flask import Flask
 from flask_migrate import Migrate
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from werkzeug.middleware.proxy_fix import ProxyFix
+from sqlalchemy.engine import Engine, make_url
 
-from . import auth, security, webhook_auth
+from . import auth, retention, security, webhook_auth
 from .models import db
 from .payloads import parse_zone
 
@@ -19,7 +18,8 @@ DEFAULTS = {
     "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
     "MAX_CONTENT_LENGTH": 256 * 1024,
     "JSON_SORT_KEYS": False,
-    # Number of reverse proxies in front of the app whose X-Forwarded-* headers to trust.
+    # Number of reverse proxies in front of the app whose X-Forwarded-Proto/-Host/-Port/-Prefix
+    # to read; believed only from TRUSTED_PROXIES (app/security.py).
     "PROXY_FIX": 0,
     "BENCH_NOOP": False,
     # Seconds a SQLite statement waits for another connection's write lock before it fails.
@@ -55,6 +55,19 @@ def _database_url(app: Flask) -> str:
     return url
 
 
+def _end_session(_exc) -> None:
+    """End the context's session even when its connection died (the database went away
+    mid-request): its rollback would fail, and the answer turn into a 500. Runs before
+    Flask-SQLAlchemy's own teardown, which then finds nothing left to close."""
+    if not db.session.registry.has():
+        return
+    try:
+        db.session.remove()
+    except Exception:
+        db.session.invalidate()  # drop the connections without a rollback
+        db.session.registry.clear()
+
+
 def _connect_options(app: Flask) -> None:
     """How long connecting and waiting for a lock may take, per database."""
     options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
@@ -70,29 +83,32 @@ def _connect_options(app: Flask) -> None:
 
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then instance/config.py, then the environment, then `test_config`."""
-    app = Flask(__name__, instance_relative_config=True,
-                template_folder="../templates", static_folder="../static")
+    instance = os.environ.get("VIBERWATCH_INSTANCE_PATH")
+    app = Flask(__name__, instance_relative_config=True, template_folder="../templates",
+                static_folder="../static", instance_path=os.path.abspath(instance) if instance else None)
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping({**security.DEFAULTS, **auth.DEFAULTS})
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env(prefix="VIBERWATCH")
     if test_config:
         app.config.from_mapping(test_config)
-    os.makedirs(app.instance_path, exist_ok=True)
+    # Secrets, the SQLite database and the spool live here: nobody else may read them.
+    security.private_folder(app.instance_path)
     if "SQLALCHEMY_DATABASE_URI" not in (test_config or {}):
         app.config["SQLALCHEMY_DATABASE_URI"] = _database_url(app)
     _connect_options(app)
+    url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        security.private_sqlite(url.database, app.instance_path)
     app.extensions["viberwatch.sendtime_zone"] = parse_zone(str(app.config["SENDTIME_TZ"]))
 
     db.init_app(app)
+    app.teardown_appcontext(_end_session)
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
-    proxies = int(app.config["PROXY_FIX"] or 0)
-    if proxies:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies,
-                                x_port=proxies, x_prefix=proxies)
     # Before every other hook and blueprint: nothing is reachable without authentication.
     security.init_app(app)
     webhook_auth.init_app(app)
+    retention.init_app(app)
     auth.init_app(app)
 
     from . import api, cli, ingest, webhooks

@@ -76,13 +76,24 @@ def _iso(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
 
+# Custom ranges stay inside these years, so that no bucket or bin edge leaves what a
+# datetime can hold (year 1 east of UTC has no UTC time at all).
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9999, 1, 1, tzinfo=timezone.utc)
+
+
 def _parse_time(field: str, value: str) -> datetime:
     try:
         at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        # Times without a zone are taken as UTC, like every time the app shows.
+        at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
     except ValueError:
         raise RangeError(field, f"not a date and time (YYYY-MM-DDTHH:MM), got {value!r}") from None
-    # Times without a zone are taken as UTC, like every time the app shows.
-    return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
+    except OverflowError:
+        at = None
+    if at is None or not EARLIEST <= at < LATEST:
+        raise RangeError(field, f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} UTC")
+    return at
 
 
 def parse_range(args: Mapping[str, str], now: datetime) -> TimeRange:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -17,14 +19,15 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
+from blinker import Namespace
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import (Blueprint, Flask, current_app, g, jsonify, redirect, render_template,
                    request, session, url_for)
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
-from sqlalchemy import func
+from sqlalchemy import func, or_
 
-from .models import ApiToken, LoginFailure, User, db, utcnow
+from .models import ApiToken, LoginFailure, User, UserSession, db, utcnow
 from .security import csrf, request_client_address
 
 bp = Blueprint("auth", __name__)
@@ -46,6 +49,10 @@ DEFAULTS = {
     "LOGIN_FAILURE_WINDOW": 900,
     "LOGIN_MAX_FAILURES_PER_ACCOUNT": 10,
     "LOGIN_MAX_FAILURES_PER_ADDRESS": 30,
+    # Password checks (Argon2, ARGON2_MEMORY_COST each) at once per process, and how long a
+    # sign-in waits for one before it is answered 503.
+    "LOGIN_CONCURRENT_CHECKS": 2,
+    "LOGIN_CHECK_WAIT": 5.0,
     "SESSION_COOKIE_NAME": "viberwatch_session",
     "SESSION_COOKIE_HTTPONLY": True,
     "SESSION_COOKIE_SAMESITE": "Lax",
@@ -94,13 +101,81 @@ def create_user(username: str, password: str) -> User:
 
 
 def set_password(username: str, password: str) -> None:
+    """Change a password; every sign-in of the user ends with the old one."""
     user = find_user(username)
     if user is None:
         raise AccountError(f"no user {username!r}")
     if len(password) < MIN_PASSWORD:
         raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
     user.password_hash = hasher().hash(password)
+    end_sessions(UserSession.user_id == user.id)
+
+
+def logout_everywhere(username: str) -> int:
+    """End every sign-in of a user; returns how many were open."""
+    user = find_user(username)
+    if user is None:
+        raise AccountError(f"no user {username!r}")
+    return end_sessions(UserSession.user_id == user.id)
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+# Sent after sign-ins were ended, so this process's live sockets are checked at once
+# (other processes find out within LIVE_SESSION_CHECK_INTERVAL).
+signals = Namespace()
+sessions_ended = signals.signal("sessions-ended")
+
+
+def _session_id(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(user: User) -> None:
+    """A new sign-in for `user`: a random token for the cookie, its hash in user_session."""
+    now = utcnow()
+    token = secrets.token_urlsafe(32)
+    db.session.add(UserSession(id=_session_id(token), user_id=user.id, created_at=now))
+    # The user's sign-ins that ended or ran out need not be kept.
+    db.session.execute(db.delete(UserSession).where(
+        UserSession.user_id == user.id,
+        or_(UserSession.ended_at.is_not(None), UserSession.created_at < now - _max_age())))
     db.session.commit()
+    user.session_token = token
+
+
+def end_sessions(*conditions) -> int:
+    """End the open sign-ins matching `conditions` (and commit); returns how many."""
+    ended = db.session.execute(
+        db.update(UserSession).where(UserSession.ended_at.is_(None), *conditions)
+        .values(ended_at=utcnow()), execution_options={"preserve_rowcount": True}).rowcount
+    db.session.commit()
+    if ended:
+        sessions_ended.send(current_app._get_current_object())
+    return ended
+
+
+def end_session(token: Optional[str]) -> None:
+    if token:
+        end_sessions(UserSession.id == _session_id(token))
+
+
+def _max_age() -> timedelta:
+    return timedelta(seconds=int(current_app.config["LOGIN_MAX_AGE"]))
+
+
+def open_sessions(ids: set[str]) -> set[str]:
+    """Which of these session ids (hashes) are still signed in."""
+    if not ids:
+        return set()
+    return set(db.session.execute(db.select(UserSession.id).where(
+        UserSession.id.in_(sorted(ids)), UserSession.ended_at.is_(None),
+        UserSession.created_at >= utcnow() - _max_age())).scalars())
+
+
+def session_id_of(user) -> Optional[str]:
+    token = getattr(user, "session_token", None)
+    return _session_id(token) if token else None
 
 
 def user_names(limit: int = 5) -> list[str]:
@@ -142,40 +217,114 @@ class LoginOutcome:
     retry_after: Optional[int] = None
 
 
-def _recent_failures(column, value, since) -> int:
-    return db.session.execute(db.select(func.count(LoginFailure.id))
-                              .where(column == value, LoginFailure.at > since)).scalar_one()
+class PasswordChecks:
+    """Bounds the Argon2 checks running at once in this process (each takes ARGON2_MEMORY_COST
+    of memory), and remembers the most that ever ran together."""
+
+    def __init__(self, limit: int):
+        self.slots = threading.BoundedSemaphore(limit)
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+
+    @contextmanager
+    def slot(self, wait: float):
+        """Yields True with a slot held, or False when none came free within `wait` seconds."""
+        if not self.slots.acquire(timeout=wait):
+            yield False
+            return
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            yield True
+        finally:
+            with self.lock:
+                self.running -= 1
+            self.slots.release()
+
+
+# Any constant: the advisory lock that makes PostgreSQL take sign-in attempts one at a time.
+ATTEMPTS_LOCK = 0x7669626572
+
+
+def _count(*conditions) -> int:
+    return db.session.execute(db.select(func.count(LoginFailure.id)).where(*conditions)).scalar_one()
+
+
+def _reserve(key: str, address: str, now, since) -> Optional[LoginFailure]:
+    """Count an attempt as a failure before its password is checked, or refuse it (None).
+
+    Reserved one at a time across processes and hosts, so simultaneous attempts cannot all
+    read the count before any of them is added. The limits slow a guesser without locking
+    the owner out: an address may fail LOGIN_MAX_FAILURES_PER_ADDRESS times over all
+    accounts; once an account has failed LOGIN_MAX_FAILURES_PER_ACCOUNT times (from anywhere),
+    only addresses that have not failed on it may still try it.
+    """
+    cfg = current_app.config
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(db.select(func.pg_advisory_xact_lock(ATTEMPTS_LOCK)))
+    # On SQLite this first write takes the database's write lock until the commit.
+    db.session.execute(db.delete(LoginFailure).where(LoginFailure.at <= since))
+    by_address = _count(LoginFailure.address == address)
+    by_account = _count(LoginFailure.username == key)
+    by_both = _count(LoginFailure.username == key, LoginFailure.address == address)
+    if by_address >= int(cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"]) or (
+            by_account >= int(cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"]) and by_both):
+        db.session.commit()
+        return None
+    attempt = LoginFailure(username=key, address=address, at=now)
+    db.session.add(attempt)
+    db.session.commit()
+    return attempt
 
 
 def authenticate(username: str, password: str, address: str) -> LoginOutcome:
-    """Check a sign-in, rate-limited per account and per address by recent failures."""
+    """Check a sign-in: the attempt is counted first (see _reserve), then its password is
+    checked among a bounded number at once; a right password takes the attempt back."""
     cfg = current_app.config
     window = int(cfg["LOGIN_FAILURE_WINDOW"])
     key = (username or "").strip().lower()[:MAX_USERNAME]
     address = (address or "unknown")[:64]
     now = utcnow()
     since = now - timedelta(seconds=window)
-    if (_recent_failures(LoginFailure.username, key, since) >= int(cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"])
-            or _recent_failures(LoginFailure.address, address, since) >= int(cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"])):
+    attempt = _reserve(key, address, now, since)
+    if attempt is None:
         return LoginOutcome(http_status=429, retry_after=window,
                             error="Too many failed sign-ins. Try again later.")
     user = find_user((username or "").strip()) if username else None
-    if not _password_matches(user, password or ""):
-        db.session.execute(db.delete(LoginFailure).where(LoginFailure.at <= since))
-        db.session.add(LoginFailure(username=key, address=address, at=now))
-        db.session.commit()
+    checks: PasswordChecks = current_app.extensions["viberwatch.password_checks"]
+    with checks.slot(float(cfg["LOGIN_CHECK_WAIT"])) as held:
+        if not held:
+            db.session.delete(attempt)  # no password was checked: it does not count
+            db.session.commit()
+            return LoginOutcome(http_status=503, retry_after=1,
+                                error="Too many sign-ins at once. Try again in a moment.")
+        matches = _password_matches(user, password or "")
+        if matches and hasher().check_needs_rehash(user.password_hash):
+            user.password_hash = hasher().hash(password)
+    if not matches:
         return LoginOutcome(http_status=401, error="Unknown username or wrong password.")
-    if hasher().check_needs_rehash(user.password_hash):
-        user.password_hash = hasher().hash(password)
     user.last_login_at = now
-    db.session.execute(db.delete(LoginFailure).where(LoginFailure.username == key))
+    # This address's failures on the account are forgiven; other addresses' stay counted.
+    db.session.execute(db.delete(LoginFailure).where(LoginFailure.username == key,
+                                                     LoginFailure.address == address))
     db.session.commit()
     return LoginOutcome(user=user)
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> Optional[User]:
-    return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+def load_user(token: str) -> Optional[User]:
+    """The user of an open sign-in: the cookie's token must name a session not ended."""
+    if not token or len(token) > 64:
+        return None
+    row = db.session.execute(
+        db.select(User).join(UserSession, UserSession.user_id == User.id)
+        .where(UserSession.id == _session_id(token), UserSession.ended_at.is_(None),
+               UserSession.created_at >= utcnow() - _max_age())).scalar_one_or_none()
+    if row is not None:
+        row.session_token = token
+    return row
 
 
 # --- API tokens --------------------------------------------------------------------------
@@ -260,6 +409,7 @@ def login():
                                error=outcome.error), outcome.http_status, headers
     # A fresh session on sign-in, so nothing set before it (a planted CSRF token) carries over.
     session.clear()
+    start_session(outcome.user)
     login_user(outcome.user)
     session.permanent = True
     session["login_at"] = int(time.time())
@@ -269,7 +419,8 @@ def login():
 
 @bp.post("/logout")
 def logout():
-    """Sign out and forget the session."""
+    """Sign out: this sign-in ends for good, wherever its cookie was copied."""
+    end_session(getattr(current_user, "session_token", None))
     logout_user()
     session.clear()
     return redirect(url_for("auth.login"))
@@ -327,6 +478,7 @@ def require_login():
     if not current_user.is_authenticated:
         return _unauthenticated("sign in required")
     if _login_expired():
+        end_session(current_user.session_token)
         logout_user()
         session.clear()
         return _unauthenticated("the sign-in has expired")
@@ -335,6 +487,7 @@ def require_login():
 
 
 def init_app(app: Flask) -> None:
+    app.extensions["viberwatch.password_checks"] = PasswordChecks(int(app.config["LOGIN_CONCURRENT_CHECKS"]))
     app.extensions["viberwatch.hasher"] = PasswordHasher(
         time_cost=int(app.config["ARGON2_TIME_COST"]), memory_cost=int(app.config["ARGON2_MEMORY_COST"]),
         parallelism=int(app.config["ARGON2_PARALLELISM"]))

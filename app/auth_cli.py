@@ -1,4 +1,4 @@
-"""Commands for users and API tokens: create-user, set-password, ensure-admin, tokens."""
+"""Commands for users and API tokens: create-user, set-password, logout-user, ensure-admin, tokens."""
 from __future__ import annotations
 
 import click
@@ -28,12 +28,22 @@ def register(app: Flask) -> None:
     @click.argument("name")
     @password_option
     def set_password(name: str, password: str):
-        """Change a user's password."""
+        """Change a user's password; their sign-ins end."""
         try:
             auth.set_password(name, password)
         except auth.AccountError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"password of {name} changed")
+
+    @app.cli.command("logout-user")
+    @click.argument("name")
+    def logout_user(name: str):
+        """End every sign-in of a user, on every browser (their open dashboards disconnect)."""
+        try:
+            ended = auth.logout_everywhere(name)
+        except auth.AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{ended} sign-in{'s' if ended != 1 else ''} of {name} ended")
 
     @app.cli.command("ensure-admin")
     @click.option("--name", default="admin", show_default=True)

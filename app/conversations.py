@@ -1,8 +1,6 @@
 """Conversations: phones by latest activity, and one phone's chat-style thread."""
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Optional, Union
@@ -11,6 +9,7 @@ from flask import Blueprint, render_template, request
 from sqlalchemy import tuple_
 
 from .filters import FilterError, prefix_condition
+from .listing import decode_cursor, encode_cursor
 from .models import Contact, Message, Reply, db
 from .webhooks import webhook_urls
 
@@ -20,34 +19,19 @@ CONTACTS_PAGE = 50
 THREAD_LIMIT = 200
 
 
-def _encode(c: Contact) -> str:
-    raw = f"{c.last_activity_at.isoformat()}\n{c.phone}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode(value: str) -> tuple[datetime, str]:
-    try:
-        when, phone = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode().split("\n", 1)
-        if "\x00" in phone:  # PostgreSQL refuses NUL in text outright
-            raise ValueError(phone)
-        return datetime.fromisoformat(when), phone
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise FilterError("after", "not a page cursor of this list") from None
-
-
 def contacts_page(phone: Optional[str], after: Optional[str]) -> tuple[list[Contact], Optional[str]]:
     """Phones by latest activity (the Contact summary table), keyset-paged."""
     stmt = db.select(Contact)
     if phone:
         stmt = stmt.where(prefix_condition(Contact.phone, phone))
     if after:
-        stmt = stmt.where(tuple_(Contact.last_activity_at, Contact.phone) < _decode(after))
+        stmt = stmt.where(tuple_(Contact.last_activity_at, Contact.phone) < decode_cursor(after, "after"))
     rows = list(db.session.execute(
         stmt.order_by(Contact.last_activity_at.desc(), Contact.phone.desc())
         .limit(CONTACTS_PAGE + 1)).scalars())
     more = len(rows) > CONTACTS_PAGE
     rows = rows[:CONTACTS_PAGE]
-    return rows, (_encode(rows[-1]) if more else None)
+    return rows, (encode_cursor(rows[-1].last_activity_at, rows[-1].phone) if more else None)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from flask import (Blueprint, Flask, abort, current_app, redirect, render_templa
                    url_for)
 
 from . import ingest, listing, queries
-from .filters import STATUS_CHOICES, FilterError, MessageFilter
+from .filters import STATUS_CHOICES, FilterError, MessageFilter, whole_number
 from .models import RawBody, db
 from .status import describe_code
 from .webhooks import webhook_urls
@@ -19,6 +19,7 @@ bp = Blueprint("dashboard", __name__)
 REJECTED_PAGE = 50
 REJECTED_OUTCOMES = ("rejected", "refused")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+MAX_ID = 2**63 - 1  # ids are BIGINT
 
 
 def is_htmx() -> bool:
@@ -157,12 +158,17 @@ def rejected_page(after: Optional[int]) -> tuple[list[RawBody], Optional[int]]:
 @bp.get("/rejected")
 def rejected():
     """Bodies the webhooks refused or rejected, with the reason, the body and a reprocess button."""
-    after = request.args.get("after", type=int)
+    try:
+        after = whole_number(request.args, "after", 1, MAX_ID)
+        done = whole_number(request.args, "reprocessed", 1, MAX_ID)
+    except FilterError as exc:
+        return render_template("rejected/index.html", rows=[], next_after=None, after=None, done=None,
+                               webhook_urls=None, error=exc), 400
     rows, next_after = rejected_page(after)
-    done = request.args.get("reprocessed", type=int)
     done_body = db.session.get(RawBody, done) if done else None
     return render_template("rejected/index.html", rows=rows, next_after=next_after, after=after,
-                           done=done_body, webhook_urls=webhook_urls() if not rows and after is None else None)
+                           done=done_body, webhook_urls=webhook_urls() if not rows and after is None else None,
+                           error=None)
 
 
 @bp.post("/rejected/<int:raw_id>/reprocess")

@@ -2,6 +2,7 @@
 counters, the CSV export, analytics and live pushes (which ask `matches` of a new row)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Mapping, Optional
@@ -14,6 +15,8 @@ from .status import STATUSES
 # "pending": a message we know of (registered, or answered) with no receipt yet.
 STATUS_CHOICES = ("pending",) + STATUSES
 MAX_TEXT = 128
+# ASCII digits only: int() would also take "1_000" and other scripts' digits.
+INTEGER_RE = re.compile(r"\A[+-]?[0-9]+\Z")
 
 
 class FilterError(ValueError):
@@ -44,9 +47,25 @@ def _date(args: Mapping, name: str) -> Optional[date]:
     if not value:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise FilterError(name, f"must be a date like 2024-05-31, got {value!r}") from None
+    if day == date.max:  # a day ends where the next begins, and this one has no next
+        raise FilterError(name, f"must be before {date.max.isoformat()}")
+    return day
+
+
+def whole_number(args: Mapping, name: str, low: int, high: int) -> Optional[int]:
+    """An optional decimal integer argument within [low, high], else FilterError naming it."""
+    text = _text(args, name)
+    if text is None:
+        return None
+    if not INTEGER_RE.match(text):
+        raise FilterError(name, f"must be a whole number, got {text!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise FilterError(name, f"must be from {low} to {high}")
+    return value
 
 
 def _getlist(args: Any, name: str) -> list[str]:
@@ -95,13 +114,8 @@ class MessageFilter:
                     raise FilterError("status", f"must be one of {', '.join(STATUS_CHOICES)}, got {part!r}")
                 if part not in statuses:
                     statuses.append(part)
-        code_text = _text(args, "code")
-        code = None
-        if code_text is not None:
-            try:
-                code = int(code_text)
-            except ValueError:
-                raise FilterError("code", f"must be a whole number, got {code_text!r}") from None
+        # Codes are 32-bit, as the webhook takes them.
+        code = whole_number(args, "code", -(2**31), 2**31 - 1)
         phone = _text(args, "phone")
         if phone is not None:
             phone = "".join(phone.split()) or None

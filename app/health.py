@@ -18,7 +18,10 @@ def database_reachable() -> bool:
         db.session.execute(text("SELECT 1")).scalar_one()
         return True
     except SQLAlchemyError:
-        db.session.rollback()
+        try:
+            db.session.rollback()
+        except SQLAlchemyError:  # the connection died with the database
+            db.session.invalidate()
         return False
 
 

@@ -40,7 +40,7 @@ from flask import Flask, current_app
 from sqlalchemy import bindparam, case
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from . import contacts, metrics, payloads, rollup, spool, tally
+from . import contacts, metrics, payloads, retention, rollup, spool, tally
 from .derivation import (
     COLUMNS,
     Registration,
@@ -66,7 +66,7 @@ activity_committed = signals.signal("activity-committed")
 
 ENDPOINTS = ("dr", "message", "register")
 KEPT_HEADERS = ("content-type", "user-agent", "accesskey", "ts", "biztype", "action", "sign",
-                "x-forwarded-for")
+                "x-forwarded-for", "token-digest")
 DEFAULTS = {
     # Most bodies one transaction applies; more wait for the next one.
     "INGEST_BATCH_MAX": 500,
@@ -666,6 +666,9 @@ def apply_batch(jobs: list[Job], link: Optional[Link] = None) -> bool:
             return all(apply_batch([job], link) for job in jobs)
         return _keep_unapplied(jobs[0], exc)
     metrics.observe_ingest_batch(len(jobs))
+    never_applied = sum(len(p.job.body) for p in parsed if not p.result.ok and p.job.raw_id is None)
+    if never_applied:
+        retention.kept(never_applied)  # bounded by REJECTED_KEEP_BYTES / _DAYS before anyone is answered
     for p in parsed:
         p.job.finish(p.result)
     if logged:
@@ -687,6 +690,7 @@ def _keep_unapplied(job: Job, exc: Exception) -> bool:
                         "rejected", 503, reason, received_at=job.received_at, spooled=job.spooled)
         write_marks(db.session.connection(), [job])
         db.session.commit()
+        retention.kept(len(job.body))
     except Exception as again:
         db.session.rollback()
         if database_away(again):
@@ -1035,6 +1039,7 @@ def refuse(endpoint: str, body: bytes, content_type: Optional[str], headers: dic
     """Keep a body whose request was refused before validation (authentication, size)."""
     raw = store_raw(endpoint, body, content_type, headers, remote_addr, "refused", http_status, reason)
     db.session.commit()
+    retention.kept(len(body))
     return raw
 
 
@@ -1043,6 +1048,12 @@ def reprocess(raw_id: int) -> Result:
     raw = db.session.execute(db.select(RawBody.__table__).where(RawBody.id == raw_id)).one()
     if raw.outcome not in ("rejected", "refused"):
         return Result(raw.http_status, raw.outcome, raw.id, raw.request_id)
+    if raw.outcome == "refused":
+        from .webhook_auth import still_refused  # it imports this module
+
+        refused = still_refused(db.session.get(RawBody, raw.id))  # authentication again, never around it
+        if refused is not None:
+            return refused
     job = Job(raw.endpoint, raw.body, raw.content_type, json.loads(raw.headers or "{}"), raw.remote_addr,
               raw.received_at, raw_id=raw.id)
     if not apply_batch([job]):

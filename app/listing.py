@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Optional
 
 from sqlalchemy import func, tuple_
@@ -31,20 +31,23 @@ def page_size(value: Optional[str]) -> int:
     return size
 
 
-def encode_cursor(m: Message) -> str:
-    raw = f"{m.last_activity_at.isoformat()}\n{m.request_id}".encode()
+def encode_cursor(at: datetime, key: str) -> str:
+    """A keyset position (time, then a key) as an opaque URL-safe argument."""
+    raw = f"{at.isoformat()}\n{key}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(value: str, name: str) -> tuple[datetime, str]:
+    """The inverse of encode_cursor, in UTC; FilterError naming the argument otherwise."""
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        when, request_id = raw.split("\n", 1)
+        when, key = raw.split("\n", 1)
         at = datetime.fromisoformat(when)
-        if at.tzinfo is None or not request_id:
+        # NUL: PostgreSQL refuses it in text outright.
+        if at.tzinfo is None or not key or "\x00" in key:
             raise ValueError
-        return at, request_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return at.astimezone(timezone.utc), key
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise FilterError(name, "not a page cursor of this list") from None
 
 
@@ -88,8 +91,8 @@ def fetch_page(flt: MessageFilter, size: int, after: Optional[str] = None,
     else:
         has_prev, has_next = cursor is not None, more
     return Page(rows=rows, size=size,
-                next_cursor=encode_cursor(rows[-1]) if rows and has_next else None,
-                prev_cursor=encode_cursor(rows[0]) if rows and has_prev else None)
+                next_cursor=encode_cursor(*_key(rows[-1])) if rows and has_next else None,
+                prev_cursor=encode_cursor(*_key(rows[0])) if rows and has_prev else None)
 
 
 @dataclass

@@ -9,9 +9,11 @@ from socket import SHUT_RDWR
 from typing import Optional
 
 from flask import Blueprint, Flask, current_app, g, request
+from flask_login import current_user
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
+from .auth import session_id_of
 from .live_hub import Client, Hub, head_id, hub_of
 from .live_push import HelloError, catch_up, compose, parse_hello
 from .models import Activity, db
@@ -33,6 +35,12 @@ DEFAULTS = {
     # Redis channel or PostgreSQL NOTIFY channel of the wake-up.
     "LIVE_CHANNEL": "viberwatch_activity",
     "LIVE_HELLO_TIMEOUT": 10.0,
+    # Seconds between checks that each socket's sign-in is still open (a logout in this
+    # process is acted on at once).
+    "LIVE_SESSION_CHECK_INTERVAL": 5.0,
+    # Largest message a page may send (its hello is a few hundred bytes): a bigger one closes
+    # the socket (1009) as it arrives, instead of being read whole into memory.
+    "LIVE_MAX_MESSAGE": 64 * 1024,
     # Pings find sockets whose peer vanished without closing.
     "SOCK_SERVER_OPTIONS": {"ping_interval": 25},
 }
@@ -53,6 +61,8 @@ CLOSE_ANSWER_WAIT = 2.0
 def init_app(app: Flask) -> None:
     for name, value in DEFAULTS.items():
         app.config.setdefault(name, value)
+    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": int(app.config["LIVE_MAX_MESSAGE"]),
+                                         **app.config["SOCK_SERVER_OPTIONS"]}
     if not app.config.get("REDIS_URL") and os.environ.get("REDIS_URL"):
         app.config["REDIS_URL"] = os.environ["REDIS_URL"]
     sock.init_app(app)
@@ -93,6 +103,7 @@ def live_feed() -> list[Activity]:
 def socket(ws):
     """The live channel of a dashboard page: a hello, then pushes until it closes."""
     app = current_app._get_current_object()
+    signed_in = session_id_of(current_user)
     # The handshake's own session (login checks) must not hold a database connection
     # for the hours a socket stays open.
     db.session.remove()
@@ -108,7 +119,7 @@ def socket(ws):
         except HelloError as exc:
             ws.close(CLOSE_POLICY, str(exc)[:120])
             return
-        serve(hub_of(app), ws, cursor, page)
+        serve(hub_of(app), ws, cursor, page, signed_in)
     finally:
         _end(ws)
 
@@ -143,9 +154,9 @@ def _send(ws, *frames: str) -> None:
         ws.send(frame)
 
 
-def serve(hub: Hub, ws, cursor: Optional[int], page) -> None:
+def serve(hub: Hub, ws, cursor: Optional[int], page, signed_in: Optional[str] = None) -> None:
     cap = int(hub.app.config["LIVE_FEED_CAP"])
-    client, upto = hub.attach(page, cursor)
+    client, upto = hub.attach(page, cursor, signed_in)
     try:
         push, reload = catch_up(page, client.cursor, upto, cap) if cursor is not None else (None, False)
         if reload:
@@ -172,6 +183,10 @@ def _pump(hub: Hub, ws, client: Client, cap: int) -> None:
     while ws.connected and not client.closed:
         client.wake.wait(1.0)
         client.wake.clear()
+        if client.signed_out:
+            # No reconnect: the page's sign-in has ended (htmx retries only 1006, 1012, 1013).
+            ws.close(CLOSE_POLICY, "signed out")
+            return
         if client.overflow:
             ws.close(CLOSE_TRY_AGAIN, "behind: reconnect and catch up")
             return

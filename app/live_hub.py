@@ -18,6 +18,7 @@ from typing import Optional
 from flask import Flask
 
 from . import live_wake
+from .auth import open_sessions, sessions_ended
 from .ingest import activity_committed
 from .live_push import Batch, Event, Page
 from .models import Activity, db
@@ -44,10 +45,12 @@ class Client:
     page: Page
     cursor: int
     max_batches: int
+    session: Optional[str] = None  # the sign-in it was opened by (UserSession id)
     batches: list[Batch] = field(default_factory=list)
     catching_up: bool = True
     overflow: bool = False
     closed: bool = False
+    signed_out: bool = False
     wake: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -79,6 +82,9 @@ class Hub:
         self.poll_interval = float(cfg["LIVE_POLL_INTERVAL"])
         self.gap_wait = float(cfg["LIVE_GAP_WAIT"])
         self.max_batches = int(cfg["LIVE_QUEUE_BATCHES"])
+        self.session_interval = float(cfg["LIVE_SESSION_CHECK_INTERVAL"])
+        self._next_session_check = 0.0
+        self._sessions_due = False
         self.lock = threading.Lock()
         self.clients: set[Client] = set()
         self.cursor = 0
@@ -94,6 +100,7 @@ class Hub:
         self._backend_pid: Optional[int] = None
         self._backend_lock = threading.Lock()
         activity_committed.connect(self._on_commit, sender=app)
+        sessions_ended.connect(self._on_sessions_ended, sender=app)
 
     # -- wake-ups ---------------------------------------------------------------------
     def _on_commit(self, sender, **_):
@@ -118,6 +125,10 @@ class Hub:
         return self.backend
 
     def wake(self) -> None:
+        self.wakeup.set()
+
+    def _on_sessions_ended(self, sender, **_):
+        self._sessions_due = True
         self.wakeup.set()
 
     # -- life cycle -------------------------------------------------------------------
@@ -153,14 +164,14 @@ class Hub:
             self.thread.join(5)
 
     # -- sockets ----------------------------------------------------------------------
-    def attach(self, page: Page, cursor: Optional[int]) -> tuple[Client, int]:
+    def attach(self, page: Page, cursor: Optional[int], session: Optional[str] = None) -> tuple[Client, int]:
         """Register a socket; returns it and the id up to which the caller must catch up
         from the database (batches after that id arrive through the queue)."""
         with self.lock:
             self._ensure_started()
             upto = self.cursor
             client = Client(page=page, cursor=upto if cursor is None else cursor,
-                            max_batches=self.max_batches)
+                            max_batches=self.max_batches, session=session)
             self.clients.add(client)
         return client, upto
 
@@ -187,6 +198,7 @@ class Hub:
                 with self.app.test_request_context("/"):
                     try:
                         self._drain()
+                        self._check_sessions()
                     finally:
                         db.session.remove()
                 failures = 0
@@ -215,6 +227,21 @@ class Hub:
                 self.cursor = events[-1].id
             if len(events) < len(rows) or len(rows) < 1000:
                 return
+
+    def _check_sessions(self) -> None:
+        """Mark the sockets whose sign-in has ended; their handlers close them."""
+        now = time.monotonic()
+        if not self._sessions_due and now < self._next_session_check:
+            return
+        self._sessions_due = False
+        self._next_session_check = now + self.session_interval
+        with self.lock:
+            clients = [c for c in self.clients if c.session]
+        alive = open_sessions({c.session for c in clients})
+        for client in clients:
+            if client.session not in alive:
+                client.signed_out = True
+                client.wake.set()
 
     def _contiguous(self, rows: list[Event]) -> list[Event]:
         """The rows that can be delivered without skipping an uncommitted id."""

@@ -13,8 +13,20 @@ from flask import Flask, g, request
 from pythonjsonlogger.json import JsonFormatter
 
 from . import metrics
+from .redaction import redact
 
 log = logging.getLogger("viberwatch.webhooks")
+
+class RedactSecrets(logging.Filter):
+    """Rewrites each record's message with secret query values redacted (the development
+    server logs every request line, ?token= included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
 
 FIELDS = ("endpoint", "requestId", "outcome", "status", "durationMs", "remoteAddr")
 # The spool's lines (app/ingest.py): when spooling starts, fails, and when a spool is drained.
@@ -130,6 +142,9 @@ def register(app: Flask) -> None:
     value = app.config["LOG_JSON"]
     json_lines = value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
     configure(json_lines)
+    server_log = logging.getLogger("werkzeug")
+    if not any(isinstance(f, RedactSecrets) for f in server_log.filters):
+        server_log.addFilter(RedactSecrets())
     # First of all before_request hooks, so the duration covers authentication too.
     app.before_request_funcs.setdefault(None, []).insert(0, _start)
     app.after_request(_finish)

@@ -302,13 +302,31 @@ class User(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_login_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
-    # Flask-Login's user interface.
+    # Flask-Login's user interface. The id it keeps in the cookie is the sign-in's own
+    # session token (UserSession), set when the user is loaded for a request.
     is_active = True
     is_authenticated = True
     is_anonymous = False
+    session_token = None
 
     def get_id(self) -> str:
-        return str(self.id)
+        if not self.session_token:
+            raise RuntimeError("a user is signed in through a session (auth.start_session)")
+        return self.session_token
+
+
+class UserSession(db.Model):
+    """One sign-in. The session cookie carries its token; only the token's SHA-256 is kept.
+    Ending it (logout, a new password, `viberwatch logout-user`) ends that cookie wherever
+    it was copied, and closes its live socket."""
+
+    __tablename__ = "user_session"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_user_session_user", "user_id", "ended_at"),)
 
 
 class ApiToken(db.Model):
@@ -356,6 +374,27 @@ class SpoolMark(db.Model):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     drained_upto: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RetentionDrop(db.Model):
+    """Never-applied bodies deleted to stay under REJECTED_KEEP_BYTES, per minute (for the banner)."""
+
+    __tablename__ = "retention_drop"
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    bodies: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WebhookSignature(db.Model):
+    """A webhook signature that was used, kept past its `ts` window: the same one again is a replay."""
+
+    __tablename__ = "webhook_signature"
+    sign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    access_key: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[int] = mapped_column(BigInteger)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_webhook_signature_seen_at", "seen_at"),)
 
 
 class MessageTally(db.Model):

@@ -16,7 +16,7 @@ from . import signing
 from .status import Code, describe_code
 
 SEND_PATH = "/api/viber/mt"
-BIZ_TYPE = "7"
+BIZ_TYPE = signing.VIBER_BIZ_TYPE
 ACTION = "mt"
 DEFAULT_BASE_URL = "https://api2.nxcloud.com"
 

@@ -109,12 +109,14 @@ def _error(description: str) -> dict:
 
 WEBHOOK_ERRORS = {
     "400": _error("Empty body, not UTF-8, not JSON, or nested too deeply."),
-    "401": _error("Refused by webhook authentication (token or signature); the body is kept as refused."),
+    "401": _error("Refused by webhook authentication (token, signature made for another webhook, or a "
+                  "replayed signature); the body is kept as refused."),
     "403": _error("The source address is not in WEBHOOK_ALLOW_NETWORKS."),
     "413": _error("Body over MAX_CONTENT_LENGTH; its first MAX_CONTENT_LENGTH bytes are kept."),
     "415": _error("Content-Type is not application/json."),
     "422": _error("JSON, but not the documented shape; the error names the field."),
-    "503": _error("Kept but not applied (database trouble); push again."),
+    "503": _error("Kept but not applied (database trouble, or any other failure while applying it); "
+                  "push again."),
 }
 ACCEPTED = {"description": "Stored and applied (or a repeat of a body already applied).",
             "content": {"text/plain": {"schema": {"type": "string", "enum": ["success"]}}}}
@@ -174,7 +176,7 @@ DOCUMENT = {
         "schemas": SCHEMAS,
         "securitySchemes": {
             "webhookToken": {"type": "apiKey", "in": "query", "name": "token",
-                             "description": "WEBHOOK_TOKEN, when configured."},
+                             "description": "WEBHOOK_TOKEN, when configured (or the X-Webhook-Token header)."},
             "bearerAuth": {"type": "http", "scheme": "bearer",
                            "description": "A token from `viberwatch create-token NAME`."},
             "session": {"type": "apiKey", "in": "cookie", "name": "viberwatch_session",

@@ -166,7 +166,11 @@ def parse_send_time(raw: str, zone: tzinfo, field: str = "sendTime") -> datetime
         local = datetime(*map(int, m.groups()))
     except ValueError:
         raise Invalid(422, field, "is not a valid date and time") from None
-    return local.replace(tzinfo=zone).astimezone(timezone.utc)
+    try:
+        return local.replace(tzinfo=zone).astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        # Year 1 east of UTC (or 9999 west of it) has no UTC time that Python can hold.
+        raise Invalid(422, field, "out of range once converted to UTC") from None
 
 
 def content_hash(kind: str, data: dict) -> str:

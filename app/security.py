@@ -11,6 +11,10 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy.exc import InterfaceError, OperationalError
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import signing
 
 csrf = CSRFProtect()
 
@@ -31,6 +35,8 @@ DEFAULTS = {
     "WEBHOOK_SIGN_ACCESS_KEY": "",
     "WEBHOOK_SIGN_SECRET": "",
     "WEBHOOK_SIGN_WINDOW": 300,
+    "WEBHOOK_SIGN_BIZ_TYPE": signing.VIBER_BIZ_TYPE,
+    "WEBHOOK_SIGN_ACTIONS": dict(signing.CALLBACK_ACTIONS),
     "WEBHOOK_ALLOW_NETWORKS": "",
     "WEBHOOK_REFUSED_KEEP_PER_MINUTE": 60,
 }
@@ -38,6 +44,41 @@ DEFAULTS = {
 # report its size; past it the length is reported as "more than".
 COUNT_PAST_LIMIT = 16
 READ_CHUNK = 64 * 1024
+
+
+def private_folder(path: str) -> None:
+    """Create a folder only its owner can enter (0700), or close one of ours left open."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    _tighten(path, 0o700)
+
+
+def private_file(path: str) -> None:
+    """Create an empty file only its owner can read (0600) unless it exists."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def _tighten(path: str, mode: int) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, mode)
+
+
+def private_sqlite(path: str, instance_path: str) -> None:
+    """A SQLite file is created 0600 (its -wal and -shm files take the same mode); one in the
+    instance folder, made by an earlier version with the default 0644, is closed too."""
+    try:
+        private_file(path)
+    except FileNotFoundError:
+        return  # no such folder: opening the database reports it
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(instance_path):
+        for name in (path, path + "-wal", path + "-shm"):
+            _tighten(name, 0o600)
 
 
 def load_secret_key(app: Flask) -> None:
@@ -108,14 +149,35 @@ def client_address(peer: Optional[str], forwarded_for: Optional[str], trusted: l
     return address
 
 
+PEER = "viberwatch.peer"
+
+
+class ForwardedOnlyFromTrustedProxies:
+    """WSGI middleware: the one rule for the client's address, and for the scheme, host, port
+    and prefix a proxy forwards. X-Forwarded-* headers count only when the socket peer is in
+    TRUSTED_PROXIES: then REMOTE_ADDR becomes client_address(), and with PROXY_FIX = n the
+    other headers are read as ProxyFix reads them behind n proxies. From any other peer they
+    are ignored, so every use of `request.remote_addr` (webhook allow-list, sign-in limits,
+    stored bodies, logs, metrics) sees the same address."""
+
+    def __init__(self, wsgi_app, trusted: list, hops: int):
+        self.wsgi_app = wsgi_app
+        self.trusted = trusted
+        self.behind_proxies = (ProxyFix(wsgi_app, x_for=0, x_proto=hops, x_host=hops, x_port=hops,
+                                        x_prefix=hops) if hops else wsgi_app)
+
+    def __call__(self, environ, start_response):
+        peer = environ.get("REMOTE_ADDR") or ""
+        environ[PEER] = peer
+        if self.trusted and _in(peer, self.trusted):
+            environ["REMOTE_ADDR"] = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
+            return self.behind_proxies(environ, start_response)
+        return self.wsgi_app(environ, start_response)
+
+
 def request_client_address() -> str:
-    """client_address() for the current request, from the socket peer before any ProxyFix."""
-    orig = request.environ.get("werkzeug.proxy_fix.orig") or {}
-    trusted = current_app.extensions["viberwatch.trusted_proxies"]
-    if not trusted:
-        return request.remote_addr or ""
-    return client_address(orig.get("REMOTE_ADDR") or request.remote_addr,
-                          request.headers.get("X-Forwarded-For"), trusted)
+    """The current request's client address (see ForwardedOnlyFromTrustedProxies)."""
+    return request.remote_addr or ""
 
 
 @dataclass
@@ -173,8 +235,13 @@ def _same_origin(origin: str) -> bool:
 def init_app(app: Flask) -> None:
     load_secret_key(app)
     app.session_interface = SessionInterface()
-    app.extensions["viberwatch.trusted_proxies"] = parse_networks(
-        app.config.get("TRUSTED_PROXIES"), "TRUSTED_PROXIES")
+    trusted = parse_networks(app.config.get("TRUSTED_PROXIES"), "TRUSTED_PROXIES")
+    hops = int(app.config.get("PROXY_FIX") or 0)
+    if hops and not trusted:
+        # Forwarded headers believed from any peer would let anyone pick their address.
+        raise ValueError("PROXY_FIX needs TRUSTED_PROXIES: the addresses of the proxies whose "
+                         "X-Forwarded-* headers to believe")
+    app.wsgi_app = ForwardedOnlyFromTrustedProxies(app.wsgi_app, trusted, hops)
     # The login guard in auth.py decides when CSRF applies (not to webhooks or bearer calls).
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
     csrf.init_app(app)
@@ -216,6 +283,20 @@ def init_app(app: Flask) -> None:
         if _is_json_client():
             return jsonify(body), 400
         return error.description, 400, {"Content-Type": "text/plain; charset=utf-8"}
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_unavailable(error):
+        # The database is away (or gave up on a lock): a retry may succeed, so 503, not 500.
+        from .models import db
+
+        db.session.rollback()
+        current_app.logger.warning("database unavailable: %s", type(error.orig).__name__)
+        body = {"error": "database: unavailable, try again", "field": "database",
+                "reason": "unavailable, try again"}
+        if _is_json_client():
+            return jsonify(body), 503, {"Retry-After": "5"}
+        return body["error"], 503, {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "5"}
 
     @app.errorhandler(413)
     def too_large(error):

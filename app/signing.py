@@ -5,6 +5,13 @@ import hashlib
 from typing import Optional
 
 
+# NXCLOUD's bizType of Viber, for sends and (when signed) callbacks.
+VIBER_BIZ_TYPE = "7"
+# NXCLOUD does not document the action of a signed Viber callback: each webhook's own name,
+# unless WEBHOOK_SIGN_ACTIONS says otherwise.
+CALLBACK_ACTIONS = {"dr": "dr", "message": "message"}
+
+
 def sign(access_key: str, action: str, biz_type: str, ts: str, body: Optional[bytes],
          secret: str) -> str:
     """Lowercase hex MD5 of accessKey=..&action=..&bizType=..&ts=..[&body=..]&accessSecret=..

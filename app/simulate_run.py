@@ -20,9 +20,6 @@ from . import signing
 from .simulate import Event, Script, build_script
 
 PATHS = {"dr": "/webhooks/viber/dr", "message": "/webhooks/viber/message", "register": "/api/messages"}
-# NXCLOUD does not document the action of a signed Viber callback; name the webhook.
-SIGN_ACTIONS = {"dr": "dr", "message": "message"}
-VIBER_BIZ_TYPE = "7"
 SEND_PATH_HINT = "/api/viber/mt (set NXCLOUD_BASE_URL to its base)"
 
 
@@ -50,10 +47,10 @@ def build_request(event: Event, target: Target, ts_ms: int) -> tuple[str, dict, 
         params["token"] = target.token
     if target.access_key and target.secret:
         ts = str(ts_ms)
-        action = SIGN_ACTIONS[event.kind]
-        headers.update({"accessKey": target.access_key, "ts": ts, "bizType": VIBER_BIZ_TYPE,
+        action = signing.CALLBACK_ACTIONS[event.kind]
+        headers.update({"accessKey": target.access_key, "ts": ts, "bizType": signing.VIBER_BIZ_TYPE,
                         "action": action,
-                        "sign": signing.sign(target.access_key, action, VIBER_BIZ_TYPE, ts, event.body,
+                        "sign": signing.sign(target.access_key, action, signing.VIBER_BIZ_TYPE, ts, event.body,
                                              target.secret)})
     return url, params, headers
 

@@ -1,33 +1,47 @@
 """Authentication of the webhook calls, and the bounded keeping of refused bodies.
 
 Three checks, each on when configured, in any combination: the source network
-(WEBHOOK_ALLOW_NETWORKS, X-Forwarded-For honoured only from TRUSTED_PROXIES), a secret
-token in the URL (WEBHOOK_TOKEN), and NXCLOUD's request signature (WEBHOOK_SIGN_ACCESS_KEY
-and WEBHOOK_SIGN_SECRET, `ts` within WEBHOOK_SIGN_WINDOW seconds). No `request` here.
+(WEBHOOK_ALLOW_NETWORKS, on the client address of app/security.py's one rule), a secret
+token in the URL or the X-Webhook-Token header (WEBHOOK_TOKEN), and NXCLOUD's request
+signature (WEBHOOK_SIGN_ACCESS_KEY and WEBHOOK_SIGN_SECRET): signed for the webhook it was
+sent to (its action and bizType), `ts` within WEBHOOK_SIGN_WINDOW seconds, and used once.
+A refused body is kept with what it presented (the token only as an HMAC), so reprocessing
+it runs the same checks again, never around them. No `request` here.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import json
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Mapping, Optional
 
+from flask import current_app
 from sqlalchemy import func
+from werkzeug.datastructures import Headers
 
 from . import ingest, signing
-from .models import RawBody, RefusedTally, db, utcnow
+from .models import RawBody, RefusedTally, WebhookSignature, db, utcnow
 from .security import parse_networks
 
 SIGN_HEADERS = ("accessKey", "ts", "bizType", "action", "sign")
+TOKEN_HEADER = "X-Webhook-Token"
+# Kept in a refused body's headers: the HMAC (keyed with SECRET_KEY) of the token it presented.
+TOKEN_DIGEST = "token-digest"
 
 
 @dataclass(frozen=True)
 class Settings:
     token: Optional[str] = None
+    token_key: bytes = b""
     sign_access_key: Optional[str] = None
     sign_secret: Optional[str] = None
     sign_window: int = 300
+    sign_biz_type: str = signing.VIBER_BIZ_TYPE
+    sign_actions: Mapping[str, str] = field(default_factory=lambda: dict(signing.CALLBACK_ACTIONS))
     networks: list = field(default_factory=list)
     keep_refused_per_minute: int = 60
 
@@ -36,10 +50,24 @@ class Settings:
         """True while anyone who can reach the URL can post a body that is applied."""
         return not (self.token or self.sign_secret or self.networks)
 
+    def token_digest(self, token: Optional[str]) -> Optional[str]:
+        """What is compared and kept instead of a token: its HMAC under the secret key."""
+        if not token:
+            return None
+        return hmac.new(self.token_key, token.encode(), hashlib.sha256).hexdigest()
+
 
 def _text(value) -> Optional[str]:
     # The environment's VIBERWATCH_ values are parsed as JSON, so a numeric token is an int.
     return None if value in (None, "") else str(value)
+
+
+def _actions(value) -> dict:
+    value = value or {}
+    actions = {**signing.CALLBACK_ACTIONS, **value} if isinstance(value, Mapping) else {}
+    if set(actions) != set(signing.CALLBACK_ACTIONS) or not all(isinstance(a, str) and a for a in actions.values()):
+        raise ValueError("WEBHOOK_SIGN_ACTIONS maps dr and message to the action each is signed with")
+    return actions
 
 
 def settings_from(config: Mapping) -> Settings:
@@ -53,12 +81,19 @@ def settings_from(config: Mapping) -> Settings:
         raise ValueError("WEBHOOK_SIGN_WINDOW must be a positive number of seconds")
     return Settings(
         token=_text(config.get("WEBHOOK_TOKEN")),
+        token_key=str(config.get("SECRET_KEY") or "").encode(),
         sign_access_key=access_key,
         sign_secret=secret,
         sign_window=window,
+        sign_biz_type=_text(config.get("WEBHOOK_SIGN_BIZ_TYPE")) or signing.VIBER_BIZ_TYPE,
+        sign_actions=_actions(config.get("WEBHOOK_SIGN_ACTIONS")),
         networks=parse_networks(config.get("WEBHOOK_ALLOW_NETWORKS"), "WEBHOOK_ALLOW_NETWORKS"),
         keep_refused_per_minute=int(config.get("WEBHOOK_REFUSED_KEEP_PER_MINUTE", 60)),
     )
+
+
+def current() -> Settings:
+    return current_app.extensions["viberwatch.webhook_auth"]
 
 
 @dataclass(frozen=True)
@@ -71,8 +106,13 @@ class Refusal:
         return {"error": f"{self.field}: {self.reason}", "field": self.field, "reason": self.reason}
 
 
-def check_source(settings: Settings, client_address: str, token: Optional[str]) -> Optional[Refusal]:
-    """The checks that need no body: source network, then URL token."""
+def presented_token(args: Mapping, headers: Mapping) -> Optional[str]:
+    """The token a call presents: the X-Webhook-Token header, else the URL's ?token=."""
+    return headers.get(TOKEN_HEADER) or args.get("token")
+
+
+def check_source(settings: Settings, client_address: str, token_digest: Optional[str]) -> Optional[Refusal]:
+    """The checks that need no body: source network, then the token (by its digest)."""
     if settings.networks:
         try:
             ip = ipaddress.ip_address(client_address)
@@ -81,16 +121,16 @@ def check_source(settings: Settings, client_address: str, token: Optional[str]) 
         if ip is None or not any(ip in net for net in settings.networks):
             return Refusal(403, "source", f"address {client_address or 'unknown'} is not allowed")
     if settings.token:
-        if not token:
-            return Refusal(401, "token", "missing; the webhook URL carries ?token=")
-        if not hmac.compare_digest(token.encode(), settings.token.encode()):
+        if not token_digest:
+            return Refusal(401, "token", f"missing; the webhook URL carries ?token= (or send {TOKEN_HEADER})")
+        if not hmac.compare_digest(token_digest.encode(), settings.token_digest(settings.token).encode()):
             return Refusal(401, "token", "does not match")
     return None
 
 
-def check_signature(settings: Settings, headers: Mapping, body: bytes,
+def check_signature(settings: Settings, endpoint: str, headers: Mapping, body: bytes,
                     now: Optional[datetime] = None) -> Optional[Refusal]:
-    """NXCLOUD's signature over the exact body, and `ts` within the window (replays)."""
+    """NXCLOUD's signature over the exact body, made for this webhook, `ts` within the window."""
     if not settings.sign_secret:
         return None
     missing = [h for h in SIGN_HEADERS if not headers.get(h)]
@@ -99,11 +139,16 @@ def check_signature(settings: Settings, headers: Mapping, body: bytes,
     access_key = headers.get("accessKey")
     if not hmac.compare_digest(access_key.encode(), settings.sign_access_key.encode()):
         return Refusal(401, "accessKey", "unknown accessKey")
-    ts = headers.get("ts")
-    expected = signing.sign(access_key, headers.get("action"), headers.get("bizType"), ts, body,
-                            settings.sign_secret)
+    ts, action, biz_type = headers.get("ts"), headers.get("action"), headers.get("bizType")
+    expected = signing.sign(access_key, action, biz_type, ts, body, settings.sign_secret)
     if not hmac.compare_digest(headers.get("sign").strip().lower().encode(), expected.encode()):
         return Refusal(401, "sign", "signature does not match the body")
+    # A genuine signature made for the other webhook (or another product) is not this call's.
+    wanted = settings.sign_actions.get(endpoint)
+    if action != wanted:
+        return Refusal(401, "action", f"signed for {action!r}, this webhook takes {wanted!r}")
+    if biz_type != settings.sign_biz_type:
+        return Refusal(401, "bizType", f"signed for {biz_type!r}, Viber is {settings.sign_biz_type!r}")
     if not ts.isdigit() or len(ts) > 16:
         return Refusal(401, "ts", "must be milliseconds since the epoch")
     now_ms = int((now or utcnow()).timestamp() * 1000)
@@ -112,11 +157,84 @@ def check_signature(settings: Settings, headers: Mapping, body: bytes,
     return None
 
 
+_pruned = {"at": None}
+_prune_lock = threading.Lock()
+
+
+def take_signature(settings: Settings, headers: Mapping) -> Optional[Refusal]:
+    """Record a verified signature as used, in the current transaction; a replay if it was.
+
+    Rows are kept for twice the window: after that `ts` alone refuses the signature.
+    """
+    if not settings.sign_secret:
+        return None
+    now = utcnow()
+    keep = timedelta(seconds=2 * settings.sign_window)
+    with _prune_lock:
+        due = _pruned["at"] is None or now - _pruned["at"] > keep / 2
+        if due:
+            _pruned["at"] = now
+    if due:
+        db.session.execute(db.delete(WebhookSignature).where(WebhookSignature.seen_at < now - keep))
+    sign = headers.get("sign").strip().lower()
+    if ingest.insert_ignore(WebhookSignature, {"sign": sign, "access_key": headers.get("accessKey"),
+                                               "ts": int(headers.get("ts")), "seen_at": now}, ["sign"]):
+        return None
+    return Refusal(401, "sign", "already used: a replayed call")
+
+
+def signature_refusal(settings: Settings, endpoint: str, headers: Mapping, body: bytes) -> Optional[Refusal]:
+    """check_signature, then take_signature, committed: what a live call goes through."""
+    refusal = check_signature(settings, endpoint, headers, body)
+    if refusal is None and settings.sign_secret:
+        refusal = take_signature(settings, headers)
+        db.session.commit()
+    return refusal
+
+
+def release_signature(settings: Settings, headers: Mapping) -> None:
+    """Forget a call's signature when its body was not applied (503), so its retry is taken."""
+    if settings.sign_secret and headers.get("sign"):
+        db.session.execute(db.delete(WebhookSignature)
+                           .where(WebhookSignature.sign == headers.get("sign").strip().lower()))
+        db.session.commit()
+
+
+def recheck(settings: Settings, raw: RawBody) -> Optional[Refusal]:
+    """The authentication a refused body failed, run again with today's settings as of when it
+    arrived, on what it presented then. None when it passes now (its signature is then taken,
+    in the current transaction)."""
+    if raw.http_status == 413 or raw.endpoint not in settings.sign_actions:
+        return Refusal(raw.http_status, "body", "kept cut at the size limit when it arrived: it cannot be applied")
+    headers = Headers(json.loads(raw.headers or "{}"))
+    refusal = check_source(settings, raw.remote_addr or "", headers.get(TOKEN_DIGEST))
+    if refusal is None:
+        refusal = check_signature(settings, raw.endpoint, headers, raw.body, now=raw.received_at)
+    if refusal is None:
+        refusal = take_signature(settings, headers)
+    return refusal
+
+
+def still_refused(raw: RawBody) -> Optional[ingest.Result]:
+    """For a refused body about to be reprocessed: None when it passes authentication now,
+    else the body stays refused with the reason of this check, committed."""
+    refusal = recheck(current(), raw)
+    if refusal is None:
+        return None
+    raw.http_status = refusal.http_status
+    raw.reason = refusal.as_json()["error"]
+    raw.reprocessed_at = utcnow()
+    db.session.commit()
+    return ingest.Result(refusal.http_status, "refused", raw.id, raw.request_id, error=refusal.as_json())
+
+
 def keep_refused(settings: Settings, endpoint: str, body: bytes, content_type: Optional[str],
-                 headers: Mapping, remote_addr: Optional[str], refusal: Refusal) -> bool:
+                 headers: Mapping, remote_addr: Optional[str], refusal: Refusal,
+                 token: Optional[str] = None) -> bool:
     """Store a refused body, or only count it once refusals pass the keep rate per minute.
 
     A flood of refused calls must not fill the disk; a count per minute keeps what happened.
+    The token it presented is kept as its digest, for reprocessing to check again.
     """
     now = utcnow()
     kept_last_minute = db.session.execute(
@@ -124,7 +242,10 @@ def keep_refused(settings: Settings, endpoint: str, body: bytes, content_type: O
                                                 RawBody.received_at > now - timedelta(minutes=1))
     ).scalar_one()
     if kept_last_minute < settings.keep_refused_per_minute:
-        ingest.refuse(endpoint, body, content_type, dict(headers), remote_addr,
+        kept = {k: v for k, v in dict(headers).items() if k.lower() != TOKEN_DIGEST}
+        if token:
+            kept[TOKEN_DIGEST] = settings.token_digest(token)
+        ingest.refuse(endpoint, body, content_type, kept, remote_addr,
                       refusal.http_status, refusal.as_json()["error"])
         return True
     minute = now.replace(second=0, microsecond=0)

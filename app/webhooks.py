@@ -13,17 +13,20 @@ def receive(endpoint: str):
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     address = security.request_client_address()
     body = security.read_body(limit)
-    refusal = webhook_auth.check_source(settings, address, request.args.get("token"))
+    token = webhook_auth.presented_token(request.args, request.headers)
+    refusal = webhook_auth.check_source(settings, address, settings.token_digest(token))
     if refusal is None and body.too_large:
         refusal = webhook_auth.Refusal(413, "body", body.describe(limit))
     if refusal is None:
-        refusal = webhook_auth.check_signature(settings, request.headers, body.data)
+        refusal = webhook_auth.signature_refusal(settings, endpoint, request.headers, body.data)
     if refusal is not None:
         webhook_auth.keep_refused(settings, endpoint, body.data, request.content_type,
-                                  request.headers, address, refusal)
+                                  request.headers, address, refusal, token)
         return jsonify(refusal.as_json()), refusal.http_status
     result = ingest.ingest(endpoint, body.data, request.content_type,
                            dict(request.headers), address)
+    if result.http_status == 503:
+        webhook_auth.release_signature(settings, request.headers)
     g.webhook_result = result  # for the request's log line and metrics (app/logs.py)
     if result.ok:
         # NXCLOUD's callbacks treat HTTP 200 with the body "success" as accepted.

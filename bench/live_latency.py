@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from live_client import parse_push, META_RE  # noqa: E402
+from report import write_between  # noqa: E402
 
 BIN = Path(sys.executable).parent
 USER, PASSWORD = "bench", "bench-password-123"
@@ -206,13 +207,9 @@ def main() -> None:
                      f"{r['post']:.1f} ms | {r['n']} ({r['missing']}) | {r['workers']} |")
     text = "\n".join(table)
     print(text)
-    if args.write_docs and DOCS.exists():
-        doc = DOCS.read_text()
-        if START in doc and END in doc:
-            head, rest = doc.split(START, 1)
-            _, tail = rest.split(END, 1)
-            stamp = f"Measured {time.strftime('%Y-%m-%d')}, {args.events} events per row, one every {args.pace * 1000:.0f} ms."
-            DOCS.write_text(f"{head}{START}\n{stamp}\n\n{text}\n{END}{tail}")
+    if args.write_docs:
+        stamp = f"Measured {time.strftime('%Y-%m-%d')}, {args.events} events per row, one every {args.pace * 1000:.0f} ms."
+        write_between(DOCS, START, END, f"{stamp}\n\n{text}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,21 @@
-"""Markdown tables of a benchmark run (bench/run.py prints them)."""
+"""Markdown tables of a benchmark run (bench/run.py prints them), and writing a measured
+section into docs/benchmarks.md."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ingest import markdown as ingest_markdown
+
+
+def write_between(doc: Path, start: str, end: str, text: str) -> None:
+    """Replace what stands between the markers `start` and `end` of `doc` with `text`."""
+    if not doc.exists():
+        return
+    content = doc.read_text()
+    if start in content and end in content:
+        head, rest = content.split(start, 1)
+        _, tail = rest.split(end, 1)
+        doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def markdown(results: dict) -> str:

@@ -23,10 +23,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def production_server(env: dict, log_path: Path, *, unset: tuple = (), seconds: float = 60) -> Iterator[str]:
+def production_server(env: dict, log_path: Path, *, unset: tuple = (), seconds: float = 60,
+                      access_log: str = os.devnull) -> Iterator[str]:
     """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port with `env` added to the
     environment; yields its base URL once /healthz answers, and stops it afterwards."""
-    with production_process(env, log_path, unset=unset, seconds=seconds) as (url, _proc):
+    with production_process(env, log_path, unset=unset, seconds=seconds, access_log=access_log) as (url, _proc):
         yield url
 
 
@@ -37,8 +38,8 @@ def worker_pids(master: int) -> list[int]:
 
 
 @contextmanager
-def production_process(env: dict, log_path: Path, *, unset: tuple = (),
-                       seconds: float = 60) -> Iterator[tuple[str, subprocess.Popen]]:
+def production_process(env: dict, log_path: Path, *, unset: tuple = (), seconds: float = 60,
+                       access_log: str = os.devnull) -> Iterator[tuple[str, subprocess.Popen]]:
     """`production_server`, yielding the base URL and the master process."""
     port = free_port()
     # Each server spools into a folder of its own test (never into the repository's instance).
@@ -48,7 +49,7 @@ def production_process(env: dict, log_path: Path, *, unset: tuple = (),
         full_env.pop(name, None)
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "--access-logfile", os.devnull,
+        proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "--access-logfile", str(access_log),
                                  "app:create_app()"], cwd=ROOT, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT)
         try:

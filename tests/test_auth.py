@@ -5,6 +5,7 @@ import http.client
 import os
 import re
 import stat
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -14,8 +15,8 @@ import pytest
 from app import create_app
 from app.models import LoginFailure, User, db
 from app.security import CONTENT_SECURITY_POLICY
-from conftest import (CSRF_INPUT_RE, TEST_PASSWORD, TEST_USER, create_test_user, fixture_bytes,
-                      log_in, login_form_token)
+from conftest import (CSRF_INPUT_RE, TEST_PASSWORD, TEST_USER, LiveServer, create_test_user,
+                      fixture_bytes, log_in, login_form_token)
 
 # Endpoints that authenticate on their own or need nothing; everything else needs a login.
 PUBLIC = {"auth.login", "static", "favicon", "openapi.document", "health.healthz", "metrics.scrape",
@@ -211,20 +212,31 @@ def failed(client, username, password="wrong", address="192.0.2.1"):
                        environ_base={"REMOTE_ADDR": address})
 
 
-def test_failed_logins_are_limited_per_account(app_config):
-    app = create_app({**app_config, "LOGIN_MAX_FAILURES_PER_ACCOUNT": 3})
+def limited_app(app_config, **settings):
+    app = create_app({**app_config, **settings})
     with app.app_context():
         db.create_all()
     create_test_user(app)
+    return app
+
+
+def test_no_stranger_can_lock_the_owner_out(app_config):
+    """Failures from many addresses do not stop the right password from an address that has
+    not failed; they do stop every address that has, and new guesses from the same ones."""
+    app = limited_app(app_config, LOGIN_MAX_FAILURES_PER_ACCOUNT=3)
     browser = app.test_client()
     for i in range(3):
         assert failed(browser, TEST_USER, address=f"192.0.2.{i}").status_code == 401
-    # Even the right password waits now, from any address, and the name's case does not matter.
-    blocked = failed(browser, TEST_USER.upper(), TEST_PASSWORD, address="198.51.100.7")
-    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
-    assert failed(browser, TEST_USER, TEST_PASSWORD, address="198.51.100.8").status_code == 429
+    for i in range(3):  # the guessers: right password or not, and the name's case does not matter
+        blocked = failed(browser, TEST_USER.upper(), TEST_PASSWORD, address=f"192.0.2.{i}")
+        assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+    # A new address gets one try at a guarded account: a wrong one, and it is out too.
+    assert failed(browser, TEST_USER, address="192.0.2.200").status_code == 401
+    assert failed(browser, TEST_USER, TEST_PASSWORD, address="192.0.2.200").status_code == 429
+    # The owner, from an address without failures, signs in.
+    assert failed(browser, TEST_USER, TEST_PASSWORD, address="198.51.100.7").status_code == 302
     with app.app_context():
-        assert db.session.execute(db.select(db.func.count(LoginFailure.id))).scalar_one() == 3
+        assert db.session.execute(db.select(db.func.count(LoginFailure.id))).scalar_one() == 4
 
 
 def test_failed_logins_are_limited_per_address(app_config):
@@ -240,15 +252,83 @@ def test_failed_logins_are_limited_per_address(app_config):
     assert failed(browser, TEST_USER, TEST_PASSWORD, address="203.0.113.9").status_code == 302
 
 
-def test_a_success_clears_the_accounts_failures(app):
+def test_a_success_forgives_that_address_only(app):
     create_test_user(app)
     browser = app.test_client()
+    failed(browser, TEST_USER, address="203.0.113.1")
     for _ in range(2):
-        failed(browser, TEST_USER)
+        failed(browser, TEST_USER, address="192.0.2.1")
     assert failed(browser, TEST_USER, TEST_PASSWORD, address="203.0.113.1").status_code == 302
     with app.app_context():
-        remaining = db.session.execute(db.select(LoginFailure.username)).scalars().all()
-        assert TEST_USER not in remaining
+        remaining = db.session.execute(db.select(LoginFailure.address)).scalars().all()
+    assert remaining == ["192.0.2.1", "192.0.2.1"]
+
+
+def attempt_at_once(base_url: str, count: int, password="wrong", addresses=None) -> list[int]:
+    """`count` sign-ins posted at the same moment, each from its own browser session."""
+    browsers = [httpx.Client(base_url=base_url, timeout=60) for _ in range(count)]
+    tokens = [form_token(b.get("/login").text) for b in browsers]
+    start = threading.Barrier(count)
+    statuses = [0] * count
+
+    def go(i):
+        start.wait()
+        headers = {"X-Forwarded-For": addresses[i]} if addresses else {}
+        statuses[i] = browsers[i].post("/login", headers=headers, data={
+            "username": TEST_USER, "password": password, "csrf_token": tokens[i]}).status_code
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for b in browsers:
+        b.close()
+    return statuses
+
+
+def served_attempts(app, count: int, addresses=None) -> tuple[list[int], int]:
+    """attempt_at_once against a real server of `app`: the answers, and the failures counted."""
+    server = LiveServer(app).start()
+    try:
+        statuses = attempt_at_once(server.url, count, addresses=addresses)
+    finally:
+        server.stop()
+    with app.app_context():
+        counted = db.session.execute(db.select(db.func.count(LoginFailure.id))).scalar_one()
+        db.engine.dispose()
+    return statuses, counted
+
+
+# Argon2 at its production memory cost, so that checks take long enough to overlap.
+SLOW_ARGON2 = {"ARGON2_TIME_COST": 2, "ARGON2_MEMORY_COST": 65536, "ARGON2_PARALLELISM": 1,
+               "TRUSTED_PROXIES": "127.0.0.1"}
+
+
+def test_simultaneous_attempts_check_no_more_passwords_than_the_limit(app_config):
+    app = limited_app(app_config, LOGIN_MAX_FAILURES_PER_ACCOUNT=10, LOGIN_CONCURRENT_CHECKS=8)
+    statuses, counted = served_attempts(app, 40)
+    assert sorted(statuses) == [401] * 10 + [429] * 30
+    assert counted == 10
+
+
+def test_password_checks_at_once_are_bounded_per_process(app_config):
+    """8 sign-ins at once, one check at a time."""
+    peaks = {}
+    for limit in (1, 8):
+        app = limited_app(app_config, LOGIN_CONCURRENT_CHECKS=limit, LOGIN_CHECK_WAIT=60, **SLOW_ARGON2)
+        statuses, _ = served_attempts(app, 8, [f"192.0.{limit}.{i}" for i in range(8)])
+        assert statuses == [401] * 8
+        peaks[limit] = app.extensions["viberwatch.password_checks"].peak
+    # Without the bound they do overlap: the measurement can tell.
+    assert peaks[1] == 1 and peaks[8] > 1
+
+
+def test_a_sign_in_that_finds_no_free_check_is_503_and_not_counted(app_config):
+    app = limited_app(app_config, LOGIN_CONCURRENT_CHECKS=1, LOGIN_CHECK_WAIT=0.001, **SLOW_ARGON2)
+    statuses, counted = served_attempts(app, 6, [f"192.0.2.{i}" for i in range(6)])
+    assert 401 in statuses and 503 in statuses and set(statuses) <= {401, 503}
+    assert counted == statuses.count(401)
 
 
 def test_passwords_are_stored_as_argon2id(app):
@@ -358,3 +438,32 @@ def test_websocket_needs_a_login_and_this_site_as_origin(app, client, live_serve
     cookie = f"viberwatch_session={client.get_cookie('viberwatch_session').value}"
     assert ws_handshake(live_server.url, cookie, origin="https://evil.example") == 403
     assert ws_handshake(live_server.url, cookie, origin=live_server.url) == 101
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_instance_folder_and_database_are_private(tmp_path, monkeypatch):
+    """Made 0700 and 0600 like the secret key, and closed when an earlier version left them open."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("VIBERWATCH_INSTANCE_PATH", str(tmp_path / "instance"))
+    config = {"TESTING": True, "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 8192, "ARGON2_PARALLELISM": 1}
+    app = create_app(config)
+    database = tmp_path / "instance" / "viberwatch.db"
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{database}"
+    with app.app_context():
+        db.create_all()
+        create_test_user(app)
+        assert mode(tmp_path / "instance") == 0o700
+        for name in ("viberwatch.db", "viberwatch.db-wal", "viberwatch.db-shm", "secret_key"):
+            assert mode(tmp_path / "instance" / name) == 0o600, name
+        db.engine.dispose()
+
+    os.chmod(tmp_path / "instance", 0o755)
+    os.chmod(database, 0o644)
+    again = create_app(config)
+    assert mode(tmp_path / "instance") == 0o700 and mode(database) == 0o600
+    with again.app_context():
+        assert db.session.execute(db.select(db.func.count(User.id))).scalar_one() == 1
+        db.engine.dispose()

@@ -1,3 +1,5 @@
+import pytest
+
 from app import create_app
 from app.models import db
 
@@ -64,7 +66,19 @@ def test_proxy_fix_trusts_forwarded_headers_only_when_configured(app_config):
             seen["url"] = url_for("health.healthz", _external=True)
         return app
 
+    direct = {"remote": "127.0.0.1", "url": "http://localhost/healthz"}
     probed(create_app(app_config)).test_client().get("/healthz", headers=headers)
-    assert seen == {"remote": "127.0.0.1", "url": "http://localhost/healthz"}
-    probed(create_app({**app_config, "PROXY_FIX": 1})).test_client().get("/healthz", headers=headers)
+    assert seen == direct
+    # The test client's peer is 127.0.0.1: a trusted proxy here, a stranger there.
+    trusted = {**app_config, "PROXY_FIX": 1, "TRUSTED_PROXIES": "127.0.0.1"}
+    probed(create_app(trusted)).test_client().get("/healthz", headers=headers)
     assert seen == {"remote": "203.0.113.7", "url": "https://viberwatch.example/healthz"}
+    stranger = {**app_config, "PROXY_FIX": 1, "TRUSTED_PROXIES": "10.0.0.1"}
+    probed(create_app(stranger)).test_client().get("/healthz", headers=headers)
+    assert seen == direct
+
+
+def test_proxy_fix_without_trusted_proxies_is_a_startup_error(app_config):
+    """Otherwise X-Forwarded-For would be believed from any peer."""
+    with pytest.raises(ValueError, match="TRUSTED_PROXIES"):
+        create_app({**app_config, "PROXY_FIX": 1})

@@ -46,7 +46,8 @@ def registration(rid: str, phone: str, text: str) -> bytes:
                        "functionType": "text"}).encode()
 
 
-_clock = {"at": datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)}
+# Recent: never-applied bodies older than REJECTED_KEEP_DAYS are deleted as others arrive.
+_clock = {"at": datetime.now(timezone.utc) - timedelta(hours=1)}
 
 
 def job(endpoint: str, body: bytes, content_type: str = "application/json") -> ingest.Job:
@@ -265,7 +266,7 @@ def test_any_split_into_batches_gives_the_same_record(app):
     work, _phones = burst(rng, 40)
     work += [("dr", b"{broken"), ("message", reply("burst00003" + "0" * 20, "79200000003", "again"))]
     rng.shuffle(work)
-    start = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    start = datetime.now(timezone.utc) - timedelta(hours=1)
     times = [start + timedelta(milliseconds=137 * i) for i in range(len(work))]
     snapshots = []
     with app.app_context():

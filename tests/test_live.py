@@ -1,5 +1,6 @@
 """Live updates over real WebSocket connections to a real server."""
 import json
+import threading
 import uuid
 
 import pytest
@@ -266,3 +267,34 @@ def test_an_id_not_yet_committed_holds_the_cursor_back_until_it_is_given_up(app)
     assert hub._contiguous([ev(5), ev(6)]) == []
     time.sleep(0.25)
     assert [e.id for e in hub._contiguous([ev(5), ev(6)])] == [5, 6]
+
+
+@pytest.mark.parametrize("size", [64 * 1024 + 1, 4 * 1024 * 1024])
+def test_a_message_over_the_cap_closes_the_socket_as_it_arrives(app, live_server, cookie, size):
+    """A hello (or any later message) larger than LIVE_MAX_MESSAGE is not read whole."""
+    import websocket
+
+    assert app.config["SOCK_SERVER_OPTIONS"]["max_message_size"] == 64 * 1024
+    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=30)
+
+    def send():
+        frame = websocket.ABNF.create_frame('{"cursor": 0, "filters": "' + "x" * size + '"}',
+                                            websocket.ABNF.OPCODE_TEXT)
+        try:
+            ws.sock.sendall(frame.format())
+        except OSError:
+            pass  # closed before all of it was written
+
+    # The server stops reading at the cap, so a large message may not all be written; it is
+    # written past the client's own lock, which its answer to the close frame needs.
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    # The raw frame: answering the close would wait behind the unfinished write.
+    frame = ws.recv_frame()
+    while frame.opcode != websocket.ABNF.OPCODE_CLOSE:
+        frame = ws.recv_frame()
+    assert int.from_bytes(frame.data[:2], "big") == 1009
+    # A hello within the cap is still read.
+    ok = LiveClient(live_server.url, cookie, filters="q=" + "y" * 100)
+    assert ok.first.cursor == 0
+    ok.close()

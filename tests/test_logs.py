@@ -64,3 +64,72 @@ def test_plain_text_line(app, anon_client, capsys):
     [line] = lines(capsys)
     assert " INFO viberwatch.webhooks webhook endpoint=dr requestId=f6a7d49946094857ae02812969a83056 " \
            "outcome=accepted status=200 durationMs=" in line
+
+
+SECRET = "s3cret-Token_9"
+
+
+def raw_post(base_url: str, target: str):
+    """POST a receipt to exactly this request target (no client normalises its escapes)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    conn = http.client.HTTPConnection(urlsplit(base_url).netloc, timeout=10)
+    conn.request("POST", target, body=json.dumps(fixture_json("dr_seen")),
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response
+
+
+def test_the_development_server_log_never_shows_the_token(app_config, caplog):
+    """`viberwatch run` logs each request line; ?token= is redacted, however it is spelled."""
+    import httpx
+
+    from app import create_app
+    from app.models import db
+    from conftest import LiveServer
+
+    app = create_app({**app_config, "WEBHOOK_TOKEN": SECRET})
+    with app.app_context():
+        db.create_all()
+    server = LiveServer(app).start()
+    try:
+        with caplog.at_level("INFO", logger="werkzeug"):
+            for query in (f"?token={SECRET}", f"?x=1&tok%65n={SECRET}"):
+                assert raw_post(server.url, DR + query).status == 200
+            assert httpx.post(server.url + DR + "?token=wrong-guess", json=fixture_json("dr_seen")).status_code == 401
+    finally:
+        server.stop()
+        with app.app_context():
+            db.engine.dispose()
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "werkzeug")
+    assert logged.count("=[redacted]") == 3
+    assert SECRET not in logged and "wrong-guess" not in logged
+
+
+def test_the_production_access_log_never_shows_the_token(app_config, tmp_path):
+    """gunicorn's access log, through gunicorn.conf.py's logger class."""
+    import httpx
+
+    from servers import production_server
+
+    access = tmp_path / "access.log"
+    env = {"DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"], "VIBERWATCH_SECRET_KEY": "k",
+           "VIBERWATCH_WEBHOOK_TOKEN": SECRET, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4"}
+    from app import create_app
+    from app.models import db
+
+    app = create_app(app_config)
+    with app.app_context():
+        db.create_all()
+        db.engine.dispose()
+    with production_server(env, tmp_path / "gunicorn.log", unset=("REDIS_URL",), access_log=access) as url:
+        for query in (f"?token={SECRET}", f"?tok%65n={SECRET}"):
+            assert raw_post(url, DR + query).status == 200
+        headers = {"X-Webhook-Token": SECRET, "Referer": f"https://example.org/?token={SECRET}"}
+        assert httpx.post(url + DR, json=fixture_json("dr_seen"), headers=headers).status_code == 200
+    logged = access.read_text()
+    assert logged.count("POST /webhooks/viber/dr") == 3
+    assert "token=[redacted]" in logged and SECRET not in logged

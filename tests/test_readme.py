@@ -19,10 +19,12 @@ SETTING_OF = {"database": "SQLALCHEMY_DATABASE_URI"}
 SAMPLES = {"SENDTIME_TZ": "UTC+09:00", "WEBHOOK_ALLOW_NETWORKS": "10.0.0.0/8",
            "METRICS_ALLOW_NETWORKS": "10.0.0.0/8", "TRUSTED_PROXIES": "10.0.0.1", "ALERT_RULES": "[]",
            "REDIS_URL": "redis://127.0.0.1:1/0", "NXCLOUD_RATE_TYPE": "Promotional",
-           "COOKIE_SECURE": "true"}
-# Settings refused without their partner: both are set before, then this one changes.
-PARTNERS = {"WEBHOOK_SIGN_ACCESS_KEY": "VIBERWATCH_WEBHOOK_SIGN_SECRET",
-            "WEBHOOK_SIGN_SECRET": "VIBERWATCH_WEBHOOK_SIGN_ACCESS_KEY"}
+           "COOKIE_SECURE": "true", "WEBHOOK_SIGN_ACTIONS": '{"dr": "receipt", "message": "reply"}'}
+# Settings refused without their partner: the partner is set (with this one's value before,
+# where it needs one), then this one changes.
+PARTNERS = {"WEBHOOK_SIGN_ACCESS_KEY": ("VIBERWATCH_WEBHOOK_SIGN_SECRET", "partner-value", "value-before"),
+            "WEBHOOK_SIGN_SECRET": ("VIBERWATCH_WEBHOOK_SIGN_ACCESS_KEY", "partner-value", "value-before"),
+            "PROXY_FIX": ("VIBERWATCH_TRUSTED_PROXIES", "10.0.0.1", None)}
 
 
 def section(title: str) -> str:
@@ -36,7 +38,9 @@ def configuration_table() -> list[tuple[list[str], list[str]]]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if not line.startswith("|") or len(cells) != 4 or cells[0] == "setting" or re.fullmatch("-+", cells[0]):
             continue
-        settings = re.findall(rf"`({NAME})`", cells[0]) or ([SETTING_OF[cells[0]]] if cells[0] else [])
+        # A row described rather than named is a setting only when it maps to one; else its
+        # environment name is read directly (checked as such below).
+        settings = re.findall(rf"`({NAME})`", cells[0]) or ([SETTING_OF[cells[0]]] if cells[0] in SETTING_OF else [])
         rows.append((settings, re.findall(rf"`({NAME})`", cells[1])))
     return rows
 
@@ -81,8 +85,10 @@ def test_each_environment_name_in_the_table_sets_its_setting(setting, env, monke
     if setting != "SQLALCHEMY_DATABASE_URI":
         config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/default.db"
     if setting in PARTNERS:
-        monkeypatch.setenv(PARTNERS[setting], "partner-value")
-        monkeypatch.setenv(env, "value-before")
+        partner, partner_value, before_value = PARTNERS[setting]
+        monkeypatch.setenv(partner, partner_value)
+        if before_value is not None:
+            monkeypatch.setenv(env, before_value)
     before = create_app(config).config
     value = f"sqlite:///{tmp_path}/from-env.db" if env == "DATABASE_URL" else sample(setting, before.get(setting))
     monkeypatch.setenv(env, value)
@@ -94,7 +100,7 @@ def read_outside_the_config(name: str) -> bool:
     """A name read straight from the environment by the app, a test or the server configuration,
     or a make variable."""
     python = [*ROOT.glob("app/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("bench/*.py"), ROOT / "gunicorn.conf.py"]
-    read = re.compile(rf"""environ(\.get\(|\[)["']{name}["']|envvar=["']{name}["']""")
+    read = re.compile(rf"""(environ(\.get\(|\[)|envvar=|_setting\()["']{name}["']""")
     makefile = (ROOT / "Makefile").read_text()
     return (any(read.search(p.read_text()) for p in python)
             or re.search(rf"^{name} \?=", makefile, re.M) is not None)

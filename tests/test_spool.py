@@ -330,3 +330,48 @@ def test_a_worker_killed_while_it_drains_leaves_no_body_applied_twice_or_lost(ap
     assert_each_spooled_once(app, len(work))
     with app.app_context():
         assert_consistent()
+
+
+def test_a_database_that_comes_and_goes_never_gets_a_500_and_loses_nothing(app, production, outage):
+    """Outages that start and end while requests are in flight, through the production command."""
+    url, _proc = production
+    stop, answers, work = threading.Event(), [], []
+    lock = threading.Lock()
+
+    def pusher(n):
+        with httpx.Client(base_url=url, timeout=60) as client:
+            i = 0
+            while not stop.is_set():
+                body = receipt(f"flap{n:02d}{i:06d}" + "0" * 16, ("success", "delivered", "seen")[i % 3])
+                status = client.post("/webhooks/viber/dr", content=body,
+                                     headers={"Content-Type": "application/json"}).status_code
+                with lock:
+                    answers.append(status)
+                    work.append(body)
+                i += 1
+
+    def health():
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while not stop.is_set():
+                status = client.get("/healthz").status_code
+                with lock:
+                    answers.append(status)
+
+    threads = [threading.Thread(target=pusher, args=(n,)) for n in range(8)] + [threading.Thread(target=health)]
+    for t in threads:
+        t.start()
+    for _ in range(4):
+        time.sleep(0.4)
+        outage.begin()
+        time.sleep(0.4)
+        outage.end()
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert set(answers) == {200}, Counter(answers)
+    wait_until(lambda: count_raw(app) == len(work), 60, "every body to be applied")
+    wait_until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty")
+    with app.app_context():
+        stored = Counter(db.session.execute(db.select(RawBody.body)).scalars())
+        assert stored == Counter(work)
+        assert_consistent()
