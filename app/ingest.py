@@ -40,7 +40,7 @@ from flask import Flask, current_app
 from sqlalchemy import bindparam, case
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from . import contacts, metrics, payloads, retention, rollup, spool, tally
+from . import contacts, metrics, payloads, replay, retention, rollup, spool, tally
 from .derivation import (
     COLUMNS,
     Registration,
@@ -112,6 +112,7 @@ class Job:
     received_at: Optional[datetime] = None
     raw_id: Optional[int] = None  # a stored body run again (reprocess): its row is updated
     spooled: Optional[str] = None  # "file:number" of the spool record it is applied from
+    signature: Optional[replay.Signature] = None  # verified; taken (used once) with the body
     result: Optional[Result] = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -344,6 +345,7 @@ class Batch:
         self.contacts = contacts.Changes()
 
     def run(self, conn) -> bool:
+        self._take_signatures(conn)
         valid = [p for p in self.parsed if p.item is not None]
         first_heard: dict[str, datetime] = {}
         for p in valid:
@@ -368,6 +370,19 @@ class Batch:
         changes[1].write(conn)
         write_marks(conn, [p.job for p in self.parsed])
         return bool(self.events)
+
+    def _take_signatures(self, conn) -> None:
+        """A body whose signature was used before is a replay: refused, not applied."""
+        signed = [p for p in self.parsed if p.job.signature is not None]
+        if not signed:
+            return
+        settings = current_app.extensions["viberwatch.webhook_auth"]
+        replays = replay.take(conn, [p.job.signature for p in signed], utcnow(), settings.sign_window)
+        for p, replayed in zip(signed, replays):
+            if replayed:
+                p.guessed_id, p.item = p.request_id, None
+                p.result = Result(401, "refused", None, p.guessed_id, error={
+                    "error": f"sign: {replay.REASON}", "field": "sign", "reason": replay.REASON})
 
     def _decide(self, p: Parsed) -> None:
         item, at = p.item, p.job.received_at
@@ -969,9 +984,11 @@ def drain(folder: Path, link: Optional[Link], batch_max: int, own: Optional[OwnF
                 raise
             total = applied
             chunk: list[Job] = []
+            signing = bool(current_app.extensions["viberwatch.webhook_auth"].sign_secret)
             for record in spool.records(path, applied):
                 chunk.append(Job(record.endpoint, record.body, record.content_type, record.headers,
-                                 record.remote_addr, record.received_at, spooled=f"{path.stem}:{record.n}"))
+                                 record.remote_addr, record.received_at, spooled=f"{path.stem}:{record.n}",
+                                 signature=replay.Signature.of(record.headers) if signing else None))
                 total = record.n
                 if len(chunk) >= batch_max:
                     if not _drain_chunk(path, chunk, link, mine, own):
@@ -1011,10 +1028,11 @@ def writer_of(app: Flask) -> Writer:
 
 
 def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers, remote_addr: Optional[str] = None,
-           *, received_at: Optional[datetime] = None) -> Result:
-    """Store a body verbatim and apply it; answered once both are committed."""
+           *, received_at: Optional[datetime] = None, signature: Optional[replay.Signature] = None) -> Result:
+    """Store a body verbatim and apply it; answered once both are committed. A `signature`
+    (verified) is taken in the same transaction: used before, the body is refused as a replay."""
     assert endpoint in ENDPOINTS
-    job = Job(endpoint, body, content_type, kept_headers(headers), remote_addr, received_at)
+    job = Job(endpoint, body, content_type, kept_headers(headers), remote_addr, received_at, signature=signature)
     result = writer_of(current_app._get_current_object()).submit(job)
     # Committed by the writer's session: objects this thread's session loaded are stale now.
     if db.session.registry.has():

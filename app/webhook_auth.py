@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Mapping, Optional
@@ -23,8 +22,8 @@ from flask import current_app
 from sqlalchemy import func
 from werkzeug.datastructures import Headers
 
-from . import ingest, signing
-from .models import RawBody, RefusedTally, WebhookSignature, db, utcnow
+from . import ingest, replay, signing
+from .models import RawBody, RefusedTally, db, utcnow
 from .security import parse_networks
 
 SIGN_HEADERS = ("accessKey", "ts", "bizType", "action", "sign")
@@ -157,47 +156,14 @@ def check_signature(settings: Settings, endpoint: str, headers: Mapping, body: b
     return None
 
 
-_pruned = {"at": None}
-_prune_lock = threading.Lock()
-
-
 def take_signature(settings: Settings, headers: Mapping) -> Optional[Refusal]:
-    """Record a verified signature as used, in the current transaction; a replay if it was.
-
-    Rows are kept for twice the window: after that `ts` alone refuses the signature.
-    """
-    if not settings.sign_secret:
+    """Record a verified signature as used, in the current transaction; a replay if it was."""
+    signature = replay.Signature.of(headers) if settings.sign_secret else None
+    if signature is None:
         return None
-    now = utcnow()
-    keep = timedelta(seconds=2 * settings.sign_window)
-    with _prune_lock:
-        due = _pruned["at"] is None or now - _pruned["at"] > keep / 2
-        if due:
-            _pruned["at"] = now
-    if due:
-        db.session.execute(db.delete(WebhookSignature).where(WebhookSignature.seen_at < now - keep))
-    sign = headers.get("sign").strip().lower()
-    if ingest.insert_ignore(WebhookSignature, {"sign": sign, "access_key": headers.get("accessKey"),
-                                               "ts": int(headers.get("ts")), "seen_at": now}, ["sign"]):
-        return None
-    return Refusal(401, "sign", "already used: a replayed call")
-
-
-def signature_refusal(settings: Settings, endpoint: str, headers: Mapping, body: bytes) -> Optional[Refusal]:
-    """check_signature, then take_signature, committed: what a live call goes through."""
-    refusal = check_signature(settings, endpoint, headers, body)
-    if refusal is None and settings.sign_secret:
-        refusal = take_signature(settings, headers)
-        db.session.commit()
-    return refusal
-
-
-def release_signature(settings: Settings, headers: Mapping) -> None:
-    """Forget a call's signature when its body was not applied (503), so its retry is taken."""
-    if settings.sign_secret and headers.get("sign"):
-        db.session.execute(db.delete(WebhookSignature)
-                           .where(WebhookSignature.sign == headers.get("sign").strip().lower()))
-        db.session.commit()
+    if replay.take(db.session.connection(), [signature], utcnow(), settings.sign_window)[0]:
+        return Refusal(401, "sign", replay.REASON)
+    return None
 
 
 def recheck(settings: Settings, raw: RawBody) -> Optional[Refusal]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 
-from . import ingest, security, webhook_auth
+from . import ingest, replay, security, webhook_auth
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/viber")
 
@@ -18,15 +18,15 @@ def receive(endpoint: str):
     if refusal is None and body.too_large:
         refusal = webhook_auth.Refusal(413, "body", body.describe(limit))
     if refusal is None:
-        refusal = webhook_auth.signature_refusal(settings, endpoint, request.headers, body.data)
+        refusal = webhook_auth.check_signature(settings, endpoint, request.headers, body.data)
     if refusal is not None:
         webhook_auth.keep_refused(settings, endpoint, body.data, request.content_type,
                                   request.headers, address, refusal, token)
         return jsonify(refusal.as_json()), refusal.http_status
+    # A verified signature is taken (used once) in the transaction that applies the body.
+    signature = replay.Signature.of(request.headers) if settings.sign_secret else None
     result = ingest.ingest(endpoint, body.data, request.content_type,
-                           dict(request.headers), address)
-    if result.http_status == 503:
-        webhook_auth.release_signature(settings, request.headers)
+                           dict(request.headers), address, signature=signature)
     g.webhook_result = result  # for the request's log line and metrics (app/logs.py)
     if result.ok:
         # NXCLOUD's callbacks treat HTTP 200 with the body "success" as accepted.
