@@ -40,7 +40,7 @@ from flask import Flask, current_app
 from sqlalchemy import bindparam, case
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from . import contacts, metrics, payloads, replay, retention, rollup, spool, tally
+from . import contacts, payloads, replay, retention, rollup, spool, tally
 from .derivation import (
     COLUMNS,
     Registration,
@@ -63,6 +63,8 @@ spool_log = logging.getLogger("viberwatch.spool")
 signals = Namespace()
 # Sent after a commit that appended to the activity log; live updates listen to it.
 activity_committed = signals.signal("activity-committed")
+# Sent after each ingest transaction, with the number of bodies it applied (for /metrics).
+batch_committed = signals.signal("batch-committed")
 
 ENDPOINTS = ("dr", "message", "register")
 KEPT_HEADERS = ("content-type", "user-agent", "accesskey", "ts", "biztype", "action", "sign",
@@ -680,7 +682,7 @@ def apply_batch(jobs: list[Job], link: Optional[Link] = None) -> bool:
                         type(exc).__name__)
             return all(apply_batch([job], link) for job in jobs)
         return _keep_unapplied(jobs[0], exc)
-    metrics.observe_ingest_batch(len(jobs))
+    batch_committed.send(current_app._get_current_object(), bodies=len(jobs))
     never_applied = sum(len(p.job.body) for p in parsed if not p.result.ok and p.job.raw_id is None)
     if never_applied:
         retention.kept(never_applied)  # bounded by REJECTED_KEEP_BYTES / _DAYS before anyone is answered

@@ -24,6 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import ingest
 from .models import AlertState, Message, RawBody, db
 from .security import parse_networks, request_client_address
 
@@ -65,7 +66,7 @@ def observe_webhook(endpoint: str, outcome: str, seconds: float) -> None:
     WEBHOOK_SECONDS.labels(endpoint=endpoint, outcome=outcome).observe(seconds)
 
 
-def observe_ingest_batch(bodies: int) -> None:
+def observe_ingest_batch(_app, bodies: int) -> None:
     INGEST_BATCH.observe(bodies)
 
 
@@ -176,6 +177,7 @@ class LiveSampler:
 
 
 def register(app: Flask) -> None:
+    ingest.batch_committed.connect(observe_ingest_batch, sender=app)
     app.config.setdefault("METRICS_TOKEN", None)
     app.config.setdefault("METRICS_ALLOW_NETWORKS", "")
     app.extensions["viberwatch.metrics_networks"] = parse_networks(
