@@ -64,7 +64,7 @@ def _end_session(_exc) -> None:
     try:
         db.session.remove()
     except Exception:
-        db.session.invalidate()  # drop the connections without a rollback
+        db.session.registry().invalidate()  # drop the connections without a rollback
         db.session.registry.clear()
 
 

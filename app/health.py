@@ -21,7 +21,7 @@ def database_reachable() -> bool:
         try:
             db.session.rollback()
         except SQLAlchemyError:  # the connection died with the database
-            db.session.invalidate()
+            db.session.registry().invalidate()
         return False
 
 

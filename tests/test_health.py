@@ -82,3 +82,21 @@ def test_proxy_fix_without_trusted_proxies_is_a_startup_error(app_config):
     """Otherwise X-Forwarded-For would be believed from any peer."""
     with pytest.raises(ValueError, match="TRUSTED_PROXIES"):
         create_app({**app_config, "PROXY_FIX": 1})
+
+
+def test_a_request_whose_connection_died_is_answered_not_500(app):
+    """The database went away while a request held its connection: ending the request's
+    session must not turn a finished answer into a 500."""
+    from sqlalchemy import text
+
+    from app.auth import public
+
+    @app.get("/probe-connection-dies")
+    @public
+    def dies():
+        db.session.execute(text("SELECT 1"))
+        db.session.connection().connection.dbapi_connection.close()  # as a database that went down
+        return "answered"
+
+    response = app.test_client().get("/probe-connection-dies")
+    assert (response.status_code, response.get_data()) == (200, b"answered")
