@@ -7,7 +7,7 @@ import io
 from typing import Any, Iterator
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
-from sqlalchemy import Float, Integer, Select, String, case, func, literal_column
+from sqlalchemy import Float, Integer, Select, String, and_, case, func, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -20,8 +20,16 @@ bp = Blueprint("export", __name__)
 # the per-chunk cost of the streaming machinery does not dominate.
 CHUNK = 200
 
-# A cell starting with one of these is a formula to a spreadsheet.
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+# A formula trigger (OWASP's list): = + - @ or any character Unicode compatibility-normalises
+# to one of them (full-width ＝＋－＠ and their small, superscript and subscript forms), a tab
+# or a carriage return.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r",
+                    "\u207a", "\u207c", "\u208a", "\u208c", "\ufb29", "\ufe62", "\ufe63", "\ufe66",
+                    "\ufe6b", "\uff0b", "\uff0d", "\uff1d", "\uff20")
+# What a spreadsheet may skip before it looks for a formula: every Unicode space (but tab and
+# carriage return, triggers themselves) and the invisible zero-width characters.
+BLANKS = ("\n\x0b\x0c\x1c\x1d\x1e\x1f \x85\xa0\u1680\u180e\u2000\u2001\u2002\u2003\u2004\u2005"
+          "\u2006\u2007\u2008\u2009\u200a\u200b\u200c\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff")
 
 
 def _sql_string(value: str):
@@ -31,14 +39,18 @@ def _sql_string(value: str):
 
 _ONE = literal_column("1", Integer)
 _TRIGGERS = [_sql_string(c) for c in FORMULA_TRIGGERS]
+_SUSPECT = _TRIGGERS + [_sql_string(c) for c in BLANKS]
 
 
 def text_cell(column):
-    """The column as a spreadsheet shows it as text: a value starting with a formula trigger
-    gets a leading ', and an empty value is written as nothing (as NULL is). The same SQL on
-    SQLite and PostgreSQL."""
+    """The column as a spreadsheet shows it as text: a value whose first non-blank character is
+    a formula trigger gets a leading ', and an empty value is written as nothing (as NULL is).
+    The same SQL on SQLite and PostgreSQL."""
     first = func.substr(column, _ONE, _ONE)
-    return case((first.in_(_TRIGGERS), _sql_string("'") + column), else_=func.nullif(column, _sql_string("")))
+    first_seen = func.substr(func.ltrim(column, _sql_string(BLANKS)), _ONE, _ONE)
+    # Most cells start with neither: one look at the first character settles them.
+    return case((and_(first.in_(_SUSPECT), first_seen.in_(_TRIGGERS)), _sql_string("'") + column),
+                else_=func.nullif(column, _sql_string("")))
 
 
 class iso_cell(FunctionElement):

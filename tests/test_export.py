@@ -4,6 +4,8 @@ import csv
 import io
 import os
 import re
+import sys
+import unicodedata
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import event
 
 from app import create_app
-from app.export import FORMULA_TRIGGERS, MESSAGE_COLUMNS, REPLY_COLUMNS
+from app.export import BLANKS, FORMULA_TRIGGERS, MESSAGE_COLUMNS, REPLY_COLUMNS
 from app.models import Message, RawBody, Reply, db, utcnow
 from conftest import create_test_user, log_in, postgres_schema
 from dashboard_data import message_with, receipt, register, reply
@@ -98,6 +100,37 @@ def test_formula_cells_are_neutralised(client):
     assert rows["fx-media"]["phone"] == "'=cmd|' /C calc'!A0"
     replies = {r["trace_request_id"]: r for r in read_csv(client.get("/export.csv?kind=replies"))}
     assert replies["fx-media"]["media"] == "'=1+1" and replies["fx-media"]["file_name"] == "'@evil.png"
+
+
+BEHIND_BLANKS = [" =1+1", "\n=1+1", "\u00a0=1+1", "\uff1d1+1", "\uff0b1", "\uff0d1", "\uff201",
+                 "\u3000=1", "\u200b=1", "  \t-1", "\ufe66SUM(A1)", "\n\n@x"]
+HARMLESS = ["1-2", "a=b", "'quoted", "x@y.z", "   ", "plain text", "\u2212 minus sign is not a trigger"]
+
+
+def test_formula_cells_behind_blanks_or_full_width_are_neutralised(client):
+    for i, text in enumerate(BEHIND_BLANKS + HARMLESS):
+        reply(client, f"fb-{i:02d}", "79100000001", text=text)
+    receipt(client, "fb-cost", "success", cost={"currency": "USD", "localPrice": -1.5, "originalPrice": 1,
+                                                "rateType": "Transactional"})
+    rows = {r["request_id"]: r for r in read_csv(client.get("/export.csv"))}
+    replies = {r["trace_request_id"]: r for r in read_csv(client.get("/export.csv?kind=replies"))}
+    for i, text in enumerate(BEHIND_BLANKS):
+        assert rows[f"fb-{i:02d}"]["last_reply_text"] == "'" + text
+        assert replies[f"fb-{i:02d}"]["text"] == "'" + text
+    for i, text in enumerate(HARMLESS, start=len(BEHIND_BLANKS)):
+        assert rows[f"fb-{i:02d}"]["last_reply_text"] == text
+        assert replies[f"fb-{i:02d}"]["text"] == text
+    # A number is data, never a formula; a whole price is written as the float it is.
+    assert rows["fb-cost"]["local_price"] == "-1.5" and rows["fb-cost"]["original_price"] == "1.0"
+
+
+def test_trigger_and_blank_characters_are_complete():
+    everything = (chr(i) for i in range(sys.maxunicode + 1) if not 0xD800 <= i <= 0xDFFF)
+    triggers = {c for c in everything if unicodedata.normalize("NFKC", c) in ("=", "+", "-", "@")}
+    assert set(FORMULA_TRIGGERS) == triggers | {"\t", "\r"}
+    spaces = {chr(i) for i in range(sys.maxunicode + 1) if chr(i).isspace()}
+    assert spaces - {"\t", "\r"} <= set(BLANKS)
+    assert not set(BLANKS) & set(FORMULA_TRIGGERS)
 
 
 def test_export_is_streamed(client, app, monkeypatch):
@@ -206,7 +239,7 @@ def documented_csv(columns, rows) -> bytes:
     def cell(value):
         if isinstance(value, datetime):
             return value.isoformat().replace("+00:00", "Z")
-        if isinstance(value, str) and value[:1] in FORMULA_TRIGGERS:
+        if isinstance(value, str) and value.lstrip(BLANKS)[:1] in FORMULA_TRIGGERS:
             return "'" + value
         return value  # None is written as nothing, a number as Python writes it
 
@@ -253,7 +286,7 @@ TWIN_URLS = ("/export.csv", "/export.csv?kind=replies", "/export.csv?status=pend
              "/export.csv?kind=replies&status=success,delivered", "/export.csv?kind=replies&anomaly=1")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=records())
 def test_both_databases_write_the_documented_bytes(twin_clients, data):
     messages, replies = data
