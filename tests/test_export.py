@@ -13,10 +13,10 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event
+from sqlalchemy import Numeric, literal
 
 from app import create_app
-from app.export import BLANKS, FORMULA_TRIGGERS, MESSAGE_COLUMNS, REPLY_COLUMNS
+from app.export import BLANKS, FORMULA_TRIGGERS, MESSAGE_COLUMNS, REPLY_COLUMNS, price_cell
 from app.models import Message, RawBody, Reply, db, utcnow
 from conftest import create_test_user, log_in, postgres_schema
 from dashboard_data import message_with, receipt, register, reply
@@ -133,6 +133,16 @@ def test_trigger_and_blank_characters_are_complete():
     assert not set(BLANKS) & set(FORMULA_TRIGGERS)
 
 
+@pytest.mark.parametrize("value", ["0", "1", "-7", "0.05", "0.000001", "0.000015", "-0.3", "0.1", "2.675",
+                                   "999999999.999999", "1000000000.5", "123456789012.123456",
+                                   "999999999999.999999", "-999999999999.999999", "100000000000"])
+def test_prices_read_as_python_writes_their_float(app, value):
+    with app.app_context():
+        cell = db.session.execute(db.select(price_cell(literal(Decimal(value), Numeric(18, 6))))).scalar()
+    # SQLite hands the float to the csv writer (which writes repr); PostgreSQL writes the text.
+    assert (cell if isinstance(cell, str) else repr(cell)) == repr(float(Decimal(value)))
+
+
 def test_export_is_streamed(client, app, monkeypatch):
     from app import export
 
@@ -204,7 +214,8 @@ texts = st.one_of(st.none(), st.sampled_from(TRICKY),
 times = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
                      timezones=st.just(timezone.utc))
 # PostgreSQL keeps 6 decimals and a float's 15 significant digits: prices within both.
-prices = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 0.000001, 0.05, -0.3, 999999999999.0]),
+prices = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 0.000001, 0.05, -0.3, 999999999.999999, 1e9,
+                                                -123456789.5, 999999999999.0]),
                    st.decimals(-10**9 + 1, 10**9 - 1, places=6, allow_nan=False, allow_infinity=False)
                    .map(float), st.integers(-10**12 + 1, 10**12 - 1).map(float))
 STATUSES = [None, "success", "delivered", "seen", "failed", "expired"]
