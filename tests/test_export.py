@@ -288,8 +288,14 @@ def twin_clients(request, tmp_path, app_config):
                 db.session.commit()
             create_test_user(app)
             twins.append((app, log_in(app, app.test_client())))
-            stack.callback(lambda app=app: app.app_context().push() or db.engine.dispose())
+            stack.callback(dispose, app)
         yield twins
+
+
+def dispose(app):
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
 
 
 TWIN_URLS = ("/export.csv", "/export.csv?kind=replies", "/export.csv?status=pending&status=seen",
