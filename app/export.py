@@ -179,7 +179,7 @@ def _driver_statement(stmt: Select) -> tuple[str, Any]:
 
 def _driver_cursor():
     """A cursor of the driver on the session's connection, in its transaction: rows of plain
-    tuples, with none of the ORM's per-row work."""
+    tuples, with none of SQLAlchemy's per-row work."""
     return db.session.connection().connection.driver_connection.cursor()
 
 
@@ -213,12 +213,10 @@ def _copied_by_postgresql(stmt: Select) -> Iterator[bytes]:
             while row := copy.read():
                 rows.append(row[:-1])
                 if len(rows) == CHUNK:
-                    rows.append(b"")
-                    yield b"\r\n".join(rows)
+                    yield b"\r\n".join(rows) + b"\r\n"
                     rows = []
             if rows:
-                rows.append(b"")
-                yield b"\r\n".join(rows)
+                yield b"\r\n".join(rows) + b"\r\n"
 
 
 def csv_chunks(columns: tuple[str, ...], stmt: Select) -> Iterator[bytes]:
