@@ -2,6 +2,7 @@
 section into docs/benchmarks.md."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from ingest import markdown as ingest_markdown
@@ -42,15 +43,34 @@ def markdown(results: dict) -> str:
                        f"{cell(counters)} |")
         out.append("")
     if results.get("export"):
-        out += ["### Export", "", "| database | what | rows | seconds | rows/s | memory growth MB |",
-                "| --- | --- | ---: | ---: | ---: | ---: |"]
+        out += ["### Export", "", "| database | what | rows | seconds | rows/s | CPU s (this process) | "
+                "ratio | first byte ms | first row ms | memory growth MB |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        names = {"bare": "sqlite3 + csv loop", "copy": "COPY ... TO STDOUT WITH CSV, psycopg"}
         for e in results["export"]:
-            for what in ("app", "bare"):
-                if what in e:
-                    x = e[what]
-                    out.append(f"| {e['db']} | {'GET /export.csv' if what == 'app' else 'sqlite3 + csv'} | "
-                               f"{x['rows']:,} | {x['seconds']:.1f} | {x['rows'] / x['seconds']:,.0f} | "
-                               f"{(x['rss_peak_kb'] - x['rss_before_kb']) / 1024:.1f} |")
+            base_rate = e["baseline"]["rows"] / e["baseline"]["seconds"]
+            for what, x in (("GET /export.csv", e["app"]), (names[e["baseline_kind"]], e["baseline"]),
+                            ("GET /export.csv?kind=replies", e["replies"])):
+                rate = x["rows"] / x["seconds"]
+                ratio = f"{rate / base_rate:.2f}" if x is e["app"] else "–"
+                out.append(f"| {e['db']} | {what} | {x['rows']:,} | {x['seconds']:.1f} | {rate:,.0f} | "
+                           f"{x['cpu_seconds']:.1f} | {ratio} | {x['first_byte_ms']:.0f} | "
+                           f"{x['first_row_ms']:.0f} | {(x['rss_peak_kb'] - x['rss_before_kb']) / 1024:.1f} |")
+        out.append("")
+        for e in results["export"]:
+            pairs = [(a["rows"] / a["seconds"]) / (b["rows"] / b["seconds"])
+                     for a, b in zip(e["rounds"]["app"], e["rounds"]["baseline"])]
+            out += [f"{e['db']}: app rows/s over baseline rows/s in each round (baseline, then app): "
+                    f"{', '.join(f'{p:.2f}' for p in pairs)}; median {statistics.median(pairs):.2f}", ""]
+        out += ["What each kind of cell costs the database (bench/export_cost.py: CPU seconds of the "
+                "export's query, best of 3; SQLite in process, PostgreSQL in its server process, serial plan):",
+                "", "| database | every cell formatted | times as stored | texts as stored | prices as stored | "
+                "all as stored |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for e in results["export"]:
+            c = e["cost"]["cpu_seconds"]
+            out.append(f"| {e['db']} | " + " | ".join(
+                f"{c[k]:.1f}" for k in ("every cell formatted", "times as stored", "texts as stored",
+                                        "prices as stored", "all as stored")) + " |")
         out.append("")
     if results.get("rebuild"):
         out += ["### Rebuild", "", "| database | messages | receipts | seconds | receipts/s | result |",

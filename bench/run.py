@@ -278,19 +278,29 @@ def bench_dashboard(kind: str, url: str, repeat: int) -> dict:
 
 # --- export and rebuild -----------------------------------------------------------------------
 
-def export_child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "export_child.py"), *args], cwd=ROOT,
+def export_child(*args: str, script: str = "export_child.py") -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
+EXPORT_ROUNDS = 5
+
+
 def bench_export(kind: str, url: str) -> dict:
+    """GET /export.csv of every message beside the baseline (a bare sqlite3 + csv loop, or
+    COPY read by psycopg), alternating, best of EXPORT_ROUNDS each; then the replies once, and
+    what each kind of cell costs the database (bench/export_cost.py)."""
     ensure_user(url)
-    app = export_child("app", url, USER, PASSWORD)
-    result = {"db": kind, "app": app}
-    if kind == "sqlite":
-        result["bare"] = export_child("bare", url[len("sqlite:///"):])
-    return result
+    baseline = ("bare", url[len("sqlite:///"):]) if kind == "sqlite" else ("copy", url)
+    runs: dict[str, list] = {"app": [], "baseline": []}
+    for _ in range(EXPORT_ROUNDS):
+        runs["baseline"].append(export_child(*baseline))
+        runs["app"].append(export_child("app", url, USER, PASSWORD))
+    best = {what: min(r, key=lambda x: x["seconds"]) for what, r in runs.items()}
+    return {"db": kind, "baseline_kind": baseline[0], **best, "rounds": runs,
+            "replies": export_child("app", url, USER, PASSWORD, "kind=replies"),
+            "cost": export_child(url, script="export_cost.py")}
 
 
 def bench_rebuild(kind: str, url: str) -> dict:

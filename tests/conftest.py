@@ -3,6 +3,7 @@ import os
 import re
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,15 +45,12 @@ def postgres_admin(request):
     conn.close()
 
 
-@pytest.fixture
-def database_url(request, tmp_path):
-    """SQLite file in tmp_path, or (with --db postgresql) a schema of its own on PostgreSQL."""
-    if request.config.getoption("--db") != "postgresql":
-        yield "sqlite:///" + str(tmp_path / "viberwatch.db")
-        return
+@contextmanager
+def postgres_schema(admin_and_url):
+    """The URL of a fresh schema in the TEST_DATABASE_URL database, dropped afterwards."""
     from sqlalchemy.engine import make_url
 
-    admin, url = request.getfixturevalue("postgres_admin")
+    admin, url = admin_and_url
     schema = "vwtest_" + uuid.uuid4().hex[:16]
     admin.execute(f'CREATE SCHEMA "{schema}"')
     # Every connection of the test (app, CLI, worker processes) sees only this schema.
@@ -61,6 +59,16 @@ def database_url(request, tmp_path):
            .render_as_string(hide_password=False))
     admin.execute("SET lock_timeout = '10s'")
     admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def database_url(request, tmp_path):
+    """SQLite file in tmp_path, or (with --db postgresql) a schema of its own on PostgreSQL."""
+    if request.config.getoption("--db") != "postgresql":
+        yield "sqlite:///" + str(tmp_path / "viberwatch.db")
+        return
+    with postgres_schema(request.getfixturevalue("postgres_admin")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,10 +1,24 @@
-"""CSV export: columns, the page's filters, formula neutralisation, streaming."""
+"""CSV export: columns, the page's filters, formula neutralisation, streaming, and the same
+bytes from SQLite and PostgreSQL."""
 import csv
 import io
+import os
 import re
+import sys
+import unicodedata
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from decimal import Decimal
 
-from app.export import MESSAGE_COLUMNS, REPLY_COLUMNS, neutralise
-from app.models import utcnow
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Numeric, literal
+
+from app import create_app
+from app.export import BLANKS, FORMULA_TRIGGERS, MESSAGE_COLUMNS, REPLY_COLUMNS, price_cell
+from app.models import Message, RawBody, Reply, db, utcnow
+from conftest import create_test_user, log_in, postgres_schema
 from dashboard_data import message_with, receipt, register, reply
 
 
@@ -86,7 +100,47 @@ def test_formula_cells_are_neutralised(client):
     assert rows["fx-media"]["phone"] == "'=cmd|' /C calc'!A0"
     replies = {r["trace_request_id"]: r for r in read_csv(client.get("/export.csv?kind=replies"))}
     assert replies["fx-media"]["media"] == "'=1+1" and replies["fx-media"]["file_name"] == "'@evil.png"
-    assert neutralise("plain") == "plain" and neutralise(None) == "" and neutralise(-1.5) == "-1.5"
+
+
+BEHIND_BLANKS = [" =1+1", "\n=1+1", "\u00a0=1+1", "\uff1d1+1", "\uff0b1", "\uff0d1", "\uff201",
+                 "\u3000=1", "\u200b=1", "  \t-1", "\ufe66SUM(A1)", "\n\n@x"]
+HARMLESS = ["1-2", "a=b", "'quoted", "x@y.z", "   ", "plain text", "\u2212 minus sign is not a trigger"]
+
+
+def test_formula_cells_behind_blanks_or_full_width_are_neutralised(client):
+    for i, text in enumerate(BEHIND_BLANKS + HARMLESS):
+        reply(client, f"fb-{i:02d}", "79100000001", text=text)
+    receipt(client, "fb-cost", "success", cost={"currency": "USD", "localPrice": -1.5, "originalPrice": 1,
+                                                "rateType": "Transactional"})
+    rows = {r["request_id"]: r for r in read_csv(client.get("/export.csv"))}
+    replies = {r["trace_request_id"]: r for r in read_csv(client.get("/export.csv?kind=replies"))}
+    for i, text in enumerate(BEHIND_BLANKS):
+        assert rows[f"fb-{i:02d}"]["last_reply_text"] == "'" + text
+        assert replies[f"fb-{i:02d}"]["text"] == "'" + text
+    for i, text in enumerate(HARMLESS, start=len(BEHIND_BLANKS)):
+        assert rows[f"fb-{i:02d}"]["last_reply_text"] == text
+        assert replies[f"fb-{i:02d}"]["text"] == text
+    # A number is data, never a formula; a whole price is written as the float it is.
+    assert rows["fb-cost"]["local_price"] == "-1.5" and rows["fb-cost"]["original_price"] == "1.0"
+
+
+def test_trigger_and_blank_characters_are_complete():
+    everything = (chr(i) for i in range(sys.maxunicode + 1) if not 0xD800 <= i <= 0xDFFF)
+    triggers = {c for c in everything if unicodedata.normalize("NFKC", c) in ("=", "+", "-", "@")}
+    assert set(FORMULA_TRIGGERS) == triggers | {"\t", "\r"}
+    spaces = {chr(i) for i in range(sys.maxunicode + 1) if chr(i).isspace()}
+    assert spaces - {"\t", "\r"} <= set(BLANKS)
+    assert not set(BLANKS) & set(FORMULA_TRIGGERS)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-7", "0.05", "0.000001", "0.000015", "-0.3", "0.1", "2.675",
+                                   "999999999.999999", "1000000000.5", "123456789012.123456",
+                                   "999999999999.999999", "-999999999999.999999", "100000000000"])
+def test_prices_read_as_python_writes_their_float(app, value):
+    with app.app_context():
+        cell = db.session.execute(db.select(price_cell(literal(Decimal(value), Numeric(18, 6))))).scalar()
+    # SQLite hands the float to the csv writer (which writes repr); PostgreSQL writes the text.
+    assert (cell if isinstance(cell, str) else repr(cell)) == repr(float(Decimal(value)))
 
 
 def test_export_is_streamed(client, app, monkeypatch):
@@ -107,9 +161,168 @@ def test_export_is_streamed(client, app, monkeypatch):
     assert len(body.splitlines()) == 31
 
 
+def test_header_is_sent_before_the_query_runs(client, database_url):
+    from sqlalchemy import create_engine, text
+
+    receipt(client, "h-1", "seen")
+    response = client.get("/export.csv", buffered=False)
+    chunks = iter(response.response)
+    # With the table gone the query cannot run at all, yet the download has begun.
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE message RENAME TO message_away"))
+    try:
+        assert next(chunks) == ("\ufeff" + ",".join(MESSAGE_COLUMNS) + "\r\n").encode()
+        with pytest.raises(Exception, match="message"):
+            next(chunks)
+    finally:
+        response.close()
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE message_away RENAME TO message"))
+        engine.dispose()
+
+
+def test_client_leaving_mid_export_leaves_the_database_usable(client, monkeypatch):
+    from app import export
+
+    for i in range(30):
+        receipt(client, f"gone-{i:02d}", "seen")
+    monkeypatch.setattr(export, "CHUNK", 7)
+    for kind in ("messages", "replies"):
+        response = client.get(f"/export.csv?kind={kind}", buffered=False)
+        chunks = iter(response.response)
+        next(chunks)
+        if kind == "messages":
+            assert next(chunks).count(b"\r\n") == 7
+        response.close()
+    assert len(read_csv(client.get("/export.csv"))) == 30
+
+
 def test_export_link_on_the_page_carries_filters(client):
     message_with(client, "link-1", "seen", phone="79100000001")
     html = client.get("/?status=seen&phone=791&size=25").get_data(as_text=True)
     href = re.search(r'id="export-link" href="([^"]+)"', html).group(1).replace("&amp;", "&")
     assert href == "/export.csv?status=seen&phone=791"
     assert [r["request_id"] for r in read_csv(client.get(href))] == ["link-1"]
+
+
+# Cells both databases store alike, and the ones a CSV writer or a spreadsheet trips on.
+TRICKY = ["", " ", "=1+1", " =1+1", "\n=1+1", "\u00a0=1+1", "\uff1d1+1", "\\.", '"', '""', ",", "a,b",
+          "\r\n", "\n", "\r", "-", "'", "\ufeff=1", "\u00e9", "\U0001f600", "NULL", "\\N", "x\ty"]
+texts = st.one_of(st.none(), st.sampled_from(TRICKY),
+                  st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12))
+times = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+                     timezones=st.just(timezone.utc))
+# PostgreSQL keeps 6 decimals and a float's 15 significant digits: prices within both.
+prices = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 0.000001, 0.05, -0.3, 999999999.999999, 1e9,
+                                                -123456789.5, 999999999999.0]),
+                   st.decimals(-10**9 + 1, 10**9 - 1, places=6, allow_nan=False, allow_infinity=False)
+                   .map(float), st.integers(-10**12 + 1, 10**12 - 1).map(float))
+STATUSES = [None, "success", "delivered", "seen", "failed", "expired"]
+
+
+@st.composite
+def records(draw):
+    ids = draw(st.lists(st.text(min_size=1, max_size=12).filter(lambda t: "\x00" not in t)
+                        | st.sampled_from([t for t in TRICKY if t]), min_size=1, max_size=6, unique=True))
+    stamps = draw(st.lists(times, min_size=len(ids), max_size=len(ids), unique=True))
+    messages = [dict(request_id=rid, phone=draw(texts), status=draw(st.sampled_from(STATUSES)),
+                     code=draw(st.none() | st.integers(-2**31, 2**31 - 1)), code_message=draw(texts),
+                     send_time=draw(st.none() | times), accepted_at=draw(st.none() | times),
+                     delivered_at=draw(st.none() | times), seen_at=draw(st.none() | times),
+                     expired_at=draw(st.none() | times), failed_at=draw(st.none() | times),
+                     cost_currency=draw(texts), cost_local_price=draw(prices),
+                     cost_original_price=draw(prices), cost_rate_type=draw(texts), anomalies=draw(texts),
+                     anomaly=draw(st.booleans()), replies_count=draw(st.integers(0, 2**31 - 1)),
+                     last_reply_text=draw(texts), created_at=stamp, last_activity_at=stamp)
+                for rid, stamp in zip(ids, stamps)]
+    received = draw(st.lists(times, max_size=6, unique=True))
+    replies = [dict(phone=draw(texts.filter(lambda t: t is not None)),
+                    trace_request_id=draw(st.sampled_from(ids) | texts.filter(lambda t: t is not None)),
+                    text=draw(texts), media=draw(texts), file_name=draw(texts), send_time=draw(times),
+                    received_at=at, content_hash=str(i), appkey="app", send_time_raw="raw")
+               for i, at in enumerate(received)]
+    return messages, replies
+
+
+def documented_csv(columns, rows) -> bytes:
+    """The export's format as the README states it, written the plain Python way."""
+    def cell(value):
+        if isinstance(value, datetime):
+            return value.isoformat().replace("+00:00", "Z")
+        if isinstance(value, str) and value.lstrip(BLANKS)[:1] in FORMULA_TRIGGERS:
+            return "'" + value
+        return value  # None is written as nothing, a number as Python writes it
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    writer.writerows([cell(v) for v in row] for row in rows)
+    return ("\ufeff" + out.getvalue()).encode()
+
+
+MESSAGE_FIELDS = ("request_id", "phone", "status", "code", "code_message", "send_time", "accepted_at",
+                  "delivered_at", "seen_at", "expired_at", "failed_at", "cost_currency", "cost_local_price",
+                  "cost_original_price", "cost_rate_type", "anomalies", "replies_count", "last_reply_text",
+                  "last_activity_at")
+REPLY_FIELDS = ("phone", "trace_request_id", "text", "media", "file_name", "send_time", "received_at")
+
+
+@pytest.fixture
+def twin_clients(request, tmp_path, app_config):
+    """Signed-in clients of two apps with the same code, one on SQLite, one on PostgreSQL."""
+    if not os.environ.get("TEST_DATABASE_URL"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("TEST_DATABASE_URL must name a PostgreSQL database")
+        pytest.skip("compares SQLite with PostgreSQL: set TEST_DATABASE_URL")
+    with ExitStack() as stack:
+        urls = ("sqlite:///" + str(tmp_path / "twin.db"),
+                stack.enter_context(postgres_schema(request.getfixturevalue("postgres_admin"))))
+        twins = []
+        for url in urls:
+            app = create_app({**app_config, "SQLALCHEMY_DATABASE_URI": url})
+            with app.app_context():
+                db.create_all()
+                db.session.add(RawBody(id=1, endpoint="message", received_at=utcnow(), body=b"{}",
+                                       outcome="accepted", http_status=200))
+                db.session.commit()
+            create_test_user(app)
+            twins.append((app, log_in(app, app.test_client())))
+            stack.callback(dispose, app)
+        yield twins
+
+
+def dispose(app):
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+TWIN_URLS = ("/export.csv", "/export.csv?kind=replies", "/export.csv?status=pending&status=seen",
+             "/export.csv?anomaly=1", "/export.csv?from=1970-01-01&to=2100-12-31",
+             "/export.csv?kind=replies&status=success,delivered", "/export.csv?kind=replies&anomaly=1")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=records())
+def test_both_databases_write_the_documented_bytes(twin_clients, data):
+    messages, replies = data
+    outputs = []
+    for app, client in twin_clients:
+        with app.app_context():
+            db.session.execute(db.delete(Reply))
+            db.session.execute(db.delete(Message))
+            db.session.execute(db.insert(Message), messages)
+            if replies:
+                db.session.execute(db.insert(Reply), [{**r, "raw_id": 1} for r in replies])
+            db.session.commit()
+        outputs.append([client.get(url).get_data() for url in TWIN_URLS])
+    sqlite, postgresql = outputs
+    for url, a, b in zip(TWIN_URLS, sqlite, postgresql):
+        assert a == b, url
+    ordered = sorted(messages, key=lambda m: m["last_activity_at"], reverse=True)
+    expected = documented_csv(MESSAGE_COLUMNS, [[m["status"] or "pending" if f == "status" else m[f]
+                                                 for f in MESSAGE_FIELDS] for m in ordered])
+    assert sqlite[0] == expected
+    ordered = sorted(replies, key=lambda r: r["received_at"], reverse=True)
+    assert sqlite[1] == documented_csv(REPLY_COLUMNS, [[r[f] for f in REPLY_FIELDS] for r in ordered])
