@@ -135,8 +135,8 @@ def seeded(kind: str, messages: int, replies: int, fresh: bool) -> tuple[str, fl
     marker = DATA / f"{kind}-{messages}.seeded"
     url = database(kind, name, fresh=fresh or not marker.exists())
     if marker.exists() and not fresh:
-        # Tables added to the models since the seeding; existing ones are left as they are.
-        viberwatch(url, "init-db", quiet=True)
+        # Migrations added since the seeding.
+        viberwatch(url, "db", "upgrade", quiet=True)
         return url, None
     viberwatch(url, "db", "upgrade", quiet=True)
     start = time.perf_counter()
