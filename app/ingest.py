@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from functools import lru_cache
@@ -53,7 +53,7 @@ from .derivation import (
 )
 from .models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db, utcnow
 from .payloads import Invalid
-from .sqlutil import begin_writing, insert_for, next_ids, run_many, select_in
+from .sqlutil import COPY_FROM, begin_writing, insert_for, next_ids, pipelined, run_many, select_in
 from .status import PRECEDENCE, ReceiptFact
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,30 @@ def unavailable(reason: str, raw_id: Optional[int] = None) -> Result:
     return Result(503, "rejected", raw_id, error={"error": reason, "field": "body", "reason": reason})
 
 
+class Done:
+    """Set once by the writer, waited for by the one request thread that handed the body over:
+    a bare lock, released to wake it. (A threading.Event wakes its waiter only for it to wait
+    again on the Event's own lock, which the writer holds while it wakes the whole batch.)"""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self._set or self._lock.acquire(timeout=-1 if timeout is None else timeout) or self._set
+
+
 @dataclass(eq=False)
 class Job:
     """One body handed to the writer, and its answer once committed."""
@@ -116,7 +140,7 @@ class Job:
     spooled: Optional[str] = None  # "file:number" of the spool record it is applied from
     signature: Optional[replay.Signature] = None  # verified; taken (used once) with the body
     result: Optional[Result] = None
-    done: threading.Event = field(default_factory=threading.Event)
+    done: Done = field(default_factory=Done)
 
     def finish(self, result: Result) -> None:
         self.result = result
@@ -363,14 +387,17 @@ class Batch:
             self.touched[rid] = Touched(row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row))
         for p in valid:
             self._decide(p)
-        self._write_raw(conn)
-        self._write_records(conn)
-        changes = self._write_messages(conn)
-        self._write_activity(conn)
-        contacts.write(conn, self.contacts)
-        changes[0].write(conn)
-        changes[1].write(conn)
-        write_marks(conn, [p.job for p in self.parsed])
+        raw_ids = self._raw_ids(conn)
+        # A small batch's writes go to PostgreSQL in one round trip; a large one's by COPY.
+        with pipelined(conn) if len(self.parsed) < COPY_FROM else nullcontext():
+            self._write_raw(conn, raw_ids)
+            self._write_records(conn)
+            changes = self._write_messages(conn)
+            self._write_activity(conn)
+            contacts.write(conn, self.contacts)
+            changes[0].write(conn)
+            changes[1].write(conn)
+            write_marks(conn, [p.job for p in self.parsed])
         return bool(self.events)
 
     def _take_signatures(self, conn) -> None:
@@ -432,7 +459,11 @@ class Batch:
             msg.phone = item.phone
             self.events.append((p, "register", item.phone, msg.status))
 
-    def _write_raw(self, conn) -> None:
+    def _raw_ids(self, conn) -> list[int]:
+        """Ids for the bodies not stored before (taken ahead of the writes, which need no answer)."""
+        return next_ids(conn, RawBody.__table__, sum(p.job.raw_id is None for p in self.parsed))
+
+    def _write_raw(self, conn, ids: list[int]) -> None:
         fresh, again, now = [], [], utcnow()
         for p in self.parsed:
             job, result = p.job, p.result
@@ -449,7 +480,6 @@ class Batch:
                           "request_id": p.request_id, "reprocessed_at": None, "spooled": job.spooled})
         st = _statements()
         if fresh:
-            ids = next_ids(conn, RawBody.__table__, len(fresh))
             for p, row, raw_id in zip((p for p in self.parsed if p.job.raw_id is None), fresh, ids):
                 p.result.raw_id = row["id"] = raw_id
             run_many(conn, st.raw, fresh)
