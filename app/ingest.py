@@ -53,7 +53,9 @@ from .derivation import (
 )
 from .models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db, utcnow
 from .payloads import Invalid
-from .sqlutil import COPY_FROM, begin_writing, insert_for, next_ids, pipelined, run_many, select_in
+from .sqlutil import (
+    COPY_FROM, begin_writing, insert_for, pipelined, run_many, select_in, send_next_ids, send_select_in,
+)
 from .status import PRECEDENCE, ReceiptFact
 
 log = logging.getLogger(__name__)
@@ -225,25 +227,31 @@ def _create_statement(dialect: str):
     return insert_for(Message, dialect).on_conflict_do_nothing(index_elements=["request_id"])
 
 
-def lock_messages(conn, first_heard: dict[str, datetime]) -> dict:
-    """Create the messages not yet stored, lock all of them and return their rows.
+def read_messages(conn, first_heard: dict[str, datetime]) -> tuple[dict, dict, dict]:
+    """Create the messages not yet stored, lock all of them, and read their rows, receipts and
+    replies (request_id -> row, -> content_hash -> fact); on PostgreSQL in one round trip.
 
-    Both steps go in requestId order, so two transactions never wait on each other in a
-    cycle: a transaction that finds a key another one created waits for it in the first
-    step, before it has locked anything further. (SQLite has one writer at a time.)
+    Creating and locking go in requestId order, so two transactions never wait on each other
+    in a cycle: a transaction that finds a key another one created waits for it in the first
+    step, before it has locked anything further. The receipts and replies are read after the
+    lock is held. (SQLite has one writer at a time.)
     """
     ids = sorted(first_heard)
-    run_many(conn, _create_statement(conn.dialect.name), [
-        {"request_id": rid, "created_at": first_heard[rid], "last_activity_at": first_heard[rid],
-         "anomaly": False, "receipts_count": NEW_ROW, "replies_count": 0} for rid in ids])
-    rows = select_in(conn, Message.__table__, MESSAGE_COLUMNS, "request_id", ids, lock=True)
-    return {row.request_id: row for row in rows}
+    with pipelined(conn):
+        run_many(conn, _create_statement(conn.dialect.name), [
+            {"request_id": rid, "created_at": first_heard[rid], "last_activity_at": first_heard[rid],
+             "anomaly": False, "receipts_count": NEW_ROW, "replies_count": 0} for rid in ids])
+        rows = send_select_in(conn, Message.__table__, MESSAGE_COLUMNS, "request_id", ids, lock=True)
+        receipts = send_select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", ids)
+        replies = send_select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", ids)
+    return ({row.request_id: row for row in rows.rows()}, _receipt_facts(receipts.rows()),
+            _reply_facts(replies.rows()))
 
 
-def receipt_facts(conn, request_ids) -> dict[str, dict[str, ReceiptFact]]:
+def _receipt_facts(rows) -> dict[str, dict[str, ReceiptFact]]:
     """request_id -> content_hash -> the fold's view of each stored receipt."""
     out: dict[str, dict[str, ReceiptFact]] = {}
-    for r in select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", request_ids):
+    for r in rows:
         cost = (r.cost_currency, r.cost_local_price, r.cost_original_price, r.cost_rate_type) if r.has_cost else None
         out.setdefault(r.request_id, {})[r.content_hash] = ReceiptFact(
             status=r.status, code=r.code, message=r.message, received_at=r.received_at, key=r.content_hash,
@@ -251,10 +259,10 @@ def receipt_facts(conn, request_ids) -> dict[str, dict[str, ReceiptFact]]:
     return out
 
 
-def reply_facts(conn, request_ids) -> dict[str, dict[str, ReplyFact]]:
+def _reply_facts(rows) -> dict[str, dict[str, ReplyFact]]:
     """request_id -> content_hash -> each stored reply to it."""
     out: dict[str, dict[str, ReplyFact]] = {}
-    for r in select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", request_ids):
+    for r in rows:
         out.setdefault(r.trace_request_id, {})[r.content_hash] = ReplyFact(
             r.phone, r.received_at, r.raw_id, r.text, r.file_name, r.media)
     return out
@@ -272,7 +280,8 @@ def stored_columns(request_ids: list[str]) -> dict[str, dict]:
     conn = db.session.connection()
     t = Message.__table__.c
     rows = conn.execute(db.select(Message.__table__).where(t.request_id.in_(request_ids))).all()
-    receipts, replies = receipt_facts(conn, request_ids), reply_facts(conn, request_ids)
+    receipts = _receipt_facts(select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", request_ids))
+    replies = _reply_facts(select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", request_ids))
     return {row.request_id: message_columns(receipts.get(row.request_id, {}).values(),
                                             replies.get(row.request_id, {}).values(),
                                             registration_of(row), row.created_at, sendtime_zone())
@@ -378,19 +387,16 @@ class Batch:
             rid, at = p.request_id, p.job.received_at
             if rid not in first_heard or at < first_heard[rid]:
                 first_heard[rid] = at
-        rows = lock_messages(conn, first_heard)
-        # Only stored messages that have receipts or replies are asked for them (a
-        # campaign's first receipts are for messages new to the record).
-        receipts = receipt_facts(conn, [rid for rid, row in rows.items() if row.receipts_count > 0])
-        replies = reply_facts(conn, [rid for rid, row in rows.items() if row.replies_count > 0])
+        with pipelined(conn):  # PostgreSQL: everything read, in one round trip
+            raw_ids = send_next_ids(conn, RawBody.__table__, sum(p.job.raw_id is None for p in self.parsed))
+            rows, receipts, replies = read_messages(conn, first_heard)
         for rid, row in rows.items():
             self.touched[rid] = Touched(row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row))
         for p in valid:
             self._decide(p)
-        raw_ids = self._raw_ids(conn)
         # A small batch's writes go to PostgreSQL in one round trip; a large one's by COPY.
         with pipelined(conn) if len(self.parsed) < COPY_FROM else nullcontext():
-            self._write_raw(conn, raw_ids)
+            self._write_raw(conn, raw_ids.rows())
             self._write_records(conn)
             changes = self._write_messages(conn)
             self._write_activity(conn)
@@ -458,10 +464,6 @@ class Batch:
             self.contacts.of(item.phone, at).show(outbound_preview(item.text), at)
             msg.phone = item.phone
             self.events.append((p, "register", item.phone, msg.status))
-
-    def _raw_ids(self, conn) -> list[int]:
-        """Ids for the bodies not stored before (taken ahead of the writes, which need no answer)."""
-        return next_ids(conn, RawBody.__table__, sum(p.job.raw_id is None for p in self.parsed))
 
     def _write_raw(self, conn, ids: list[int]) -> None:
         fresh, again, now = [], [], utcnow()

@@ -240,22 +240,36 @@ def pipelined(conn):
         yield
 
 
-def next_ids(conn, table, n: int) -> list[int]:
+class Sent:
+    """A query sent through the driver whose rows are read later (`rows`): queries sent one
+    after another inside `pipelined` reach PostgreSQL together and cost one round trip."""
+
+    def __init__(self, conn, sql: Optional[str], params, shape: Callable[[list], list]):
+        self._cur, self._shape = None, shape
+        if sql is not None:
+            self._cur = cursor(conn)
+            self._cur.execute(sql, params)
+
+    def rows(self) -> list:
+        if self._cur is None:
+            return self._shape([])
+        with closing(self._cur):
+            return self._shape(self._cur.fetchall())
+
+
+def send_next_ids(conn, table, n: int) -> Sent:
     """`n` new ids for `table`'s integer primary key, in increasing order, to insert explicitly.
 
     PostgreSQL takes them from the column's sequence. On SQLite they follow the greatest id,
     which is safe only while the transaction holds the write lock (`begin_writing`).
     """
     if n == 0:
-        return []
-    with closing(cursor(conn)) as cur:
-        if conn.dialect.name == "postgresql":
-            cur.execute("SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) FROM generate_series(1, %(n)s)",
-                        {"table": table.name, "n": n})
-            return sorted(row[0] for row in cur.fetchall())
-        cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table.name}")
-        top = cur.fetchone()[0]
-    return list(range(top + 1, top + n + 1))
+        return Sent(conn, None, None, lambda _: [])
+    if conn.dialect.name == "postgresql":
+        return Sent(conn, "SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) FROM generate_series(1, %(n)s)",
+                    {"table": table.name, "n": n}, lambda rows: sorted(row[0] for row in rows))
+    return Sent(conn, f"SELECT COALESCE(MAX(id), 0) FROM {table.name}", (),
+                lambda rows: list(range(rows[0][0] + 1, rows[0][0] + n + 1)))
 
 
 def _from_sqlite_datetime(value):
@@ -306,15 +320,18 @@ def _reader(dialect: str, table, columns: tuple, key: str, lock: bool):
     return sql, namedtuple(f"{table.name}_row", columns), tuple(converters)
 
 
-def select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bool = False) -> list:
+def send_select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bool = False) -> Sent:
     """The rows of `table` whose `key` is one of `ids`, as named tuples of `columns` with values
     as the column types give them (aware UTC datetimes, floats), read through the driver.
     `lock` (PostgreSQL) locks them, in key order."""
     if not ids:
-        return []
+        return Sent(conn, None, None, lambda _: [])
     sql, row, converters = _reader(conn.dialect.name, table, columns, key, lock)
     params = {"ids": list(ids)} if conn.dialect.name == "postgresql" else (json.dumps(list(ids)),)
-    with closing(cursor(conn)) as cur:
-        cur.execute(sql, params)
-        fetched = cur.fetchall()
-    return [row(*[v if f is None else f(v) for f, v in zip(converters, raw)]) for raw in fetched]
+    return Sent(conn, sql, params, lambda fetched: [
+        row(*[v if f is None else f(v) for f, v in zip(converters, raw)]) for raw in fetched])
+
+
+def select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bool = False) -> list:
+    """`send_select_in`, read at once."""
+    return send_select_in(conn, table, columns, key, ids, lock=lock).rows()

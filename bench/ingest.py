@@ -99,7 +99,7 @@ def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
 PLACES = (
     ("commit", re.compile(r"\b(commit|_commit_impl|do_commit)\b")),
     ("database: execute", re.compile(r"\b(do_execute|do_executemany|execute) \((sqlite3|psycopg|cursor)")),
-    ("ingest: lock and read", re.compile(r"\b(lock_messages|receipt_facts|reply_facts) \(")),
+    ("ingest: lock and read", re.compile(r"\b(read_messages) \(")),
     ("ingest: decide and derive", re.compile(r"\b(_decide|parse|message_columns|fold) \(")),
     ("ingest: writes", re.compile(r"\b(_write_raw|_write_records|_write_messages|_write_activity|write) \(")),
     ("ingest: waiting", re.compile(r"\b(wait|_take) \(")),

@@ -24,9 +24,7 @@ from app.models import db  # noqa: E402
 
 PHASES = (
     ("validate and hash the bodies", ingest, "parse"),
-    ("create and lock the messages", ingest, "lock_messages"),
-    ("read their receipts", ingest, "receipt_facts"),
-    ("read their replies", ingest, "reply_facts"),
+    ("create, lock and read the messages (receipts, replies)", ingest, "read_messages"),
     ("decide each body", ingest.Batch, "_decide"),
     ("insert raw bodies", ingest.Batch, "_write_raw"),
     ("insert receipts and replies", ingest.Batch, "_write_records"),
