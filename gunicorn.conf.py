@@ -3,6 +3,7 @@
 Threaded workers, because each open dashboard holds one WebSocket (flask-sock) on a thread.
 Every setting can be overridden on the command line or with GUNICORN_CMD_ARGS.
 """
+
 import multiprocessing
 import os
 

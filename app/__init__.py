@@ -1,4 +1,5 @@
 """viberwatch: NXCLOUD Viber webhooks into an order-proof message record, watched live."""
+
 from __future__ import annotations
 
 import os
@@ -49,9 +50,9 @@ def _database_url(app: Flask) -> str:
     if not url:
         return "sqlite:///" + os.path.join(app.instance_path, "viberwatch.db")
     if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
 
 
@@ -84,8 +85,13 @@ def _connect_options(app: Flask) -> None:
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app: defaults, then instance/config.py, then the environment, then `test_config`."""
     instance = os.environ.get("VIBERWATCH_INSTANCE_PATH")
-    app = Flask(__name__, instance_relative_config=True, template_folder="../templates",
-                static_folder="../static", instance_path=os.path.abspath(instance) if instance else None)
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder="../templates",
+        static_folder="../static",
+        instance_path=os.path.abspath(instance) if instance else None,
+    )
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping({**security.DEFAULTS, **auth.DEFAULTS})
     app.config.from_pyfile("config.py", silent=True)
@@ -119,19 +125,25 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     cli.register(app)
     from . import health, maintenance
+
     health.register(app)
     maintenance.register(app)
     from . import sending
+
     sending.register(app)
     from . import openapi
+
     openapi.register(app)
     from . import dashboard
+
     dashboard.register(app)
     from . import alerts, analytics, logs, metrics
+
     analytics.register(app)
     alerts.register(app)
     metrics.register(app)
     logs.register(app)
     from . import live
+
     live.init_app(app)
     return app

@@ -1,4 +1,5 @@
 """Health check for load balancers, and the benchmark's no-op endpoint when enabled."""
+
 from __future__ import annotations
 
 from flask import Blueprint, Flask, current_app, jsonify, request

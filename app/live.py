@@ -2,11 +2,11 @@
 extension. The page says hello (its cursor and what it shows); the server answers with
 what the page missed, then pushes HTML out of band as the activity log grows.
 """
+
 from __future__ import annotations
 
 import os
 from socket import SHUT_RDWR
-from typing import Optional
 
 from flask import Blueprint, Flask, current_app, g, request
 from flask_login import current_user
@@ -61,8 +61,10 @@ CLOSE_ANSWER_WAIT = 2.0
 def init_app(app: Flask) -> None:
     for name, value in DEFAULTS.items():
         app.config.setdefault(name, value)
-    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": int(app.config["LIVE_MAX_MESSAGE"]),
-                                         **app.config["SOCK_SERVER_OPTIONS"]}
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "max_message_size": int(app.config["LIVE_MAX_MESSAGE"]),
+        **app.config["SOCK_SERVER_OPTIONS"],
+    }
     if not app.config.get("REDIS_URL") and os.environ.get("REDIS_URL"):
         app.config["REDIS_URL"] = os.environ["REDIS_URL"]
     sock.init_app(app)
@@ -94,9 +96,14 @@ def live_cursor() -> int:
 @bp.app_template_global()
 def live_feed() -> list[Activity]:
     """The latest activity up to the page's cursor, newest first, for the feed panel."""
-    return list(db.session.execute(
-        db.select(Activity).where(Activity.id <= live_cursor())
-        .order_by(Activity.id.desc()).limit(int(current_app.config["LIVE_FEED_CAP"]))).scalars())
+    return list(
+        db.session.execute(
+            db.select(Activity)
+            .where(Activity.id <= live_cursor())
+            .order_by(Activity.id.desc())
+            .limit(int(current_app.config["LIVE_FEED_CAP"]))
+        ).scalars()
+    )
 
 
 @sock.route("/ws", bp=bp)
@@ -154,11 +161,13 @@ def _send(ws, *frames: str) -> None:
         ws.send(frame)
 
 
-def serve(hub: Hub, ws, cursor: Optional[int], page, signed_in: Optional[str] = None) -> None:
+def serve(hub: Hub, ws, cursor: int | None, page, signed_in: str | None = None) -> None:
     cap = int(hub.app.config["LIVE_FEED_CAP"])
     client, upto = hub.attach(page, cursor, signed_in)
     try:
-        push, reload = catch_up(page, client.cursor, upto, cap) if cursor is not None else (None, False)
+        push, reload = (
+            catch_up(page, client.cursor, upto, cap) if cursor is not None else (None, False)
+        )
         if reload:
             _send(ws, _meta({"cursor": upto, "reload": True}))
             return

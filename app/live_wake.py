@@ -4,12 +4,13 @@ A process that commits activity publishes a wake-up; every process listening wak
 tailer, which then reads the activity log from its cursor. Publishing runs on a thread of
 its own so that a webhook response never waits on Redis or PostgreSQL.
 """
+
 from __future__ import annotations
 
 import logging
 import sqlite3
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
@@ -141,8 +142,9 @@ class PostgresBackend(Backend):
 
     def _listen(self) -> None:
         with self._connect() as conn:
-            conn.execute(self.psycopg.sql.SQL("LISTEN {}").format(
-                self.psycopg.sql.Identifier(self.channel)))
+            conn.execute(
+                self.psycopg.sql.SQL("LISTEN {}").format(self.psycopg.sql.Identifier(self.channel))
+            )
             while not self.stopped.is_set():
                 for _ in conn.notifies(timeout=1.0, stop_after=1):
                     self.wake()
@@ -179,8 +181,9 @@ class SqliteBackend(Backend):
             conn.close()
 
 
-def choose(config: dict, database_url: str, wake: Callable[[], None],
-           stopped: threading.Event) -> Optional[Backend]:
+def choose(
+    config: dict, database_url: str, wake: Callable[[], None], stopped: threading.Event
+) -> Backend | None:
     """The cross-process wake-up for this configuration: Redis when REDIS_URL is set,
     else LISTEN/NOTIFY on PostgreSQL, else the SQLite file watch; None disables it."""
     channel = str(config["LIVE_CHANNEL"])
@@ -191,6 +194,11 @@ def choose(config: dict, database_url: str, wake: Callable[[], None],
     if url.get_backend_name() == "postgresql":
         return PostgresBackend(wake, stopped, database_url, channel)
     interval = float(config["LIVE_SQLITE_WATCH_INTERVAL"] or 0)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and interval > 0:
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database
+        and url.database != ":memory:"
+        and interval > 0
+    ):
         return SqliteBackend(wake, stopped, url.database, interval)
     return None

@@ -25,9 +25,13 @@ def fixture_json(name: str) -> dict:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--db", choices=("sqlite", "postgresql"), default="sqlite",
-                     help="database of the suite: a SQLite file per test, or a fresh schema per "
-                          "test in the PostgreSQL database named by TEST_DATABASE_URL")
+    parser.addoption(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="database of the suite: a SQLite file per test, or a fresh schema per "
+        "test in the PostgreSQL database named by TEST_DATABASE_URL",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +43,10 @@ def postgres_admin(request):
     import psycopg
     from sqlalchemy.engine import make_url
 
-    conn = psycopg.connect(make_url(url).set(drivername="postgresql")
-                           .render_as_string(hide_password=False), autocommit=True)
+    conn = psycopg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+        autocommit=True,
+    )
     yield conn, url
     conn.close()
 
@@ -54,9 +60,12 @@ def postgres_schema(admin_and_url):
     schema = "vwtest_" + uuid.uuid4().hex[:16]
     admin.execute(f'CREATE SCHEMA "{schema}"')
     # Every connection of the test (app, CLI, worker processes) sees only this schema.
-    yield (make_url(url).set(drivername="postgresql+psycopg")
-           .update_query_dict({"options": f"-csearch_path={schema}"})
-           .render_as_string(hide_password=False))
+    yield (
+        make_url(url)
+        .set(drivername="postgresql+psycopg")
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
     admin.execute("SET lock_timeout = '10s'")
     admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
@@ -74,10 +83,16 @@ def database_url(request, tmp_path):
 @pytest.fixture
 def app_config(database_url, tmp_path):
     """The mapping handed to create_app; tests may update it before `app` is built."""
-    return {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "SECRET_KEY": "test-secret",
-            "SPOOL_FOLDER": str(tmp_path / "spool"),
-            # Cheap Argon2id parameters: the same code path, a fraction of the cost per test.
-            "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 8192, "ARGON2_PARALLELISM": 1}
+    return {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SECRET_KEY": "test-secret",
+        "SPOOL_FOLDER": str(tmp_path / "spool"),
+        # Cheap Argon2id parameters: the same code path, a fraction of the cost per test.
+        "ARGON2_TIME_COST": 1,
+        "ARGON2_MEMORY_COST": 8192,
+        "ARGON2_PARALLELISM": 1,
+    }
 
 
 @pytest.fixture
@@ -129,8 +144,10 @@ def csrf_token_of(app, client) -> str:
 def log_in(app, client, username=TEST_USER, password=TEST_PASSWORD):
     """Sign in through the real /login form, then send X-CSRFToken on every request, as
     base.html makes htmx do."""
-    response = client.post("/login", data={"username": username, "password": password,
-                                           "csrf_token": login_form_token(client)})
+    response = client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": login_form_token(client)},
+    )
     assert response.status_code == 302, response.get_data(as_text=True)
     client.environ_base["HTTP_X_CSRFTOKEN"] = csrf_token_of(app, client)
     return client
@@ -170,8 +187,9 @@ class LiveServer:
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         # A short poll interval: shutdown() waits up to one interval.
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def start(self):
         self.thread.start()
@@ -190,8 +208,14 @@ def live_server(app):
 
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Build dashboard data the way production does: through the webhooks and the JSON API."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,13 @@ from datetime import datetime
 from app import tally
 from app.models import Message, db
 
-CODES = {"success": (0, "Successfully sent."), "delivered": (11001, "Viber message has delivered"),
-         "seen": (11002, "Viber message has seen"), "expired": (11003, "Viber message has expired"),
-         "failed": (9002, "Phone number error")}
+CODES = {
+    "success": (0, "Successfully sent."),
+    "delivered": (11001, "Viber message has delivered"),
+    "seen": (11002, "Viber message has seen"),
+    "expired": (11003, "Viber message has expired"),
+    "failed": (9002, "Phone number error"),
+}
 
 
 def post(client, path: str, body: dict):
@@ -18,18 +23,36 @@ def post(client, path: str, body: dict):
     return response
 
 
-def receipt(client, rid: str, status: str, code: int | None = None, cost: dict | None = None,
-            send_time: str = "2024-05-01 10:00:00"):
+def receipt(
+    client,
+    rid: str,
+    status: str,
+    code: int | None = None,
+    cost: dict | None = None,
+    send_time: str = "2024-05-01 10:00:00",
+):
     default_code, message = CODES[status]
-    body = {"status": status, "requestId": rid, "code": default_code if code is None else code,
-            "message": message, "sendTime": send_time}
+    body = {
+        "status": status,
+        "requestId": rid,
+        "code": default_code if code is None else code,
+        "message": message,
+        "sendTime": send_time,
+    }
     if cost:
         body["cost"] = cost
     return post(client, "/webhooks/viber/dr", body)
 
 
-def reply(client, rid: str, phone: str, text: str | None = None, media: str | None = None,
-          file_name: str | None = None, send_time: str = "2024-05-01 10:05:00"):
+def reply(
+    client,
+    rid: str,
+    phone: str,
+    text: str | None = None,
+    media: str | None = None,
+    file_name: str | None = None,
+    send_time: str = "2024-05-01 10:05:00",
+):
     message = {}
     if text is not None:
         message["text"] = text
@@ -37,9 +60,17 @@ def reply(client, rid: str, phone: str, text: str | None = None, media: str | No
         message["media"] = media
     if file_name is not None:
         message["fileName"] = file_name
-    return post(client, "/webhooks/viber/message", {
-        "phone": phone, "appkey": "TexxxP6", "traceRequestId": rid, "message": message,
-        "sendTime": send_time})
+    return post(
+        client,
+        "/webhooks/viber/message",
+        {
+            "phone": phone,
+            "appkey": "TexxxP6",
+            "traceRequestId": rid,
+            "message": message,
+            "sendTime": send_time,
+        },
+    )
 
 
 def register(client, rid: str, phone: str, text: str = "hello"):
@@ -59,7 +90,8 @@ def set_activity(app, times: dict[str, datetime]) -> None:
     bulk load: the counters must agree with the moved rows."""
     with app.app_context():
         for rid, when in times.items():
-            db.session.execute(db.update(Message).where(Message.request_id == rid)
-                               .values(last_activity_at=when))
+            db.session.execute(
+                db.update(Message).where(Message.request_id == rid).values(last_activity_at=when)
+            )
         db.session.commit()
         tally.rebuild()

@@ -1,4 +1,5 @@
 """The production command run for real, as a subprocess, for tests that need several workers."""
+
 from __future__ import annotations
 
 import os
@@ -6,9 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -23,11 +24,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def production_server(env: dict, log_path: Path, *, unset: tuple = (), seconds: float = 60,
-                      access_log: str = os.devnull) -> Iterator[str]:
+def production_server(
+    env: dict,
+    log_path: Path,
+    *,
+    unset: tuple = (),
+    seconds: float = 60,
+    access_log: str = os.devnull,
+) -> Iterator[str]:
     """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on a free port with `env` added to the
     environment; yields its base URL once /healthz answers, and stops it afterwards."""
-    with production_process(env, log_path, unset=unset, seconds=seconds, access_log=access_log) as (url, _proc):
+    with production_process(env, log_path, unset=unset, seconds=seconds, access_log=access_log) as (
+        url,
+        _proc,
+    ):
         yield url
 
 
@@ -38,20 +48,42 @@ def worker_pids(master: int) -> list[int]:
 
 
 @contextmanager
-def production_process(env: dict, log_path: Path, *, unset: tuple = (), seconds: float = 60,
-                       access_log: str = os.devnull) -> Iterator[tuple[str, subprocess.Popen]]:
+def production_process(
+    env: dict,
+    log_path: Path,
+    *,
+    unset: tuple = (),
+    seconds: float = 60,
+    access_log: str = os.devnull,
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """`production_server`, yielding the base URL and the master process."""
     port = free_port()
     # Each server spools into a folder of its own test (never into the repository's instance).
-    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port),
-                "VIBERWATCH_SPOOL_FOLDER": str(Path(log_path).parent / "spool"), **env}
+    full_env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "VIBERWATCH_SPOOL_FOLDER": str(Path(log_path).parent / "spool"),
+        **env,
+    }
     for name in unset:
         full_env.pop(name, None)
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(GUNICORN), "-c", "gunicorn.conf.py", "--access-logfile", str(access_log),
-                                 "app:create_app()"], cwd=ROOT, env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                str(GUNICORN),
+                "-c",
+                "gunicorn.conf.py",
+                "--access-logfile",
+                str(access_log),
+                "app:create_app()",
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + seconds
             while True:

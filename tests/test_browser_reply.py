@@ -1,8 +1,8 @@
 """The reply box in a real browser: Chromium driven by Playwright against a real server and
 a local fake of NXCLOUD's send API; the sent message's receipts arrive live."""
+
 import httpx
 import pytest
-
 from conftest import signed_in_tab
 from fake_nxcloud import fake_nxcloud, nxcloud_config  # noqa: F401
 
@@ -20,7 +20,9 @@ def signed_in(browser, sending_config, app, live_server):
     context, pg = signed_in_tab(browser, app, live_server.url)
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    pg.on(
+        "console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None
+    )
     pg.reload()
     yield pg
     context.close()
@@ -34,14 +36,27 @@ def push(server, path, body):
 
 
 def user_writes(server, text="When do you open?"):
-    push(server, "/webhooks/viber/message", {
-        "phone": PHONE, "appkey": "FakeApp1", "traceRequestId": "b" * 32, "message": {"text": text},
-        "sendTime": "2024-06-03 17:00:00"})
+    push(
+        server,
+        "/webhooks/viber/message",
+        {
+            "phone": PHONE,
+            "appkey": "FakeApp1",
+            "traceRequestId": "b" * 32,
+            "message": {"text": text},
+            "sendTime": "2024-06-03 17:00:00",
+        },
+    )
 
 
 def receipt(request_id, status, code):
-    return {"status": status, "requestId": request_id, "code": code, "message": f"Viber message has {status}",
-            "sendTime": "2024-06-03 17:01:00"}
+    return {
+        "status": status,
+        "requestId": request_id,
+        "code": code,
+        "message": f"Viber message has {status}",
+        "sendTime": "2024-06-03 17:01:00",
+    }
 
 
 def open_thread(pg):
@@ -109,13 +124,25 @@ def test_a_send_outside_the_window_needs_a_second_click(signed_in, live_server, 
 
 def test_the_session_window_opens_live_when_the_user_writes(signed_in, live_server, api_token):
     pg = signed_in
-    response = httpx.post(live_server.url + "/api/messages", headers={"Authorization": f"Bearer {api_token}"},
-                          json={"requestId": "c" * 32, "phone": PHONE, "text": "Your order shipped"}, timeout=10)
+    response = httpx.post(
+        live_server.url + "/api/messages",
+        headers={"Authorization": f"Bearer {api_token}"},
+        json={"requestId": "c" * 32, "phone": PHONE, "text": "Your order shipped"},
+        timeout=10,
+    )
     assert response.status_code == 201
     open_thread(pg)
     assert "No session" in pg.locator("#session-window").inner_text()
-    push(live_server, "/webhooks/viber/message", {
-        "phone": PHONE, "appkey": "FakeApp1", "traceRequestId": "c" * 32, "message": {"text": "Thanks"},
-        "sendTime": "2024-06-03 17:00:00"})
+    push(
+        live_server,
+        "/webhooks/viber/message",
+        {
+            "phone": PHONE,
+            "appkey": "FakeApp1",
+            "traceRequestId": "c" * 32,
+            "message": {"text": "Thanks"},
+            "sendTime": "2024-06-03 17:00:00",
+        },
+    )
     pg.wait_for_selector("#session-window.is-open")
     assert "5 of 5 before the user must reply" in pg.locator("#session-window").inner_text()
