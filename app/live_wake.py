@@ -29,6 +29,8 @@ class Backend:
         self.stopped = stopped
         self.kick = threading.Event()
         self.listening = False
+        # Set while the listener is subscribed: a wake-up published from then on arrives.
+        self.subscribed = threading.Event()
         self.threads: list[threading.Thread] = []
 
     def start_publisher(self) -> None:
@@ -65,6 +67,7 @@ class Backend:
                 self._listen()
             except Exception:
                 log.warning("live %s listener lost; retrying", self.name, exc_info=True)
+            self.subscribed.clear()
             # Whatever was missed while reconnecting is read by the tailer's next pass.
             self.wake()
             self.stopped.wait(RETRY_SECONDS)
@@ -98,11 +101,16 @@ class RedisBackend(Backend):
 
     def _listen(self) -> None:
         client = self.redis.Redis.from_url(self.url, socket_connect_timeout=5)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()
         try:
             pubsub.subscribe(self.channel)
             while not self.stopped.is_set():
-                if pubsub.get_message(timeout=1.0) is not None:
+                message = pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":  # the confirmation: subscribed from here on
+                    self.subscribed.set()
+                else:
                     self.wake()
         finally:
             pubsub.close()
@@ -145,6 +153,7 @@ class PostgresBackend(Backend):
             conn.execute(
                 self.psycopg.sql.SQL("LISTEN {}").format(self.psycopg.sql.Identifier(self.channel))
             )
+            self.subscribed.set()
             while not self.stopped.is_set():
                 for _ in conn.notifies(timeout=1.0, stop_after=1):
                     self.wake()
@@ -172,6 +181,7 @@ class SqliteBackend(Backend):
         conn = sqlite3.connect(self.path, check_same_thread=False)
         try:
             seen = conn.execute("PRAGMA data_version").fetchone()[0]
+            self.subscribed.set()
             while not self.stopped.wait(self.interval):
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != seen:

@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from live_client import META_RE, parse_push  # noqa: E402
 from report import write_between  # noqa: E402
+
+from support.live_client import META_RE, parse_push  # noqa: E402
 
 BIN = Path(sys.executable).parent
 USER, PASSWORD = "bench", "bench-password-123"

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from timed_ingest import receipt, register
 
 from app import alerts
 from app.alert_rules import RuleError, parse_rules
 from app.models import AlertAttempt, AlertNotice, AlertState, db
+from support.timed_ingest import receipt, register
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 RULES = [

@@ -3,10 +3,10 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from analytics_data import HOUR, T0, load_fixture
 
 from app.analytics_report import RangeError, TimeRange, parse_range, report
 from app.filters import MessageFilter
+from support.analytics_data import HOUR, T0, load_fixture
 
 
 @pytest.fixture

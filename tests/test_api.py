@@ -1,7 +1,9 @@
 import pytest
-from conftest import create_test_user, fixture_bytes, fixture_json, log_in, post_json
 
 from app.models import Contact, Message, RawBody, db
+from support.accounts import create_test_user, log_in
+from support.bodies import post_json
+from support.fixtures import fixture_bytes, fixture_json
 
 RID = "f6a7d49946094857ae02812969a83056"
 REG = {

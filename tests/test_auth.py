@@ -12,20 +12,20 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import (
-    CSRF_INPUT_RE,
-    TEST_PASSWORD,
-    TEST_USER,
-    LiveServer,
-    create_test_user,
-    fixture_bytes,
-    log_in,
-    login_form_token,
-)
 
 from app import create_app
 from app.models import LoginFailure, User, db
 from app.security import CONTENT_SECURITY_POLICY
+from support.accounts import (
+    CSRF_INPUT_RE,
+    TEST_PASSWORD,
+    TEST_USER,
+    create_test_user,
+    log_in,
+    login_form_token,
+)
+from support.fixtures import fixture_bytes
+from support.servers import LiveServer
 
 # Endpoints that authenticate on their own or need nothing; everything else needs a login.
 PUBLIC = {

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import fixture_json, watch_console
+
+from support.browser import watch_console
+from support.fixtures import fixture_json
+from support.timed_ingest import receipt, register, reply
 from test_analytics import CUSTOM, load_fixture
-from timed_ingest import receipt, register, reply
 
 pytestmark = pytest.mark.browser
 

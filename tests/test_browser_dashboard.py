@@ -5,7 +5,8 @@ import io
 import re
 
 import pytest
-from dashboard_data import message_with, receipt, register, reply
+
+from support.dashboard_data import message_with, receipt, register, reply
 
 pytestmark = pytest.mark.browser
 
@@ -73,7 +74,7 @@ def test_remove_a_filter_chip_updates_the_form(page, data):
 
 
 def test_filters_work_without_javascript(browser, live_server, app, data):
-    from conftest import signed_in_tab
+    from support.browser import signed_in_tab
 
     context, tab = signed_in_tab(browser, app, live_server.url, java_script_enabled=False)
     tab.goto("/")

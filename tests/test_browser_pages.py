@@ -4,10 +4,11 @@ fits a 1366 px window and stays usable on a 390 px phone."""
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import watch_console
-from servers import free_port
+
+from support.browser import watch_console
+from support.servers import free_port
+from support.timed_ingest import receipt, register, reply
 from test_analytics import CUSTOM, load_fixture
-from timed_ingest import receipt, register, reply
 
 pytestmark = pytest.mark.browser
 

@@ -3,8 +3,10 @@ a local fake of NXCLOUD's send API; the sent message's receipts arrive live."""
 
 import httpx
 import pytest
-from conftest import signed_in_tab
-from fake_nxcloud import fake_nxcloud, nxcloud_config  # noqa: F401
+
+from support import bodies
+from support.browser import signed_in_tab
+from support.fake_nxcloud import nxcloud_config
 
 PHONE = "79100000077"
 
@@ -36,27 +38,13 @@ def push(server, path, body):
 
 
 def user_writes(server, text="When do you open?"):
-    push(
-        server,
-        "/webhooks/viber/message",
-        {
-            "phone": PHONE,
-            "appkey": "FakeApp1",
-            "traceRequestId": "b" * 32,
-            "message": {"text": text},
-            "sendTime": "2024-06-03 17:00:00",
-        },
-    )
+    body = bodies.reply("b" * 32, PHONE, text, appkey="FakeApp1", send_time="2024-06-03 17:00:00")
+    push(server, bodies.REPLY, body)
 
 
-def receipt(request_id, status, code):
-    return {
-        "status": status,
-        "requestId": request_id,
-        "code": code,
-        "message": f"Viber message has {status}",
-        "sendTime": "2024-06-03 17:01:00",
-    }
+def receipt(request_id, status):
+    message = f"Viber message has {status}"
+    return bodies.receipt(request_id, status, message=message, send_time="2024-06-03 17:01:00")
 
 
 def open_thread(pg):
@@ -81,10 +69,10 @@ def test_a_reply_sent_from_the_thread_is_delivered_live(signed_in, live_server, 
     sent = pg.locator(f"#thread #thread-msg-{request_id}")
     sent.wait_for()
     assert "We open at 9, see you <soon>" in sent.inner_text()
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "success", 0))
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "delivered", 11001))
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "success"))
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "delivered"))
     pg.wait_for_selector(f"#thread-msg-{request_id}[data-status=delivered]")
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "seen", 11002))
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "seen"))
     pg.wait_for_selector(f"#thread-msg-{request_id}[data-status=seen]")
     assert pg.locator(f"#thread-msg-{request_id}").count() == 1
 

@@ -3,7 +3,7 @@
 import re
 from datetime import UTC
 
-from dashboard_data import message_with, receipt, register, reply
+from support.dashboard_data import message_with, receipt, register, reply
 
 THREAD_RE = re.compile(r'<article class="bubble bubble-(out|in)" id="([^"]+)"')
 
@@ -93,9 +93,9 @@ def test_a_message_registered_after_its_reply_stays_above_the_reply(app, client)
     user answered. It belongs where it was first heard of, before the answer."""
     from datetime import datetime, timedelta
 
-    from timed_ingest import receipt as receipt_at
-    from timed_ingest import register as register_at
-    from timed_ingest import reply as reply_at
+    from support.timed_ingest import receipt as receipt_at
+    from support.timed_ingest import register as register_at
+    from support.timed_ingest import reply as reply_at
 
     phone, t0 = "79100000066", datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     with app.app_context():

@@ -4,11 +4,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dashboard_data import message_with, receipt, register, reply, set_activity
 
 from app import ingest, listing, tally
 from app.filters import FilterError, MessageFilter
 from app.models import Message, MessageTally, RawBody, db
+from support.dashboard_data import message_with, receipt, register, reply, set_activity
 
 ROW_RE = re.compile(r'<tr id="msg-([^"]+)" data-status="([^"]+)">')
 

@@ -12,8 +12,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from conftest import create_test_user, log_in, postgres_schema
-from dashboard_data import message_with, receipt, register, reply
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Numeric, literal
@@ -21,6 +19,9 @@ from sqlalchemy import Numeric, literal
 from app import create_app
 from app.export import BLANKS, FORMULA_TRIGGERS, MESSAGE_COLUMNS, REPLY_COLUMNS, price_cell
 from app.models import Message, RawBody, Reply, db, utcnow
+from support.accounts import create_test_user, log_in
+from support.dashboard_data import message_with, receipt, register, reply
+from support.postgres import postgres_schema
 
 
 def read_csv(response) -> list[dict]:

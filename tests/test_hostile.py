@@ -8,7 +8,6 @@ import string
 
 import httpx
 import pytest
-from conftest import fixture_json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +20,7 @@ from app.payloads import (
     parse_registration,
     parse_reply,
 )
+from support.fixtures import fixture_json
 
 LIMIT = 65536
 DR = "/webhooks/viber/dr"

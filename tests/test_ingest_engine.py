@@ -2,7 +2,6 @@
 the same record as any sequential order, under bursts, failures, kills and shutdowns, on SQLite
 and on PostgreSQL."""
 
-import json
 import os
 import random
 import signal
@@ -14,54 +13,32 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from servers import production_process, worker_pids
 
 from app import ingest, metrics
 from app.derivation import outbound_preview, reply_preview
 from app.maintenance import recount_differences
 from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
 from app.rebuild import rebuild
+from support import bodies
+from support.bodies import encoded
+from support.servers import production_process, worker_pids
+from support.wait import until
 
 STATUSES = ("success", "delivered", "seen")
-CODES = {
-    "success": (0, "Successfully sent."),
-    "delivered": (11001, "Viber message has delivered"),
-    "seen": (11002, "Viber message has seen"),
-    "failed": (11000, "Viber send error"),
-}
-COST = {"currency": "USD", "localPrice": 0.012, "originalPrice": 0.012, "rateType": "Transactional"}
+SEND_TIME = "2026-03-01 20:00:00"
 
 
 def receipt(rid: str, status: str = "seen", *, cost: bool = False) -> bytes:
-    code, message = CODES.get(status, (0, "not a status NXCLOUD sends"))
-    body = {
-        "status": status,
-        "requestId": rid,
-        "code": code,
-        "message": message,
-        "sendTime": "2026-03-01 20:00:00",
-    }
-    if cost:
-        body["cost"] = COST
-    return json.dumps(body).encode()
+    return encoded(bodies.receipt(rid, status, cost=cost, send_time=SEND_TIME))
 
 
 def reply(rid: str, phone: str, text: str) -> bytes:
-    return json.dumps(
-        {
-            "phone": phone,
-            "appkey": "APP1",
-            "traceRequestId": rid,
-            "message": {"text": text},
-            "sendTime": "2026-03-01 20:05:00",
-        }
-    ).encode()
+    body = bodies.reply(rid, phone, text, appkey="APP1", send_time="2026-03-01 20:05:00")
+    return encoded(body)
 
 
 def registration(rid: str, phone: str, text: str) -> bytes:
-    return json.dumps(
-        {"requestId": rid, "phone": phone, "text": text, "appkey": "APP1", "functionType": "text"}
-    ).encode()
+    return encoded(bodies.registration(rid, phone, text, appkey="APP1", functionType="text"))
 
 
 # Recent: never-applied bodies older than REJECTED_KEEP_DAYS are deleted as others arrive.
@@ -224,21 +201,15 @@ def test_the_writer_takes_every_body_waiting_as_one_batch(app):
     def submit(i):
         results.append(_ingest_in(app, "dr", receipt(f"w{i:02d}", "seen")))
 
-    def wait_until(condition):
-        deadline = time.monotonic() + 10
-        while not condition():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-
     with app.app_context():
         writer = ingest.writer_of(app)
         threads = [threading.Thread(target=submit, args=(i,)) for i in range(12)]
         with ingest.write_lock().held():
             threads[0].start()
-            wait_until(lambda: writer.waiting() == 0 and not results)  # taken, stopped at the lock
+            until(lambda: writer.waiting() == 0 and not results)  # taken, stopped at the lock
             for t in threads[1:]:
                 t.start()
-            wait_until(lambda: writer.waiting() == 11)
+            until(lambda: writer.waiting() == 11)
         for t in threads:
             t.join(10)
     assert sorted(r.http_status for r in results) == [200] * 12
@@ -261,12 +232,13 @@ def test_a_body_not_committed_in_time_is_answered_503_and_still_applied(app_conf
             "/webhooks/viber/dr", data=receipt("slow" + "0" * 28), content_type="application/json"
         )
     assert response.status_code == 503 and "not committed in time" in response.get_json()["error"]
-    deadline = time.monotonic() + 10
     with app.app_context():
-        while db.session.get(Message, "slow" + "0" * 28) is None:
-            assert time.monotonic() < deadline
+
+        def stored():
             db.session.remove()
-            time.sleep(0.05)
+            return db.session.get(Message, "slow" + "0" * 28)
+
+        until(stored, 10, "the body to be applied after the answer")
         assert db.session.get(Message, "slow" + "0" * 28).status == "seen"
     ingest.stop(app)
     with app.app_context():

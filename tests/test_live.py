@@ -5,10 +5,10 @@ import threading
 import uuid
 
 import pytest
-from live_client import LiveClient, post, receipt, reply
 
 from app.live_hub import hub_of, read_events
 from app.live_push import Batch, HelloError, Page, compose, parse_hello
+from support.live_client import LiveClient, post, receipt, reply
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"

@@ -4,11 +4,13 @@ import uuid
 from itertools import pairwise
 
 import pytest
-from conftest import LiveServer, post_json, watch_console
-from live_client import post, receipt
 
 from app import create_app, live
 from app.models import db
+from support.bodies import post_json
+from support.browser import watch_console
+from support.live_client import post, receipt
+from support.servers import LiveServer
 
 DR = "/webhooks/viber/dr"
 

@@ -2,17 +2,16 @@
 
 import os
 import re
-import time
 import uuid
 
 import httpx
 import pytest
-from conftest import TEST_PASSWORD, TEST_USER, LiveServer, create_test_user
-from live_client import LiveClient, post, receipt
-from servers import production_server
 
 from app import create_app, live
 from app.models import db
+from support.accounts import TEST_PASSWORD, TEST_USER, create_test_user
+from support.live_client import LiveClient, post, receipt
+from support.servers import LiveServer, production_server
 
 DR = "/webhooks/viber/dr"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -100,7 +99,7 @@ def test_wake_up_reaches_another_process_without_the_poll(app, app_config, live_
     server = LiveServer(watcher).start()
     sender = create_app({**config, "LIVE_POLL_INTERVAL": 3600})
     try:
-        from live_client import LiveClient as Client
+        from support.live_client import LiveClient as Client
 
         cookie = session_cookie(server.url)
         c = Client(server.url, cookie, cursor=None)
@@ -115,7 +114,7 @@ def test_wake_up_reaches_another_process_without_the_poll(app, app_config, live_
         # The sender has no socket of its own: it publishes all the same.
         sender_server = LiveServer(sender).start()
         try:
-            time.sleep(0.5)  # let the watcher's subscription settle
+            assert hub.backend.subscribed.wait(10), "the watcher never subscribed"
             a = uuid.uuid4().hex
             post(sender_server.url, DR, receipt(a))
             pushes = c.until(lambda ps: any(r[0] == a for p in ps for r in p.rows()), timeout=20)

@@ -3,7 +3,9 @@
 import json
 
 import pytest
-from conftest import fixture_json, post_json
+
+from support.bodies import post_json
+from support.fixtures import fixture_json
 
 DR = "/webhooks/viber/dr"
 
@@ -98,10 +100,10 @@ def raw_post(base_url: str, target: str):
 def test_the_development_server_log_never_shows_the_token(app_config, caplog):
     """`viberwatch run` logs each request line; ?token= is redacted, however it is spelled."""
     import httpx
-    from conftest import LiveServer
 
     from app import create_app
     from app.models import db
+    from support.servers import LiveServer
 
     app = create_app({**app_config, "WEBHOOK_TOKEN": SECRET})
     with app.app_context():
@@ -129,7 +131,8 @@ def test_the_development_server_log_never_shows_the_token(app_config, caplog):
 def test_the_production_access_log_never_shows_the_token(app_config, tmp_path):
     """gunicorn's access log, through gunicorn.conf.py's logger class."""
     import httpx
-    from servers import production_server
+
+    from support.servers import production_server
 
     access = tmp_path / "access.log"
     env = {

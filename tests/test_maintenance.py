@@ -4,7 +4,6 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from conftest import fixture_json, post_json
 from sqlalchemy import func
 
 from app import ingest
@@ -12,6 +11,8 @@ from app.maintenance import parse_age, purge
 from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
 from app.rebuild import rebuild
 from app.seed import seed
+from support.bodies import post_json
+from support.fixtures import fixture_json
 
 
 def zone(app):

@@ -3,13 +3,14 @@
 from datetime import UTC, datetime
 
 import pytest
-from conftest import fixture_json, post_json
 from prometheus_client.parser import text_string_to_metric_families
-from servers import production_server
-from timed_ingest import receipt
 
 from app import alerts
 from app.models import db
+from support.bodies import post_json
+from support.fixtures import fixture_json
+from support.servers import production_server
+from support.timed_ingest import receipt
 
 TOKEN = "s3cret-metrics-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

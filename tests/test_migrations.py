@@ -70,11 +70,10 @@ def test_cli_db_upgrade(empty_app):
 
 
 def test_rollups_of_messages_stored_before_them_are_filled_by_the_upgrade(empty_app):
-    from analytics_data import load_fixture
-    from test_rollup import stored
-
     from app import rollup
     from app.models import LatencyHour, OutcomeHour
+    from support.analytics_data import load_fixture
+    from test_rollup import stored
 
     with empty_app.app_context():
         upgrade()

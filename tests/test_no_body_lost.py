@@ -6,11 +6,12 @@ database, under the default sendTime zone (UTC+08:00)."""
 import json
 
 import pytest
-from conftest import fixture_json, login_form_token
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.models import RawBody, db
+from support.accounts import login_form_token
+from support.fixtures import fixture_json
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"

@@ -5,10 +5,10 @@ import socket
 import time
 
 import pytest
-from fake_nxcloud import ACCESS_KEY, APPKEY, ERROR_CODES, SECRET, documented_sign, fake_nxcloud  # noqa: F401
 
 from app import nxcloud
 from app.status import describe_code
+from support.fake_nxcloud import ACCESS_KEY, APPKEY, ERROR_CODES, SECRET, documented_sign
 
 
 def settings_for(fake, **overrides):

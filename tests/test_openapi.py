@@ -6,12 +6,12 @@ import json
 import httpx
 import jsonschema_rs
 import schemathesis
-from conftest import fixture_bytes
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from app.models import Message, RawBody, db
 from app.openapi import DOCUMENT
+from support.fixtures import fixture_bytes
 
 # An oversized negative body is rightly refused with 413, which the check does not expect by default.
 CONFIG = schemathesis.Config.from_dict(

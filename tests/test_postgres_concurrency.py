@@ -9,9 +9,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from servers import production_server
 
 from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
+from support.bodies import receipt, reply
+from support.servers import production_server
 
 COPIES = 6  # each distinct body is pushed this many times (NXCLOUD retries, several devices)
 MESSAGES = 4
@@ -25,41 +26,10 @@ def gunicorn_server(app, database_url, tmp_path):
         yield url
 
 
-def receipt(rid: str, status: str, code: int, message: str, cost: bool = False) -> dict:
-    body = {
-        "status": status,
-        "requestId": rid,
-        "code": code,
-        "message": message,
-        "sendTime": "2024-05-01 10:00:00",
-    }
-    if cost:
-        body["cost"] = {
-            "currency": "USD",
-            "localPrice": 0.012,
-            "originalPrice": 0.012,
-            "rateType": "Transactional",
-        }
-    return body
-
-
 def bodies_for(rid: str, phone: str) -> list[tuple[str, dict]]:
-    return [
-        ("dr", receipt(rid, "success", 0, "Successfully sent.", cost=True)),
-        ("dr", receipt(rid, "delivered", 11001, "Viber message has delivered")),
-        ("dr", receipt(rid, "seen", 11002, "Viber message has seen")),
-        ("dr", receipt(rid, "expired", 11003, "Viber message has expired")),
-        ("dr", receipt(rid, "failed", 11000, "Viber send error")),
-        (
-            "message",
-            {
-                "phone": phone,
-                "appkey": "app1",
-                "traceRequestId": rid,
-                "message": {"text": f"thanks {rid}"},
-                "sendTime": "2024-05-01 10:05:00",
-            },
-        ),
+    statuses = ("success", "delivered", "seen", "expired", "failed")
+    return [("dr", receipt(rid, status, cost=status == "success")) for status in statuses] + [
+        ("message", reply(rid, phone, f"thanks {rid}", appkey="app1"))
     ]
 
 
@@ -141,7 +111,7 @@ def test_parallel_pushes_to_several_workers_end_in_the_folded_state(app, gunicor
 
 def test_nul_in_an_id_is_rejected_and_kept_on_every_database(app, client):
     # PostgreSQL text columns cannot hold NUL: the id stays only in the stored raw body.
-    body = json.dumps(receipt("a\u0000b", "seen", 11002, "Viber message has seen")).encode()
+    body = json.dumps(receipt("a\u0000b", "seen")).encode()
     response = client.post("/webhooks/viber/dr", data=body, content_type="application/json")
     assert response.status_code == 422 and response.get_json()["field"] == "requestId"
     with app.app_context():

@@ -5,10 +5,11 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import create_test_user, fixture_json, log_in
 
 from app import create_app, retention
 from app.models import RawBody, db, utcnow
+from support.accounts import create_test_user, log_in
+from support.fixtures import fixture_json
 
 DR = "/webhooks/viber/dr"
 CAP = 20_000

@@ -6,14 +6,14 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from analytics_data import T0, at, load_fixture
 from sqlalchemy import insert
-from timed_ingest import receipt, register, reply
 
 from app import rollup
 from app.analytics_report import TimeRange, _latency_spans, report, rollup_plan
 from app.filters import MessageFilter
 from app.models import LatencyDay, LatencyHour, Message, OutcomeHour, db
+from support.analytics_data import T0, at, load_fixture
+from support.timed_ingest import receipt, register, reply
 
 
 def span(start: datetime, end: datetime) -> TimeRange:

@@ -5,12 +5,12 @@ import socket
 from datetime import timedelta
 
 import pytest
-from conftest import post_json
-from fake_nxcloud import fake_nxcloud, nxcloud_config  # noqa: F401
 from sqlalchemy import func
 
 from app import outbound
 from app.models import Activity, Message, RawBody, Reply, SendAttempt, db, utcnow
+from support.bodies import post_json
+from support.fake_nxcloud import nxcloud_config
 
 PHONE = "79100000030"
 

@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import fixture_bytes
-from servers import production_server
 
 from app.models import RawBody, db
+from support.fixtures import fixture_bytes
+from support.servers import production_server
 
 BODY = fixture_bytes("dr_seen")
 

@@ -13,13 +13,14 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from servers import production_process, worker_pids
 from sqlalchemy.engine import make_url
-from tcp_proxy import Proxy
-from test_ingest_engine import assert_consistent, receipt, reply
 
 from app import ingest, spool
 from app.models import Message, RawBody, SpoolMark, db
+from support.servers import production_process, worker_pids
+from support.tcp_proxy import Proxy
+from support.wait import until
+from test_ingest_engine import assert_consistent, receipt, reply
 
 
 class Outage:
@@ -86,13 +87,6 @@ def outage(database_url, app_config):
     o.close()
 
 
-def wait_until(condition, seconds: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting: {what}"
-        time.sleep(0.05)
-
-
 def count_raw(app) -> int:
     with app.app_context():
         try:
@@ -111,7 +105,7 @@ def marks(app) -> int:
 
 def assert_each_spooled_once(app, expected: int) -> None:
     # A drained file's mark goes right after the file itself.
-    wait_until(lambda: marks(app) == 0, 10, "the drained files' marks to go")
+    until(lambda: marks(app) == 0, 10, "the drained files' marks to go")
     with app.app_context():
         refs = Counter(
             db.session.execute(
@@ -197,9 +191,7 @@ def test_bodies_wait_in_the_spool_and_are_applied_once_the_database_is_back(outa
     assert waiting.bodies == len(work) + 1 and waiting.oldest >= started
     ended = datetime.now(UTC)
     outage.end()
-    wait_until(
-        lambda: client.get("/healthz").get_json()["status"] == "ok", what="the spool to drain"
-    )
+    until(lambda: client.get("/healthz").get_json()["status"] == "ok", 60, "the spool to drain")
     assert_each_spooled_once(app, len(work) + 1)
     with app.app_context():
         raws = db.session.execute(db.select(RawBody).order_by(RawBody.id)).scalars().all()
@@ -357,10 +349,8 @@ def test_an_outage_under_the_production_command_loses_nothing(app, production, o
     assert Counter(push_all(url, work)) == {200: 200}
     assert httpx.get(url + "/healthz").json()["status"] == "degraded"
     outage.end()
-    wait_until(lambda: count_raw(app) == 200, 30, "the spooled bodies to be applied")
-    wait_until(
-        lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty"
-    )
+    until(lambda: count_raw(app) == 200, 30, "the spooled bodies to be applied")
+    until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty")
     assert_each_spooled_once(app, 200)
     with app.app_context():
         assert_consistent()
@@ -380,12 +370,12 @@ def test_a_worker_killed_while_it_drains_leaves_no_body_applied_twice_or_lost(
         outage.begin()
         assert Counter(push_all(url, work)) == {200: len(work)}
         outage.end()
-        wait_until(lambda: count_raw(app) > 0, 30, "the drain to start")
+        until(lambda: count_raw(app) > 0, 30, "the drain to start")
         applied_at_kill = count_raw(app)
         os.kill(worker_pids(proc.pid)[0], signal.SIGKILL)
         assert applied_at_kill < len(work)
         # The new worker (and the other one) find the file left behind at their next request.
-        wait_until(
+        until(
             lambda: (
                 httpx.get(url + "/healthz").json()["spool"]["bodies"] == 0
                 and count_raw(app) == len(work)
@@ -440,10 +430,8 @@ def test_a_database_that_comes_and_goes_never_gets_a_500_and_loses_nothing(app, 
     for t in threads:
         t.join(60)
     assert set(answers) == {200}, Counter(answers)
-    wait_until(lambda: count_raw(app) == len(work), 60, "every body to be applied")
-    wait_until(
-        lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty"
-    )
+    until(lambda: count_raw(app) == len(work), 60, "every body to be applied")
+    until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty")
     with app.app_context():
         stored = Counter(db.session.execute(db.select(RawBody.body)).scalars())
         assert stored == Counter(work)

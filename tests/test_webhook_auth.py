@@ -7,11 +7,13 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from conftest import LiveServer, create_test_user, fixture_bytes, log_in
 
 from app import create_app, webhook_auth
 from app.models import Message, RawBody, RefusedTally, db
 from app.signing import sign
+from support.accounts import create_test_user, log_in
+from support.fixtures import fixture_bytes
+from support.servers import LiveServer
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"

@@ -1,9 +1,10 @@
 import json
 
 import pytest
-from conftest import fixture_bytes, fixture_json, post_json
 
 from app.models import Activity, Message, RawBody, Receipt, Reply, db
+from support.bodies import post_json
+from support.fixtures import fixture_bytes, fixture_json
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"

@@ -13,6 +13,8 @@ from html.parser import HTMLParser
 
 import websocket
 
+from . import bodies
+
 META_RE = re.compile(r"^<!--live (\{.*?\})-->")
 
 
@@ -205,20 +207,8 @@ def post(base_url: str, path: str, body: dict | bytes, headers: dict | None = No
 
 
 def receipt(request_id: str, status: str = "delivered", code: int = 0, message: str = "ok") -> dict:
-    return {
-        "status": status,
-        "requestId": request_id,
-        "code": code,
-        "message": message,
-        "sendTime": "2023-07-13 15:12:11",
-    }
+    return bodies.receipt(request_id, status, code, message, send_time="2023-07-13 15:12:11")
 
 
 def reply(trace_request_id: str, phone: str, text: str) -> dict:
-    return {
-        "phone": phone,
-        "appkey": "TexxxP6",
-        "traceRequestId": trace_request_id,
-        "message": {"text": text},
-        "sendTime": "2023-07-17 14:40:50",
-    }
+    return bodies.reply(trace_request_id, phone, text, send_time="2023-07-17 14:40:50")

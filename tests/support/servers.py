@@ -1,4 +1,5 @@
-"""The production command run for real, as a subprocess, for tests that need several workers."""
+"""Real servers for the tests: the app on a thread of this process (LiveServer), or the
+production command run as a subprocess, for tests that need several workers."""
 
 from __future__ import annotations
 
@@ -6,15 +7,37 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from werkzeug.serving import make_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+class LiveServer:
+    """A real threaded HTTP server for any WSGI app, on a free port of 127.0.0.1."""
+
+    def __init__(self, app):
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        # A short poll interval: shutdown() waits up to one interval.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.thread.join(5)
 
 
 def free_port() -> int:

@@ -13,8 +13,9 @@ import time
 import uuid
 
 import pytest
-from conftest import LiveServer
 from werkzeug.wrappers import Request, Response
+
+from .servers import LiveServer
 
 ACCESS_KEY = "fake-access-key"
 SECRET = "fake-secret"

@@ -7,6 +7,8 @@ from datetime import datetime
 
 from app import ingest
 
+from . import bodies
+
 SEND_TIME = "2026-03-01 20:00:00"
 
 
@@ -25,39 +27,15 @@ def receipt(
     message: str | None = None,
     cost: dict | None = None,
 ) -> ingest.Result:
-    codes = {
-        "success": (0, "Successfully sent."),
-        "delivered": (11001, "Viber message has delivered"),
-        "seen": (11002, "Viber message has seen"),
-        "expired": (11003, "Viber message has expired"),
-        "failed": (11000, "Viber send error"),
-    }
-    default_code, default_message = codes[status]
-    body = {
-        "status": status,
-        "requestId": rid,
-        "code": default_code if code is None else code,
-        "message": message or default_message,
-        "sendTime": SEND_TIME,
-    }
-    if cost:
-        body["cost"] = cost
+    body = bodies.receipt(rid, status, code, message, cost=cost, send_time=SEND_TIME)
     return receive_at(at, "dr", body)
 
 
 def reply(at: datetime, rid: str, phone: str, text: str) -> ingest.Result:
     return receive_at(
-        at,
-        "message",
-        {
-            "phone": phone,
-            "appkey": "APP",
-            "traceRequestId": rid,
-            "message": {"text": text},
-            "sendTime": SEND_TIME,
-        },
+        at, "message", bodies.reply(rid, phone, text, appkey="APP", send_time=SEND_TIME)
     )
 
 
 def register(at: datetime, rid: str, phone: str, text: str = "hello") -> ingest.Result:
-    return receive_at(at, "register", {"requestId": rid, "phone": phone, "text": text})
+    return receive_at(at, "register", bodies.registration(rid, phone, text))

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from app import tally
 from app.models import Message, db
 
-CODES = {
-    "success": (0, "Successfully sent."),
-    "delivered": (11001, "Viber message has delivered"),
-    "seen": (11002, "Viber message has seen"),
-    "expired": (11003, "Viber message has expired"),
-    "failed": (9002, "Phone number error"),
-}
+from . import bodies
+from .bodies import post_json
+
+# The failed receipt these pages show: NXCLOUD's phone-number error.
+PHONE_ERROR = (9002, "Phone number error")
 
 
 def post(client, path: str, body: dict):
-    response = client.post(path, data=json.dumps(body), content_type="application/json")
+    response = post_json(client, path, body)
     assert response.status_code in (200, 201), response.get_data(as_text=True)
     return response
 
@@ -29,19 +26,13 @@ def receipt(
     status: str,
     code: int | None = None,
     cost: dict | None = None,
-    send_time: str = "2024-05-01 10:00:00",
+    send_time: str = bodies.SEND_TIME,
 ):
-    default_code, message = CODES[status]
-    body = {
-        "status": status,
-        "requestId": rid,
-        "code": default_code if code is None else code,
-        "message": message,
-        "sendTime": send_time,
-    }
-    if cost:
-        body["cost"] = cost
-    return post(client, "/webhooks/viber/dr", body)
+    message = None
+    if status == "failed":
+        code, message = (PHONE_ERROR[0] if code is None else code), PHONE_ERROR[1]
+    body = bodies.receipt(rid, status, code, message, cost=cost, send_time=send_time)
+    return post(client, bodies.DR, body)
 
 
 def reply(
@@ -51,30 +42,14 @@ def reply(
     text: str | None = None,
     media: str | None = None,
     file_name: str | None = None,
-    send_time: str = "2024-05-01 10:05:00",
+    send_time: str = bodies.REPLY_TIME,
 ):
-    message = {}
-    if text is not None:
-        message["text"] = text
-    if media is not None:
-        message["media"] = media
-    if file_name is not None:
-        message["fileName"] = file_name
-    return post(
-        client,
-        "/webhooks/viber/message",
-        {
-            "phone": phone,
-            "appkey": "TexxxP6",
-            "traceRequestId": rid,
-            "message": message,
-            "sendTime": send_time,
-        },
-    )
+    body = bodies.reply(rid, phone, text, media=media, file_name=file_name, send_time=send_time)
+    return post(client, bodies.REPLY, body)
 
 
 def register(client, rid: str, phone: str, text: str = "hello"):
-    return post(client, "/api/messages", {"requestId": rid, "phone": phone, "text": text})
+    return post(client, bodies.REGISTER, bodies.registration(rid, phone, text))
 
 
 def message_with(client, rid: str, status: str | None, phone: str | None = None, **kwargs):

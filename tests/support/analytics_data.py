@@ -2,9 +2,9 @@
 
 from datetime import UTC, datetime, timedelta
 
-from timed_ingest import receipt, register, reply
-
 from app.analytics_report import TimeRange
+
+from .timed_ingest import receipt, register, reply
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 HOUR = TimeRange("custom", "Custom", T0, T0 + timedelta(hours=1))
