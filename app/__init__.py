@@ -10,24 +10,9 @@ from flask_migrate import Migrate
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
-from . import auth, retention, security, webhook_auth
+from . import auth, config, retention, security, webhook_auth
 from .models import db
 from .payloads import parse_zone
-
-DEFAULTS = {
-    "SENDTIME_TZ": "UTC+08:00",
-    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
-    "MAX_CONTENT_LENGTH": 256 * 1024,
-    "JSON_SORT_KEYS": False,
-    # Number of reverse proxies in front of the app whose X-Forwarded-Proto/-Host/-Port/-Prefix
-    # to read; believed only from TRUSTED_PROXIES (app/security.py).
-    "PROXY_FIX": 0,
-    "BENCH_NOOP": False,
-    # Seconds a SQLite statement waits for another connection's write lock before it fails.
-    "SQLITE_BUSY_TIMEOUT": 30.0,
-    # Seconds to wait for a PostgreSQL connection before counting the database as away.
-    "DATABASE_CONNECT_TIMEOUT": 10,
-}
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 migrate = Migrate()
@@ -46,7 +31,7 @@ def _sqlite_pragmas(dbapi_connection, _record):
 
 
 def _database_url(app: Flask) -> str:
-    url = os.environ.get("DATABASE_URL") or app.config.get("DATABASE_URL")
+    url = app.config.get("DATABASE_URL")
     if not url:
         return "sqlite:///" + os.path.join(app.instance_path, "viberwatch.db")
     if url.startswith("postgres://"):
@@ -83,8 +68,9 @@ def _connect_options(app: Flask) -> None:
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """Build the app: defaults, then instance/config.py, then the environment, then `test_config`."""
-    instance = os.environ.get("VIBERWATCH_INSTANCE_PATH")
+    """Build the app: defaults, then instance/config.py, then the environment, then `test_config`
+    (app/config.py)."""
+    instance = config.process("INSTANCE_PATH")
     app = Flask(
         __name__,
         instance_relative_config=True,
@@ -92,12 +78,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         static_folder="../static",
         instance_path=os.path.abspath(instance) if instance else None,
     )
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_mapping({**security.DEFAULTS, **auth.DEFAULTS})
-    app.config.from_pyfile("config.py", silent=True)
-    app.config.from_prefixed_env(prefix="VIBERWATCH")
-    if test_config:
-        app.config.from_mapping(test_config)
+    config.load(app.config, test_config)
     # Secrets, the SQLite database and the spool live here: nobody else may read them.
     security.private_folder(app.instance_path)
     if "SQLALCHEMY_DATABASE_URI" not in (test_config or {}):

@@ -27,14 +27,6 @@ from .models import AlertAttempt, AlertNotice, AlertState, db
 log = logging.getLogger(__name__)
 bp = Blueprint("alerts", __name__)
 
-DEFAULTS = {
-    "ALERT_RULES": None,  # None: the built-in rules; [] switches alerting off
-    "ALERT_URL": None,
-    "ALERT_INTERVAL": 60,  # seconds between evaluations by the background thread; 0: none
-    "ALERT_RETRY_BACKOFF": 30,  # seconds before the 2nd attempt, doubled after each failure
-    "ALERT_MAX_ATTEMPTS": 6,
-    "ALERT_TIMEOUT": 10,
-}
 # A claimed notice is not retried by another process before this, even if its sender died.
 CLAIM_LEASE = timedelta(minutes=2)
 RECENT_NOTICES = 50
@@ -337,8 +329,6 @@ def _cli(app: Flask) -> click.Group:
 
 
 def register(app: Flask) -> None:
-    for key, value in DEFAULTS.items():
-        app.config.setdefault(key, value)
     app.extensions["viberwatch.alert_rules"] = parse_rules(app.config["ALERT_RULES"])
     app.register_blueprint(bp)
     app.context_processor(_banner_context)

@@ -53,27 +53,6 @@ TOKEN_PREFIX = "vw_"
 MAX_USERNAME = 64
 MIN_PASSWORD = 8
 
-DEFAULTS = {
-    "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),  # idle timeout
-    "LOGIN_MAX_AGE": 7 * 24 * 3600,  # seconds a login lasts at most, however active
-    "LOGIN_FAILURE_WINDOW": 900,
-    "LOGIN_MAX_FAILURES_PER_ACCOUNT": 10,
-    "LOGIN_MAX_FAILURES_PER_ADDRESS": 30,
-    # Password checks (Argon2, ARGON2_MEMORY_COST each) at once per process, and how long a
-    # sign-in waits for one before it is answered 503.
-    "LOGIN_CONCURRENT_CHECKS": 2,
-    "LOGIN_CHECK_WAIT": 5.0,
-    "SESSION_COOKIE_NAME": "viberwatch_session",
-    "SESSION_COOKIE_HTTPONLY": True,
-    "SESSION_COOKIE_SAMESITE": "Lax",
-    # The CSRF token lives as long as the session: a dashboard left open still works.
-    "WTF_CSRF_TIME_LIMIT": None,
-    # Argon2id cost: argon2-cffi's recommended defaults (RFC 9106 low-memory profile).
-    "ARGON2_TIME_COST": 3,
-    "ARGON2_MEMORY_COST": 65536,  # KiB
-    "ARGON2_PARALLELISM": 4,
-}
-
 
 def public(view):
     """Mark a view as reachable without a login (it must authenticate on its own)."""

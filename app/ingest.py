@@ -78,17 +78,6 @@ KEPT_HEADERS = (
     "x-forwarded-for",
     "token-digest",
 )
-DEFAULTS = {
-    # Most bodies one transaction applies; more wait for the next one.
-    "INGEST_BATCH_MAX": 500,
-    # Where bodies wait while the database is away (default: the instance folder's spool/).
-    "SPOOL_FOLDER": None,
-    # Seconds between attempts to drain the spool while the database is away.
-    "SPOOL_RETRY_SECONDS": 1.0,
-    # Seconds a request waits for its body to be committed before it is answered 503 (the
-    # body is still applied when the writer gets to it).
-    "INGEST_WAIT_TIMEOUT": 30.0,
-}
 # A writer thread with nothing to do for this long ends; the next body starts another.
 IDLE_SECONDS = 30.0
 
@@ -1428,8 +1417,6 @@ def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
 
 
 def init_app(app: Flask) -> None:
-    for name, value in DEFAULTS.items():
-        app.config.setdefault(name, value)
     writer = app.extensions["viberwatch.ingest"] = Writer(app)
 
     @app.context_processor

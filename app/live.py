@@ -21,30 +21,6 @@ from .models import Activity, db
 bp = Blueprint("live", __name__)
 sock = Sock()
 
-DEFAULTS = {
-    # Seconds between reads of the activity log when no wake-up arrives.
-    "LIVE_POLL_INTERVAL": 1.0,
-    # Seconds between checks of a SQLite file for commits of other processes (0: off).
-    "LIVE_SQLITE_WATCH_INTERVAL": 0.05,
-    # Seconds to wait for an activity id that is taken but not committed yet.
-    "LIVE_GAP_WAIT": 1.0,
-    # Batches a socket may have waiting before it is closed to catch up on reconnect.
-    "LIVE_QUEUE_BATCHES": 500,
-    # Longest live delivery feed, in events.
-    "LIVE_FEED_CAP": 50,
-    # Redis channel or PostgreSQL NOTIFY channel of the wake-up.
-    "LIVE_CHANNEL": "viberwatch_activity",
-    "LIVE_HELLO_TIMEOUT": 10.0,
-    # Seconds between checks that each socket's sign-in is still open (a logout in this
-    # process is acted on at once).
-    "LIVE_SESSION_CHECK_INTERVAL": 5.0,
-    # Largest message a page may send (its hello is a few hundred bytes): a bigger one closes
-    # the socket (1009) as it arrives, instead of being read whole into memory.
-    "LIVE_MAX_MESSAGE": 64 * 1024,
-    # Pings find sockets whose peer vanished without closing.
-    "SOCK_SERVER_OPTIONS": {"ping_interval": 25},
-}
-
 # Pages that connect: the cursor they start from is read before their own queries, so a
 # change committed while they render is pushed again rather than missed.
 LIVE_BLUEPRINTS = ("dashboard", "conversations")
@@ -59,14 +35,10 @@ CLOSE_ANSWER_WAIT = 2.0
 
 
 def init_app(app: Flask) -> None:
-    for name, value in DEFAULTS.items():
-        app.config.setdefault(name, value)
     app.config["SOCK_SERVER_OPTIONS"] = {
         "max_message_size": int(app.config["LIVE_MAX_MESSAGE"]),
         **app.config["SOCK_SERVER_OPTIONS"],
     }
-    if not app.config.get("REDIS_URL") and os.environ.get("REDIS_URL"):
-        app.config["REDIS_URL"] = os.environ["REDIS_URL"]
     sock.init_app(app)
     app.register_blueprint(bp)
     # Eager but idle: it only listens for commits until a socket arrives.

@@ -163,7 +163,6 @@ def _failed(exc):
 
 
 def register(app: Flask) -> None:
-    app.config.setdefault("LOG_JSON", False)
     value = app.config["LOG_JSON"]
     json_lines = (
         value.strip().lower() in ("1", "true", "yes", "on")

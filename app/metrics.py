@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 import threading
 
 from flask import Blueprint, Flask, Response, abort, current_app, request
@@ -31,7 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import ingest
+from . import config, ingest
 from .models import AlertState, Message, RawBody, db
 from .security import parse_networks, request_client_address
 
@@ -62,7 +61,7 @@ LIVE_CONNECTIONS = Gauge(
 
 
 def multiprocess() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return bool(config.process("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def _address_in(address: str, networks: list) -> bool:
@@ -218,8 +217,6 @@ class LiveSampler:
 
 def register(app: Flask) -> None:
     ingest.batch_committed.connect(observe_ingest_batch, sender=app)
-    app.config.setdefault("METRICS_TOKEN", None)
-    app.config.setdefault("METRICS_ALLOW_NETWORKS", "")
     app.extensions["viberwatch.metrics_networks"] = parse_networks(
         app.config["METRICS_ALLOW_NETWORKS"], "METRICS_ALLOW_NETWORKS"
     )

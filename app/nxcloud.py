@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from . import signing
+from . import config, signing
 from .status import Code, describe_code
 
 SEND_PATH = "/api/viber/mt"
 BIZ_TYPE = signing.VIBER_BIZ_TYPE
 ACTION = "mt"
-DEFAULT_BASE_URL = "https://api2.nxcloud.com"
+DEFAULT_BASE_URL = config.default("NXCLOUD_BASE_URL")
 
 # The send API's own codes; the webhook page's table (app/status.py) covers the rest.
 API_CODES: dict[int, Code] = {

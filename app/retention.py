@@ -24,10 +24,6 @@ from .sqlutil import insert_for
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "REJECTED_KEEP_BYTES": 1024**3,  # 0: no cap
-    "REJECTED_KEEP_DAYS": 30,  # 0: kept until purged
-}
 NEVER_APPLIED = ("rejected", "refused")
 BATCH = 1000
 AGE_CHECK_SECONDS = 3600
@@ -187,8 +183,6 @@ def dropped_since(hours: int = 24) -> tuple[int, int]:
 
 
 def init_app(app: Flask) -> None:
-    for name, value in DEFAULTS.items():
-        app.config.setdefault(name, value)
     app.extensions["viberwatch.retention"] = Keeper(app)
 
     @app.context_processor

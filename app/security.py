@@ -14,8 +14,6 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import signing
-
 csrf = CSRFProtect()
 
 CONTENT_SECURITY_POLICY = (
@@ -29,18 +27,6 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
-}
-DEFAULTS = {
-    "COOKIE_SECURE": "auto",  # auto: Secure whenever the request came over HTTPS
-    "TRUSTED_PROXIES": "",
-    "WEBHOOK_TOKEN": "",
-    "WEBHOOK_SIGN_ACCESS_KEY": "",
-    "WEBHOOK_SIGN_SECRET": "",
-    "WEBHOOK_SIGN_WINDOW": 300,
-    "WEBHOOK_SIGN_BIZ_TYPE": signing.VIBER_BIZ_TYPE,
-    "WEBHOOK_SIGN_ACTIONS": dict(signing.CALLBACK_ACTIONS),
-    "WEBHOOK_ALLOW_NETWORKS": "",
-    "WEBHOOK_REFUSED_KEEP_PER_MINUTE": 60,
 }
 # A body of unknown length (chunked) is read to this many times the limit at most, to
 # report its size; past it the length is reported as "more than".

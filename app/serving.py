@@ -14,7 +14,6 @@ GUNICORN_BODY_TIMEOUT. Threads stay threads: no monkey-patching, WebSockets keep
 
 from __future__ import annotations
 
-import os
 import re
 import selectors
 import socket
@@ -26,6 +25,7 @@ from gunicorn.glogging import Logger
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
+from . import config
 from .redaction import REDACTED, redact
 
 # Request headers that carry credentials, in gunicorn's "{name}i" atom form.
@@ -47,18 +47,14 @@ class RedactingLogger(Logger):
         return atoms
 
 
-def _setting(name: str, default: float) -> float:
-    return float(os.environ.get(name) or default)
-
-
-HEAD_TIMEOUT = _setting("GUNICORN_HEAD_TIMEOUT", 10)  # seconds for a request line and headers
-BODY_TIMEOUT = _setting("GUNICORN_BODY_TIMEOUT", 30)  # seconds for the body after them
+HEAD_TIMEOUT = config.process("GUNICORN_HEAD_TIMEOUT")  # seconds for a request line and headers
+BODY_TIMEOUT = config.process("GUNICORN_BODY_TIMEOUT")  # seconds for the body after them
 # Body bytes read ahead per request; a longer body (more than the app takes anyway, by
 # default) is handed over once this much is in, and its thread reads the rest within
 # GUNICORN_BODY_TIMEOUT.
-BODY_BUFFER = int(_setting("GUNICORN_BODY_BUFFER", 1024 * 1024))
+BODY_BUFFER = config.process("GUNICORN_BODY_BUFFER")
 # Read-ahead bytes a worker holds at most; past it a request with a body is answered 503.
-BUFFER_TOTAL = int(_setting("GUNICORN_BUFFER_TOTAL", 64 * 1024 * 1024))
+BUFFER_TOTAL = config.process("GUNICORN_BUFFER_TOTAL")
 RECV = 64 * 1024
 ACCEPT_BATCH = 64
 SWEEP_SECONDS = 0.25

@@ -1,5 +1,6 @@
-"""The README tells the truth: every environment name in its configuration table is one the app
-reads, and every `NAME=value` it shows is a name something reads."""
+"""The README tells the truth: its configuration table lists the settings of app/config.py (and
+only those), every environment name in it is one the app reads, and every `NAME=value` it
+shows is a name something reads."""
 
 import os
 import re
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app
+from app import config, create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -104,22 +105,23 @@ def test_each_environment_name_in_the_table_sets_its_setting(setting, env, monke
         monkeypatch.delenv(name)
     # No secret key is written into the repository's instance folder.
     monkeypatch.setenv("VIBERWATCH_SECRET_KEY_FILE", str(tmp_path / "secret_key"))
-    config = {"TESTING": True}
+    overrides = {"TESTING": True}
     if setting != "SQLALCHEMY_DATABASE_URI":
-        config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/default.db"
+        overrides["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/default.db"
     if setting in PARTNERS:
         partner, partner_value, before_value = PARTNERS[setting]
         monkeypatch.setenv(partner, partner_value)
         if before_value is not None:
             monkeypatch.setenv(env, before_value)
-    before = create_app(config).config
-    value = (
-        f"sqlite:///{tmp_path}/from-env.db"
-        if env == "DATABASE_URL"
-        else sample(setting, before.get(setting))
-    )
+    before = create_app(overrides).config
+    if env == "DATABASE_URL":
+        value = f"sqlite:///{tmp_path}/from-env.db"
+    elif setting == "SECRET_KEY_FILE":
+        value = str(tmp_path / "another_secret_key")
+    else:
+        value = sample(setting, before.get(setting))
     monkeypatch.setenv(env, value)
-    after = create_app(config).config
+    after = create_app(overrides).config
     assert after.get(setting) != before.get(setting), f"{env}={value} does not change {setting}"
 
 
@@ -127,8 +129,8 @@ def read_outside_the_config(name: str) -> bool:
     """A name read straight from the environment by the app, a test or the server configuration,
     or a make variable."""
     python = [
-        *ROOT.glob("app/*.py"),
-        *ROOT.glob("tests/*.py"),
+        *ROOT.glob("app/**/*.py"),
+        *ROOT.glob("tests/**/*.py"),
         *ROOT.glob("bench/*.py"),
         ROOT / "gunicorn.conf.py",
     ]
@@ -137,6 +139,7 @@ def read_outside_the_config(name: str) -> bool:
     return (
         any(read.search(p.read_text()) for p in python)
         or re.search(rf"^{name} \?=", makefile, re.M) is not None
+        or any(s.scope == "process" and name in s.env for s in config.SETTINGS)
     )
 
 
@@ -145,6 +148,34 @@ def read_outside_the_config(name: str) -> bool:
 )
 def test_environment_only_names_in_the_table_are_read(names):
     assert names and all(read_outside_the_config(n) for n in names), names
+
+
+def documented(scope: str) -> list[config.Setting]:
+    return [s for s in config.SETTINGS if s.documented and s.scope == scope]
+
+
+def test_the_table_lists_the_settings_of_the_config_module_and_only_those():
+    rows = configuration_table()
+    named = {s for settings, _ in rows for s in settings} - set(SETTING_OF.values())
+    assert named == {s.name for s in documented("app") if not s.label}
+    table_env = {name for _, names in rows for name in names}
+    config_env = {name for s in [*documented("app"), *documented("process")] for name in s.env}
+    assert table_env - config_env == set(), "in the README, not in app/config.py"
+    assert config_env - table_env == set(), "in app/config.py, not in the README"
+
+
+@pytest.mark.parametrize("setting, env", pairs())
+def test_each_row_gives_the_environment_names_of_its_setting(setting, env):
+    name = {v: k for k, v in SETTING_OF.items()}.get(setting)
+    found = next(s for s in config.SETTINGS if s.name == setting or (name and s.label == name))
+    assert env in found.env
+
+
+def test_environment_only_rows_are_the_process_settings():
+    rows = [names for settings, names in configuration_table() if not settings]
+    assert sorted(n for names in rows for n in names) == sorted(
+        n for s in documented("process") for n in s.env
+    )
 
 
 def test_every_assignment_shown_in_the_readme_names_something_read():
