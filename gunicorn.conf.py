@@ -46,6 +46,6 @@ def child_exit(server, worker):
 def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions"):
-        from app import ingest
+        from app.records import ingest
 
         ingest.stop(app)

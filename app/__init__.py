@@ -98,7 +98,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     retention.init_app(app)
     auth.init_app(app)
 
-    from . import api, cli, ingest, webhooks
+    from . import api, cli, webhooks
+    from .records import ingest
 
     ingest.init_app(app)
 

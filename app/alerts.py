@@ -21,8 +21,8 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
 from .alert_rules import Measure, Rule, measure_all, parse_rules
-from .ingest import insert_ignore
 from .models import AlertAttempt, AlertNotice, AlertState, db
+from .records.ingest import insert_ignore
 
 log = logging.getLogger(__name__)
 bp = Blueprint("alerts", __name__)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
-from . import ingest, queries, security
+from . import queries, security
+from .records import ingest
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

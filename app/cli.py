@@ -8,8 +8,8 @@ import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from . import ingest, spool
 from .models import db
+from .records import ingest, spool
 
 
 def register(app: Flask) -> None:

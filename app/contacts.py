@@ -14,7 +14,7 @@ from functools import cache
 from sqlalchemy import and_, case, or_
 
 from .models import Contact
-from .sqlutil import insert_for, run_many
+from .records.sqlutil import insert_for, run_many
 
 COLUMNS = (
     "phone",

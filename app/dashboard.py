@@ -7,9 +7,10 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, url_for
 
-from . import ingest, listing, queries
+from . import listing, queries
 from .filters import STATUS_CHOICES, FilterError, MessageFilter, whole_number
 from .models import RawBody, db
+from .records import ingest
 from .status import describe_code
 from .webhooks import webhook_urls
 

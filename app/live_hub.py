@@ -19,9 +19,9 @@ from flask import Flask
 
 from . import live_wake
 from .auth import open_sessions, sessions_ended
-from .ingest import activity_committed
 from .live_push import Batch, Event, Page
 from .models import Activity, db
+from .records.ingest import activity_committed
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import config, ingest
+from . import config
 from .models import AlertState, Message, RawBody, db
+from .records import ingest
 from .security import parse_networks, request_client_address
 
 bp = Blueprint("metrics", __name__)

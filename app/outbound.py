@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 
-from . import ingest, nxcloud
+from . import nxcloud
 from .models import Message, Reply, SendAttempt, db, utcnow
+from .records import ingest
 
 WINDOW = timedelta(hours=24)
 MAX_CONSECUTIVE = 5

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .models import WebhookSignature, db
-from .sqlutil import insert_for
+from .records.sqlutil import insert_for
 
 REASON = "already used: a replayed call"
 

@@ -20,7 +20,7 @@ from flask import Flask, current_app
 from sqlalchemy import func
 
 from .models import RawBody, RetentionDrop, db, utcnow
-from .sqlutil import insert_for
+from .records.sqlutil import insert_for
 
 log = logging.getLogger(__name__)
 

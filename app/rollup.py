@@ -24,7 +24,7 @@ from datetime import datetime
 from sqlalchemy import and_, case, or_
 
 from .models import LatencyDay, LatencyHour, Message, OutcomeHour, db
-from .sqlutil import add_counts
+from .records.sqlutil import add_counts
 
 # Upper edges of the latency histogram's bars, in seconds; the last bar is open.
 LATENCY_EDGES = (

@@ -14,7 +14,7 @@ from datetime import date
 from sqlalchemy import func
 
 from .models import Message, MessageTally, db
-from .sqlutil import add_counts
+from .records.sqlutil import add_counts
 
 Key = tuple[date, str, int, bool]
 

@@ -23,8 +23,9 @@ from flask import current_app
 from sqlalchemy import func
 from werkzeug.datastructures import Headers
 
-from . import ingest, replay, signing
+from . import replay, signing
 from .models import RawBody, RefusedTally, db, utcnow
+from .records import ingest
 from .security import parse_networks
 
 SIGN_HEADERS = ("accessKey", "ts", "bizType", "action", "sign")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 
-from . import ingest, replay, security, webhook_auth
+from . import replay, security, webhook_auth
+from .records import ingest
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/viber")
 

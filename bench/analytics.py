@@ -325,7 +325,8 @@ def ingest_cost(messages: int, rounds: int) -> dict:
     import json
     import tempfile
 
-    from app import create_app, ingest, rollup
+    from app import create_app, rollup
+    from app.records import ingest
 
     keep = rollup.Moves.write
     per: dict[str, list[float]] = {"with": [], "without": []}

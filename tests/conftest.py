@@ -9,8 +9,9 @@ import pytest
 from playwright.sync_api import sync_playwright
 from sqlalchemy.engine import make_url
 
-from app import auth, create_app, ingest, live
+from app import auth, create_app, live
 from app.models import db
+from app.records import ingest
 from support.accounts import create_test_user, log_in
 from support.browser import CHROMIUM, CHROMIUM_ARGS, signed_in_tab
 from support.fake_nxcloud import fake_nxcloud  # noqa: F401 (a fixture for every module)

@@ -5,9 +5,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import ingest, listing, tally
+from app import listing, tally
 from app.filters import FilterError, MessageFilter
 from app.models import Message, MessageTally, RawBody, db
+from app.records import ingest
 from support.dashboard_data import message_with, receipt, register, reply, set_activity
 
 ROW_RE = re.compile(r'<tr id="msg-([^"]+)" data-status="([^"]+)">')

@@ -14,11 +14,12 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from app import ingest, metrics
+from app import metrics
 from app.derivation import outbound_preview, reply_preview
 from app.maintenance import recount_differences
 from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
 from app.rebuild import rebuild
+from app.records import ingest
 from support import bodies
 from support.bodies import encoded
 from support.servers import production_process, worker_pids

@@ -6,10 +6,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func
 
-from app import ingest
 from app.maintenance import parse_age, purge
 from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
 from app.rebuild import rebuild
+from app.records import ingest
 from app.seed import seed
 from support.bodies import post_json
 from support.fixtures import fixture_json

@@ -237,7 +237,7 @@ def test_with_the_database_away_nothing_answers_500(app_config):
     answers.append(client.get("/"))  # finding the sign-in
     assert [a.status_code for a in answers] == [200] + [503] * 4
     assert answers[0].get_data() == b"success"
-    from app import ingest
+    from app.records import ingest
 
     assert ingest.writer_of(app).spool_status().bodies == 1
     assert answers[1].get_json()["field"] == "database" and answers[1].headers["Retry-After"]

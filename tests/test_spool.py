@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from app import ingest, spool
 from app.models import Message, RawBody, SpoolMark, db
+from app.records import ingest, spool
 from support.servers import production_process, worker_pids
 from support.tcp_proxy import Proxy
 from support.wait import until

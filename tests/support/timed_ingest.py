@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from app import ingest
+from app.records import ingest
 
 from . import bodies
 
