@@ -1,4 +1,4 @@
-# viberwatch: `make run` serves the dashboard, `make test` runs the suite.
+# viberwatch: `make run` serves the dashboard, `make test` runs the suite, `make lint` checks the code.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run serve test bench bench-live bench-slow demo vendor clean
+.PHONY: install run serve test lint bench bench-live bench-slow demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: install
 	  echo "== the suite again, on PostgreSQL (TEST_DATABASE_URL)"; \
 	  $(BIN)/pytest --db postgresql; \
 	fi
+
+# Ruff: the lint rules and the formatting (pyproject.toml); `ruff format .` applies the latter.
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # The production server: gunicorn with threaded workers (gunicorn.conf.py), after migrating.
 serve: install

@@ -3,15 +3,17 @@
 Threaded workers, because each open dashboard holds one WebSocket (flask-sock) on a thread.
 Every setting can be overridden on the command line or with GUNICORN_CMD_ARGS.
 """
-import multiprocessing
+
 import os
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
+from app.config import process as from_environment
+
+bind = f"{from_environment('HOST')}:{from_environment('PORT')}"
+workers = from_environment("WEB_CONCURRENCY")
 # gthread, whose main loop also reads each request whole before a thread serves it, so slow
 # clients cannot hold the threads (app/serving.py; GUNICORN_HEAD_TIMEOUT, GUNICORN_BODY_TIMEOUT).
 worker_class = "app.serving.SlowClientWorker"
-threads = int(os.environ.get("GUNICORN_THREADS", "64"))
+threads = from_environment("GUNICORN_THREADS")
 # WebSockets stay open for hours; the worker timeout only guards against a hung worker.
 timeout = 60
 graceful_timeout = 10
@@ -24,7 +26,7 @@ logger_class = "app.serving.RedactingLogger"
 # Metrics of several workers add up when PROMETHEUS_MULTIPROC_DIR is set (see app/metrics.py):
 # its files start empty with each server, and an exited worker's live gauges stop counting.
 def on_starting(server):
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = from_environment("PROMETHEUS_MULTIPROC_DIR")
     if folder:
         os.makedirs(folder, exist_ok=True)
         for name in os.listdir(folder):
@@ -33,7 +35,7 @@ def on_starting(server):
 
 
 def child_exit(server, worker):
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if from_environment("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
@@ -44,6 +46,6 @@ def child_exit(server, worker):
 def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions"):
-        from app import ingest
+        from app.records import ingest
 
         ingest.stop(app)

@@ -1,4 +1,5 @@
 """viberwatch: NXCLOUD Viber webhooks into an order-proof message record, watched live."""
+
 from __future__ import annotations
 
 import os
@@ -9,24 +10,9 @@ from flask_migrate import Migrate
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
-from . import auth, retention, security, webhook_auth
+from . import auth, config, retention, security, webhook_auth
 from .models import db
 from .payloads import parse_zone
-
-DEFAULTS = {
-    "SENDTIME_TZ": "UTC+08:00",
-    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
-    "MAX_CONTENT_LENGTH": 256 * 1024,
-    "JSON_SORT_KEYS": False,
-    # Number of reverse proxies in front of the app whose X-Forwarded-Proto/-Host/-Port/-Prefix
-    # to read; believed only from TRUSTED_PROXIES (app/security.py).
-    "PROXY_FIX": 0,
-    "BENCH_NOOP": False,
-    # Seconds a SQLite statement waits for another connection's write lock before it fails.
-    "SQLITE_BUSY_TIMEOUT": 30.0,
-    # Seconds to wait for a PostgreSQL connection before counting the database as away.
-    "DATABASE_CONNECT_TIMEOUT": 10,
-}
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 migrate = Migrate()
@@ -45,13 +31,13 @@ def _sqlite_pragmas(dbapi_connection, _record):
 
 
 def _database_url(app: Flask) -> str:
-    url = os.environ.get("DATABASE_URL") or app.config.get("DATABASE_URL")
+    url = app.config.get("DATABASE_URL")
     if not url:
         return "sqlite:///" + os.path.join(app.instance_path, "viberwatch.db")
     if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
 
 
@@ -82,16 +68,17 @@ def _connect_options(app: Flask) -> None:
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """Build the app: defaults, then instance/config.py, then the environment, then `test_config`."""
-    instance = os.environ.get("VIBERWATCH_INSTANCE_PATH")
-    app = Flask(__name__, instance_relative_config=True, template_folder="../templates",
-                static_folder="../static", instance_path=os.path.abspath(instance) if instance else None)
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_mapping({**security.DEFAULTS, **auth.DEFAULTS})
-    app.config.from_pyfile("config.py", silent=True)
-    app.config.from_prefixed_env(prefix="VIBERWATCH")
-    if test_config:
-        app.config.from_mapping(test_config)
+    """Build the app: defaults, then instance/config.py, then the environment, then `test_config`
+    (app/config.py)."""
+    instance = config.process("INSTANCE_PATH")
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder="../templates",
+        static_folder="../static",
+        instance_path=os.path.abspath(instance) if instance else None,
+    )
+    config.load(app.config, test_config)
     # Secrets, the SQLite database and the spool live here: nobody else may read them.
     security.private_folder(app.instance_path)
     if "SQLALCHEMY_DATABASE_URI" not in (test_config or {}):
@@ -111,7 +98,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     retention.init_app(app)
     auth.init_app(app)
 
-    from . import api, cli, ingest, webhooks
+    from . import api, cli, webhooks
+    from .records import ingest
 
     ingest.init_app(app)
 
@@ -119,19 +107,25 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     cli.register(app)
     from . import health, maintenance
+
     health.register(app)
     maintenance.register(app)
     from . import sending
+
     sending.register(app)
     from . import openapi
+
     openapi.register(app)
     from . import dashboard
+
     dashboard.register(app)
     from . import alerts, analytics, logs, metrics
+
     analytics.register(app)
     alerts.register(app)
     metrics.register(app)
     logs.register(app)
     from . import live
+
     live.init_app(app)
     return app

@@ -2,12 +2,14 @@
 
 No Flask request here; a rule is a plain dict from the configuration (`ALERT_RULES`).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import case, func
 
@@ -16,7 +18,13 @@ from .models import Activity, Message, db
 KINDS = ("failed_rate", "expired_count", "no_receipts")
 
 DEFAULT_RULES = [
-    {"name": "failed-rate", "kind": "failed_rate", "threshold": 5, "window_minutes": 15, "min_messages": 20},
+    {
+        "name": "failed-rate",
+        "kind": "failed_rate",
+        "threshold": 5,
+        "window_minutes": 15,
+        "min_messages": 20,
+    },
     {"name": "expired", "kind": "expired_count", "threshold": 10, "window_minutes": 60},
     {"name": "no-receipts", "kind": "no_receipts", "window_minutes": 30, "grace_minutes": 5},
 ]
@@ -42,17 +50,26 @@ class Rule:
 
     def describe(self) -> str:
         if self.kind == "failed_rate":
-            return (f"failed rate above {self.threshold:g}% over {self.window_minutes} min "
-                    f"(at least {self.min_messages} messages with a receipt)")
+            return (
+                f"failed rate above {self.threshold:g}% over {self.window_minutes} min "
+                f"(at least {self.min_messages} messages with a receipt)"
+            )
         if self.kind == "expired_count":
             return f"more than {self.threshold:g} expired messages in {self.window_minutes} min"
-        return (f"no receipts for {self.window_minutes} min while at least {self.min_messages} "
-                f"message(s) were registered in it, {self.grace_minutes} min or more ago")
+        return (
+            f"no receipts for {self.window_minutes} min while at least {self.min_messages} "
+            f"message(s) were registered in it, {self.grace_minutes} min or more ago"
+        )
 
     def as_json(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "threshold": self.threshold,
-                "windowMinutes": self.window_minutes, "minMessages": self.min_messages,
-                "graceMinutes": self.grace_minutes}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "threshold": self.threshold,
+            "windowMinutes": self.window_minutes,
+            "minMessages": self.min_messages,
+            "graceMinutes": self.grace_minutes,
+        }
 
 
 @dataclass(frozen=True)
@@ -94,7 +111,9 @@ def parse_rules(raw: Any) -> list[Rule]:
         names.add(name)
         kind = item.get("kind")
         if kind not in KINDS:
-            raise RuleError(f"ALERT_RULES[{name}].kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+            raise RuleError(
+                f"ALERT_RULES[{name}].kind: must be one of {', '.join(KINDS)}, got {kind!r}"
+            )
         default_window = {"failed_rate": 15, "expired_count": 60, "no_receipts": 30}[kind]
         window = _number(item, name, "window_minutes", default_window, 1)
         threshold = _number(item, name, "threshold", 0, 0)
@@ -106,11 +125,17 @@ def parse_rules(raw: Any) -> list[Rule]:
     return rules
 
 
-def _activity_count(kind: str, since: datetime, until: datetime, status: str | None = None,
-                    distinct_messages: bool = False) -> int:
+def _activity_count(
+    kind: str,
+    since: datetime,
+    until: datetime,
+    status: str | None = None,
+    distinct_messages: bool = False,
+) -> int:
     column = func.count(func.distinct(Activity.request_id)) if distinct_messages else func.count()
-    stmt = db.select(column).where(Activity.kind == kind, Activity.created_at > since,
-                                   Activity.created_at <= until)
+    stmt = db.select(column).where(
+        Activity.kind == kind, Activity.created_at > since, Activity.created_at <= until
+    )
     if status is not None:
         stmt = stmt.where(Activity.status == status)
     return int(db.session.execute(stmt).scalar_one())
@@ -123,21 +148,33 @@ def measure(rule: Rule, now: datetime) -> Measure:
         # The messages first heard of in the window that have a receipt, and how many failed.
         m = Message
         with_receipt, failed = db.session.execute(
-            db.select(func.count(), func.coalesce(func.sum(case((m.status == "failed", 1), else_=0)), 0))
-            .where(m.created_at > since, m.created_at <= now, m.status.isnot(None))).one()
+            db.select(
+                func.count(), func.coalesce(func.sum(case((m.status == "failed", 1), else_=0)), 0)
+            ).where(m.created_at > since, m.created_at <= now, m.status.isnot(None))
+        ).one()
         rate = 100.0 * failed / with_receipt if with_receipt else 0.0
         firing = with_receipt >= rule.min_messages and rate > rule.threshold
-        return Measure(round(rate, 2), firing,
-                       f"{failed} of {with_receipt} messages failed ({rate:.1f}%) in {rule.window_minutes} min")
+        return Measure(
+            round(rate, 2),
+            firing,
+            f"{failed} of {with_receipt} messages failed ({rate:.1f}%) in {rule.window_minutes} min",
+        )
     if rule.kind == "expired_count":
         expired = _activity_count("receipt", since, now, status="expired", distinct_messages=True)
-        return Measure(float(expired), expired > rule.threshold,
-                       f"{expired} messages expired in {rule.window_minutes} min")
+        return Measure(
+            float(expired),
+            expired > rule.threshold,
+            f"{expired} messages expired in {rule.window_minutes} min",
+        )
     receipts = _activity_count("receipt", since, now)
-    registered = _activity_count("register", since, now - timedelta(minutes=rule.grace_minutes),
-                                 distinct_messages=True)
-    return Measure(float(receipts), receipts == 0 and registered >= rule.min_messages,
-                   f"{receipts} receipts in {rule.window_minutes} min, {registered} messages registered")
+    registered = _activity_count(
+        "register", since, now - timedelta(minutes=rule.grace_minutes), distinct_messages=True
+    )
+    return Measure(
+        float(receipts),
+        receipts == 0 and registered >= rule.min_messages,
+        f"{receipts} receipts in {rule.window_minutes} min, {registered} messages registered",
+    )
 
 
 def measure_all(rules: Iterable[Rule], now: datetime) -> list[tuple[Rule, Measure]]:

@@ -1,7 +1,8 @@
 """The analytics page: delivery funnel, rates, latency, failures, cost and replies."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 
@@ -21,7 +22,7 @@ REFRESH_GAP = {"minute": 3, "hour": 10, "day": 60}
 
 def _now() -> datetime:
     clock = current_app.config.get("ANALYTICS_CLOCK")
-    return clock() if clock else datetime.now(timezone.utc)
+    return clock() if clock else datetime.now(UTC)
 
 
 def _parse(args):
@@ -33,8 +34,11 @@ def _parse(args):
 def range_args(rng: TimeRange) -> dict:
     if rng.key != "custom":
         return {"range": rng.key}
-    return {"range": "custom", "start": rng.start.strftime("%Y-%m-%dT%H:%M"),
-            "end": rng.end.strftime("%Y-%m-%dT%H:%M")}
+    return {
+        "range": "custom",
+        "start": rng.start.strftime("%Y-%m-%dT%H:%M"),
+        "end": rng.end.strftime("%Y-%m-%dT%H:%M"),
+    }
 
 
 def failure_link(flt: MessageFilter, rng: TimeRange, status: str, code) -> str:
@@ -52,11 +56,20 @@ def _context(flt: MessageFilter, rng: TimeRange) -> dict:
     for row in data["failures"]:
         row["link"] = failure_link(flt, rng, row["status"], row["code"])
     here = {**flt.to_args(), **range_args(rng)}
-    return {"flt": flt, "rng": rng, "data": data, "ranges": RANGES, "statuses": STATUS_CHOICES,
-            "here": here, "poll_seconds": POLL_SECONDS,
-            "refresh_gap": ROLLUP_REFRESH_GAP if rollup_plan(rng, flt) else REFRESH_GAP[rng.unit],
-            "chips": [(label, url_for("analytics.index", **{**rest.to_args(), **range_args(rng)}))
-                      for label, rest in flt.chips()]}
+    return {
+        "flt": flt,
+        "rng": rng,
+        "data": data,
+        "ranges": RANGES,
+        "statuses": STATUS_CHOICES,
+        "here": here,
+        "poll_seconds": POLL_SECONDS,
+        "refresh_gap": ROLLUP_REFRESH_GAP if rollup_plan(rng, flt) else REFRESH_GAP[rng.unit],
+        "chips": [
+            (label, url_for("analytics.index", **{**rest.to_args(), **range_args(rng)}))
+            for label, rest in flt.chips()
+        ],
+    }
 
 
 def _bad(exc):
@@ -71,8 +84,10 @@ def index():
     except FilterError as exc:
         return _bad(exc)
     context = _context(flt, rng)
-    if request.headers.get("HX-Request") == "true" and \
-            request.headers.get("HX-History-Restore-Request") != "true":
+    if (
+        request.headers.get("HX-Request") == "true"
+        and request.headers.get("HX-History-Restore-Request") != "true"
+    ):
         return render_template("analytics/_report.html", **context)
     return render_template("analytics/index.html", **context)
 
@@ -93,10 +108,16 @@ def duration(seconds: float) -> str:
     if seconds < 10:
         return f"{seconds:.1f} s"
     whole = int(round(seconds))
-    for size, unit, sub_size, sub_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "min"), (60, "min", 1, "s")):
+    for size, unit, sub_size, sub_unit in (
+        (86400, "d", 3600, "h"),
+        (3600, "h", 60, "min"),
+        (60, "min", 1, "s"),
+    ):
         if whole >= size:
             rest = (whole % size) // sub_size
-            return f"{whole // size} {unit} {rest} {sub_unit}" if rest else f"{whole // size} {unit}"
+            return (
+                f"{whole // size} {unit} {rest} {sub_unit}" if rest else f"{whole // size} {unit}"
+            )
     return f"{whole} s"
 
 

@@ -2,9 +2,10 @@
 
 Everything is aggregated in the database; these helpers only pick the dialect's spelling.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Float, Integer, String, case, cast, func, literal
 
@@ -48,7 +49,7 @@ def truncate(at: datetime, unit: str) -> datetime:
 def bucket_labels(start: datetime, end: datetime, unit: str) -> list[str]:
     """Every bucket label from start to end inclusive, so empty buckets show as zero."""
     fmt = BUCKET_FORMATS[unit][1]
-    at = truncate(start.astimezone(timezone.utc), unit)
+    at = truncate(start.astimezone(UTC), unit)
     labels = []
     while at <= end:
         labels.append(at.strftime(fmt))
@@ -60,12 +61,15 @@ def seconds_between(earlier, later):
     """Seconds from one datetime column to another, as a float expression."""
     if dialect() == "postgresql":
         return cast(func.extract("epoch", later - earlier), Float)
+
     # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds from strftime('%s') and the
     # microseconds after the point, in integers, divided once, so the value is the same
     # float Python's timedelta.total_seconds() gives (julianday keeps only ~50 µs).
     def micro(at):
-        return (cast(func.strftime("%s", func.substr(at, 1, 19)), Integer) * 1_000_000
-                + cast(func.substr(at, 21), Integer))
+        return cast(func.strftime("%s", func.substr(at, 1, 19)), Integer) * 1_000_000 + cast(
+            func.substr(at, 21), Integer
+        )
+
     return cast(micro(later) - micro(earlier), Float) / literal(1_000_000.0)
 
 

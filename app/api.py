@@ -1,9 +1,11 @@
 """JSON API: registration of sent messages, and reading a message's record."""
+
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
-from . import ingest, queries, security
+from . import queries, security
+from .records import ingest
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -15,11 +17,19 @@ def register_message():
     body = security.read_body(limit)
     if body.too_large:
         reason = body.describe(limit)
-        ingest.refuse("register", body.data, request.content_type, dict(request.headers),
-                      request.remote_addr, 413, f"body: {reason}")
+        ingest.refuse(
+            "register",
+            body.data,
+            request.content_type,
+            dict(request.headers),
+            request.remote_addr,
+            413,
+            f"body: {reason}",
+        )
         return jsonify({"error": f"body: {reason}", "field": "body", "reason": reason}), 413
-    result = ingest.ingest("register", body.data, request.content_type,
-                           dict(request.headers), request.remote_addr)
+    result = ingest.ingest(
+        "register", body.data, request.content_type, dict(request.headers), request.remote_addr
+    )
     if result.ok:
         return jsonify({**result.payload, "outcome": result.outcome}), result.http_status
     return jsonify(result.error), result.http_status
@@ -36,5 +46,6 @@ def read_message(request_id: str):
 
 @bp.errorhandler(404)
 def not_found(_error):
-    return jsonify({"error": "no message with this requestId", "field": "requestId",
-                    "reason": "not found"}), 404
+    return jsonify(
+        {"error": "no message with this requestId", "field": "requestId", "reason": "not found"}
+    ), 404

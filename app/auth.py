@@ -5,6 +5,7 @@ webhooks (their own authentication, app/webhook_auth.py), health and metrics (th
 the OpenAPI document, and views marked with `public`. The JSON API also takes
 `Authorization: Bearer <token>`; such calls need no CSRF token, as no browser sends them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,14 +16,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Optional
 from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
-from blinker import Namespace
 from argon2.exceptions import InvalidHashError, VerificationError
-from flask import (Blueprint, Flask, current_app, g, jsonify, redirect, render_template,
-                   request, session, url_for)
+from blinker import Namespace
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
 from sqlalchemy import func, or_
@@ -43,27 +53,6 @@ TOKEN_PREFIX = "vw_"
 MAX_USERNAME = 64
 MIN_PASSWORD = 8
 
-DEFAULTS = {
-    "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),  # idle timeout
-    "LOGIN_MAX_AGE": 7 * 24 * 3600,  # seconds a login lasts at most, however active
-    "LOGIN_FAILURE_WINDOW": 900,
-    "LOGIN_MAX_FAILURES_PER_ACCOUNT": 10,
-    "LOGIN_MAX_FAILURES_PER_ADDRESS": 30,
-    # Password checks (Argon2, ARGON2_MEMORY_COST each) at once per process, and how long a
-    # sign-in waits for one before it is answered 503.
-    "LOGIN_CONCURRENT_CHECKS": 2,
-    "LOGIN_CHECK_WAIT": 5.0,
-    "SESSION_COOKIE_NAME": "viberwatch_session",
-    "SESSION_COOKIE_HTTPONLY": True,
-    "SESSION_COOKIE_SAMESITE": "Lax",
-    # The CSRF token lives as long as the session: a dashboard left open still works.
-    "WTF_CSRF_TIME_LIMIT": None,
-    # Argon2id cost: argon2-cffi's recommended defaults (RFC 9106 low-memory profile).
-    "ARGON2_TIME_COST": 3,
-    "ARGON2_MEMORY_COST": 65536,  # KiB
-    "ARGON2_PARALLELISM": 4,
-}
-
 
 def public(view):
     """Mark a view as reachable without a login (it must authenticate on its own)."""
@@ -72,6 +61,7 @@ def public(view):
 
 
 # --- users -------------------------------------------------------------------------------
+
 
 class AccountError(ValueError):
     pass
@@ -84,7 +74,7 @@ def _check_username(username: str) -> str:
     return username
 
 
-def find_user(username: str) -> Optional[User]:
+def find_user(username: str) -> User | None:
     return db.session.execute(db.select(User).where(User.username == username)).scalar_one_or_none()
 
 
@@ -137,9 +127,12 @@ def start_session(user: User) -> None:
     token = secrets.token_urlsafe(32)
     db.session.add(UserSession(id=_session_id(token), user_id=user.id, created_at=now))
     # The user's sign-ins that ended or ran out need not be kept.
-    db.session.execute(db.delete(UserSession).where(
-        UserSession.user_id == user.id,
-        or_(UserSession.ended_at.is_not(None), UserSession.created_at < now - _max_age())))
+    db.session.execute(
+        db.delete(UserSession).where(
+            UserSession.user_id == user.id,
+            or_(UserSession.ended_at.is_not(None), UserSession.created_at < now - _max_age()),
+        )
+    )
     db.session.commit()
     user.session_token = token
 
@@ -147,15 +140,18 @@ def start_session(user: User) -> None:
 def end_sessions(*conditions) -> int:
     """End the open sign-ins matching `conditions` (and commit); returns how many."""
     ended = db.session.execute(
-        db.update(UserSession).where(UserSession.ended_at.is_(None), *conditions)
-        .values(ended_at=utcnow()), execution_options={"preserve_rowcount": True}).rowcount
+        db.update(UserSession)
+        .where(UserSession.ended_at.is_(None), *conditions)
+        .values(ended_at=utcnow()),
+        execution_options={"preserve_rowcount": True},
+    ).rowcount
     db.session.commit()
     if ended:
         sessions_ended.send(current_app._get_current_object())
     return ended
 
 
-def end_session(token: Optional[str]) -> None:
+def end_session(token: str | None) -> None:
     if token:
         end_sessions(UserSession.id == _session_id(token))
 
@@ -168,22 +164,30 @@ def open_sessions(ids: set[str]) -> set[str]:
     """Which of these session ids (hashes) are still signed in."""
     if not ids:
         return set()
-    return set(db.session.execute(db.select(UserSession.id).where(
-        UserSession.id.in_(sorted(ids)), UserSession.ended_at.is_(None),
-        UserSession.created_at >= utcnow() - _max_age())).scalars())
+    return set(
+        db.session.execute(
+            db.select(UserSession.id).where(
+                UserSession.id.in_(sorted(ids)),
+                UserSession.ended_at.is_(None),
+                UserSession.created_at >= utcnow() - _max_age(),
+            )
+        ).scalars()
+    )
 
 
-def session_id_of(user) -> Optional[str]:
+def session_id_of(user) -> str | None:
     token = getattr(user, "session_token", None)
     return _session_id(token) if token else None
 
 
 def user_names(limit: int = 5) -> list[str]:
     """The first few user names, alphabetically."""
-    return list(db.session.execute(db.select(User.username).order_by(User.username).limit(limit)).scalars())
+    return list(
+        db.session.execute(db.select(User.username).order_by(User.username).limit(limit)).scalars()
+    )
 
 
-def ensure_admin(username: str = "admin") -> Optional[str]:
+def ensure_admin(username: str = "admin") -> str | None:
     """Create a first user with a random password when there is none; return the password."""
     if db.session.execute(db.select(func.count(User.id))).scalar_one():
         return None
@@ -201,20 +205,23 @@ def _dummy_hash(h: PasswordHasher) -> str:
     return h.hash(secrets.token_hex(16))
 
 
-def _password_matches(user: Optional[User], password: str) -> bool:
+def _password_matches(user: User | None, password: str) -> bool:
     # An unknown name costs the same hash check, so timing does not tell which names exist.
     try:
-        return hasher().verify(user.password_hash if user else _dummy_hash(hasher()), password) and user is not None
+        return (
+            hasher().verify(user.password_hash if user else _dummy_hash(hasher()), password)
+            and user is not None
+        )
     except (VerificationError, InvalidHashError):
         return False
 
 
 @dataclass
 class LoginOutcome:
-    user: Optional[User] = None
+    user: User | None = None
     http_status: int = 200
-    error: Optional[str] = None
-    retry_after: Optional[int] = None
+    error: str | None = None
+    retry_after: int | None = None
 
 
 class PasswordChecks:
@@ -249,10 +256,12 @@ ATTEMPTS_LOCK = 0x7669626572
 
 
 def _count(*conditions) -> int:
-    return db.session.execute(db.select(func.count(LoginFailure.id)).where(*conditions)).scalar_one()
+    return db.session.execute(
+        db.select(func.count(LoginFailure.id)).where(*conditions)
+    ).scalar_one()
 
 
-def _reserve(key: str, address: str, now, since) -> Optional[LoginFailure]:
+def _reserve(key: str, address: str, now, since) -> LoginFailure | None:
     """Count an attempt as a failure before its password is checked, or refuse it (None).
 
     Reserved one at a time across processes and hosts, so simultaneous attempts cannot all
@@ -270,7 +279,8 @@ def _reserve(key: str, address: str, now, since) -> Optional[LoginFailure]:
     by_account = _count(LoginFailure.username == key)
     by_both = _count(LoginFailure.username == key, LoginFailure.address == address)
     if by_address >= int(cfg["LOGIN_MAX_FAILURES_PER_ADDRESS"]) or (
-            by_account >= int(cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"]) and by_both):
+        by_account >= int(cfg["LOGIN_MAX_FAILURES_PER_ACCOUNT"]) and by_both
+    ):
         db.session.commit()
         return None
     attempt = LoginFailure(username=key, address=address, at=now)
@@ -290,16 +300,20 @@ def authenticate(username: str, password: str, address: str) -> LoginOutcome:
     since = now - timedelta(seconds=window)
     attempt = _reserve(key, address, now, since)
     if attempt is None:
-        return LoginOutcome(http_status=429, retry_after=window,
-                            error="Too many failed sign-ins. Try again later.")
+        return LoginOutcome(
+            http_status=429, retry_after=window, error="Too many failed sign-ins. Try again later."
+        )
     user = find_user((username or "").strip()) if username else None
     checks: PasswordChecks = current_app.extensions["viberwatch.password_checks"]
     with checks.slot(float(cfg["LOGIN_CHECK_WAIT"])) as held:
         if not held:
             db.session.delete(attempt)  # no password was checked: it does not count
             db.session.commit()
-            return LoginOutcome(http_status=503, retry_after=1,
-                                error="Too many sign-ins at once. Try again in a moment.")
+            return LoginOutcome(
+                http_status=503,
+                retry_after=1,
+                error="Too many sign-ins at once. Try again in a moment.",
+            )
         matches = _password_matches(user, password or "")
         if matches and hasher().check_needs_rehash(user.password_hash):
             user.password_hash = hasher().hash(password)
@@ -307,27 +321,34 @@ def authenticate(username: str, password: str, address: str) -> LoginOutcome:
         return LoginOutcome(http_status=401, error="Unknown username or wrong password.")
     user.last_login_at = now
     # This address's failures on the account are forgiven; other addresses' stay counted.
-    db.session.execute(db.delete(LoginFailure).where(LoginFailure.username == key,
-                                                     LoginFailure.address == address))
+    db.session.execute(
+        db.delete(LoginFailure).where(LoginFailure.username == key, LoginFailure.address == address)
+    )
     db.session.commit()
     return LoginOutcome(user=user)
 
 
 @login_manager.user_loader
-def load_user(token: str) -> Optional[User]:
+def load_user(token: str) -> User | None:
     """The user of an open sign-in: the cookie's token must name a session not ended."""
     if not token or len(token) > 64:
         return None
     row = db.session.execute(
-        db.select(User).join(UserSession, UserSession.user_id == User.id)
-        .where(UserSession.id == _session_id(token), UserSession.ended_at.is_(None),
-               UserSession.created_at >= utcnow() - _max_age())).scalar_one_or_none()
+        db.select(User)
+        .join(UserSession, UserSession.user_id == User.id)
+        .where(
+            UserSession.id == _session_id(token),
+            UserSession.ended_at.is_(None),
+            UserSession.created_at >= utcnow() - _max_age(),
+        )
+    ).scalar_one_or_none()
     if row is not None:
         row.session_token = token
     return row
 
 
 # --- API tokens --------------------------------------------------------------------------
+
 
 def _token_hash(token: str) -> str:
     # Tokens are 256 random bits, so a fast hash is enough; it is also the lookup key.
@@ -345,12 +366,15 @@ def create_token(name: str) -> tuple[ApiToken, str]:
     return row, token
 
 
-def token_for(presented: str) -> Optional[ApiToken]:
+def token_for(presented: str) -> ApiToken | None:
     """The live token row for a presented bearer token, noting when it was last used."""
     if not presented or len(presented) > 200:
         return None
-    row = db.session.execute(db.select(ApiToken).where(
-        ApiToken.token_hash == _token_hash(presented), ApiToken.revoked_at.is_(None))).scalar_one_or_none()
+    row = db.session.execute(
+        db.select(ApiToken).where(
+            ApiToken.token_hash == _token_hash(presented), ApiToken.revoked_at.is_(None)
+        )
+    ).scalar_one_or_none()
     if row is not None:
         now = utcnow()
         # At most one write a minute per token, not one per call.
@@ -367,7 +391,11 @@ def list_tokens() -> list[ApiToken]:
 def revoke_token(ident: str) -> list[ApiToken]:
     """Revoke live tokens by id or by name; returns those revoked."""
     query = db.select(ApiToken).where(ApiToken.revoked_at.is_(None))
-    query = query.where(ApiToken.id == int(ident)) if ident.isdigit() else query.where(ApiToken.name == ident)
+    query = (
+        query.where(ApiToken.id == int(ident))
+        if ident.isdigit()
+        else query.where(ApiToken.name == ident)
+    )
     rows = list(db.session.execute(query).scalars())
     for row in rows:
         row.revoked_at = utcnow()
@@ -377,15 +405,18 @@ def revoke_token(ident: str) -> list[ApiToken]:
 
 # --- views -------------------------------------------------------------------------------
 
+
 def home_url() -> str:
-    return url_for("dashboard.messages") if "dashboard.messages" in current_app.view_functions else "/"
+    return (
+        url_for("dashboard.messages") if "dashboard.messages" in current_app.view_functions else "/"
+    )
 
 
-def safe_next(target: Optional[str]) -> str:
+def safe_next(target: str | None) -> str:
     """`next` only when it is a path on this site; anything else goes home."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return home_url()
-    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in target):
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
         return home_url()
     parts = urlsplit(target)
     if parts.scheme or parts.netloc:
@@ -405,8 +436,16 @@ def login():
     outcome = authenticate(username, request.form.get("password", ""), request_client_address())
     if outcome.user is None:
         headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else {}
-        return render_template("auth/login.html", next=next_url, username=username[:MAX_USERNAME],
-                               error=outcome.error), outcome.http_status, headers
+        return (
+            render_template(
+                "auth/login.html",
+                next=next_url,
+                username=username[:MAX_USERNAME],
+                error=outcome.error,
+            ),
+            outcome.http_status,
+            headers,
+        )
     # A fresh session on sign-in, so nothing set before it (a planted CSRF token) carries over.
     session.clear()
     start_session(outcome.user)
@@ -427,15 +466,23 @@ def logout():
 
 
 def _wants_json() -> bool:
-    return (request.blueprint in BEARER_BLUEPRINTS or request.is_json
-            or request.headers.get("Upgrade", "").lower() == "websocket"
-            or request.accept_mimetypes.best == "application/json")
+    return (
+        request.blueprint in BEARER_BLUEPRINTS
+        or request.is_json
+        or request.headers.get("Upgrade", "").lower() == "websocket"
+        or request.accept_mimetypes.best == "application/json"
+    )
 
 
 def _unauthenticated(reason: str):
     if request.blueprint in BEARER_BLUEPRINTS:
-        return (jsonify({"error": f"Authorization: {reason}", "field": "Authorization", "reason": reason}),
-                401, {"WWW-Authenticate": 'Bearer realm="viberwatch"'})
+        return (
+            jsonify(
+                {"error": f"Authorization: {reason}", "field": "Authorization", "reason": reason}
+            ),
+            401,
+            {"WWW-Authenticate": 'Bearer realm="viberwatch"'},
+        )
     if _wants_json():
         return jsonify({"error": f"login: {reason}", "field": "login", "reason": reason}), 401
     login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
@@ -454,7 +501,9 @@ def _is_public() -> bool:
 
 def _login_expired() -> bool:
     login_at = session.get("login_at")
-    return not isinstance(login_at, int) or time.time() - login_at > int(current_app.config["LOGIN_MAX_AGE"])
+    return not isinstance(login_at, int) or time.time() - login_at > int(
+        current_app.config["LOGIN_MAX_AGE"]
+    )
 
 
 def require_login():
@@ -487,10 +536,14 @@ def require_login():
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["viberwatch.password_checks"] = PasswordChecks(int(app.config["LOGIN_CONCURRENT_CHECKS"]))
+    app.extensions["viberwatch.password_checks"] = PasswordChecks(
+        int(app.config["LOGIN_CONCURRENT_CHECKS"])
+    )
     app.extensions["viberwatch.hasher"] = PasswordHasher(
-        time_cost=int(app.config["ARGON2_TIME_COST"]), memory_cost=int(app.config["ARGON2_MEMORY_COST"]),
-        parallelism=int(app.config["ARGON2_PARALLELISM"]))
+        time_cost=int(app.config["ARGON2_TIME_COST"]),
+        memory_cost=int(app.config["ARGON2_MEMORY_COST"]),
+        parallelism=int(app.config["ARGON2_PARALLELISM"]),
+    )
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     app.register_blueprint(bp)

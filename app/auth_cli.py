@@ -1,4 +1,5 @@
 """Commands for users and API tokens: create-user, set-password, logout-user, ensure-admin, tokens."""
+
 from __future__ import annotations
 
 import click
@@ -6,10 +7,14 @@ from flask import Flask
 
 from . import auth
 
-
 # Asked for (hidden, twice) unless given, which scripts do.
-password_option = click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True,
-                               help="For scripts; without it the password is asked for.")
+password_option = click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="For scripts; without it the password is asked for.",
+)
 
 
 def register(app: Flask) -> None:
@@ -81,8 +86,10 @@ def register(app: Flask) -> None:
         for row in rows:
             state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
             used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
-            click.echo(f"{row.id:>4}  {row.name:24} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}"
-                       f"  last used {used}  {state}")
+            click.echo(
+                f"{row.id:>4}  {row.name:24} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}"
+                f"  last used {used}  {state}"
+            )
 
     @app.cli.command("revoke-token")
     @click.argument("ident")

@@ -1,4 +1,5 @@
 """The `viberwatch` command: Flask's CLI with this app preset, plus our commands."""
+
 from __future__ import annotations
 
 import os
@@ -7,8 +8,8 @@ import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from . import ingest, spool
 from .models import db
+from .records import ingest, spool
 
 
 def register(app: Flask) -> None:
@@ -31,8 +32,11 @@ def register(app: Flask) -> None:
             click.echo(f"{'dashboard':16} http://{host}:{port}/")
 
     @app.cli.command("reprocess")
-    @click.option("--include-refused", is_flag=True,
-                  help="Also retry bodies refused by webhook authentication.")
+    @click.option(
+        "--include-refused",
+        is_flag=True,
+        help="Also retry bodies refused by webhook authentication.",
+    )
     @click.option("--id", "ids", type=int, multiple=True, help="Only these raw body ids.")
     def reprocess(include_refused: bool, ids: tuple[int, ...]):
         """Retry stored bodies that were rejected (after a fix or a configuration change)."""
@@ -59,11 +63,19 @@ def register(app: Flask) -> None:
             if fd is not None:
                 os.close(fd)
             waiting = spool.read_status(path)
-            since = f", oldest received {waiting.oldest:%Y-%m-%d %H:%M:%S} UTC" if waiting.oldest else ""
-            click.echo(f"{path.name}: {waiting.bodies} waiting{since} "
-                       f"({'its process runs and drains it' if running else 'its process has ended'})")
+            since = (
+                f", oldest received {waiting.oldest:%Y-%m-%d %H:%M:%S} UTC"
+                if waiting.oldest
+                else ""
+            )
+            click.echo(
+                f"{path.name}: {waiting.bodies} waiting{since} "
+                f"({'its process runs and drains it' if running else 'its process has ended'})"
+            )
         total = writer.spool_status()
-        click.echo(f"{total.bodies} bodies waiting in {len(files)} spool file(s) in {writer.folder}")
+        click.echo(
+            f"{total.bodies} bodies waiting in {len(files)} spool file(s) in {writer.folder}"
+        )
 
     @spool_group.command("drain")
     def spool_drain():
@@ -72,8 +84,10 @@ def register(app: Flask) -> None:
         before = writer.spool_status().bodies
         outcome = ingest.drain(writer.folder, None, writer.max_batch)
         left = writer.spool_status().bodies
-        click.echo(f"applied {before - left} bodies; {left} still waiting"
-                   + ("; the database is away" if outcome == "away" else ""))
+        click.echo(
+            f"applied {before - left} bodies; {left} still waiting"
+            + ("; the database is away" if outcome == "away" else "")
+        )
         if outcome == "away":
             raise SystemExit(1)
 
@@ -98,6 +112,7 @@ def register(app: Flask) -> None:
 
 def _create_app():
     from . import create_app
+
     return create_app()
 
 

@@ -1,9 +1,9 @@
 """Conversations: phones by latest activity, and one phone's chat-style thread."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional, Union
 
 from flask import Blueprint, render_template, request
 from sqlalchemy import tuple_
@@ -19,16 +19,22 @@ CONTACTS_PAGE = 50
 THREAD_LIMIT = 200
 
 
-def contacts_page(phone: Optional[str], after: Optional[str]) -> tuple[list[Contact], Optional[str]]:
+def contacts_page(phone: str | None, after: str | None) -> tuple[list[Contact], str | None]:
     """Phones by latest activity (the Contact summary table), keyset-paged."""
     stmt = db.select(Contact)
     if phone:
         stmt = stmt.where(prefix_condition(Contact.phone, phone))
     if after:
-        stmt = stmt.where(tuple_(Contact.last_activity_at, Contact.phone) < decode_cursor(after, "after"))
-    rows = list(db.session.execute(
-        stmt.order_by(Contact.last_activity_at.desc(), Contact.phone.desc())
-        .limit(CONTACTS_PAGE + 1)).scalars())
+        stmt = stmt.where(
+            tuple_(Contact.last_activity_at, Contact.phone) < decode_cursor(after, "after")
+        )
+    rows = list(
+        db.session.execute(
+            stmt.order_by(Contact.last_activity_at.desc(), Contact.phone.desc()).limit(
+                CONTACTS_PAGE + 1
+            )
+        ).scalars()
+    )
     more = len(rows) > CONTACTS_PAGE
     rows = rows[:CONTACTS_PAGE]
     return rows, (encode_cursor(rows[-1].last_activity_at, rows[-1].phone) if more else None)
@@ -38,7 +44,7 @@ def contacts_page(phone: Optional[str], after: Optional[str]) -> tuple[list[Cont
 class ThreadItem:
     at: datetime
     kind: str  # "out" | "in"
-    item: Union[Message, Reply]
+    item: Message | Reply
 
 
 @bp.app_template_global()
@@ -60,16 +66,27 @@ def thread_of(phone: str, limit: int = THREAD_LIMIT) -> tuple[list[ThreadItem], 
     ones exist).
     """
     messages = db.session.execute(
-        db.select(Message).where(Message.phone == phone)
-        .order_by(Message.last_activity_at.desc(), Message.request_id.desc()).limit(limit + 1)).scalars()
+        db.select(Message)
+        .where(Message.phone == phone)
+        .order_by(Message.last_activity_at.desc(), Message.request_id.desc())
+        .limit(limit + 1)
+    ).scalars()
     replies = db.session.execute(
-        db.select(Reply).where(Reply.phone == phone)
-        .order_by(Reply.received_at.desc(), Reply.id.desc()).limit(limit + 1)).scalars()
+        db.select(Reply)
+        .where(Reply.phone == phone)
+        .order_by(Reply.received_at.desc(), Reply.id.desc())
+        .limit(limit + 1)
+    ).scalars()
     items = [ThreadItem(message_time(m), "out", m) for m in messages]
     items += [ThreadItem(r.received_at, "in", r) for r in replies]
     # An outbound message sorts before a reply of the same instant: the answer follows it.
-    items.sort(key=lambda t: (t.at, 0 if t.kind == "out" else 1,
-                              t.item.request_id if t.kind == "out" else str(t.item.id).zfill(20)))
+    items.sort(
+        key=lambda t: (
+            t.at,
+            0 if t.kind == "out" else 1,
+            t.item.request_id if t.kind == "out" else str(t.item.id).zfill(20),
+        )
+    )
     older = len(items) > limit
     return items[-limit:], older
 
@@ -81,13 +98,27 @@ def index():
     try:
         rows, next_after = contacts_page(phone, request.args.get("after") or None)
     except FilterError as exc:
-        return render_template("conversations/index.html", rows=[], next_after=None, phone=phone,
-                               error=exc, webhook_urls=None, after=None), 400
+        return render_template(
+            "conversations/index.html",
+            rows=[],
+            next_after=None,
+            phone=phone,
+            error=exc,
+            webhook_urls=None,
+            after=None,
+        ), 400
     after = request.args.get("after") or None
     # No row on the first unfiltered page: nothing has arrived yet, say where to send it.
     empty = not rows and not phone and not after
-    return render_template("conversations/index.html", rows=rows, next_after=next_after, phone=phone,
-                           error=None, webhook_urls=webhook_urls() if empty else None, after=after)
+    return render_template(
+        "conversations/index.html",
+        rows=rows,
+        next_after=next_after,
+        phone=phone,
+        error=None,
+        webhook_urls=webhook_urls() if empty else None,
+        after=after,
+    )
 
 
 @bp.get("/<path:phone>")
@@ -96,5 +127,11 @@ def thread(phone: str):
     items, older = thread_of(phone)
     contact = db.session.get(Contact, phone)
     status = 200 if (items or contact) else 404
-    return render_template("conversations/thread.html", phone=phone, items=items, older=older,
-                           contact=contact, limit=THREAD_LIMIT), status
+    return render_template(
+        "conversations/thread.html",
+        phone=phone,
+        items=items,
+        older=older,
+        contact=contact,
+        limit=THREAD_LIMIT,
+    ), status

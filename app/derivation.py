@@ -4,22 +4,45 @@ Ingest, `rebuild`, `seed` and the simulator's expected state all call `message_c
 with the message's receipts, replies and registration; nothing else decides a column.
 No Flask and no database here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, tzinfo
-from typing import Iterable, Optional
+from functools import lru_cache
 
 from . import payloads
 from .status import ReceiptFact, State, fold
 
 # The columns message_columns returns, in a fixed order (one UPDATE shape for all).
-COLUMNS = ("phone", "registered_at", "text", "appkey", "function_type", "status", "code",
-           "code_message", "send_time_raw", "send_time", "accepted_at", "delivered_at", "seen_at",
-           "failed_at", "expired_at", "cost_currency", "cost_local_price", "cost_original_price",
-           "cost_rate_type", "anomalies", "anomaly", "receipts_count", "replies_count",
-           "last_reply_text", "last_activity_at")
+COLUMNS = (
+    "phone",
+    "registered_at",
+    "text",
+    "appkey",
+    "function_type",
+    "status",
+    "code",
+    "code_message",
+    "send_time_raw",
+    "send_time",
+    "accepted_at",
+    "delivered_at",
+    "seen_at",
+    "failed_at",
+    "expired_at",
+    "cost_currency",
+    "cost_local_price",
+    "cost_original_price",
+    "cost_rate_type",
+    "anomalies",
+    "anomaly",
+    "receipts_count",
+    "replies_count",
+    "last_reply_text",
+    "last_activity_at",
+)
 
 
 @dataclass(frozen=True)
@@ -29,9 +52,9 @@ class ReplyFact:
     phone: str
     received_at: datetime
     order: int  # its raw body's id: breaks ties between replies received in the same instant
-    text: Optional[str] = None
-    file_name: Optional[str] = None
-    media: Optional[str] = None
+    text: str | None = None
+    file_name: str | None = None
+    media: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,22 +62,33 @@ class Registration:
     """The sending system's word on a message: the latest registration, first registered at."""
 
     phone: str
-    text: Optional[str]
-    appkey: Optional[str]
-    function_type: Optional[str]
+    text: str | None
+    appkey: str | None
+    function_type: str | None
     registered_at: datetime
 
     def same_fields(self, rg: payloads.RegistrationIn) -> bool:
         return (self.phone, self.text, self.appkey, self.function_type) == (
-            rg.phone, rg.text, rg.appkey, rg.function_type)
+            rg.phone,
+            rg.text,
+            rg.appkey,
+            rg.function_type,
+        )
 
 
 def receipt_fact(rc: payloads.ReceiptIn, received_at: datetime) -> ReceiptFact:
     cost = rc.cost
-    return ReceiptFact(status=rc.status, code=rc.code, message=rc.message, received_at=received_at,
-                       key=rc.content_hash, send_time_raw=rc.send_time_raw,
-                       cost=(cost.currency, cost.local_price, cost.original_price, cost.rate_type)
-                       if cost else None)
+    return ReceiptFact(
+        status=rc.status,
+        code=rc.code,
+        message=rc.message,
+        received_at=received_at,
+        key=rc.content_hash,
+        send_time_raw=rc.send_time_raw,
+        cost=(cost.currency, cost.local_price, cost.original_price, cost.rate_type)
+        if cost
+        else None,
+    )
 
 
 def reply_fact(rp: payloads.ReplyIn, received_at: datetime, order: int) -> ReplyFact:
@@ -67,21 +101,26 @@ def _send_time(raw: str, zone: tzinfo) -> datetime:
     return payloads.parse_send_time(raw, zone)
 
 
-def reply_preview(text: Optional[str], file_name: Optional[str], media: Optional[str]) -> str:
+def reply_preview(text: str | None, file_name: str | None, media: str | None) -> str:
     """How a reply is summarised in lists and the live feed."""
     if text is not None:
         return text[:200]
     return f"[media] {file_name or media or ''}"[:200]
 
 
-def outbound_preview(text: Optional[str]) -> Optional[str]:
+def outbound_preview(text: str | None) -> str | None:
     """How a registered (sent) message is summarised in a phone's thread list."""
     return f"→ {text}"[:200] if text else None
 
 
-def message_columns(receipts: Iterable[ReceiptFact], replies: Iterable[ReplyFact],
-                    registration: Optional[Registration], created_at: datetime, zone: tzinfo,
-                    state: Optional[State] = None) -> dict:
+def message_columns(
+    receipts: Iterable[ReceiptFact],
+    replies: Iterable[ReplyFact],
+    registration: Registration | None,
+    created_at: datetime,
+    zone: tzinfo,
+    state: State | None = None,
+) -> dict:
     """Every derived column of a message (COLUMNS), from the SET of its receipts and replies.
 
     Only first arrivals are given: a repeated push is not activity, or last_activity_at would

@@ -1,10 +1,12 @@
 """CSV export of what the messages page shows: the database formats every cell, the app
 streams what it gets (PostgreSQL writes the CSV itself through COPY)."""
+
 from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import Integer, Select, String, and_, case, func, literal_column
@@ -23,13 +25,33 @@ CHUNK = 200
 # A formula trigger (OWASP's list): = + - @ or any character Unicode compatibility-normalises
 # to one of them (full-width ＝＋－＠ and their small, superscript and subscript forms), a tab
 # or a carriage return.
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r",
-                    "\u207a", "\u207c", "\u208a", "\u208c", "\ufb29", "\ufe62", "\ufe63", "\ufe66",
-                    "\ufe6b", "\uff0b", "\uff0d", "\uff1d", "\uff20")
+FORMULA_TRIGGERS = (
+    "=",
+    "+",
+    "-",
+    "@",
+    "\t",
+    "\r",
+    "\u207a",
+    "\u207c",
+    "\u208a",
+    "\u208c",
+    "\ufb29",
+    "\ufe62",
+    "\ufe63",
+    "\ufe66",
+    "\ufe6b",
+    "\uff0b",
+    "\uff0d",
+    "\uff1d",
+    "\uff20",
+)
 # What a spreadsheet may skip before it looks for a formula: every Unicode space (but tab and
 # carriage return, triggers themselves) and the invisible zero-width characters.
-BLANKS = ("\n\x0b\x0c\x1c\x1d\x1e\x1f \x85\xa0\u1680\u180e\u2000\u2001\u2002\u2003\u2004\u2005"
-          "\u2006\u2007\u2008\u2009\u200a\u200b\u200c\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff")
+BLANKS = (
+    "\n\x0b\x0c\x1c\x1d\x1e\x1f \x85\xa0\u1680\u180e\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u200b\u200c\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff"
+)
 
 
 def _sql_string(value: str):
@@ -49,8 +71,10 @@ def text_cell(column):
     first = func.substr(column, _ONE, _ONE)
     first_seen = func.substr(func.ltrim(column, _sql_string(BLANKS)), _ONE, _ONE)
     # Most cells start with neither: one look at the first character settles them.
-    return case((and_(first.in_(_SUSPECT), first_seen.in_(_TRIGGERS)), _sql_string("'") + column),
-                else_=func.nullif(column, _sql_string("")))
+    return case(
+        (and_(first.in_(_SUSPECT), first_seen.in_(_TRIGGERS)), _sql_string("'") + column),
+        else_=func.nullif(column, _sql_string("")),
+    )
 
 
 class iso_cell(FunctionElement):
@@ -99,9 +123,11 @@ def _price_cell_postgresql(element, compiler, **kw):
     # number: one conversion to float8 (the costly part) settles it; longer ones ask the float.
     price = compiler.process(element.clauses, **kw)
     value = f"CAST({price} AS DOUBLE PRECISION)"
-    return (f"CASE WHEN {price} = trunc({price}) THEN CAST({value} AS TEXT) || '.0' "
-            f"WHEN abs({price}) < 1000000000 THEN CAST({value} AS TEXT) "
-            f"ELSE CAST({value} AS TEXT) || CASE WHEN {value} = trunc({value}) THEN '.0' ELSE '' END END")
+    return (
+        f"CASE WHEN {price} = trunc({price}) THEN CAST({value} AS TEXT) || '.0' "
+        f"WHEN abs({price}) < 1000000000 THEN CAST({value} AS TEXT) "
+        f"ELSE CAST({value} AS TEXT) || CASE WHEN {value} = trunc({value}) THEN '.0' ELSE '' END END"
+    )
 
 
 MESSAGE_CELLS = (
@@ -148,8 +174,9 @@ def reply_query(flt: MessageFilter) -> Select:
     """Replies to the messages the filter selects (all replies without a filter), newest first."""
     stmt = db.select(*(cell for _, cell in REPLY_CELLS))
     if not flt.is_empty:
-        stmt = stmt.where(Reply.trace_request_id.in_(
-            db.select(Message.request_id).where(*flt.conditions())))
+        stmt = stmt.where(
+            Reply.trace_request_id.in_(db.select(Message.request_id).where(*flt.conditions()))
+        )
     return stmt.order_by(Reply.received_at.desc(), Reply.id.desc())
 
 
@@ -204,8 +231,10 @@ def _copied_by_postgresql(stmt: Select) -> Iterator[bytes]:
         # For this transaction only: the shortest round-trip text of a float, UTF-8 whatever
         # the connection's default, and no JIT, whose compiling delayed the first row by up to
         # a second and saved nothing measurable over a million rows.
-        cursor.execute("SELECT set_config('extra_float_digits', '1', true), "
-                       "set_config('client_encoding', 'UTF8', true), set_config('jit', 'off', true)")
+        cursor.execute(
+            "SELECT set_config('extra_float_digits', '1', true), "
+            "set_config('client_encoding', 'UTF8', true), set_config('jit', 'off', true)"
+        )
         # COPY ends each row with a bare LF; every read is one whole row, so its last byte is
         # that LF (a line break inside a quoted cell is never last).
         with cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", params) as copy:
@@ -233,8 +262,13 @@ def export_csv():
     """The filtered messages (or, with kind=replies, their replies) as a streamed CSV file."""
     kind = request.args.get("kind", "messages")
     if kind not in ("messages", "replies"):
-        return jsonify({"error": "kind: must be messages or replies", "field": "kind",
-                        "reason": "must be messages or replies"}), 400
+        return jsonify(
+            {
+                "error": "kind: must be messages or replies",
+                "field": "kind",
+                "reason": "must be messages or replies",
+            }
+        ), 400
     try:
         flt = MessageFilter.from_args(request.args)
     except FilterError as exc:
@@ -244,6 +278,11 @@ def export_csv():
     else:
         chunks = csv_chunks(MESSAGE_COLUMNS, message_query(flt))
     name = f"viberwatch-{kind}-{utcnow().date().isoformat()}.csv"
-    return Response(stream_with_context(chunks), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"',
-                             "X-Content-Type-Options": "nosniff"})
+    return Response(
+        stream_with_context(chunks),
+        mimetype="text/csv",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-Content-Type-Options": "nosniff",
+        },
+    )

@@ -1,11 +1,13 @@
 """Message filters: query arguments in, one dataclass out, used by the messages page, its
 counters, the CSV export, analytics and live pushes (which ask `matches` of a new row)."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Mapping, Optional
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy import Select, and_, or_
 
@@ -31,18 +33,18 @@ class FilterError(ValueError):
         return {"error": str(self), "field": self.field, "reason": self.reason}
 
 
-def _text(args: Mapping, name: str) -> Optional[str]:
+def _text(args: Mapping, name: str) -> str | None:
     raw = args.get(name)
     value = "" if raw is None else str(raw).strip()
     if len(value) > MAX_TEXT:
         raise FilterError(name, f"at most {MAX_TEXT} characters")
     # NUL cannot be sent to PostgreSQL at all; no control character belongs in a filter.
-    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in value):
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         raise FilterError(name, "contains a control character")
     return value or None
 
 
-def _date(args: Mapping, name: str) -> Optional[date]:
+def _date(args: Mapping, name: str) -> date | None:
     value = _text(args, name) or ""
     if not value:
         return None
@@ -55,7 +57,7 @@ def _date(args: Mapping, name: str) -> Optional[date]:
     return day
 
 
-def whole_number(args: Mapping, name: str, low: int, high: int) -> Optional[int]:
+def whole_number(args: Mapping, name: str, low: int, high: int) -> int | None:
     """An optional decimal integer argument within [low, high], else FilterError naming it."""
     text = _text(args, name)
     if text is None:
@@ -86,7 +88,7 @@ def prefix_condition(column, value: str):
 
 
 def day_start(d: date) -> datetime:
-    return datetime.combine(d, time.min, tzinfo=timezone.utc)
+    return datetime.combine(d, time.min, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -94,15 +96,15 @@ class MessageFilter:
     """What the operator asked to see. Dates are UTC days of the message's last activity."""
 
     status: tuple[str, ...] = ()
-    phone: Optional[str] = None  # exact number or its beginning
-    code: Optional[int] = None
-    q: Optional[str] = None  # requestId or its beginning
-    date_from: Optional[date] = None
-    date_to: Optional[date] = None  # inclusive
+    phone: str | None = None  # exact number or its beginning
+    code: int | None = None
+    q: str | None = None  # requestId or its beginning
+    date_from: date | None = None
+    date_to: date | None = None  # inclusive
     anomaly: bool = False
 
     @classmethod
-    def from_args(cls, args: Mapping) -> "MessageFilter":
+    def from_args(cls, args: Mapping) -> MessageFilter:
         """Parse query arguments; raises FilterError naming the first bad one."""
         statuses = []
         for value in _getlist(args, "status"):
@@ -111,7 +113,9 @@ class MessageFilter:
                 if not part:
                     continue
                 if part not in STATUS_CHOICES:
-                    raise FilterError("status", f"must be one of {', '.join(STATUS_CHOICES)}, got {part!r}")
+                    raise FilterError(
+                        "status", f"must be one of {', '.join(STATUS_CHOICES)}, got {part!r}"
+                    )
                 if part not in statuses:
                     statuses.append(part)
         # Codes are 32-bit, as the webhook takes them.
@@ -125,8 +129,15 @@ class MessageFilter:
         anomaly = (_text(args, "anomaly") or "").lower() in ("1", "true", "on", "yes")
         # Keep the page's own order of statuses, whatever order the URL gave.
         ordered = tuple(s for s in STATUS_CHOICES if s in statuses)
-        return cls(status=ordered, phone=phone, code=code, q=_text(args, "q"),
-                   date_from=date_from, date_to=date_to, anomaly=anomaly)
+        return cls(
+            status=ordered,
+            phone=phone,
+            code=code,
+            q=_text(args, "q"),
+            date_from=date_from,
+            date_to=date_to,
+            anomaly=anomaly,
+        )
 
     @property
     def is_empty(self) -> bool:
@@ -148,10 +159,12 @@ class MessageFilter:
             args["anomaly"] = "1"
         return args
 
-    def chips(self) -> list[tuple[str, "MessageFilter"]]:
+    def chips(self) -> list[tuple[str, MessageFilter]]:
         """Each active filter as (label, the filter without it), to show and remove one by one."""
-        out = [(f"status: {s}", replace(self, status=tuple(x for x in self.status if x != s)))
-               for s in self.status]
+        out = [
+            (f"status: {s}", replace(self, status=tuple(x for x in self.status if x != s)))
+            for s in self.status
+        ]
         if self.phone is not None:
             out.append((f"phone: {self.phone}", replace(self, phone=None)))
         if self.code is not None:
@@ -188,7 +201,12 @@ class MessageFilter:
     def by_key_only(self) -> bool:
         """Whether only status, code and anomaly are asked for: what the counters' tally and
         the analytics rollups are keyed by (each with "pending" for no status and -1 for no code)."""
-        return self.phone is None and self.q is None and self.date_from is None and self.date_to is None
+        return (
+            self.phone is None
+            and self.q is None
+            and self.date_from is None
+            and self.date_to is None
+        )
 
     def key_conditions(self, table) -> list:
         """Conditions on the status, code and anomaly columns of a tally or rollup table."""
@@ -203,8 +221,11 @@ class MessageFilter:
 
     def query(self) -> Select:
         """SELECT of the matching messages, most recent activity first."""
-        return (db.select(Message).where(*self.conditions())
-                .order_by(Message.last_activity_at.desc(), Message.request_id.desc()))
+        return (
+            db.select(Message)
+            .where(*self.conditions())
+            .order_by(Message.last_activity_at.desc(), Message.request_id.desc())
+        )
 
     def matches(self, m: Message) -> bool:
         """Would `m` be on a page with this filter? Same rules as `query`, in Python."""

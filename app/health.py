@@ -1,12 +1,13 @@
 """Health check for load balancers, and the benchmark's no-op endpoint when enabled."""
+
 from __future__ import annotations
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import ingest
 from .models import db
+from .records import ingest
 
 bp = Blueprint("health", __name__)
 noop_bp = Blueprint("bench", __name__, url_prefix="/bench")

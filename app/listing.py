@@ -1,15 +1,15 @@
 """Read side of the messages page: keyset pages and the counters above them."""
+
 from __future__ import annotations
 
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Optional
+from datetime import UTC, datetime
 
 from sqlalchemy import func, tuple_
 
-from .filters import FilterError, MessageFilter, STATUS_CHOICES, status_condition
+from .filters import STATUS_CHOICES, FilterError, MessageFilter, status_condition
 from .models import Message, MessageTally, db
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -19,7 +19,7 @@ DEFAULT_PAGE_SIZE = 50
 COUNT_CAP = 1_000
 
 
-def page_size(value: Optional[str]) -> int:
+def page_size(value: str | None) -> int:
     if not value:
         return DEFAULT_PAGE_SIZE
     try:
@@ -46,7 +46,7 @@ def decode_cursor(value: str, name: str) -> tuple[datetime, str]:
         # NUL: PostgreSQL refuses it in text outright.
         if at.tzinfo is None or not key or "\x00" in key:
             raise ValueError
-        return at.astimezone(timezone.utc), key
+        return at.astimezone(UTC), key
     except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise FilterError(name, "not a page cursor of this list") from None
 
@@ -55,21 +55,31 @@ def decode_cursor(value: str, name: str) -> tuple[datetime, str]:
 class Page:
     rows: list[Message]
     size: int
-    next_cursor: Optional[str]  # ?after= for the next (older) page
-    prev_cursor: Optional[str]  # ?before= for the previous (newer) page
+    next_cursor: str | None  # ?after= for the next (older) page
+    prev_cursor: str | None  # ?before= for the previous (newer) page
 
 
 def _key(m: Message) -> tuple:
     return (m.last_activity_at, m.request_id)
 
 
-def fetch_page(flt: MessageFilter, size: int, after: Optional[str] = None,
-               before: Optional[str] = None) -> Page:
+def fetch_page(
+    flt: MessageFilter, size: int, after: str | None = None, before: str | None = None
+) -> Page:
     """One page of matching messages, newest activity first, by keyset (never OFFSET)."""
-    cursor = decode_cursor(before, "before") if before else decode_cursor(after, "after") if after else None
+    cursor = (
+        decode_cursor(before, "before")
+        if before
+        else decode_cursor(after, "after")
+        if after
+        else None
+    )
     backwards = before is not None
-    order = (Message.last_activity_at.asc(), Message.request_id.asc()) if backwards else \
-        (Message.last_activity_at.desc(), Message.request_id.desc())
+    order = (
+        (Message.last_activity_at.asc(), Message.request_id.asc())
+        if backwards
+        else (Message.last_activity_at.desc(), Message.request_id.desc())
+    )
     seek = []
     if cursor is not None:
         pair = tuple_(Message.last_activity_at, Message.request_id)
@@ -80,8 +90,11 @@ def fetch_page(flt: MessageFilter, size: int, after: Optional[str] = None,
     found: list[Message] = []
     for group in groups:
         conds = flt.conditions(with_status=False) + ([status_condition(group)] if group else [])
-        found.extend(db.session.execute(
-            db.select(Message).where(*conds, *seek).order_by(*order).limit(size + 1)).scalars())
+        found.extend(
+            db.session.execute(
+                db.select(Message).where(*conds, *seek).order_by(*order).limit(size + 1)
+            ).scalars()
+        )
     found.sort(key=_key, reverse=not backwards)
     more = len(found) > size
     rows = found[:size]
@@ -90,9 +103,12 @@ def fetch_page(flt: MessageFilter, size: int, after: Optional[str] = None,
         has_prev, has_next = more, True
     else:
         has_prev, has_next = cursor is not None, more
-    return Page(rows=rows, size=size,
-                next_cursor=encode_cursor(*_key(rows[-1])) if rows and has_next else None,
-                prev_cursor=encode_cursor(*_key(rows[0])) if rows and has_prev else None)
+    return Page(
+        rows=rows,
+        size=size,
+        next_cursor=encode_cursor(*_key(rows[-1])) if rows and has_next else None,
+        prev_cursor=encode_cursor(*_key(rows[0])) if rows and has_prev else None,
+    )
 
 
 @dataclass
@@ -113,17 +129,17 @@ class Counters:
     def delivered(self) -> int:
         return self.by_status.get("delivered", 0) + self.by_status.get("seen", 0)
 
-    def _rate(self, n: int) -> Optional[float]:
+    def _rate(self, n: int) -> float | None:
         if self.capped or not self.accepted:
             return None
         return n / self.accepted
 
     @property
-    def delivery_rate(self) -> Optional[float]:
+    def delivery_rate(self) -> float | None:
         return self._rate(self.delivered)
 
     @property
-    def seen_rate(self) -> Optional[float]:
+    def seen_rate(self) -> float | None:
         return self._rate(self.by_status.get("seen", 0))
 
 
@@ -134,8 +150,10 @@ def _tally_counts(flt: MessageFilter) -> dict[str, int]:
     if flt.date_to:
         conds.append(MessageTally.day <= flt.date_to)
     rows = db.session.execute(
-        db.select(MessageTally.status, func.sum(MessageTally.n)).where(*conds)
-        .group_by(MessageTally.status)).all()
+        db.select(MessageTally.status, func.sum(MessageTally.n))
+        .where(*conds)
+        .group_by(MessageTally.status)
+    ).all()
     return {s: int(n or 0) for s, n in rows}
 
 
@@ -147,8 +165,7 @@ def counters_for(flt: MessageFilter) -> Counters:
     else:
         status = func.coalesce(Message.status, "pending").label("s")
         sample = db.select(status).where(*flt.conditions()).limit(COUNT_CAP + 1).subquery()
-        rows = db.session.execute(
-            db.select(sample.c.s, func.count()).group_by(sample.c.s)).all()
+        rows = db.session.execute(db.select(sample.c.s, func.count()).group_by(sample.c.s)).all()
         counts = {s: n for s, n in rows}
         capped = sum(counts.values()) > COUNT_CAP
     return Counters(by_status={s: counts.get(s, 0) for s in STATUS_CHOICES}, capped=capped)

@@ -2,11 +2,11 @@
 extension. The page says hello (its cursor and what it shows); the server answers with
 what the page missed, then pushes HTML out of band as the activity log grows.
 """
+
 from __future__ import annotations
 
 import os
 from socket import SHUT_RDWR
-from typing import Optional
 
 from flask import Blueprint, Flask, current_app, g, request
 from flask_login import current_user
@@ -20,30 +20,6 @@ from .models import Activity, db
 
 bp = Blueprint("live", __name__)
 sock = Sock()
-
-DEFAULTS = {
-    # Seconds between reads of the activity log when no wake-up arrives.
-    "LIVE_POLL_INTERVAL": 1.0,
-    # Seconds between checks of a SQLite file for commits of other processes (0: off).
-    "LIVE_SQLITE_WATCH_INTERVAL": 0.05,
-    # Seconds to wait for an activity id that is taken but not committed yet.
-    "LIVE_GAP_WAIT": 1.0,
-    # Batches a socket may have waiting before it is closed to catch up on reconnect.
-    "LIVE_QUEUE_BATCHES": 500,
-    # Longest live delivery feed, in events.
-    "LIVE_FEED_CAP": 50,
-    # Redis channel or PostgreSQL NOTIFY channel of the wake-up.
-    "LIVE_CHANNEL": "viberwatch_activity",
-    "LIVE_HELLO_TIMEOUT": 10.0,
-    # Seconds between checks that each socket's sign-in is still open (a logout in this
-    # process is acted on at once).
-    "LIVE_SESSION_CHECK_INTERVAL": 5.0,
-    # Largest message a page may send (its hello is a few hundred bytes): a bigger one closes
-    # the socket (1009) as it arrives, instead of being read whole into memory.
-    "LIVE_MAX_MESSAGE": 64 * 1024,
-    # Pings find sockets whose peer vanished without closing.
-    "SOCK_SERVER_OPTIONS": {"ping_interval": 25},
-}
 
 # Pages that connect: the cursor they start from is read before their own queries, so a
 # change committed while they render is pushed again rather than missed.
@@ -59,12 +35,10 @@ CLOSE_ANSWER_WAIT = 2.0
 
 
 def init_app(app: Flask) -> None:
-    for name, value in DEFAULTS.items():
-        app.config.setdefault(name, value)
-    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": int(app.config["LIVE_MAX_MESSAGE"]),
-                                         **app.config["SOCK_SERVER_OPTIONS"]}
-    if not app.config.get("REDIS_URL") and os.environ.get("REDIS_URL"):
-        app.config["REDIS_URL"] = os.environ["REDIS_URL"]
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "max_message_size": int(app.config["LIVE_MAX_MESSAGE"]),
+        **app.config["SOCK_SERVER_OPTIONS"],
+    }
     sock.init_app(app)
     app.register_blueprint(bp)
     # Eager but idle: it only listens for commits until a socket arrives.
@@ -94,9 +68,14 @@ def live_cursor() -> int:
 @bp.app_template_global()
 def live_feed() -> list[Activity]:
     """The latest activity up to the page's cursor, newest first, for the feed panel."""
-    return list(db.session.execute(
-        db.select(Activity).where(Activity.id <= live_cursor())
-        .order_by(Activity.id.desc()).limit(int(current_app.config["LIVE_FEED_CAP"]))).scalars())
+    return list(
+        db.session.execute(
+            db.select(Activity)
+            .where(Activity.id <= live_cursor())
+            .order_by(Activity.id.desc())
+            .limit(int(current_app.config["LIVE_FEED_CAP"]))
+        ).scalars()
+    )
 
 
 @sock.route("/ws", bp=bp)
@@ -154,11 +133,13 @@ def _send(ws, *frames: str) -> None:
         ws.send(frame)
 
 
-def serve(hub: Hub, ws, cursor: Optional[int], page, signed_in: Optional[str] = None) -> None:
+def serve(hub: Hub, ws, cursor: int | None, page, signed_in: str | None = None) -> None:
     cap = int(hub.app.config["LIVE_FEED_CAP"])
     client, upto = hub.attach(page, cursor, signed_in)
     try:
-        push, reload = catch_up(page, client.cursor, upto, cap) if cursor is not None else (None, False)
+        push, reload = (
+            catch_up(page, client.cursor, upto, cap) if cursor is not None else (None, False)
+        )
         if reload:
             _send(ws, _meta({"cursor": upto, "reload": True}))
             return

@@ -6,6 +6,7 @@ by its own handler thread, which renders and sends; a slow or dead socket theref
 delays nobody else, and one that falls too far behind is closed so that its page
 reconnects and catches up from the database with its cursor.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,15 +14,14 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from flask import Flask
 
 from . import live_wake
 from .auth import open_sessions, sessions_ended
-from .ingest import activity_committed
 from .live_push import Batch, Event, Page
 from .models import Activity, db
+from .records.ingest import activity_committed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def head_id() -> int:
     return db.session.execute(db.select(db.func.max(Activity.id))).scalar() or 0
 
 
-def read_events(after: int, upto: Optional[int] = None, limit: int = 1000) -> list[Event]:
+def read_events(after: int, upto: int | None = None, limit: int = 1000) -> list[Event]:
     stmt = db.select(Activity).where(Activity.id > after).order_by(Activity.id).limit(limit)
     if upto is not None:
         stmt = stmt.where(Activity.id <= upto)
@@ -45,7 +45,7 @@ class Client:
     page: Page
     cursor: int
     max_batches: int
-    session: Optional[str] = None  # the sign-in it was opened by (UserSession id)
+    session: str | None = None  # the sign-in it was opened by (UserSession id)
     batches: list[Batch] = field(default_factory=list)
     catching_up: bool = True
     overflow: bool = False
@@ -91,13 +91,13 @@ class Hub:
         self.started = False
         self.stopped = threading.Event()
         self.wakeup = threading.Event()
-        self.backend: Optional[live_wake.Backend] = None
-        self.thread: Optional[threading.Thread] = None
+        self.backend: live_wake.Backend | None = None
+        self.thread: threading.Thread | None = None
         self.pid = os.getpid()
         # A missing id above the cursor: a transaction that has not committed yet (or
         # rolled back). Held back for gap_wait so that the cursor never skips an event.
-        self._gap_since: Optional[float] = None
-        self._backend_pid: Optional[int] = None
+        self._gap_since: float | None = None
+        self._backend_pid: int | None = None
         self._backend_lock = threading.Lock()
         activity_committed.connect(self._on_commit, sender=app)
         sessions_ended.connect(self._on_sessions_ended, sender=app)
@@ -111,7 +111,7 @@ class Hub:
         if backend is not None:
             backend.publish()
 
-    def _wake_backend(self) -> Optional[live_wake.Backend]:
+    def _wake_backend(self) -> live_wake.Backend | None:
         if self._backend_pid != os.getpid():
             with self._backend_lock:
                 if self._backend_pid != os.getpid():
@@ -164,14 +164,20 @@ class Hub:
             self.thread.join(5)
 
     # -- sockets ----------------------------------------------------------------------
-    def attach(self, page: Page, cursor: Optional[int], session: Optional[str] = None) -> tuple[Client, int]:
+    def attach(
+        self, page: Page, cursor: int | None, session: str | None = None
+    ) -> tuple[Client, int]:
         """Register a socket; returns it and the id up to which the caller must catch up
         from the database (batches after that id arrive through the queue)."""
         with self.lock:
             self._ensure_started()
             upto = self.cursor
-            client = Client(page=page, cursor=upto if cursor is None else cursor,
-                            max_batches=self.max_batches, session=session)
+            client = Client(
+                page=page,
+                cursor=upto if cursor is None else cursor,
+                max_batches=self.max_batches,
+                session=session,
+            )
             self.clients.add(client)
         return client, upto
 
@@ -188,7 +194,9 @@ class Hub:
     def _run(self) -> None:
         failures = 0
         while not self.stopped.is_set():
-            timeout = self.poll_interval if self._gap_since is None else min(self.poll_interval, 0.02)
+            timeout = (
+                self.poll_interval if self._gap_since is None else min(self.poll_interval, 0.02)
+            )
             self.wakeup.wait(timeout)
             self.wakeup.clear()
             if self.stopped.is_set():
@@ -205,7 +213,7 @@ class Hub:
             except Exception:
                 failures += 1
                 log.exception("live tailer pass failed")
-                self.stopped.wait(min(5.0, 0.1 * 2 ** failures))
+                self.stopped.wait(min(5.0, 0.1 * 2**failures))
 
     def _drain(self) -> None:
         while True:

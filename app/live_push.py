@@ -5,14 +5,16 @@ shared by every socket of the process and renders each fragment at most once. `c
 turns the batches waiting for one socket into one message for its page: one row update per
 message whatever the number of events, new rows only where the page's filter wants them.
 """
+
 from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime
-from urllib.parse import parse_qsl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import render_template
 from markupsafe import Markup
@@ -33,15 +35,15 @@ FEED_PREPARE = 200
 class Event:
     id: int
     kind: str
-    request_id: Optional[str]
-    phone: Optional[str]
-    status: Optional[str]
-    raw_id: Optional[int]
+    request_id: str | None
+    phone: str | None
+    status: str | None
+    raw_id: int | None
     created_at: datetime
-    summary: Optional[str]
+    summary: str | None
 
     @classmethod
-    def of(cls, a: Activity) -> "Event":
+    def of(cls, a: Activity) -> Event:
         return cls(a.id, a.kind, a.request_id, a.phone, a.status, a.raw_id, a.created_at, a.summary)
 
 
@@ -52,8 +54,8 @@ class Page:
     kind: str = "other"
     filter: MessageFilter = field(default_factory=MessageFilter)
     inserts: bool = True  # a later page of a list takes no new rows at its top
-    phone: Optional[str] = None
-    request_id: Optional[str] = None
+    phone: str | None = None
+    request_id: str | None = None
     on_page: set = field(default_factory=set)  # request ids whose rows the page shows
     feed: bool = False
 
@@ -66,7 +68,7 @@ class HelloError(ValueError):
     pass
 
 
-def parse_hello(text: Any) -> tuple[Optional[int], Page]:
+def parse_hello(text: Any) -> tuple[int | None, Page]:
     """The first message of a socket: {"cursor", "page", "filters", "phone", "requestId",
     "rows", "feed"}. Raises HelloError naming the bad field."""
     try:
@@ -76,7 +78,9 @@ def parse_hello(text: Any) -> tuple[Optional[int], Page]:
     if not isinstance(data, dict):
         raise HelloError("hello: must be a JSON object")
     cursor = data.get("cursor")
-    if cursor is not None and (not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0):
+    if cursor is not None and (
+        not isinstance(cursor, int) or isinstance(cursor, bool) or cursor < 0
+    ):
         raise HelloError("cursor: must be a whole number of at least 0")
     kind = data.get("page") or "other"
     if kind not in PAGES:
@@ -101,7 +105,11 @@ def parse_hello(text: Any) -> tuple[Optional[int], Page]:
     if kind == "message" and not page.request_id:
         raise HelloError("requestId: required on a message page")
     rows = data.get("rows") or []
-    if not isinstance(rows, list) or len(rows) > MAX_ON_PAGE or not all(isinstance(r, str) for r in rows):
+    if (
+        not isinstance(rows, list)
+        or len(rows) > MAX_ON_PAGE
+        or not all(isinstance(r, str) for r in rows)
+    ):
         raise HelloError(f"rows: must be a list of at most {MAX_ON_PAGE} request ids")
     page.on_page = set(rows)
     return cursor, page
@@ -109,7 +117,7 @@ def parse_hello(text: Any) -> tuple[Optional[int], Page]:
 
 def _chunks(items: list, size: int = CHUNK) -> Iterable[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 class Batch:
@@ -124,12 +132,14 @@ class Batch:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, events: list[Event]) -> "Batch":
+    def load(cls, events: list[Event]) -> Batch:
         """Read the messages the events touched (in the caller's app context)."""
         ids = sorted({e.request_id for e in events if e.request_id})
         messages: dict[str, Message] = {}
         for chunk in _chunks(ids):
-            for m in db.session.execute(db.select(Message).where(Message.request_id.in_(chunk))).scalars():
+            for m in db.session.execute(
+                db.select(Message).where(Message.request_id.in_(chunk))
+            ).scalars():
                 messages[m.request_id] = m
         # Detached copies that stay readable after the session is gone.
         db.session.expunge_all()
@@ -165,7 +175,7 @@ class Batch:
                 self._pending.pop(key, None)
             pending.set()
 
-    def prepare(self, pages: list["Page"]) -> None:
+    def prepare(self, pages: list[Page]) -> None:
         """Render ahead what the current sockets will ask for, on the tailer's thread."""
         kinds = {p.kind for p in pages}
         if "messages" in kinds:
@@ -180,41 +190,61 @@ class Batch:
 
     def row(self, request_id: str) -> str:
         m = self.messages[request_id]
-        return self._once(("row", request_id),
-                          lambda: render_template("partials/_message_row.html", m=m))
+        return self._once(
+            ("row", request_id), lambda: render_template("partials/_message_row.html", m=m)
+        )
 
     def counters(self, flt: MessageFilter, key: str) -> str:
         from .listing import counters_for
 
-        return self._once(("counters", key), lambda: render_template(
-            "partials/_counters.html", counters=counters_for(flt), flt=flt))
+        return self._once(
+            ("counters", key),
+            lambda: render_template("partials/_counters.html", counters=counters_for(flt), flt=flt),
+        )
 
     def feed_item(self, ev: Event) -> str:
-        return self._once(("feed", ev.id), lambda: render_template(
-            "partials/_feed_item.html", a=ev, m=self.messages.get(ev.request_id or "")))
+        return self._once(
+            ("feed", ev.id),
+            lambda: render_template(
+                "partials/_feed_item.html", a=ev, m=self.messages.get(ev.request_id or "")
+            ),
+        )
 
-    def receipt_item(self, ev: Event) -> Optional[str]:
+    def receipt_item(self, ev: Event) -> str | None:
         def make():
             r = db.session.execute(db.select(Receipt).where(Receipt.raw_id == ev.raw_id)).scalar()
             return render_template("partials/_timeline_item.html", r=r) if r is not None else None
+
         return self._once(("receipt", ev.id), make)
 
-    def reply_item(self, ev: Event) -> Optional[str]:
+    def reply_item(self, ev: Event) -> str | None:
         def make():
             r = db.session.execute(db.select(Reply).where(Reply.raw_id == ev.raw_id)).scalar()
-            return render_template("partials/_thread_item.html", r=r, m=None) if r is not None else None
+            return (
+                render_template("partials/_thread_item.html", r=r, m=None)
+                if r is not None
+                else None
+            )
+
         return self._once(("reply", ev.id), make)
 
-    def frames_for(self, push: "Push") -> list[str]:
+    def frames_for(self, push: Push) -> list[str]:
         """The frames of a push, rendered once for every socket that gets the same push."""
-        key = ("frames", push.cursor, tuple(push.rows.items()), push.counters, tuple(push.feed),
-               tuple(push.items.items()))
+        key = (
+            "frames",
+            push.cursor,
+            tuple(push.rows.items()),
+            push.counters,
+            tuple(push.feed),
+            tuple(push.items.items()),
+        )
         return self._once(key, push.frames)
 
     def outbound_item(self, request_id: str) -> str:
         m = self.messages[request_id]
-        return self._once(("out", request_id), lambda: render_template(
-            "partials/_thread_item.html", m=m, r=None))
+        return self._once(
+            ("out", request_id), lambda: render_template("partials/_thread_item.html", m=m, r=None)
+        )
 
 
 @dataclass
@@ -223,7 +253,7 @@ class Push:
 
     cursor: int
     rows: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (mode, html)
-    counters: Optional[str] = None
+    counters: str | None = None
     feed: list[str] = field(default_factory=list)
     items: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (mode, html)
 
@@ -231,12 +261,15 @@ class Push:
     def empty(self) -> bool:
         return not (self.rows or self.counters or self.feed or self.items)
 
-    def frames(self, extra: Optional[dict] = None) -> list[str]:
+    def frames(self, extra: dict | None = None) -> list[str]:
         """The WebSocket messages of this push, the one carrying the cursor last."""
         meta = {"cursor": self.cursor, **(extra or {})}
         modes = {mode for mode, _ in self.rows.values()}
-        out = [render_template("partials/_live_push.html", part=part, push=self)
-               for part, mode in (("updates", "update"), ("inserts", "insert")) if mode in modes]
+        out = [
+            render_template("partials/_live_push.html", part=part, push=self)
+            for part, mode in (("updates", "update"), ("inserts", "insert"))
+            if mode in modes
+        ]
         out.append(render_template("partials/_live_push.html", part="rest", meta=meta, push=self))
         return out
 
@@ -307,13 +340,21 @@ def _message_page(page: Page, batch: Batch, events: list[Event], push: Push) -> 
     for e in events:
         if e.request_id != page.request_id:
             continue
-        html = batch.receipt_item(e) if e.kind == "receipt" else \
-            batch.reply_item(e) if e.kind == "reply" else None
+        html = (
+            batch.receipt_item(e)
+            if e.kind == "receipt"
+            else batch.reply_item(e)
+            if e.kind == "reply"
+            else None
+        )
         if html:
-            push.items[f"{e.kind if e.kind == 'receipt' else 'message-reply'}-{e.id}"] = ("append", html)
+            push.items[f"{e.kind if e.kind == 'receipt' else 'message-reply'}-{e.id}"] = (
+                "append",
+                html,
+            )
 
 
-def catch_up(page: Page, after: int, upto: int, feed_cap: int) -> tuple[Optional[Push], bool]:
+def catch_up(page: Page, after: int, upto: int, feed_cap: int) -> tuple[Push | None, bool]:
     """What a page missed between its cursor and `upto`, read from the database.
 
     Returns (push, reload): reload is True when so much was missed that reloading the page
@@ -326,9 +367,16 @@ def catch_up(page: Page, after: int, upto: int, feed_cap: int) -> tuple[Optional
     batches = []
     cursor = after
     while cursor < upto:
-        rows = db.session.execute(
-            db.select(Activity).where(Activity.id > cursor, Activity.id <= upto)
-            .order_by(Activity.id).limit(5000)).scalars().all()
+        rows = (
+            db.session.execute(
+                db.select(Activity)
+                .where(Activity.id > cursor, Activity.id <= upto)
+                .order_by(Activity.id)
+                .limit(5000)
+            )
+            .scalars()
+            .all()
+        )
         if not rows:
             break
         events = [Event.of(a) for a in rows]

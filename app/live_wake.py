@@ -4,12 +4,13 @@ A process that commits activity publishes a wake-up; every process listening wak
 tailer, which then reads the activity log from its cursor. Publishing runs on a thread of
 its own so that a webhook response never waits on Redis or PostgreSQL.
 """
+
 from __future__ import annotations
 
 import logging
 import sqlite3
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
@@ -28,6 +29,8 @@ class Backend:
         self.stopped = stopped
         self.kick = threading.Event()
         self.listening = False
+        # Set while the listener is subscribed: a wake-up published from then on arrives.
+        self.subscribed = threading.Event()
         self.threads: list[threading.Thread] = []
 
     def start_publisher(self) -> None:
@@ -64,6 +67,7 @@ class Backend:
                 self._listen()
             except Exception:
                 log.warning("live %s listener lost; retrying", self.name, exc_info=True)
+            self.subscribed.clear()
             # Whatever was missed while reconnecting is read by the tailer's next pass.
             self.wake()
             self.stopped.wait(RETRY_SECONDS)
@@ -97,11 +101,16 @@ class RedisBackend(Backend):
 
     def _listen(self) -> None:
         client = self.redis.Redis.from_url(self.url, socket_connect_timeout=5)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()
         try:
             pubsub.subscribe(self.channel)
             while not self.stopped.is_set():
-                if pubsub.get_message(timeout=1.0) is not None:
+                message = pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":  # the confirmation: subscribed from here on
+                    self.subscribed.set()
+                else:
                     self.wake()
         finally:
             pubsub.close()
@@ -141,8 +150,10 @@ class PostgresBackend(Backend):
 
     def _listen(self) -> None:
         with self._connect() as conn:
-            conn.execute(self.psycopg.sql.SQL("LISTEN {}").format(
-                self.psycopg.sql.Identifier(self.channel)))
+            conn.execute(
+                self.psycopg.sql.SQL("LISTEN {}").format(self.psycopg.sql.Identifier(self.channel))
+            )
+            self.subscribed.set()
             while not self.stopped.is_set():
                 for _ in conn.notifies(timeout=1.0, stop_after=1):
                     self.wake()
@@ -170,6 +181,7 @@ class SqliteBackend(Backend):
         conn = sqlite3.connect(self.path, check_same_thread=False)
         try:
             seen = conn.execute("PRAGMA data_version").fetchone()[0]
+            self.subscribed.set()
             while not self.stopped.wait(self.interval):
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != seen:
@@ -179,8 +191,9 @@ class SqliteBackend(Backend):
             conn.close()
 
 
-def choose(config: dict, database_url: str, wake: Callable[[], None],
-           stopped: threading.Event) -> Optional[Backend]:
+def choose(
+    config: dict, database_url: str, wake: Callable[[], None], stopped: threading.Event
+) -> Backend | None:
     """The cross-process wake-up for this configuration: Redis when REDIS_URL is set,
     else LISTEN/NOTIFY on PostgreSQL, else the SQLite file watch; None disables it."""
     channel = str(config["LIVE_CHANNEL"])
@@ -191,6 +204,11 @@ def choose(config: dict, database_url: str, wake: Callable[[], None],
     if url.get_backend_name() == "postgresql":
         return PostgresBackend(wake, stopped, database_url, channel)
     interval = float(config["LIVE_SQLITE_WATCH_INTERVAL"] or 0)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and interval > 0:
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database
+        and url.database != ":memory:"
+        and interval > 0
+    ):
         return SqliteBackend(wake, stopped, url.database, interval)
     return None

@@ -3,6 +3,7 @@
 Plain `key=value` text by default; JSON lines (python-json-logger) when LOG_JSON is set.
 The same measurement feeds the webhook latency histogram of /metrics.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,7 @@ from .redaction import redact
 
 log = logging.getLogger("viberwatch.webhooks")
 
+
 class RedactSecrets(logging.Filter):
     """Rewrites each record's message with secret query values redacted (the development
     server logs every request line, ?token= included)."""
@@ -27,6 +29,7 @@ class RedactSecrets(logging.Filter):
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True
+
 
 FIELDS = ("endpoint", "requestId", "outcome", "status", "durationMs", "remoteAddr")
 # The spool's lines (app/ingest.py): when spooling starts, fails, and when a spool is drained.
@@ -73,10 +76,18 @@ class StderrHandler(logging.StreamHandler):
 def _handler(json_lines: bool, fields: tuple) -> logging.Handler:
     handler = StderrHandler()
     if json_lines:
-        handler.setFormatter(JsonFormatter("{levelname}{name}{message}", style="{", timestamp="time",
-                                           rename_fields={"levelname": "level", "name": "logger"}))
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}",
+                style="{",
+                timestamp="time",
+                rename_fields={"levelname": "level", "name": "logger"},
+            )
+        )
     else:
-        handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", fields))
+        handler.setFormatter(
+            KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", fields)
+        )
     handler.viberwatch = True  # marks our handler, replaced when the app is built again
     return handler
 
@@ -117,11 +128,17 @@ def _finish(response):
     outcome = _outcome(response.status_code)
     result = g.get("webhook_result")
     metrics.observe_webhook(endpoint, outcome, seconds)
-    log.info("webhook", extra={
-        "endpoint": endpoint, "requestId": result.request_id if result is not None else None,
-        "outcome": outcome, "status": response.status_code, "durationMs": round(seconds * 1000, 2),
-        "remoteAddr": request.remote_addr,
-    })
+    log.info(
+        "webhook",
+        extra={
+            "endpoint": endpoint,
+            "requestId": result.request_id if result is not None else None,
+            "outcome": outcome,
+            "status": response.status_code,
+            "durationMs": round(seconds * 1000, 2),
+            "remoteAddr": request.remote_addr,
+        },
+    )
     return response
 
 
@@ -132,15 +149,26 @@ def _failed(exc):
         seconds = time.perf_counter() - started
         endpoint = _endpoint() or "unknown"
         metrics.observe_webhook(endpoint, "error", seconds)
-        log.error("webhook", extra={"endpoint": endpoint, "requestId": None, "outcome": "error",
-                                    "status": 500, "durationMs": round(seconds * 1000, 2),
-                                    "remoteAddr": request.remote_addr})
+        log.error(
+            "webhook",
+            extra={
+                "endpoint": endpoint,
+                "requestId": None,
+                "outcome": "error",
+                "status": 500,
+                "durationMs": round(seconds * 1000, 2),
+                "remoteAddr": request.remote_addr,
+            },
+        )
 
 
 def register(app: Flask) -> None:
-    app.config.setdefault("LOG_JSON", False)
     value = app.config["LOG_JSON"]
-    json_lines = value.strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
+    json_lines = (
+        value.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(value, str)
+        else bool(value)
+    )
     configure(json_lines)
     server_log = logging.getLogger("werkzeug")
     if not any(isinstance(f, RedactSecrets) for f in server_log.filters):

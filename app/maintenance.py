@@ -1,16 +1,28 @@
 """Data at scale: the `seed`, `purge` and `rebuild` commands, and purging in batches."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Callable, Optional
 
 import click
 from flask import Flask, current_app
 from sqlalchemy import func
 
 from . import rollup, tally
-from .models import Activity, Contact, Message, MessageTally, OutcomeHour, RawBody, Receipt, Reply, db, utcnow
+from .models import (
+    Activity,
+    Contact,
+    Message,
+    MessageTally,
+    OutcomeHour,
+    RawBody,
+    Receipt,
+    Reply,
+    db,
+    utcnow,
+)
 
 AGE_RE = re.compile(r"\A(\d+)\s*([dhw])\Z")
 AGE_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
@@ -29,15 +41,28 @@ def _recount_contacts(phones: set[str]) -> None:
     if not phones:
         return
     phones_list = sorted(phones)
-    messages = dict(db.session.execute(
-        db.select(Message.phone, func.count()).where(Message.phone.in_(phones_list))
-        .group_by(Message.phone)).all())
-    messages_activity = dict(db.session.execute(
-        db.select(Message.phone, func.max(Message.last_activity_at)).where(Message.phone.in_(phones_list))
-        .group_by(Message.phone)).all())
-    replies = {p: (n, last) for p, n, last in db.session.execute(
-        db.select(Reply.phone, func.count(), func.max(Reply.received_at))
-        .where(Reply.phone.in_(phones_list)).group_by(Reply.phone)).all()}
+    messages = dict(
+        db.session.execute(
+            db.select(Message.phone, func.count())
+            .where(Message.phone.in_(phones_list))
+            .group_by(Message.phone)
+        ).all()
+    )
+    messages_activity = dict(
+        db.session.execute(
+            db.select(Message.phone, func.max(Message.last_activity_at))
+            .where(Message.phone.in_(phones_list))
+            .group_by(Message.phone)
+        ).all()
+    )
+    replies = {
+        p: (n, last)
+        for p, n, last in db.session.execute(
+            db.select(Reply.phone, func.count(), func.max(Reply.received_at))
+            .where(Reply.phone.in_(phones_list))
+            .group_by(Reply.phone)
+        ).all()
+    }
     gone = [p for p in phones_list if not messages.get(p) and p not in replies]
     if gone:
         db.session.execute(db.delete(Contact).where(Contact.phone.in_(gone)))
@@ -46,43 +71,78 @@ def _recount_contacts(phones: set[str]) -> None:
             continue
         n_replies, last_reply = replies.get(phone, (0, None))
         latest = [t for t in (messages_activity.get(phone), last_reply) if t is not None]
-        db.session.execute(db.update(Contact).where(Contact.phone == phone).values(
-            messages_count=messages.get(phone, 0), replies_count=n_replies, last_reply_at=last_reply,
-            last_activity_at=max(latest)))
+        db.session.execute(
+            db.update(Contact)
+            .where(Contact.phone == phone)
+            .values(
+                messages_count=messages.get(phone, 0),
+                replies_count=n_replies,
+                last_reply_at=last_reply,
+                last_activity_at=max(latest),
+            )
+        )
 
 
 def purge_batch(request_ids: list[str]) -> dict[str, int]:
     """Delete these messages and everything recorded about them, in the current transaction."""
-    raw_ids = list(db.session.execute(
-        db.select(RawBody.id).where(RawBody.request_id.in_(request_ids))).scalars())
-    phones = set(db.session.execute(
-        db.select(Message.phone).where(Message.request_id.in_(request_ids), Message.phone.is_not(None))
-    ).scalars())
-    phones |= set(db.session.execute(
-        db.select(Reply.phone).where(Reply.trace_request_id.in_(request_ids))).scalars())
+    raw_ids = list(
+        db.session.execute(
+            db.select(RawBody.id).where(RawBody.request_id.in_(request_ids))
+        ).scalars()
+    )
+    phones = set(
+        db.session.execute(
+            db.select(Message.phone).where(
+                Message.request_id.in_(request_ids), Message.phone.is_not(None)
+            )
+        ).scalars()
+    )
+    phones |= set(
+        db.session.execute(
+            db.select(Reply.phone).where(Reply.trace_request_id.in_(request_ids))
+        ).scalars()
+    )
     counts = {}
     # Children first: activity, receipts and replies point at the raw bodies.
-    counts["activity"] = db.session.execute(
-        db.delete(Activity).where(Activity.raw_id.in_(raw_ids)),
-        execution_options={"synchronize_session": False}).rowcount if raw_ids else 0
+    counts["activity"] = (
+        db.session.execute(
+            db.delete(Activity).where(Activity.raw_id.in_(raw_ids)),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+        if raw_ids
+        else 0
+    )
     counts["receipt"] = db.session.execute(
         db.delete(Receipt).where(Receipt.request_id.in_(request_ids)),
-        execution_options={"synchronize_session": False}).rowcount
+        execution_options={"synchronize_session": False},
+    ).rowcount
     counts["reply"] = db.session.execute(
         db.delete(Reply).where(Reply.trace_request_id.in_(request_ids)),
-        execution_options={"synchronize_session": False}).rowcount
-    counts["raw_body"] = db.session.execute(
-        db.delete(RawBody).where(RawBody.id.in_(raw_ids)),
-        execution_options={"synchronize_session": False}).rowcount if raw_ids else 0
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    counts["raw_body"] = (
+        db.session.execute(
+            db.delete(RawBody).where(RawBody.id.in_(raw_ids)),
+            execution_options={"synchronize_session": False},
+        ).rowcount
+        if raw_ids
+        else 0
+    )
     counts["message"] = db.session.execute(
         db.delete(Message).where(Message.request_id.in_(request_ids)),
-        execution_options={"synchronize_session": False}).rowcount
+        execution_options={"synchronize_session": False},
+    ).rowcount
     _recount_contacts(phones)
     return counts
 
 
-def purge(older_than: timedelta, *, batch_size: int = 2000, now: Optional[datetime] = None,
-          progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+def purge(
+    older_than: timedelta,
+    *,
+    batch_size: int = 2000,
+    now: datetime | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, int]:
     """Delete messages whose last activity is older than `older_than`, and rejected bodies as old.
 
     One transaction per batch, so a long purge never holds the database for long and can be
@@ -91,9 +151,14 @@ def purge(older_than: timedelta, *, batch_size: int = 2000, now: Optional[dateti
     cutoff = (now or utcnow()) - older_than
     totals = {"message": 0, "receipt": 0, "reply": 0, "raw_body": 0, "activity": 0}
     while True:
-        ids = list(db.session.execute(
-            db.select(Message.request_id).where(Message.last_activity_at < cutoff)
-            .order_by(Message.last_activity_at, Message.request_id).limit(batch_size)).scalars())
+        ids = list(
+            db.session.execute(
+                db.select(Message.request_id)
+                .where(Message.last_activity_at < cutoff)
+                .order_by(Message.last_activity_at, Message.request_id)
+                .limit(batch_size)
+            ).scalars()
+        )
         if not ids:
             break
         for name, n in purge_batch(ids).items():
@@ -102,15 +167,23 @@ def purge(older_than: timedelta, *, batch_size: int = 2000, now: Optional[dateti
         progress(len(ids))
     # Bodies that never became a message (rejected, refused) age out too.
     while True:
-        ids = list(db.session.execute(
-            db.select(RawBody.id).where(RawBody.received_at < cutoff,
-                                        RawBody.outcome.in_(("rejected", "refused", "pending")))
-            .order_by(RawBody.received_at).limit(batch_size)).scalars())
+        ids = list(
+            db.session.execute(
+                db.select(RawBody.id)
+                .where(
+                    RawBody.received_at < cutoff,
+                    RawBody.outcome.in_(("rejected", "refused", "pending")),
+                )
+                .order_by(RawBody.received_at)
+                .limit(batch_size)
+            ).scalars()
+        )
         if not ids:
             break
         totals["raw_body"] += db.session.execute(
             db.delete(RawBody).where(RawBody.id.in_(ids)),
-            execution_options={"synchronize_session": False}).rowcount
+            execution_options={"synchronize_session": False},
+        ).rowcount
         db.session.commit()
     recount()
     return totals
@@ -124,14 +197,26 @@ def recount() -> dict[str, int]:
 
 def _counted() -> dict[str, dict]:
     """What the tally and the rollups count now (rows that count nothing left out)."""
-    out = {"message_tally": {(r.day, r.status, r.code, r.anomaly): r.n
-                             for r in db.session.execute(db.select(MessageTally)).scalars() if r.n}}
-    out["outcome_hour"] = {tuple(getattr(r, c) for c in rollup.OUTCOME_KEY):
-                           tuple(round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS)
-                           for r in db.session.execute(db.select(OutcomeHour)).scalars() if r.n}
+    out = {
+        "message_tally": {
+            (r.day, r.status, r.code, r.anomaly): r.n
+            for r in db.session.execute(db.select(MessageTally)).scalars()
+            if r.n
+        }
+    }
+    out["outcome_hour"] = {
+        tuple(getattr(r, c) for c in rollup.OUTCOME_KEY): tuple(
+            round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS
+        )
+        for r in db.session.execute(db.select(OutcomeHour)).scalars()
+        if r.n
+    }
     for model, names, _period in rollup.LATENCY_TABLES:
-        out[model.__tablename__] = {tuple(getattr(r, c) for c in names): (r.n, r.low, r.high)
-                                    for r in db.session.execute(db.select(model)).scalars() if r.n}
+        out[model.__tablename__] = {
+            tuple(getattr(r, c) for c in names): (r.n, r.low, r.high)
+            for r in db.session.execute(db.select(model)).scalars()
+            if r.n
+        }
     return out
 
 
@@ -140,13 +225,18 @@ def _recounted() -> dict[str, dict]:
     out = {"message_tally": {k: n for k, n in tally.recounted().items() if n}}
     for model, rows in rollup.recounted():
         if model is OutcomeHour:
-            out[model.__tablename__] = {tuple(r[c] for c in rollup.OUTCOME_KEY):
-                                        tuple(round(float(r[c]), 6) for c in rollup.OUTCOME_SUMS)
-                                        for r in rows if r["n"]}
+            out[model.__tablename__] = {
+                tuple(r[c] for c in rollup.OUTCOME_KEY): tuple(
+                    round(float(r[c]), 6) for c in rollup.OUTCOME_SUMS
+                )
+                for r in rows
+                if r["n"]
+            }
         else:
             names = next(n for m, n, _ in rollup.LATENCY_TABLES if m is model)
-            out[model.__tablename__] = {tuple(r[c] for c in names): (r["n"], r["low"], r["high"])
-                                        for r in rows if r["n"]}
+            out[model.__tablename__] = {
+                tuple(r[c] for c in names): (r["n"], r["low"], r["high"]) for r in rows if r["n"]
+            }
     return out
 
 
@@ -170,36 +260,63 @@ def recount_differences(limit: int = 10) -> list[str]:
     return found[:limit] + ([f"... {len(found) - limit} more"] if len(found) > limit else [])
 
 
-def count_older(older_than: timedelta, now: Optional[datetime] = None) -> int:
+def count_older(older_than: timedelta, now: datetime | None = None) -> int:
     cutoff = (now or utcnow()) - older_than
     return db.session.execute(
-        db.select(func.count()).select_from(Message).where(Message.last_activity_at < cutoff)).scalar()
+        db.select(func.count()).select_from(Message).where(Message.last_activity_at < cutoff)
+    ).scalar()
 
 
 def register(app: Flask) -> None:
     @app.cli.command("seed")
-    @click.option("--messages", "count", type=click.IntRange(min=1), required=True,
-                  help="How many messages to add.")
-    @click.option("--replies", type=click.IntRange(min=0), default=None,
-                  help="About how many replies (default: a fifth of the messages).")
-    @click.option("--days", type=click.FloatRange(min=1), default=120.0, show_default=True,
-                  help="Spread the messages over this many past days.")
-    @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True)
+    @click.option(
+        "--messages",
+        "count",
+        type=click.IntRange(min=1),
+        required=True,
+        help="How many messages to add.",
+    )
+    @click.option(
+        "--replies",
+        type=click.IntRange(min=0),
+        default=None,
+        help="About how many replies (default: a fifth of the messages).",
+    )
+    @click.option(
+        "--days",
+        type=click.FloatRange(min=1),
+        default=120.0,
+        show_default=True,
+        help="Spread the messages over this many past days.",
+    )
+    @click.option(
+        "--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True
+    )
     @click.option("--random-seed", type=int, default=None, help="Make the data reproducible.")
     def seed_command(count, replies, days, batch_size, random_seed):
         """Fill the database with realistic messages, receipts, replies and contacts."""
         from .seed import seed
 
         with click.progressbar(length=count, label="seeding messages", show_pos=True) as bar:
-            written = seed(count, replies=replies, days=days, batch_size=batch_size,
-                           random_seed=random_seed, zone=current_app.extensions["viberwatch.sendtime_zone"],
-                           progress=bar.update)
+            written = seed(
+                count,
+                replies=replies,
+                days=days,
+                batch_size=batch_size,
+                random_seed=random_seed,
+                zone=current_app.extensions["viberwatch.sendtime_zone"],
+                progress=bar.update,
+            )
         recount()
         click.echo("written: " + ", ".join(f"{n} {name}" for name, n in written.items()))
 
     @app.cli.command("purge")
-    @click.option("--older-than", required=True, help="Age of the last activity, e.g. 90d, 12h, 2w.")
-    @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True)
+    @click.option(
+        "--older-than", required=True, help="Age of the last activity, e.g. 90d, 12h, 2w."
+    )
+    @click.option(
+        "--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True
+    )
     def purge_command(older_than, batch_size):
         """Delete messages whose last activity is older than the given age, in batches."""
         try:
@@ -214,7 +331,9 @@ def register(app: Flask) -> None:
 
     @app.cli.command("rebuild")
     @click.option("--check", is_flag=True, help="Only report differences, change nothing.")
-    @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True)
+    @click.option(
+        "--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True
+    )
     def rebuild_command(check, batch_size):
         """Recompute every message from the raw record and report any difference."""
         from .rebuild import rebuild

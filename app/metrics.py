@@ -10,22 +10,29 @@ process, so a counter kept in memory would show one worker's share on each scrap
   PROMETHEUS_MULTIPROC_DIR (an empty directory, wiped before the server starts), and are
   per process otherwise.
 """
+
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 import threading
 
 from flask import Blueprint, Flask, Response, abort, current_app, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import ingest
+from . import config
 from .models import AlertState, Message, RawBody, db
+from .records import ingest
 from .security import parse_networks, request_client_address
 
 bp = Blueprint("metrics", __name__)
@@ -34,19 +41,28 @@ bp = Blueprint("metrics", __name__)
 LIVE_SAMPLE_SECONDS = 5.0
 
 WEBHOOK_SECONDS = Histogram(
-    "viberwatch_webhook_duration_seconds", "Time to answer a webhook request, by endpoint and outcome.",
-    ["endpoint", "outcome"], registry=None,
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+    "viberwatch_webhook_duration_seconds",
+    "Time to answer a webhook request, by endpoint and outcome.",
+    ["endpoint", "outcome"],
+    registry=None,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 INGEST_BATCH = Histogram(
-    "viberwatch_ingest_batch_bodies", "Bodies applied per ingest transaction (group commit).",
-    registry=None, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+    "viberwatch_ingest_batch_bodies",
+    "Bodies applied per ingest transaction (group commit).",
+    registry=None,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 LIVE_CONNECTIONS = Gauge(
-    "viberwatch_live_connections", "Open live (WebSocket) connections.", registry=None,
-    multiprocess_mode="livesum")
+    "viberwatch_live_connections",
+    "Open live (WebSocket) connections.",
+    registry=None,
+    multiprocess_mode="livesum",
+)
 
 
 def multiprocess() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return bool(config.process("PROMETHEUS_MULTIPROC_DIR"))
 
 
 def _address_in(address: str, networks: list) -> bool:
@@ -74,22 +90,32 @@ class DatabaseCollector:
     """Metrics read from the database at scrape time."""
 
     def collect(self):
-        webhooks = CounterMetricFamily("viberwatch_webhooks_received",
-                                       "Bodies received, by endpoint and outcome (from the raw record).",
-                                       labels=["endpoint", "outcome"])
+        webhooks = CounterMetricFamily(
+            "viberwatch_webhooks_received",
+            "Bodies received, by endpoint and outcome (from the raw record).",
+            labels=["endpoint", "outcome"],
+        )
         for endpoint, outcome, n in db.session.execute(
-                db.select(RawBody.endpoint, RawBody.outcome, func.count())
-                .group_by(RawBody.endpoint, RawBody.outcome)):
+            db.select(RawBody.endpoint, RawBody.outcome, func.count()).group_by(
+                RawBody.endpoint, RawBody.outcome
+            )
+        ):
             webhooks.add_metric([endpoint, outcome], n)
         yield webhooks
-        messages = GaugeMetricFamily("viberwatch_messages", "Messages by current status.", labels=["status"])
+        messages = GaugeMetricFamily(
+            "viberwatch_messages", "Messages by current status.", labels=["status"]
+        )
         for status, n in db.session.execute(
-                db.select(Message.status, func.count()).group_by(Message.status)):
+            db.select(Message.status, func.count()).group_by(Message.status)
+        ):
             messages.add_metric([status or "pending"], n)
         yield messages
-        firing = GaugeMetricFamily("viberwatch_alert_firing", "1 while an alert rule fires.", labels=["rule"])
-        value = GaugeMetricFamily("viberwatch_alert_value", "The last measured value of an alert rule.",
-                                  labels=["rule"])
+        firing = GaugeMetricFamily(
+            "viberwatch_alert_firing", "1 while an alert rule fires.", labels=["rule"]
+        )
+        value = GaugeMetricFamily(
+            "viberwatch_alert_value", "The last measured value of an alert rule.", labels=["rule"]
+        )
         configured = {r.name for r in current_app.extensions.get("viberwatch.alert_rules", [])}
         for state in db.session.execute(db.select(AlertState).order_by(AlertState.rule)).scalars():
             if state.rule not in configured:
@@ -109,23 +135,33 @@ class SpoolCollector:
 
     def collect(self):
         waiting = self.status()
-        yield GaugeMetricFamily("viberwatch_spool_bodies",
-                                "Bodies kept in the spool, waiting for the database.", value=waiting.bodies)
-        yield GaugeMetricFamily("viberwatch_spool_oldest_seconds",
-                                "Age of the oldest body waiting in the spool (0 when none).",
-                                value=waiting.as_json()["oldest_seconds"])
+        yield GaugeMetricFamily(
+            "viberwatch_spool_bodies",
+            "Bodies kept in the spool, waiting for the database.",
+            value=waiting.bodies,
+        )
+        yield GaugeMetricFamily(
+            "viberwatch_spool_oldest_seconds",
+            "Age of the oldest body waiting in the spool (0 when none).",
+            value=waiting.as_json()["oldest_seconds"],
+        )
 
 
 def _allowed() -> bool:
     cfg = current_app.config
-    token, networks = cfg.get("METRICS_TOKEN"), current_app.extensions["viberwatch.metrics_networks"]
+    token, networks = (
+        cfg.get("METRICS_TOKEN"),
+        current_app.extensions["viberwatch.metrics_networks"],
+    )
     if not token and not networks:
         abort(404)
     if networks and not _address_in(request_client_address(), networks):
         return False
     if token:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), str(token).encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), str(token).encode()
+        ):
             return False
     return True
 
@@ -134,8 +170,12 @@ def _allowed() -> bool:
 def scrape():
     """Prometheus metrics; needs the bearer token and/or an allowed source address."""
     if not _allowed():
-        return Response('{"error": "metrics: a valid bearer token or an allowed address is required", '
-                        '"field": "Authorization"}', 403, content_type="application/json")
+        return Response(
+            '{"error": "metrics: a valid bearer token or an allowed address is required", '
+            '"field": "Authorization"}',
+            403,
+            content_type="application/json",
+        )
     registry = CollectorRegistry()
     if multiprocess():
         MultiProcessCollector(registry)
@@ -178,10 +218,9 @@ class LiveSampler:
 
 def register(app: Flask) -> None:
     ingest.batch_committed.connect(observe_ingest_batch, sender=app)
-    app.config.setdefault("METRICS_TOKEN", None)
-    app.config.setdefault("METRICS_ALLOW_NETWORKS", "")
     app.extensions["viberwatch.metrics_networks"] = parse_networks(
-        app.config["METRICS_ALLOW_NETWORKS"], "METRICS_ALLOW_NETWORKS")
+        app.config["METRICS_ALLOW_NETWORKS"], "METRICS_ALLOW_NETWORKS"
+    )
     app.register_blueprint(bp)
     if multiprocess():
         sampler = LiveSampler(app)

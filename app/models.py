@@ -1,8 +1,8 @@
 """The append-only raw record and the tables derived from it."""
+
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
-from typing import Optional
+from datetime import UTC, date, datetime
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
@@ -34,16 +34,16 @@ class UTCDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -63,18 +63,18 @@ class RawBody(db.Model):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     endpoint: Mapped[str] = mapped_column(String(32))  # dr | message | register
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    content_type: Mapped[Optional[str]] = mapped_column(String(255))
+    content_type: Mapped[str | None] = mapped_column(String(255))
     body: Mapped[bytes] = mapped_column(LargeBinary)
-    headers: Mapped[Optional[str]] = mapped_column(Text)  # JSON object of the headers that matter
-    remote_addr: Mapped[Optional[str]] = mapped_column(String(64))
+    headers: Mapped[str | None] = mapped_column(Text)  # JSON object of the headers that matter
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
     # accepted | duplicate | rejected | refused (authentication)
     outcome: Mapped[str] = mapped_column(String(16))
     http_status: Mapped[int] = mapped_column(Integer)
-    reason: Mapped[Optional[str]] = mapped_column(Text)
-    request_id: Mapped[Optional[str]] = mapped_column(String(128))
-    reprocessed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    reprocessed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # "file:number" of the spool record it was applied from (app/spool.py), else NULL.
-    spooled: Mapped[Optional[str]] = mapped_column(String(200))
+    spooled: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         Index("ix_raw_body_outcome_id", "outcome", "id"),
@@ -90,32 +90,32 @@ class Message(db.Model):
 
     __tablename__ = "message"
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    phone: Mapped[Optional[str]] = mapped_column(String(64))
+    phone: Mapped[str | None] = mapped_column(String(64))
     # Registration, from the sending system.
-    registered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    text: Mapped[Optional[str]] = mapped_column(Text)
-    appkey: Mapped[Optional[str]] = mapped_column(String(128))
-    function_type: Mapped[Optional[str]] = mapped_column(String(64))
+    registered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    text: Mapped[str | None] = mapped_column(Text)
+    appkey: Mapped[str | None] = mapped_column(String(128))
+    function_type: Mapped[str | None] = mapped_column(String(64))
     # Folded from the receipts (status.fold); NULL status means registered, no receipt yet.
-    status: Mapped[Optional[str]] = mapped_column(String(16))
-    code: Mapped[Optional[int]] = mapped_column(Integer)
-    code_message: Mapped[Optional[str]] = mapped_column(Text)
-    send_time_raw: Mapped[Optional[str]] = mapped_column(String(32))
-    send_time: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    accepted_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    delivered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    seen_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    failed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    expired_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    cost_currency: Mapped[Optional[str]] = mapped_column(String(16))
-    cost_local_price: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
-    cost_original_price: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
-    cost_rate_type: Mapped[Optional[str]] = mapped_column(String(32))
-    anomalies: Mapped[Optional[str]] = mapped_column(Text)  # "; "-joined, NULL when none
+    status: Mapped[str | None] = mapped_column(String(16))
+    code: Mapped[int | None] = mapped_column(Integer)
+    code_message: Mapped[str | None] = mapped_column(Text)
+    send_time_raw: Mapped[str | None] = mapped_column(String(32))
+    send_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cost_currency: Mapped[str | None] = mapped_column(String(16))
+    cost_local_price: Mapped[float | None] = mapped_column(Numeric(18, 6, asdecimal=False))
+    cost_original_price: Mapped[float | None] = mapped_column(Numeric(18, 6, asdecimal=False))
+    cost_rate_type: Mapped[str | None] = mapped_column(String(32))
+    anomalies: Mapped[str | None] = mapped_column(Text)  # "; "-joined, NULL when none
     anomaly: Mapped[bool] = mapped_column(Boolean, default=False)
     receipts_count: Mapped[int] = mapped_column(Integer, default=0)
     replies_count: Mapped[int] = mapped_column(Integer, default=0)
-    last_reply_text: Mapped[Optional[str]] = mapped_column(Text)
+    last_reply_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -144,18 +144,20 @@ class Receipt(db.Model):
     message: Mapped[str] = mapped_column(Text)
     send_time_raw: Mapped[str] = mapped_column(String(32))
     send_time: Mapped[datetime] = mapped_column(UTCDateTime)
-    cost_currency: Mapped[Optional[str]] = mapped_column(String(16))
-    cost_local_price: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
-    cost_original_price: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
-    cost_rate_type: Mapped[Optional[str]] = mapped_column(String(32))
+    cost_currency: Mapped[str | None] = mapped_column(String(16))
+    cost_local_price: Mapped[float | None] = mapped_column(Numeric(18, 6, asdecimal=False))
+    cost_original_price: Mapped[float | None] = mapped_column(Numeric(18, 6, asdecimal=False))
+    cost_rate_type: Mapped[str | None] = mapped_column(String(32))
     has_cost: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     times_received: Mapped[int] = mapped_column(Integer, default=1)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     # raw_id indexed so deleting raw bodies (purge) finds the rows that point at them.
-    __table_args__ = (Index("ix_receipt_request_id", "request_id", "received_at"),
-                      Index("ix_receipt_raw_id", "raw_id"))
+    __table_args__ = (
+        Index("ix_receipt_request_id", "request_id", "received_at"),
+        Index("ix_receipt_raw_id", "raw_id"),
+    )
 
 
 class Reply(db.Model):
@@ -168,9 +170,9 @@ class Reply(db.Model):
     phone: Mapped[str] = mapped_column(String(64))
     appkey: Mapped[str] = mapped_column(String(128))
     trace_request_id: Mapped[str] = mapped_column(String(128))
-    text: Mapped[Optional[str]] = mapped_column(Text)
-    media: Mapped[Optional[str]] = mapped_column(Text)
-    file_name: Mapped[Optional[str]] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    media: Mapped[str | None] = mapped_column(Text)
+    file_name: Mapped[str | None] = mapped_column(Text)
     send_time_raw: Mapped[str] = mapped_column(String(32))
     send_time: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -191,10 +193,10 @@ class Contact(db.Model):
     phone: Mapped[str] = mapped_column(String(64), primary_key=True)
     messages_count: Mapped[int] = mapped_column(Integer, default=0)
     replies_count: Mapped[int] = mapped_column(Integer, default=0)
-    last_preview: Mapped[Optional[str]] = mapped_column(Text)
+    last_preview: Mapped[str | None] = mapped_column(Text)
     # When the message the preview shows arrived: a later message replaces it, never an older one.
-    last_preview_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    last_reply_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    last_preview_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_reply_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_contact_activity", "last_activity_at", "phone"),)
@@ -212,15 +214,17 @@ class SendAttempt(db.Model):
     text: Mapped[str] = mapped_column(Text)
     rate_type: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     outcome: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
     # NXCLOUD's code (0 when sent); NULL when NXCLOUD never answered.
-    error_code: Mapped[Optional[int]] = mapped_column(Integer)
-    error_kind: Mapped[Optional[str]] = mapped_column(String(16))  # nxcloud | timeout | network | answer | config
-    error_reason: Mapped[Optional[str]] = mapped_column(Text)
-    error_solution: Mapped[Optional[str]] = mapped_column(Text)
-    request_id: Mapped[Optional[str]] = mapped_column(String(128))
-    user: Mapped[Optional[str]] = mapped_column(String(64))  # who sent it, when known
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_kind: Mapped[str | None] = mapped_column(
+        String(16)
+    )  # nxcloud | timeout | network | answer | config
+    error_reason: Mapped[str | None] = mapped_column(Text)
+    error_solution: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    user: Mapped[str | None] = mapped_column(String(64))  # who sent it, when known
 
     __table_args__ = (Index("ix_send_attempt_phone", "phone", "created_at"),)
 
@@ -232,13 +236,16 @@ class Activity(db.Model):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))  # receipt | reply | register
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    request_id: Mapped[Optional[str]] = mapped_column(String(128))
-    phone: Mapped[Optional[str]] = mapped_column(String(64))
-    status: Mapped[Optional[str]] = mapped_column(String(16))
-    raw_id: Mapped[Optional[int]] = mapped_column(ForeignKey("raw_body.id"))
-    summary: Mapped[Optional[str]] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    phone: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(16))
+    raw_id: Mapped[int | None] = mapped_column(ForeignKey("raw_body.id"))
+    summary: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_activity_created_at", "created_at"), Index("ix_activity_raw_id", "raw_id"))
+    __table_args__ = (
+        Index("ix_activity_created_at", "created_at"),
+        Index("ix_activity_raw_id", "raw_id"),
+    )
 
 
 class AlertState(db.Model):
@@ -248,10 +255,10 @@ class AlertState(db.Model):
     rule: Mapped[str] = mapped_column(String(64), primary_key=True)
     firing: Mapped[bool] = mapped_column(Boolean, default=False)
     episode: Mapped[int] = mapped_column(Integer, default=0)  # bumped each time it starts firing
-    since: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)  # when the current state began
-    value: Mapped[Optional[float]] = mapped_column(Numeric(18, 6, asdecimal=False))
-    summary: Mapped[Optional[str]] = mapped_column(Text)
-    checked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when the current state began
+    value: Mapped[float | None] = mapped_column(Numeric(18, 6, asdecimal=False))
+    summary: Mapped[str | None] = mapped_column(Text)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AlertNotice(db.Model):
@@ -266,9 +273,9 @@ class AlertNotice(db.Model):
     payload: Mapped[str] = mapped_column(Text)  # the JSON body that is posted
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # NULL once nothing is left to do (delivered, given up, or no alert URL configured).
-    next_attempt_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    delivered_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    gave_up_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_alert_notice_due", "next_attempt_at"),
@@ -285,8 +292,8 @@ class AlertAttempt(db.Model):
     number: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     url: Mapped[str] = mapped_column(Text)
-    http_status: Mapped[Optional[int]] = mapped_column(Integer)
-    error: Mapped[Optional[str]] = mapped_column(Text)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
     ok: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("ix_alert_attempt_notice", "notice_id", "number"),)
@@ -300,7 +307,7 @@ class User(db.Model):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_login_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # Flask-Login's user interface. The id it keeps in the cookie is the sign-in's own
     # session token (UserSession), set when the user is loaded for a request.
@@ -324,7 +331,7 @@ class UserSession(db.Model):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    ended_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_user_session_user", "user_id", "ended_at"),)
 
@@ -338,8 +345,8 @@ class ApiToken(db.Model):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to tell tokens apart
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_used_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
-    revoked_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class LoginFailure(db.Model):
@@ -363,7 +370,7 @@ class RefusedTally(db.Model):
     __tablename__ = "refused_tally"
     minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     dropped: Mapped[int] = mapped_column(Integer, default=0)
-    last_reason: Mapped[Optional[str]] = mapped_column(Text)
+    last_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class SpoolMark(db.Model):

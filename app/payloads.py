@@ -4,14 +4,15 @@ Every field is untrusted. A problem is reported as `Invalid(status, field, reaso
 400 when the body is not JSON at all, 415 for a wrong content type, 422 when it is JSON
 but not what the contract documents.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any, Optional
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from .status import STATUSES
@@ -38,7 +39,7 @@ def parse_zone(name: str) -> tzinfo:
     """'UTC+08:00', '+8', 'UTC' or an IANA name such as 'Asia/Shanghai'."""
     name = name.strip()
     if name.upper() in ("UTC", "GMT", "Z"):
-        return timezone.utc
+        return UTC
     m = OFFSET_RE.match(name.upper())
     if m:
         sign = 1 if m.group(1) == "+" else -1
@@ -56,7 +57,7 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json_object(body: bytes, content_type: Optional[str]) -> dict:
+def parse_json_object(body: bytes, content_type: str | None) -> dict:
     """Decode a request body into a JSON object, or raise Invalid naming what is wrong."""
     mimetype = (content_type or "").split(";", 1)[0].strip().lower()
     if mimetype != "application/json":
@@ -117,8 +118,15 @@ def _type_name(value: Any) -> str:
     return "object"
 
 
-def _string(data: dict, field: str, path: str = "", *, required: bool = True, empty: bool = False,
-            max_length: int = MAX_TEXT_LENGTH) -> Optional[str]:
+def _string(
+    data: dict,
+    field: str,
+    path: str = "",
+    *,
+    required: bool = True,
+    empty: bool = False,
+    max_length: int = MAX_TEXT_LENGTH,
+) -> str | None:
     name = path + field
     if field not in data or data[field] is None:
         if required:
@@ -147,7 +155,7 @@ def _integer(data: dict, field: str) -> int:
     return value
 
 
-def _number(data: dict, field: str, path: str) -> Optional[float]:
+def _number(data: dict, field: str, path: str) -> float | None:
     if field not in data or data[field] is None:
         return None
     value = data[field]
@@ -167,7 +175,7 @@ def parse_send_time(raw: str, zone: tzinfo, field: str = "sendTime") -> datetime
     except ValueError:
         raise Invalid(422, field, "is not a valid date and time") from None
     try:
-        return local.replace(tzinfo=zone).astimezone(timezone.utc)
+        return local.replace(tzinfo=zone).astimezone(UTC)
     except (OverflowError, ValueError):
         # Year 1 east of UTC (or 9999 west of it) has no UTC time that Python can hold.
         raise Invalid(422, field, "out of range once converted to UTC") from None
@@ -176,15 +184,15 @@ def parse_send_time(raw: str, zone: tzinfo, field: str = "sendTime") -> datetime
 def content_hash(kind: str, data: dict) -> str:
     """Identity of a push: the same JSON content (whatever its spacing or key order) hashes the same."""
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{kind}\n{canonical}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{kind}\n{canonical}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class Cost:
-    currency: Optional[str]
-    local_price: Optional[float]
-    original_price: Optional[float]
-    rate_type: Optional[str]
+    currency: str | None
+    local_price: float | None
+    original_price: float | None
+    rate_type: str | None
 
 
 @dataclass(frozen=True)
@@ -195,7 +203,7 @@ class ReceiptIn:
     message: str
     send_time_raw: str
     send_time: datetime
-    cost: Optional[Cost]
+    cost: Cost | None
     content_hash: str
 
 
@@ -204,9 +212,9 @@ class ReplyIn:
     phone: str
     appkey: str
     trace_request_id: str
-    text: Optional[str]
-    media: Optional[str]
-    file_name: Optional[str]
+    text: str | None
+    media: str | None
+    file_name: str | None
     send_time_raw: str
     send_time: datetime
     content_hash: str
@@ -216,9 +224,9 @@ class ReplyIn:
 class RegistrationIn:
     request_id: str
     phone: str
-    text: Optional[str]
-    appkey: Optional[str]
-    function_type: Optional[str]
+    text: str | None
+    appkey: str | None
+    function_type: str | None
     content_hash: str
 
 
@@ -242,8 +250,9 @@ def parse_receipt(data: dict, zone: tzinfo) -> ReceiptIn:
             original_price=_number(raw_cost, "originalPrice", "cost."),
             rate_type=_string(raw_cost, "rateType", "cost.", required=False, max_length=32),
         )
-    return ReceiptIn(status, request_id, code, message, send_time_raw, send_time, cost,
-                     content_hash("dr", data))
+    return ReceiptIn(
+        status, request_id, code, message, send_time_raw, send_time, cost, content_hash("dr", data)
+    )
 
 
 def parse_reply(data: dict, zone: tzinfo) -> ReplyIn:
@@ -257,13 +266,24 @@ def parse_reply(data: dict, zone: tzinfo) -> ReplyIn:
         raise Invalid(422, "message", f"must be an object, got {_type_name(message)}")
     text = _string(message, "text", "message.", required=False, empty=True)
     media = _string(message, "media", "message.", required=False, max_length=4096)
-    file_name = _string(message, "fileName", "message.", required=False, empty=True, max_length=1024)
+    file_name = _string(
+        message, "fileName", "message.", required=False, empty=True, max_length=1024
+    )
     if text is None and media is None:
         raise Invalid(422, "message", "must carry text, or media with fileName")
     send_time_raw = _string(data, "sendTime", max_length=32)
     send_time = parse_send_time(send_time_raw, zone)
-    return ReplyIn(phone, appkey, trace, text, media, file_name, send_time_raw, send_time,
-                   content_hash("message", data))
+    return ReplyIn(
+        phone,
+        appkey,
+        trace,
+        text,
+        media,
+        file_name,
+        send_time_raw,
+        send_time,
+        content_hash("message", data),
+    )
 
 
 def parse_registration(data: dict) -> RegistrationIn:

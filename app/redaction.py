@@ -1,5 +1,6 @@
 """Secrets out of log lines: what both servers' request logs go through (no Flask, no
 metrics, so gunicorn's master can load it)."""
+
 from __future__ import annotations
 
 import re

@@ -7,6 +7,7 @@ sixteenth of the cap (or an hour has passed) it enforces both bounds, so the cap
 overshot by at most that much per process. Bodies deleted for the cap are counted per minute
 and the dashboard says how many in the last 24 hours.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,20 +15,15 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Optional
 
 from flask import Flask, current_app
 from sqlalchemy import func
 
 from .models import RawBody, RetentionDrop, db, utcnow
-from .sqlutil import insert_for
+from .records.sqlutil import insert_for
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "REJECTED_KEEP_BYTES": 1024 ** 3,  # 0: no cap
-    "REJECTED_KEEP_DAYS": 30,  # 0: kept until purged
-}
 NEVER_APPLIED = ("rejected", "refused")
 BATCH = 1000
 AGE_CHECK_SECONDS = 3600
@@ -45,21 +41,32 @@ def _never_applied():
 
 
 def kept_bytes() -> int:
-    return int(db.session.execute(
-        db.select(func.coalesce(func.sum(func.length(RawBody.body)), 0)).where(_never_applied())).scalar_one())
+    return int(
+        db.session.execute(
+            db.select(func.coalesce(func.sum(func.length(RawBody.body)), 0)).where(_never_applied())
+        ).scalar_one()
+    )
 
 
 def _delete(ids: list[int]) -> int:
-    return db.session.execute(db.delete(RawBody).where(RawBody.id.in_(ids), _never_applied()),
-                              execution_options={"synchronize_session": False}).rowcount
+    return db.session.execute(
+        db.delete(RawBody).where(RawBody.id.in_(ids), _never_applied()),
+        execution_options={"synchronize_session": False},
+    ).rowcount
 
 
 def _note_drop(at: datetime, bodies: int, size: int) -> None:
     minute = at.replace(second=0, microsecond=0)
     stmt = insert_for(RetentionDrop).values(minute=minute, bodies=bodies, bytes=size)
-    db.session.execute(stmt.on_conflict_do_update(index_elements=["minute"], set_={
-        "bodies": RetentionDrop.bodies + stmt.excluded.bodies,
-        "bytes": RetentionDrop.bytes + stmt.excluded.bytes}))
+    db.session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["minute"],
+            set_={
+                "bodies": RetentionDrop.bodies + stmt.excluded.bodies,
+                "bytes": RetentionDrop.bytes + stmt.excluded.bytes,
+            },
+        )
+    )
 
 
 def _oldest(after: int) -> list:
@@ -72,11 +79,14 @@ def _oldest(after: int) -> list:
     for outcome in NEVER_APPLIED:
         rows += db.session.execute(
             db.select(RawBody.id, func.length(RawBody.body), RawBody.received_at)
-            .where(RawBody.outcome == outcome, RawBody.id > after).order_by(RawBody.id).limit(BATCH)).all()
+            .where(RawBody.outcome == outcome, RawBody.id > after)
+            .order_by(RawBody.id)
+            .limit(BATCH)
+        ).all()
     return sorted(rows)[:BATCH]
 
 
-def enforce(now: Optional[datetime] = None) -> Enforced:
+def enforce(now: datetime | None = None) -> Enforced:
     """Delete the never-applied bodies past either bound, oldest first, a batch per transaction."""
     cfg = current_app.config
     now = now or utcnow()
@@ -95,7 +105,7 @@ def enforce(now: Optional[datetime] = None) -> Enforced:
             aged.append(row)
         excess -= sum(r[1] or 0 for r in aged)
         capped, size = [], 0
-        for raw_id, length, _at in rows[len(aged):]:
+        for raw_id, length, _at in rows[len(aged) :]:
             if size >= excess:
                 break
             capped.append(raw_id)
@@ -112,8 +122,12 @@ def enforce(now: Optional[datetime] = None) -> Enforced:
         db.session.commit()
         after = (capped or [r[0] for r in aged])[-1]
     if done.capped:
-        log.warning("deleted %d never-applied bodies (%d bytes) to stay under REJECTED_KEEP_BYTES=%d",
-                    done.capped, done.capped_bytes, cap)
+        log.warning(
+            "deleted %d never-applied bodies (%d bytes) to stay under REJECTED_KEEP_BYTES=%d",
+            done.capped,
+            done.capped_bytes,
+            cap,
+        )
     return done
 
 
@@ -132,7 +146,9 @@ class Keeper:
         with self.lock:
             self.written += size
             now = time.monotonic()
-            if (self.check_every and self.written >= self.check_every) or now >= self.next_age_check:
+            if (
+                self.check_every and self.written >= self.check_every
+            ) or now >= self.next_age_check:
                 self.written = 0
                 self.next_age_check = now + AGE_CHECK_SECONDS
                 return True
@@ -158,14 +174,15 @@ def dropped_since(hours: int = 24) -> tuple[int, int]:
     """(bodies, bytes) deleted for the cap in the last `hours`."""
     since = utcnow().replace(second=0, microsecond=0) - timedelta(hours=hours)
     bodies, size = db.session.execute(
-        db.select(func.coalesce(func.sum(RetentionDrop.bodies), 0), func.coalesce(func.sum(RetentionDrop.bytes), 0))
-        .where(RetentionDrop.minute >= since)).one()
+        db.select(
+            func.coalesce(func.sum(RetentionDrop.bodies), 0),
+            func.coalesce(func.sum(RetentionDrop.bytes), 0),
+        ).where(RetentionDrop.minute >= since)
+    ).one()
     return int(bodies), int(size)
 
 
 def init_app(app: Flask) -> None:
-    for name, value in DEFAULTS.items():
-        app.config.setdefault(name, value)
     app.extensions["viberwatch.retention"] = Keeper(app)
 
     @app.context_processor

@@ -12,22 +12,40 @@ least and greatest value a bin has held. A percentile read from them is the exac
 where it is a bin's least or greatest, and otherwise interpolated between those two,
 less than 2 % from it.
 """
+
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Optional
 
 from sqlalchemy import and_, case, or_
 
 from .models import LatencyDay, LatencyHour, Message, OutcomeHour, db
-from .sqlutil import add_counts
+from .records.sqlutil import add_counts
 
 # Upper edges of the latency histogram's bars, in seconds; the last bar is open.
-LATENCY_EDGES = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600,
-                 86400, 3 * 86400, 7 * 86400)
+LATENCY_EDGES = (
+    1,
+    2,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    3600,
+    3 * 3600,
+    6 * 3600,
+    12 * 3600,
+    86400,
+    3 * 86400,
+    7 * 86400,
+)
 LATENCY_TARGETS = (("delivered", "delivered_at"), ("seen", "seen_at"))
 BIN_RATIO = 1.02
 BIN_FLOOR = 0.001  # below a millisecond: one bin
@@ -35,8 +53,19 @@ BINS_PER_BAR = 100_000  # bin id = bar * BINS_PER_BAR + position in the bar
 _LOG_RATIO = math.log(BIN_RATIO)
 
 # The message columns a share is computed from.
-COLUMNS = ("created_at", "status", "code", "anomaly", "cost_currency", "cost_rate_type",
-           "cost_local_price", "cost_original_price", "accepted_at", "delivered_at", "seen_at")
+COLUMNS = (
+    "created_at",
+    "status",
+    "code",
+    "anomaly",
+    "cost_currency",
+    "cost_rate_type",
+    "cost_local_price",
+    "cost_original_price",
+    "accepted_at",
+    "delivered_at",
+    "seen_at",
+)
 OUTCOME_SUMS = ("n", "delivered", "seen", "priced", "local_price", "original_price")
 
 
@@ -59,13 +88,13 @@ def bin_bounds(bin_id: int) -> tuple[float, float]:
     if position == 0:
         return 0.0, low
     top = LATENCY_EDGES[bar] if bar < len(LATENCY_EDGES) else math.inf
-    return low * BIN_RATIO ** (position - 1), min(low * BIN_RATIO ** position, top)
+    return low * BIN_RATIO ** (position - 1), min(low * BIN_RATIO**position, top)
 
 
 def latency_values(accepted_at, delivered_at, seen_at) -> list[tuple[str, float]]:
     """(kind, seconds) for each latency the message has; arrivals out of order count as 0."""
     out = []
-    for (kind, _), at in zip(LATENCY_TARGETS, (delivered_at, seen_at)):
+    for (kind, _), at in zip(LATENCY_TARGETS, (delivered_at, seen_at), strict=False):
         if accepted_at is not None and at is not None:
             out.append((kind, max(0.0, (at - accepted_at).total_seconds())))
     return out
@@ -92,19 +121,33 @@ def share_of(m) -> Share:
     """A message's share (a Message, or any row with the COLUMNS)."""
     hour = hour_of(m.created_at)
     key = (m.status or "pending", -1 if m.code is None else m.code, bool(m.anomaly))
-    priced = (m.cost_currency is not None or m.cost_local_price is not None
-              or m.cost_original_price is not None)
-    outcome = (1, int(m.delivered_at is not None or m.seen_at is not None), int(m.seen_at is not None),
-               int(priced), float(m.cost_local_price or 0), float(m.cost_original_price or 0))
-    latency = frozenset((hour, kind, *key, bin_of(v), v)
-                        for kind, v in latency_values(m.accepted_at, m.delivered_at, m.seen_at))
+    priced = (
+        m.cost_currency is not None
+        or m.cost_local_price is not None
+        or m.cost_original_price is not None
+    )
+    outcome = (
+        1,
+        int(m.delivered_at is not None or m.seen_at is not None),
+        int(m.seen_at is not None),
+        int(priced),
+        float(m.cost_local_price or 0),
+        float(m.cost_original_price or 0),
+    )
+    latency = frozenset(
+        (hour, kind, *key, bin_of(v), v)
+        for kind, v in latency_values(m.accepted_at, m.delivered_at, m.seen_at)
+    )
     return Share((hour, *key, m.cost_currency or "", m.cost_rate_type or ""), outcome, latency)
 
 
 OUTCOME_KEY = ("hour", "status", "code", "anomaly", "currency", "rate_type")
 LATENCY_KEY = ("hour", "kind", "status", "code", "anomaly", "bin")
 # Each latency entry counts in its hour and in its day.
-LATENCY_TABLES = ((LatencyHour, LATENCY_KEY, hour_of), (LatencyDay, ("day",) + LATENCY_KEY[1:], day_of))
+LATENCY_TABLES = (
+    (LatencyHour, LATENCY_KEY, hour_of),
+    (LatencyDay, ("day",) + LATENCY_KEY[1:], day_of),
+)
 
 
 def _bounds_update(stmt) -> dict:
@@ -112,8 +155,10 @@ def _bounds_update(stmt) -> dict:
     t, new = stmt.table.c, stmt.excluded
     # Rows that only take values away carry low > high (see Moves.write).
     adding = new.low <= new.high
-    return {"low": case((and_(adding, or_(t.n <= 0, new.low < t.low)), new.low), else_=t.low),
-            "high": case((and_(adding, or_(t.n <= 0, new.high > t.high)), new.high), else_=t.high)}
+    return {
+        "low": case((and_(adding, or_(t.n <= 0, new.low < t.low)), new.low), else_=t.low),
+        "high": case((and_(adding, or_(t.n <= 0, new.high > t.high)), new.high), else_=t.high),
+    }
 
 
 class Moves:
@@ -124,9 +169,12 @@ class Moves:
         # (table index, key) -> [n, least added value, greatest added value]
         self.latency: dict[tuple, list] = {}
 
-    def move(self, before: Optional[Share], after: Share) -> None:
+    def move(self, before: Share | None, after: Share) -> None:
         """Count a message as `after` instead of `before` (None: a message new to the rollups)."""
-        if before is None or (before.outcome_key, before.outcome) != (after.outcome_key, after.outcome):
+        if before is None or (before.outcome_key, before.outcome) != (
+            after.outcome_key,
+            after.outcome,
+        ):
             if before is not None:
                 self._add_outcome(before.outcome_key, before.outcome, -1)
             self._add_outcome(after.outcome_key, after.outcome, 1)
@@ -158,8 +206,14 @@ class Moves:
     def write(self, conn) -> None:
         """Write every changed row, each table in key order (a fixed lock order, so two
         transactions cannot deadlock on the rollup rows)."""
-        rows = [{**dict(zip(OUTCOME_KEY, key)), **dict(zip(OUTCOME_SUMS, sums))}
-                for key, sums in sorted(self.outcomes.items()) if any(sums)]
+        rows = [
+            {
+                **dict(zip(OUTCOME_KEY, key, strict=False)),
+                **dict(zip(OUTCOME_SUMS, sums, strict=False)),
+            }
+            for key, sums in sorted(self.outcomes.items())
+            if any(sums)
+        ]
         add_counts(conn, OutcomeHour, OUTCOME_KEY, OUTCOME_SUMS, rows)
         for i, (model, names, _period) in enumerate(LATENCY_TABLES):
             rows = []
@@ -167,8 +221,14 @@ class Moves:
                 if n or low is not None:
                     # A value added widens its bin's bounds (they reset when the bin was empty);
                     # a row that only takes values away says so with low > high.
-                    rows.append({**dict(zip(names, key[1:])), "n": n,
-                                 "low": 1.0 if low is None else low, "high": 0.0 if high is None else high})
+                    rows.append(
+                        {
+                            **dict(zip(names, key[1:], strict=False)),
+                            "n": n,
+                            "low": 1.0 if low is None else low,
+                            "high": 0.0 if high is None else high,
+                        }
+                    )
             add_counts(conn, model, names, ("n",), rows, extra=("low", "high"), more=_bounds_update)
 
 
@@ -204,7 +264,7 @@ class Totals:
         for entry in share.latency:
             add_bin(self.latency, entry[:-1], 1, entry[-1], entry[-1])
 
-    def add_rows(self, rows: Iterable) -> "Totals":
+    def add_rows(self, rows: Iterable) -> Totals:
         for row in rows:
             self.add(share_of(row))
         return self
@@ -219,14 +279,26 @@ def message_rows(*conditions, batch: int = 10_000, conn=None):
 def recounted(conn=None, batch: int = 10_000) -> list[tuple]:
     """The rows of each rollup table, counted from the messages: [(model, rows)]."""
     totals = Totals().add_rows(message_rows(batch=batch, conn=conn))
-    outcome_rows = [{**dict(zip(OUTCOME_KEY, k)), **dict(zip(OUTCOME_SUMS, v))}
-                    for k, v in totals.outcomes.items()]
+    outcome_rows = [
+        {**dict(zip(OUTCOME_KEY, k, strict=False)), **dict(zip(OUTCOME_SUMS, v, strict=False))}
+        for k, v in totals.outcomes.items()
+    ]
     tables = [(OutcomeHour, outcome_rows)]
     for model, names, period in LATENCY_TABLES:
-        bins = totals.latency if period is hour_of else merged_bins(
-            ((period(k[0]), *k[1:]), v) for k, v in totals.latency.items())
-        tables.append((model, [{**dict(zip(names, k)), "n": v[0], "low": v[1], "high": v[2]}
-                               for k, v in bins.items()]))
+        bins = (
+            totals.latency
+            if period is hour_of
+            else merged_bins(((period(k[0]), *k[1:]), v) for k, v in totals.latency.items())
+        )
+        tables.append(
+            (
+                model,
+                [
+                    {**dict(zip(names, k, strict=False)), "n": v[0], "low": v[1], "high": v[2]}
+                    for k, v in bins.items()
+                ],
+            )
+        )
     return tables
 
 
@@ -235,7 +307,7 @@ def fill(conn, batch: int = 10_000) -> int:
     tables = recounted(conn, batch)
     for model, rows in tables:
         for i in range(0, len(rows), batch):
-            conn.execute(db.insert(model), rows[i:i + batch])
+            conn.execute(db.insert(model), rows[i : i + batch])
     return sum(len(rows) for _, rows in tables)
 
 

@@ -1,11 +1,11 @@
 """Secret key, cookies, CSRF, security headers, client addresses and bounded body reading."""
+
 from __future__ import annotations
 
 import ipaddress
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Optional
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, jsonify, request
@@ -14,31 +14,19 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import signing
-
 csrf = CSRFProtect()
 
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; "
-                           "img-src 'self' https: data:; connect-src 'self' ws: wss:; "
-                           "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; "
-                           "object-src 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' https: data:; connect-src 'self' ws: wss:; "
+    "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; "
+    "object-src 'none'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
-}
-DEFAULTS = {
-    "COOKIE_SECURE": "auto",  # auto: Secure whenever the request came over HTTPS
-    "TRUSTED_PROXIES": "",
-    "WEBHOOK_TOKEN": "",
-    "WEBHOOK_SIGN_ACCESS_KEY": "",
-    "WEBHOOK_SIGN_SECRET": "",
-    "WEBHOOK_SIGN_WINDOW": 300,
-    "WEBHOOK_SIGN_BIZ_TYPE": signing.VIBER_BIZ_TYPE,
-    "WEBHOOK_SIGN_ACTIONS": dict(signing.CALLBACK_ACTIONS),
-    "WEBHOOK_ALLOW_NETWORKS": "",
-    "WEBHOOK_REFUSED_KEEP_PER_MINUTE": 60,
 }
 # A body of unknown length (chunked) is read to this many times the limit at most, to
 # report its size; past it the length is reported as "more than".
@@ -132,7 +120,7 @@ def _in(address: str, networks: list) -> bool:
     return any(ip in net for net in networks)
 
 
-def client_address(peer: Optional[str], forwarded_for: Optional[str], trusted: list) -> str:
+def client_address(peer: str | None, forwarded_for: str | None, trusted: list) -> str:
     """The caller's address: the right-most X-Forwarded-For hop not added by a trusted proxy.
 
     X-Forwarded-For counts only when the peer itself is a trusted proxy; each proxy appends
@@ -163,14 +151,19 @@ class ForwardedOnlyFromTrustedProxies:
     def __init__(self, wsgi_app, trusted: list, hops: int):
         self.wsgi_app = wsgi_app
         self.trusted = trusted
-        self.behind_proxies = (ProxyFix(wsgi_app, x_for=0, x_proto=hops, x_host=hops, x_port=hops,
-                                        x_prefix=hops) if hops else wsgi_app)
+        self.behind_proxies = (
+            ProxyFix(wsgi_app, x_for=0, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops)
+            if hops
+            else wsgi_app
+        )
 
     def __call__(self, environ, start_response):
         peer = environ.get("REMOTE_ADDR") or ""
         environ[PEER] = peer
         if self.trusted and _in(peer, self.trusted):
-            environ["REMOTE_ADDR"] = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
+            environ["REMOTE_ADDR"] = client_address(
+                peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted
+            )
             return self.behind_proxies(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
@@ -183,11 +176,15 @@ def request_client_address() -> str:
 @dataclass
 class Body:
     data: bytes
-    length: Optional[int]  # the true length when known
+    length: int | None  # the true length when known
     too_large: bool
 
     def describe(self, limit: int) -> str:
-        size = f"{self.length} bytes" if self.length is not None else f"more than {limit * COUNT_PAST_LIMIT} bytes"
+        size = (
+            f"{self.length} bytes"
+            if self.length is not None
+            else f"more than {limit * COUNT_PAST_LIMIT} bytes"
+        )
         return f"body of {size} is over the limit of {limit} bytes; the first {len(self.data)} bytes are kept"
 
 
@@ -223,8 +220,10 @@ def read_body(limit: int) -> Body:
 
 
 def _is_json_client() -> bool:
-    return (request.blueprint in ("api", "webhooks")
-            or request.accept_mimetypes.best == "application/json")
+    return (
+        request.blueprint in ("api", "webhooks")
+        or request.accept_mimetypes.best == "application/json"
+    )
 
 
 def _same_origin(origin: str) -> bool:
@@ -239,8 +238,10 @@ def init_app(app: Flask) -> None:
     hops = int(app.config.get("PROXY_FIX") or 0)
     if hops and not trusted:
         # Forwarded headers believed from any peer would let anyone pick their address.
-        raise ValueError("PROXY_FIX needs TRUSTED_PROXIES: the addresses of the proxies whose "
-                         "X-Forwarded-* headers to believe")
+        raise ValueError(
+            "PROXY_FIX needs TRUSTED_PROXIES: the addresses of the proxies whose "
+            "X-Forwarded-* headers to believe"
+        )
     app.wsgi_app = ForwardedOnlyFromTrustedProxies(app.wsgi_app, trusted, hops)
     # The login guard in auth.py decides when CSRF applies (not to webhooks or bearer calls).
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
@@ -252,18 +253,27 @@ def init_app(app: Flask) -> None:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             origin = request.headers.get("Origin")
             if origin and not _same_origin(origin):
-                return jsonify({"error": "Origin: not this site", "field": "Origin",
-                                "reason": "cross-site WebSocket refused"}), 403
+                return jsonify(
+                    {
+                        "error": "Origin: not this site",
+                        "field": "Origin",
+                        "reason": "cross-site WebSocket refused",
+                    }
+                ), 403
         return None
 
     @app.before_request
     def refuse_nul_in_url():
         # No URL of ours takes a NUL; PostgreSQL cannot even compare text with one, so a
         # %00 in a path or filter would otherwise reach the database as an error.
-        if "\x00" in request.path or any("\x00" in k or "\x00" in v
-                                         for k, v in request.args.items(multi=True)):
-            body = {"error": "URL: contains a NUL character", "field": "URL",
-                    "reason": "contains a NUL character"}
+        if "\x00" in request.path or any(
+            "\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)
+        ):
+            body = {
+                "error": "URL: contains a NUL character",
+                "field": "URL",
+                "reason": "contains a NUL character",
+            }
             return jsonify(body), 400
         return None
 
@@ -278,8 +288,11 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_failed(error: CSRFError):
-        body = {"error": f"csrf_token: {error.description}", "field": "csrf_token",
-                "reason": error.description}
+        body = {
+            "error": f"csrf_token: {error.description}",
+            "field": "csrf_token",
+            "reason": error.description,
+        }
         if _is_json_client():
             return jsonify(body), 400
         return error.description, 400, {"Content-Type": "text/plain; charset=utf-8"}
@@ -292,8 +305,11 @@ def init_app(app: Flask) -> None:
 
         db.session.rollback()
         current_app.logger.warning("database unavailable: %s", type(error.orig).__name__)
-        body = {"error": "database: unavailable, try again", "field": "database",
-                "reason": "unavailable, try again"}
+        body = {
+            "error": "database: unavailable, try again",
+            "field": "database",
+            "reason": "unavailable, try again",
+        }
         if _is_json_client():
             return jsonify(body), 503, {"Retry-After": "5"}
         return body["error"], 503, {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "5"}
@@ -301,8 +317,11 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(413)
     def too_large(error):
         limit = current_app.config["MAX_CONTENT_LENGTH"]
-        body = {"error": f"body: larger than {limit} bytes", "field": "body",
-                "reason": f"larger than {limit} bytes"}
+        body = {
+            "error": f"body: larger than {limit} bytes",
+            "field": "body",
+            "reason": f"larger than {limit} bytes",
+        }
         if _is_json_client():
             return jsonify(body), 413
         return body["error"], 413, {"Content-Type": "text/plain; charset=utf-8"}

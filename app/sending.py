@@ -1,4 +1,5 @@
 """Sending a text from a conversation: the reply box, its session window, and `viberwatch send`."""
+
 from __future__ import annotations
 
 import sys
@@ -48,8 +49,9 @@ def reply_box(phone: str, outcome: outbound.Outcome | None = None, text: str = "
 def send(phone: str):
     """Send the form's text to this phone through NXCLOUD."""
     text = request.form.get("text", "")
-    outcome = outbound.send_text(phone, text, confirmed=request.form.get("confirm") == "1",
-                                 sent_by=_user_name())
+    outcome = outbound.send_text(
+        phone, text, confirmed=request.form.get("confirm") == "1", sent_by=_user_name()
+    )
     box = reply_box(phone, outcome, text)
     if request.headers.get("HX-Request"):
         # 200 even for a bad form: htmx swaps only successful answers, and the box says what is wrong.

@@ -11,21 +11,21 @@ is all there. Slow requests cost a socket and a buffer, never a thread, and are 
 (408) when their head takes longer than GUNICORN_HEAD_TIMEOUT or their body longer than
 GUNICORN_BODY_TIMEOUT. Threads stay threads: no monkey-patching, WebSockets keep theirs.
 """
+
 from __future__ import annotations
 
-import os
 import re
 import selectors
 import socket
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Optional
 
 from gunicorn.glogging import Logger
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
+from . import config
 from .redaction import REDACTED, redact
 
 # Request headers that carry credentials, in gunicorn's "{name}i" atom form.
@@ -47,29 +47,29 @@ class RedactingLogger(Logger):
         return atoms
 
 
-def _setting(name: str, default: float) -> float:
-    return float(os.environ.get(name) or default)
-
-
-HEAD_TIMEOUT = _setting("GUNICORN_HEAD_TIMEOUT", 10)  # seconds for a request line and headers
-BODY_TIMEOUT = _setting("GUNICORN_BODY_TIMEOUT", 30)  # seconds for the body after them
+HEAD_TIMEOUT = config.process("GUNICORN_HEAD_TIMEOUT")  # seconds for a request line and headers
+BODY_TIMEOUT = config.process("GUNICORN_BODY_TIMEOUT")  # seconds for the body after them
 # Body bytes read ahead per request; a longer body (more than the app takes anyway, by
 # default) is handed over once this much is in, and its thread reads the rest within
 # GUNICORN_BODY_TIMEOUT.
-BODY_BUFFER = int(_setting("GUNICORN_BODY_BUFFER", 1024 * 1024))
+BODY_BUFFER = config.process("GUNICORN_BODY_BUFFER")
 # Read-ahead bytes a worker holds at most; past it a request with a body is answered 503.
-BUFFER_TOTAL = int(_setting("GUNICORN_BUFFER_TOTAL", 64 * 1024 * 1024))
+BUFFER_TOTAL = config.process("GUNICORN_BUFFER_TOTAL")
 RECV = 64 * 1024
 ACCEPT_BATCH = 64
 SWEEP_SECONDS = 0.25
 END_OF_HEAD = b"\r\n\r\n"
-EXPECT_CONTINUE_RE = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n)", re.IGNORECASE)
+EXPECT_CONTINUE_RE = re.compile(
+    rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*(?=\r\n)", re.IGNORECASE
+)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def _answer(status: str) -> bytes:
-    return (f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(status) + 1}\r\n\r\n{status}\n").encode()
+    return (
+        f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(status) + 1}\r\n\r\n{status}\n"
+    ).encode()
 
 
 TIMED_OUT = _answer("408 Request Timeout")
@@ -82,16 +82,16 @@ class Reading:
 
     conn: object
     deadline: float
-    idle_deadline: Optional[float]  # a kept-alive connection that has sent nothing yet
+    idle_deadline: float | None  # a kept-alive connection that has sent nothing yet
     data: bytearray = field(default_factory=bytearray)
-    body_start: Optional[int] = None  # where the body begins, once the head is in
+    body_start: int | None = None  # where the body begins, once the head is in
     length: int = 0  # declared body length
     chunked: bool = False
     chunk_at: int = 0  # where the next chunk's size line begins
     registered: bool = False
 
 
-def parse_head(head: bytes) -> tuple[Optional[int], bool, bool]:
+def parse_head(head: bytes) -> tuple[int | None, bool, bool]:
     """(Content-Length, chunked, expects 100-continue) of a request head; a length of None
     for a head this reader does not understand (gunicorn then answers it, 400 or so)."""
     length, chunked, expect = 0, False, False
@@ -111,7 +111,7 @@ def parse_head(head: bytes) -> tuple[Optional[int], bool, bool]:
     return length, chunked, expect
 
 
-def chunked_end(data: bytearray, at: int) -> tuple[Optional[bool], int]:
+def chunked_end(data: bytearray, at: int) -> tuple[bool | None, int]:
     """Walk chunks from `at`: (True, _) when the last chunk and its trailer are in, (None, _)
     when the framing is malformed, (False, where to resume) when more must arrive."""
     while True:
@@ -125,7 +125,7 @@ def chunked_end(data: bytearray, at: int) -> tuple[Optional[bool], int]:
             return None, at
         if size == 0:
             trailer = line_end + 2
-            if data[trailer:trailer + 2] == b"\r\n" or data.find(END_OF_HEAD, line_end) >= 0:
+            if data[trailer : trailer + 2] == b"\r\n" or data.find(END_OF_HEAD, line_end) >= 0:
                 return True, at
             return False, at
         following = line_end + 2 + size + 2
@@ -144,7 +144,7 @@ class DeadlineSocket:
     def recv(self, size: int) -> bytes:
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise socket.timeout("request body not received in time")
+            raise TimeoutError("request body not received in time")
         self.sock.settimeout(left)
         try:
             return self.sock.recv(size)
@@ -168,13 +168,19 @@ class SlowClientWorker(ThreadWorker):
         self.buffered = 0
         self.next_sweep = 0.0
         cfg = self.cfg
-        line, fields, size = cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
+        line, fields, size = (
+            cfg.limit_request_line,
+            cfg.limit_request_fields,
+            cfg.limit_request_field_size,
+        )
         # Past this without its end, the head is gunicorn's to refuse.
         self.head_limit = (line + fields * (size + 2) + 4) if line and size else 1024 * 1024
 
     def _reads_ahead(self, conn) -> bool:
         # TLS and HTTP/2 prior knowledge are read by gunicorn itself, as before.
-        return not self.cfg.is_ssl and not negotiation.prior_knowledge_allowed(self.cfg, conn.client)
+        return not self.cfg.is_ssl and not negotiation.prior_knowledge_allowed(
+            self.cfg, conn.client
+        )
 
     def enqueue_req(self, conn):
         if getattr(conn, "prefetched", None) is not None or not self._reads_ahead(conn):
@@ -182,11 +188,19 @@ class SlowClientWorker(ThreadWorker):
             return
         now = time.monotonic()
         # Bytes a previous request's body read ahead belong to this one.
-        data = bytearray(conn.parser.unreader.take_buffered()) if conn.parser is not None else bytearray()
+        data = (
+            bytearray(conn.parser.unreader.take_buffered())
+            if conn.parser is not None
+            else bytearray()
+        )
         if conn.parser is not None:
             conn.parser.unreader.sock = conn.sock
-        reading = Reading(conn, deadline=now + HEAD_TIMEOUT, data=data,
-                          idle_deadline=now + self.cfg.keepalive if conn.initialized and not data else None)
+        reading = Reading(
+            conn,
+            deadline=now + HEAD_TIMEOUT,
+            data=data,
+            idle_deadline=now + self.cfg.keepalive if conn.initialized and not data else None,
+        )
         self.reading[conn] = reading
         self.buffered += len(data)
         conn.sock.setblocking(False)
@@ -224,7 +238,7 @@ class SlowClientWorker(ThreadWorker):
                     return self._hand_over(reading)
                 return False
             reading.body_start = end + len(END_OF_HEAD)
-            length, reading.chunked, expect = parse_head(bytes(data[:reading.body_start]))
+            length, reading.chunked, expect = parse_head(bytes(data[: reading.body_start]))
             if length is None:
                 return self._hand_over(reading)
             reading.length = length
@@ -233,7 +247,7 @@ class SlowClientWorker(ThreadWorker):
             if expect and (length or reading.chunked) and len(data) == reading.body_start:
                 # The client waits for this before it sends the body; answered here, so
                 # the header goes (gunicorn would answer it again, after the body).
-                head = EXPECT_CONTINUE_RE.sub(b"", bytes(data[:reading.body_start]), count=1)
+                head = EXPECT_CONTINUE_RE.sub(b"", bytes(data[: reading.body_start]), count=1)
                 reading.data = data = bytearray(head)
                 reading.body_start = len(head)
                 reading.chunk_at = reading.body_start
@@ -272,7 +286,7 @@ class SlowClientWorker(ThreadWorker):
         super().enqueue_req(conn)
         return True
 
-    def _close(self, reading: Reading, answer: Optional[bytes] = None) -> None:
+    def _close(self, reading: Reading, answer: bytes | None = None) -> None:
         self._forget(reading)
         if answer:
             try:

@@ -1,9 +1,8 @@
 """NXCLOUD's request signature: one implementation for signing sends and verifying callbacks."""
+
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
-
 
 # NXCLOUD's bizType of Viber, for sends and (when signed) callbacks.
 VIBER_BIZ_TYPE = "7"
@@ -12,14 +11,19 @@ VIBER_BIZ_TYPE = "7"
 CALLBACK_ACTIONS = {"dr": "dr", "message": "message"}
 
 
-def sign(access_key: str, action: str, biz_type: str, ts: str, body: Optional[bytes],
-         secret: str) -> str:
+def sign(
+    access_key: str, action: str, biz_type: str, ts: str, body: bytes | None, secret: str
+) -> str:
     """Lowercase hex MD5 of accessKey=..&action=..&bizType=..&ts=..[&body=..]&accessSecret=..
 
     `body` is the exact bytes sent; the `&body=` part is left out when it is empty.
     """
-    parts = [b"accessKey=" + access_key.encode(), b"action=" + action.encode(),
-             b"bizType=" + biz_type.encode(), b"ts=" + ts.encode()]
+    parts = [
+        b"accessKey=" + access_key.encode(),
+        b"action=" + action.encode(),
+        b"bizType=" + biz_type.encode(),
+        b"ts=" + ts.encode(),
+    ]
     if body:
         parts.append(b"body=" + body)
     parts.append(b"accessSecret=" + secret.encode())

@@ -4,13 +4,13 @@
 test can compute every message's intended final columns as ingest derives them. `simulate_run`
 plays a script over real HTTP.
 """
+
 from __future__ import annotations
 
 import json
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Optional
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from .derivation import Registration, message_columns, receipt_fact, reply_fact
 from .payloads import parse_receipt, parse_registration, parse_reply, parse_zone
@@ -36,12 +36,20 @@ TEXTS = (
     "Your table for {h} is booked for tonight.",
 )
 REPLY_TEXTS = (
-    "Thanks!", "Can I change the time?", "Where is my order?", "ok", "Please call me back.",
-    "Стоп", "👍", "What is the address?", "I did not order this.", "Got it, see you then.",
+    "Thanks!",
+    "Can I change the time?",
+    "Where is my order?",
+    "ok",
+    "Please call me back.",
+    "Стоп",
+    "👍",
+    "What is the address?",
+    "I did not order this.",
+    "Got it, see you then.",
 )
 MEDIA_TYPES = (("jpg", "photo"), ("png", "screenshot"), ("pdf", "invoice"), ("mp4", "video"))
 # Seeded runs use a fixed clock for sendTime, so the same seed gives the same bodies.
-SEEDED_START = datetime(2024, 6, 3, 9, 0, 0, tzinfo=timezone.utc)
+SEEDED_START = datetime(2024, 6, 3, 9, 0, 0, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ class ScriptedMessage:
     def replied(self) -> bool:
         return any(e.kind == "message" for e in self.events)
 
-    def intended_columns(self, zero: Optional[datetime] = None, zone: str = "UTC+08:00") -> dict:
+    def intended_columns(self, zero: datetime | None = None, zone: str = "UTC+08:00") -> dict:
         """The message's columns as ingest derives them (`derivation.message_columns`) from the
         bodies pushed as scripted, each received `at` seconds after `zero`."""
         zero, tz = zero or SEEDED_START, parse_zone(zone)
@@ -91,13 +99,18 @@ class ScriptedMessage:
                 replies.setdefault(rp.content_hash, reply_fact(rp, at, order))
             else:
                 rg = parse_registration(e.data)
-                registration = Registration(rg.phone, rg.text, rg.appkey, rg.function_type,
-                                            registration.registered_at if registration else at)
+                registration = Registration(
+                    rg.phone,
+                    rg.text,
+                    rg.appkey,
+                    rg.function_type,
+                    registration.registered_at if registration else at,
+                )
         first = zero + timedelta(seconds=min(e.at for e in self.events))
         return message_columns(receipts.values(), replies.values(), registration, first, tz)
 
     @property
-    def intended_phone(self) -> Optional[str]:
+    def intended_phone(self) -> str | None:
         return self.phone if self.registered or self.replied else None
 
 
@@ -122,7 +135,7 @@ def _dumps(data: dict) -> bytes:
 
 
 def _pick(rng: random.Random, weighted) -> object:
-    values, weights = zip(*weighted)
+    values, weights = zip(*weighted, strict=False)
     return rng.choices(values, weights=weights, k=1)[0]
 
 
@@ -133,8 +146,16 @@ def _send_time(start: datetime, offset: float, zone: tzinfo) -> str:
 class _Builder:
     """The state of one script generation; every random choice comes from one seeded Random."""
 
-    def __init__(self, seed: int, count: int, rate: float, start: datetime, zone: tzinfo,
-                 speed: float, appkey: str):
+    def __init__(
+        self,
+        seed: int,
+        count: int,
+        rate: float,
+        start: datetime,
+        zone: tzinfo,
+        speed: float,
+        appkey: str,
+    ):
         self.rng = random.Random(seed)
         self.count = count
         self.rate = rate
@@ -148,11 +169,22 @@ class _Builder:
     def delay(self, low: float, high: float) -> float:
         return self.rng.uniform(low, high) / self.speed
 
-    def receipt(self, request_id: str, status: str, send_time: str, code: Optional[int] = None,
-                cost: Optional[dict] = None) -> dict:
+    def receipt(
+        self,
+        request_id: str,
+        status: str,
+        send_time: str,
+        code: int | None = None,
+        cost: dict | None = None,
+    ) -> dict:
         code = STATUS_CODES[status] if code is None else code
-        body = {"status": status, "requestId": request_id, "code": code,
-                "message": describe_code(code).message, "sendTime": send_time}
+        body = {
+            "status": status,
+            "requestId": request_id,
+            "code": code,
+            "message": describe_code(code).message,
+            "sendTime": send_time,
+        }
         if cost is not None:
             body["cost"] = cost
         return body
@@ -167,18 +199,26 @@ class _Builder:
         send_time = _send_time(self.start, t0, self.zone)
         price = round(rng.uniform(0.002, 0.05), 5)
         # One cost object on every receipt that carries one, so the fold's pick cannot differ.
-        cost = {"currency": "USD", "localPrice": round(price * 7.25, 5), "originalPrice": price,
-                "rateType": "Transactional"}
+        cost = {
+            "currency": "USD",
+            "localPrice": round(price * 7.25, 5),
+            "originalPrice": price,
+            "rateType": "Transactional",
+        }
         timeline: list[tuple[float, str, dict, str]] = []  # (at, kind, body, note)
         t = t0 + self.delay(0.2, 1.0)
         if outcome == "failed":
             code = _pick(rng, FAILURE_CODES)
             if code == 11000:
-                timeline.append((t, "dr", self.receipt(request_id, "success", send_time, cost=cost), ""))
+                timeline.append(
+                    (t, "dr", self.receipt(request_id, "success", send_time, cost=cost), "")
+                )
                 t += self.delay(0.5, 3.0)
             timeline.append((t, "dr", self.receipt(request_id, "failed", send_time, code=code), ""))
         else:
-            timeline.append((t, "dr", self.receipt(request_id, "success", send_time, cost=cost), ""))
+            timeline.append(
+                (t, "dr", self.receipt(request_id, "success", send_time, cost=cost), "")
+            )
         if outcome in ("delivered", "seen"):
             t += self.delay(1.0, 6.0)
             delivered = self.receipt(request_id, "delivered", send_time, cost=cost)
@@ -208,16 +248,25 @@ class _Builder:
             last = max(at for at, *_ in timeline)
             timeline.append((last + self.delay(0.5, 5.0), kind, body, "retry"))
         if register:
-            body = {"requestId": request_id, "phone": phone, "text": text, "appkey": self.appkey,
-                    "functionType": "text"}
+            body = {
+                "requestId": request_id,
+                "phone": phone,
+                "text": text,
+                "appkey": self.appkey,
+                "functionType": "text",
+            }
             if rng.random() < LATE_REGISTRATION:
-                timeline.append((receipts[0][0] + self.delay(0.1, 1.0), "register", body, "late-register"))
+                timeline.append(
+                    (receipts[0][0] + self.delay(0.1, 1.0), "register", body, "late-register")
+                )
             else:
                 timeline.append((t0, "register", body, ""))
         # A stable sort keeps the scripted order of events planned for the same instant.
         timeline.sort(key=lambda item: item[0])
-        events = tuple(Event(at=round(at, 6), kind=kind, request_id=request_id, body=_dumps(body), note=note)
-                       for at, kind, body, note in timeline)
+        events = tuple(
+            Event(at=round(at, 6), kind=kind, request_id=request_id, body=_dumps(body), note=note)
+            for at, kind, body, note in timeline
+        )
         return ScriptedMessage(request_id, phone, text, outcome, register, events)
 
     def reply(self, request_id: str, phone: str, at: float) -> dict:
@@ -225,17 +274,32 @@ class _Builder:
         if rng.random() < MEDIA_REPLY_SHARE:
             ext, stem = rng.choice(MEDIA_TYPES)
             name = f"{stem}-{rng.randrange(100, 999)}.{ext}"
-            message = {"media": f"https://media.example.com/viber/{rng.getrandbits(64):016x}/{name}",
-                       "fileName": name}
+            message = {
+                "media": f"https://media.example.com/viber/{rng.getrandbits(64):016x}/{name}",
+                "fileName": name,
+            }
         else:
             message = {"text": rng.choice(REPLY_TEXTS)}
-        return {"phone": phone, "appkey": self.appkey, "traceRequestId": request_id,
-                "message": message, "sendTime": _send_time(self.start, at, self.zone)}
+        return {
+            "phone": phone,
+            "appkey": self.appkey,
+            "traceRequestId": request_id,
+            "message": message,
+            "sendTime": _send_time(self.start, at, self.zone),
+        }
 
 
-def build_script(seed: int, messages: int, *, rate: float = 5.0, register: bool = True,
-                 start: Optional[datetime] = None, zone: str = "UTC+08:00", speed: float = 1.0,
-                 appkey: str = "SIMAPP01") -> Script:
+def build_script(
+    seed: int,
+    messages: int,
+    *,
+    rate: float = 5.0,
+    register: bool = True,
+    start: datetime | None = None,
+    zone: str = "UTC+08:00",
+    speed: float = 1.0,
+    appkey: str = "SIMAPP01",
+) -> Script:
     """A deterministic script of `messages` messages started `rate` per second.
 
     `speed` divides every delay between a message's events (a test runs the same story
@@ -247,26 +311,44 @@ def build_script(seed: int, messages: int, *, rate: float = 5.0, register: bool 
         raise ValueError("rate and speed must be positive")
     builder = _Builder(seed, messages, rate, start or SEEDED_START, parse_zone(zone), speed, appkey)
     scripted = tuple(builder.message(i, register) for i in range(messages))
-    ordered = sorted(((e.at, i, j, e) for i, m in enumerate(scripted) for j, e in enumerate(m.events)),
-                     key=lambda item: item[:3])
+    ordered = sorted(
+        ((e.at, i, j, e) for i, m in enumerate(scripted) for j, e in enumerate(m.events)),
+        key=lambda item: item[:3],
+    )
     return Script(seed, scripted, tuple(e for *_, e in ordered))
 
 
-def sent_message_events(rng: random.Random, request_id: str, phone: str, *, appkey: str = "SIMAPP01",
-                        zone: str = "UTC+08:00", now: Optional[datetime] = None,
-                        speed: float = 1.0) -> tuple[Event, ...]:
+def sent_message_events(
+    rng: random.Random,
+    request_id: str,
+    phone: str,
+    *,
+    appkey: str = "SIMAPP01",
+    zone: str = "UTC+08:00",
+    now: datetime | None = None,
+    speed: float = 1.0,
+) -> tuple[Event, ...]:
     """The receipts (and perhaps a reply) of a message someone sent through the played send API."""
-    builder = _Builder(0, 0, 1.0, now or datetime.now(timezone.utc), parse_zone(zone), speed, appkey)
+    builder = _Builder(0, 0, 1.0, now or datetime.now(UTC), parse_zone(zone), speed, appkey)
     builder.rng = rng
     send_time = _send_time(builder.start, 0, builder.zone)
     price = round(rng.uniform(0.002, 0.05), 5)
-    cost = {"currency": "USD", "localPrice": round(price * 7.25, 5), "originalPrice": price,
-            "rateType": "Session"}
+    cost = {
+        "currency": "USD",
+        "localPrice": round(price * 7.25, 5),
+        "originalPrice": price,
+        "rateType": "Session",
+    }
     t = builder.delay(0.5, 1.5)
     timeline = [(t, "dr", builder.receipt(request_id, "success", send_time, cost=cost))]
     if rng.random() < 0.1:
-        timeline.append((t + builder.delay(0.5, 2.0), "dr",
-                         builder.receipt(request_id, "failed", send_time, code=11000)))
+        timeline.append(
+            (
+                t + builder.delay(0.5, 2.0),
+                "dr",
+                builder.receipt(request_id, "failed", send_time, code=11000),
+            )
+        )
     else:
         t += builder.delay(1.0, 4.0)
         timeline.append((t, "dr", builder.receipt(request_id, "delivered", send_time, cost=cost)))
@@ -276,5 +358,7 @@ def sent_message_events(rng: random.Random, request_id: str, phone: str, *, appk
             if rng.random() < 0.3:
                 t += builder.delay(3.0, 10.0)
                 timeline.append((t, "message", builder.reply(request_id, phone, t * speed)))
-    return tuple(Event(at=round(at, 6), kind=kind, request_id=request_id, body=_dumps(body))
-                 for at, kind, body in timeline)
+    return tuple(
+        Event(at=round(at, 6), kind=kind, request_id=request_id, body=_dumps(body))
+        for at, kind, body in timeline
+    )

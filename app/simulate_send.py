@@ -4,6 +4,7 @@ It answers `POST /api/viber/mt` like NXCLOUD (a requestId, or an error code when
 signature or the body is wrong), then has the player push that message's receipts to
 viberwatch. It is for demos and trials only: nothing is delivered to anyone.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -12,7 +13,7 @@ import random
 import threading
 import time
 import uuid
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
@@ -23,9 +24,18 @@ from .simulate import Event, sent_message_events
 
 
 class PlayedSendApi:
-    def __init__(self, host: str, port: int, schedule: Callable[[tuple[Event, ...]], None], *,
-                 access_key: Optional[str] = None, secret: Optional[str] = None, zone: str = "UTC+08:00",
-                 seed: Optional[int] = None, speed: float = 1.0):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        schedule: Callable[[tuple[Event, ...]], None],
+        *,
+        access_key: str | None = None,
+        secret: str | None = None,
+        zone: str = "UTC+08:00",
+        seed: int | None = None,
+        speed: float = 1.0,
+    ):
         self.schedule = schedule  # must be safe to call from the server's threads
         self.access_key = access_key
         self.secret = secret
@@ -43,9 +53,17 @@ class PlayedSendApi:
         if self.secret:
             if any(not headers.get(h) for h in ("accessKey", "ts", "bizType", "action", "sign")):
                 return {"code": 1001, "message": "Missing parameters"}
-            expected = signing.sign(headers["accessKey"], headers["action"], headers["bizType"], headers["ts"],
-                                    body, self.secret)
-            if headers["accessKey"] != self.access_key or not hmac.compare_digest(headers["sign"], expected):
+            expected = signing.sign(
+                headers["accessKey"],
+                headers["action"],
+                headers["bizType"],
+                headers["ts"],
+                body,
+                self.secret,
+            )
+            if headers["accessKey"] != self.access_key or not hmac.compare_digest(
+                headers["sign"], expected
+            ):
                 return {"code": 1003, "message": "Invalid signature"}
             if not headers["ts"].isdigit() or abs(int(headers["ts"]) - time.time() * 1000) > 60_000:
                 return {"code": 1004, "message": "Timestamp expired"}
@@ -62,8 +80,9 @@ class PlayedSendApi:
             return {"code": 1002, "message": "Bad parameters"}
         request_id = uuid.uuid4().hex
         with self.lock:
-            events = sent_message_events(self.rng, request_id, phone, appkey=str(appkey), zone=self.zone,
-                                         speed=self.speed)
+            events = sent_message_events(
+                self.rng, request_id, phone, appkey=str(appkey), zone=self.zone, speed=self.speed
+            )
             self.played.append(events)
         self.schedule(events)
         return {"code": 0, "message": "Success", "data": {"requestId": request_id}}
@@ -75,7 +94,7 @@ class PlayedSendApi:
         answer = self.answer(request.headers, request.get_data())
         return Response(json.dumps(answer), mimetype="application/json")(environ, start_response)
 
-    def start(self) -> "PlayedSendApi":
+    def start(self) -> PlayedSendApi:
         self.thread.start()
         return self
 

@@ -2,11 +2,12 @@
 
 No Flask imports: this module is the single place where a status is decided.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Optional
 
 STATUSES = ("success", "delivered", "seen", "failed", "expired")
 # Order of precedence of the fold, strongest first.
@@ -24,24 +25,56 @@ class Code:
 CODES: dict[int, Code] = {
     c.code: c
     for c in (
-        Code(0, "Successfully sent.", "The platform accepted the message; delivery receipts follow."),
-        Code(1100, "Customer does not exist / Status is unavailable",
-             "Account status exception, contact the business personnel to handle the account issue"),
-        Code(1102, "Insufficient balance",
-             "Insufficient account balance, please contact the business personnel to recharge"),
-        Code(9000, "Request parameter error", "Missing parameters, please check the required parameters"),
-        Code(9001, "System business error",
-             "System business error, please contact the technical personnel to troubleshoot the issue"),
-        Code(9002, "Phone number error", "Invalid phone number, please check the correctness of the number"),
-        Code(9003, "Customer APP does not exist / Status is unavailable",
-             "Application status exception, contact the business personnel to handle the creation/disabling "
-             "of the cloud platform application"),
-        Code(9004, "Customer APP does not have quotation",
-             "Application quotation missing, contact the business personnel to handle the application "
-             "quotation issue"),
-        Code(9005, "Missing customer APP routes",
-             "Application routes missing, please contact the technical personnel to investigate the routes"),
-        Code(9999, "Unknown error", "Please contact the technical personnel to troubleshoot the issue"),
+        Code(
+            0, "Successfully sent.", "The platform accepted the message; delivery receipts follow."
+        ),
+        Code(
+            1100,
+            "Customer does not exist / Status is unavailable",
+            "Account status exception, contact the business personnel to handle the account issue",
+        ),
+        Code(
+            1102,
+            "Insufficient balance",
+            "Insufficient account balance, please contact the business personnel to recharge",
+        ),
+        Code(
+            9000,
+            "Request parameter error",
+            "Missing parameters, please check the required parameters",
+        ),
+        Code(
+            9001,
+            "System business error",
+            "System business error, please contact the technical personnel to troubleshoot the issue",
+        ),
+        Code(
+            9002,
+            "Phone number error",
+            "Invalid phone number, please check the correctness of the number",
+        ),
+        Code(
+            9003,
+            "Customer APP does not exist / Status is unavailable",
+            "Application status exception, contact the business personnel to handle the creation/disabling "
+            "of the cloud platform application",
+        ),
+        Code(
+            9004,
+            "Customer APP does not have quotation",
+            "Application quotation missing, contact the business personnel to handle the application "
+            "quotation issue",
+        ),
+        Code(
+            9005,
+            "Missing customer APP routes",
+            "Application routes missing, please contact the technical personnel to investigate the routes",
+        ),
+        Code(
+            9999,
+            "Unknown error",
+            "Please contact the technical personnel to troubleshoot the issue",
+        ),
         Code(11000, "Viber send error", "Viber official send failure error message"),
         Code(11001, "Viber message has delivered", "Message has been delivered"),
         Code(11002, "Viber message has seen", "Message has been read"),
@@ -50,7 +83,7 @@ CODES: dict[int, Code] = {
 }
 
 
-def describe_code(code: Optional[int]) -> Code:
+def describe_code(code: int | None) -> Code:
     """The catalogue entry for a code; an unknown code is described as unknown, never an error."""
     if code is None:
         return Code(-1, "", "")
@@ -69,22 +102,22 @@ class ReceiptFact:
     message: str
     received_at: datetime
     key: str = ""  # a stable tie-breaker (the receipt's content hash)
-    send_time_raw: Optional[str] = None
-    cost: Optional[tuple] = None  # (currency, localPrice, originalPrice, rateType)
+    send_time_raw: str | None = None
+    cost: tuple | None = None  # (currency, localPrice, originalPrice, rateType)
 
 
 @dataclass
 class State:
-    status: Optional[str] = None
-    code: Optional[int] = None
-    code_message: Optional[str] = None
-    send_time_raw: Optional[str] = None
+    status: str | None = None
+    code: int | None = None
+    code_message: str | None = None
+    send_time_raw: str | None = None
     times: dict[str, datetime] = field(default_factory=dict)
-    cost: Optional[tuple] = None
+    cost: tuple | None = None
     anomalies: tuple[str, ...] = ()
 
 
-def _first(receipts: list[ReceiptFact]) -> Optional[ReceiptFact]:
+def _first(receipts: list[ReceiptFact]) -> ReceiptFact | None:
     # The content hash breaks ties between receipts received in the same instant, and the
     # full content breaks ties between facts that carry no hash, so the choice is a
     # function of the set alone.

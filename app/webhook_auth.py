@@ -8,22 +8,24 @@ sent to (its action and bizType), `ts` within WEBHOOK_SIGN_WINDOW seconds, and u
 A refused body is kept with what it presented (the token only as an HMAC), so reprocessing
 it runs the same checks again, never around them. No `request` here.
 """
+
 from __future__ import annotations
 
 import hashlib
 import hmac
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Mapping, Optional
 
 from flask import current_app
 from sqlalchemy import func
 from werkzeug.datastructures import Headers
 
-from . import ingest, replay, signing
+from . import replay, signing
 from .models import RawBody, RefusedTally, db, utcnow
+from .records import ingest
 from .security import parse_networks
 
 SIGN_HEADERS = ("accessKey", "ts", "bizType", "action", "sign")
@@ -34,10 +36,10 @@ TOKEN_DIGEST = "token-digest"
 
 @dataclass(frozen=True)
 class Settings:
-    token: Optional[str] = None
+    token: str | None = None
     token_key: bytes = b""
-    sign_access_key: Optional[str] = None
-    sign_secret: Optional[str] = None
+    sign_access_key: str | None = None
+    sign_secret: str | None = None
     sign_window: int = 300
     sign_biz_type: str = signing.VIBER_BIZ_TYPE
     sign_actions: Mapping[str, str] = field(default_factory=lambda: dict(signing.CALLBACK_ACTIONS))
@@ -49,14 +51,14 @@ class Settings:
         """True while anyone who can reach the URL can post a body that is applied."""
         return not (self.token or self.sign_secret or self.networks)
 
-    def token_digest(self, token: Optional[str]) -> Optional[str]:
+    def token_digest(self, token: str | None) -> str | None:
         """What is compared and kept instead of a token: its HMAC under the secret key."""
         if not token:
             return None
         return hmac.new(self.token_key, token.encode(), hashlib.sha256).hexdigest()
 
 
-def _text(value) -> Optional[str]:
+def _text(value) -> str | None:
     # The environment's VIBERWATCH_ values are parsed as JSON, so a numeric token is an int.
     return None if value in (None, "") else str(value)
 
@@ -64,8 +66,12 @@ def _text(value) -> Optional[str]:
 def _actions(value) -> dict:
     value = value or {}
     actions = {**signing.CALLBACK_ACTIONS, **value} if isinstance(value, Mapping) else {}
-    if set(actions) != set(signing.CALLBACK_ACTIONS) or not all(isinstance(a, str) and a for a in actions.values()):
-        raise ValueError("WEBHOOK_SIGN_ACTIONS maps dr and message to the action each is signed with")
+    if set(actions) != set(signing.CALLBACK_ACTIONS) or not all(
+        isinstance(a, str) and a for a in actions.values()
+    ):
+        raise ValueError(
+            "WEBHOOK_SIGN_ACTIONS maps dr and message to the action each is signed with"
+        )
     return actions
 
 
@@ -105,12 +111,14 @@ class Refusal:
         return {"error": f"{self.field}: {self.reason}", "field": self.field, "reason": self.reason}
 
 
-def presented_token(args: Mapping, headers: Mapping) -> Optional[str]:
+def presented_token(args: Mapping, headers: Mapping) -> str | None:
     """The token a call presents: the X-Webhook-Token header, else the URL's ?token=."""
     return headers.get(TOKEN_HEADER) or args.get("token")
 
 
-def check_source(settings: Settings, client_address: str, token_digest: Optional[str]) -> Optional[Refusal]:
+def check_source(
+    settings: Settings, client_address: str, token_digest: str | None
+) -> Refusal | None:
     """The checks that need no body: source network, then the token (by its digest)."""
     if settings.networks:
         try:
@@ -121,14 +129,19 @@ def check_source(settings: Settings, client_address: str, token_digest: Optional
             return Refusal(403, "source", f"address {client_address or 'unknown'} is not allowed")
     if settings.token:
         if not token_digest:
-            return Refusal(401, "token", f"missing; the webhook URL carries ?token= (or send {TOKEN_HEADER})")
-        if not hmac.compare_digest(token_digest.encode(), settings.token_digest(settings.token).encode()):
+            return Refusal(
+                401, "token", f"missing; the webhook URL carries ?token= (or send {TOKEN_HEADER})"
+            )
+        if not hmac.compare_digest(
+            token_digest.encode(), settings.token_digest(settings.token).encode()
+        ):
             return Refusal(401, "token", "does not match")
     return None
 
 
-def check_signature(settings: Settings, endpoint: str, headers: Mapping, body: bytes,
-                    now: Optional[datetime] = None) -> Optional[Refusal]:
+def check_signature(
+    settings: Settings, endpoint: str, headers: Mapping, body: bytes, now: datetime | None = None
+) -> Refusal | None:
     """NXCLOUD's signature over the exact body, made for this webhook, `ts` within the window."""
     if not settings.sign_secret:
         return None
@@ -147,16 +160,20 @@ def check_signature(settings: Settings, endpoint: str, headers: Mapping, body: b
     if action != wanted:
         return Refusal(401, "action", f"signed for {action!r}, this webhook takes {wanted!r}")
     if biz_type != settings.sign_biz_type:
-        return Refusal(401, "bizType", f"signed for {biz_type!r}, Viber is {settings.sign_biz_type!r}")
+        return Refusal(
+            401, "bizType", f"signed for {biz_type!r}, Viber is {settings.sign_biz_type!r}"
+        )
     if not ts.isdigit() or len(ts) > 16:
         return Refusal(401, "ts", "must be milliseconds since the epoch")
     now_ms = int((now or utcnow()).timestamp() * 1000)
     if abs(now_ms - int(ts)) > settings.sign_window * 1000:
-        return Refusal(401, "ts", f"more than {settings.sign_window} s from server time (replay or clock skew)")
+        return Refusal(
+            401, "ts", f"more than {settings.sign_window} s from server time (replay or clock skew)"
+        )
     return None
 
 
-def take_signature(settings: Settings, headers: Mapping) -> Optional[Refusal]:
+def take_signature(settings: Settings, headers: Mapping) -> Refusal | None:
     """Record a verified signature as used, in the current transaction; a replay if it was."""
     signature = replay.Signature.of(headers) if settings.sign_secret else None
     if signature is None:
@@ -166,12 +183,16 @@ def take_signature(settings: Settings, headers: Mapping) -> Optional[Refusal]:
     return None
 
 
-def recheck(settings: Settings, raw: RawBody) -> Optional[Refusal]:
+def recheck(settings: Settings, raw: RawBody) -> Refusal | None:
     """The authentication a refused body failed, run again with today's settings as of when it
     arrived, on what it presented then. None when it passes now (its signature is then taken,
     in the current transaction)."""
     if raw.http_status == 413 or raw.endpoint not in settings.sign_actions:
-        return Refusal(raw.http_status, "body", "kept cut at the size limit when it arrived: it cannot be applied")
+        return Refusal(
+            raw.http_status,
+            "body",
+            "kept cut at the size limit when it arrived: it cannot be applied",
+        )
     headers = Headers(json.loads(raw.headers or "{}"))
     refusal = check_source(settings, raw.remote_addr or "", headers.get(TOKEN_DIGEST))
     if refusal is None:
@@ -181,7 +202,7 @@ def recheck(settings: Settings, raw: RawBody) -> Optional[Refusal]:
     return refusal
 
 
-def still_refused(raw: RawBody) -> Optional[ingest.Result]:
+def still_refused(raw: RawBody) -> ingest.Result | None:
     """For a refused body about to be reprocessed: None when it passes authentication now,
     else the body stays refused with the reason of this check, committed."""
     refusal = recheck(current(), raw)
@@ -191,12 +212,21 @@ def still_refused(raw: RawBody) -> Optional[ingest.Result]:
     raw.reason = refusal.as_json()["error"]
     raw.reprocessed_at = utcnow()
     db.session.commit()
-    return ingest.Result(refusal.http_status, "refused", raw.id, raw.request_id, error=refusal.as_json())
+    return ingest.Result(
+        refusal.http_status, "refused", raw.id, raw.request_id, error=refusal.as_json()
+    )
 
 
-def keep_refused(settings: Settings, endpoint: str, body: bytes, content_type: Optional[str],
-                 headers: Mapping, remote_addr: Optional[str], refusal: Refusal,
-                 token: Optional[str] = None) -> bool:
+def keep_refused(
+    settings: Settings,
+    endpoint: str,
+    body: bytes,
+    content_type: str | None,
+    headers: Mapping,
+    remote_addr: str | None,
+    refusal: Refusal,
+    token: str | None = None,
+) -> bool:
     """Store a refused body, or only count it once refusals pass the keep rate per minute.
 
     A flood of refused calls must not fill the disk; a count per minute keeps what happened.
@@ -204,22 +234,34 @@ def keep_refused(settings: Settings, endpoint: str, body: bytes, content_type: O
     """
     now = utcnow()
     kept_last_minute = db.session.execute(
-        db.select(func.count(RawBody.id)).where(RawBody.outcome == "refused",
-                                                RawBody.received_at > now - timedelta(minutes=1))
+        db.select(func.count(RawBody.id)).where(
+            RawBody.outcome == "refused", RawBody.received_at > now - timedelta(minutes=1)
+        )
     ).scalar_one()
     if kept_last_minute < settings.keep_refused_per_minute:
         kept = {k: v for k, v in dict(headers).items() if k.lower() != TOKEN_DIGEST}
         if token:
             kept[TOKEN_DIGEST] = settings.token_digest(token)
-        ingest.refuse(endpoint, body, content_type, kept, remote_addr,
-                      refusal.http_status, refusal.as_json()["error"])
+        ingest.refuse(
+            endpoint,
+            body,
+            content_type,
+            kept,
+            remote_addr,
+            refusal.http_status,
+            refusal.as_json()["error"],
+        )
         return True
     minute = now.replace(second=0, microsecond=0)
     reason = refusal.as_json()["error"][:500]
-    if not ingest.insert_ignore(RefusedTally, {"minute": minute, "dropped": 1, "last_reason": reason},
-                                ["minute"]):
-        db.session.execute(db.update(RefusedTally).where(RefusedTally.minute == minute)
-                           .values(dropped=RefusedTally.dropped + 1, last_reason=reason))
+    if not ingest.insert_ignore(
+        RefusedTally, {"minute": minute, "dropped": 1, "last_reason": reason}, ["minute"]
+    ):
+        db.session.execute(
+            db.update(RefusedTally)
+            .where(RefusedTally.minute == minute)
+            .values(dropped=RefusedTally.dropped + 1, last_reason=reason)
+        )
     db.session.commit()
     return False
 
@@ -227,9 +269,13 @@ def keep_refused(settings: Settings, endpoint: str, body: bytes, content_type: O
 def dropped_since(hours: int = 24) -> int:
     """Refused calls counted but not kept in the last `hours`."""
     since = utcnow().replace(second=0, microsecond=0) - timedelta(hours=hours)
-    return int(db.session.execute(
-        db.select(func.coalesce(func.sum(RefusedTally.dropped), 0))
-        .where(RefusedTally.minute >= since)).scalar_one())
+    return int(
+        db.session.execute(
+            db.select(func.coalesce(func.sum(RefusedTally.dropped), 0)).where(
+                RefusedTally.minute >= since
+            )
+        ).scalar_one()
+    )
 
 
 def init_app(app) -> None:
@@ -238,5 +284,7 @@ def init_app(app) -> None:
     @app.context_processor
     def webhook_security():
         # A callable, so pages that do not show the banners cost no query.
-        return {"webhooks_unauthenticated": app.extensions["viberwatch.webhook_auth"].unauthenticated,
-                "refused_dropped": dropped_since}
+        return {
+            "webhooks_unauthenticated": app.extensions["viberwatch.webhook_auth"].unauthenticated,
+            "refused_dropped": dropped_since,
+        }

@@ -1,9 +1,11 @@
 """The two NXCLOUD webhook endpoints."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 
-from . import ingest, replay, security, webhook_auth
+from . import replay, security, webhook_auth
+from .records import ingest
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/viber")
 
@@ -20,13 +22,27 @@ def receive(endpoint: str):
     if refusal is None:
         refusal = webhook_auth.check_signature(settings, endpoint, request.headers, body.data)
     if refusal is not None:
-        webhook_auth.keep_refused(settings, endpoint, body.data, request.content_type,
-                                  request.headers, address, refusal, token)
+        webhook_auth.keep_refused(
+            settings,
+            endpoint,
+            body.data,
+            request.content_type,
+            request.headers,
+            address,
+            refusal,
+            token,
+        )
         return jsonify(refusal.as_json()), refusal.http_status
     # A verified signature is taken (used once) in the transaction that applies the body.
     signature = replay.Signature.of(request.headers) if settings.sign_secret else None
-    result = ingest.ingest(endpoint, body.data, request.content_type,
-                           dict(request.headers), address, signature=signature)
+    result = ingest.ingest(
+        endpoint,
+        body.data,
+        request.content_type,
+        dict(request.headers),
+        address,
+        signature=signature,
+    )
     g.webhook_result = result  # for the request's log line and metrics (app/logs.py)
     if result.ok:
         # NXCLOUD's callbacks treat HTTP 200 with the body "success" as accepted.

@@ -12,6 +12,7 @@ fresh SQLite file, in alternating rounds with and without writing the rollups (`
 
     .venv/bin/python bench/analytics.py --messages 1000000 [--db sqlite,postgresql]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ import random
 import statistics
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ from sqlalchemy import create_engine, insert, text  # noqa: E402
 
 from app.models import Activity, LatencyDay, Message, OutcomeHour, RawBody, Reply, db  # noqa: E402
 
-NOW = datetime(2026, 3, 31, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
 DAYS = 30
 BATCH = 20_000
 
@@ -46,7 +47,11 @@ def database(kind: str, messages: int, reuse: bool) -> tuple[str, bool]:
     name = f"analytics_{messages}"
     marker = DATA / f"{name}-{kind}.made"
     if reuse and marker.exists():
-        url = f"sqlite:///{DATA / (name + '.db')}" if kind == "sqlite" else f"{PG_SERVER}/viberwatch_{name}"
+        url = (
+            f"sqlite:///{DATA / (name + '.db')}"
+            if kind == "sqlite"
+            else f"{PG_SERVER}/viberwatch_{name}"
+        )
         return url, True
     marker.unlink(missing_ok=True)
     if kind == "sqlite":
@@ -63,7 +68,9 @@ def database(kind: str, messages: int, reuse: bool) -> tuple[str, bool]:
     return f"{PG_SERVER}/viberwatch_{name}", False
 
 
-def act(kind: str, at: datetime, rid: str, phone: str | None = None, status: str | None = None) -> dict:
+def act(
+    kind: str, at: datetime, rid: str, phone: str | None = None, status: str | None = None
+) -> dict:
     return {"kind": kind, "created_at": at, "request_id": rid, "phone": phone, "status": status}
 
 
@@ -75,25 +82,52 @@ def rows(messages: int, rnd: random.Random):
         t0 = start + step * i
         rid = f"r{i:09d}"
         phone = f"79{rnd.randrange(200_000):08d}"
-        m = {"request_id": rid, "phone": phone, "registered_at": t0, "created_at": t0, "status": None,
-             "code": None, "accepted_at": None, "delivered_at": None, "seen_at": None, "failed_at": None,
-             "expired_at": None, "cost_currency": None, "cost_local_price": None,
-             "cost_original_price": None, "cost_rate_type": None, "anomaly": False, "receipts_count": 0,
-             "replies_count": 0, "last_activity_at": t0}
+        m = {
+            "request_id": rid,
+            "phone": phone,
+            "registered_at": t0,
+            "created_at": t0,
+            "status": None,
+            "code": None,
+            "accepted_at": None,
+            "delivered_at": None,
+            "seen_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cost_currency": None,
+            "cost_local_price": None,
+            "cost_original_price": None,
+            "cost_rate_type": None,
+            "anomaly": False,
+            "receipts_count": 0,
+            "replies_count": 0,
+            "last_activity_at": t0,
+        }
         activity = [act("register", t0, rid, phone=phone)]
         replies = []
         roll = rnd.random()
         if roll >= 0.02:
             accepted = t0 + timedelta(seconds=rnd.uniform(0.3, 3))
-            m.update(status="success", code=0, accepted_at=accepted, receipts_count=1,
-                     cost_currency="USD" if roll < 0.8 else "EUR", cost_local_price=0.012,
-                     cost_original_price=0.002,
-                     cost_rate_type="Transactional" if rnd.random() < 0.7 else "Promotional")
+            m.update(
+                status="success",
+                code=0,
+                accepted_at=accepted,
+                receipts_count=1,
+                cost_currency="USD" if roll < 0.8 else "EUR",
+                cost_local_price=0.012,
+                cost_original_price=0.002,
+                cost_rate_type="Transactional" if rnd.random() < 0.7 else "Promotional",
+            )
             last = accepted
             activity.append(act("receipt", accepted, rid, status="success"))
             if roll < 0.08:
                 failed = accepted + timedelta(seconds=2)
-                m.update(status="failed", code=rnd.choice((9002, 1102, 11000)), failed_at=failed, receipts_count=2)
+                m.update(
+                    status="failed",
+                    code=rnd.choice((9002, 1102, 11000)),
+                    failed_at=failed,
+                    receipts_count=2,
+                )
                 activity.append(act("receipt", failed, rid, status="failed"))
                 last = failed
             elif roll < 0.12:
@@ -113,9 +147,20 @@ def rows(messages: int, rnd: random.Random):
                     last = seen
                     if rnd.random() < 0.33:
                         at = seen + timedelta(minutes=2)
-                        replies.append({"raw_id": 1, "content_hash": f"h{i}", "phone": phone, "appkey": "APP",
-                                        "trace_request_id": rid, "text": "ok", "send_time_raw": "",
-                                        "send_time": at, "received_at": at, "times_received": 1})
+                        replies.append(
+                            {
+                                "raw_id": 1,
+                                "content_hash": f"h{i}",
+                                "phone": phone,
+                                "appkey": "APP",
+                                "trace_request_id": rid,
+                                "text": "ok",
+                                "send_time_raw": "",
+                                "send_time": at,
+                                "received_at": at,
+                                "times_received": 1,
+                            }
+                        )
                         activity.append(act("reply", at, rid, phone=phone))
                         m.update(replies_count=1)
                         last = at
@@ -128,8 +173,19 @@ def fill(url: str, messages: int) -> float:
     start = time.perf_counter()
     db.metadata.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(insert(RawBody), [{"id": 1, "endpoint": "dr", "received_at": NOW, "body": b"{}",
-                                        "outcome": "accepted", "http_status": 200}])
+        conn.execute(
+            insert(RawBody),
+            [
+                {
+                    "id": 1,
+                    "endpoint": "dr",
+                    "received_at": NOW,
+                    "body": b"{}",
+                    "outcome": "accepted",
+                    "http_status": 200,
+                }
+            ],
+        )
     batch_m, batch_r, batch_a = [], [], []
 
     def flush():
@@ -190,35 +246,75 @@ def measure(kind: str, url: str, repeat: int) -> list[dict]:
     from app import analytics as view
     from app import analytics_report as report_module
 
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": "bench", "ANALYTICS_CLOCK": lambda: NOW,
-                      "ALERT_RULES": None, "METRICS_TOKEN": "bench"})
+    app = create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": url,
+            "SECRET_KEY": "bench",
+            "ANALYTICS_CLOCK": lambda: NOW,
+            "ALERT_RULES": None,
+            "METRICS_TOKEN": "bench",
+        }
+    )
     out = []
     with app.app_context():
         db.create_all()  # the rollup tables, on data made before they existed
-        if any(db.session.execute(db.select(model).limit(1)).first() is None
-               for model in (OutcomeHour, LatencyDay)):
+        if any(
+            db.session.execute(db.select(model).limit(1)).first() is None
+            for model in (OutcomeHour, LatencyDay)
+        ):
             start = time.perf_counter()
             written = rollup.rebuild()
             seconds = time.perf_counter() - start
             log(f"rollups rebuilt on {kind}: {written:,} rows in {seconds:.0f} s")
-            out.append({"db": kind, "what": f"rollups rebuilt ({written:,} rows)",
-                        "report": {"p50": seconds * 1000, "max": seconds * 1000}})
+            out.append(
+                {
+                    "db": kind,
+                    "what": f"rollups rebuilt ({written:,} rows)",
+                    "report": {"p50": seconds * 1000, "max": seconds * 1000},
+                }
+            )
         for name, query in VIEWS:
             args = MultiDict(parse_qsl(query))
             flt, rng = view._parse(args)
-            report = timed(lambda: report_module.report(rng, flt), repeat)
-            every = timed(lambda: report_module.report(rng, flt, use_rollup=False), 1)
+            report = timed(lambda rng=rng, flt=flt: report_module.report(rng, flt), repeat)
+            every = timed(
+                lambda rng=rng, flt=flt: report_module.report(rng, flt, use_rollup=False), 1
+            )
             with app.test_request_context(f"/analytics?{query}"):
-                page = timed(lambda: render_template("analytics/_report.html", **view._context(flt, rng)),
-                             repeat)
-            out.append({"db": kind, "what": f"analytics: {name}", "report": report, "every": every,
-                        "page": page, "rolled": report_module.rollup_plan(rng, flt) is not None})
-        out.append({"db": kind, "what": "alert rules (3 built-in)",
-                    "report": timed(lambda: alerts.evaluate(NOW), repeat)})
+                page = timed(
+                    lambda rng=rng, flt=flt: render_template(
+                        "analytics/_report.html", **view._context(flt, rng)
+                    ),
+                    repeat,
+                )
+            out.append(
+                {
+                    "db": kind,
+                    "what": f"analytics: {name}",
+                    "report": report,
+                    "every": every,
+                    "page": page,
+                    "rolled": report_module.rollup_plan(rng, flt) is not None,
+                }
+            )
+        out.append(
+            {
+                "db": kind,
+                "what": "alert rules (3 built-in)",
+                "report": timed(lambda: alerts.evaluate(NOW), repeat),
+            }
+        )
         client = app.test_client()
-        out.append({"db": kind, "what": "GET /metrics",
-                    "report": timed(lambda: client.get("/metrics", headers={"Authorization": "Bearer bench"}),
-                                    repeat)})
+        out.append(
+            {
+                "db": kind,
+                "what": "GET /metrics",
+                "report": timed(
+                    lambda: client.get("/metrics", headers={"Authorization": "Bearer bench"}),
+                    repeat,
+                ),
+            }
+        )
         db.engine.dispose()
     return out
 
@@ -229,22 +325,37 @@ def ingest_cost(messages: int, rounds: int) -> dict:
     import json
     import tempfile
 
-    from app import create_app, ingest, rollup
+    from app import create_app, rollup
+    from app.records import ingest
 
     keep = rollup.Moves.write
     per: dict[str, list[float]] = {"with": [], "without": []}
     for r in range(rounds):
-        for mode in (("with", "without") if r % 2 == 0 else ("without", "with")):
+        for mode in ("with", "without") if r % 2 == 0 else ("without", "with"):
             rollup.Moves.write = keep if mode == "with" else (lambda self, conn: None)
             with tempfile.TemporaryDirectory() as tmp:
-                app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp}/ingest.db", "SECRET_KEY": "bench",
-                                  "ALERT_RULES": None})
+                app = create_app(
+                    {
+                        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp}/ingest.db",
+                        "SECRET_KEY": "bench",
+                        "ALERT_RULES": None,
+                    }
+                )
                 with app.app_context():
                     db.create_all()
-                    bodies = [json.dumps({"status": status, "requestId": f"m{i}", "code": code,
-                                          "message": "bench", "sendTime": "2026-03-01 20:00:00"}).encode()
-                              for status, code in (("success", 0), ("delivered", 11001), ("seen", 11002))
-                              for i in range(messages)]
+                    bodies = [
+                        json.dumps(
+                            {
+                                "status": status,
+                                "requestId": f"m{i}",
+                                "code": code,
+                                "message": "bench",
+                                "sendTime": "2026-03-01 20:00:00",
+                            }
+                        ).encode()
+                        for status, code in (("success", 0), ("delivered", 11001), ("seen", 11002))
+                        for i in range(messages)
+                    ]
                     start = time.perf_counter()
                     for body in bodies:
                         assert ingest.ingest("dr", body, "application/json", {}).ok
@@ -256,13 +367,21 @@ def ingest_cost(messages: int, rounds: int) -> dict:
 
 def markdown(messages: int, fills: dict, results: list[dict], cost: dict | None) -> str:
     kinds = list(fills)
-    lines = [f"### Analytics, alerts and metrics at {messages:,} messages (p50 ms, max in brackets)", "",
-             "| view | " + " | ".join(f"{k} rollups | {k} every message | {k} fragment" for k in kinds) + " |",
-             "| --- | " + " | ".join("---: | ---: | ---:" for _ in kinds) + " |"]
+    lines = [
+        f"### Analytics, alerts and metrics at {messages:,} messages (p50 ms, max in brackets)",
+        "",
+        "| view | "
+        + " | ".join(f"{k} rollups | {k} every message | {k} fragment" for k in kinds)
+        + " |",
+        "| --- | " + " | ".join("---: | ---: | ---:" for _ in kinds) + " |",
+    ]
     by_what: dict[str, dict] = {}
     for r in results:
         by_what.setdefault(r["what"], {})[r["db"]] = r
-    cell = lambda t: f"{t['p50']:.1f} ({t['max']:.1f})" if t else "–"
+
+    def cell(t):
+        return f"{t['p50']:.1f} ({t['max']:.1f})" if t else "–"
+
     for what, per in by_what.items():
         cells = []
         rolled = True
@@ -276,19 +395,28 @@ def markdown(messages: int, fills: dict, results: list[dict], cost: dict | None)
     if made:
         lines += ["", "Data made in " + ", ".join(made) + "."]
     if cost:
-        lines += ["", f"Ingest, ms per receipt (median of rounds): {cost['with']:.2f} keeping the rollups, "
-                      f"{cost['without']:.2f} without ({100 * (cost['with'] / cost['without'] - 1):+.0f} %)."]
+        lines += [
+            "",
+            f"Ingest, ms per receipt (median of rounds): {cost['with']:.2f} keeping the rollups, "
+            f"{cost['without']:.2f} without ({100 * (cost['with'] / cost['without'] - 1):+.0f} %).",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--db", default="sqlite,postgresql")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--reuse", action="store_true", help="keep data made by an earlier run")
-    parser.add_argument("--ingest-messages", type=int, default=300,
-                        help="messages (3 receipts each) per round of the ingest cost; 0 skips it")
+    parser.add_argument(
+        "--ingest-messages",
+        type=int,
+        default=300,
+        help="messages (3 receipts each) per round of the ingest cost; 0 skips it",
+    )
     args = parser.parse_args()
     fills, results = {}, []
     for kind in args.db.split(","):

@@ -6,6 +6,7 @@ python bench/export_child.py copy POSTGRESQL_URL     # COPY ... TO STDOUT WITH C
 Prints one JSON line: rows, seconds (and this process's CPU seconds), bytes, first byte and
 first row (ms), resident memory before and the most seen during.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,9 +19,11 @@ import sys
 import time
 
 # The same rows and columns as the app's export, in the same order, as they are stored.
-COLUMNS = ("request_id, phone, COALESCE(status, 'pending'), code, code_message, send_time, accepted_at, "
-           "delivered_at, seen_at, expired_at, failed_at, cost_currency, cost_local_price, "
-           "cost_original_price, cost_rate_type, anomalies, replies_count, last_reply_text, last_activity_at")
+COLUMNS = (
+    "request_id, phone, COALESCE(status, 'pending'), code, code_message, send_time, accepted_at, "
+    "delivered_at, seen_at, expired_at, failed_at, cost_currency, cost_local_price, "
+    "cost_original_price, cost_rate_type, anomalies, replies_count, last_reply_text, last_activity_at"
+)
 QUERY = f"SELECT {COLUMNS} FROM message ORDER BY last_activity_at DESC, request_id DESC"
 SAMPLE_ROWS = 10_000
 
@@ -64,10 +67,16 @@ class Watch:
 
     def result(self, rows: int, size: int) -> dict:
         seconds = time.perf_counter() - self.start
-        return {"rows": rows, "seconds": seconds, "cpu_seconds": time.process_time() - self.cpu, "bytes": size,
-                "first_byte_ms": (self.first_byte - self.start) * 1000 if self.first_byte else None,
-                "first_row_ms": (self.first_row - self.start) * 1000 if self.first_row else None,
-                "rss_before_kb": self.before, "rss_peak_kb": max(self.highest, rss_kb())}
+        return {
+            "rows": rows,
+            "seconds": seconds,
+            "cpu_seconds": time.process_time() - self.cpu,
+            "bytes": size,
+            "first_byte_ms": (self.first_byte - self.start) * 1000 if self.first_byte else None,
+            "first_row_ms": (self.first_row - self.start) * 1000 if self.first_row else None,
+            "rss_before_kb": self.before,
+            "rss_peak_kb": max(self.highest, rss_kb()),
+        }
 
 
 def bare(path: str) -> dict:
@@ -110,8 +119,14 @@ def app_export(url: str, user: str, password: str, query: str = "") -> dict:
     client = app.test_client()
     page = client.get("/login").get_data(as_text=True)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    response = client.post("/login", data={"username": user, "password": password,
-                                           "csrf_token": token.group(1) if token else ""})
+    response = client.post(
+        "/login",
+        data={
+            "username": user,
+            "password": password,
+            "csrf_token": token.group(1) if token else "",
+        },
+    )
     assert response.status_code in (302, 303), response.status_code
     client.get("/healthz")
     watch = Watch()

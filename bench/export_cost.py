@@ -9,6 +9,7 @@ driver, PostgreSQL as COPY ... TO STDOUT with a serial plan, so that all the wor
 one server process whose CPU time is read from /proc (the server must run on this machine).
 CPU seconds, best of 3. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,26 +34,47 @@ def main(url: str) -> dict:
     from app.filters import MessageFilter
     from app.models import Message
 
-    stored = {"request_id": Message.request_id, "phone": Message.phone, "code_message": Message.code_message,
-              "send_time": Message.send_time, "accepted_at": Message.accepted_at,
-              "delivered_at": Message.delivered_at, "seen_at": Message.seen_at,
-              "expired_at": Message.expired_at, "failed_at": Message.failed_at,
-              "cost_currency": Message.cost_currency, "local_price": Message.cost_local_price,
-              "original_price": Message.cost_original_price, "rate_type": Message.cost_rate_type,
-              "anomalies": Message.anomalies, "last_reply_text": Message.last_reply_text,
-              "last_activity_at": Message.last_activity_at}
+    stored = {
+        "request_id": Message.request_id,
+        "phone": Message.phone,
+        "code_message": Message.code_message,
+        "send_time": Message.send_time,
+        "accepted_at": Message.accepted_at,
+        "delivered_at": Message.delivered_at,
+        "seen_at": Message.seen_at,
+        "expired_at": Message.expired_at,
+        "failed_at": Message.failed_at,
+        "cost_currency": Message.cost_currency,
+        "local_price": Message.cost_local_price,
+        "original_price": Message.cost_original_price,
+        "rate_type": Message.cost_rate_type,
+        "anomalies": Message.anomalies,
+        "last_reply_text": Message.last_reply_text,
+        "last_activity_at": Message.last_activity_at,
+    }
 
     def kind(name, cell):
         if name not in stored:
             return "other"
-        return "times" if isinstance(cell, iso_cell) else "prices" if isinstance(cell, price_cell) else "texts"
+        return (
+            "times"
+            if isinstance(cell, iso_cell)
+            else "prices"
+            if isinstance(cell, price_cell)
+            else "texts"
+        )
 
     def query(raw: set):
         cells = [stored[name] if kind(name, cell) in raw else cell for name, cell in MESSAGE_CELLS]
         return MessageFilter().query().with_only_columns(*cells)
 
-    variants = {"every cell formatted": set(), "times as stored": {"times"}, "texts as stored": {"texts"},
-                "prices as stored": {"prices"}, "all as stored": {"times", "texts", "prices"}}
+    variants = {
+        "every cell formatted": set(),
+        "times as stored": {"times"},
+        "texts as stored": {"texts"},
+        "prices as stored": {"prices"},
+        "all as stored": {"times", "texts", "prices"},
+    }
     app = create_app()
     with app.app_context():
         statements = {name: _driver_statement(query(raw)) for name, raw in variants.items()}
@@ -60,7 +82,7 @@ def main(url: str) -> dict:
     if url.startswith("sqlite"):
         import sqlite3
 
-        conn = sqlite3.connect(url[len("sqlite:///"):])
+        conn = sqlite3.connect(url[len("sqlite:///") :])
 
         def run(sql, params):
             start = time.process_time()
@@ -71,7 +93,9 @@ def main(url: str) -> dict:
     else:
         import psycopg
 
-        conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        conn = psycopg.connect(
+            url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+        )
         conn.execute("SET max_parallel_workers_per_gather = 0")
         conn.execute("SET jit = off")
         conn.execute("SET extra_float_digits = 1")
@@ -83,6 +107,7 @@ def main(url: str) -> dict:
                 for _ in copy:
                     pass
             return backend_cpu(pid) - start
+
     for _ in range(ROUNDS):
         for name, (sql, params) in statements.items():
             took = run(sql, params)

@@ -6,6 +6,7 @@ Also measured per round: the server's CPU time per request (every gunicorn proce
 /proc), the bodies per ingest transaction (the `viberwatch_ingest_batch_bodies` histogram of
 /metrics), and, with py-spy installed, a sampled profile of one worker during one round.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,8 +16,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -53,10 +53,14 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def batch_histogram(base: str) -> dict[str, float]:
     """Cumulative buckets, sum and count of the bodies-per-transaction histogram."""
-    body = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30).text
+    body = httpx.get(
+        base + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=30
+    ).text
     out = {}
     for line in body.splitlines():
-        m = re.match(r'viberwatch_ingest_batch_bodies_(bucket\{le="([^"]+)"\}|sum|count) (\S+)', line)
+        m = re.match(
+            r'viberwatch_ingest_batch_bodies_(bucket\{le="([^"]+)"\}|sum|count) (\S+)', line
+        )
         if m:
             out[m.group(2) or m.group(1)] = out.get(m.group(2) or m.group(1), 0) + float(m.group(3))
     return out
@@ -65,19 +69,38 @@ def batch_histogram(base: str) -> dict[str, float]:
 def batch_summary(before: dict, after: dict) -> dict:
     count = after.get("count", 0) - before.get("count", 0)
     total = after.get("sum", 0) - before.get("sum", 0)
-    buckets = sorted(((float(k), after[k] - before.get(k, 0)) for k in after if k not in ("sum", "count")
-                      and k != "+Inf"))
+    buckets = sorted(
+        (float(k), after[k] - before.get(k, 0))
+        for k in after
+        if k not in ("sum", "count") and k != "+Inf"
+    )
     median = next((le for le, n in buckets if n >= count / 2), None) if count else None
     p90 = next((le for le, n in buckets if n >= count * 0.9), None) if count else None
-    return {"transactions": count, "bodies": total, "mean": total / count if count else 0,
-            "median_le": median, "p90_le": p90}
+    return {
+        "transactions": count,
+        "bodies": total,
+        "mean": total / count if count else 0,
+        "median_le": median,
+        "p90_le": p90,
+    }
 
 
 def wrk(url: str, seconds: int, tag: str, connections: int, noop: bool) -> dict:
     import json
 
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
-            "-s", str(ROOT / "bench" / "ingest.lua"), url, "--", tag] + (["noop"] if noop else [])
+    args = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(ROOT / "bench" / "ingest.lua"),
+        url,
+        "--",
+        tag,
+    ] + (["noop"] if noop else [])
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
@@ -90,18 +113,40 @@ def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen | None:
     spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
     if not os.path.exists(spy):
         return None
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
-                             "--format", "raw", "--nonblocking", "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # Where a sample's time goes, by the innermost frame of ours or of a library that matters.
 PLACES = (
     ("commit", re.compile(r"\b(commit|_commit_impl|do_commit)\b")),
-    ("database: execute", re.compile(r"\b(do_execute|do_executemany|execute) \((sqlite3|psycopg|cursor)")),
+    (
+        "database: execute",
+        re.compile(r"\b(do_execute|do_executemany|execute) \((sqlite3|psycopg|cursor)"),
+    ),
     ("ingest: lock and read", re.compile(r"\b(read_messages) \(")),
     ("ingest: decide and derive", re.compile(r"\b(_decide|parse|message_columns|fold) \(")),
-    ("ingest: writes", re.compile(r"\b(_write_raw|_write_records|_write_messages|_write_activity|write) \(")),
+    (
+        "ingest: writes",
+        re.compile(r"\b(_write_raw|_write_records|_write_messages|_write_activity|write) \("),
+    ),
     ("ingest: waiting", re.compile(r"\b(wait|_take) \(")),
 )
 
@@ -119,9 +164,16 @@ def summarise_profile(path: Path) -> dict:
             continue
         frames = stack.split(";")
         joined = ";".join(frames)
-        idle = re.search(r"\b(wait|select|poll|accept|epoll|_take|sleep) \(", frames[-1]) is not None
-        kind = ("ingest writer" if "_run (app/ingest.py" in joined or "ingest-writer" in frames[0]
-                else "request threads" if "handle_request" in joined or "wsgi_app" in joined else "other")
+        idle = (
+            re.search(r"\b(wait|select|poll|accept|epoll|_take|sleep) \(", frames[-1]) is not None
+        )
+        kind = (
+            "ingest writer"
+            if "_run (app/ingest.py" in joined or "ingest-writer" in frames[0]
+            else "request threads"
+            if "handle_request" in joined or "wsgi_app" in joined
+            else "other"
+        )
         threads[(kind, "idle" if idle else "busy")] += int(n)
         if kind == "ingest writer" and not idle:
             for frame in reversed(frames):
@@ -131,15 +183,27 @@ def summarise_profile(path: Path) -> dict:
                     break
             else:
                 writer["other"] += int(n)
-    return {"threads": {f"{k} ({s})": n for (k, s), n in sorted(threads.items())}, "writer": dict(writer)}
+    return {
+        "threads": {f"{k} ({s})": n for (k, s), n in sorted(threads.items())},
+        "writer": dict(writer),
+    }
 
 
-def run(kind: str, url: str, seconds: int, connections: int, *, label: str, server, viberwatch,
-        check: bool = True) -> dict:
+def run(
+    kind: str,
+    url: str,
+    seconds: int,
+    connections: int,
+    *,
+    label: str,
+    server,
+    viberwatch,
+    check: bool = True,
+) -> dict:
     """Alternating rounds against one production server on `url`; `server` and `viberwatch` are
     bench/run.py's helpers."""
     metrics_dir = tempfile.mkdtemp(prefix="vw-metrics-")
-    since = datetime.now(timezone.utc).replace(tzinfo=None)
+    since = datetime.now(UTC).replace(tzinfo=None)
     rounds = []
     profiled = {}
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -160,8 +224,12 @@ def run(kind: str, url: str, seconds: int, connections: int, *, label: str, serv
                         workers = [p for p in pids if p != master]
                         out = Path(metrics_dir) / "profile.txt"
                         spy = profile(workers[0], seconds - 1, out) if workers else None
-                    r = wrk(base, seconds, f"{'n' if noop else 'd'}{i}{connections}", connections, noop)
-                    r["cpu_ms_per_request"] = (cpu_seconds(server_pids(master)) - cpu0) * 1000 / max(1, r["requests"])
+                    r = wrk(
+                        base, seconds, f"{'n' if noop else 'd'}{i}{connections}", connections, noop
+                    )
+                    r["cpu_ms_per_request"] = (
+                        (cpu_seconds(server_pids(master)) - cpu0) * 1000 / max(1, r["requests"])
+                    )
                     if not noop:
                         r["batches"] = batch_summary(hist0, batch_histogram(base))
                         answered += r["requests"] - r["status"]
@@ -188,8 +256,12 @@ def summary(kind: str, label: str, connections: int, rounds: list[dict], answere
     ingest_rate = statistics.mean(r["rate"] for r in ingest)
     batches = [r["batches"] for r in ingest]
     return {
-        "db": kind, "database": label, "connections": connections,
-        "noop_rate": noop_rate, "ingest_rate": ingest_rate, "ratio": ingest_rate / noop_rate,
+        "db": kind,
+        "database": label,
+        "connections": connections,
+        "noop_rate": noop_rate,
+        "ingest_rate": ingest_rate,
+        "ratio": ingest_rate / noop_rate,
         "noop_p50_ms": statistics.mean(r["p50_us"] for r in noop) / 1000,
         "noop_p99_ms": max(r["p99_us"] for r in noop) / 1000,
         "ingest_p50_ms": statistics.mean(r["p50_us"] for r in ingest) / 1000,
@@ -199,7 +271,8 @@ def summary(kind: str, label: str, connections: int, rounds: list[dict], answere
         "errors": sum(r["errors"] for r in noop + ingest),
         "noop_cpu_ms": statistics.mean(r["cpu_ms_per_request"] for r in noop),
         "ingest_cpu_ms": statistics.mean(r["cpu_ms_per_request"] for r in ingest),
-        "batch_mean": sum(b["bodies"] for b in batches) / max(1, sum(b["transactions"] for b in batches)),
+        "batch_mean": sum(b["bodies"] for b in batches)
+        / max(1, sum(b["transactions"] for b in batches)),
         "batch_median_le": max((b["median_le"] or 0) for b in batches),
         "batch_p90_le": max((b["p90_le"] or 0) for b in batches),
         "answered_2xx": answered,
@@ -210,30 +283,48 @@ def consistency(url: str, viberwatch, since: datetime) -> dict:
     """Every 2xx stored; every message equal to a rebuild; tally and rollups equal to a recount."""
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.connect() as conn:
-        stored = conn.execute(text(
-            "SELECT COUNT(*) FROM raw_body WHERE endpoint IN ('dr', 'message') AND http_status = 200 "
-            "AND received_at >= :since"), {"since": since}).scalar()
-        not_ok = conn.execute(text(
-            "SELECT COUNT(*) FROM raw_body WHERE endpoint IN ('dr', 'message') AND http_status <> 200 "
-            "AND received_at >= :since"), {"since": since}).scalar()
+        stored = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM raw_body WHERE endpoint IN ('dr', 'message') AND http_status = 200 "
+                "AND received_at >= :since"
+            ),
+            {"since": since},
+        ).scalar()
+        not_ok = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM raw_body WHERE endpoint IN ('dr', 'message') AND http_status <> 200 "
+                "AND received_at >= :since"
+            ),
+            {"since": since},
+        ).scalar()
     engine.dispose()
     rebuild = viberwatch(url, "rebuild", "--check", quiet=True, check=False)
     recount = viberwatch(url, "recount", "--check", quiet=True, check=False)
-    return {"stored_2xx": stored, "stored_not_2xx": not_ok,
-            "rebuild": rebuild.stdout.strip().splitlines()[-1] if rebuild.stdout.strip() else rebuild.stderr[-200:],
-            "recount": recount.stdout.strip().splitlines()[-1] if recount.stdout.strip() else recount.stderr[-200:]}
+    return {
+        "stored_2xx": stored,
+        "stored_not_2xx": not_ok,
+        "rebuild": rebuild.stdout.strip().splitlines()[-1]
+        if rebuild.stdout.strip()
+        else rebuild.stderr[-200:],
+        "recount": recount.stdout.strip().splitlines()[-1]
+        if recount.stdout.strip()
+        else recount.stderr[-200:],
+    }
 
 
 def markdown(results: list[dict]) -> list[str]:
-    out = ["| database | connections | no-op req/s | webhooks/s | ratio | webhook p50 / p99 / max ms | "
-           "slower than 2 s | errors | CPU ms per request (no-op / webhook) | bodies per transaction "
-           "(mean, median ≤, p90 ≤) | 2xx answered / stored | rebuild | recount |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    out = [
+        "| database | connections | no-op req/s | webhooks/s | ratio | webhook p50 / p99 / max ms | "
+        "slower than 2 s | errors | CPU ms per request (no-op / webhook) | bodies per transaction "
+        "(mean, median ≤, p90 ≤) | 2xx answered / stored | rebuild | recount |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
     for r in results:
         out.append(
             f"| {r['db']}, {r['database']} | {r['connections']} | {r['noop_rate']:,.0f} | {r['ingest_rate']:,.0f} | "
             f"{r['ratio']:.2f} | {r['ingest_p50_ms']:.1f} / {r['ingest_p99_ms']:.1f} / {r['ingest_max_ms']:.0f} | "
             f"{r['over_2s']} | {r['errors']} | {r['noop_cpu_ms']:.2f} / {r['ingest_cpu_ms']:.2f} | "
             f"{r['batch_mean']:.1f}, {r['batch_median_le']:.0f}, {r['batch_p90_le']:.0f} | "
-            f"{r['answered_2xx']:,} / {r.get('stored_2xx', 0):,} | {r.get('rebuild', '–')} | {r.get('recount', '–')} |")
+            f"{r['answered_2xx']:,} / {r.get('stored_2xx', 0):,} | {r.get('rebuild', '–')} | {r.get('recount', '–')} |"
+        )
     return out

@@ -6,6 +6,7 @@ alone: python bench/ingest_phases.py [DATABASE_URL].
 Phases are timed by wrapping the functions that do them; the wrapping costs a little
 itself, so the total is also measured without it, in another round.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import contacts, create_app, ingest, rollup, tally  # noqa: E402
+from app import contacts, create_app, rollup, tally  # noqa: E402
 from app.models import db  # noqa: E402
+from app.records import ingest  # noqa: E402
 
 PHASES = (
     ("validate and hash the bodies", ingest, "parse"),
@@ -45,16 +47,43 @@ def bodies(tag: str, messages: int) -> list[tuple[str, bytes]]:
     out = []
     for n in range(messages):
         rid = f"p{tag}{n:020d}"
-        for status, code, text in (("success", 0, "Successfully sent."), ("delivered", 11001, "Viber message has delivered"),
-                                   ("seen", 11002, "Viber message has seen")):
-            data = {"status": status, "requestId": rid, "code": code, "message": text, "sendTime": "2024-05-01 10:00:00"}
+        for status, code, text in (
+            ("success", 0, "Successfully sent."),
+            ("delivered", 11001, "Viber message has delivered"),
+            ("seen", 11002, "Viber message has seen"),
+        ):
+            data = {
+                "status": status,
+                "requestId": rid,
+                "code": code,
+                "message": text,
+                "sendTime": "2024-05-01 10:00:00",
+            }
             if status == "success":
-                data["cost"] = {"currency": "USD", "localPrice": 0.012, "originalPrice": 0.012, "rateType": "Transactional"}
+                data["cost"] = {
+                    "currency": "USD",
+                    "localPrice": 0.012,
+                    "originalPrice": 0.012,
+                    "rateType": "Transactional",
+                }
             out.append((n % 32, len(out), "dr", json.dumps(data).encode()))
         if n % 7 == 0:
-            out.append((n % 32, len(out), "message", json.dumps(
-                {"phone": f"79{n:09d}", "appkey": "BENCH01", "traceRequestId": rid,
-                 "message": {"text": "Thanks!"}, "sendTime": "2024-05-01 10:05:00"}).encode()))
+            out.append(
+                (
+                    n % 32,
+                    len(out),
+                    "message",
+                    json.dumps(
+                        {
+                            "phone": f"79{n:09d}",
+                            "appkey": "BENCH01",
+                            "traceRequestId": rid,
+                            "message": {"text": "Thanks!"},
+                            "sendTime": "2024-05-01 10:05:00",
+                        }
+                    ).encode(),
+                )
+            )
     # Connection by connection in turn: each connection's requests stay in order.
     out.sort(key=lambda item: (item[1] // 32 // 4, item[0], item[1]))
     return [(endpoint, body) for _, _, endpoint, body in out]
@@ -75,23 +104,34 @@ def run(url: str | None, batch: int, messages: int, timed: bool) -> tuple[float,
                     return _fn(*args, **kwargs)
                 finally:
                     spent[_name] += time.process_time() - start
+
             setattr(owner, attr, wrapped)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            app = create_app({"SQLALCHEMY_DATABASE_URI": url or f"sqlite:///{tmp}/phases.db",
-                              "SECRET_KEY": "bench", "ALERT_RULES": None})
+            app = create_app(
+                {
+                    "SQLALCHEMY_DATABASE_URI": url or f"sqlite:///{tmp}/phases.db",
+                    "SECRET_KEY": "bench",
+                    "ALERT_RULES": None,
+                }
+            )
             with app.app_context():
                 db.drop_all()
                 db.create_all()
                 work = bodies("w", 100)
                 for i in range(0, len(work), batch):
-                    ingest.apply_batch([ingest.Job(e, b, "application/json", {}, "127.0.0.1") for e, b in work[i:i + batch]])
+                    ingest.apply_batch(
+                        [
+                            ingest.Job(e, b, "application/json", {}, "127.0.0.1")
+                            for e, b in work[i : i + batch]
+                        ]
+                    )
                 spent.clear()
                 work = bodies("m", messages)
                 jobs = [ingest.Job(e, b, "application/json", {}, "127.0.0.1") for e, b in work]
                 start = time.process_time()
                 for i in range(0, len(jobs), batch):
-                    ingest.apply_batch(jobs[i:i + batch])
+                    ingest.apply_batch(jobs[i : i + batch])
                 total = time.process_time() - start
                 assert all(j.result.ok for j in jobs)
                 db.session.remove()
@@ -103,7 +143,9 @@ def run(url: str | None, batch: int, messages: int, timed: bool) -> tuple[float,
     return total / len(jobs), Counter({k: v / len(jobs) for k, v in spent.items()})
 
 
-def measure(url: str | None, batches=(1, 32, 128), messages: int = 1500, rounds: int = 3) -> list[dict]:
+def measure(
+    url: str | None, batches=(1, 32, 128), messages: int = 1500, rounds: int = 3
+) -> list[dict]:
     out = []
     for batch in batches:
         totals = [run(url, batch, messages, timed=False)[0] for _ in range(rounds)]
@@ -111,23 +153,41 @@ def measure(url: str | None, batches=(1, 32, 128), messages: int = 1500, rounds:
         names = [name for name, _, _ in PHASES]
         median = {name: statistics.median(p.get(name, 0.0) for p in phases) for name in names}
         # _write_messages includes deriving and the keys: report its own part apart.
-        median["update the messages"] -= median["derive the messages (fold, columns)"] + median["counters' and rollups' keys"]
-        out.append({"batch": batch, "us_per_body": statistics.median(totals) * 1e6,
-                    "phases_us": {k: v * 1e6 for k, v in median.items()}})
+        median["update the messages"] -= (
+            median["derive the messages (fold, columns)"] + median["counters' and rollups' keys"]
+        )
+        out.append(
+            {
+                "batch": batch,
+                "us_per_body": statistics.median(totals) * 1e6,
+                "phases_us": {k: v * 1e6 for k, v in median.items()},
+            }
+        )
     return out
 
 
 def markdown(results: dict[str, list[dict]]) -> list[str]:
     kinds = list(results)
     cols = [(kind, r["batch"]) for kind in kinds for r in results[kind]]
-    lines = ["| µs of CPU per body | " + " | ".join(f"{k}, batch {b}" for k, b in cols) + " |",
-             "| --- |" + " ---: |" * len(cols)]
+    lines = [
+        "| µs of CPU per body | " + " | ".join(f"{k}, batch {b}" for k, b in cols) + " |",
+        "| --- |" + " ---: |" * len(cols),
+    ]
     by = {(kind, r["batch"]): r for kind in kinds for r in results[kind]}
-    lines.append("| **total (unwrapped)** | " + " | ".join(f"**{by[c]['us_per_body']:.0f}**" for c in cols) + " |")
+    lines.append(
+        "| **total (unwrapped)** | "
+        + " | ".join(f"**{by[c]['us_per_body']:.0f}**" for c in cols)
+        + " |"
+    )
     for name, _, _ in PHASES:
-        lines.append(f"| {name} | " + " | ".join(f"{by[c]['phases_us'][name]:.0f}" for c in cols) + " |")
-    lines.append("| the rest: commit, statements' setup, answers | " + " | ".join(
-        f"{by[c]['us_per_body'] - sum(by[c]['phases_us'].values()):.0f}" for c in cols) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(f"{by[c]['phases_us'][name]:.0f}" for c in cols) + " |"
+        )
+    lines.append(
+        "| the rest: commit, statements' setup, answers | "
+        + " | ".join(f"{by[c]['us_per_body'] - sum(by[c]['phases_us'].values()):.0f}" for c in cols)
+        + " |"
+    )
     return lines
 
 

@@ -11,6 +11,7 @@ wake-up when a Redis server answers.
 
     python bench/live_latency.py [--events 200] [--dashboards 1 50] [--write-docs]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from live_client import parse_push, META_RE  # noqa: E402
 from report import write_between  # noqa: E402
+
+from support.live_client import META_RE, parse_push  # noqa: E402
 
 BIN = Path(sys.executable).parent
 USER, PASSWORD = "bench", "bench-password-123"
@@ -63,17 +65,30 @@ def prepare_database(url: str, secret: str) -> None:
 
 
 def start_server(kind: str, url: str, secret: str, port: int, redis: str | None):
-    env = {**os.environ, "DATABASE_URL": url, "VIBERWATCH_SECRET_KEY": secret,
-           "HOST": "127.0.0.1", "PORT": str(port)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "VIBERWATCH_SECRET_KEY": secret,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+    }
     env.pop("REDIS_URL", None)
     if redis:
         env["REDIS_URL"] = redis
     if kind == "dev":
         cmd = [str(BIN / "viberwatch"), "run", "--host", "127.0.0.1", "--port", str(port)]
     else:
-        cmd = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--access-logfile", os.devnull,
-               "app:create_app()"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = [
+            str(BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            "--access-logfile",
+            os.devnull,
+            "app:create_app()",
+        ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -108,10 +123,21 @@ class Dashboard(threading.Thread):
 
     def __init__(self, base: str, cookie: str):
         super().__init__(daemon=True)
-        self.ws = websocket.create_connection(base.replace("http://", "ws://") + "/ws",
-                                              cookie=cookie, timeout=30)
-        self.ws.send(json.dumps({"type": "hello", "cursor": None, "page": "messages",
-                                 "filters": "", "rows": [], "feed": True}))
+        self.ws = websocket.create_connection(
+            base.replace("http://", "ws://") + "/ws", cookie=cookie, timeout=30
+        )
+        self.ws.send(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "cursor": None,
+                    "page": "messages",
+                    "filters": "",
+                    "rows": [],
+                    "feed": True,
+                }
+            )
+        )
         self.pid = json.loads(META_RE.match(self.ws.recv()).group(1)).get("pid")
         self.arrived: dict[str, float] = {}
         self.pending: list[str] = []
@@ -142,23 +168,41 @@ def measure(base: str, dashboards: int, events: int, pace: float) -> dict:
     with httpx.Client(base_url=base, timeout=30) as http:
         for _ in range(events):
             rid = uuid.uuid4().hex
-            body = json.dumps({"status": "delivered", "requestId": rid, "code": 0,
-                               "message": "ok", "sendTime": "2023-07-13 15:12:11"})
+            body = json.dumps(
+                {
+                    "status": "delivered",
+                    "requestId": rid,
+                    "code": 0,
+                    "message": "ok",
+                    "sendTime": "2023-07-13 15:12:11",
+                }
+            )
             sent[rid] = time.perf_counter()
-            r = http.post("/webhooks/viber/dr", content=body, headers={"Content-Type": "application/json"})
+            r = http.post(
+                "/webhooks/viber/dr", content=body, headers={"Content-Type": "application/json"}
+            )
             answered.append((time.perf_counter() - sent[rid]) * 1000)
             assert r.status_code == 200, r.text
             time.sleep(pace)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(len(b.arrived) < events for b in boards):
         time.sleep(0.05)
-    latencies = [(b.arrived[rid] - t0) * 1000 for b in boards for rid, t0 in sent.items() if rid in b.arrived]
+    latencies = [
+        (b.arrived[rid] - t0) * 1000 for b in boards for rid, t0 in sent.items() if rid in b.arrived
+    ]
     missing = dashboards * events - len(latencies)
     for b in boards:
         b.ws.close()
     q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {"p50": q[49], "p95": q[94], "max": max(latencies), "n": len(latencies), "missing": missing,
-            "workers": len({b.pid for b in boards}), "post": statistics.median(answered)}
+    return {
+        "p50": q[49],
+        "p95": q[94],
+        "max": max(latencies),
+        "n": len(latencies),
+        "missing": missing,
+        "workers": len({b.pid for b in boards}),
+        "post": statistics.median(answered),
+    }
 
 
 def redis_url() -> str | None:
@@ -179,8 +223,10 @@ def main() -> None:
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
 
-    servers = [("development server (`viberwatch run`)", "dev", None),
-               ("production command (gunicorn, default workers)", "prod", None)]
+    servers = [
+        ("development server (`viberwatch run`)", "dev", None),
+        ("production command (gunicorn, default workers)", "prod", None),
+    ]
     redis = redis_url()
     if redis:
         servers.append(("production command + `REDIS_URL`", "prod", redis))
@@ -197,18 +243,28 @@ def main() -> None:
                 finally:
                     stop_server(proc)
             rows.append((label, n, r))
-            print(f"{label:50} {n:3} dashboards: p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  "
-                  f"max {r['max']:6.1f} ms  ({r['n']} arrivals, {r['missing']} missing, "
-                  f"{r['workers']} worker(s))", flush=True)
-    table = ["| server | dashboards | p50 | p95 | max | webhook answered (p50) | arrivals (missing) | workers serving |",
-             "| ------ | ---------: | --: | --: | --: | ---------------------: | -----------------: | --------------: |"]
+            print(
+                f"{label:50} {n:3} dashboards: p50 {r['p50']:6.1f} ms  p95 {r['p95']:6.1f} ms  "
+                f"max {r['max']:6.1f} ms  ({r['n']} arrivals, {r['missing']} missing, "
+                f"{r['workers']} worker(s))",
+                flush=True,
+            )
+    table = [
+        "| server | dashboards | p50 | p95 | max | webhook answered (p50) | arrivals (missing) | workers serving |",
+        "| ------ | ---------: | --: | --: | --: | ---------------------: | -----------------: | --------------: |",
+    ]
     for label, n, r in rows:
-        table.append(f"| {label} | {n} | {r['p50']:.1f} ms | {r['p95']:.1f} ms | {r['max']:.1f} ms | "
-                     f"{r['post']:.1f} ms | {r['n']} ({r['missing']}) | {r['workers']} |")
+        table.append(
+            f"| {label} | {n} | {r['p50']:.1f} ms | {r['p95']:.1f} ms | {r['max']:.1f} ms | "
+            f"{r['post']:.1f} ms | {r['n']} ({r['missing']}) | {r['workers']} |"
+        )
     text = "\n".join(table)
     print(text)
     if args.write_docs:
-        stamp = f"Measured {time.strftime('%Y-%m-%d')}, {args.events} events per row, one every {args.pace * 1000:.0f} ms."
+        stamp = (
+            f"Measured {time.strftime('%Y-%m-%d')}, {args.events} events per row, "
+            f"one every {args.pace * 1000:.0f} ms."
+        )
         write_between(DOCS, START, END, f"{stamp}\n\n{text}")
 
 

@@ -1,5 +1,6 @@
 """Markdown tables of a benchmark run (bench/run.py prints them), and writing a measured
 section into docs/benchmarks.md."""
+
 from __future__ import annotations
 
 import statistics
@@ -22,61 +23,110 @@ def write_between(doc: Path, start: str, end: str, text: str) -> None:
 def markdown(results: dict) -> str:
     out = []
     if any(s["seconds"] for s in results.get("seed", [])):
-        out += ["### Seeding (both databases at once)", "",
-                "| database | messages | replies | seconds | messages/s |",
-                "| --- | ---: | ---: | ---: | ---: |"]
+        out += [
+            "### Seeding (both databases at once)",
+            "",
+            "| database | messages | replies | seconds | messages/s |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for s in results["seed"]:
             if s["seconds"]:
-                out.append(f"| {s['db']} | {s['messages']:,} | {s['replies']:,} | {s['seconds']:.0f} | "
-                           f"{s['messages'] / s['seconds']:,.0f} |")
+                out.append(
+                    f"| {s['db']} | {s['messages']:,} | {s['replies']:,} | {s['seconds']:.0f} | "
+                    f"{s['messages'] / s['seconds']:,.0f} |"
+                )
         out.append("")
     if results.get("ingest"):
         out += ["### Ingest", ""] + ingest_markdown(results["ingest"]) + [""]
     for d in results.get("dashboard", []):
-        out += [f"### Dashboard, {d['db']} (p95 ms, p50 in brackets)", "",
-                "| view | page | fragment | counters |", "| --- | ---: | ---: | ---: |"]
+        out += [
+            f"### Dashboard, {d['db']} (p95 ms, p50 in brackets)",
+            "",
+            "| view | page | fragment | counters |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+
+        def cell(t):
+            return f"{t['p95']:.1f} ({t['p50']:.1f})" if t else "–"
+
         for row in d["rows"]:
             name = row["what"].removeprefix("messages: ")
             counters = d["counters"].get(name)
-            cell = lambda t: f"{t['p95']:.1f} ({t['p50']:.1f})" if t else "–"
-            out.append(f"| {row['what']} | {cell(row['page'])} | {cell(row.get('fragment'))} | "
-                       f"{cell(counters)} |")
+            out.append(
+                f"| {row['what']} | {cell(row['page'])} | {cell(row.get('fragment'))} | "
+                f"{cell(counters)} |"
+            )
         out.append("")
     if results.get("export"):
-        out += ["### Export", "", "| database | what | rows | seconds | rows/s | CPU s (this process) | "
-                "ratio | first byte ms | first row ms | memory growth MB |",
-                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        out += [
+            "### Export",
+            "",
+            "| database | what | rows | seconds | rows/s | CPU s (this process) | "
+            "ratio | first byte ms | first row ms | memory growth MB |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         names = {"bare": "sqlite3 + csv loop", "copy": "COPY ... TO STDOUT WITH CSV, psycopg"}
         for e in results["export"]:
             base_rate = e["baseline"]["rows"] / e["baseline"]["seconds"]
-            for what, x in (("GET /export.csv", e["app"]), (names[e["baseline_kind"]], e["baseline"]),
-                            ("GET /export.csv?kind=replies", e["replies"])):
+            for what, x in (
+                ("GET /export.csv", e["app"]),
+                (names[e["baseline_kind"]], e["baseline"]),
+                ("GET /export.csv?kind=replies", e["replies"]),
+            ):
                 rate = x["rows"] / x["seconds"]
                 ratio = f"{rate / base_rate:.2f}" if x is e["app"] else "–"
-                out.append(f"| {e['db']} | {what} | {x['rows']:,} | {x['seconds']:.1f} | {rate:,.0f} | "
-                           f"{x['cpu_seconds']:.1f} | {ratio} | {x['first_byte_ms']:.0f} | "
-                           f"{x['first_row_ms']:.0f} | {(x['rss_peak_kb'] - x['rss_before_kb']) / 1024:.1f} |")
+                out.append(
+                    f"| {e['db']} | {what} | {x['rows']:,} | {x['seconds']:.1f} | {rate:,.0f} | "
+                    f"{x['cpu_seconds']:.1f} | {ratio} | {x['first_byte_ms']:.0f} | "
+                    f"{x['first_row_ms']:.0f} | {(x['rss_peak_kb'] - x['rss_before_kb']) / 1024:.1f} |"
+                )
         out.append("")
         for e in results["export"]:
-            pairs = [(a["rows"] / a["seconds"]) / (b["rows"] / b["seconds"])
-                     for a, b in zip(e["rounds"]["app"], e["rounds"]["baseline"])]
-            out += [f"{e['db']}: app rows/s over baseline rows/s in each round (baseline, then app): "
-                    f"{', '.join(f'{p:.2f}' for p in pairs)}; median {statistics.median(pairs):.2f}", ""]
-        out += ["What each kind of cell costs the database (bench/export_cost.py: CPU seconds of the "
-                "export's query, best of 3; SQLite in process, PostgreSQL in its server process, serial plan):",
-                "", "| database | every cell formatted | times as stored | texts as stored | prices as stored | "
-                "all as stored |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            pairs = [
+                (a["rows"] / a["seconds"]) / (b["rows"] / b["seconds"])
+                for a, b in zip(e["rounds"]["app"], e["rounds"]["baseline"], strict=False)
+            ]
+            out += [
+                f"{e['db']}: app rows/s over baseline rows/s in each round (baseline, then app): "
+                f"{', '.join(f'{p:.2f}' for p in pairs)}; median {statistics.median(pairs):.2f}",
+                "",
+            ]
+        out += [
+            "What each kind of cell costs the database (bench/export_cost.py: CPU seconds of the "
+            "export's query, best of 3; SQLite in process, PostgreSQL in its server process, serial plan):",
+            "",
+            "| database | every cell formatted | times as stored | texts as stored | prices as stored | "
+            "all as stored |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for e in results["export"]:
             c = e["cost"]["cpu_seconds"]
-            out.append(f"| {e['db']} | " + " | ".join(
-                f"{c[k]:.1f}" for k in ("every cell formatted", "times as stored", "texts as stored",
-                                        "prices as stored", "all as stored")) + " |")
+            out.append(
+                f"| {e['db']} | "
+                + " | ".join(
+                    f"{c[k]:.1f}"
+                    for k in (
+                        "every cell formatted",
+                        "times as stored",
+                        "texts as stored",
+                        "prices as stored",
+                        "all as stored",
+                    )
+                )
+                + " |"
+            )
         out.append("")
     if results.get("rebuild"):
-        out += ["### Rebuild", "", "| database | messages | receipts | seconds | receipts/s | result |",
-                "| --- | ---: | ---: | ---: | ---: | --- |"]
+        out += [
+            "### Rebuild",
+            "",
+            "| database | messages | receipts | seconds | receipts/s | result |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in results["rebuild"]:
-            out.append(f"| {r['db']} | {r['messages']:,} | {r['receipts']:,} | {r['seconds']:.0f} | "
-                       f"{r['receipts'] / r['seconds']:,.0f} | {r['report']} |")
+            out.append(
+                f"| {r['db']} | {r['messages']:,} | {r['receipts']:,} | {r['seconds']:.0f} | "
+                f"{r['receipts'] / r['seconds']:,.0f} | {r['report']} |"
+            )
         out.append("")
     return "\n".join(out)

@@ -7,6 +7,7 @@ Seeded databases are kept in bench/.data (SQLite) and in PostgreSQL databases na
 viberwatch_bench_<N>, and reused by later runs with the same N (--fresh seeds again).
 Results are printed as Markdown tables and written to bench/.data/results.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,11 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
-from sqlalchemy import create_engine, text
-
 import ingest as ingest_bench
+import psycopg
 from report import markdown
+from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "bench" / ".data"
@@ -67,11 +67,18 @@ def database(kind: str, name: str, fresh: bool) -> str:
     return pg_database(f"viberwatch_{name}", fresh)
 
 
-def viberwatch(url: str, *args: str, quiet: bool = False, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "viberwatch"), *args], cwd=ROOT, check=check, text=True,
-                          env={**os.environ, "DATABASE_URL": url},
-                          stdout=subprocess.PIPE if quiet else None,
-                          stderr=subprocess.PIPE if quiet else None)
+def viberwatch(
+    url: str, *args: str, quiet: bool = False, check: bool = True
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "viberwatch"), *args],
+        cwd=ROOT,
+        check=check,
+        text=True,
+        env={**os.environ, "DATABASE_URL": url},
+        stdout=subprocess.PIPE if quiet else None,
+        stderr=subprocess.PIPE if quiet else None,
+    )
 
 
 def free_port() -> int:
@@ -90,8 +97,13 @@ def server(url: str, workers: int | None = None, noop: bool = False, with_pid: b
         env["WEB_CONCURRENCY"] = str(workers)
     if noop:
         env["VIBERWATCH_BENCH_NOOP"] = "true"
-    proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:create_app()"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -118,16 +130,20 @@ def percentile(values: list[float], p: float) -> float:
 
 # --- ingest (bench/ingest.py) -----------------------------------------------------------------
 
+
 def bench_ingest(kind: str, seconds: int, connections: int, url: str | None = None) -> dict:
     """On a fresh database unless `url` names one (the seeded million)."""
     label = "seeded" if url else "fresh"
     if url is None:
         url = database(kind, f"bench_ingest_{connections}", fresh=True)
         viberwatch(url, "db", "upgrade", quiet=True)
-    return ingest_bench.run(kind, url, seconds, connections, label=label, server=server, viberwatch=viberwatch)
+    return ingest_bench.run(
+        kind, url, seconds, connections, label=label, server=server, viberwatch=viberwatch
+    )
 
 
 # --- seeded databases -------------------------------------------------------------------------
+
 
 def seeded(kind: str, messages: int, replies: int, fresh: bool) -> tuple[str, float | None]:
     """A database with `messages` seeded messages; the seconds seeding took, None if reused."""
@@ -140,8 +156,18 @@ def seeded(kind: str, messages: int, replies: int, fresh: bool) -> tuple[str, fl
         return url, None
     viberwatch(url, "db", "upgrade", quiet=True)
     start = time.perf_counter()
-    viberwatch(url, "seed", "--messages", str(messages), "--replies", str(replies), "--random-seed", "1",
-               "--batch", "5000")
+    viberwatch(
+        url,
+        "seed",
+        "--messages",
+        str(messages),
+        "--replies",
+        str(replies),
+        "--random-seed",
+        "1",
+        "--batch",
+        "5000",
+    )
     took = time.perf_counter() - start
     if kind == "postgresql":
         engine = create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT")
@@ -168,11 +194,15 @@ def samples(url: str) -> dict:
     """Real values from the seeded data for the filters, a thread and a message page."""
     engine = create_engine(sqlalchemy_url(url))
     with engine.connect() as conn:
-        phone = conn.execute(text(
-            "SELECT phone FROM contact ORDER BY messages_count DESC, phone LIMIT 1")).scalar()
-        rid = conn.execute(text(
-            "SELECT request_id FROM message WHERE replies_count > 0 AND receipts_count >= 3 "
-            "ORDER BY request_id LIMIT 1")).scalar()
+        phone = conn.execute(
+            text("SELECT phone FROM contact ORDER BY messages_count DESC, phone LIMIT 1")
+        ).scalar()
+        rid = conn.execute(
+            text(
+                "SELECT request_id FROM message WHERE replies_count > 0 AND receipts_count >= 3 "
+                "ORDER BY request_id LIMIT 1"
+            )
+        ).scalar()
         last = conn.execute(text("SELECT MAX(last_activity_at) FROM message")).scalar()
     engine.dispose()
     day = str(last)[:10]
@@ -204,8 +234,14 @@ def login(base: str) -> httpx.Client:
     client = httpx.Client(base_url=base, timeout=60)
     page = client.get("/login").text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    r = client.post("/login", data={"username": USER, "password": PASSWORD,
-                                    "csrf_token": token.group(1) if token else ""})
+    r = client.post(
+        "/login",
+        data={
+            "username": USER,
+            "password": PASSWORD,
+            "csrf_token": token.group(1) if token else "",
+        },
+    )
     if r.status_code not in (302, 303):
         raise RuntimeError(f"login failed: {r.status_code}")
     return client
@@ -267,9 +303,11 @@ def bench_dashboard(kind: str, url: str, repeat: int) -> dict:
             page = timed(client, path, repeat)
             fragment = timed(client, path, repeat, headers={"HX-Request": "true"})
             rows.append({"what": f"messages: {name}", "page": page, "fragment": fragment})
-        for what, path in (("conversations list", "/conversations"),
-                           (f"thread ({s['phone']})", f"/conversations/{s['phone']}"),
-                           ("message page", f"/messages/{s['rid']}")):
+        for what, path in (
+            ("conversations list", "/conversations"),
+            (f"thread ({s['phone']})", f"/conversations/{s['phone']}"),
+            ("message page", f"/messages/{s['rid']}"),
+        ):
             rows.append({"what": what, "page": timed(client, path, repeat)})
         client.close()
     counters = counters_times(url, targets, repeat)
@@ -278,9 +316,15 @@ def bench_dashboard(kind: str, url: str, repeat: int) -> dict:
 
 # --- export and rebuild -----------------------------------------------------------------------
 
+
 def export_child(*args: str, script: str = "export_child.py") -> dict:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -292,15 +336,20 @@ def bench_export(kind: str, url: str) -> dict:
     COPY read by psycopg), alternating, best of EXPORT_ROUNDS each; then the replies once, and
     what each kind of cell costs the database (bench/export_cost.py)."""
     ensure_user(url)
-    baseline = ("bare", url[len("sqlite:///"):]) if kind == "sqlite" else ("copy", url)
+    baseline = ("bare", url[len("sqlite:///") :]) if kind == "sqlite" else ("copy", url)
     runs: dict[str, list] = {"app": [], "baseline": []}
     for _ in range(EXPORT_ROUNDS):
         runs["baseline"].append(export_child(*baseline))
         runs["app"].append(export_child("app", url, USER, PASSWORD))
     best = {what: min(r, key=lambda x: x["seconds"]) for what, r in runs.items()}
-    return {"db": kind, "baseline_kind": baseline[0], **best, "rounds": runs,
-            "replies": export_child("app", url, USER, PASSWORD, "kind=replies"),
-            "cost": export_child(url, script="export_cost.py")}
+    return {
+        "db": kind,
+        "baseline_kind": baseline[0],
+        **best,
+        "rounds": runs,
+        "replies": export_child("app", url, USER, PASSWORD, "kind=replies"),
+        "cost": export_child(url, script="export_cost.py"),
+    }
 
 
 def bench_rebuild(kind: str, url: str) -> dict:
@@ -312,20 +361,33 @@ def bench_rebuild(kind: str, url: str) -> dict:
     start = time.perf_counter()
     out = viberwatch(url, "rebuild", "--check", quiet=True).stdout
     took = time.perf_counter() - start
-    return {"db": kind, "seconds": took, "receipts": receipts, "messages": messages,
-            "report": out.strip().splitlines()[-1]}
+    return {
+        "db": kind,
+        "seconds": took,
+        "receipts": receipts,
+        "messages": messages,
+        "report": out.strip().splitlines()[-1],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=1_000_000)
-    parser.add_argument("--replies", type=int, default=None, help="default: a fifth of the messages")
+    parser.add_argument(
+        "--replies", type=int, default=None, help="default: a fifth of the messages"
+    )
     parser.add_argument("--db", default="sqlite,postgresql")
     parser.add_argument("--only", default="ingest,dashboard,export,rebuild,ingest-seeded")
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--connections", default="32,256", help="concurrent connections of the ingest runs")
+    parser.add_argument(
+        "--connections", default="32,256", help="concurrent connections of the ingest runs"
+    )
     parser.add_argument("--repeat", type=int, default=40, help="timed requests per dashboard view")
-    parser.add_argument("--fresh", action="store_true", help="seed again even if a seeded database exists")
+    parser.add_argument(
+        "--fresh", action="store_true", help="seed again even if a seeded database exists"
+    )
     args = parser.parse_args()
     kinds = args.db.split(",")
     only = set(args.only.split(","))
@@ -340,13 +402,28 @@ def main() -> None:
                 results["ingest"].append(bench_ingest(kind, args.seconds, n))
     urls = {}
     if only & {"dashboard", "export", "rebuild", "ingest-seeded"}:
-        log(f"seeding {args.messages} messages on {', '.join(kinds)} at once (reused when already there)")
+        log(
+            f"seeding {args.messages} messages on {', '.join(kinds)} at once (reused when already there)"
+        )
         with ThreadPoolExecutor(len(kinds)) as pool:
-            done = dict(zip(kinds, pool.map(lambda k: seeded(k, args.messages, replies, args.fresh), kinds)))
+            done = dict(
+                zip(
+                    kinds,
+                    pool.map(lambda k: seeded(k, args.messages, replies, args.fresh), kinds),
+                    strict=False,
+                )
+            )
         for kind, (url, took) in done.items():
             urls[kind] = url
-            results["seed"].append({"db": kind, "messages": args.messages, "replies": replies,
-                                    "seconds": took, "parallel": len(kinds)})
+            results["seed"].append(
+                {
+                    "db": kind,
+                    "messages": args.messages,
+                    "replies": replies,
+                    "seconds": took,
+                    "parallel": len(kinds),
+                }
+            )
     for kind in urls:
         url = urls[kind]
         if "dashboard" in only:
@@ -362,7 +439,9 @@ def main() -> None:
         if "ingest-seeded" in only:
             for n in connections:
                 log(f"ingest on {kind}, {args.messages:,} messages, {n} connections")
-                results.setdefault("ingest", []).append(bench_ingest(kind, args.seconds, n, url=url))
+                results.setdefault("ingest", []).append(
+                    bench_ingest(kind, args.seconds, n, url=url)
+                )
     DATA.mkdir(parents=True, exist_ok=True)
     (DATA / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(markdown(results))

@@ -12,6 +12,7 @@ timeout, and records how long each took (or that it timed out).
 
     python bench/slow_clients.py [--connections 1500] [--interval 4] [--hold 60] [--write-docs]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,18 +40,30 @@ BIN = Path(sys.executable).parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- slow-clients:start -->", "<!-- slow-clients:end -->"
 PROBE_TIMEOUT = 10.0
-SLOW_HEAD = (b"POST /webhooks/viber/dr HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-             + b"X-Slow: " + b"a" * 4000)
+SLOW_HEAD = (
+    b"POST /webhooks/viber/dr HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    + b"X-Slow: "
+    + b"a" * 4000
+)
 
 
-def start_server(url: str, secret: str, port: int, worker_class: str | None, log) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": url, "VIBERWATCH_SECRET_KEY": secret, "HOST": "127.0.0.1",
-           "PORT": str(port)}
+def start_server(
+    url: str, secret: str, port: int, worker_class: str | None, log
+) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "VIBERWATCH_SECRET_KEY": secret,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+    }
     env.pop("REDIS_URL", None)
     cmd = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--access-logfile", os.devnull]
     if worker_class:
         cmd += ["--worker-class", worker_class]
-    proc = subprocess.Popen(cmd + ["app:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd + ["app:create_app()"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -91,11 +104,11 @@ class Attack:
                 for i in range(len(SLOW_HEAD)):
                     if self.stopping:
                         break
-                    writer.write(SLOW_HEAD[i:i + 1])
+                    writer.write(SLOW_HEAD[i : i + 1])
                     await writer.drain()
                     try:
                         await asyncio.wait_for(reader.read(1024), self.interval)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     # The server answered (408) or closed: this connection is over.
                     self.cut_off += 1
@@ -125,10 +138,19 @@ def probe(port: int, request: bytes) -> float | None:
 
 
 def receipt_request() -> bytes:
-    body = json.dumps({"status": "delivered", "requestId": uuid.uuid4().hex, "code": 0, "message": "ok",
-                       "sendTime": "2023-07-13 15:12:11"}).encode()
-    return (b"POST /webhooks/viber/dr HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    body = json.dumps(
+        {
+            "status": "delivered",
+            "requestId": uuid.uuid4().hex,
+            "code": 0,
+            "message": "ok",
+            "sendTime": "2023-07-13 15:12:11",
+        }
+    ).encode()
+    return (
+        b"POST /webhooks/viber/dr HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
@@ -166,37 +188,51 @@ async def measure(port: int, connections: int, interval: float, hold: float) -> 
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    out = {"open_min": min(open_counts), "open_median": statistics.median(open_counts),
-           "reconnects": attack.reconnects}
+    out = {
+        "open_min": min(open_counts),
+        "open_median": statistics.median(open_counts),
+        "reconnects": attack.reconnects,
+    }
     for name, values in samples.items():
         answered = sorted(v for v in values if v is not None)
-        out[name] = {"probes": len(values), "timeouts": len(values) - len(answered),
-                     "p50": statistics.median(answered) * 1000 if answered else None,
-                     "max": answered[-1] * 1000 if answered else None,
-                     "under_1s": sum(v < 1.0 for v in answered)}
+        out[name] = {
+            "probes": len(values),
+            "timeouts": len(values) - len(answered),
+            "p50": statistics.median(answered) * 1000 if answered else None,
+            "max": answered[-1] * 1000 if answered else None,
+            "under_1s": sum(v < 1.0 for v in answered),
+        }
     return out
 
 
 def cell(r: dict) -> str:
     if r["p50"] is None:
         return f"no answer ({r['timeouts']} of {r['probes']} timed out)"
-    return (f"{r['under_1s']}/{r['probes']} under 1 s; p50 {r['p50']:.0f} ms, max {r['max']:.0f} ms; "
-            f"{r['timeouts']} timed out")
+    return (
+        f"{r['under_1s']}/{r['probes']} under 1 s; p50 {r['p50']:.0f} ms, max {r['max']:.0f} ms; "
+        f"{r['timeouts']} timed out"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=1500)
-    parser.add_argument("--interval", type=float, default=4.0, help="seconds between an attacker's bytes")
+    parser.add_argument(
+        "--interval", type=float, default=4.0, help="seconds between an attacker's bytes"
+    )
     parser.add_argument("--hold", type=float, default=60.0, help="seconds of probing under attack")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.connections * 2 + 256)), hard))
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (min(hard, max(soft, args.connections * 2 + 256)), hard)
+    )
 
     rows = []
-    for label, worker_class in (("gunicorn's gthread worker (before)", "gthread"),
-                                ("SlowClientWorker, as gunicorn.conf.py runs it", None)):
+    for label, worker_class in (
+        ("gunicorn's gthread worker (before)", "gthread"),
+        ("SlowClientWorker, as gunicorn.conf.py runs it", None),
+    ):
         with tempfile.TemporaryDirectory() as tmp:
             url = "sqlite:///" + os.path.join(tmp, "bench.db")
             secret = uuid.uuid4().hex
@@ -209,20 +245,30 @@ def main() -> None:
                 finally:
                     stop_server(proc)
         rows.append((label, r))
-        print(f"{label}: slow connections open {r['open_median']:.0f} (min {r['open_min']}), "
-              f"reconnects {r['reconnects']}; /healthz {cell(r['healthz'])}; webhook {cell(r['webhook'])}",
-              flush=True)
-    table = ["| worker | slow connections open (median, min) | attacker reconnects | GET /healthz | POST /webhooks/viber/dr |",
-             "| ------ | ----------------------------------: | ------------------: | ------------ | ----------------------- |"]
+        print(
+            f"{label}: slow connections open {r['open_median']:.0f} (min {r['open_min']}), "
+            f"reconnects {r['reconnects']}; /healthz {cell(r['healthz'])}; webhook {cell(r['webhook'])}",
+            flush=True,
+        )
+    table = [
+        "| worker | slow connections open (median, min) | attacker reconnects | GET /healthz "
+        "| POST /webhooks/viber/dr |",
+        "| ------ | ----------------------------------: | ------------------: | ------------ "
+        "| ----------------------- |",
+    ]
     for label, r in rows:
-        table.append(f"| {label} | {r['open_median']:.0f}, {r['open_min']} | {r['reconnects']} | "
-                     f"{cell(r['healthz'])} | {cell(r['webhook'])} |")
+        table.append(
+            f"| {label} | {r['open_median']:.0f}, {r['open_min']} | {r['reconnects']} | "
+            f"{cell(r['healthz'])} | {cell(r['webhook'])} |"
+        )
     text = "\n".join(table)
     print(text)
     if args.write_docs:
-        stamp = (f"Measured {time.strftime('%Y-%m-%d')}: {args.connections} slow connections, one byte "
-                 f"every {args.interval:g} s each, {args.hold:g} s of probes (a /healthz and a webhook "
-                 f"every half second).")
+        stamp = (
+            f"Measured {time.strftime('%Y-%m-%d')}: {args.connections} slow connections, one byte "
+            f"every {args.interval:g} s each, {args.hold:g} s of probes (a /healthz and a webhook "
+            f"every half second)."
+        )
         write_between(DOCS, START, END, f"{stamp}\n\n{text}")
 
 

@@ -1,8 +1,9 @@
 """Alert rules fire and clear on a fixed clock; notices reach a real HTTP receiver, with retries."""
+
 import json
 import re
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -10,11 +11,17 @@ import pytest
 from app import alerts
 from app.alert_rules import RuleError, parse_rules
 from app.models import AlertAttempt, AlertNotice, AlertState, db
-from timed_ingest import register, receipt
+from support.timed_ingest import receipt, register
 
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 RULES = [
-    {"name": "failed-rate", "kind": "failed_rate", "threshold": 40, "window_minutes": 10, "min_messages": 2},
+    {
+        "name": "failed-rate",
+        "kind": "failed_rate",
+        "threshold": 40,
+        "window_minutes": 10,
+        "min_messages": 2,
+    },
     {"name": "expired", "kind": "expired_count", "threshold": 1, "window_minutes": 60},
     {"name": "silence", "kind": "no_receipts", "window_minutes": 30, "grace_minutes": 5},
 ]
@@ -113,8 +120,11 @@ def test_failed_rate_fires_once_per_episode_and_clears(app):
         failed_message("N2", 20.5)
         again = alerts.evaluate(at(21))
         assert [(n.kind, n.episode) for n in again] == [("firing", 2)]
-        assert [(n.kind, n.episode) for n in notices("failed-rate")] == \
-            [("firing", 1), ("resolved", 1), ("firing", 2)]
+        assert [(n.kind, n.episode) for n in notices("failed-rate")] == [
+            ("firing", 1),
+            ("resolved", 1),
+            ("firing", 2),
+        ]
         # Without ALERT_URL nothing is scheduled for delivery.
         assert all(n.next_attempt_at is None for n in notices())
 
@@ -123,7 +133,9 @@ def test_expired_count_counts_messages_not_pushes(app):
     with app.app_context():
         receipt(at(0), "E1", "expired")
         receipt(at(1), "E1", "expired")  # the same push again
-        receipt(at(2), "E1", "expired", message="Viber message has expired (again)")  # distinct receipt
+        receipt(
+            at(2), "E1", "expired", message="Viber message has expired (again)"
+        )  # distinct receipt
         alerts.evaluate(at(3))
         assert state("expired").firing is False and state("expired").value == 1.0
         receipt(at(4), "E2", "expired")
@@ -166,18 +178,31 @@ def test_notice_reaches_receiver_with_retries_and_backoff(app_config, receiver):
         assert notice.next_attempt_at == at(2.5) + timedelta(seconds=60)  # doubled
         assert [a.ok for a in alerts.check(at(3.5))["attempts"]] == [True]
         notice = notices("failed-rate")[0]
-        assert notice.delivered_at == at(3.5) and notice.next_attempt_at is None and notice.attempts == 3
+        assert (
+            notice.delivered_at == at(3.5)
+            and notice.next_attempt_at is None
+            and notice.attempts == 3
+        )
         assert len(receiver.bodies) == 3
         assert all(b == receiver.bodies[0] for b in receiver.bodies)
-        assert receiver.bodies[0]["rule"] == "failed-rate" and receiver.bodies[0]["state"] == "firing"
+        assert (
+            receiver.bodies[0]["rule"] == "failed-rate" and receiver.bodies[0]["state"] == "firing"
+        )
         assert receiver.bodies[0]["value"] == 100.0
         assert receiver.headers[0]["Idempotency-Key"] == f"viberwatch-alert-{notice.id}"
         # The episode ends; the resolved notice goes out on the next pass.
         result = alerts.check(at(20))
         assert [n.kind for n in result["notices"]] == ["resolved"] and result["attempts"][0].ok
         assert receiver.bodies[-1]["state"] == "resolved"
-        attempts = db.session.execute(db.select(AlertAttempt).order_by(AlertAttempt.id)).scalars().all()
-        assert [(a.number, a.ok) for a in attempts] == [(1, False), (2, False), (3, True), (1, True)]
+        attempts = (
+            db.session.execute(db.select(AlertAttempt).order_by(AlertAttempt.id)).scalars().all()
+        )
+        assert [(a.number, a.ok) for a in attempts] == [
+            (1, False),
+            (2, False),
+            (3, True),
+            (1, True),
+        ]
 
 
 def test_gives_up_after_max_attempts(app_config):
@@ -211,7 +236,9 @@ def test_unreachable_receiver_is_a_failed_attempt(app_config):
         failed_message("M1", 0)
         failed_message("M2", 1)
         [attempt] = alerts.check(at(2))["attempts"]
-        assert attempt.ok is False and attempt.http_status is None and "ConnectError" in attempt.error
+        assert (
+            attempt.ok is False and attempt.http_status is None and "ConnectError" in attempt.error
+        )
 
 
 def test_banner_on_every_page_and_attempts_on_alerts_page(app, client):
@@ -266,10 +293,16 @@ def test_rules_from_json_and_bad_rules_named():
     rules = parse_rules('[{"name": "x", "kind": "expired_count", "threshold": 3}]')
     assert rules[0].window_minutes == 60 and rules[0].threshold == 3
     assert parse_rules("[]") == [] and len(parse_rules(None)) == 3
-    for raw, needle in (('[{"kind": "nope"}]', "rule-1].kind"),
-                        ('[{"name": "a", "kind": "failed_rate", "threshold": "5"}]', "[a].threshold"),
-                        ('[{"name": "a", "kind": "failed_rate"}, {"name": "a", "kind": "failed_rate"}]', "used twice"),
-                        ("{oops", "not JSON"), ('{"name": "a"}', "must be a list")):
+    for raw, needle in (
+        ('[{"kind": "nope"}]', "rule-1].kind"),
+        ('[{"name": "a", "kind": "failed_rate", "threshold": "5"}]', "[a].threshold"),
+        (
+            '[{"name": "a", "kind": "failed_rate"}, {"name": "a", "kind": "failed_rate"}]',
+            "used twice",
+        ),
+        ("{oops", "not JSON"),
+        ('{"name": "a"}', "must be a list"),
+    ):
         with pytest.raises(RuleError) as exc:
             parse_rules(raw)
         assert needle in str(exc.value)

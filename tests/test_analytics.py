@@ -1,11 +1,12 @@
 """Analytics numbers against a hand-computed set of messages."""
-from datetime import datetime, timedelta, timezone
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.analytics_report import RangeError, TimeRange, parse_range, report
 from app.filters import MessageFilter
-from analytics_data import HOUR, T0, load_fixture
+from support.analytics_data import HOUR, T0, load_fixture
 
 
 @pytest.fixture
@@ -16,8 +17,15 @@ def data(app):
 
 
 def test_funnel_counts_each_message_once(data):
-    assert data["funnel"] == {"messages": 7, "pending": 1, "accepted": 6, "delivered": 3, "seen": 2,
-                              "failed": 2, "expired": 1}
+    assert data["funnel"] == {
+        "messages": 7,
+        "pending": 1,
+        "accepted": 6,
+        "delivered": 3,
+        "seen": 2,
+        "failed": 2,
+        "expired": 1,
+    }
 
 
 def test_rates_per_minute_bucket_of_first_heard(data):
@@ -27,7 +35,15 @@ def test_rates_per_minute_bucket_of_first_heard(data):
     assert rates["labels"][0] == "2026-03-01 12:00" and rates["labels"][-1] == "2026-03-01 13:00"
     series = rates["series"]
     nonzero = {rates["labels"][i][-5:]: n for i, n in enumerate(series["messages"]) if n}
-    assert nonzero == {"12:00": 1, "12:05": 1, "12:10": 1, "12:20": 1, "12:30": 1, "12:35": 1, "12:50": 1}
+    assert nonzero == {
+        "12:00": 1,
+        "12:05": 1,
+        "12:10": 1,
+        "12:20": 1,
+        "12:30": 1,
+        "12:35": 1,
+        "12:50": 1,
+    }
     for key, total in data["funnel"].items():
         assert sum(series[key]) == total
     i = rates["labels"].index("2026-03-01 12:05")
@@ -75,8 +91,11 @@ def test_replies_over_time_and_top_phones(data):
     replies = data["replies"]
     assert replies["total"] == 4
     assert sum(replies["counts"]) == 4
-    assert replies["top_phones"] == [{"phone": "100", "count": 2}, {"phone": "300", "count": 1},
-                                     {"phone": "800", "count": 1}]
+    assert replies["top_phones"] == [
+        {"phone": "100", "count": 2},
+        {"phone": "300", "count": 1},
+        {"phone": "800", "count": 1},
+    ]
 
 
 def test_criteria_narrow_every_section(app):
@@ -104,11 +123,16 @@ def test_parse_range():
     assert parse_range({"range": "1h"}, now).unit == "minute"
     assert parse_range({"range": "7d"}, now).unit == "hour"
     assert parse_range({"range": "30d"}, now).unit == "day"
-    custom = parse_range({"range": "custom", "start": "2026-02-01T00:00", "end": "2026-02-03T00:00"}, now)
-    assert custom.start == datetime(2026, 2, 1, tzinfo=timezone.utc) and custom.unit == "hour"
-    for args, field in (({"range": "2h"}, "range"), ({"range": "custom"}, "start"),
-                        ({"range": "custom", "start": "yesterday"}, "start"),
-                        ({"range": "custom", "start": "2026-02-03", "end": "2026-02-01"}, "end")):
+    custom = parse_range(
+        {"range": "custom", "start": "2026-02-01T00:00", "end": "2026-02-03T00:00"}, now
+    )
+    assert custom.start == datetime(2026, 2, 1, tzinfo=UTC) and custom.unit == "hour"
+    for args, field in (
+        ({"range": "2h"}, "range"),
+        ({"range": "custom"}, "start"),
+        ({"range": "custom", "start": "yesterday"}, "start"),
+        ({"range": "custom", "start": "2026-02-03", "end": "2026-02-01"}, "end"),
+    ):
         with pytest.raises(RangeError) as exc:
             parse_range(args, now)
         assert exc.value.field == field
@@ -123,7 +147,15 @@ def test_page_renders_numbers_charts_and_data_block(app, client):
     response = client.get(f"/analytics?{CUSTOM}")
     assert response.status_code == 200
     html = response.get_data(as_text=True)
-    for chart in ("funnel", "rates", "latency-delivered", "latency-seen", "failures", "cost", "replies"):
+    for chart in (
+        "funnel",
+        "rates",
+        "latency-delivered",
+        "latency-seen",
+        "failures",
+        "cost",
+        "replies",
+    ):
         assert f'<canvas id="chart-{chart}"' in html
     assert '<script type="application/json" id="analytics-data">' in html
     assert 'data-percentile="seen-p90">1 min 59 s<' in html
@@ -158,20 +190,29 @@ def test_failure_rows_link_to_the_filtered_messages(app, client):
     html = data.get_data(as_text=True)
     assert data.status_code == 200
     full = client.get(f"/analytics?{CUSTOM}").get_data(as_text=True)
-    assert 'href="/messages?status=failed&amp;code=9002&amp;from=2026-03-01"' in full or \
-        'href="/?status=failed&amp;code=9002&amp;from=2026-03-01"' in full
+    assert (
+        'href="/messages?status=failed&amp;code=9002&amp;from=2026-03-01"' in full
+        or 'href="/?status=failed&amp;code=9002&amp;from=2026-03-01"' in full
+    )
     assert "No failed or expired messages." in html  # phone 1xx: only A, which did not fail
 
 
 def test_filter_values_are_escaped(app, client):
-    response = client.get('/analytics?phone=<script>alert(1)</script>')
+    response = client.get("/analytics?phone=<script>alert(1)</script>")
     assert response.status_code == 200
     assert "<script>alert(1)" not in response.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("query,field", [("range=5y", "range"), ("range=custom", "start"),
-                                         ("range=custom&start=2026-03-02&end=2026-03-01", "end"),
-                                         ("status=bogus", "status"), ("code=abc", "code")])
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("range=5y", "range"),
+        ("range=custom", "start"),
+        ("range=custom&start=2026-03-02&end=2026-03-01", "end"),
+        ("status=bogus", "status"),
+        ("code=abc", "code"),
+    ],
+)
 def test_bad_arguments_are_400_naming_the_field(client, query, field):
     for path in ("/analytics", "/analytics/data.json"):
         response = client.get(f"{path}?{query}")
@@ -183,6 +224,7 @@ def test_live_refresh_spacing_follows_the_cost_of_the_report(client):
     def gap(query):
         html = client.get(f"/analytics?{query}").get_data(as_text=True)
         return html.split('data-refresh-gap="', 1)[1].split('"', 1)[0]
+
     # From the rollups any range is cheap; read message by message, a month is not.
     assert gap("range=30d") == gap("range=7d&status=failed") == gap("range=1h") == "3"
     assert gap("range=7d&phone=79") == "10" and gap("range=30d&q=abc") == "60"

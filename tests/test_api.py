@@ -1,11 +1,18 @@
 import pytest
 
 from app.models import Contact, Message, RawBody, db
-from conftest import create_test_user, fixture_bytes, fixture_json, log_in, post_json
+from support.accounts import create_test_user, log_in
+from support.bodies import post_json
+from support.fixtures import fixture_bytes, fixture_json
 
 RID = "f6a7d49946094857ae02812969a83056"
-REG = {"requestId": RID, "phone": "79100000030", "text": "Your code is 1234", "appkey": "TexxxP6",
-       "functionType": "text"}
+REG = {
+    "requestId": RID,
+    "phone": "79100000030",
+    "text": "Your code is 1234",
+    "appkey": "TexxxP6",
+    "functionType": "text",
+}
 
 
 def dr(kind):
@@ -44,8 +51,12 @@ def test_registration_before_or_after_receipts_same_record(client, app, tmp_path
         if kind == "reg":
             assert post_json(client, "/api/messages", REG).status_code == 201
         else:
-            assert client.post("/webhooks/viber/dr", data=dr(status),
-                               content_type="application/json").status_code == 200
+            assert (
+                client.post(
+                    "/webhooks/viber/dr", data=dr(status), content_type="application/json"
+                ).status_code
+                == 200
+            )
     result = state(client)
     assert result["status"] == "seen"
     assert result["phone"] == "79100000030"
@@ -68,13 +79,16 @@ def test_registered_phone_wins_over_reply_phone_and_counts_move(client, app):
         assert db.session.get(Contact, "79100000030").messages_count == 1
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"phone": "1"}, "requestId"),
-    ({"requestId": RID}, "phone"),
-    ({"requestId": RID, "phone": 79100000030}, "phone"),
-    ({"requestId": RID, "phone": "1", "text": ["x"]}, "text"),
-    ([REG], "body"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"phone": "1"}, "requestId"),
+        ({"requestId": RID}, "phone"),
+        ({"requestId": RID, "phone": 79100000030}, "phone"),
+        ({"requestId": RID, "phone": "1", "text": ["x"]}, "text"),
+        ([REG], "body"),
+    ],
+)
 def test_bad_registration_is_refused_and_kept(client, app, body, field):
     response = post_json(client, "/api/messages", body)
     assert response.status_code == 422

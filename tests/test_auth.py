@@ -1,6 +1,7 @@
 """Logins: nothing but the login page (and endpoints with their own authentication) answers
 without one; sign-in, sign-out, expiry, cookies, CSRF, `next`, rate limits, secret key,
 security headers, and the user commands."""
+
 import http.client
 import os
 import re
@@ -15,14 +16,34 @@ import pytest
 from app import create_app
 from app.models import LoginFailure, User, db
 from app.security import CONTENT_SECURITY_POLICY
-from conftest import (CSRF_INPUT_RE, TEST_PASSWORD, TEST_USER, LiveServer, create_test_user,
-                      fixture_bytes, log_in, login_form_token)
+from support.accounts import (
+    CSRF_INPUT_RE,
+    TEST_PASSWORD,
+    TEST_USER,
+    create_test_user,
+    log_in,
+    login_form_token,
+)
+from support.fixtures import fixture_bytes
+from support.servers import LiveServer
 
 # Endpoints that authenticate on their own or need nothing; everything else needs a login.
-PUBLIC = {"auth.login", "static", "favicon", "openapi.document", "health.healthz", "metrics.scrape",
-          "webhooks.delivery_receipt", "webhooks.user_reply"}
-ARGS = {"request_id": "f6a7d49946094857ae02812969a83056", "phone": "79100000030", "raw_id": 1,
-        "filename": "app.css"}
+PUBLIC = {
+    "auth.login",
+    "static",
+    "favicon",
+    "openapi.document",
+    "health.healthz",
+    "metrics.scrape",
+    "webhooks.delivery_receipt",
+    "webhooks.user_reply",
+}
+ARGS = {
+    "request_id": "f6a7d49946094857ae02812969a83056",
+    "phone": "79100000030",
+    "raw_id": 1,
+    "filename": "app.css",
+}
 
 
 def routes(app):
@@ -62,16 +83,22 @@ def test_public_endpoints_stay_reachable(app, anon_client):
     assert anon_client.get("/healthz").status_code == 200
     assert anon_client.get("/openapi.json").status_code == 200
     assert anon_client.get("/favicon.ico").status_code == 200
-    assert anon_client.post("/webhooks/viber/dr", data=fixture_bytes("dr_seen"),
-                            content_type="application/json").status_code == 200
+    assert (
+        anon_client.post(
+            "/webhooks/viber/dr", data=fixture_bytes("dr_seen"), content_type="application/json"
+        ).status_code
+        == 200
+    )
 
 
 def test_pages_send_the_browser_to_login_with_next(live_server):
     response = httpx.get(live_server.url + "/conversations?q=a%20b")
     assert response.status_code == 302
     location = urlsplit(response.headers["Location"])
-    assert location.path == "/login" and "next=/conversations?q%3Da%2520b" in location.query.replace(
-        "%2F", "/")
+    assert (
+        location.path == "/login"
+        and "next=/conversations?q%3Da%2520b" in location.query.replace("%2F", "/")
+    )
 
 
 def test_api_without_credentials_is_401_json(live_server):
@@ -93,16 +120,25 @@ def test_login_and_logout_over_http(app, live_server):
         page = browser.get("/login")
         assert 'name="username"' in page.text and 'name="password"' in page.text
         token = form_token(page.text)
-        wrong = browser.post("/login", data={"username": TEST_USER, "password": "nope",
-                                             "csrf_token": token})
+        wrong = browser.post(
+            "/login", data={"username": TEST_USER, "password": "nope", "csrf_token": token}
+        )
         assert wrong.status_code == 401 and "Unknown username or wrong password" in wrong.text
-        unknown = browser.post("/login", data={"username": "ghost", "password": "nope",
-                                               "csrf_token": token})
+        unknown = browser.post(
+            "/login", data={"username": "ghost", "password": "nope", "csrf_token": token}
+        )
         assert unknown.status_code == 401 and "Unknown username or wrong password" in unknown.text
         assert browser.get("/").status_code == 302
 
-        ok = browser.post("/login", data={"username": TEST_USER, "password": TEST_PASSWORD,
-                                          "csrf_token": token, "next": "/conversations"})
+        ok = browser.post(
+            "/login",
+            data={
+                "username": TEST_USER,
+                "password": TEST_PASSWORD,
+                "csrf_token": token,
+                "next": "/conversations",
+            },
+        )
         assert ok.status_code == 302 and ok.headers["Location"] == "/conversations"
         home = browser.get("/")
         assert home.status_code == 200 and TEST_USER in home.text
@@ -130,8 +166,9 @@ def test_state_changing_requests_need_the_csrf_token(app, client):
     del bare.environ_base["HTTP_X_CSRFTOKEN"]
     response = bare.post("/api/messages", json={"requestId": "r1", "phone": "1"})
     assert response.status_code == 400 and response.get_json()["field"] == "csrf_token"
-    forged = bare.post("/api/messages", json={"requestId": "r1", "phone": "1"},
-                       headers={"X-CSRFToken": "forged"})
+    forged = bare.post(
+        "/api/messages", json={"requestId": "r1", "phone": "1"}, headers={"X-CSRFToken": "forged"}
+    )
     assert forged.status_code == 400
     # The default test client sends the token as htmx does, from base.html's hx-headers.
     assert client.post("/api/messages", json={"requestId": "r1", "phone": "1"}).status_code == 201
@@ -141,19 +178,43 @@ def test_base_page_sends_the_csrf_header_with_htmx(client):
     html = client.get("/").get_data(as_text=True)
     match = re.search(r"hx-headers='\{\"X-CSRFToken\": \"([^\"]+)\"\}'", html)
     assert match
-    assert client.post("/api/messages", json={"requestId": "r2", "phone": "1"},
-                       headers={"X-CSRFToken": match.group(1)}).status_code == 201
+    assert (
+        client.post(
+            "/api/messages",
+            json={"requestId": "r2", "phone": "1"},
+            headers={"X-CSRFToken": match.group(1)},
+        ).status_code
+        == 201
+    )
 
 
-@pytest.mark.parametrize("target", [
-    "//evil.example/", "https://evil.example/", "http:evil.example", "/\\evil.example",
-    "\\\\evil.example", "javascript:alert(1)", "/%0d%0aLocation:%20https://evil.example",
-    " //evil.example", "evil.example", "/\t/evil.example", "/\r\nLocation: https://evil.example",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example/",
+        "https://evil.example/",
+        "http:evil.example",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "javascript:alert(1)",
+        "/%0d%0aLocation:%20https://evil.example",
+        " //evil.example",
+        "evil.example",
+        "/\t/evil.example",
+        "/\r\nLocation: https://evil.example",
+    ],
+)
 def test_next_never_leaves_the_site(app, anon_client, target):
     create_test_user(app)
-    response = anon_client.post("/login", data={"username": TEST_USER, "password": TEST_PASSWORD,
-                                                 "next": target, "csrf_token": login_form_token(anon_client)})
+    response = anon_client.post(
+        "/login",
+        data={
+            "username": TEST_USER,
+            "password": TEST_PASSWORD,
+            "next": target,
+            "csrf_token": login_form_token(anon_client),
+        },
+    )
     assert response.status_code == 302
     location = response.headers["Location"]
     parts = urlsplit(location)
@@ -167,8 +228,14 @@ def test_next_never_leaves_the_site(app, anon_client, target):
 
 def test_next_keeps_a_local_path_with_its_query(app, anon_client):
     create_test_user(app)
-    response = anon_client.post("/login?next=/messages/abc%3Fx", data={
-        "username": TEST_USER, "password": TEST_PASSWORD, "csrf_token": login_form_token(anon_client)})
+    response = anon_client.post(
+        "/login?next=/messages/abc%3Fx",
+        data={
+            "username": TEST_USER,
+            "password": TEST_PASSWORD,
+            "csrf_token": login_form_token(anon_client),
+        },
+    )
     assert response.headers["Location"] == "/messages/abc?x"
 
 
@@ -185,8 +252,14 @@ def test_login_expires_however_active(app, client):
 
 def test_session_cookie_flags(app, anon_client):
     create_test_user(app)
-    response = anon_client.post("/login", data={"username": TEST_USER, "password": TEST_PASSWORD,
-                                                "csrf_token": login_form_token(anon_client)})
+    response = anon_client.post(
+        "/login",
+        data={
+            "username": TEST_USER,
+            "password": TEST_PASSWORD,
+            "csrf_token": login_form_token(anon_client),
+        },
+    )
     cookie = response.headers["Set-Cookie"]
     assert cookie.startswith("viberwatch_session=")
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Expires=" in cookie
@@ -194,10 +267,16 @@ def test_session_cookie_flags(app, anon_client):
 
     https = app.test_client()
     page = https.get("/login", base_url="https://localhost")
-    login = https.post("/login", base_url="https://localhost",
-                       headers={"Referer": "https://localhost/login"},
-                       data={"username": TEST_USER, "password": TEST_PASSWORD,
-                             "csrf_token": form_token(page.get_data(as_text=True))})
+    login = https.post(
+        "/login",
+        base_url="https://localhost",
+        headers={"Referer": "https://localhost/login"},
+        data={
+            "username": TEST_USER,
+            "password": TEST_PASSWORD,
+            "csrf_token": form_token(page.get_data(as_text=True)),
+        },
+    )
     assert login.status_code == 302 and "; Secure" in login.headers["Set-Cookie"]
 
 
@@ -208,8 +287,11 @@ def test_cookie_secure_can_be_forced(app_config):
 
 def failed(client, username, password="wrong", address="192.0.2.1"):
     token = login_form_token(client)
-    return client.post("/login", data={"username": username, "password": password, "csrf_token": token},
-                       environ_base={"REMOTE_ADDR": address})
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token},
+        environ_base={"REMOTE_ADDR": address},
+    )
 
 
 def limited_app(app_config, **settings):
@@ -274,8 +356,15 @@ def attempt_at_once(base_url: str, count: int, password="wrong", addresses=None)
     def go(i):
         start.wait()
         headers = {"X-Forwarded-For": addresses[i]} if addresses else {}
-        statuses[i] = browsers[i].post("/login", headers=headers, data={
-            "username": TEST_USER, "password": password, "csrf_token": tokens[i]}).status_code
+        statuses[i] = (
+            browsers[i]
+            .post(
+                "/login",
+                headers=headers,
+                data={"username": TEST_USER, "password": password, "csrf_token": tokens[i]},
+            )
+            .status_code
+        )
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(count)]
     for t in threads:
@@ -301,8 +390,12 @@ def served_attempts(app, count: int, addresses=None) -> tuple[list[int], int]:
 
 
 # Argon2 at its production memory cost, so that checks take long enough to overlap.
-SLOW_ARGON2 = {"ARGON2_TIME_COST": 2, "ARGON2_MEMORY_COST": 65536, "ARGON2_PARALLELISM": 1,
-               "TRUSTED_PROXIES": "127.0.0.1"}
+SLOW_ARGON2 = {
+    "ARGON2_TIME_COST": 2,
+    "ARGON2_MEMORY_COST": 65536,
+    "ARGON2_PARALLELISM": 1,
+    "TRUSTED_PROXIES": "127.0.0.1",
+}
 
 
 def test_simultaneous_attempts_check_no_more_passwords_than_the_limit(app_config):
@@ -316,7 +409,9 @@ def test_password_checks_at_once_are_bounded_per_process(app_config):
     """8 sign-ins at once, one check at a time."""
     peaks = {}
     for limit in (1, 8):
-        app = limited_app(app_config, LOGIN_CONCURRENT_CHECKS=limit, LOGIN_CHECK_WAIT=60, **SLOW_ARGON2)
+        app = limited_app(
+            app_config, LOGIN_CONCURRENT_CHECKS=limit, LOGIN_CHECK_WAIT=60, **SLOW_ARGON2
+        )
         statuses, _ = served_attempts(app, 8, [f"192.0.{limit}.{i}" for i in range(8)])
         assert statuses == [401] * 8
         peaks[limit] = app.extensions["viberwatch.password_checks"].peak
@@ -365,8 +460,14 @@ def test_ensure_admin_creates_one_user_once_and_prints_the_password(app):
     assert len(password) >= 16
     second = runner.invoke(args=["ensure-admin"])
     # No second password; how to sign in, and how to set a new password when it is lost.
-    assert second.exit_code == 0 and password not in second.output and "password: " not in second.output
-    assert "Users exist (admin)" in second.output and "viberwatch set-password admin" in second.output
+    assert (
+        second.exit_code == 0
+        and password not in second.output
+        and "password: " not in second.output
+    )
+    assert (
+        "Users exist (admin)" in second.output and "viberwatch set-password admin" in second.output
+    )
     browser = app.test_client()
     log_in(app, browser, "admin", password)
     assert browser.get("/").status_code == 200
@@ -400,11 +501,20 @@ EXPECTED_HEADERS = {
 
 
 def test_security_headers_everywhere(client, anon_client):
-    assert "script-src 'self';" in CONTENT_SECURITY_POLICY and "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY
+    assert (
+        "script-src 'self';" in CONTENT_SECURITY_POLICY
+        and "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY
+    )
     assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY
-    responses = [anon_client.get("/login"), client.get("/"), client.get("/api/messages/nope"),
-                 anon_client.post("/webhooks/viber/dr", data=b"{}", content_type="application/json"),
-                 anon_client.get("/static/app.css"), anon_client.get("/"), anon_client.get("/nowhere")]
+    responses = [
+        anon_client.get("/login"),
+        client.get("/"),
+        client.get("/api/messages/nope"),
+        anon_client.post("/webhooks/viber/dr", data=b"{}", content_type="application/json"),
+        anon_client.get("/static/app.css"),
+        anon_client.get("/"),
+        anon_client.get("/nowhere"),
+    ]
     for response in responses:
         for name, value in EXPECTED_HEADERS.items():
             assert response.headers.get(name) == value, (response.request.path, name)
@@ -421,8 +531,12 @@ def test_pages_have_no_inline_script_or_style(client):
 def ws_handshake(server_url, cookie=None, origin=None) -> int:
     host = urlsplit(server_url).netloc
     conn = http.client.HTTPConnection(host, timeout=5)
-    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     if cookie:
         headers["Cookie"] = cookie
     if origin:
@@ -448,7 +562,12 @@ def test_instance_folder_and_database_are_private(tmp_path, monkeypatch):
     """Made 0700 and 0600 like the secret key, and closed when an earlier version left them open."""
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("VIBERWATCH_INSTANCE_PATH", str(tmp_path / "instance"))
-    config = {"TESTING": True, "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST": 8192, "ARGON2_PARALLELISM": 1}
+    config = {
+        "TESTING": True,
+        "ARGON2_TIME_COST": 1,
+        "ARGON2_MEMORY_COST": 8192,
+        "ARGON2_PARALLELISM": 1,
+    }
     app = create_app(config)
     database = tmp_path / "instance" / "viberwatch.db"
     assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{database}"

@@ -1,11 +1,12 @@
 """The dashboard in a real Chromium: filters, pages, the back button, threads, the export link."""
+
 import csv
 import io
 import re
 
 import pytest
 
-from dashboard_data import message_with, receipt, register, reply
+from support.dashboard_data import message_with, receipt, register, reply
 
 pytestmark = pytest.mark.browser
 
@@ -16,12 +17,16 @@ def wait_for_query(page, query: str) -> None:
 
 
 def wait_rows(page, n: int) -> None:
-    page.wait_for_function("n => document.querySelectorAll('#messages-body tr').length === n", arg=n)
+    page.wait_for_function(
+        "n => document.querySelectorAll('#messages-body tr').length === n", arg=n
+    )
 
 
 def row_ids(page) -> list[str]:
-    return [i.removeprefix("msg-") for i in page.locator("#messages-body tr").evaluate_all(
-        "rows => rows.map(r => r.id)")]
+    return [
+        i.removeprefix("msg-")
+        for i in page.locator("#messages-body tr").evaluate_all("rows => rows.map(r => r.id)")
+    ]
 
 
 @pytest.fixture
@@ -69,7 +74,7 @@ def test_remove_a_filter_chip_updates_the_form(page, data):
 
 
 def test_filters_work_without_javascript(browser, live_server, app, data):
-    from conftest import signed_in_tab
+    from support.browser import signed_in_tab
 
     context, tab = signed_in_tab(browser, app, live_server.url, java_script_enabled=False)
     tab.goto("/")
@@ -114,11 +119,18 @@ def test_thread_page_from_the_messages_list(page, client):
     page.wait_for_url(re.compile(rf"/conversations/{phone}$"))
     bubbles = page.locator("#thread article")
     assert bubbles.evaluate_all("items => items.map(i => i.className)") == [
-        "bubble bubble-out", "bubble bubble-in", "bubble bubble-in", "bubble bubble-in"]
+        "bubble bubble-out",
+        "bubble bubble-in",
+        "bubble bubble-in",
+        "bubble bubble-in",
+    ]
     assert page.locator("#thread-msg-th-1 .badge").inner_text() == "seen"
     # Line breaks of a text reply are kept on screen.
     assert bubbles.nth(1).locator(".bubble-text").inner_text() == "thanks\nsee you"
-    assert page.get_by_role("link", name="photo.png").get_attribute("href") == "https://example.com/photo.png"
+    assert (
+        page.get_by_role("link", name="photo.png").get_attribute("href")
+        == "https://example.com/photo.png"
+    )
     assert page.get_by_role("link", name="evil.png").count() == 0
     assert page.locator("a[href^='javascript:']").count() == 0
     page.get_by_role("link", name=re.compile("^th-1")).first.click()
@@ -139,7 +151,9 @@ def test_export_link_downloads_what_is_filtered(page, data):
 def test_times_are_shown_in_the_viewers_zone_with_utc_on_hover(page, data):
     page.goto("/")
     first = page.locator("#messages-body time").first
-    page.wait_for_function("() => document.querySelector('#messages-body time').dataset.localised === '1'")
+    page.wait_for_function(
+        "() => document.querySelector('#messages-body time').dataset.localised === '1'"
+    )
     title = first.get_attribute("title")
     assert title.endswith(" UTC")
     assert first.inner_text() != title
@@ -151,7 +165,9 @@ def test_copy_button_and_keyboard_focus(page, data):
     button = page.locator("#msg-b-seen2 button.copy")
     button.focus()
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.querySelector('#msg-b-seen2 button.copy').textContent === 'copied'")
+    page.wait_for_function(
+        "() => document.querySelector('#msg-b-seen2 button.copy').textContent === 'copied'"
+    )
     assert page.evaluate("navigator.clipboard.readText()") == "b-seen2"
     # The skip link is the first stop of the keyboard.
     page.keyboard.press("Shift+Tab")

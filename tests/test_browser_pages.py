@@ -1,13 +1,14 @@
 """Every page in a real Chromium: nothing blocked or failing in the console, and a layout that
 fits a 1366 px window and stays usable on a 390 px phone."""
-from datetime import datetime, timedelta, timezone
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from conftest import watch_console
-from servers import free_port
+from support.browser import watch_console
+from support.servers import free_port
+from support.timed_ingest import receipt, register, reply
 from test_analytics import CUSTOM, load_fixture
-from timed_ingest import receipt, register, reply
 
 pytestmark = pytest.mark.browser
 
@@ -19,22 +20,38 @@ def test_analytics_charts_redrawn_after_a_swap_break_no_policy(page, app):
         load_fixture()
     problems = watch_console(page)
     page.goto(f"/analytics?{CUSTOM}")
-    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-cost'))")
-    with page.expect_response(lambda r: "/analytics?" in r.url and r.request.headers.get("hx-request")):
+    page.wait_for_function(
+        "() => window.Chart && Chart.getChart(document.getElementById('chart-cost'))"
+    )
+    with page.expect_response(
+        lambda r: "/analytics?" in r.url and r.request.headers.get("hx-request")
+    ):
         page.evaluate("htmx.trigger('#analytics-report', 'analytics-refresh')")
-    page.wait_for_function("() => window.Chart && Chart.getChart(document.getElementById('chart-cost'))")
+    page.wait_for_function(
+        "() => window.Chart && Chart.getChart(document.getElementById('chart-cost'))"
+    )
     page.wait_for_timeout(300)
     assert problems == []
 
 
 # A previous year: the widest dates the pages show.
-T = datetime(2025, 3, 1, 9, 30, tzinfo=timezone.utc)
+T = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
 RANGE = "range=custom&start=2025-03-01T09:00&end=2025-03-01T10:00"
 PHONE = "79100000003"
 OUTCOMES = ["seen", "delivered", "seen", "failed", "expired", "success", "seen", "delivered"]
-STEPS = {"seen": ["success", "delivered", "seen"], "delivered": ["success", "delivered"],
-         "failed": ["success", "failed"], "expired": ["success", "expired"], "success": ["success"]}
-COST = {"currency": "USD", "localPrice": 1234.567891, "originalPrice": 0.0123, "rateType": "Transactional"}
+STEPS = {
+    "seen": ["success", "delivered", "seen"],
+    "delivered": ["success", "delivered"],
+    "failed": ["success", "failed"],
+    "expired": ["success", "expired"],
+    "success": ["success"],
+}
+COST = {
+    "currency": "USD",
+    "localPrice": 1234.567891,
+    "originalPrice": 0.0123,
+    "rateType": "Transactional",
+}
 
 
 @pytest.fixture
@@ -56,10 +73,19 @@ def load_busy_day(app) -> str:
             start = T + timedelta(seconds=30 * i)
             register(start, rid, f"791000000{i % 6:02d}", text=f"Your order {1000 + i} has shipped")
             for n, step in enumerate(STEPS[OUTCOMES[i % len(OUTCOMES)]]):
-                receipt(start + timedelta(seconds=2 + n), rid, step, cost=COST if step == "success" else None)
+                receipt(
+                    start + timedelta(seconds=2 + n),
+                    rid,
+                    step,
+                    cost=COST if step == "success" else None,
+                )
             if i % 5 == 0:
-                reply(start + timedelta(minutes=1), rid, f"791000000{i % 6:02d}",
-                      "Thanks! Can you leave it with the neighbour at number 12, please?")
+                reply(
+                    start + timedelta(minutes=1),
+                    rid,
+                    f"791000000{i % 6:02d}",
+                    "Thanks! Can you leave it with the neighbour at number 12, please?",
+                )
         receipt(T + timedelta(minutes=13), rid, "failed")  # beside delivered: an anomaly
         alerts.check(T + timedelta(minutes=14))
         assert alerts.firing(), "the default failed-rate rule fires on this day"
@@ -75,8 +101,18 @@ FITS_JS = """() => {
 }"""
 
 
-@pytest.mark.parametrize("path", ["/", "/alerts", f"/analytics?{RANGE}", "/analytics", "/conversations",
-                                  f"/conversations/{PHONE}", "/rejected"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/alerts",
+        f"/analytics?{RANGE}",
+        "/analytics",
+        "/conversations",
+        f"/conversations/{PHONE}",
+        "/rejected",
+    ],
+)
 def test_pages_fit_a_1366_window(page, app, path):
     load_busy_day(app)
     page.set_viewport_size({"width": 1366, "height": 900})
@@ -100,8 +136,15 @@ def test_every_column_of_the_messages_table_shows_at_1366(page, app):
     assert len(cell.inner_text()) <= 13 and "2025" in cell.get_attribute("title")
 
 
-PHONE_PAGES = ["/", f"/messages/{'23f6a7d49946094857ae02812969a83056'}", "/conversations",
-               f"/conversations/{PHONE}", "/rejected", f"/analytics?{RANGE}", "/alerts"]
+PHONE_PAGES = [
+    "/",
+    f"/messages/{'23f6a7d49946094857ae02812969a83056'}",
+    "/conversations",
+    f"/conversations/{PHONE}",
+    "/rejected",
+    f"/analytics?{RANGE}",
+    "/alerts",
+]
 
 
 @pytest.mark.parametrize("path", PHONE_PAGES)
@@ -150,8 +193,17 @@ def test_no_page_logs_an_error_or_fails_a_request(page, app):
     problems = watch_console(page)
     failed = []
     page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    pages = ["/", "/?status=seen&status=failed", f"/messages/{rid}", "/conversations", f"/conversations/{PHONE}",
-             "/rejected", "/analytics", f"/analytics?{RANGE}", "/alerts"]
+    pages = [
+        "/",
+        "/?status=seen&status=failed",
+        f"/messages/{rid}",
+        "/conversations",
+        f"/conversations/{PHONE}",
+        "/rejected",
+        "/analytics",
+        f"/analytics?{RANGE}",
+        "/alerts",
+    ]
     for path in pages:
         page.goto(path)
         if page.locator("body[ws-connect]").count():

@@ -1,10 +1,12 @@
 """The reply box in a real browser: Chromium driven by Playwright against a real server and
 a local fake of NXCLOUD's send API; the sent message's receipts arrive live."""
+
 import httpx
 import pytest
 
-from conftest import signed_in_tab
-from fake_nxcloud import fake_nxcloud, nxcloud_config  # noqa: F401
+from support import bodies
+from support.browser import signed_in_tab
+from support.fake_nxcloud import nxcloud_config
 
 PHONE = "79100000077"
 
@@ -20,7 +22,9 @@ def signed_in(browser, sending_config, app, live_server):
     context, pg = signed_in_tab(browser, app, live_server.url)
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+    pg.on(
+        "console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None
+    )
     pg.reload()
     yield pg
     context.close()
@@ -34,14 +38,13 @@ def push(server, path, body):
 
 
 def user_writes(server, text="When do you open?"):
-    push(server, "/webhooks/viber/message", {
-        "phone": PHONE, "appkey": "FakeApp1", "traceRequestId": "b" * 32, "message": {"text": text},
-        "sendTime": "2024-06-03 17:00:00"})
+    body = bodies.reply("b" * 32, PHONE, text, appkey="FakeApp1", send_time="2024-06-03 17:00:00")
+    push(server, bodies.REPLY, body)
 
 
-def receipt(request_id, status, code):
-    return {"status": status, "requestId": request_id, "code": code, "message": f"Viber message has {status}",
-            "sendTime": "2024-06-03 17:01:00"}
+def receipt(request_id, status):
+    message = f"Viber message has {status}"
+    return bodies.receipt(request_id, status, message=message, send_time="2024-06-03 17:01:00")
 
 
 def open_thread(pg):
@@ -66,10 +69,10 @@ def test_a_reply_sent_from_the_thread_is_delivered_live(signed_in, live_server, 
     sent = pg.locator(f"#thread #thread-msg-{request_id}")
     sent.wait_for()
     assert "We open at 9, see you <soon>" in sent.inner_text()
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "success", 0))
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "delivered", 11001))
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "success"))
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "delivered"))
     pg.wait_for_selector(f"#thread-msg-{request_id}[data-status=delivered]")
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "seen", 11002))
+    push(live_server, "/webhooks/viber/dr", receipt(request_id, "seen"))
     pg.wait_for_selector(f"#thread-msg-{request_id}[data-status=seen]")
     assert pg.locator(f"#thread-msg-{request_id}").count() == 1
 
@@ -109,13 +112,25 @@ def test_a_send_outside_the_window_needs_a_second_click(signed_in, live_server, 
 
 def test_the_session_window_opens_live_when_the_user_writes(signed_in, live_server, api_token):
     pg = signed_in
-    response = httpx.post(live_server.url + "/api/messages", headers={"Authorization": f"Bearer {api_token}"},
-                          json={"requestId": "c" * 32, "phone": PHONE, "text": "Your order shipped"}, timeout=10)
+    response = httpx.post(
+        live_server.url + "/api/messages",
+        headers={"Authorization": f"Bearer {api_token}"},
+        json={"requestId": "c" * 32, "phone": PHONE, "text": "Your order shipped"},
+        timeout=10,
+    )
     assert response.status_code == 201
     open_thread(pg)
     assert "No session" in pg.locator("#session-window").inner_text()
-    push(live_server, "/webhooks/viber/message", {
-        "phone": PHONE, "appkey": "FakeApp1", "traceRequestId": "c" * 32, "message": {"text": "Thanks"},
-        "sendTime": "2024-06-03 17:00:00"})
+    push(
+        live_server,
+        "/webhooks/viber/message",
+        {
+            "phone": PHONE,
+            "appkey": "FakeApp1",
+            "traceRequestId": "c" * 32,
+            "message": {"text": "Thanks"},
+            "sendTime": "2024-06-03 17:00:00",
+        },
+    )
     pg.wait_for_selector("#session-window.is-open")
     assert "5 of 5 before the user must reply" in pg.locator("#session-window").inner_text()

@@ -1,6 +1,7 @@
 """Replies carrying script payloads, posted to the real webhook, shown in a real browser:
 nothing executes (no dialog, no flag set, no injected element) and the words show literally,
 on full pages and in rows pushed live."""
+
 import httpx
 import pytest
 
@@ -13,14 +14,19 @@ PAYLOADS = [
     "<script>window.__xss = 1; alert(1)</script>",
     '<img src=x onerror="window.__xss = 2; alert(2)">',
     '"><svg onload="window.__xss = 3">',
-    "</p><iframe src=\"javascript:window.top.__xss = 4\"></iframe>",
-    "{{ 7*7 }} ${alert(5)} <a href=\"javascript:window.__xss = 6\">link</a>",
+    '</p><iframe src="javascript:window.top.__xss = 4"></iframe>',
+    '{{ 7*7 }} ${alert(5)} <a href="javascript:window.__xss = 6">link</a>',
 ]
 
 
 def push_reply(server, text, send_time, **message):
-    body = {"phone": PHONE, "appkey": "App<1>", "traceRequestId": RID,
-            "message": {"text": text, **message}, "sendTime": send_time}
+    body = {
+        "phone": PHONE,
+        "appkey": "App<1>",
+        "traceRequestId": RID,
+        "message": {"text": text, **message},
+        "sendTime": send_time,
+    }
     response = httpx.post(server.url + "/webhooks/viber/message", json=body, timeout=10)
     assert response.status_code == 200, response.text
 
@@ -31,8 +37,12 @@ def watched(page):
     events = []
     page.on("dialog", lambda d: (events.append(f"dialog: {d.message}"), d.dismiss()))
     page.on("pageerror", lambda e: events.append(f"error: {e}"))
-    page.on("console", lambda m: events.append(f"console: {m.text}")
-            if "Content Security Policy" in m.text else None)
+    page.on(
+        "console",
+        lambda m: (
+            events.append(f"console: {m.text}") if "Content Security Policy" in m.text else None
+        ),
+    )
     page.events = events
     return page
 
@@ -49,8 +59,13 @@ def test_script_payloads_show_literally_and_never_run(watched, live_server):
     page = watched
     for i, payload in enumerate(PAYLOADS):
         push_reply(live_server, payload, f"2024-06-03 17:00:0{i}")
-    push_reply(live_server, None, "2024-06-03 17:00:09", media="javascript:window.__xss = 7",
-               fileName='<img src=x onerror="window.__xss = 8">.jpg')
+    push_reply(
+        live_server,
+        None,
+        "2024-06-03 17:00:09",
+        media="javascript:window.__xss = 7",
+        fileName='<img src=x onerror="window.__xss = 8">.jpg',
+    )
 
     page.goto(f"/conversations/{PHONE}")
     bubbles = page.locator(".bubble-in .bubble-text")
@@ -79,8 +94,9 @@ def test_payloads_pushed_live_stay_inert(watched, live_server):
         push_reply(live_server, payload, f"2024-06-03 17:01:0{i}")
     # Each reply arrives over the socket, rendered by the server, inserted as text.
     thread = page.locator("#thread .bubble-in .bubble-text")
-    page.wait_for_function("n => document.querySelectorAll('#thread .bubble-in').length >= n",
-                           arg=len(PAYLOADS) + 1)
+    page.wait_for_function(
+        "n => document.querySelectorAll('#thread .bubble-in').length >= n", arg=len(PAYLOADS) + 1
+    )
     texts = thread.all_inner_texts()
     for payload in PAYLOADS:
         assert payload in texts

@@ -1,7 +1,9 @@
 """Conversations: phones by latest activity, and the interleaved thread of one phone."""
-import re
 
-from dashboard_data import message_with, receipt, register, reply
+import re
+from datetime import UTC
+
+from support.dashboard_data import message_with, receipt, register, reply
 
 THREAD_RE = re.compile(r'<article class="bubble bubble-(out|in)" id="([^"]+)"')
 
@@ -17,11 +19,15 @@ def test_phones_by_latest_activity_with_preview_and_counts(client):
     assert order == ["79100000001", "79100000002"]
     assert "got it" in html
     assert 'href="/conversations/79100000001"' in html
-    assert re.findall(r'<tr id="contact-[^"]+">\s*<td class="mono"><a[^>]+>[^<]+</a></td>\s*'
-                      r'<td class="preview-text">[^<]*</td>\s*<td class="num">(\d+)</td>\s*<td class="num">(\d+)</td>',
-                      html) == [("1", "1"), ("1", "0")]
-    assert re.findall(r'<tr id="contact-([^"]+)">', client.get("/conversations?phone=791000000 02").get_data(
-        as_text=True)) == ["79100000002"]
+    assert re.findall(
+        r'<tr id="contact-[^"]+">\s*<td class="mono"><a[^>]+>[^<]+</a></td>\s*'
+        r'<td class="preview-text">[^<]*</td>\s*<td class="num">(\d+)</td>\s*<td class="num">(\d+)</td>',
+        html,
+    ) == [("1", "1"), ("1", "0")]
+    assert re.findall(
+        r'<tr id="contact-([^"]+)">',
+        client.get("/conversations?phone=791000000 02").get_data(as_text=True),
+    ) == ["79100000002"]
 
 
 def test_empty_conversations_show_the_webhook_urls(client):
@@ -56,8 +62,13 @@ def test_thread_interleaves_messages_and_replies_in_time_order(client):
     assert [kind for kind, _ in items] == ["out", "in", "out", "in", "in"]
     assert items[0][1] == "thread-msg-t-1" and items[2][1] == "thread-msg-t-2"
     texts = re.findall(r'<p class="bubble-text">([^<]*)</p>', html)
-    assert texts == ["first question", "answer one", "second question", "answer two\nwith a second line",
-                     "late answer to the first"]
+    assert texts == [
+        "first question",
+        "answer one",
+        "second question",
+        "answer two\nwith a second line",
+        "late answer to the first",
+    ]
     # The outbound message carries its live status badge; the thread has its stable id.
     assert re.search(r'id="thread-msg-t-2" data-status="seen">.*?badge-seen', html, re.S)
     assert 'id="thread"' in html
@@ -80,19 +91,24 @@ def test_unknown_phone_is_404(client):
 def test_a_message_registered_after_its_reply_stays_above_the_reply(app, client):
     """The sending system may register a message late: after its receipts and even after the
     user answered. It belongs where it was first heard of, before the answer."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
-    from timed_ingest import receipt as receipt_at, register as register_at, reply as reply_at
+    from support.timed_ingest import receipt as receipt_at
+    from support.timed_ingest import register as register_at
+    from support.timed_ingest import reply as reply_at
 
-    phone, t0 = "79100000066", datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+    phone, t0 = "79100000066", datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     with app.app_context():
         register_at(t0, "early", phone, text="an earlier message")
         receipt_at(t0 + timedelta(minutes=1), "late-reg", "delivered")
         reply_at(t0 + timedelta(minutes=2), "late-reg", phone, "yes please")
         register_at(t0 + timedelta(minutes=3), "late-reg", phone, text="want a call back?")
     html = client.get(f"/conversations/{phone}").get_data(as_text=True)
-    assert [ident for _, ident in THREAD_RE.findall(html)][:2] == ["thread-msg-early", "thread-msg-late-reg"]
+    assert [ident for _, ident in THREAD_RE.findall(html)][:2] == [
+        "thread-msg-early",
+        "thread-msg-late-reg",
+    ]
     assert THREAD_RE.findall(html)[2][0] == "in"
     # The bubble shows the time it is placed at, the first time the message was heard of.
-    bubble = html[html.index('id="thread-msg-late-reg"'):]
+    bubble = html[html.index('id="thread-msg-late-reg"') :]
     assert '<time datetime="2026-03-01T12:01:00' in bubble.split("</article>")[0]

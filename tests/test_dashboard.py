@@ -1,21 +1,24 @@
 """Messages page: filters, keyset pages, counters, fragments; message page; rejected bodies."""
+
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import ingest, listing, tally
+from app import listing, tally
 from app.filters import FilterError, MessageFilter
 from app.models import Message, MessageTally, RawBody, db
-from dashboard_data import message_with, receipt, register, reply, set_activity
+from app.records import ingest
+from support.dashboard_data import message_with, receipt, register, reply, set_activity
 
 ROW_RE = re.compile(r'<tr id="msg-([^"]+)" data-status="([^"]+)">')
 
 
 def rows(response) -> list[str]:
     assert response.status_code == 200, response.get_data(as_text=True)[:2000]
-    return ROW_RE.findall(response.get_data(as_text=True)) and \
-        [rid for rid, _ in ROW_RE.findall(response.get_data(as_text=True))]
+    return ROW_RE.findall(response.get_data(as_text=True)) and [
+        rid for rid, _ in ROW_RE.findall(response.get_data(as_text=True))
+    ]
 
 
 def ids(client, query: str = "") -> list[str]:
@@ -55,8 +58,16 @@ def test_empty_dashboard_shows_the_webhook_urls(client):
 def test_rows_newest_activity_first_with_one_partial(mixed):
     html = mixed.get("/").get_data(as_text=True)
     found = ROW_RE.findall(html)
-    assert [rid for rid, _ in found] == ["hhh-nophone", "ggg-anomaly", "fff-pending", "eee-expired",
-                                         "ddd-failed", "ccc-seen", "bbb-delivered", "aaa-success"]
+    assert [rid for rid, _ in found] == [
+        "hhh-nophone",
+        "ggg-anomaly",
+        "fff-pending",
+        "eee-expired",
+        "ddd-failed",
+        "ccc-seen",
+        "bbb-delivered",
+        "aaa-success",
+    ]
     assert dict(found)["fff-pending"] == "pending"
     assert dict(found)["ggg-anomaly"] == "seen"
     assert 'id="messages-body"' in html and 'id="counters"' in html
@@ -65,49 +76,75 @@ def test_rows_newest_activity_first_with_one_partial(mixed):
     assert 'title="ddd-failed"' in html and 'data-copy="ddd-failed"' in html
 
 
-@pytest.mark.parametrize("query,expected", [
-    ("?status=seen", ["ggg-anomaly", "ccc-seen"]),
-    ("?status=failed&status=expired", ["hhh-nophone", "eee-expired", "ddd-failed"]),
-    ("?status=pending", ["fff-pending"]),
-    ("?status=pending,success", ["fff-pending", "aaa-success"]),
-    ("?phone=79200000003", ["ccc-seen"]),
-    ("?phone=791", ["ggg-anomaly", "bbb-delivered", "aaa-success"]),
-    ("?phone=7910000000", ["ggg-anomaly", "bbb-delivered", "aaa-success"]),
-    ("?code=9002", ["ddd-failed"]),
-    ("?code=9001", ["hhh-nophone"]),
-    ("?q=ccc", ["ccc-seen"]),
-    ("?q=eee-expired", ["eee-expired"]),
-    ("?anomaly=1", ["ggg-anomaly"]),
-    ("?status=seen&phone=791", ["ggg-anomaly"]),
-    ("?status=failed&code=9001", ["hhh-nophone"]),
-    ("?status=seen&anomaly=1&phone=7910", ["ggg-anomaly"]),
-    ("?phone=793&status=pending&status=expired", ["fff-pending", "eee-expired"]),
-    ("?q=zzz", []),
-    ("?phone=79100000002&status=seen", []),
-])
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("?status=seen", ["ggg-anomaly", "ccc-seen"]),
+        ("?status=failed&status=expired", ["hhh-nophone", "eee-expired", "ddd-failed"]),
+        ("?status=pending", ["fff-pending"]),
+        ("?status=pending,success", ["fff-pending", "aaa-success"]),
+        ("?phone=79200000003", ["ccc-seen"]),
+        ("?phone=791", ["ggg-anomaly", "bbb-delivered", "aaa-success"]),
+        ("?phone=7910000000", ["ggg-anomaly", "bbb-delivered", "aaa-success"]),
+        ("?code=9002", ["ddd-failed"]),
+        ("?code=9001", ["hhh-nophone"]),
+        ("?q=ccc", ["ccc-seen"]),
+        ("?q=eee-expired", ["eee-expired"]),
+        ("?anomaly=1", ["ggg-anomaly"]),
+        ("?status=seen&phone=791", ["ggg-anomaly"]),
+        ("?status=failed&code=9001", ["hhh-nophone"]),
+        ("?status=seen&anomaly=1&phone=7910", ["ggg-anomaly"]),
+        ("?phone=793&status=pending&status=expired", ["fff-pending", "eee-expired"]),
+        ("?q=zzz", []),
+        ("?phone=79100000002&status=seen", []),
+    ],
+)
 def test_each_filter_alone_and_combined(mixed, query, expected):
     assert ids(mixed, query) == expected
 
 
 def test_date_filters_use_utc_days_of_last_activity(mixed, app):
-    day = datetime(2024, 5, 10, tzinfo=timezone.utc)
-    set_activity(app, {"aaa-success": day + timedelta(hours=1), "bbb-delivered": day + timedelta(days=1),
-                       "ccc-seen": day + timedelta(days=2, hours=23, minutes=59)})
+    day = datetime(2024, 5, 10, tzinfo=UTC)
+    set_activity(
+        app,
+        {
+            "aaa-success": day + timedelta(hours=1),
+            "bbb-delivered": day + timedelta(days=1),
+            "ccc-seen": day + timedelta(days=2, hours=23, minutes=59),
+        },
+    )
     assert ids(mixed, "?from=2024-05-11") == [
-        "hhh-nophone", "ggg-anomaly", "fff-pending", "eee-expired", "ddd-failed", "ccc-seen",
-        "bbb-delivered"]
+        "hhh-nophone",
+        "ggg-anomaly",
+        "fff-pending",
+        "eee-expired",
+        "ddd-failed",
+        "ccc-seen",
+        "bbb-delivered",
+    ]
     assert ids(mixed, "?to=2024-05-11") == ["bbb-delivered", "aaa-success"]
-    assert ids(mixed, "?from=2024-05-10&to=2024-05-12") == ["ccc-seen", "bbb-delivered", "aaa-success"]
+    assert ids(mixed, "?from=2024-05-10&to=2024-05-12") == [
+        "ccc-seen",
+        "bbb-delivered",
+        "aaa-success",
+    ]
     assert ids(mixed, "?from=2024-05-12&to=2024-05-12&status=seen") == ["ccc-seen"]
     counters = mixed.get("/?from=2024-05-10&to=2024-05-12").get_data(as_text=True)
     assert re.search(r"<dt>Messages</dt><dd>3</dd>", counters)
 
 
-@pytest.mark.parametrize("query,field", [
-    ("?status=read", "status"), ("?code=abc", "code"), ("?from=31-05-2024", "from"),
-    ("?from=2024-05-02&to=2024-05-01", "to"), ("?size=7", "size"), ("?after=!!!", "after"),
-    ("?before=bm90IGEgY3Vyc29y", "before"),
-])
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("?status=read", "status"),
+        ("?code=abc", "code"),
+        ("?from=31-05-2024", "from"),
+        ("?from=2024-05-02&to=2024-05-01", "to"),
+        ("?size=7", "size"),
+        ("?after=!!!", "after"),
+        ("?before=bm90IGEgY3Vyc29y", "before"),
+    ],
+)
 def test_bad_filter_is_a_clear_400(mixed, query, field):
     page = mixed.get("/" + query)
     assert page.status_code == 400
@@ -116,8 +153,12 @@ def test_bad_filter_is_a_clear_400(mixed, query, field):
 
 def test_active_filters_are_shown_and_removable_one_by_one(mixed):
     html = mixed.get("/?status=seen&phone=79&anomaly=1").get_data(as_text=True)
-    chips = dict((label, href.replace("&amp;", "&")) for href, label in re.findall(
-        r'<a class="chip" href="([^"]+)"[^>]*aria-label="Remove filter ([^"]+)"', html))
+    chips = dict(
+        (label, href.replace("&amp;", "&"))
+        for href, label in re.findall(
+            r'<a class="chip" href="([^"]+)"[^>]*aria-label="Remove filter ([^"]+)"', html
+        )
+    )
     assert set(chips) == {"status: seen", "phone: 79", "anomalies only"}
     assert chips["anomalies only"] == "/?status=seen&phone=79"
     assert ids(mixed, chips["anomalies only"][1:]) == ["ggg-anomaly", "ccc-seen"]
@@ -145,10 +186,13 @@ def test_fragment_versus_full_page(mixed):
     assert [r for r, _ in ROW_RE.findall(body)] == ["ggg-anomaly", "ccc-seen"]
     panel = mixed.get("/?status=seen", headers={"HX-Request": "true", "HX-Target": "panel"})
     panel_body = panel.get_data(as_text=True)
-    assert "<html" not in panel_body and 'id="filters"' in panel_body and 'id="results"' in panel_body
+    assert (
+        "<html" not in panel_body and 'id="filters"' in panel_body and 'id="results"' in panel_body
+    )
     # A history restore after a cache miss needs the whole page.
-    restore = mixed.get("/?status=seen", headers={"HX-Request": "true",
-                                                  "HX-History-Restore-Request": "true"})
+    restore = mixed.get(
+        "/?status=seen", headers={"HX-Request": "true", "HX-History-Restore-Request": "true"}
+    )
     assert "<!doctype html>" in restore.get_data(as_text=True)
 
 
@@ -214,9 +258,19 @@ def test_empty_filter_result_has_no_pager(mixed):
 
 def test_counters_per_status_and_rates(mixed, app):
     html = mixed.get("/").get_data(as_text=True)
-    numbers = dict(re.findall(r'<span class="dot dot-(\w+)" aria-hidden="true"></span>\w+</dt><dd>(\d+)</dd>', html))
-    assert numbers == {"pending": "1", "success": "1", "delivered": "1", "seen": "2", "failed": "2",
-                       "expired": "1"}
+    numbers = dict(
+        re.findall(
+            r'<span class="dot dot-(\w+)" aria-hidden="true"></span>\w+</dt><dd>(\d+)</dd>', html
+        )
+    )
+    assert numbers == {
+        "pending": "1",
+        "success": "1",
+        "delivered": "1",
+        "seen": "2",
+        "failed": "2",
+        "expired": "1",
+    }
     assert "<dt>Messages</dt><dd>8</dd>" in html
     # delivered or seen (3) of the 7 with a receipt; seen 2 of 7.
     assert "42.9%" in html and "28.6%" in html
@@ -234,14 +288,22 @@ def test_tally_kept_in_step_with_every_change_equals_a_recount(mixed, app):
     receipt(mixed, "bbb-delivered", "seen")  # a duplicate changes nothing
     reply(mixed, "never-sent", "79400000000", text="hi")  # an unknown message: pending
     with app.app_context():
-        kept = {(t.day, t.status, t.code, t.anomaly): t.n for t in
-                db.session.execute(db.select(MessageTally)).scalars() if t.n}
+        kept = {
+            (t.day, t.status, t.code, t.anomaly): t.n
+            for t in db.session.execute(db.select(MessageTally)).scalars()
+            if t.n
+        }
         tally.rebuild()
-        rebuilt = {(t.day, t.status, t.code, t.anomaly): t.n for t in
-                   db.session.execute(db.select(MessageTally)).scalars()}
+        rebuilt = {
+            (t.day, t.status, t.code, t.anomaly): t.n
+            for t in db.session.execute(db.select(MessageTally)).scalars()
+        }
         assert kept == rebuilt
-        assert sum(rebuilt.values()) == db.session.execute(
-            db.select(db.func.count()).select_from(Message)).scalar() == 9
+        assert (
+            sum(rebuilt.values())
+            == db.session.execute(db.select(db.func.count()).select_from(Message)).scalar()
+            == 9
+        )
 
 
 def test_direct_counts_stop_at_the_cap(client, app, monkeypatch):
@@ -259,30 +321,70 @@ def test_direct_counts_stop_at_the_cap(client, app, monkeypatch):
 def test_filter_round_trip_and_matches_agree_with_query(mixed, app):
     from werkzeug.datastructures import MultiDict
 
-    args = MultiDict([("status", "seen"), ("status", "pending"), ("phone", " 791 "), ("code", "11002"),
-                      ("q", "g"), ("from", "2020-01-01"), ("to", "2100-01-01"), ("anomaly", "on")])
+    args = MultiDict(
+        [
+            ("status", "seen"),
+            ("status", "pending"),
+            ("phone", " 791 "),
+            ("code", "11002"),
+            ("q", "g"),
+            ("from", "2020-01-01"),
+            ("to", "2100-01-01"),
+            ("anomaly", "on"),
+        ]
+    )
     flt = MessageFilter.from_args(args)
     assert flt.phone == "791" and flt.status == ("pending", "seen") and flt.anomaly
-    assert MessageFilter.from_args(MultiDict([(k, v) for k, vs in flt.to_args().items()
-                                              for v in (vs if isinstance(vs, list) else [vs])])) == flt
+    assert (
+        MessageFilter.from_args(
+            MultiDict(
+                [
+                    (k, v)
+                    for k, vs in flt.to_args().items()
+                    for v in (vs if isinstance(vs, list) else [vs])
+                ]
+            )
+        )
+        == flt
+    )
     with pytest.raises(FilterError) as bad:
         MessageFilter.from_args({"status": "read"})
     assert bad.value.field == "status"
     with app.app_context():
         everything = list(db.session.execute(db.select(Message)).scalars())
-        for candidate in (flt, MessageFilter(status=("failed",)), MessageFilter(phone="792"),
-                          MessageFilter(anomaly=True), MessageFilter(q="ddd"), MessageFilter()):
+        for candidate in (
+            flt,
+            MessageFilter(status=("failed",)),
+            MessageFilter(phone="792"),
+            MessageFilter(anomaly=True),
+            MessageFilter(q="ddd"),
+            MessageFilter(),
+        ):
             by_query = [m.request_id for m in db.session.execute(candidate.query()).scalars()]
-            by_python = [m.request_id for m in sorted(everything, key=lambda m: (m.last_activity_at, m.request_id),
-                                                       reverse=True) if candidate.matches(m)]
+            by_python = [
+                m.request_id
+                for m in sorted(
+                    everything, key=lambda m: (m.last_activity_at, m.request_id), reverse=True
+                )
+                if candidate.matches(m)
+            ]
             assert by_query == by_python
 
 
 def test_message_page_timeline_replies_and_raw_bodies(client):
     register(client, "tl-1", "79100000099", text="Your code is <b>1234</b>")
     receipt(client, "tl-1", "seen")
-    receipt(client, "tl-1", "success", cost={"currency": "USD", "localPrice": 0.05,
-                                           "originalPrice": 0.04, "rateType": "Transactional"})
+    receipt(
+        client,
+        "tl-1",
+        "success",
+        cost={
+            "currency": "USD",
+            "localPrice": 0.05,
+            "originalPrice": 0.04,
+            "rateType": "Transactional",
+        },
+    )
     receipt(client, "tl-1", "delivered")
     receipt(client, "tl-1", "expired")  # expired beside seen: an anomaly
     reply(client, "tl-1", "79100000099", text="line one\nline two <i>")
@@ -308,12 +410,27 @@ def test_unknown_message_is_404(client):
 
 def test_hostile_reply_fields_are_escaped_and_never_links(client):
     reply(client, "hostile", "79100000123", text="<script>alert(1)</script>")
-    reply(client, "hostile", "79100000123", media="javascript:alert(1)",
-          file_name='<img src=x onerror=alert(1)>.png')
-    reply(client, "hostile", "79100000123", media="data:text/html,<script>alert(2)</script>",
-          file_name="x.jpg")
-    reply(client, "hostile", "79100000123", media="https://cdn.example.com/pic.jpeg?a=1&b=2",
-          file_name="pic.jpeg")
+    reply(
+        client,
+        "hostile",
+        "79100000123",
+        media="javascript:alert(1)",
+        file_name="<img src=x onerror=alert(1)>.png",
+    )
+    reply(
+        client,
+        "hostile",
+        "79100000123",
+        media="data:text/html,<script>alert(2)</script>",
+        file_name="x.jpg",
+    )
+    reply(
+        client,
+        "hostile",
+        "79100000123",
+        media="https://cdn.example.com/pic.jpeg?a=1&b=2",
+        file_name="pic.jpeg",
+    )
     for url in ("/messages/hostile", "/conversations/79100000123"):
         html = client.get(url).get_data(as_text=True)
         assert "<script>alert" not in html
@@ -327,8 +444,11 @@ def test_hostile_reply_fields_are_escaped_and_never_links(client):
 
 
 def test_rejected_page_lists_reason_and_body_escaped(client):
-    bad = client.post("/webhooks/viber/dr", data='{"status": "read", "requestId": "<b>x</b>"}',
-                      content_type="application/json")
+    bad = client.post(
+        "/webhooks/viber/dr",
+        data='{"status": "read", "requestId": "<b>x</b>"}',
+        content_type="application/json",
+    )
     assert bad.status_code == 422
     html = client.get("/rejected").get_data(as_text=True)
     assert "status: must be one of" in html
@@ -337,7 +457,10 @@ def test_rejected_page_lists_reason_and_body_escaped(client):
 
 
 def test_reprocess_button_applies_a_refused_body(client, app):
-    body = b'{"status": "seen", "requestId": "late-1", "code": 11002, "message": "m", "sendTime": "2024-05-01 10:00:00"}'
+    body = (
+        b'{"status": "seen", "requestId": "late-1", "code": 11002, "message": "m", '
+        b'"sendTime": "2024-05-01 10:00:00"}'
+    )
     with app.app_context():
         raw = ingest.refuse("dr", body, "application/json", {}, "127.0.0.1", 401, "token missing")
         raw_id = raw.id
@@ -371,7 +494,13 @@ def test_times_carry_utc_for_the_viewer_script(mixed):
 
 
 def test_pages_have_no_inline_script_or_style(mixed):
-    for url in ("/", "/messages/ccc-seen", "/conversations", "/conversations/79200000003", "/rejected"):
+    for url in (
+        "/",
+        "/messages/ccc-seen",
+        "/conversations",
+        "/conversations/79200000003",
+        "/rejected",
+    ):
         html = mixed.get(url).get_data(as_text=True)
         assert re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html) is None, url
         assert " style=" not in html and "<style" not in html and "hx-on" not in html, url
@@ -383,6 +512,8 @@ def test_the_icon_is_served_to_anyone_and_named_by_every_page(client, anon_clien
     assert icon.status_code == 200 and icon.mimetype in ("image/vnd.microsoft.icon", "image/x-icon")
     assert icon.data[:4] == b"\x00\x00\x01\x00"  # an ICO file
     for path, who in (("/", client), ("/login", anon_client)):
-        href = re.search(r'<link rel="icon" href="([^"]+)"', who.get(path).get_data(as_text=True)).group(1)
+        href = re.search(
+            r'<link rel="icon" href="([^"]+)"', who.get(path).get_data(as_text=True)
+        ).group(1)
         named = anon_client.get(href)
         assert named.status_code == 200 and named.mimetype == "image/svg+xml", (path, href)

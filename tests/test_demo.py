@@ -1,5 +1,6 @@
 """`make demo` as a new operator runs it: the real make target, server and simulator, stopped
 with Ctrl-C."""
+
 import os
 import re
 import shutil
@@ -37,20 +38,43 @@ def demo_env(database_url, tmp_path):
     env.update(DATABASE_URL=database_url, VIBERWATCH_SECRET_KEY="demo-test")
     viberwatch = str(VENV / "bin" / "viberwatch")
     # A user from an earlier run: the demo cannot print its password.
-    for args in (["db", "upgrade"], ["create-user", "operator", "--password", "an earlier password"]):
+    for args in (
+        ["db", "upgrade"],
+        ["create-user", "operator", "--password", "an earlier password"],
+    ):
         subprocess.run([viberwatch, *args], env=env, cwd=ROOT, check=True, capture_output=True)
     return env
 
 
-def test_make_demo_keeps_the_terminal_for_the_simulator_and_says_where_everything_is(demo_env, tmp_path):
+def test_make_demo_keeps_the_terminal_for_the_simulator_and_says_where_everything_is(
+    demo_env, tmp_path
+):
     if shutil.which("make") is None:
         pytest.fail("make is needed: it is how the README starts the demo")
     port, log = two_free_ports(), tmp_path / "server.log"
-    command = ["make", "--no-print-directory", "-o", f"{VENV}/.installed", "demo", f"VENV={VENV}",
-               "HOST=127.0.0.1", f"PORT={port}", "DEMO_RATE=5", "DEMO_DURATION=20", f"DEMO_LOG={log}"]
+    command = [
+        "make",
+        "--no-print-directory",
+        "-o",
+        f"{VENV}/.installed",
+        "demo",
+        f"VENV={VENV}",
+        "HOST=127.0.0.1",
+        f"PORT={port}",
+        "DEMO_RATE=5",
+        "DEMO_DURATION=20",
+        f"DEMO_LOG={log}",
+    ]
     # A session of its own: Ctrl-C in a terminal reaches make, the server and the simulator.
-    proc = subprocess.Popen(command, cwd=ROOT, env=demo_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=demo_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()

@@ -1,5 +1,6 @@
 """CSV export: columns, the page's filters, formula neutralisation, streaming, and the same
 bytes from SQLite and PostgreSQL."""
+
 import csv
 import io
 import os
@@ -7,7 +8,7 @@ import re
 import sys
 import unicodedata
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -18,8 +19,9 @@ from sqlalchemy import Numeric, literal
 from app import create_app
 from app.export import BLANKS, FORMULA_TRIGGERS, MESSAGE_COLUMNS, REPLY_COLUMNS, price_cell
 from app.models import Message, RawBody, Reply, db, utcnow
-from conftest import create_test_user, log_in, postgres_schema
-from dashboard_data import message_with, receipt, register, reply
+from support.accounts import create_test_user, log_in
+from support.dashboard_data import message_with, receipt, register, reply
+from support.postgres import postgres_schema
 
 
 def read_csv(response) -> list[dict]:
@@ -31,22 +33,51 @@ def read_csv(response) -> list[dict]:
 
 def test_message_columns_and_values(client):
     register(client, "exp-1", "79100000001", text="hello")
-    receipt(client, "exp-1", "success", cost={"currency": "USD", "localPrice": 0.05,
-                                              "originalPrice": 0.04, "rateType": "Transactional"})
+    receipt(
+        client,
+        "exp-1",
+        "success",
+        cost={
+            "currency": "USD",
+            "localPrice": 0.05,
+            "originalPrice": 0.04,
+            "rateType": "Transactional",
+        },
+    )
     receipt(client, "exp-1", "delivered")
     reply(client, "exp-1", "79100000001", text="thanks")
     response = client.get("/export.csv")
     assert response.mimetype == "text/csv"
     header = response.get_data(as_text=True)[1:].splitlines()[0]
     assert header.split(",") == list(MESSAGE_COLUMNS)
-    for required in ("request_id", "phone", "status", "code", "code_message", "send_time", "accepted_at",
-                     "delivered_at", "seen_at", "expired_at", "failed_at", "cost_currency", "local_price",
-                     "original_price", "rate_type", "replies", "last_reply_text"):
+    for required in (
+        "request_id",
+        "phone",
+        "status",
+        "code",
+        "code_message",
+        "send_time",
+        "accepted_at",
+        "delivered_at",
+        "seen_at",
+        "expired_at",
+        "failed_at",
+        "cost_currency",
+        "local_price",
+        "original_price",
+        "rate_type",
+        "replies",
+        "last_reply_text",
+    ):
         assert required in MESSAGE_COLUMNS
     (row,) = read_csv(response)
     assert row["request_id"] == "exp-1" and row["phone"] == "79100000001"
     assert row["status"] == "delivered" and row["code"] == "11001"
-    assert row["cost_currency"] == "USD" and row["local_price"] == "0.05" and row["rate_type"] == "Transactional"
+    assert (
+        row["cost_currency"] == "USD"
+        and row["local_price"] == "0.05"
+        and row["rate_type"] == "Transactional"
+    )
     assert row["replies"] == "1" and row["last_reply_text"] == "thanks"
     assert row["send_time"] == "2024-05-01T02:00:00Z"  # sendTime in UTC+08:00, shown in UTC
     assert row["accepted_at"].endswith("Z") and row["seen_at"] == ""
@@ -55,9 +86,15 @@ def test_message_columns_and_values(client):
 def test_dated_file_name(client):
     response = client.get("/export.csv?kind=replies")
     today = utcnow().date().isoformat()
-    assert response.headers["Content-Disposition"] == f'attachment; filename="viberwatch-replies-{today}.csv"'
-    assert client.get("/export.csv").headers["Content-Disposition"].endswith(
-        f'filename="viberwatch-messages-{today}.csv"')
+    assert (
+        response.headers["Content-Disposition"]
+        == f'attachment; filename="viberwatch-replies-{today}.csv"'
+    )
+    assert (
+        client.get("/export.csv")
+        .headers["Content-Disposition"]
+        .endswith(f'filename="viberwatch-messages-{today}.csv"')
+    )
 
 
 def test_same_filters_as_the_page(client):
@@ -65,9 +102,14 @@ def test_same_filters_as_the_page(client):
     message_with(client, "f-failed", "failed", phone="79200000002")
     message_with(client, "f-seen2", "seen", phone="79200000003")
     message_with(client, "f-pending", None, phone="79200000004")
-    assert [r["request_id"] for r in read_csv(client.get("/export.csv?status=seen"))] == ["f-seen2", "f-seen"]
-    assert [r["request_id"] for r in read_csv(client.get("/export.csv?phone=792&status=seen&status=pending"))] \
-        == ["f-pending", "f-seen2"]
+    assert [r["request_id"] for r in read_csv(client.get("/export.csv?status=seen"))] == [
+        "f-seen2",
+        "f-seen",
+    ]
+    assert [
+        r["request_id"]
+        for r in read_csv(client.get("/export.csv?phone=792&status=seen&status=pending"))
+    ] == ["f-pending", "f-seen2"]
     assert [r["status"] for r in read_csv(client.get("/export.csv?q=f-p"))] == ["pending"]
     assert read_csv(client.get("/export.csv?code=1")) == []
     bad = client.get("/export.csv?status=read")
@@ -83,14 +125,18 @@ def test_replies_export_follows_the_filter(client):
     assert list(rows[0]) == list(REPLY_COLUMNS)
     assert [r["trace_request_id"] for r in rows] == ["r-2", "r-1"]
     assert rows[0]["media"] == "https://x.example/a.png" and rows[0]["file_name"] == "a.png"
-    assert rows[1]["text"] == "first" and rows[1]["send_time"].endswith("Z") and rows[1]["received_at"]
+    assert (
+        rows[1]["text"] == "first" and rows[1]["send_time"].endswith("Z") and rows[1]["received_at"]
+    )
     only_seen = read_csv(client.get("/export.csv?kind=replies&status=seen"))
     assert [r["trace_request_id"] for r in only_seen] == ["r-2"]
-    assert [r["phone"] for r in read_csv(client.get("/export.csv?kind=replies&phone=791"))] == ["79100000001"]
+    assert [r["phone"] for r in read_csv(client.get("/export.csv?kind=replies&phone=791"))] == [
+        "79100000001"
+    ]
 
 
 def test_formula_cells_are_neutralised(client):
-    hostile = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
+    hostile = ['=HYPERLINK("http://evil","x")', "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR"]
     for i, text in enumerate(hostile):
         reply(client, f"fx-{i}", "79100000001", text=text)
     reply(client, "fx-media", "=cmd|' /C calc'!A0", media="=1+1", file_name="@evil.png")
@@ -99,19 +145,50 @@ def test_formula_cells_are_neutralised(client):
         assert rows[f"fx-{i}"]["last_reply_text"] == "'" + text
     assert rows["fx-media"]["phone"] == "'=cmd|' /C calc'!A0"
     replies = {r["trace_request_id"]: r for r in read_csv(client.get("/export.csv?kind=replies"))}
-    assert replies["fx-media"]["media"] == "'=1+1" and replies["fx-media"]["file_name"] == "'@evil.png"
+    assert (
+        replies["fx-media"]["media"] == "'=1+1" and replies["fx-media"]["file_name"] == "'@evil.png"
+    )
 
 
-BEHIND_BLANKS = [" =1+1", "\n=1+1", "\u00a0=1+1", "\uff1d1+1", "\uff0b1", "\uff0d1", "\uff201",
-                 "\u3000=1", "\u200b=1", "  \t-1", "\ufe66SUM(A1)", "\n\n@x"]
-HARMLESS = ["1-2", "a=b", "'quoted", "x@y.z", "   ", "plain text", "\u2212 minus sign is not a trigger"]
+BEHIND_BLANKS = [
+    " =1+1",
+    "\n=1+1",
+    "\u00a0=1+1",
+    "\uff1d1+1",
+    "\uff0b1",
+    "\uff0d1",
+    "\uff201",
+    "\u3000=1",
+    "\u200b=1",
+    "  \t-1",
+    "\ufe66SUM(A1)",
+    "\n\n@x",
+]
+HARMLESS = [
+    "1-2",
+    "a=b",
+    "'quoted",
+    "x@y.z",
+    "   ",
+    "plain text",
+    "\u2212 minus sign is not a trigger",
+]
 
 
 def test_formula_cells_behind_blanks_or_full_width_are_neutralised(client):
     for i, text in enumerate(BEHIND_BLANKS + HARMLESS):
         reply(client, f"fb-{i:02d}", "79100000001", text=text)
-    receipt(client, "fb-cost", "success", cost={"currency": "USD", "localPrice": -1.5, "originalPrice": 1,
-                                                "rateType": "Transactional"})
+    receipt(
+        client,
+        "fb-cost",
+        "success",
+        cost={
+            "currency": "USD",
+            "localPrice": -1.5,
+            "originalPrice": 1,
+            "rateType": "Transactional",
+        },
+    )
     rows = {r["request_id"]: r for r in read_csv(client.get("/export.csv"))}
     replies = {r["trace_request_id"]: r for r in read_csv(client.get("/export.csv?kind=replies"))}
     for i, text in enumerate(BEHIND_BLANKS):
@@ -133,12 +210,31 @@ def test_trigger_and_blank_characters_are_complete():
     assert not set(BLANKS) & set(FORMULA_TRIGGERS)
 
 
-@pytest.mark.parametrize("value", ["0", "1", "-7", "0.05", "0.000001", "0.000015", "-0.3", "0.1", "2.675",
-                                   "999999999.999999", "1000000000.5", "123456789012.123456",
-                                   "999999999999.999999", "-999999999999.999999", "100000000000"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0",
+        "1",
+        "-7",
+        "0.05",
+        "0.000001",
+        "0.000015",
+        "-0.3",
+        "0.1",
+        "2.675",
+        "999999999.999999",
+        "1000000000.5",
+        "123456789012.123456",
+        "999999999999.999999",
+        "-999999999999.999999",
+        "100000000000",
+    ],
+)
 def test_prices_read_as_python_writes_their_float(app, value):
     with app.app_context():
-        cell = db.session.execute(db.select(price_cell(literal(Decimal(value), Numeric(18, 6))))).scalar()
+        cell = db.session.execute(
+            db.select(price_cell(literal(Decimal(value), Numeric(18, 6))))
+        ).scalar()
     # SQLite hands the float to the csv writer (which writes repr); PostgreSQL writes the text.
     assert (cell if isinstance(cell, str) else repr(cell)) == repr(float(Decimal(value)))
 
@@ -207,46 +303,115 @@ def test_export_link_on_the_page_carries_filters(client):
 
 
 # Cells both databases store alike, and the ones a CSV writer or a spreadsheet trips on.
-TRICKY = ["", " ", "=1+1", " =1+1", "\n=1+1", "\u00a0=1+1", "\uff1d1+1", "\\.", '"', '""', ",", "a,b",
-          "\r\n", "\n", "\r", "-", "'", "\ufeff=1", "\u00e9", "\U0001f600", "NULL", "\\N", "x\ty"]
-texts = st.one_of(st.none(), st.sampled_from(TRICKY),
-                  st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12))
-times = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
-                     timezones=st.just(timezone.utc))
+TRICKY = [
+    "",
+    " ",
+    "=1+1",
+    " =1+1",
+    "\n=1+1",
+    "\u00a0=1+1",
+    "\uff1d1+1",
+    "\\.",
+    '"',
+    '""',
+    ",",
+    "a,b",
+    "\r\n",
+    "\n",
+    "\r",
+    "-",
+    "'",
+    "\ufeff=1",
+    "\u00e9",
+    "\U0001f600",
+    "NULL",
+    "\\N",
+    "x\ty",
+]
+texts = st.one_of(
+    st.none(),
+    st.sampled_from(TRICKY),
+    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12),
+)
+times = st.datetimes(
+    min_value=datetime(1, 1, 1),
+    max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+    timezones=st.just(UTC),
+)
 # PostgreSQL keeps 6 decimals and a float's 15 significant digits: prices within both.
-prices = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 0.000001, 0.05, -0.3, 999999999.999999, 1e9,
-                                                -123456789.5, 999999999999.0]),
-                   st.decimals(-10**9 + 1, 10**9 - 1, places=6, allow_nan=False, allow_infinity=False)
-                   .map(float), st.integers(-10**12 + 1, 10**12 - 1).map(float))
+prices = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [0.0, 1.0, 0.000001, 0.05, -0.3, 999999999.999999, 1e9, -123456789.5, 999999999999.0]
+    ),
+    st.decimals(-(10**9) + 1, 10**9 - 1, places=6, allow_nan=False, allow_infinity=False).map(
+        float
+    ),
+    st.integers(-(10**12) + 1, 10**12 - 1).map(float),
+)
 STATUSES = [None, "success", "delivered", "seen", "failed", "expired"]
 
 
 @st.composite
 def records(draw):
-    ids = draw(st.lists(st.text(min_size=1, max_size=12).filter(lambda t: "\x00" not in t)
-                        | st.sampled_from([t for t in TRICKY if t]), min_size=1, max_size=6, unique=True))
+    ids = draw(
+        st.lists(
+            st.text(min_size=1, max_size=12).filter(lambda t: "\x00" not in t)
+            | st.sampled_from([t for t in TRICKY if t]),
+            min_size=1,
+            max_size=6,
+            unique=True,
+        )
+    )
     stamps = draw(st.lists(times, min_size=len(ids), max_size=len(ids), unique=True))
-    messages = [dict(request_id=rid, phone=draw(texts), status=draw(st.sampled_from(STATUSES)),
-                     code=draw(st.none() | st.integers(-2**31, 2**31 - 1)), code_message=draw(texts),
-                     send_time=draw(st.none() | times), accepted_at=draw(st.none() | times),
-                     delivered_at=draw(st.none() | times), seen_at=draw(st.none() | times),
-                     expired_at=draw(st.none() | times), failed_at=draw(st.none() | times),
-                     cost_currency=draw(texts), cost_local_price=draw(prices),
-                     cost_original_price=draw(prices), cost_rate_type=draw(texts), anomalies=draw(texts),
-                     anomaly=draw(st.booleans()), replies_count=draw(st.integers(0, 2**31 - 1)),
-                     last_reply_text=draw(texts), created_at=stamp, last_activity_at=stamp)
-                for rid, stamp in zip(ids, stamps)]
+    messages = [
+        dict(
+            request_id=rid,
+            phone=draw(texts),
+            status=draw(st.sampled_from(STATUSES)),
+            code=draw(st.none() | st.integers(-(2**31), 2**31 - 1)),
+            code_message=draw(texts),
+            send_time=draw(st.none() | times),
+            accepted_at=draw(st.none() | times),
+            delivered_at=draw(st.none() | times),
+            seen_at=draw(st.none() | times),
+            expired_at=draw(st.none() | times),
+            failed_at=draw(st.none() | times),
+            cost_currency=draw(texts),
+            cost_local_price=draw(prices),
+            cost_original_price=draw(prices),
+            cost_rate_type=draw(texts),
+            anomalies=draw(texts),
+            anomaly=draw(st.booleans()),
+            replies_count=draw(st.integers(0, 2**31 - 1)),
+            last_reply_text=draw(texts),
+            created_at=stamp,
+            last_activity_at=stamp,
+        )
+        for rid, stamp in zip(ids, stamps, strict=False)
+    ]
     received = draw(st.lists(times, max_size=6, unique=True))
-    replies = [dict(phone=draw(texts.filter(lambda t: t is not None)),
-                    trace_request_id=draw(st.sampled_from(ids) | texts.filter(lambda t: t is not None)),
-                    text=draw(texts), media=draw(texts), file_name=draw(texts), send_time=draw(times),
-                    received_at=at, content_hash=str(i), appkey="app", send_time_raw="raw")
-               for i, at in enumerate(received)]
+    replies = [
+        dict(
+            phone=draw(texts.filter(lambda t: t is not None)),
+            trace_request_id=draw(st.sampled_from(ids) | texts.filter(lambda t: t is not None)),
+            text=draw(texts),
+            media=draw(texts),
+            file_name=draw(texts),
+            send_time=draw(times),
+            received_at=at,
+            content_hash=str(i),
+            appkey="app",
+            send_time_raw="raw",
+        )
+        for i, at in enumerate(received)
+    ]
     return messages, replies
 
 
 def documented_csv(columns, rows) -> bytes:
     """The export's format as the README states it, written the plain Python way."""
+
     def cell(value):
         if isinstance(value, datetime):
             return value.isoformat().replace("+00:00", "Z")
@@ -261,11 +426,36 @@ def documented_csv(columns, rows) -> bytes:
     return ("\ufeff" + out.getvalue()).encode()
 
 
-MESSAGE_FIELDS = ("request_id", "phone", "status", "code", "code_message", "send_time", "accepted_at",
-                  "delivered_at", "seen_at", "expired_at", "failed_at", "cost_currency", "cost_local_price",
-                  "cost_original_price", "cost_rate_type", "anomalies", "replies_count", "last_reply_text",
-                  "last_activity_at")
-REPLY_FIELDS = ("phone", "trace_request_id", "text", "media", "file_name", "send_time", "received_at")
+MESSAGE_FIELDS = (
+    "request_id",
+    "phone",
+    "status",
+    "code",
+    "code_message",
+    "send_time",
+    "accepted_at",
+    "delivered_at",
+    "seen_at",
+    "expired_at",
+    "failed_at",
+    "cost_currency",
+    "cost_local_price",
+    "cost_original_price",
+    "cost_rate_type",
+    "anomalies",
+    "replies_count",
+    "last_reply_text",
+    "last_activity_at",
+)
+REPLY_FIELDS = (
+    "phone",
+    "trace_request_id",
+    "text",
+    "media",
+    "file_name",
+    "send_time",
+    "received_at",
+)
 
 
 @pytest.fixture
@@ -276,15 +466,25 @@ def twin_clients(request, tmp_path, app_config):
             pytest.fail("TEST_DATABASE_URL must name a PostgreSQL database")
         pytest.skip("compares SQLite with PostgreSQL: set TEST_DATABASE_URL")
     with ExitStack() as stack:
-        urls = ("sqlite:///" + str(tmp_path / "twin.db"),
-                stack.enter_context(postgres_schema(request.getfixturevalue("postgres_admin"))))
+        urls = (
+            "sqlite:///" + str(tmp_path / "twin.db"),
+            stack.enter_context(postgres_schema(request.getfixturevalue("postgres_admin"))),
+        )
         twins = []
         for url in urls:
             app = create_app({**app_config, "SQLALCHEMY_DATABASE_URI": url})
             with app.app_context():
                 db.create_all()
-                db.session.add(RawBody(id=1, endpoint="message", received_at=utcnow(), body=b"{}",
-                                       outcome="accepted", http_status=200))
+                db.session.add(
+                    RawBody(
+                        id=1,
+                        endpoint="message",
+                        received_at=utcnow(),
+                        body=b"{}",
+                        outcome="accepted",
+                        http_status=200,
+                    )
+                )
                 db.session.commit()
             create_test_user(app)
             twins.append((app, log_in(app, app.test_client())))
@@ -298,12 +498,20 @@ def dispose(app):
         db.engine.dispose()
 
 
-TWIN_URLS = ("/export.csv", "/export.csv?kind=replies", "/export.csv?status=pending&status=seen",
-             "/export.csv?anomaly=1", "/export.csv?from=1970-01-01&to=2100-12-31",
-             "/export.csv?kind=replies&status=success,delivered", "/export.csv?kind=replies&anomaly=1")
+TWIN_URLS = (
+    "/export.csv",
+    "/export.csv?kind=replies",
+    "/export.csv?status=pending&status=seen",
+    "/export.csv?anomaly=1",
+    "/export.csv?from=1970-01-01&to=2100-12-31",
+    "/export.csv?kind=replies&status=success,delivered",
+    "/export.csv?kind=replies&anomaly=1",
+)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=records())
 def test_both_databases_write_the_documented_bytes(twin_clients, data):
     messages, replies = data
@@ -318,11 +526,18 @@ def test_both_databases_write_the_documented_bytes(twin_clients, data):
             db.session.commit()
         outputs.append([client.get(url).get_data() for url in TWIN_URLS])
     sqlite, postgresql = outputs
-    for url, a, b in zip(TWIN_URLS, sqlite, postgresql):
+    for url, a, b in zip(TWIN_URLS, sqlite, postgresql, strict=False):
         assert a == b, url
     ordered = sorted(messages, key=lambda m: m["last_activity_at"], reverse=True)
-    expected = documented_csv(MESSAGE_COLUMNS, [[m["status"] or "pending" if f == "status" else m[f]
-                                                 for f in MESSAGE_FIELDS] for m in ordered])
+    expected = documented_csv(
+        MESSAGE_COLUMNS,
+        [
+            [m["status"] or "pending" if f == "status" else m[f] for f in MESSAGE_FIELDS]
+            for m in ordered
+        ],
+    )
     assert sqlite[0] == expected
     ordered = sorted(replies, key=lambda r: r["received_at"], reverse=True)
-    assert sqlite[1] == documented_csv(REPLY_COLUMNS, [[r[f] for f in REPLY_FIELDS] for r in ordered])
+    assert sqlite[1] == documented_csv(
+        REPLY_COLUMNS, [[r[f] for f in REPLY_FIELDS] for r in ordered]
+    )

@@ -8,19 +8,28 @@ def test_healthz_ok_when_database_reachable(app):
     client = app.test_client()
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "ok", "database": "ok",
-                                   "spool": {"bodies": 0, "oldest_seconds": 0}}
+    assert response.get_json() == {
+        "status": "ok",
+        "database": "ok",
+        "spool": {"bodies": 0, "oldest_seconds": 0},
+    }
 
 
 def test_healthz_degraded_while_the_spool_takes_bodies_503_when_it_cannot(tmp_path):
     # A SQLite file inside a directory that does not exist cannot be opened.
-    config = {"TESTING": True, "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "missing" / "x.db"),
-              "SPOOL_FOLDER": str(tmp_path / "spool")}
+    config = {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "missing" / "x.db"),
+        "SPOOL_FOLDER": str(tmp_path / "spool"),
+    }
     app = create_app(config)
     response = app.test_client().get("/healthz")
     assert response.status_code == 200
-    assert response.get_json() == {"status": "degraded", "database": "unreachable",
-                                   "spool": {"bodies": 0, "oldest_seconds": 0}}
+    assert response.get_json() == {
+        "status": "degraded",
+        "database": "unreachable",
+        "spool": {"bodies": 0, "oldest_seconds": 0},
+    }
     with app.app_context():
         db.engine.dispose()
     # A spool folder under a plain file cannot be made, whoever runs the test.
@@ -35,9 +44,14 @@ def test_healthz_degraded_while_the_spool_takes_bodies_503_when_it_cannot(tmp_pa
 
 def test_healthz_when_postgres_unreachable(tmp_path):
     # Port 9 on loopback: nothing listens there, so the connection is refused at once.
-    app = create_app({"TESTING": True,
-                      "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:9/none"
-                                                 "?connect_timeout=2", "SPOOL_FOLDER": str(tmp_path / "spool")})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": "postgresql+psycopg://postgres@127.0.0.1:9/none"
+            "?connect_timeout=2",
+            "SPOOL_FOLDER": str(tmp_path / "spool"),
+        }
+    )
     response = app.test_client().get("/healthz")
     assert response.status_code == 200
     assert response.get_json()["database"] == "unreachable"
@@ -53,8 +67,11 @@ def test_noop_endpoint_only_when_enabled(app_config):
 
 
 def test_proxy_fix_trusts_forwarded_headers_only_when_configured(app_config):
-    headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https",
-               "X-Forwarded-Host": "viberwatch.example"}
+    headers = {
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "viberwatch.example",
+    }
     seen = {}
 
     def probed(app):
@@ -62,8 +79,10 @@ def test_proxy_fix_trusts_forwarded_headers_only_when_configured(app_config):
         @app.before_request
         def _record():
             from flask import request, url_for
+
             seen["remote"] = request.remote_addr
             seen["url"] = url_for("health.healthz", _external=True)
+
         return app
 
     direct = {"remote": "127.0.0.1", "url": "http://localhost/healthz"}

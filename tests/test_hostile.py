@@ -2,6 +2,7 @@
 4xx naming the problem and is stored (rejected or refused), fields reach pages escaped,
 CSV cells cannot start formulas, and filters cannot inject SQL. Hypothesis drives the
 payload parsers."""
+
 import json
 import string
 
@@ -11,9 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.models import Message, RawBody, Reply, db
-from app.payloads import (MAX_DEPTH, Invalid, parse_json_object, parse_receipt,
-                          parse_registration, parse_reply)
-from conftest import fixture_json
+from app.payloads import (
+    MAX_DEPTH,
+    Invalid,
+    parse_json_object,
+    parse_receipt,
+    parse_registration,
+    parse_reply,
+)
+from support.fixtures import fixture_json
 
 LIMIT = 65536
 DR = "/webhooks/viber/dr"
@@ -59,7 +66,7 @@ def test_body_over_the_limit_is_413_and_its_head_kept(app, live_server):
 
 def test_chunked_body_over_the_limit_is_413_with_its_true_length(app, live_server):
     body = json.dumps(receipt(padding="y" * (2 * LIMIT))).encode()
-    chunks = (body[i:i + 8192] for i in range(0, len(body), 8192))
+    chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))
     response = httpx.post(live_server.url + DR, content=chunks, headers=JSON)
     assert response.status_code == 413
     raws, _ = stored(app)
@@ -75,15 +82,23 @@ def test_chunked_body_within_the_limit_is_applied(app, live_server):
 
 def test_api_body_over_the_limit_is_413(app, live_server, api_token):
     body = json.dumps({"requestId": RID, "phone": "1", "text": "z" * (2 * LIMIT)}).encode()
-    response = httpx.post(live_server.url + "/api/messages", content=body,
-                          headers={**JSON, "Authorization": f"Bearer {api_token}"})
+    response = httpx.post(
+        live_server.url + "/api/messages",
+        content=body,
+        headers={**JSON, "Authorization": f"Bearer {api_token}"},
+    )
     assert response.status_code == 413
     raws, messages = stored(app)
     assert raws[-1].endpoint == "register" and raws[-1].body == body[:LIMIT] and messages == 0
 
 
 HOSTILE = [
-    ("deep nesting", json.dumps(receipt(extra=json.loads("[" * 40 + "]" * 40))).encode(), 400, "body"),
+    (
+        "deep nesting",
+        json.dumps(receipt(extra=json.loads("[" * 40 + "]" * 40))).encode(),
+        400,
+        "body",
+    ),
     ("deeper than the parser", b'{"a":' + b"[" * 30000 + b"]" * 30000 + b"}", 400, "body"),
     ("huge number", b'{"status":"delivered","code":' + b"9" * 5000 + b"}", 400, "body"),
     ("invalid UTF-8", b'{"status":"delivered","requestId":"\xff\xfe"}', 400, "body"),
@@ -110,8 +125,10 @@ def test_hostile_receipt_bodies(app, live_server, name, body, status, field):
     assert_kept(app, response, status, field, body)
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x", None])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
+)
 def test_wrong_content_types_are_415(app, live_server, content_type):
     body = json.dumps(receipt()).encode()
     headers = {"Content-Type": content_type} if content_type else {}
@@ -121,50 +138,84 @@ def test_wrong_content_types_are_415(app, live_server, content_type):
 
 def test_hostile_reply_types(app, live_server):
     reply = fixture_json("reply_text")
-    for override, field in (({"phone": 79100000030}, "phone"), ({"message": "hi"}, "message"),
-                            ({"message": {"text": ["a"]}}, "message.text"),
-                            ({"message": {}}, "message"), ({"traceRequestId": None}, "traceRequestId")):
+    for override, field in (
+        ({"phone": 79100000030}, "phone"),
+        ({"message": "hi"}, "message"),
+        ({"message": {"text": ["a"]}}, "message.text"),
+        ({"message": {}}, "message"),
+        ({"traceRequestId": None}, "traceRequestId"),
+    ):
         body = json.dumps({**reply, **override}).encode()
-        assert_kept(app, httpx.post(live_server.url + REPLY, content=body, headers=JSON), 422, field, body)
+        assert_kept(
+            app, httpx.post(live_server.url + REPLY, content=body, headers=JSON), 422, field, body
+        )
 
 
-SCRIPTS = ['<script>alert("x")</script>', '"><img src=x onerror=alert(1)>', "{{7*7}}",
-           "</textarea><svg onload=alert(1)>"]
+SCRIPTS = [
+    '<script>alert("x")</script>',
+    '"><img src=x onerror=alert(1)>',
+    "{{7*7}}",
+    "</textarea><svg onload=alert(1)>",
+]
 
 
 def test_every_field_reaching_a_page_is_escaped(app, client):
     payload = SCRIPTS[0] + SCRIPTS[1]
     phone = '7<b>91</b>"x'
-    body = {"phone": phone, "appkey": payload, "traceRequestId": RID + "<i>",
-            "message": {"text": payload, "media": "javascript:alert(1)", "fileName": payload + ".jpg"},
-            "sendTime": "2023-07-17 14:40:50"}
+    body = {
+        "phone": phone,
+        "appkey": payload,
+        "traceRequestId": RID + "<i>",
+        "message": {"text": payload, "media": "javascript:alert(1)", "fileName": payload + ".jpg"},
+        "sendTime": "2023-07-17 14:40:50",
+    }
     assert client.post(REPLY, json=body).status_code == 200
-    data_url = {**body, "message": {"media": "data:text/html,<script>alert(1)</script>", "fileName": "a.png"},
-                "sendTime": "2023-07-17 14:40:51"}
+    data_url = {
+        **body,
+        "message": {"media": "data:text/html,<script>alert(1)</script>", "fileName": "a.png"},
+        "sendTime": "2023-07-17 14:40:51",
+    }
     assert client.post(REPLY, json=data_url).status_code == 200
-    pages = [client.get(path).get_data(as_text=True) for path in (
-        "/", "/conversations", f"/messages/{RID}<i>", "/conversations/" + phone)]
+    pages = [
+        client.get(path).get_data(as_text=True)
+        for path in ("/", "/conversations", f"/messages/{RID}<i>", "/conversations/" + phone)
+    ]
     for html in pages:
         for raw in ("<script>alert", "<img src=x", "<svg", "<b>91</b>", "<i>"):
             assert raw not in html, raw
-        assert 'href="javascript:' not in html and 'href="data:' not in html and 'src="data:' not in html
+        assert (
+            'href="javascript:' not in html
+            and 'href="data:' not in html
+            and 'src="data:' not in html
+        )
     thread = pages[-1]
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in thread
     assert "no link: not an http(s) address" in thread
 
 
 def test_csv_cells_cannot_start_formulas(app, client):
-    reply = {**fixture_json("reply_text"), "message": {"text": "=HYPERLINK(\"http://evil\",\"x\")"}}
+    reply = {**fixture_json("reply_text"), "message": {"text": '=HYPERLINK("http://evil","x")'}}
     client.post(REPLY, json=reply)
-    client.post("/api/messages", json={"requestId": "r-csv", "phone": "+79100000030", "text": "@SUM(A1)"})
+    client.post(
+        "/api/messages", json={"requestId": "r-csv", "phone": "+79100000030", "text": "@SUM(A1)"}
+    )
     replies = client.get("/export.csv?kind=replies").get_data(as_text=True)
     messages = client.get("/export.csv").get_data(as_text=True)
     assert "'=HYPERLINK" in replies and ",=HYPERLINK" not in replies
     assert "'+79100000030" in messages
 
 
-INJECTIONS = ["' OR '1'='1", "'; DROP TABLE message; --", '" OR 1=1 --', "%' OR 1=1 --", "_%",
-              "\\", "a\x00b", "\U0010ffff", "1 UNION SELECT password_hash FROM app_user"]
+INJECTIONS = [
+    "' OR '1'='1",
+    "'; DROP TABLE message; --",
+    '" OR 1=1 --',
+    "%' OR 1=1 --",
+    "_%",
+    "\\",
+    "a\x00b",
+    "\U0010ffff",
+    "1 UNION SELECT password_hash FROM app_user",
+]
 
 
 @pytest.mark.parametrize("value", INJECTIONS)
@@ -183,8 +234,15 @@ def test_filters_cannot_inject_sql(app, client, value):
         assert db.session.execute(db.text("SELECT count(*) FROM app_user")).scalar_one() == 1
 
 
-@pytest.mark.parametrize("path", ["/conversations/79%00100", "/messages/abc%00def", "/?q=a%00b",
-                                  "/conversations?after=MjAyNC0wMS0wMVQwMDowMDowMAphAGI"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/conversations/79%00100",
+        "/messages/abc%00def",
+        "/?q=a%00b",
+        "/conversations?after=MjAyNC0wMS0wMVQwMDowMDowMAphAGI",
+    ],
+)
 def test_nul_in_a_url_is_a_clean_400(client, path):
     response = client.get(path)
     assert response.status_code == 400
@@ -194,24 +252,43 @@ def test_nul_in_a_url_is_a_clean_400(client, path):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 near_receipts = st.fixed_dictionaries(
-    {}, optional={"status": st.sampled_from(["success", "delivered", "seen", "failed", "expired", "read"])
-                  | json_values,
-                  "requestId": st.text(max_size=200) | json_values, "code": st.integers() | json_values,
-                  "message": st.text() | json_values,
-                  "sendTime": st.sampled_from(["2023-07-13 15:12:11", "2023-02-30 10:00:00",
-                                               "2023-07-13T15:12:11"]) | st.text(),
-                  "cost": st.dictionaries(st.sampled_from(["currency", "localPrice", "rateType"]),
-                                          json_values) | json_values})
-PARSERS = [lambda d: parse_receipt(d, __import__("datetime").timezone.utc),
-           lambda d: parse_reply(d, __import__("datetime").timezone.utc), parse_registration]
+    {},
+    optional={
+        "status": st.sampled_from(["success", "delivered", "seen", "failed", "expired", "read"])
+        | json_values,
+        "requestId": st.text(max_size=200) | json_values,
+        "code": st.integers() | json_values,
+        "message": st.text() | json_values,
+        "sendTime": st.sampled_from(
+            ["2023-07-13 15:12:11", "2023-02-30 10:00:00", "2023-07-13T15:12:11"]
+        )
+        | st.text(),
+        "cost": st.dictionaries(
+            st.sampled_from(["currency", "localPrice", "rateType"]), json_values
+        )
+        | json_values,
+    },
+)
+PARSERS = [
+    lambda d: parse_receipt(d, __import__("datetime").timezone.utc),
+    lambda d: parse_reply(d, __import__("datetime").timezone.utc),
+    parse_registration,
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(body=st.binary(max_size=300) | st.text(alphabet=string.printable, max_size=200).map(str.encode),
-       content_type=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", None]))
+@given(
+    body=st.binary(max_size=300) | st.text(alphabet=string.printable, max_size=200).map(str.encode),
+    content_type=st.sampled_from(
+        ["application/json", "application/json; charset=utf-8", "text/plain", None]
+    ),
+)
 def test_parse_json_object_returns_an_object_or_says_why(body, content_type):
     try:
         data = parse_json_object(body, content_type)
@@ -223,8 +300,10 @@ def test_parse_json_object_returns_an_object_or_says_why(body, content_type):
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=near_receipts | st.dictionaries(st.text(max_size=12), json_values, max_size=6),
-       which=st.integers(0, 2))
+@given(
+    data=near_receipts | st.dictionaries(st.text(max_size=12), json_values, max_size=6),
+    which=st.integers(0, 2),
+)
 def test_parsers_accept_or_reject_without_crashing(data, which):
     try:
         parsed = PARSERS[which](data)

@@ -1,60 +1,62 @@
 """The ingest engine: bodies applied in batches (group commit) give each body its own answer and
 the same record as any sequential order, under bursts, failures, kills and shutdowns, on SQLite
 and on PostgreSQL."""
-import json
+
 import os
 import random
 import signal
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from app import ingest, metrics
+from app import metrics
 from app.derivation import outbound_preview, reply_preview
 from app.maintenance import recount_differences
 from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
 from app.rebuild import rebuild
-from servers import production_process, worker_pids
+from app.records import ingest
+from support import bodies
+from support.bodies import encoded
+from support.servers import production_process, worker_pids
+from support.wait import until
 
 STATUSES = ("success", "delivered", "seen")
-CODES = {"success": (0, "Successfully sent."), "delivered": (11001, "Viber message has delivered"),
-         "seen": (11002, "Viber message has seen"), "failed": (11000, "Viber send error")}
-COST = {"currency": "USD", "localPrice": 0.012, "originalPrice": 0.012, "rateType": "Transactional"}
+SEND_TIME = "2026-03-01 20:00:00"
 
 
 def receipt(rid: str, status: str = "seen", *, cost: bool = False) -> bytes:
-    code, message = CODES.get(status, (0, "not a status NXCLOUD sends"))
-    body = {"status": status, "requestId": rid, "code": code, "message": message,
-            "sendTime": "2026-03-01 20:00:00"}
-    if cost:
-        body["cost"] = COST
-    return json.dumps(body).encode()
+    return encoded(bodies.receipt(rid, status, cost=cost, send_time=SEND_TIME))
 
 
 def reply(rid: str, phone: str, text: str) -> bytes:
-    return json.dumps({"phone": phone, "appkey": "APP1", "traceRequestId": rid,
-                       "message": {"text": text}, "sendTime": "2026-03-01 20:05:00"}).encode()
+    body = bodies.reply(rid, phone, text, appkey="APP1", send_time="2026-03-01 20:05:00")
+    return encoded(body)
 
 
 def registration(rid: str, phone: str, text: str) -> bytes:
-    return json.dumps({"requestId": rid, "phone": phone, "text": text, "appkey": "APP1",
-                       "functionType": "text"}).encode()
+    return encoded(bodies.registration(rid, phone, text, appkey="APP1", functionType="text"))
 
 
 # Recent: never-applied bodies older than REJECTED_KEEP_DAYS are deleted as others arrive.
-_clock = {"at": datetime.now(timezone.utc) - timedelta(hours=1)}
+_clock = {"at": datetime.now(UTC) - timedelta(hours=1)}
 
 
 def job(endpoint: str, body: bytes, content_type: str = "application/json") -> ingest.Job:
     """A body to hand to the writer, received a millisecond after the one before."""
     _clock["at"] += timedelta(milliseconds=1)
-    return ingest.Job(endpoint, body, content_type, {"content-type": content_type}, "127.0.0.1",
-                      received_at=_clock["at"])
+    return ingest.Job(
+        endpoint,
+        body,
+        content_type,
+        {"content-type": content_type},
+        "127.0.0.1",
+        received_at=_clock["at"],
+    )
 
 
 def assert_consistent() -> None:
@@ -65,15 +67,31 @@ def assert_consistent() -> None:
     assert recount_differences() == []
     expected: dict = {}
     for m in db.session.execute(db.select(Message).where(Message.phone.is_not(None))).scalars():
-        e = expected.setdefault(m.phone, {"messages": 0, "replies": 0, "activity": m.last_activity_at,
-                                          "last_reply": None, "previews": []})
+        e = expected.setdefault(
+            m.phone,
+            {
+                "messages": 0,
+                "replies": 0,
+                "activity": m.last_activity_at,
+                "last_reply": None,
+                "previews": [],
+            },
+        )
         e["messages"] += 1
         e["activity"] = max(e["activity"], m.last_activity_at)
         if m.registered_at is not None and m.text:
             e["previews"].append((m.registered_at, outbound_preview(m.text)))
     for r in db.session.execute(db.select(Reply)).scalars():
-        e = expected.setdefault(r.phone, {"messages": 0, "replies": 0, "activity": r.received_at,
-                                          "last_reply": None, "previews": []})
+        e = expected.setdefault(
+            r.phone,
+            {
+                "messages": 0,
+                "replies": 0,
+                "activity": r.received_at,
+                "last_reply": None,
+                "previews": [],
+            },
+        )
         e["replies"] += 1
         e["activity"] = max(e["activity"], r.received_at)
         e["last_reply"] = max(filter(None, (e["last_reply"], r.received_at)))
@@ -83,7 +101,11 @@ def assert_consistent() -> None:
     for phone, e in expected.items():
         c = kept[phone]
         assert (c.messages_count, c.replies_count, c.last_activity_at, c.last_reply_at) == (
-            e["messages"], e["replies"], e["activity"], e["last_reply"]), phone
+            e["messages"],
+            e["replies"],
+            e["activity"],
+            e["last_reply"],
+        ), phone
         assert c.last_preview == (max(e["previews"])[1] if e["previews"] else None), phone
     db.session.rollback()
 
@@ -91,10 +113,13 @@ def assert_consistent() -> None:
 def batch_counts() -> tuple[float, float]:
     """(transactions, bodies) the ingest writers of this process have committed so far."""
     samples = {s.name: s.value for metric in metrics.INGEST_BATCH.collect() for s in metric.samples}
-    return samples["viberwatch_ingest_batch_bodies_count"], samples["viberwatch_ingest_batch_bodies_sum"]
+    return samples["viberwatch_ingest_batch_bodies_count"], samples[
+        "viberwatch_ingest_batch_bodies_sum"
+    ]
 
 
 # --- one batch, many kinds of body ---------------------------------------------------------------
+
 
 def test_a_batch_gives_each_body_its_own_answer_and_commits_the_valid_ones(app):
     with app.app_context():
@@ -102,7 +127,9 @@ def test_a_batch_gives_each_body_its_own_answer_and_commits_the_valid_ones(app):
         jobs = [
             job("dr", receipt("m1", "success", cost=True)),
             job("dr", b"{not json"),
-            job("dr", receipt("m1", "success", cost=True)),  # the same push again, in the same batch
+            job(
+                "dr", receipt("m1", "success", cost=True)
+            ),  # the same push again, in the same batch
             job("dr", receipt("m1", "delivered")),
             job("dr", receipt("m1", "read")),
             job("register", registration("m1", "79000000001", "Your code is 1")),
@@ -114,25 +141,52 @@ def test_a_batch_gives_each_body_its_own_answer_and_commits_the_valid_ones(app):
         ]
         ingest.apply_batch(jobs)
         answers = [(j.result.http_status, j.result.outcome) for j in jobs]
-        assert answers == [(200, "accepted"), (400, "rejected"), (200, "duplicate"), (200, "accepted"),
-                           (422, "rejected"), (201, "accepted"), (200, "accepted"), (415, "rejected"),
-                           (200, "duplicate"), (200, "duplicate"), (200, "accepted")]
-        assert jobs[4].result.error["field"] == "status" and jobs[7].result.error["field"] == "Content-Type"
+        assert answers == [
+            (200, "accepted"),
+            (400, "rejected"),
+            (200, "duplicate"),
+            (200, "accepted"),
+            (422, "rejected"),
+            (201, "accepted"),
+            (200, "accepted"),
+            (415, "rejected"),
+            (200, "duplicate"),
+            (200, "duplicate"),
+            (200, "accepted"),
+        ]
+        assert (
+            jobs[4].result.error["field"] == "status"
+            and jobs[7].result.error["field"] == "Content-Type"
+        )
         # Every body is kept verbatim, with its own answer.
         raws = {r.id: r for r in db.session.execute(db.select(RawBody)).scalars()}
         assert len(raws) == 12
         for j in jobs:
             raw = raws[j.result.raw_id]
-            assert (raw.body, raw.http_status, raw.outcome) == (j.body, j.result.http_status, j.result.outcome)
+            assert (raw.body, raw.http_status, raw.outcome) == (
+                j.body,
+                j.result.http_status,
+                j.result.outcome,
+            )
         m1 = db.session.get(Message, "m1")
         assert (m1.status, m1.phone, m1.text, m1.receipts_count, m1.replies_count) == (
-            "delivered", "79000000001", "Your code is 1", 2, 1)
+            "delivered",
+            "79000000001",
+            "Your code is 1",
+            2,
+            1,
+        )
         assert (m1.cost_currency, m1.cost_local_price) == ("USD", 0.012)
-        success = db.session.execute(db.select(Receipt).where(Receipt.request_id == "m1",
-                                                             Receipt.status == "success")).scalar_one()
+        success = db.session.execute(
+            db.select(Receipt).where(Receipt.request_id == "m1", Receipt.status == "success")
+        ).scalar_one()
         assert success.times_received == 2 and success.last_received_at == jobs[2].received_at
-        assert db.session.execute(db.select(Receipt).where(Receipt.request_id == "known")).scalar_one() \
-            .times_received == 2
+        assert (
+            db.session.execute(db.select(Receipt).where(Receipt.request_id == "known"))
+            .scalar_one()
+            .times_received
+            == 2
+        )
         assert db.session.get(Message, "m2").status == "failed"
         kinds = Counter(a.kind for a in db.session.execute(db.select(Activity)).scalars())
         assert kinds == {"receipt": 4, "register": 1, "reply": 1}
@@ -148,25 +202,19 @@ def test_the_writer_takes_every_body_waiting_as_one_batch(app):
     def submit(i):
         results.append(_ingest_in(app, "dr", receipt(f"w{i:02d}", "seen")))
 
-    def wait_until(condition):
-        deadline = time.monotonic() + 10
-        while not condition():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-
     with app.app_context():
         writer = ingest.writer_of(app)
         threads = [threading.Thread(target=submit, args=(i,)) for i in range(12)]
         with ingest.write_lock().held():
             threads[0].start()
-            wait_until(lambda: writer.waiting() == 0 and not results)  # taken, stopped at the lock
+            until(lambda: writer.waiting() == 0 and not results)  # taken, stopped at the lock
             for t in threads[1:]:
                 t.start()
-            wait_until(lambda: writer.waiting() == 11)
+            until(lambda: writer.waiting() == 11)
         for t in threads:
             t.join(10)
     assert sorted(r.http_status for r in results) == [200] * 12
-    transactions, bodies = (a - b for a, b in zip(batch_counts(), before))
+    transactions, bodies = (a - b for a, b in zip(batch_counts(), before, strict=False))
     assert (transactions, bodies) == (2, 12)
     with app.app_context():
         assert db.session.execute(db.select(db.func.count()).select_from(Message)).scalar() == 12
@@ -181,15 +229,17 @@ def test_a_body_not_committed_in_time_is_answered_503_and_still_applied(app_conf
         db.create_all()
     client = app.test_client()
     with app.app_context(), ingest.write_lock().held():  # a transaction that takes too long
-        response = client.post("/webhooks/viber/dr", data=receipt("slow" + "0" * 28),
-                               content_type="application/json")
+        response = client.post(
+            "/webhooks/viber/dr", data=receipt("slow" + "0" * 28), content_type="application/json"
+        )
     assert response.status_code == 503 and "not committed in time" in response.get_json()["error"]
-    deadline = time.monotonic() + 10
     with app.app_context():
-        while db.session.get(Message, "slow" + "0" * 28) is None:
-            assert time.monotonic() < deadline
+
+        def stored():
             db.session.remove()
-            time.sleep(0.05)
+            return db.session.get(Message, "slow" + "0" * 28)
+
+        until(stored, 10, "the body to be applied after the answer")
         assert db.session.get(Message, "slow" + "0" * 28).status == "seen"
     ingest.stop(app)
     with app.app_context():
@@ -199,16 +249,22 @@ def test_a_body_not_committed_in_time_is_answered_503_and_still_applied(app_conf
 
 def _ingest_in(app, endpoint: str, body: bytes) -> ingest.Result:
     with app.app_context():
-        return ingest.ingest(endpoint, body, "application/json", {"Content-Type": "application/json"})
+        return ingest.ingest(
+            endpoint, body, "application/json", {"Content-Type": "application/json"}
+        )
 
 
 FAILING = {
-    "sqlite": ["CREATE TRIGGER poison BEFORE INSERT ON receipt WHEN NEW.request_id = 'poison' "
-               "BEGIN SELECT RAISE(ABORT, 'simulated storage failure'); END"],
-    "postgresql": ["CREATE OR REPLACE FUNCTION poison() RETURNS trigger AS $$ BEGIN "
-                   "IF NEW.request_id = 'poison' THEN RAISE EXCEPTION 'simulated storage failure'; END IF; "
-                   "RETURN NEW; END $$ LANGUAGE plpgsql",
-                   "CREATE TRIGGER poison BEFORE INSERT ON receipt FOR EACH ROW EXECUTE FUNCTION poison()"],
+    "sqlite": [
+        "CREATE TRIGGER poison BEFORE INSERT ON receipt WHEN NEW.request_id = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'simulated storage failure'); END"
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION poison() RETURNS trigger AS $$ BEGIN "
+        "IF NEW.request_id = 'poison' THEN RAISE EXCEPTION 'simulated storage failure'; END IF; "
+        "RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER poison BEFORE INSERT ON receipt FOR EACH ROW EXECUTE FUNCTION poison()",
+    ],
 }
 
 
@@ -218,11 +274,19 @@ def test_a_body_the_database_refuses_does_not_sink_its_batch(app):
         for statement in FAILING[dialect]:
             db.session.execute(db.text(statement))
         db.session.commit()
-        jobs = [job("dr", receipt("good1", "seen")), job("dr", receipt("poison", "seen")),
-                job("message", reply("good2", "79000000002", "hi")), job("dr", b"[]")]
+        jobs = [
+            job("dr", receipt("good1", "seen")),
+            job("dr", receipt("poison", "seen")),
+            job("message", reply("good2", "79000000002", "hi")),
+            job("dr", b"[]"),
+        ]
         ingest.apply_batch(jobs)
         assert [(j.result.http_status, j.result.outcome) for j in jobs] == [
-            (200, "accepted"), (503, "rejected"), (200, "accepted"), (422, "rejected")]
+            (200, "accepted"),
+            (503, "rejected"),
+            (200, "accepted"),
+            (422, "rejected"),
+        ]
         assert "not applied" in jobs[1].result.error["error"]
         kept = db.session.get(RawBody, jobs[1].result.raw_id)
         assert (kept.body, kept.outcome, kept.http_status) == (jobs[1].body, "rejected", 503)
@@ -230,7 +294,9 @@ def test_a_body_the_database_refuses_does_not_sink_its_batch(app):
         assert db.session.get(Message, "good1").status == "seen"
         assert db.session.get(Message, "good2").phone == "79000000002"
         assert db.session.execute(db.select(db.func.count()).select_from(RawBody)).scalar() == 4
-        db.session.execute(db.text("DROP TRIGGER poison" + (" ON receipt" if dialect == "postgresql" else "")))
+        db.session.execute(
+            db.text("DROP TRIGGER poison" + (" ON receipt" if dialect == "postgresql" else ""))
+        )
         db.session.commit()
         again = ingest.reprocess(kept.id)
         assert (again.http_status, again.outcome) == (200, "accepted")
@@ -248,11 +314,28 @@ def snapshot() -> dict:
 
     def rows(model, skip=("id", "raw_id")):
         columns = [c.name for c in model.__table__.c if c.name not in skip]
-        return sorted((tuple(value(getattr(r, c)) for c in columns)
-                       for r in db.session.execute(db.select(model)).scalars()
-                       if getattr(r, "n", 1)), key=repr)  # a counter row at 0 counts nothing
-    out = {m.__tablename__: rows(m) for m in (Message, Receipt, Reply, Contact, MessageTally, OutcomeHour,
-                                               LatencyHour, LatencyDay)}
+        return sorted(
+            (
+                tuple(value(getattr(r, c)) for c in columns)
+                for r in db.session.execute(db.select(model)).scalars()
+                if getattr(r, "n", 1)
+            ),
+            key=repr,
+        )  # a counter row at 0 counts nothing
+
+    out = {
+        m.__tablename__: rows(m)
+        for m in (
+            Message,
+            Receipt,
+            Reply,
+            Contact,
+            MessageTally,
+            OutcomeHour,
+            LatencyHour,
+            LatencyDay,
+        )
+    }
     out["activity"] = rows(Activity)
     out["raw_body"] = rows(RawBody)
     db.session.rollback()
@@ -264,23 +347,27 @@ def test_any_split_into_batches_gives_the_same_record(app):
     all at once (past the size where PostgreSQL takes rows by COPY) end in the same tables."""
     rng = random.Random(5)
     work, _phones = burst(rng, 40)
-    work += [("dr", b"{broken"), ("message", reply("burst00003" + "0" * 20, "79200000003", "again"))]
+    work += [
+        ("dr", b"{broken"),
+        ("message", reply("burst00003" + "0" * 20, "79200000003", "again")),
+    ]
     rng.shuffle(work)
-    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    start = datetime.now(UTC) - timedelta(hours=1)
     times = [start + timedelta(milliseconds=137 * i) for i in range(len(work))]
     snapshots = []
     with app.app_context():
         for size in (1, 7, len(work)):
             jobs = [job(endpoint, body) for endpoint, body in work]
-            for j, at in zip(jobs, times):
+            for j, at in zip(jobs, times, strict=False):
                 j.received_at = at
             for i in range(0, len(jobs), size):
-                ingest.apply_batch(jobs[i:i + size])
+                ingest.apply_batch(jobs[i : i + size])
             snapshots.append((snapshot(), [(j.result.http_status, j.result.outcome) for j in jobs]))
             assert_consistent()
             for model in (Activity, Receipt, Reply, RawBody, Message, Contact):
                 db.session.execute(db.delete(model))
             from app.maintenance import recount
+
             db.session.commit()
             recount()
     for other in snapshots[1:]:
@@ -290,6 +377,7 @@ def test_any_split_into_batches_gives_the_same_record(app):
 
 
 # --- the production command ----------------------------------------------------------------------
+
 
 @pytest.fixture
 def production(app, database_url, tmp_path):
@@ -319,7 +407,11 @@ def burst(rng: random.Random, messages: int) -> tuple[list[tuple[str, bytes]], d
 
 
 def post_all(url: str, work: list, token: str, connections: int = 64) -> list[int]:
-    paths = {"dr": "/webhooks/viber/dr", "message": "/webhooks/viber/message", "register": "/api/messages"}
+    paths = {
+        "dr": "/webhooks/viber/dr",
+        "message": "/webhooks/viber/message",
+        "register": "/api/messages",
+    }
     local = threading.local()
 
     def post(item):
@@ -346,8 +438,15 @@ def test_a_burst_from_64_connections_ends_in_the_folded_record(app, api_token, p
         rows = {m.request_id: m for m in db.session.execute(db.select(Message)).scalars()}
         assert len(rows) == 1000
         for rid, m in rows.items():
-            assert (m.status, m.code, m.receipts_count, m.cost_local_price) == ("seen", 11002, 3, 0.012), rid
-            assert m.phone == phones[rid] or (m.phone is None and int(rid[5:10]) % 5 and int(rid[5:10]) % 7)
+            assert (m.status, m.code, m.receipts_count, m.cost_local_price) == (
+                "seen",
+                11002,
+                3,
+                0.012,
+            ), rid
+            assert m.phone == phones[rid] or (
+                m.phone is None and int(rid[5:10]) % 5 and int(rid[5:10]) % 7
+            )
         outcomes = Counter(db.session.execute(db.select(RawBody.outcome)).scalars())
         assert sum(outcomes.values()) == len(work)
         assert outcomes["accepted"] == 3000 + 143 + 200
@@ -357,18 +456,23 @@ def test_a_burst_from_64_connections_ends_in_the_folded_record(app, api_token, p
 
 def hammer(url: str, stop: threading.Event, log: list, prefix: str, connections: int = 16) -> None:
     """Post receipts for new messages from `connections` threads until `stop`; log (body, status)."""
+
     def loop(n):
         with httpx.Client(base_url=url, timeout=30) as client:
             i = 0
             while not stop.is_set():
                 body = receipt(f"{prefix}{n:02d}{i // 3:08d}", STATUSES[i % 3], cost=i % 3 == 0)
                 try:
-                    status = client.post("/webhooks/viber/dr", content=body,
-                                         headers={"Content-Type": "application/json"}).status_code
+                    status = client.post(
+                        "/webhooks/viber/dr",
+                        content=body,
+                        headers={"Content-Type": "application/json"},
+                    ).status_code
                 except httpx.HTTPError:
                     status = None
                 log.append((body, status))
                 i += 1 if status is not None else 0
+
     threads = [threading.Thread(target=loop, args=(n,)) for n in range(connections)]
     for t in threads:
         t.start()
@@ -385,7 +489,9 @@ def wait_for_answers(log: list, n: int, seconds: float = 120) -> None:
 
 
 def stored_bodies() -> Counter:
-    return Counter(db.session.execute(db.select(RawBody.body).where(RawBody.endpoint == "dr")).scalars())
+    return Counter(
+        db.session.execute(db.select(RawBody.body).where(RawBody.endpoint == "dr")).scalars()
+    )
 
 
 def test_a_killed_worker_loses_only_what_it_had_not_answered(app, production):

@@ -1,4 +1,5 @@
 """Live updates over real WebSocket connections to a real server."""
+
 import json
 import threading
 import uuid
@@ -7,7 +8,7 @@ import pytest
 
 from app.live_hub import hub_of, read_events
 from app.live_push import Batch, HelloError, Page, compose, parse_hello
-from live_client import LiveClient, post, receipt, reply
+from support.live_client import LiveClient, post, receipt, reply
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"
@@ -28,6 +29,7 @@ def connect(live_server, cookie):
         c = LiveClient(live_server.url, cookie, **kwargs)
         opened.append(c)
         return c
+
     yield make
     for c in opened:
         c.close()
@@ -125,10 +127,17 @@ def test_thread_and_message_pages(connect, live_server):
     # The reply taught the message its phone: its bubble joins the thread too.
     assert any(i == f"thread-msg-{a}" for p in pushes for i in p.ids())
     post(live_server.url, DR, receipt(a, "delivered"))
-    pushes = message.until(lambda ps: sum(i.startswith("receipt-") for p in ps for i in p.ids()) >= 1)
+    pushes = message.until(
+        lambda ps: sum(i.startswith("receipt-") for p in ps for i in p.ids()) >= 1
+    )
     assert 'hx-swap-oob="beforeend:#timeline"' in "".join(p.raw for p in pushes)
-    pushes = thread.until(lambda ps: any(f"thread-msg-{a}" in f.ids and 'data-status="delivered"' in f.html
-                                         for p in ps for f in p.fragments))
+    pushes = thread.until(
+        lambda ps: any(
+            f"thread-msg-{a}" in f.ids and 'data-status="delivered"' in f.html
+            for p in ps
+            for f in p.fragments
+        )
+    )
 
 
 def close_frame(ws):
@@ -144,7 +153,9 @@ def close_frame(ws):
 def test_bad_hello_is_refused_with_a_reason(live_server, cookie):
     import websocket
 
-    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5)
+    ws = websocket.create_connection(
+        live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5
+    )
     ws.send(json.dumps({"cursor": -1}))
     code, reason = close_frame(ws)
     assert code == 1008 and reason.startswith("cursor:")
@@ -168,7 +179,9 @@ def test_a_refused_hello_is_followed_by_nothing_on_the_development_server(live_s
     reconnects instead of reading the 1008."""
     import websocket
 
-    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5)
+    ws = websocket.create_connection(
+        live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5
+    )
     ws.send(json.dumps({"page": "messages", "filters": "status=read"}))
     code, reason = close_frame(ws)
     assert code == 1008 and reason.startswith("filters:")
@@ -189,7 +202,9 @@ def test_a_socket_silent_past_the_hello_timeout_is_asked_to_try_again(app, live_
     import websocket
 
     app.config["LIVE_HELLO_TIMEOUT"] = 0.3
-    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5)
+    ws = websocket.create_connection(
+        live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=5
+    )
     assert close_frame(ws) == (1013, "no hello in time: reconnect")
     assert ends_cleanly(ws) == b""
 
@@ -201,10 +216,17 @@ def test_socket_requires_login(live_server):
         websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", timeout=5)
 
 
-@pytest.mark.parametrize("hello, field", [
-    ("not json", "hello"), ({"cursor": "x"}, "cursor"), ({"page": "admin"}, "page"),
-    ({"filters": "status=read"}, "filters"), ({"page": "thread"}, "phone"),
-    ({"rows": "a"}, "rows")])
+@pytest.mark.parametrize(
+    "hello, field",
+    [
+        ("not json", "hello"),
+        ({"cursor": "x"}, "cursor"),
+        ({"page": "admin"}, "page"),
+        ({"filters": "status=read"}, "filters"),
+        ({"page": "thread"}, "phone"),
+        ({"rows": "a"}, "rows"),
+    ],
+)
 def test_hello_validation(hello, field):
     with pytest.raises(HelloError, match=f"^{field}"):
         parse_hello(hello if isinstance(hello, str) else json.dumps(hello))
@@ -218,11 +240,13 @@ def test_a_burst_is_coalesced_to_one_row_per_message(app, live_server):
     with app.test_request_context("/"):
         events = read_events(0)
         assert len(events) == 15
-        batches = [Batch.load(events[i:i + 4]) for i in range(0, 15, 4)]
+        batches = [Batch.load(events[i : i + 4]) for i in range(0, 15, 4)]
         page = Page(kind="messages", feed=True)
         push = compose(page, 0, batches, feed_cap=10)
         assert sorted(push.rows) == sorted(ids)
-        assert all(mode == "insert" and 'data-status="seen"' in html for mode, html in push.rows.values())
+        assert all(
+            mode == "insert" and 'data-status="seen"' in html for mode, html in push.rows.values()
+        )
         assert len(push.feed) == 10 and push.cursor == 15
 
 
@@ -275,11 +299,14 @@ def test_a_message_over_the_cap_closes_the_socket_as_it_arrives(app, live_server
     import websocket
 
     assert app.config["SOCK_SERVER_OPTIONS"]["max_message_size"] == 64 * 1024
-    ws = websocket.create_connection(live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=30)
+    ws = websocket.create_connection(
+        live_server.url.replace("http", "ws") + "/ws", cookie=cookie, timeout=30
+    )
 
     def send():
-        frame = websocket.ABNF.create_frame('{"cursor": 0, "filters": "' + "x" * size + '"}',
-                                            websocket.ABNF.OPCODE_TEXT)
+        frame = websocket.ABNF.create_frame(
+            '{"cursor": 0, "filters": "' + "x" * size + '"}', websocket.ABNF.OPCODE_TEXT
+        )
         try:
             ws.sock.sendall(frame.format())
         except OSError:

@@ -1,12 +1,16 @@
 """Live updates in a real browser: Chromium driven by Playwright against a real server."""
+
 import uuid
+from itertools import pairwise
 
 import pytest
 
 from app import create_app, live
 from app.models import db
-from conftest import LiveServer, post_json, watch_console
-from live_client import post, receipt
+from support.bodies import post_json
+from support.browser import watch_console
+from support.live_client import post, receipt
+from support.servers import LiveServer
 
 DR = "/webhooks/viber/dr"
 
@@ -170,12 +174,12 @@ def test_a_server_that_drops_every_socket_is_retried_ever_more_slowly(page, app,
     finally:
         stop.set()
         dropper.join(5)
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in pairwise(attempts)]
     # Delays are drawn from [half, all] of 1 s, 2 s, 4 s, ...: at most 4 attempts in 9 s, each
     # wait at least half the ceiling of its step (a little less for the event's own delay).
     assert 2 <= len(attempts) <= 4, gaps
     for step, gap in enumerate(gaps[1:], start=1):
-        assert gap >= 0.45 * 2 ** step, gaps
+        assert gap >= 0.45 * 2**step, gaps
     # Left alone, the server keeps the next socket, and the page is live again.
     page.wait_for_selector("body[data-live-state=live]", timeout=20_000)
 

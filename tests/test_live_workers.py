@@ -1,7 +1,7 @@
 """Live updates across processes: gunicorn workers, and the wake-up between processes."""
+
 import os
 import re
-import time
 import uuid
 
 import httpx
@@ -9,9 +9,9 @@ import pytest
 
 from app import create_app, live
 from app.models import db
-from conftest import TEST_PASSWORD, TEST_USER, LiveServer, create_test_user
-from live_client import LiveClient, post, receipt
-from servers import production_server
+from support.accounts import TEST_PASSWORD, TEST_USER, create_test_user
+from support.live_client import LiveClient, post, receipt
+from support.servers import LiveServer, production_server
 
 DR = "/webhooks/viber/dr"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -21,7 +21,9 @@ def session_cookie(base_url: str) -> str:
     """Sign in through the real login form over HTTP; the session cookie it sets."""
     with httpx.Client(base_url=base_url, timeout=10) as http:
         token = CSRF_RE.search(http.get("/login").text).group(1)
-        r = http.post("/login", data={"username": TEST_USER, "password": TEST_PASSWORD, "csrf_token": token})
+        r = http.post(
+            "/login", data={"username": TEST_USER, "password": TEST_PASSWORD, "csrf_token": token}
+        )
         assert r.status_code == 302, r.text
         return "; ".join(f"{k}={v}" for k, v in http.cookies.items())
 
@@ -30,9 +32,12 @@ def session_cookie(base_url: str) -> str:
 def gunicorn(app, app_config, tmp_path):
     """The production command with two workers, on the test's database."""
     create_test_user(app)
-    env = {"DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
-           "VIBERWATCH_SECRET_KEY": app_config["SECRET_KEY"], "WEB_CONCURRENCY": "2",
-           "GUNICORN_THREADS": "16"}
+    env = {
+        "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
+        "VIBERWATCH_SECRET_KEY": app_config["SECRET_KEY"],
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "16",
+    }
     with production_server(env, tmp_path / "gunicorn.log", unset=("REDIS_URL",)) as url:
         yield url
 
@@ -53,7 +58,9 @@ def test_dashboards_on_different_workers_all_see_every_event(gunicorn):
         for a in ids:
             assert post(gunicorn, DR, receipt(a)) == 200
         for c in sockets:
-            pushes = c.until(lambda ps: sum(1 for p in ps for i in p.ids() if i.startswith("act-")) >= 5)
+            pushes = c.until(
+                lambda ps: sum(1 for p in ps for i in p.ids() if i.startswith("act-")) >= 5
+            )
             feed = [i for p in pushes for i in p.ids() if i.startswith("act-")]
             assert sorted(feed) == [f"act-{n}" for n in range(1, 6)]
             assert sorted(r[0] for p in pushes for r in p.rows()) == sorted(ids)
@@ -92,18 +99,22 @@ def test_wake_up_reaches_another_process_without_the_poll(app, app_config, live_
     server = LiveServer(watcher).start()
     sender = create_app({**config, "LIVE_POLL_INTERVAL": 3600})
     try:
-        from live_client import LiveClient as Client
+        from support.live_client import LiveClient as Client
 
         cookie = session_cookie(server.url)
         c = Client(server.url, cookie, cursor=None)
         hub = watcher.extensions["viberwatch.live"]
-        expected = {"database": "postgresql" if "postgresql" in app_config["SQLALCHEMY_DATABASE_URI"]
-                    else "sqlite", "redis": "redis"}[backend]
+        expected = {
+            "database": "postgresql"
+            if "postgresql" in app_config["SQLALCHEMY_DATABASE_URI"]
+            else "sqlite",
+            "redis": "redis",
+        }[backend]
         assert hub.backend is not None and hub.backend.name == expected
         # The sender has no socket of its own: it publishes all the same.
         sender_server = LiveServer(sender).start()
         try:
-            time.sleep(0.5)  # let the watcher's subscription settle
+            assert hub.backend.subscribed.wait(10), "the watcher never subscribed"
             a = uuid.uuid4().hex
             post(sender_server.url, DR, receipt(a))
             pushes = c.until(lambda ps: any(r[0] == a for p in ps for r in p.rows()), timeout=20)

@@ -1,16 +1,21 @@
 """One structured line per webhook request, as text or JSON lines."""
+
 import json
 
 import pytest
 
-from conftest import fixture_json, post_json
+from support.bodies import post_json
+from support.fixtures import fixture_json
 
 DR = "/webhooks/viber/dr"
 
 
 def lines(capsys) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if "viberwatch.webhooks" in line
-            or line.startswith("{")]
+    return [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if "viberwatch.webhooks" in line or line.startswith("{")
+    ]
 
 
 @pytest.fixture
@@ -34,8 +39,11 @@ def test_json_line_per_webhook(json_app, capsys):
     client.get("/healthz")  # not a webhook: no line
     records = [json.loads(line) for line in lines(capsys)]
     assert [(r["endpoint"], r["outcome"], r["status"]) for r in records] == [
-        ("dr", "accepted", 200), ("dr", "duplicate", 200), ("dr", "rejected", 422),
-        ("message", "accepted", 200)]
+        ("dr", "accepted", 200),
+        ("dr", "duplicate", 200),
+        ("dr", "rejected", 422),
+        ("message", "accepted", 200),
+    ]
     assert records[0]["requestId"] == body["requestId"]
     assert records[3]["requestId"] == fixture_json("reply_text")["traceRequestId"]
     assert records[2]["requestId"] == body["requestId"]
@@ -62,8 +70,10 @@ def test_refused_webhook_is_logged(app_config, capsys):
 def test_plain_text_line(app, anon_client, capsys):
     post_json(anon_client, DR, fixture_json("dr_failed"))
     [line] = lines(capsys)
-    assert " INFO viberwatch.webhooks webhook endpoint=dr requestId=f6a7d49946094857ae02812969a83056 " \
-           "outcome=accepted status=200 durationMs=" in line
+    assert (
+        " INFO viberwatch.webhooks webhook endpoint=dr requestId=f6a7d49946094857ae02812969a83056 "
+        "outcome=accepted status=200 durationMs=" in line
+    )
 
 
 SECRET = "s3cret-Token_9"
@@ -75,8 +85,12 @@ def raw_post(base_url: str, target: str):
     from urllib.parse import urlsplit
 
     conn = http.client.HTTPConnection(urlsplit(base_url).netloc, timeout=10)
-    conn.request("POST", target, body=json.dumps(fixture_json("dr_seen")),
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        target,
+        body=json.dumps(fixture_json("dr_seen")),
+        headers={"Content-Type": "application/json"},
+    )
     response = conn.getresponse()
     response.read()
     conn.close()
@@ -89,7 +103,7 @@ def test_the_development_server_log_never_shows_the_token(app_config, caplog):
 
     from app import create_app
     from app.models import db
-    from conftest import LiveServer
+    from support.servers import LiveServer
 
     app = create_app({**app_config, "WEBHOOK_TOKEN": SECRET})
     with app.app_context():
@@ -99,7 +113,12 @@ def test_the_development_server_log_never_shows_the_token(app_config, caplog):
         with caplog.at_level("INFO", logger="werkzeug"):
             for query in (f"?token={SECRET}", f"?x=1&tok%65n={SECRET}"):
                 assert raw_post(server.url, DR + query).status == 200
-            assert httpx.post(server.url + DR + "?token=wrong-guess", json=fixture_json("dr_seen")).status_code == 401
+            assert (
+                httpx.post(
+                    server.url + DR + "?token=wrong-guess", json=fixture_json("dr_seen")
+                ).status_code
+                == 401
+            )
     finally:
         server.stop()
         with app.app_context():
@@ -113,11 +132,16 @@ def test_the_production_access_log_never_shows_the_token(app_config, tmp_path):
     """gunicorn's access log, through gunicorn.conf.py's logger class."""
     import httpx
 
-    from servers import production_server
+    from support.servers import production_server
 
     access = tmp_path / "access.log"
-    env = {"DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"], "VIBERWATCH_SECRET_KEY": "k",
-           "VIBERWATCH_WEBHOOK_TOKEN": SECRET, "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "4"}
+    env = {
+        "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
+        "VIBERWATCH_SECRET_KEY": "k",
+        "VIBERWATCH_WEBHOOK_TOKEN": SECRET,
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_THREADS": "4",
+    }
     from app import create_app
     from app.models import db
 
@@ -125,11 +149,15 @@ def test_the_production_access_log_never_shows_the_token(app_config, tmp_path):
     with app.app_context():
         db.create_all()
         db.engine.dispose()
-    with production_server(env, tmp_path / "gunicorn.log", unset=("REDIS_URL",), access_log=access) as url:
+    with production_server(
+        env, tmp_path / "gunicorn.log", unset=("REDIS_URL",), access_log=access
+    ) as url:
         for query in (f"?token={SECRET}", f"?tok%65n={SECRET}"):
             assert raw_post(url, DR + query).status == 200
         headers = {"X-Webhook-Token": SECRET, "Referer": f"https://example.org/?token={SECRET}"}
-        assert httpx.post(url + DR, json=fixture_json("dr_seen"), headers=headers).status_code == 200
+        assert (
+            httpx.post(url + DR, json=fixture_json("dr_seen"), headers=headers).status_code == 200
+        )
     logged = access.read_text()
     assert logged.count("POST /webhooks/viber/dr") == 3
     assert "token=[redacted]" in logged and SECRET not in logged

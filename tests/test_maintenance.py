@@ -1,16 +1,18 @@
 """seed, purge and rebuild: on a real database, checked against the core's own derivation."""
+
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func
 
-from app import ingest
 from app.maintenance import parse_age, purge
 from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
 from app.rebuild import rebuild
+from app.records import ingest
 from app.seed import seed
-from conftest import fixture_json, post_json
+from support.bodies import post_json
+from support.fixtures import fixture_json
 
 
 def zone(app):
@@ -22,11 +24,20 @@ def count(model) -> int:
 
 
 def assert_contacts_consistent():
-    messages = dict(db.session.execute(
-        db.select(Message.phone, func.count()).where(Message.phone.is_not(None)).group_by(Message.phone)).all())
-    replies = dict(db.session.execute(db.select(Reply.phone, func.count()).group_by(Reply.phone)).all())
-    contacts = {c.phone: (c.messages_count, c.replies_count)
-                for c in db.session.execute(db.select(Contact)).scalars()}
+    messages = dict(
+        db.session.execute(
+            db.select(Message.phone, func.count())
+            .where(Message.phone.is_not(None))
+            .group_by(Message.phone)
+        ).all()
+    )
+    replies = dict(
+        db.session.execute(db.select(Reply.phone, func.count()).group_by(Reply.phone)).all()
+    )
+    contacts = {
+        c.phone: (c.messages_count, c.replies_count)
+        for c in db.session.execute(db.select(Contact)).scalars()
+    }
     expected = {p: (messages.get(p, 0), replies.get(p, 0)) for p in set(messages) | set(replies)}
     assert contacts == expected
 
@@ -49,8 +60,12 @@ def test_seed_writes_what_ingest_would(app):
         assert {"success", "delivered", "seen", "failed", "expired"} <= set(statuses)
         assert statuses["seen"] > statuses["failed"]
         # Every accepted body's effect is there, and its activity row points at it.
-        accepted = count(RawBody) - db.session.execute(
-            db.select(func.count()).where(RawBody.outcome == "duplicate")).scalar()
+        accepted = (
+            count(RawBody)
+            - db.session.execute(
+                db.select(func.count()).where(RawBody.outcome == "duplicate")
+            ).scalar()
+        )
         assert accepted == count(Activity)
         assert_refresh_changes_nothing()
         assert_contacts_consistent()
@@ -78,10 +93,16 @@ def ingest_some(client):
         body = fixture_json(f"dr_{status}")
         body["requestId"] = rid
         assert post_json(client, "/webhooks/viber/dr", body).status_code == 200
-    assert post_json(client, "/webhooks/viber/dr", {**fixture_json("dr_delivered"), "requestId": rid}
-                     ).status_code == 200  # a second device
+    assert (
+        post_json(
+            client, "/webhooks/viber/dr", {**fixture_json("dr_delivered"), "requestId": rid}
+        ).status_code
+        == 200
+    )  # a second device
     assert post_json(client, "/webhooks/viber/message", reply).status_code == 200
-    assert post_json(client, "/webhooks/viber/message", fixture_json("reply_media")).status_code == 200
+    assert (
+        post_json(client, "/webhooks/viber/message", fixture_json("reply_media")).status_code == 200
+    )
     assert post_json(client, "/webhooks/viber/dr", fixture_json("dr_failed")).status_code == 200
     assert post_json(client, "/webhooks/viber/dr", {"status": "read"}).status_code == 422
     return rid
@@ -97,19 +118,40 @@ def test_rebuild_of_ingested_record_finds_nothing(app, client):
 def test_rebuild_reports_and_repairs_differences(app, client):
     rid = ingest_some(client)
     with app.app_context():
-        db.session.execute(db.update(Message).where(Message.request_id == rid)
-                           .values(status="failed", replies_count=0, last_reply_text="forged"))
+        db.session.execute(
+            db.update(Message)
+            .where(Message.request_id == rid)
+            .values(status="failed", replies_count=0, last_reply_text="forged")
+        )
         other = fixture_json("dr_failed")["requestId"]
-        db.session.execute(db.update(Message).where(Message.request_id == other).values(status="seen"))
-        db.session.execute(db.delete(Activity).where(Activity.raw_id.in_(
-            db.select(Receipt.raw_id).where(Receipt.request_id == rid, Receipt.status == "seen"))))
-        db.session.execute(db.delete(Receipt).where(Receipt.request_id == rid, Receipt.status == "seen"))
-        db.session.execute(db.update(Receipt).where(Receipt.request_id == rid, Receipt.status == "delivered")
-                           .values(times_received=9))
+        db.session.execute(
+            db.update(Message).where(Message.request_id == other).values(status="seen")
+        )
+        db.session.execute(
+            db.delete(Activity).where(
+                Activity.raw_id.in_(
+                    db.select(Receipt.raw_id).where(
+                        Receipt.request_id == rid, Receipt.status == "seen"
+                    )
+                )
+            )
+        )
+        db.session.execute(
+            db.delete(Receipt).where(Receipt.request_id == rid, Receipt.status == "seen")
+        )
+        db.session.execute(
+            db.update(Receipt)
+            .where(Receipt.request_id == rid, Receipt.status == "delivered")
+            .values(times_received=9)
+        )
         db.session.commit()
 
         check = rebuild(fix=False)
-        assert check.changed_messages == 2 and check.receipts_missing == 1 and check.receipts_fixed == 1
+        assert (
+            check.changed_messages == 2
+            and check.receipts_missing == 1
+            and check.receipts_fixed == 1
+        )
         assert check.columns["status"] == 2
         assert {"replies_count", "last_reply_text"} <= set(check.columns)
         assert any(rid in line for line in check.lines())
@@ -118,10 +160,15 @@ def test_rebuild_reports_and_repairs_differences(app, client):
         fixed = rebuild()
         assert fixed.differences == check.differences
         msg = db.session.get(Message, rid)
-        assert (msg.status, msg.replies_count, msg.last_reply_text) == ("seen", 2, "[media] xxxx.jpeg")
+        assert (msg.status, msg.replies_count, msg.last_reply_text) == (
+            "seen",
+            2,
+            "[media] xxxx.jpeg",
+        )
         assert db.session.get(Message, other).status == "failed"
-        delivered = db.session.execute(db.select(Receipt).where(
-            Receipt.request_id == rid, Receipt.status == "delivered")).scalar_one()
+        delivered = db.session.execute(
+            db.select(Receipt).where(Receipt.request_id == rid, Receipt.status == "delivered")
+        ).scalar_one()
         assert delivered.times_received == 2
         assert_refresh_changes_nothing()
         assert rebuild().differences == 0
@@ -132,29 +179,55 @@ def test_purge_deletes_old_messages_and_everything_about_them(app, client):
         seed(300, random_seed=3, days=180, zone=zone(app))
     ingest_some(client)  # recent: stays
     with app.app_context():
-        old = set(db.session.execute(db.select(Message.request_id).where(
-            Message.last_activity_at < utcnow() - timedelta(days=90))).scalars())
+        old = set(
+            db.session.execute(
+                db.select(Message.request_id).where(
+                    Message.last_activity_at < utcnow() - timedelta(days=90)
+                )
+            ).scalars()
+        )
         assert 50 < len(old) < 300
         total = count(Message)
-        bad = db.session.execute(db.select(func.count()).where(RawBody.outcome == "rejected")).scalar()
-        db.session.execute(db.update(RawBody).where(RawBody.outcome == "rejected")
-                           .values(received_at=utcnow() - timedelta(days=100)))
+        bad = db.session.execute(
+            db.select(func.count()).where(RawBody.outcome == "rejected")
+        ).scalar()
+        db.session.execute(
+            db.update(RawBody)
+            .where(RawBody.outcome == "rejected")
+            .values(received_at=utcnow() - timedelta(days=100))
+        )
         db.session.commit()
 
         batches = []
         totals = purge(parse_age("90d"), batch_size=40, progress=batches.append)
         assert totals["message"] == len(old) == sum(batches) and len(batches) > 1
         assert count(Message) == total - len(old)
-        for model, column in ((Receipt, Receipt.request_id), (Reply, Reply.trace_request_id),
-                              (RawBody, RawBody.request_id), (Activity, Activity.request_id)):
-            assert db.session.execute(db.select(func.count()).select_from(model)
-                                      .where(column.in_(old))).scalar() == 0
-        assert db.session.execute(db.select(func.count()).where(RawBody.outcome == "rejected")).scalar() \
-            == 0 < bad
+        for model, column in (
+            (Receipt, Receipt.request_id),
+            (Reply, Reply.trace_request_id),
+            (RawBody, RawBody.request_id),
+            (Activity, Activity.request_id),
+        ):
+            assert (
+                db.session.execute(
+                    db.select(func.count()).select_from(model).where(column.in_(old))
+                ).scalar()
+                == 0
+            )
+        assert (
+            db.session.execute(
+                db.select(func.count()).where(RawBody.outcome == "rejected")
+            ).scalar()
+            == 0
+            < bad
+        )
         # Nothing left points at a deleted raw body.
         for model in (Receipt, Reply, Activity):
-            orphans = db.session.execute(db.select(func.count()).select_from(model).where(
-                model.raw_id.is_not(None), model.raw_id.not_in(db.select(RawBody.id)))).scalar()
+            orphans = db.session.execute(
+                db.select(func.count())
+                .select_from(model)
+                .where(model.raw_id.is_not(None), model.raw_id.not_in(db.select(RawBody.id)))
+            ).scalar()
             assert orphans == 0
         assert_contacts_consistent()
         assert rebuild().differences == 0
@@ -170,7 +243,9 @@ def test_parse_age():
 
 def test_commands(app):
     runner = app.test_cli_runner()
-    seeded = runner.invoke(args=["seed", "--messages", "120", "--random-seed", "5", "--batch", "50"])
+    seeded = runner.invoke(
+        args=["seed", "--messages", "120", "--random-seed", "5", "--batch", "50"]
+    )
     assert seeded.exit_code == 0, seeded.output
     assert "written: 120 message" in seeded.output
     checked = runner.invoke(args=["rebuild", "--check"])

@@ -1,14 +1,16 @@
 """/metrics: off by default, guarded by a token and/or an allow-list, parsed as Prometheus text."""
-from datetime import datetime, timezone
+
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import alerts
 from app.models import db
-from conftest import fixture_json, post_json
-from servers import production_server
-from timed_ingest import receipt
+from support.bodies import post_json
+from support.fixtures import fixture_json
+from support.servers import production_server
+from support.timed_ingest import receipt
 
 TOKEN = "s3cret-metrics-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -19,14 +21,23 @@ def families(text: str) -> dict:
 
 
 def samples(family, name=None) -> dict:
-    return {tuple(sorted(s.labels.items())): s.value for s in family.samples
-            if name is None or s.name == name}
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for s in family.samples
+        if name is None or s.name == name
+    }
 
 
 @pytest.fixture
 def app_config(app_config):
-    app_config.update({"METRICS_TOKEN": TOKEN, "ALERT_RULES": [
-        {"name": "expired", "kind": "expired_count", "threshold": 0, "window_minutes": 60}]})
+    app_config.update(
+        {
+            "METRICS_TOKEN": TOKEN,
+            "ALERT_RULES": [
+                {"name": "expired", "kind": "expired_count", "threshold": 0, "window_minutes": 60}
+            ],
+        }
+    )
     return app_config
 
 
@@ -56,10 +67,16 @@ def test_allow_list(app_config):
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.2.3.4"}).status_code == 200
     assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 403
-    both = create_app({**app_config, "METRICS_TOKEN": TOKEN, "METRICS_ALLOW_NETWORKS": "10.0.0.0/8"})
+    both = create_app(
+        {**app_config, "METRICS_TOKEN": TOKEN, "METRICS_ALLOW_NETWORKS": "10.0.0.0/8"}
+    )
     # With both set, both must hold.
-    assert both.test_client().get("/metrics", headers=AUTH,
-                                  environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 403
+    assert (
+        both.test_client()
+        .get("/metrics", headers=AUTH, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+        .status_code
+        == 403
+    )
 
 
 def test_metrics_from_database_and_process(app, anon_client):
@@ -68,10 +85,13 @@ def test_metrics_from_database_and_process(app, anon_client):
     assert post_json(anon_client, dr, body).status_code == 200
     assert post_json(anon_client, dr, body).status_code == 200  # duplicate
     assert post_json(anon_client, dr, {**body, "status": "read"}).status_code == 422
-    assert post_json(anon_client, "/webhooks/viber/message", fixture_json("reply_text")).status_code == 200
+    assert (
+        post_json(anon_client, "/webhooks/viber/message", fixture_json("reply_text")).status_code
+        == 200
+    )
     with app.app_context():
-        receipt(datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc), "X1", "expired")
-        alerts.evaluate(datetime(2026, 3, 1, 12, 5, tzinfo=timezone.utc))
+        receipt(datetime(2026, 3, 1, 12, 0, tzinfo=UTC), "X1", "expired")
+        alerts.evaluate(datetime(2026, 3, 1, 12, 5, tzinfo=UTC))
     response = anon_client.get("/metrics", headers=AUTH)
     assert response.status_code == 200 and response.content_type.startswith("text/plain")
     fams = families(response.get_data(as_text=True))
@@ -84,7 +104,11 @@ def test_metrics_from_database_and_process(app, anon_client):
 
     messages = samples(fams["viberwatch_messages"])
     # The reply's traced message is known but has no receipt: pending.
-    assert messages == {(("status", "delivered"),): 1, (("status", "expired"),): 1, (("status", "pending"),): 1}
+    assert messages == {
+        (("status", "delivered"),): 1,
+        (("status", "expired"),): 1,
+        (("status", "pending"),): 1,
+    }
 
     assert samples(fams["viberwatch_alert_firing"]) == {(("rule", "expired"),): 1}
     assert samples(fams["viberwatch_alert_value"]) == {(("rule", "expired"),): 1}
@@ -96,7 +120,9 @@ def test_metrics_from_database_and_process(app, anon_client):
     assert counts[(("endpoint", "dr"), ("outcome", "accepted"))] >= 1
     assert counts[(("endpoint", "dr"), ("outcome", "rejected"))] >= 1
     assert counts[(("endpoint", "message"), ("outcome", "accepted"))] >= 1
-    buckets = [s for s in latency.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
+    buckets = [
+        s for s in latency.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"
+    ]
     assert buckets and all(b.value >= 1 for b in buckets)
 
 
@@ -114,10 +140,15 @@ def test_latency_adds_up_across_gunicorn_workers(tmp_path, database_url):
     with setup.app_context():
         db.create_all()
         db.engine.dispose()
-    env = {"DATABASE_URL": database_url, "VIBERWATCH_SECRET_KEY": "x",
-           "VIBERWATCH_METRICS_TOKEN": TOKEN, "VIBERWATCH_ALERT_INTERVAL": "0",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-           "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}
+    env = {
+        "DATABASE_URL": database_url,
+        "VIBERWATCH_SECRET_KEY": "x",
+        "VIBERWATCH_METRICS_TOKEN": TOKEN,
+        "VIBERWATCH_ALERT_INTERVAL": "0",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "4",
+    }
     with production_server(env, tmp_path / "gunicorn.log") as base:
         body = fixture_json("dr_delivered")
         prom = tmp_path / "prom"
@@ -127,7 +158,9 @@ def test_latency_adds_up_across_gunicorn_workers(tmp_path, database_url):
 
         def post(i):
             with httpx.Client(base_url=base, timeout=10) as one:
-                return one.post("/webhooks/viber/dr", json={**body, "requestId": f"W{i}"}).status_code
+                return one.post(
+                    "/webhooks/viber/dr", json={**body, "requestId": f"W{i}"}
+                ).status_code
 
         # The kernel decides which worker accepts a connection: post concurrent batches until
         # both workers have answered some (bounded), then check every scrape counts them all.
@@ -147,8 +180,12 @@ def test_latency_adds_up_across_gunicorn_workers(tmp_path, database_url):
                 scrape = http.get("/metrics", headers={**AUTH, "Connection": "close"})
                 assert scrape.status_code == 200
                 fams = families(scrape.text)
-                counts = samples(fams["viberwatch_webhook_duration_seconds"],
-                                 "viberwatch_webhook_duration_seconds_count")
+                counts = samples(
+                    fams["viberwatch_webhook_duration_seconds"],
+                    "viberwatch_webhook_duration_seconds_count",
+                )
                 assert counts[(("endpoint", "dr"), ("outcome", "accepted"))] == posted
-                received = samples(fams["viberwatch_webhooks_received"], "viberwatch_webhooks_received_total")
+                received = samples(
+                    fams["viberwatch_webhooks_received"], "viberwatch_webhooks_received_total"
+                )
                 assert received[(("endpoint", "dr"), ("outcome", "accepted"))] == posted

@@ -1,4 +1,5 @@
 """The migrations build exactly the schema the models describe, on SQLite and PostgreSQL."""
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -22,8 +23,9 @@ def empty_app(database_url):
 
 def schema_diff(app) -> list:
     with app.app_context(), db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True,
-                                                         "compare_server_default": False})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": False}
+        )
         return compare_metadata(context, db.metadata)
 
 
@@ -68,10 +70,9 @@ def test_cli_db_upgrade(empty_app):
 
 
 def test_rollups_of_messages_stored_before_them_are_filled_by_the_upgrade(empty_app):
-    from analytics_data import load_fixture
-
     from app import rollup
     from app.models import LatencyHour, OutcomeHour
+    from support.analytics_data import load_fixture
     from test_rollup import stored
 
     with empty_app.app_context():

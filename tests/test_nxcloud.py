@@ -1,4 +1,5 @@
 """The NXCLOUD send client against a local fake of the send API, over real HTTP."""
+
 import json
 import socket
 import time
@@ -7,24 +8,35 @@ import pytest
 
 from app import nxcloud
 from app.status import describe_code
-from fake_nxcloud import ACCESS_KEY, APPKEY, ERROR_CODES, SECRET, documented_sign, fake_nxcloud  # noqa: F401
+from support.fake_nxcloud import ACCESS_KEY, APPKEY, ERROR_CODES, SECRET, documented_sign
 
 
 def settings_for(fake, **overrides):
-    values = {"base_url": fake.url, "access_key": ACCESS_KEY, "access_secret": SECRET, "appkey": APPKEY,
-              "timeout": 2.0, **overrides}
+    values = {
+        "base_url": fake.url,
+        "access_key": ACCESS_KEY,
+        "access_secret": SECRET,
+        "appkey": APPKEY,
+        "timeout": 2.0,
+        **overrides,
+    }
     return nxcloud.Settings(**values)
 
 
 def test_a_text_is_sent_signed_over_its_exact_bytes(fake_nxcloud):
-    result = nxcloud.send_text(settings_for(fake_nxcloud), "79100000030", "Привет, <b>there</b> & 👋")
+    result = nxcloud.send_text(
+        settings_for(fake_nxcloud), "79100000030", "Привет, <b>there</b> & 👋"
+    )
     assert result.ok and result.error is None
     assert result.request_id == fake_nxcloud.sent[0]["requestId"] and len(result.request_id) == 32
     call = fake_nxcloud.calls[0]
     assert call["body"] == result.body
     assert json.loads(call["body"]) == {
-        "appkey": APPKEY, "phone": "79100000030", "functionType": "text",
-        "messageData": {"rateType": "Session", "text": "Привет, <b>there</b> & 👋"}}
+        "appkey": APPKEY,
+        "phone": "79100000030",
+        "functionType": "text",
+        "messageData": {"rateType": "Session", "text": "Привет, <b>there</b> & 👋"},
+    }
     h = call["headers"]
     assert (h["Biztype"], h["Action"], h["Accesskey"]) == ("7", "mt", ACCESS_KEY)
     assert abs(int(h["Ts"]) - time.time() * 1000) < 60_000
@@ -32,9 +44,15 @@ def test_a_text_is_sent_signed_over_its_exact_bytes(fake_nxcloud):
 
 
 def test_the_rate_type_is_configurable(fake_nxcloud):
-    settings = nxcloud.Settings.from_config({
-        "NXCLOUD_BASE_URL": fake_nxcloud.url, "NXCLOUD_ACCESS_KEY": ACCESS_KEY,
-        "NXCLOUD_ACCESS_SECRET": SECRET, "NXCLOUD_APPKEY": APPKEY, "NXCLOUD_RATE_TYPE": "Transactional"})
+    settings = nxcloud.Settings.from_config(
+        {
+            "NXCLOUD_BASE_URL": fake_nxcloud.url,
+            "NXCLOUD_ACCESS_KEY": ACCESS_KEY,
+            "NXCLOUD_ACCESS_SECRET": SECRET,
+            "NXCLOUD_APPKEY": APPKEY,
+            "NXCLOUD_RATE_TYPE": "Transactional",
+        }
+    )
     assert nxcloud.send_text(settings, "79100000030", "hi").ok
     assert json.loads(fake_nxcloud.calls[0]["body"])["messageData"]["rateType"] == "Transactional"
 
@@ -62,7 +80,9 @@ def test_the_send_api_codes_are_described_from_the_documentation():
 
 
 def test_a_wrong_secret_is_refused_as_an_invalid_signature(fake_nxcloud):
-    result = nxcloud.send_text(settings_for(fake_nxcloud, access_secret="not-the-secret"), "79100000030", "hi")
+    result = nxcloud.send_text(
+        settings_for(fake_nxcloud, access_secret="not-the-secret"), "79100000030", "hi"
+    )
     assert (result.ok, result.code, result.reason) == (False, 1003, "Invalid signature")
     assert fake_nxcloud.sent == []
 
@@ -85,21 +105,31 @@ def test_a_refused_connection_is_reported_not_raised():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    result = nxcloud.send_text(nxcloud.Settings(base_url=closed, access_key="k", access_secret="s",
-                                                appkey="a", timeout=2), "79100000030", "hi")
+    result = nxcloud.send_text(
+        nxcloud.Settings(base_url=closed, access_key="k", access_secret="s", appkey="a", timeout=2),
+        "79100000030",
+        "hi",
+    )
     assert (result.ok, result.kind) == (False, "network")
     assert result.reason.startswith(f"could not reach NXCLOUD at {closed}/api/viber/mt")
     assert "NXCLOUD_BASE_URL" in result.solution
 
 
 def test_an_answer_that_is_not_nxcloud_json_is_reported(fake_nxcloud):
-    result = nxcloud.send_text(settings_for(fake_nxcloud, base_url=fake_nxcloud.url + "/elsewhere"),
-                               "79100000030", "hi")
-    assert (result.ok, result.kind, result.reason) == (False, "answer", "unexpected answer from NXCLOUD: HTTP 404")
+    result = nxcloud.send_text(
+        settings_for(fake_nxcloud, base_url=fake_nxcloud.url + "/elsewhere"), "79100000030", "hi"
+    )
+    assert (result.ok, result.kind, result.reason) == (
+        False,
+        "answer",
+        "unexpected answer from NXCLOUD: HTTP 404",
+    )
 
 
 def test_missing_settings_are_named_and_nothing_is_called(fake_nxcloud):
-    result = nxcloud.send_text(nxcloud.Settings(base_url=fake_nxcloud.url, access_key="k"), "791", "hi")
+    result = nxcloud.send_text(
+        nxcloud.Settings(base_url=fake_nxcloud.url, access_key="k"), "791", "hi"
+    )
     assert (result.ok, result.kind) == (False, "config")
     assert result.reason == "not configured: NXCLOUD_ACCESS_SECRET, NXCLOUD_APPKEY"
     assert fake_nxcloud.calls == []

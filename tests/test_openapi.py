@@ -1,5 +1,6 @@
 """The OpenAPI document at /openapi.json describes the real responses, and fuzzing the
 webhook and API endpoints from it finds no server error and no undocumented answer."""
+
 import json
 
 import httpx
@@ -10,15 +11,26 @@ from schemathesis import checks
 
 from app.models import Message, RawBody, db
 from app.openapi import DOCUMENT
-from conftest import fixture_bytes
+from support.fixtures import fixture_bytes
 
 # An oversized negative body is rightly refused with 413, which the check does not expect by default.
-CONFIG = schemathesis.Config.from_dict({"checks": {"negative_data_rejection": {
-    "expected-statuses": ["400", "401", "403", "404", "405", "413", "415", "422", "429"]}}})
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "checks": {
+            "negative_data_rejection": {
+                "expected-statuses": ["400", "401", "403", "404", "405", "413", "415", "422", "429"]
+            }
+        }
+    }
+)
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
-FUZZ_CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
-               checks.content_type_conformance, checks.response_schema_conformance,
-               checks.negative_data_rejection]
+FUZZ_CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+    checks.negative_data_rejection,
+]
 
 
 def test_document_is_served_without_login(anon_client):
@@ -29,7 +41,9 @@ def test_document_is_served_without_login(anon_client):
 
 
 def test_document_covers_every_webhook_and_api_route(app):
-    documented = {(path, method.upper()) for path, item in DOCUMENT["paths"].items() for method in item}
+    documented = {
+        (path, method.upper()) for path, item in DOCUMENT["paths"].items() for method in item
+    }
     routes = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint.split(".")[0] in ("webhooks", "api"):
@@ -49,22 +63,59 @@ def test_real_responses_match_the_document(live_server, api_token):
     rid = "f6a7d49946094857ae02812969a83056"
     with httpx.Client(base_url=live_server.url) as http:
         cases = [
-            ("/webhooks/viber/dr", "post", http.post("/webhooks/viber/dr", content=fixture_bytes("dr_seen"),
-                                                     headers={"Content-Type": "application/json"})),
-            ("/webhooks/viber/message", "post", http.post("/webhooks/viber/message",
-                                                          content=fixture_bytes("reply_text"),
-                                                          headers={"Content-Type": "application/json"})),
-            ("/webhooks/viber/dr", "post", http.post("/webhooks/viber/dr", content=b"{",
-                                                     headers={"Content-Type": "application/json"})),
-            ("/webhooks/viber/dr", "post", http.post("/webhooks/viber/dr", content=b"{}",
-                                                     headers={"Content-Type": "text/plain"})),
+            (
+                "/webhooks/viber/dr",
+                "post",
+                http.post(
+                    "/webhooks/viber/dr",
+                    content=fixture_bytes("dr_seen"),
+                    headers={"Content-Type": "application/json"},
+                ),
+            ),
+            (
+                "/webhooks/viber/message",
+                "post",
+                http.post(
+                    "/webhooks/viber/message",
+                    content=fixture_bytes("reply_text"),
+                    headers={"Content-Type": "application/json"},
+                ),
+            ),
+            (
+                "/webhooks/viber/dr",
+                "post",
+                http.post(
+                    "/webhooks/viber/dr", content=b"{", headers={"Content-Type": "application/json"}
+                ),
+            ),
+            (
+                "/webhooks/viber/dr",
+                "post",
+                http.post(
+                    "/webhooks/viber/dr", content=b"{}", headers={"Content-Type": "text/plain"}
+                ),
+            ),
             ("/webhooks/viber/dr", "post", http.post("/webhooks/viber/dr", json={"status": 1})),
-            ("/api/messages", "post", http.post("/api/messages", headers=auth,
-                                                json={"requestId": rid, "phone": "79100000030"})),
-            ("/api/messages", "post", http.post("/api/messages", headers=auth,
-                                                json={"requestId": rid, "phone": "79100000030"})),
+            (
+                "/api/messages",
+                "post",
+                http.post(
+                    "/api/messages", headers=auth, json={"requestId": rid, "phone": "79100000030"}
+                ),
+            ),
+            (
+                "/api/messages",
+                "post",
+                http.post(
+                    "/api/messages", headers=auth, json={"requestId": rid, "phone": "79100000030"}
+                ),
+            ),
             ("/api/messages", "post", http.post("/api/messages", json={"requestId": rid})),
-            ("/api/messages", "post", http.post("/api/messages", headers=auth, json={"requestId": rid})),
+            (
+                "/api/messages",
+                "post",
+                http.post("/api/messages", headers=auth, json={"requestId": rid}),
+            ),
             ("/api/messages/{requestId}", "get", http.get(f"/api/messages/{rid}", headers=auth)),
             ("/api/messages/{requestId}", "get", http.get("/api/messages/nope", headers=auth)),
             ("/api/messages/{requestId}", "get", http.get(f"/api/messages/{rid}")),
@@ -82,12 +133,14 @@ def test_real_responses_match_the_document(live_server, api_token):
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_fuzzed_requests_get_documented_answers(case, live_server, api_token):
     """Bounded schemathesis run per operation: no 5xx, every answer as documented."""
-    case.call_and_validate(base_url=live_server.url, headers={"Authorization": f"Bearer {api_token}"},
-                           checks=FUZZ_CHECKS)
+    case.call_and_validate(
+        base_url=live_server.url,
+        headers={"Authorization": f"Bearer {api_token}"},
+        checks=FUZZ_CHECKS,
+    )
 
 
 def test_fuzzing_left_every_body_stored(app, live_server, api_token):
@@ -95,7 +148,9 @@ def test_fuzzing_left_every_body_stored(app, live_server, api_token):
     sent = 0
     operation = schema["/webhooks/viber/dr"]["POST"]
 
-    @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(case=operation.as_strategy())
     def run(case):
         nonlocal sent
@@ -106,8 +161,11 @@ def test_fuzzing_left_every_body_stored(app, live_server, api_token):
     run()
     with app.app_context():
         stored = db.session.execute(db.select(db.func.count(RawBody.id))).scalar_one()
-        accepted = db.session.execute(db.select(db.func.count(RawBody.id))
-                                      .where(RawBody.outcome.in_(["accepted", "duplicate"]))).scalar_one()
+        accepted = db.session.execute(
+            db.select(db.func.count(RawBody.id)).where(
+                RawBody.outcome.in_(["accepted", "duplicate"])
+            )
+        ).scalar_one()
         messages = db.session.execute(db.select(db.func.count(Message.request_id))).scalar_one()
     assert stored == sent > 0
     assert messages <= accepted

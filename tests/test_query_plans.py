@@ -1,5 +1,6 @@
 """Every query the messages page, its counters, a thread and a message page run is served by an
 index: no full scan of a big table and no sort of all its rows, whatever the filter."""
+
 import re
 
 import pytest
@@ -9,9 +10,20 @@ from app.models import Message, db
 from app.seed import seed
 
 BIG_TABLES = ("message", "receipt", "reply", "raw_body", "activity")
-FILTERS = ["", "status=seen", "status=failed", "status=pending", "status=delivered&status=seen",
-           "code=11003", "phone={phone}", "phone={phone_prefix}", "q={rid_prefix}",
-           "from={day}&to={day}", "anomaly=1", "status=seen&from={day}&to={day}"]
+FILTERS = [
+    "",
+    "status=seen",
+    "status=failed",
+    "status=pending",
+    "status=delivered&status=seen",
+    "code=11003",
+    "phone={phone}",
+    "phone={phone_prefix}",
+    "q={rid_prefix}",
+    "from={day}&to={day}",
+    "anomaly=1",
+    "status=seen&from={day}&to={day}",
+]
 
 
 @pytest.fixture
@@ -19,11 +31,21 @@ def seeded(app):
     with app.app_context():
         seed(300, random_seed=11, days=10, zone=app.extensions["viberwatch.sendtime_zone"])
         from app import tally
+
         tally.rebuild()
-        m = db.session.execute(db.select(Message).where(Message.replies_count > 0)
-                               .order_by(Message.request_id).limit(1)).scalar_one()
-        return {"phone": m.phone, "phone_prefix": m.phone[:5], "rid": m.request_id,
-                "rid_prefix": m.request_id[:4], "day": m.last_activity_at.date().isoformat()}
+        m = db.session.execute(
+            db.select(Message)
+            .where(Message.replies_count > 0)
+            .order_by(Message.request_id)
+            .limit(1)
+        ).scalar_one()
+        return {
+            "phone": m.phone,
+            "phone_prefix": m.phone[:5],
+            "rid": m.request_id,
+            "rid_prefix": m.request_id[:4],
+            "day": m.last_activity_at.date().isoformat(),
+        }
 
 
 def captured_selects(app, client, paths):
@@ -59,10 +81,13 @@ def sqlite_problems(conn, statement, parameters, filtered: bool) -> list[str]:
     # is fine for the unfiltered list (it stops after a page), not when a filter must skip rows.
     seeks = any(line.startswith("SEARCH ") for line in plan)
     tables = "|".join(BIG_TABLES)
-    return [line for line in plan
-            if re.match(rf"SCAN ({tables})$", line)
-            or (filtered and re.match(rf"SCAN ({tables}) USING", line))
-            or ("USE TEMP B-TREE FOR ORDER BY" in line and not seeks)]
+    return [
+        line
+        for line in plan
+        if re.match(rf"SCAN ({tables})$", line)
+        or (filtered and re.match(rf"SCAN ({tables}) USING", line))
+        or ("USE TEMP B-TREE FOR ORDER BY" in line and not seeks)
+    ]
 
 
 def postgres_problems(conn, statement, parameters, filtered: bool) -> list[str]:
@@ -76,9 +101,11 @@ def postgres_problems(conn, statement, parameters, filtered: bool) -> list[str]:
     for i, line in enumerate(plan):
         if re.search(rf"Seq Scan on ({tables})\b", line):
             bad.append(line)
-        elif filtered and re.search(rf"Index (Only )?Scan (Backward )?using \w+ on ({tables})\b", line):
+        elif filtered and re.search(
+            rf"Index (Only )?Scan (Backward )?using \w+ on ({tables})\b", line
+        ):
             details = []
-            for following in plan[i + 1:]:
+            for following in plan[i + 1 :]:
                 if "->" in following:
                     break
                 details.append(following)

@@ -1,5 +1,6 @@
 """Bodies that were never applied (rejected, refused) have a total bound and an age limit;
 accepted bodies are never deleted, and the dashboard says when the cap deleted some."""
+
 import json
 from datetime import timedelta
 
@@ -7,7 +8,8 @@ import pytest
 
 from app import create_app, retention
 from app.models import RawBody, db, utcnow
-from conftest import create_test_user, fixture_json, log_in
+from support.accounts import create_test_user, log_in
+from support.fixtures import fixture_json
 
 DR = "/webhooks/viber/dr"
 CAP = 20_000
@@ -34,7 +36,9 @@ def test_a_flood_of_invalid_bodies_stays_under_the_cap(app, anon_client):
     for i in range(40):
         if i % 10 == 0:
             body = json.dumps({**fixture_json("dr_seen"), "requestId": f"kept-{i}"}).encode()
-            assert anon_client.post(DR, data=body, content_type="application/json").status_code == 200
+            assert (
+                anon_client.post(DR, data=body, content_type="application/json").status_code == 200
+            )
             accepted.append(body)
         last = json.dumps({"status": "read", "padding": "x" * 2000, "n": i}).encode()
         assert anon_client.post(DR, data=last, content_type="application/json").status_code == 422
@@ -78,6 +82,9 @@ def test_bodies_older_than_the_age_limit_go_and_accepted_ones_stay(app, anon_cli
     again = create_app({**app.config, "TESTING": True})
     again.test_client().post(DR, data=b'{"new": true}', content_type="application/json")
     rows = stored(app)
-    assert [(r.outcome, r.body) for r in rows] == [("accepted", old_accepted), ("rejected", b'{"new": true}')]
+    assert [(r.outcome, r.body) for r in rows] == [
+        ("accepted", old_accepted),
+        ("rejected", b'{"new": true}'),
+    ]
     with again.app_context():
         db.engine.dispose()

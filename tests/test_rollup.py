@@ -1,18 +1,19 @@
 """The hourly analytics rollups: kept in step at ingest, equal to a rebuild, and giving the
 same report as reading every message."""
+
 import math
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import insert
 
-from analytics_data import T0, at, load_fixture
 from app import rollup
 from app.analytics_report import TimeRange, _latency_spans, report, rollup_plan
 from app.filters import MessageFilter
 from app.models import LatencyDay, LatencyHour, Message, OutcomeHour, db
-from timed_ingest import register, receipt, reply
+from support.analytics_data import T0, at, load_fixture
+from support.timed_ingest import receipt, register, reply
 
 
 def span(start: datetime, end: datetime) -> TimeRange:
@@ -26,12 +27,21 @@ WIDE = span(T0 - timedelta(minutes=40), T0 + timedelta(hours=4))
 
 def stored() -> tuple[dict, dict, dict]:
     """The rows of the three rollup tables that count something."""
-    outcomes = {tuple(getattr(r, c) for c in rollup.OUTCOME_KEY):
-                tuple(round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS)
-                for r in db.session.execute(db.select(OutcomeHour)).scalars() if r.n}
-    latency = [{tuple(getattr(r, c) for c in names): (r.n, r.low, r.high)
-                for r in db.session.execute(db.select(model)).scalars() if r.n}
-               for model, names, _ in rollup.LATENCY_TABLES]
+    outcomes = {
+        tuple(getattr(r, c) for c in rollup.OUTCOME_KEY): tuple(
+            round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS
+        )
+        for r in db.session.execute(db.select(OutcomeHour)).scalars()
+        if r.n
+    }
+    latency = [
+        {
+            tuple(getattr(r, c) for c in names): (r.n, r.low, r.high)
+            for r in db.session.execute(db.select(model)).scalars()
+            if r.n
+        }
+        for model, names, _ in rollup.LATENCY_TABLES
+    ]
     return outcomes, *latency
 
 
@@ -45,8 +55,11 @@ def test_rollups_kept_at_ingest_equal_a_rebuild(app):
         register(at(73), "B", "200")  # a late registration of a message first heard by receipt
         reply(at(74), "new", "900", "hello")  # a reply to an unknown message: pending
         kept = stored()
-        assert sum(v[0] for v in kept[0].values()) == db.session.execute(
-            db.select(db.func.count()).select_from(Message)).scalar() == 9
+        assert (
+            sum(v[0] for v in kept[0].values())
+            == db.session.execute(db.select(db.func.count()).select_from(Message)).scalar()
+            == 9
+        )
         written = rollup.rebuild()
         rebuilt = stored()
     assert written == sum(len(table) for table in rebuilt)
@@ -55,7 +68,9 @@ def test_rollups_kept_at_ingest_equal_a_rebuild(app):
     f_hour = (T0, "delivered", "delivered", 11001, False)
     assert [v for k, v in rebuilt[1].items() if k[:5] == f_hour] == [(1, 60.0, 60.0)]
     # The daily bins are the hourly ones summed per day: here one day.
-    assert {k[1:]: v[0] for k, v in rebuilt[2].items()} == {k[1:]: v[0] for k, v in rebuilt[1].items()}
+    assert {k[1:]: v[0] for k, v in rebuilt[2].items()} == {
+        k[1:]: v[0] for k, v in rebuilt[1].items()
+    }
 
 
 def test_report_over_whole_hours_matches_the_hand_numbers(app):
@@ -65,28 +80,68 @@ def test_report_over_whole_hours_matches_the_hand_numbers(app):
         assert (plan.first, plan.stop) == (T0, T0 + timedelta(hours=4))
         data = report(WIDE)
     # The fixture's numbers (see test_analytics) plus H: accepted, nothing else.
-    assert data["funnel"] == {"messages": 8, "pending": 1, "accepted": 7, "delivered": 3, "seen": 2,
-                              "failed": 2, "expired": 1}
+    assert data["funnel"] == {
+        "messages": 8,
+        "pending": 1,
+        "accepted": 7,
+        "delivered": 3,
+        "seen": 2,
+        "failed": 2,
+        "expired": 1,
+    }
     assert data["range"]["unit"] == "hour"
-    assert dict(zip(data["rates"]["labels"], data["rates"]["series"]["messages"])) == {
-        "2026-03-01 11:00": 1, "2026-03-01 12:00": 7, "2026-03-01 13:00": 0, "2026-03-01 14:00": 0,
-        "2026-03-01 15:00": 0, "2026-03-01 16:00": 0}
+    assert dict(
+        zip(data["rates"]["labels"], data["rates"]["series"]["messages"], strict=False)
+    ) == {
+        "2026-03-01 11:00": 1,
+        "2026-03-01 12:00": 7,
+        "2026-03-01 13:00": 0,
+        "2026-03-01 14:00": 0,
+        "2026-03-01 15:00": 0,
+        "2026-03-01 16:00": 0,
+    }
     delivered, seen = data["latency"]["delivered"], data["latency"]["seen"]
-    assert (delivered["count"], delivered["p50"], delivered["p90"], delivered["p99"]) == (3, 3.0, 30.0, 30.0)
+    assert (delivered["count"], delivered["p50"], delivered["p90"], delivered["p99"]) == (
+        3,
+        3.0,
+        30.0,
+        30.0,
+    )
     assert (seen["count"], seen["p50"], seen["p90"], seen["p99"]) == (2, 60.0, 119.0, 119.0)
     assert {b["label"]: b["count"] for b in delivered["histogram"] if b["count"]} == {
-        "< 1s": 1, "2s–5s": 1, "30s–1min": 1}
+        "< 1s": 1,
+        "2s–5s": 1,
+        "30s–1min": 1,
+    }
     assert [(f["status"], f["code"], f["count"]) for f in data["failures"]] == [
-        ("expired", 11003, 1), ("failed", 9002, 1), ("failed", 11000, 1)]
-    groups = {(g["currency"], g["rate_type"]): (g["messages"], g["local"], g["original"])
-              for g in data["cost"]["groups"]}
-    assert groups == {("EUR", "Promotional"): (1, 2.0, 0.3), ("USD", "Transactional"): (2, 2.0, 0.3)}
+        ("expired", 11003, 1),
+        ("failed", 9002, 1),
+        ("failed", 11000, 1),
+    ]
+    groups = {
+        (g["currency"], g["rate_type"]): (g["messages"], g["local"], g["original"])
+        for g in data["cost"]["groups"]
+    }
+    assert groups == {
+        ("EUR", "Promotional"): (1, 2.0, 0.3),
+        ("USD", "Transactional"): (2, 2.0, 0.3),
+    }
 
 
-FILTERS = [MessageFilter(), MessageFilter(status=("failed",)), MessageFilter(status=("pending", "seen")),
-           MessageFilter(code=9002), MessageFilter(anomaly=True), MessageFilter(status=("delivered",), anomaly=True)]
-RANGES = [WIDE, span(T0, T0 + timedelta(hours=5)), span(T0 + timedelta(minutes=30), T0 + timedelta(hours=6)),
-          span(T0 - timedelta(days=1), T0 + timedelta(days=9))]
+FILTERS = [
+    MessageFilter(),
+    MessageFilter(status=("failed",)),
+    MessageFilter(status=("pending", "seen")),
+    MessageFilter(code=9002),
+    MessageFilter(anomaly=True),
+    MessageFilter(status=("delivered",), anomaly=True),
+]
+RANGES = [
+    WIDE,
+    span(T0, T0 + timedelta(hours=5)),
+    span(T0 + timedelta(minutes=30), T0 + timedelta(hours=6)),
+    span(T0 - timedelta(days=1), T0 + timedelta(days=9)),
+]
 
 
 @pytest.mark.parametrize("flt", FILTERS, ids=lambda f: str(f.to_args()) or "none")
@@ -100,13 +155,21 @@ def test_rollups_and_messages_give_the_same_report(app, flt):
 
 
 def test_filters_the_rollups_cannot_answer_read_the_messages(app):
-    for flt in (MessageFilter(phone="79"), MessageFilter(q="abc"),
-                MessageFilter(date_from=T0.date()), MessageFilter(date_to=T0.date())):
+    for flt in (
+        MessageFilter(phone="79"),
+        MessageFilter(q="abc"),
+        MessageFilter(date_from=T0.date()),
+        MessageFilter(date_to=T0.date()),
+    ):
         assert rollup_plan(WIDE, flt) is None
     # Ranges shown per minute, and ranges without a whole hour inside.
     assert rollup_plan(span(T0, T0 + timedelta(hours=3)), MessageFilter()) is None
-    assert rollup_plan(span(T0 + timedelta(minutes=1), T0 + timedelta(hours=3, minutes=59)),
-                       MessageFilter()) is not None
+    assert (
+        rollup_plan(
+            span(T0 + timedelta(minutes=1), T0 + timedelta(hours=3, minutes=59)), MessageFilter()
+        )
+        is not None
+    )
 
 
 def test_bins_cover_every_value_and_keep_the_histogram_bars():
@@ -129,29 +192,48 @@ def test_percentiles_from_bins_are_within_two_percent_of_exact(app):
     """Many messages with spread-out latencies, loaded in bulk and rolled up by a rebuild:
     the rollups' percentiles are within 2 % of the exact ones, everything else equal."""
     rnd = random.Random(11)
-    start = datetime(2026, 4, 1, 5, tzinfo=timezone.utc)
+    start = datetime(2026, 4, 1, 5, tzinfo=UTC)
     rows = []
     for i in range(3000):
         created = start + timedelta(seconds=rnd.uniform(-1800, 3 * 86400 + 1800))
         accepted = created + timedelta(seconds=rnd.uniform(0.2, 2))
         delivered = accepted + timedelta(seconds=rnd.expovariate(1 / 8))
-        seen = delivered + timedelta(seconds=rnd.expovariate(1 / 900)) if rnd.random() < 0.6 else None
-        rows.append({"request_id": f"m{i}", "created_at": created, "last_activity_at": seen or delivered,
-                     "status": "seen" if seen else "delivered", "code": 11002 if seen else 11001,
-                     "accepted_at": accepted, "delivered_at": delivered, "seen_at": seen,
-                     "anomaly": False, "receipts_count": 3 if seen else 2, "replies_count": 0,
-                     "cost_currency": "USD", "cost_local_price": 0.012, "cost_original_price": 0.002,
-                     "cost_rate_type": "Transactional"})
+        seen = (
+            delivered + timedelta(seconds=rnd.expovariate(1 / 900)) if rnd.random() < 0.6 else None
+        )
+        rows.append(
+            {
+                "request_id": f"m{i}",
+                "created_at": created,
+                "last_activity_at": seen or delivered,
+                "status": "seen" if seen else "delivered",
+                "code": 11002 if seen else 11001,
+                "accepted_at": accepted,
+                "delivered_at": delivered,
+                "seen_at": seen,
+                "anomaly": False,
+                "receipts_count": 3 if seen else 2,
+                "replies_count": 0,
+                "cost_currency": "USD",
+                "cost_local_price": 0.012,
+                "cost_original_price": 0.002,
+                "cost_rate_type": "Transactional",
+            }
+        )
     with app.app_context():
         db.session.execute(insert(Message), rows)
         db.session.commit()
         rollup.rebuild()
         # Partial hours at both ends, whole hours around two whole days.
         rng = span(start - timedelta(minutes=30), start + timedelta(days=3, minutes=30))
-        spans = [(model, a, b) for model, _, a, b in _latency_spans(rollup_plan(rng, MessageFilter()))]
-        assert spans == [(LatencyDay, start + timedelta(hours=19), start + timedelta(days=2, hours=19)),
-                         (LatencyHour, start, start + timedelta(hours=19)),
-                         (LatencyHour, start + timedelta(days=2, hours=19), start + timedelta(days=3))]
+        spans = [
+            (model, a, b) for model, _, a, b in _latency_spans(rollup_plan(rng, MessageFilter()))
+        ]
+        assert spans == [
+            (LatencyDay, start + timedelta(hours=19), start + timedelta(days=2, hours=19)),
+            (LatencyHour, start, start + timedelta(hours=19)),
+            (LatencyHour, start + timedelta(days=2, hours=19), start + timedelta(days=3)),
+        ]
         rolled, exact = report(rng), report(rng, use_rollup=False)
     for kind in ("delivered", "seen"):
         a, b = rolled["latency"][kind], exact["latency"][kind]
@@ -176,8 +258,16 @@ def test_recount_command_rebuilds_the_rollups(app):
     assert f"{sum(len(table) for table in kept)} rollup rows" in result.output
 
 
-@pytest.mark.parametrize("flt", [MessageFilter(phone="10"), MessageFilter(phone="300", status=("failed",)),
-                                 MessageFilter(q="B"), MessageFilter(q="Z")], ids=lambda f: str(f.to_args()))
+@pytest.mark.parametrize(
+    "flt",
+    [
+        MessageFilter(phone="10"),
+        MessageFilter(phone="300", status=("failed",)),
+        MessageFilter(q="B"),
+        MessageFilter(q="Z"),
+    ],
+    ids=lambda f: str(f.to_args()),
+)
 def test_a_narrow_prefix_gives_the_same_report_whichever_index_is_used(app, monkeypatch, flt):
     from app import analytics_report
 

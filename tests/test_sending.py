@@ -1,5 +1,6 @@
 """Sending from a thread: the reply box, the session window and `viberwatch send`, against a
 local fake of NXCLOUD's send API over real HTTP."""
+
 import socket
 from datetime import timedelta
 
@@ -8,8 +9,8 @@ from sqlalchemy import func
 
 from app import outbound
 from app.models import Activity, Message, RawBody, Reply, SendAttempt, db, utcnow
-from conftest import post_json
-from fake_nxcloud import fake_nxcloud, nxcloud_config  # noqa: F401
+from support.bodies import post_json
+from support.fake_nxcloud import nxcloud_config
 
 PHONE = "79100000030"
 
@@ -20,9 +21,17 @@ def sending_config(app_config, fake_nxcloud):
 
 
 def user_writes(client, phone=PHONE, text="Can I change the time?", trace="a" * 32):
-    response = post_json(client, "/webhooks/viber/message", {
-        "phone": phone, "appkey": "FakeApp1", "traceRequestId": trace, "message": {"text": text},
-        "sendTime": "2024-06-03 17:00:00"})
+    response = post_json(
+        client,
+        "/webhooks/viber/message",
+        {
+            "phone": phone,
+            "appkey": "FakeApp1",
+            "traceRequestId": trace,
+            "message": {"text": text},
+            "sendTime": "2024-06-03 17:00:00",
+        },
+    )
     assert response.status_code == 200
 
 
@@ -33,11 +42,15 @@ def send(client, text, phone=PHONE, htmx=True, **form):
 
 def attempts(app):
     with app.app_context():
-        return [(a.outcome, a.error_code, a.error_kind, a.request_id) for a in
-                db.session.execute(db.select(SendAttempt).order_by(SendAttempt.id)).scalars()]
+        return [
+            (a.outcome, a.error_code, a.error_kind, a.request_id)
+            for a in db.session.execute(db.select(SendAttempt).order_by(SendAttempt.id)).scalars()
+        ]
 
 
-def test_a_reply_is_sent_registered_and_shown_in_the_thread(sending_config, app, client, fake_nxcloud):
+def test_a_reply_is_sent_registered_and_shown_in_the_thread(
+    sending_config, app, client, fake_nxcloud
+):
     user_writes(client)
     response = send(client, "Yes, <b>tomorrow</b> at 10")
     html = response.get_data(as_text=True)
@@ -45,29 +58,52 @@ def test_a_reply_is_sent_registered_and_shown_in_the_thread(sending_config, app,
     request_id = fake_nxcloud.sent[0]["requestId"]
     assert f"Sent · requestId <code>{request_id}</code>" in html
     assert fake_nxcloud.sent[0]["phone"] == PHONE
-    assert fake_nxcloud.sent[0]["messageData"] == {"rateType": "Session", "text": "Yes, <b>tomorrow</b> at 10"}
+    assert fake_nxcloud.sent[0]["messageData"] == {
+        "rateType": "Session",
+        "text": "Yes, <b>tomorrow</b> at 10",
+    }
     assert attempts(app) == [("sent", 0, None, request_id)]
     with app.app_context():
         assert db.session.execute(db.select(SendAttempt.user)).scalar_one() == "operator"
         m = db.session.get(Message, request_id)
-        assert (m.phone, m.text, m.function_type, m.appkey) == (PHONE, "Yes, <b>tomorrow</b> at 10", "text", "FakeApp1")
+        assert (m.phone, m.text, m.function_type, m.appkey) == (
+            PHONE,
+            "Yes, <b>tomorrow</b> at 10",
+            "text",
+            "FakeApp1",
+        )
         assert m.registered_at is not None and m.status is None
-        raw = db.session.execute(db.select(RawBody).where(RawBody.request_id == request_id)).scalar_one()
+        raw = db.session.execute(
+            db.select(RawBody).where(RawBody.request_id == request_id)
+        ).scalar_one()
         assert (raw.endpoint, raw.outcome) == ("register", "accepted")
-        assert db.session.execute(db.select(func.count()).where(
-            Activity.kind == "register", Activity.request_id == request_id)).scalar() == 1
+        assert (
+            db.session.execute(
+                db.select(func.count()).where(
+                    Activity.kind == "register", Activity.request_id == request_id
+                )
+            ).scalar()
+            == 1
+        )
     thread = client.get(f"/conversations/{PHONE}").get_data(as_text=True)
     assert f'id="thread-msg-{request_id}" data-status="pending"' in thread
     assert "Yes, &lt;b&gt;tomorrow&lt;/b&gt; at 10" in thread and "<b>tomorrow" not in thread
     # Its receipts land on the same thread entry.
-    receipt = {"status": "delivered", "requestId": request_id, "code": 11001,
-               "message": "Viber message has delivered", "sendTime": "2024-06-03 17:01:00"}
+    receipt = {
+        "status": "delivered",
+        "requestId": request_id,
+        "code": 11001,
+        "message": "Viber message has delivered",
+        "sendTime": "2024-06-03 17:01:00",
+    }
     assert post_json(client, "/webhooks/viber/dr", receipt).status_code == 200
     thread = client.get(f"/conversations/{PHONE}").get_data(as_text=True)
     assert f'id="thread-msg-{request_id}" data-status="delivered"' in thread
 
 
-def test_without_htmx_the_form_redirects_back_to_the_thread(sending_config, app, client, fake_nxcloud):
+def test_without_htmx_the_form_redirects_back_to_the_thread(
+    sending_config, app, client, fake_nxcloud
+):
     user_writes(client)
     response = send(client, "hello", htmx=False)
     assert response.status_code == 303
@@ -75,14 +111,18 @@ def test_without_htmx_the_form_redirects_back_to_the_thread(sending_config, app,
     assert len(fake_nxcloud.sent) == 1
 
 
-@pytest.mark.parametrize("code, meaning, solution", [
-    (1102, "Insufficient balance", "recharge"),
-    (-1, "Failure", "try again"),
-    (1005, "Insufficient permissions", "permissions"),
-    (9002, "Phone number error", "check the correctness of the number"),
-])
+@pytest.mark.parametrize(
+    "code, meaning, solution",
+    [
+        (1102, "Insufficient balance", "recharge"),
+        (-1, "Failure", "try again"),
+        (1005, "Insufficient permissions", "permissions"),
+        (9002, "Phone number error", "check the correctness of the number"),
+    ],
+)
 def test_an_nxcloud_error_is_shown_with_meaning_and_solution_and_kept(
-        sending_config, app, client, fake_nxcloud, code, meaning, solution):
+    sending_config, app, client, fake_nxcloud, code, meaning, solution
+):
     user_writes(client)
     fake_nxcloud.next_codes.append(code)
     html = send(client, "hello").get_data(as_text=True)
@@ -90,8 +130,14 @@ def test_an_nxcloud_error_is_shown_with_meaning_and_solution_and_kept(
     assert meaning in html and solution in html
     assert attempts(app) == [("failed", code, "nxcloud", None)]
     with app.app_context():
-        assert db.session.execute(db.select(func.count()).select_from(Message)
-                                  .where(Message.registered_at.is_not(None))).scalar() == 0
+        assert (
+            db.session.execute(
+                db.select(func.count())
+                .select_from(Message)
+                .where(Message.registered_at.is_not(None))
+            ).scalar()
+            == 0
+        )
     # The failed send stays visible in the thread.
     thread = client.get(f"/conversations/{PHONE}").get_data(as_text=True)
     assert 'id="failed-sends"' in thread and f"code {code}: {meaning}" in thread
@@ -134,11 +180,16 @@ def test_missing_settings_are_named(app, client):
     assert attempts(app) == [("failed", None, "config", None)]
 
 
-def test_an_empty_text_is_refused_before_anything_is_sent(sending_config, app, client, fake_nxcloud):
+def test_an_empty_text_is_refused_before_anything_is_sent(
+    sending_config, app, client, fake_nxcloud
+):
     response = send(client, "   ")
     # htmx swaps only 2xx answers, so the box with its error comes back as 200.
     assert response.status_code == 200
-    assert '<p class="send-result send-error" role="alert">text: must not be empty</p>' in response.get_data(as_text=True)
+    assert (
+        '<p class="send-result send-error" role="alert">text: must not be empty</p>'
+        in response.get_data(as_text=True)
+    )
     plain = send(client, "   ", htmx=False)
     assert plain.status_code == 422 and "text: must not be empty" in plain.get_data(as_text=True)
     assert fake_nxcloud.calls == [] and attempts(app) == []
@@ -174,17 +225,44 @@ def test_five_in_a_row_then_a_warning(sending_config, app, client, fake_nxcloud)
 
 
 def add_reply(phone, at, n):
-    raw = RawBody(endpoint="message", received_at=at, content_type="application/json", body=b"{}",
-                  outcome="accepted", http_status=200)
+    raw = RawBody(
+        endpoint="message",
+        received_at=at,
+        content_type="application/json",
+        body=b"{}",
+        outcome="accepted",
+        http_status=200,
+    )
     db.session.add(raw)
     db.session.flush()
-    db.session.add(Reply(raw_id=raw.id, content_hash=f"h{n}", phone=phone, appkey="a", trace_request_id="t",
-                         text="hi", send_time_raw="2024-01-01 00:00:00", send_time=at, received_at=at))
+    db.session.add(
+        Reply(
+            raw_id=raw.id,
+            content_hash=f"h{n}",
+            phone=phone,
+            appkey="a",
+            trace_request_id="t",
+            text="hi",
+            send_time_raw="2024-01-01 00:00:00",
+            send_time=at,
+            received_at=at,
+        )
+    )
 
 
 def add_sent(phone, at, n):
-    db.session.add(Message(request_id=f"r{n}", phone=phone, registered_at=at, created_at=at,
-                           last_activity_at=at, anomaly=False, receipts_count=0, replies_count=0))
+    db.session.add(
+        Message(
+            request_id=f"r{n}",
+            phone=phone,
+            registered_at=at,
+            created_at=at,
+            last_activity_at=at,
+            anomaly=False,
+            receipts_count=0,
+            replies_count=0,
+        )
+    )
 
 
 def test_the_window_closes_24_hours_after_the_last_reply_and_a_session_holds_60(app):
@@ -204,8 +282,14 @@ def test_the_window_closes_24_hours_after_the_last_reply_and_a_session_holds_60(
         assert window.open and window.started_at == now - timedelta(hours=40)
         assert window.closes_at == now + timedelta(hours=4)
         assert (window.sent_in_session, window.consecutive) == (60, 2)
-        assert (window.remaining_session, window.remaining_consecutive, window.remaining) == (0, 3, 0)
-        assert window.warnings() == ["60 messages were sent in this session; at most 60 are allowed."]
+        assert (window.remaining_session, window.remaining_consecutive, window.remaining) == (
+            0,
+            3,
+            0,
+        )
+        assert window.warnings() == [
+            "60 messages were sent in this session; at most 60 are allowed."
+        ]
         later = outbound.session_window(PHONE, now + timedelta(hours=4))
         assert not later.open and later.remaining == 0
         assert "24-hour session window closed" in later.warnings()[0]
@@ -226,8 +310,12 @@ def test_send_command(sending_config, app, client, fake_nxcloud):
     assert [a[0] for a in attempts(app)] == ["sent", "failed"]
 
 
-def test_sending_needs_a_login_and_the_csrf_token(sending_config, app, client, anon_client, fake_nxcloud):
-    anonymous = anon_client.post(f"/conversations/{PHONE}/send", data={"text": "hello", "confirm": "1"})
+def test_sending_needs_a_login_and_the_csrf_token(
+    sending_config, app, client, anon_client, fake_nxcloud
+):
+    anonymous = anon_client.post(
+        f"/conversations/{PHONE}/send", data={"text": "hello", "confirm": "1"}
+    )
     assert anonymous.status_code == 302 and anonymous.headers["Location"].startswith("/login")
     del client.environ_base["HTTP_X_CSRFTOKEN"]
     forged = client.post(f"/conversations/{PHONE}/send", data={"text": "hello", "confirm": "1"})

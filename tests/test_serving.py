@@ -2,6 +2,7 @@
 ones are cut off with 408, and every ordinary way a request arrives (in pieces, chunked,
 after 100-continue, pipelined on a kept-alive connection, larger than the read-ahead) is
 still served. Through real sockets against the real gunicorn command."""
+
 import json
 import re
 import socket
@@ -13,8 +14,8 @@ import httpx
 import pytest
 
 from app.models import RawBody, db
-from conftest import fixture_bytes
-from servers import production_server
+from support.fixtures import fixture_bytes
+from support.servers import production_server
 
 BODY = fixture_bytes("dr_seen")
 
@@ -22,11 +23,16 @@ BODY = fixture_bytes("dr_seen")
 @pytest.fixture
 def serve(app, app_config, tmp_path):
     """The production command, one worker with two threads, on the test's database."""
+
     def start(**env):
-        base = {"DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
-                "VIBERWATCH_SECRET_KEY": app_config["SECRET_KEY"], "WEB_CONCURRENCY": "1",
-                "GUNICORN_THREADS": "2"}
+        base = {
+            "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
+            "VIBERWATCH_SECRET_KEY": app_config["SECRET_KEY"],
+            "WEB_CONCURRENCY": "1",
+            "GUNICORN_THREADS": "2",
+        }
         return production_server({**base, **env}, tmp_path / "gunicorn.log", unset=("REDIS_URL",))
+
     return start
 
 
@@ -36,8 +42,10 @@ def connect(url: str) -> socket.socket:
 
 
 def head(length: int, extra: str = "") -> bytes:
-    return (f"POST /webhooks/viber/dr HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\n{extra}\r\n").encode()
+    return (
+        f"POST /webhooks/viber/dr HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n{extra}\r\n"
+    ).encode()
 
 
 def answer(sock: socket.socket) -> bytes:
@@ -47,7 +55,7 @@ def answer(sock: socket.socket) -> bytes:
     while True:
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return data
         if not chunk:
             return data
@@ -73,7 +81,7 @@ class Trickle:
         for i in range(len(text)):
             for s in self.sockets:
                 try:
-                    s.send(text[i:i + 1])
+                    s.send(text[i : i + 1])
                 except OSError:
                     pass
             if self.stop.wait(self.every):
@@ -101,8 +109,12 @@ def test_slow_clients_hold_no_thread(serve, worker):
         time.sleep(1)  # every slow connection has sent some bytes
         try:
             health = httpx.get(url + "/healthz", timeout=5).status_code
-            webhook = httpx.post(url + "/webhooks/viber/dr", content=BODY, timeout=5,
-                                 headers={"Content-Type": "application/json"}).status_code
+            webhook = httpx.post(
+                url + "/webhooks/viber/dr",
+                content=BODY,
+                timeout=5,
+                headers={"Content-Type": "application/json"},
+            ).status_code
         except httpx.TimeoutException:
             health = webhook = None
     if worker == "configured":
@@ -139,18 +151,20 @@ def test_requests_arriving_in_every_ordinary_way_are_served(app, serve):
         sock = connect(url)
         whole = head(len(BODY), "Connection: close\r\n") + BODY
         for i in range(0, len(whole), 40):
-            sock.sendall(whole[i:i + 40])
+            sock.sendall(whole[i : i + 40])
             time.sleep(0.02)
         assert status_lines(answer(sock)) == [b"HTTP/1.1 200 OK"]
         sock.close()
 
         # Chunked, in pieces.
         sock = connect(url)
-        sock.sendall(b"POST /webhooks/viber/dr HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            b"POST /webhooks/viber/dr HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
         body = json.dumps({**json.loads(BODY), "requestId": "chunked-1"}).encode()
         for i in range(0, len(body), 50):
-            piece = body[i:i + 50]
+            piece = body[i : i + 50]
             sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             time.sleep(0.02)
         sock.sendall(b"0\r\n\r\n")
@@ -175,7 +189,9 @@ def test_requests_arriving_in_every_ordinary_way_are_served(app, serve):
 
         # A body longer than the read-ahead (1 KiB here): its thread reads the rest.
         big = json.dumps({**json.loads(BODY), "requestId": "big-1", "padding": "p" * 5000}).encode()
-        response = httpx.post(url + "/webhooks/viber/dr", content=big, headers={"Content-Type": "application/json"})
+        response = httpx.post(
+            url + "/webhooks/viber/dr", content=big, headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 200
     with app.app_context():
         ids = set(db.session.execute(db.select(RawBody.request_id)).scalars())

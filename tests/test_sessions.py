@@ -6,8 +6,8 @@ import pytest
 import websocket
 
 from app.models import RawBody, UserSession, db, utcnow
-from conftest import TEST_PASSWORD, TEST_USER, create_test_user, log_in
-from live_client import LiveClient
+from support.accounts import TEST_PASSWORD, TEST_USER, create_test_user, log_in
+from support.live_client import LiveClient
 from test_auth import ws_handshake
 
 COOKIE = "viberwatch_session"
@@ -33,7 +33,13 @@ def reach(app, cookie: str, base_url: str) -> dict:
     }
 
 
-OPEN = {"page": 200, "export": 200, "api": 404, "reprocess": 400, "socket": 101}  # 400: no CSRF token
+OPEN = {
+    "page": 200,
+    "export": 200,
+    "api": 404,
+    "reprocess": 400,
+    "socket": 101,
+}  # 400: no CSRF token
 ENDED = {"page": 302, "export": 302, "api": 401, "reprocess": 302, "socket": 401}
 
 

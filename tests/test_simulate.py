@@ -1,4 +1,5 @@
 """The simulator: a reproducible script, played over real HTTP against a live viberwatch."""
+
 import hashlib
 import json
 import socket
@@ -33,7 +34,9 @@ def test_script_plays_the_real_platform_irregularities():
     assert notes["duplicate"] and notes["early-seen"] and notes["retry"] and notes["late-register"]
     assert set(script.outcomes()) == {"seen", "delivered", "failed", "expired", "success"}
     assert script.outcomes()["seen"] > script.outcomes()["expired"]
-    failed_codes = {d["code"] for m in script.messages for d in m.receipt_bodies if d["status"] == "failed"}
+    failed_codes = {
+        d["code"] for m in script.messages for d in m.receipt_bodies if d["status"] == "failed"
+    }
     assert {1102, 11000} <= failed_codes
     for m in script.messages:
         kinds = [e.kind for e in m.events]
@@ -64,11 +67,15 @@ def test_signed_request_carries_the_documented_signature():
     if event.kind == "register":
         assert "sign" not in headers and params == {}
         return
-    assert url == "http://example.test" + ("/webhooks/viber/dr" if event.kind == "dr"
-                                           else "/webhooks/viber/message")
+    assert url == "http://example.test" + (
+        "/webhooks/viber/dr" if event.kind == "dr" else "/webhooks/viber/message"
+    )
     assert params == {"token": "t0k"}
-    plain = (f"accessKey=ak&action={headers['action']}&bizType=7&ts=1700000000000&body=".encode()
-             + event.body + b"&accessSecret=s3")
+    plain = (
+        f"accessKey=ak&action={headers['action']}&bizType=7&ts=1700000000000&body=".encode()
+        + event.body
+        + b"&accessSecret=s3"
+    )
     assert headers["sign"] == hashlib.md5(plain).hexdigest()
     assert headers["accessKey"] == "ak" and headers["ts"] == "1700000000000"
 
@@ -80,10 +87,26 @@ def test_every_message_ends_in_the_state_its_script_intended(app, live_server, a
     assert summary.sent == summary.answered_2xx == len(script.events)
     with app.app_context():
         # Every column that does not depend on when a body arrived is as the script intends.
-        timeless = ("phone", "text", "appkey", "function_type", "status", "code", "code_message",
-                    "send_time_raw", "send_time", "cost_currency", "cost_local_price", "cost_original_price",
-                    "cost_rate_type", "anomalies", "anomaly", "receipts_count", "replies_count",
-                    "last_reply_text")
+        timeless = (
+            "phone",
+            "text",
+            "appkey",
+            "function_type",
+            "status",
+            "code",
+            "code_message",
+            "send_time_raw",
+            "send_time",
+            "cost_currency",
+            "cost_local_price",
+            "cost_original_price",
+            "cost_rate_type",
+            "anomalies",
+            "anomaly",
+            "receipts_count",
+            "replies_count",
+            "last_reply_text",
+        )
         for m in script.messages:
             intended = m.intended_columns()
             row = db.session.get(Message, m.request_id)
@@ -92,16 +115,33 @@ def test_every_message_ends_in_the_state_its_script_intended(app, live_server, a
             assert (row.phone, row.text, row.anomaly) == (m.phone, m.text, False)
             assert row.replies_count == sum(1 for e in m.events if e.kind == "message")
         # The summary's counts are the database's counts.
-        kept = dict(db.session.execute(db.select(RawBody.endpoint, func.count()).group_by(RawBody.endpoint)).all())
-        assert kept == {k: n for k, n in (("dr", script.count("dr")), ("message", script.count("message")),
-                                           ("register", script.count("register"))) if n}
-        answered = db.session.execute(db.select(func.count()).where(RawBody.http_status < 300)).scalar()
+        kept = dict(
+            db.session.execute(
+                db.select(RawBody.endpoint, func.count()).group_by(RawBody.endpoint)
+            ).all()
+        )
+        assert kept == {
+            k: n
+            for k, n in (
+                ("dr", script.count("dr")),
+                ("message", script.count("message")),
+                ("register", script.count("register")),
+            )
+            if n
+        }
+        answered = db.session.execute(
+            db.select(func.count()).where(RawBody.http_status < 300)
+        ).scalar()
         assert answered == summary.answered_2xx
         assert dict(summary.answered_by_kind) == {k: n for k, n in kept.items()}
         distinct_dr = {e.body for e in script.events if e.kind == "dr"}
         assert db.session.execute(db.select(func.count(Receipt.id))).scalar() == len(distinct_dr)
-        assert db.session.execute(db.select(func.sum(Receipt.times_received))).scalar() == script.count("dr")
-        assert db.session.execute(db.select(func.count(Reply.id))).scalar() == script.count("message")
+        assert db.session.execute(
+            db.select(func.sum(Receipt.times_received))
+        ).scalar() == script.count("dr")
+        assert db.session.execute(db.select(func.count(Reply.id))).scalar() == script.count(
+            "message"
+        )
         assert db.session.execute(db.select(func.count()).select_from(Message)).scalar() == 60
 
 
@@ -110,22 +150,35 @@ def test_replaying_a_seed_repeats_the_same_bodies_and_changes_no_state(app, live
     target = Target(live_server.url, api_token=api_token)
     run(script, target, concurrency=4)
     with app.app_context():
-        before = {m.request_id: (m.status, m.code, m.phone) for m in
-                  db.session.execute(db.select(Message)).scalars()}
-        raw_before = [json.loads(b) for b in db.session.execute(
-            db.select(RawBody.body).order_by(RawBody.id)).scalars()]
+        before = {
+            m.request_id: (m.status, m.code, m.phone)
+            for m in db.session.execute(db.select(Message)).scalars()
+        }
+        raw_before = [
+            json.loads(b)
+            for b in db.session.execute(db.select(RawBody.body).order_by(RawBody.id)).scalars()
+        ]
     again = run(fast_script(5, 25), target, concurrency=4)
     assert again.answered_2xx == len(script.events)
     with app.app_context():
-        after = {m.request_id: (m.status, m.code, m.phone) for m in
-                 db.session.execute(db.select(Message)).scalars()}
-        raw_after = [json.loads(b) for b in db.session.execute(
-            db.select(RawBody.body).order_by(RawBody.id)).scalars()]
-        outcomes = Counter(db.session.execute(
-            db.select(RawBody.outcome).where(RawBody.id > len(raw_before))).scalars())
+        after = {
+            m.request_id: (m.status, m.code, m.phone)
+            for m in db.session.execute(db.select(Message)).scalars()
+        }
+        raw_after = [
+            json.loads(b)
+            for b in db.session.execute(db.select(RawBody.body).order_by(RawBody.id)).scalars()
+        ]
+        outcomes = Counter(
+            db.session.execute(
+                db.select(RawBody.outcome).where(RawBody.id > len(raw_before))
+            ).scalars()
+        )
     assert after == before and len(after) == 25
     # The second run pushed the very same bodies; every one was a repeat.
-    assert sorted(map(json.dumps, raw_after[len(raw_before):])) == sorted(map(json.dumps, raw_before))
+    assert sorted(map(json.dumps, raw_after[len(raw_before) :])) == sorted(
+        map(json.dumps, raw_before)
+    )
     assert outcomes == Counter({"duplicate": len(script.events)})
 
 
@@ -134,7 +187,9 @@ def test_refused_and_unreachable_requests_are_counted(app, live_server):
     wrong = run(script, Target(live_server.url + "/nowhere"), concurrency=4)
     assert wrong.refused == wrong.sent == len(script.events) and wrong.answered_2xx == 0
     # Unknown paths: 404, or 401 where the login requirement answers first.
-    assert sum(n for status, n in wrong.statuses.items() if status in (401, 404)) == len(script.events)
+    assert sum(n for status, n in wrong.statuses.items() if status in (401, 404)) == len(
+        script.events
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
@@ -144,9 +199,24 @@ def test_refused_and_unreachable_requests_are_counted(app, live_server):
 
 
 def test_simulate_command_prints_a_summary(app, live_server, api_token):
-    result = app.test_cli_runner().invoke(args=[
-        "simulate", "--url", live_server.url, "--messages", "12", "--rate", "100", "--speed", "100",
-        "--seed", "4", "--quiet", "--api-token", api_token])
+    result = app.test_cli_runner().invoke(
+        args=[
+            "simulate",
+            "--url",
+            live_server.url,
+            "--messages",
+            "12",
+            "--rate",
+            "100",
+            "--speed",
+            "100",
+            "--seed",
+            "4",
+            "--quiet",
+            "--api-token",
+            api_token,
+        ]
+    )
     assert result.exit_code == 0, result.output
     planned = len(build_script(4, 12).events)
     assert "seed 4: 12 messages" in result.output
@@ -160,13 +230,22 @@ def test_simulate_command_prints_a_summary(app, live_server, api_token):
 
 @pytest.fixture
 def authenticated_webhooks(app_config):
-    app_config.update(WEBHOOK_TOKEN="url-secret", WEBHOOK_SIGN_ACCESS_KEY="ak1", WEBHOOK_SIGN_SECRET="sk1")
+    app_config.update(
+        WEBHOOK_TOKEN="url-secret", WEBHOOK_SIGN_ACCESS_KEY="ak1", WEBHOOK_SIGN_SECRET="sk1"
+    )
 
 
-def test_signed_webhooks_with_a_url_token_are_accepted(authenticated_webhooks, app, live_server, api_token):
+def test_signed_webhooks_with_a_url_token_are_accepted(
+    authenticated_webhooks, app, live_server, api_token
+):
     script = fast_script(13, 10)
-    good = run(script, Target(live_server.url, token="url-secret", access_key="ak1", secret="sk1",
-                              api_token=api_token), concurrency=4)
+    good = run(
+        script,
+        Target(
+            live_server.url, token="url-secret", access_key="ak1", secret="sk1", api_token=api_token
+        ),
+        concurrency=4,
+    )
     assert good.answered_2xx == len(script.events) and good.refused == 0
     # Without the credentials every webhook call is refused, and counted as such.
     bare = run(fast_script(14, 10), Target(live_server.url, api_token=api_token), concurrency=4)
@@ -174,7 +253,8 @@ def test_signed_webhooks_with_a_url_token_are_accepted(authenticated_webhooks, a
     assert bare.refused == webhook_calls and bare.statuses[401] == webhook_calls
     with app.app_context():
         refused = db.session.execute(
-            db.select(func.count()).where(RawBody.outcome == "refused")).scalar()
+            db.select(func.count()).where(RawBody.outcome == "refused")
+        ).scalar()
     assert refused == webhook_calls
 
 
@@ -202,44 +282,72 @@ def test_the_played_send_api_answers_sends_and_pushes_their_receipts(app, live_s
         state["stop"], state["loop"] = stop, asyncio.get_running_loop()
 
         def on_start(player):
-            api = PlayedSendApi("127.0.0.1", 0, lambda events: player.loop.call_soon_threadsafe(
-                player.play_later, events), access_key="ak", secret="sk", seed=3, speed=50)
+            api = PlayedSendApi(
+                "127.0.0.1",
+                0,
+                lambda events: player.loop.call_soon_threadsafe(player.play_later, events),
+                access_key="ak",
+                secret="sk",
+                seed=3,
+                speed=50,
+            )
             state["api"] = api.start()
             ready.set()
 
         async def then(player):
             await stop.wait()
 
-        state["summary"] = await play(build_script(0, 0), Target(live_server.url), on_start=on_start, then=then)
+        state["summary"] = await play(
+            build_script(0, 0), Target(live_server.url), on_start=on_start, then=then
+        )
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
     thread.start()
     assert ready.wait(10)
     api = state["api"]
     try:
-        app.config.update(NXCLOUD_BASE_URL=api.url, NXCLOUD_ACCESS_KEY="ak", NXCLOUD_ACCESS_SECRET="sk",
-                          NXCLOUD_APPKEY="DemoApp")
-        wrong = nxcloud.send_text(nxcloud.Settings(base_url=api.url, access_key="ak", access_secret="nope",
-                                                   appkey="DemoApp"), "79100000001", "hi")
+        app.config.update(
+            NXCLOUD_BASE_URL=api.url,
+            NXCLOUD_ACCESS_KEY="ak",
+            NXCLOUD_ACCESS_SECRET="sk",
+            NXCLOUD_APPKEY="DemoApp",
+        )
+        wrong = nxcloud.send_text(
+            nxcloud.Settings(
+                base_url=api.url, access_key="ak", access_secret="nope", appkey="DemoApp"
+            ),
+            "79100000001",
+            "hi",
+        )
         assert (wrong.code, wrong.reason) == (1003, "Invalid signature")
         for n in range(3):
             assert "Sent · requestId" in client.post(
-                "/conversations/79100000001/send", data={"text": f"hello {n}", "confirm": "1"},
-                headers={"HX-Request": "true"}).get_data(as_text=True)
+                "/conversations/79100000001/send",
+                data={"text": f"hello {n}", "confirm": "1"},
+                headers={"HX-Request": "true"},
+            ).get_data(as_text=True)
         assert len(api.played) == 3
         deadline = time.monotonic() + 30
         with app.app_context():
             for events in api.played:
                 request_id = events[0].request_id
-                intended = ScriptedMessage(request_id, "79100000001", "", "", True, events).intended_columns()
+                intended = ScriptedMessage(
+                    request_id, "79100000001", "", "", True, events
+                ).intended_columns()
                 while True:
                     db.session.expire_all()
                     row = db.session.get(Message, request_id)
-                    if (row.receipts_count, row.status) == (sum(e.kind == "dr" for e in events), intended["status"]) \
-                            or time.monotonic() > deadline:
+                    if (row.receipts_count, row.status) == (
+                        sum(e.kind == "dr" for e in events),
+                        intended["status"],
+                    ) or time.monotonic() > deadline:
                         break
                     time.sleep(0.05)
-                assert (row.phone, row.status, row.code) == ("79100000001", intended["status"], intended["code"])
+                assert (row.phone, row.status, row.code) == (
+                    "79100000001",
+                    intended["status"],
+                    intended["code"],
+                )
     finally:
         state["loop"].call_soon_threadsafe(state["stop"].set)
         thread.join(10)
@@ -247,7 +355,9 @@ def test_the_played_send_api_answers_sends_and_pushes_their_receipts(app, live_s
     assert state["summary"].answered_2xx == sum(len(events) for events in api.played)
 
 
-def test_an_interrupted_run_reports_its_real_duration_and_rate(app, live_server, api_token, tmp_path):
+def test_an_interrupted_run_reports_its_real_duration_and_rate(
+    app, live_server, api_token, tmp_path
+):
     """Ctrl-C ends the run early; the summary still says how long it ran and at what rate."""
     import os
     import re
@@ -257,15 +367,39 @@ def test_an_interrupted_run_reports_its_real_duration_and_rate(app, live_server,
     import time
     from pathlib import Path
 
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", "VIBERWATCH_SECRET_KEY": "cli"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "viberwatch"), "simulate", "--url", live_server.url,
-                             "--messages", "400", "--rate", "4", "--seed", "5", "--quiet", "--api-token", api_token],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
+        "VIBERWATCH_SECRET_KEY": "cli",
+    }
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "viberwatch"),
+            "simulate",
+            "--url",
+            live_server.url,
+            "--messages",
+            "400",
+            "--rate",
+            "4",
+            "--seed",
+            "5",
+            "--quiet",
+            "--api-token",
+            api_token,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         with app.app_context():
             while db.session.execute(db.select(func.count()).select_from(RawBody)).scalar() < 5:
-                assert time.monotonic() < deadline and proc.poll() is None, "the simulator sends nothing"
+                assert time.monotonic() < deadline and proc.poll() is None, (
+                    "the simulator sends nothing"
+                )
                 db.session.remove()
                 time.sleep(0.1)
         time.sleep(1.5)

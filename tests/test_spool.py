@@ -1,25 +1,25 @@
 """While the database is away, bodies wait durably in the spool and are answered; once it is
 back they are applied in arrival order, each exactly once, whatever stops in between."""
-import json
+
 import os
 import random
-import shutil
 import signal
 import sqlite3
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from app import ingest, spool
 from app.models import Message, RawBody, SpoolMark, db
-from servers import production_process, worker_pids
-from tcp_proxy import Proxy
+from app.records import ingest, spool
+from support.servers import production_process, worker_pids
+from support.tcp_proxy import Proxy
+from support.wait import until
 from test_ingest_engine import assert_consistent, receipt, reply
 
 
@@ -33,19 +33,29 @@ class Outage:
         self.lock = None
         if self.url.get_backend_name() == "postgresql":
             self.proxy = Proxy(self.url.host or "127.0.0.1", self.url.port or 5432).start()
-            self.app_url = self.url.set(host="127.0.0.1", port=self.proxy.port).render_as_string(hide_password=False)
+            self.app_url = self.url.set(host="127.0.0.1", port=self.proxy.port).render_as_string(
+                hide_password=False
+            )
         else:
             self.app_url = database_url
 
     @property
     def config(self) -> dict:
-        return {"SQLALCHEMY_DATABASE_URI": self.app_url, "SQLITE_BUSY_TIMEOUT": 0.3,
-                "DATABASE_CONNECT_TIMEOUT": 2, "SPOOL_RETRY_SECONDS": 0.2}
+        return {
+            "SQLALCHEMY_DATABASE_URI": self.app_url,
+            "SQLITE_BUSY_TIMEOUT": 0.3,
+            "DATABASE_CONNECT_TIMEOUT": 2,
+            "SPOOL_RETRY_SECONDS": 0.2,
+        }
 
     @property
     def env(self) -> dict:
-        return {"DATABASE_URL": self.app_url, "VIBERWATCH_SQLITE_BUSY_TIMEOUT": "0.3",
-                "VIBERWATCH_DATABASE_CONNECT_TIMEOUT": "2", "VIBERWATCH_SPOOL_RETRY_SECONDS": "0.2"}
+        return {
+            "DATABASE_URL": self.app_url,
+            "VIBERWATCH_SQLITE_BUSY_TIMEOUT": "0.3",
+            "VIBERWATCH_DATABASE_CONNECT_TIMEOUT": "2",
+            "VIBERWATCH_SPOOL_RETRY_SECONDS": "0.2",
+        }
 
     def begin(self) -> None:
         if self.proxy is not None:
@@ -77,13 +87,6 @@ def outage(database_url, app_config):
     o.close()
 
 
-def wait_until(condition, seconds: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting: {what}"
-        time.sleep(0.05)
-
-
 def count_raw(app) -> int:
     with app.app_context():
         try:
@@ -102,26 +105,44 @@ def marks(app) -> int:
 
 def assert_each_spooled_once(app, expected: int) -> None:
     # A drained file's mark goes right after the file itself.
-    wait_until(lambda: marks(app) == 0, 10, "the drained files' marks to go")
+    until(lambda: marks(app) == 0, 10, "the drained files' marks to go")
     with app.app_context():
-        refs = Counter(db.session.execute(db.select(RawBody.spooled).where(RawBody.spooled.is_not(None))).scalars())
+        refs = Counter(
+            db.session.execute(
+                db.select(RawBody.spooled).where(RawBody.spooled.is_not(None))
+            ).scalars()
+        )
         assert sum(refs.values()) == expected and set(refs.values()) <= {1}, refs.most_common(3)
         db.session.remove()
 
 
 # --- the spool file -------------------------------------------------------------------------------
 
+
 def test_a_record_cut_short_by_a_crash_is_not_read(tmp_path):
     f = spool.SpoolFile(tmp_path)
-    at = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
-    f.append([("dr", at, "application/json", {"content-type": "application/json"}, "10.0.0.1", b'{"a": 1}'),
-              ("message", at, None, {}, None, b"\x00\xff binary")])
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    f.append(
+        [
+            (
+                "dr",
+                at,
+                "application/json",
+                {"content-type": "application/json"},
+                "10.0.0.1",
+                b'{"a": 1}',
+            ),
+            ("message", at, None, {}, None, b"\x00\xff binary"),
+        ]
+    )
     f.close()
     with open(f.path, "ab") as raw:  # half a line: a write the process never finished
         raw.write(b'{"n": 3, "endpoint": "dr", "rec')
     records = list(spool.records(f.path, 0))
     assert [(r.n, r.endpoint, r.body, r.received_at) for r in records] == [
-        (1, "dr", b'{"a": 1}', at), (2, "message", b"\x00\xff binary", at)]
+        (1, "dr", b'{"a": 1}', at),
+        (2, "message", b"\x00\xff binary", at),
+    ]
     assert list(spool.records(f.path, 1)) == records[1:]
     assert spool.read_status(f.path).bodies == 2
     assert oct(os.stat(f.path).st_mode & 0o777) == "0o600"
@@ -138,6 +159,7 @@ def test_a_file_whose_process_lives_cannot_be_claimed(tmp_path):
 
 # --- in process -----------------------------------------------------------------------------------
 
+
 def post(client, endpoint: str, body: bytes):
     return client.post(f"/webhooks/viber/{endpoint}", data=body, content_type="application/json")
 
@@ -147,23 +169,29 @@ def test_bodies_wait_in_the_spool_and_are_applied_once_the_database_is_back(outa
     work = []
     for i in range(10):
         rid = f"spool{i:03d}{'0' * 20}"
-        work += [("dr", receipt(rid, "success", cost=True)), ("dr", receipt(rid, "delivered")),
-                 ("dr", receipt(rid, "seen")), ("message", reply(rid, f"7930000{i:04d}", f"hi {i}"))]
+        work += [
+            ("dr", receipt(rid, "success", cost=True)),
+            ("dr", receipt(rid, "delivered")),
+            ("dr", receipt(rid, "seen")),
+            ("message", reply(rid, f"7930000{i:04d}", f"hi {i}")),
+        ]
     work.append(("dr", receipt("spool000" + "0" * 20, "seen")))  # a repeat
     outage.begin()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     answers = [post(client, endpoint, body) for endpoint, body in work]
     bad = post(client, "dr", b'{"status": "read"}')
     assert [a.status_code for a in answers] == [200] * len(work)
     assert {a.get_data(as_text=True) for a in answers} == {"success"}
-    assert bad.status_code == 422 and bad.get_json()["field"] == "status"  # its own answer, and kept
+    assert (
+        bad.status_code == 422 and bad.get_json()["field"] == "status"
+    )  # its own answer, and kept
     health = client.get("/healthz").get_json()
     assert health["status"] == "degraded" and health["spool"]["bodies"] == len(work) + 1
     waiting = ingest.writer_of(app).spool_status()
     assert waiting.bodies == len(work) + 1 and waiting.oldest >= started
-    ended = datetime.now(timezone.utc)
+    ended = datetime.now(UTC)
     outage.end()
-    wait_until(lambda: client.get("/healthz").get_json()["status"] == "ok", what="the spool to drain")
+    until(lambda: client.get("/healthz").get_json()["status"] == "ok", 60, "the spool to drain")
     assert_each_spooled_once(app, len(work) + 1)
     with app.app_context():
         raws = db.session.execute(db.select(RawBody).order_by(RawBody.id)).scalars().all()
@@ -208,8 +236,12 @@ def test_a_drain_that_stopped_midway_resumes_after_the_last_body_applied(app):
     writer = ingest.writer_of(app)
     folder = spool.ensure(writer.folder)
     f = spool.SpoolFile(folder)
-    at = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
-    bodies = [receipt(f"mid{i:05d}" + "0" * 20, status) for i in range(25) for status in ("success", "seen")]
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    bodies = [
+        receipt(f"mid{i:05d}" + "0" * 20, status)
+        for i in range(25)
+        for status in ("success", "seen")
+    ]
     f.append([("dr", at, "application/json", {}, "127.0.0.1", b) for b in bodies])
     f.close()
     whole = f.path.read_bytes()
@@ -232,8 +264,13 @@ def test_a_drain_that_stopped_midway_resumes_after_the_last_body_applied(app):
 def test_the_commands_show_and_drain_a_spool_left_behind(app):
     writer = ingest.writer_of(app)
     f = spool.SpoolFile(spool.ensure(writer.folder))
-    at = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
-    f.append([("dr", at, "application/json", {}, "127.0.0.1", receipt(f"cli{i:05d}" + "0" * 20)) for i in range(3)])
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    f.append(
+        [
+            ("dr", at, "application/json", {}, "127.0.0.1", receipt(f"cli{i:05d}" + "0" * 20))
+            for i in range(3)
+        ]
+    )
     runner = app.test_cli_runner()
     running = runner.invoke(args=["spool", "status"]).output
     assert "3 waiting" in running and "its process runs" in running
@@ -248,7 +285,7 @@ def test_the_commands_show_and_drain_a_spool_left_behind(app):
 def test_the_banner_says_how_many_bodies_wait_and_since_when(client, app):
     writer = ingest.writer_of(app)
     f = spool.SpoolFile(spool.ensure(writer.folder))
-    at = datetime(2026, 3, 1, 12, 34, tzinfo=timezone.utc)
+    at = datetime(2026, 3, 1, 12, 34, tzinfo=UTC)
     f.append([("dr", at, "application/json", {}, None, b"{}")] * 2)
     page = client.get("/").get_data(as_text=True)
     assert 'id="banner-spool"' in page and "2 bodies are waiting for the database" in page
@@ -257,7 +294,9 @@ def test_the_banner_says_how_many_bodies_wait_and_since_when(client, app):
     metrics_app.config["METRICS_TOKEN"] = "m"
     from app import metrics
 
-    metrics_app.extensions["viberwatch.metrics_networks"] = metrics.parse_networks("", "METRICS_ALLOW_NETWORKS")
+    metrics_app.extensions["viberwatch.metrics_networks"] = metrics.parse_networks(
+        "", "METRICS_ALLOW_NETWORKS"
+    )
     scraped = client.get("/metrics", headers={"Authorization": "Bearer m"}).get_data(as_text=True)
     assert "viberwatch_spool_bodies 2.0" in scraped
     assert "viberwatch_spool_oldest_seconds" in scraped
@@ -265,6 +304,7 @@ def test_the_banner_says_how_many_bodies_wait_and_since_when(client, app):
 
 
 # --- the production command -----------------------------------------------------------------------
+
 
 @pytest.fixture
 def production(app, outage, tmp_path):
@@ -280,8 +320,11 @@ def push_all(url: str, work: list, connections: int = 16) -> list:
         endpoint, body = item
         client = getattr(local, "client", None) or httpx.Client(base_url=url, timeout=60)
         local.client = client
-        return client.post(f"/webhooks/viber/{endpoint}", content=body,
-                           headers={"Content-Type": "application/json"}).status_code
+        return client.post(
+            f"/webhooks/viber/{endpoint}",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        ).status_code
 
     with ThreadPoolExecutor(max_workers=connections) as pool:
         return list(pool.map(push, work))
@@ -306,27 +349,40 @@ def test_an_outage_under_the_production_command_loses_nothing(app, production, o
     assert Counter(push_all(url, work)) == {200: 200}
     assert httpx.get(url + "/healthz").json()["status"] == "degraded"
     outage.end()
-    wait_until(lambda: count_raw(app) == 200, 30, "the spooled bodies to be applied")
-    wait_until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty")
+    until(lambda: count_raw(app) == 200, 30, "the spooled bodies to be applied")
+    until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty")
     assert_each_spooled_once(app, 200)
     with app.app_context():
         assert_consistent()
 
 
-def test_a_worker_killed_while_it_drains_leaves_no_body_applied_twice_or_lost(app, app_config, outage, tmp_path):
-    env = {**outage.env, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "32", "VIBERWATCH_INGEST_BATCH_MAX": "10"}
+def test_a_worker_killed_while_it_drains_leaves_no_body_applied_twice_or_lost(
+    app, app_config, outage, tmp_path
+):
+    env = {
+        **outage.env,
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_THREADS": "32",
+        "VIBERWATCH_INGEST_BATCH_MAX": "10",
+    }
     work = mixed("kil", 1200)
     with production_process(env, tmp_path / "gunicorn.log") as (url, proc):
         outage.begin()
         assert Counter(push_all(url, work)) == {200: len(work)}
         outage.end()
-        wait_until(lambda: count_raw(app) > 0, 30, "the drain to start")
+        until(lambda: count_raw(app) > 0, 30, "the drain to start")
         applied_at_kill = count_raw(app)
         os.kill(worker_pids(proc.pid)[0], signal.SIGKILL)
         assert applied_at_kill < len(work)
         # The new worker (and the other one) find the file left behind at their next request.
-        wait_until(lambda: httpx.get(url + "/healthz").json()["spool"]["bodies"] == 0 and count_raw(app) == len(work),
-                   60, "every spooled body to be applied")
+        until(
+            lambda: (
+                httpx.get(url + "/healthz").json()["spool"]["bodies"] == 0
+                and count_raw(app) == len(work)
+            ),
+            60,
+            "every spooled body to be applied",
+        )
     assert_each_spooled_once(app, len(work))
     with app.app_context():
         assert_consistent()
@@ -342,9 +398,12 @@ def test_a_database_that_comes_and_goes_never_gets_a_500_and_loses_nothing(app, 
         with httpx.Client(base_url=url, timeout=60) as client:
             i = 0
             while not stop.is_set():
-                body = receipt(f"flap{n:02d}{i:06d}" + "0" * 16, ("success", "delivered", "seen")[i % 3])
-                status = client.post("/webhooks/viber/dr", content=body,
-                                     headers={"Content-Type": "application/json"}).status_code
+                body = receipt(
+                    f"flap{n:02d}{i:06d}" + "0" * 16, ("success", "delivered", "seen")[i % 3]
+                )
+                status = client.post(
+                    "/webhooks/viber/dr", content=body, headers={"Content-Type": "application/json"}
+                ).status_code
                 with lock:
                     answers.append(status)
                     work.append(body)
@@ -357,7 +416,9 @@ def test_a_database_that_comes_and_goes_never_gets_a_500_and_loses_nothing(app, 
                 with lock:
                     answers.append(status)
 
-    threads = [threading.Thread(target=pusher, args=(n,)) for n in range(8)] + [threading.Thread(target=health)]
+    threads = [threading.Thread(target=pusher, args=(n,)) for n in range(8)] + [
+        threading.Thread(target=health)
+    ]
     for t in threads:
         t.start()
     for _ in range(4):
@@ -369,8 +430,8 @@ def test_a_database_that_comes_and_goes_never_gets_a_500_and_loses_nothing(app, 
     for t in threads:
         t.join(60)
     assert set(answers) == {200}, Counter(answers)
-    wait_until(lambda: count_raw(app) == len(work), 60, "every body to be applied")
-    wait_until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty")
+    until(lambda: count_raw(app) == len(work), 60, "every body to be applied")
+    until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "the spool to empty")
     with app.app_context():
         stored = Counter(db.session.execute(db.select(RawBody.body)).scalars())
         assert stored == Counter(work)

@@ -1,18 +1,24 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.status import CODES, ReceiptFact, anomalies, describe_code, fold
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def fact(status, minute, code=None, cost=None):
     codes = {"success": 0, "failed": 11000, "delivered": 11001, "seen": 11002, "expired": 11003}
-    return ReceiptFact(status=status, code=codes[status] if code is None else code, message=status,
-                       received_at=T0 + timedelta(minutes=minute), key=f"{status}-{minute}",
-                       send_time_raw="2023-07-13 15:12:11", cost=cost)
+    return ReceiptFact(
+        status=status,
+        code=codes[status] if code is None else code,
+        message=status,
+        received_at=T0 + timedelta(minutes=minute),
+        key=f"{status}-{minute}",
+        send_time_raw="2023-07-13 15:12:11",
+        cost=cost,
+    )
 
 
 def test_empty_set_has_no_status():
@@ -23,7 +29,10 @@ def test_seen_before_delivered_is_seen_with_both_first_times():
     state = fold([fact("seen", 1), fact("delivered", 2)])
     assert state.status == "seen"
     assert state.code == 11002
-    assert state.times == {"seen": T0 + timedelta(minutes=1), "delivered": T0 + timedelta(minutes=2)}
+    assert state.times == {
+        "seen": T0 + timedelta(minutes=1),
+        "delivered": T0 + timedelta(minutes=2),
+    }
     assert state.anomalies == ()
 
 
@@ -71,8 +80,22 @@ def test_anomalies_function():
 
 
 def test_code_catalogue_and_unknown_code():
-    assert set(CODES) == {0, 1100, 1102, 9000, 9001, 9002, 9003, 9004, 9005, 9999,
-                          11000, 11001, 11002, 11003}
+    assert set(CODES) == {
+        0,
+        1100,
+        1102,
+        9000,
+        9001,
+        9002,
+        9003,
+        9004,
+        9005,
+        9999,
+        11000,
+        11001,
+        11002,
+        11003,
+    }
     assert describe_code(1102).message == "Insufficient balance"
     assert "recharge" in describe_code(1102).solution
     unknown = describe_code(4242)
@@ -80,12 +103,23 @@ def test_code_catalogue_and_unknown_code():
 
 
 receipt_sets = st.lists(
-    st.builds(fact, st.sampled_from(["success", "delivered", "seen", "failed", "expired"]),
-              st.integers(0, 30),
-              cost=st.one_of(st.none(), st.tuples(st.sampled_from(["USD", "EUR"]),
-                                                  st.floats(0, 100), st.floats(0, 100),
-                                                  st.sampled_from(["Transactional", "Promotional"])))),
-    min_size=1, max_size=8)
+    st.builds(
+        fact,
+        st.sampled_from(["success", "delivered", "seen", "failed", "expired"]),
+        st.integers(0, 30),
+        cost=st.one_of(
+            st.none(),
+            st.tuples(
+                st.sampled_from(["USD", "EUR"]),
+                st.floats(0, 100),
+                st.floats(0, 100),
+                st.sampled_from(["Transactional", "Promotional"]),
+            ),
+        ),
+    ),
+    min_size=1,
+    max_size=8,
+)
 
 
 @settings(max_examples=300)

@@ -1,5 +1,6 @@
 """API tokens: printed once, stored only as a hash, accepted as Bearer by the JSON API (read
 and registration, no CSRF token needed), listed and revoked from the command line."""
+
 import hashlib
 
 import httpx
@@ -26,15 +27,20 @@ def test_token_is_printed_once_and_only_its_hash_kept(app):
         stored = " ".join(str(getattr(row, c.key)) for c in ApiToken.__table__.columns)
         assert token not in stored and token[10:] not in stored
     listing = app.test_cli_runner().invoke(args=["list-tokens"])
-    assert "sender" in listing.output and token[:10] in listing.output and token not in listing.output
+    assert (
+        "sender" in listing.output and token[:10] in listing.output and token not in listing.output
+    )
 
 
 def test_bearer_token_reads_and_registers_over_http(app, live_server):
     token = create(app)
     auth = {"Authorization": f"Bearer {token}"}
     # No session, no CSRF token: a machine's call.
-    registered = httpx.post(live_server.url + "/api/messages", headers=auth,
-                            json={"requestId": RID, "phone": "79100000030", "text": "hi"})
+    registered = httpx.post(
+        live_server.url + "/api/messages",
+        headers=auth,
+        json={"requestId": RID, "phone": "79100000030", "text": "hi"},
+    )
     assert registered.status_code == 201
     read = httpx.get(f"{live_server.url}/api/messages/{RID}", headers=auth)
     assert read.status_code == 200 and read.json()["phone"] == "79100000030"

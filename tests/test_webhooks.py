@@ -3,7 +3,8 @@ import json
 import pytest
 
 from app.models import Activity, Message, RawBody, Receipt, Reply, db
-from conftest import fixture_bytes, fixture_json, post_json
+from support.bodies import post_json
+from support.fixtures import fixture_bytes, fixture_json
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"
@@ -28,8 +29,10 @@ def raw_rows(app):
         return db.session.execute(db.select(RawBody).order_by(RawBody.id)).scalars().all()
 
 
-@pytest.mark.parametrize("status,code", [("success", 0), ("failed", 11000), ("delivered", 11001),
-                                         ("seen", 11002), ("expired", 11003)])
+@pytest.mark.parametrize(
+    "status,code",
+    [("success", 0), ("failed", 11000), ("delivered", 11001), ("seen", 11002), ("expired", 11003)],
+)
 def test_documented_receipt_examples_verbatim(client, app, status, code):
     body = fixture_bytes(f"dr_{status}")
     response = client.post(DR, data=body, content_type="application/json")
@@ -50,8 +53,12 @@ def test_documented_receipt_examples_verbatim(client, app, status, code):
 
 def test_success_example_carries_cost(client):
     client.post(DR, data=fixture_bytes("dr_success"), content_type="application/json")
-    assert read(client)["cost"] == {"currency": "USD", "localPrice": 29.89465,
-                                    "originalPrice": 4.1234, "rateType": "Transactional"}
+    assert read(client)["cost"] == {
+        "currency": "USD",
+        "localPrice": 29.89465,
+        "originalPrice": 4.1234,
+        "rateType": "Transactional",
+    }
 
 
 def test_cost_accepted_on_delivered_and_counted_once(client):
@@ -68,12 +75,15 @@ def test_unknown_extra_fields_are_kept(client, app):
     assert json.loads(raw.body)["extraField"] == {"nested": [1, 2]}
 
 
-@pytest.mark.parametrize("order", [
-    ["success", "delivered", "seen"],
-    ["seen", "delivered", "success"],
-    ["delivered", "seen", "success", "delivered", "delivered"],
-    ["seen", "success", "seen", "delivered"],
-])
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["success", "delivered", "seen"],
+        ["seen", "delivered", "success"],
+        ["delivered", "seen", "success", "delivered", "delivered"],
+        ["seen", "success", "seen", "delivered"],
+    ],
+)
 def test_order_and_duplicates_end_seen(client, order):
     for status in order:
         assert post_json(client, DR, receipt(status)).status_code == 200
@@ -113,11 +123,14 @@ def test_same_content_with_other_spacing_is_the_same_push(client):
     assert len(read(client)["receipts"]) == 1
 
 
-@pytest.mark.parametrize("statuses,status,anomaly", [
-    (["delivered", "expired"], "delivered", "expired beside delivered"),
-    (["failed", "seen"], "seen", "failed beside seen"),
-    (["expired", "failed"], "expired", "failed beside expired"),
-])
+@pytest.mark.parametrize(
+    "statuses,status,anomaly",
+    [
+        (["delivered", "expired"], "delivered", "expired beside delivered"),
+        (["failed", "seen"], "seen", "failed beside seen"),
+        (["expired", "failed"], "expired", "failed beside expired"),
+    ],
+)
 def test_contradictions_are_kept_and_flagged(client, statuses, status, anomaly):
     for s in statuses:
         post_json(client, DR, receipt(s))
@@ -152,14 +165,20 @@ def test_reply_examples_verbatim_link_and_teach_phone(client, app):
     message = read(client, rid)
     assert message["phone"] == "791xxxxx30"
     assert [r["message"] for r in message["replies"]] == [
-        {"text": "text test"}, {"media": "https:media-link", "fileName": "xxxx.jpeg"}]
+        {"text": "text test"},
+        {"media": "https:media-link", "fileName": "xxxx.jpeg"},
+    ]
     assert message["status"] == "delivered"
 
 
 def test_reply_before_any_receipt_is_kept_and_phone_learned(client, app):
     rid = "ae2c8ff7a4ee408398cf220e3fc1c199"
-    assert client.post(REPLY, data=fixture_bytes("reply_text"),
-                       content_type="application/json").status_code == 200
+    assert (
+        client.post(
+            REPLY, data=fixture_bytes("reply_text"), content_type="application/json"
+        ).status_code
+        == 200
+    )
     with app.app_context():
         reply = db.session.execute(db.select(Reply)).scalar_one()
         assert reply.phone == "791xxxxx30" and reply.trace_request_id == rid
@@ -172,8 +191,12 @@ def test_reply_before_any_receipt_is_kept_and_phone_learned(client, app):
 
 def test_repeated_reply_is_stored_once(client, app):
     for _ in range(3):
-        assert client.post(REPLY, data=fixture_bytes("reply_text"),
-                           content_type="application/json").data == b"success"
+        assert (
+            client.post(
+                REPLY, data=fixture_bytes("reply_text"), content_type="application/json"
+            ).data
+            == b"success"
+        )
     with app.app_context():
         replies = db.session.execute(db.select(Reply)).scalars().all()
         assert len(replies) == 1 and replies[0].times_received == 3
@@ -186,31 +209,96 @@ BAD_RECEIPTS = [
     ("array", b'[{"status": "seen"}]', "application/json", 422, "body"),
     ("not utf-8", b'{"status": "\xff\xfe"}', "application/json", 400, "body"),
     ("wrong content type", fixture_bytes("dr_seen"), "text/plain", 415, "Content-Type"),
-    ("unknown status", json.dumps(receipt("seen", status="read")).encode(), "application/json", 422,
-     "status"),
-    ("missing requestId", json.dumps({k: v for k, v in receipt("seen").items() if k != "requestId"}).encode(),
-     "application/json", 422, "requestId"),
-    ("empty requestId", json.dumps(receipt("seen", requestId="")).encode(), "application/json", 422,
-     "requestId"),
-    ("code as string", json.dumps(receipt("seen", code="11002")).encode(), "application/json", 422, "code"),
-    ("code as float", json.dumps(receipt("seen", code=11002.5)).encode(), "application/json", 422, "code"),
-    ("requestId as number", json.dumps(receipt("seen", requestId=12345)).encode(), "application/json", 422,
-     "requestId"),
-    ("missing message", json.dumps({k: v for k, v in receipt("seen").items() if k != "message"}).encode(),
-     "application/json", 422, "message"),
-    ("bad sendTime", json.dumps(receipt("seen", sendTime="13/07/2023 15:12")).encode(), "application/json",
-     422, "sendTime"),
-    ("impossible sendTime", json.dumps(receipt("seen", sendTime="2023-02-30 15:12:11")).encode(),
-     "application/json", 422, "sendTime"),
-    ("cost not object", json.dumps(receipt("seen", cost="1 USD")).encode(), "application/json", 422, "cost"),
-    ("cost price as string", json.dumps(receipt("seen", cost={"localPrice": "1.0"})).encode(),
-     "application/json", 422, "cost.localPrice"),
-    ("NaN", b'{"status":"seen","requestId":"x","code":NaN,"message":"m","sendTime":"2023-07-13 15:12:11"}',
-     "application/json", 400, "body"),
+    (
+        "unknown status",
+        json.dumps(receipt("seen", status="read")).encode(),
+        "application/json",
+        422,
+        "status",
+    ),
+    (
+        "missing requestId",
+        json.dumps({k: v for k, v in receipt("seen").items() if k != "requestId"}).encode(),
+        "application/json",
+        422,
+        "requestId",
+    ),
+    (
+        "empty requestId",
+        json.dumps(receipt("seen", requestId="")).encode(),
+        "application/json",
+        422,
+        "requestId",
+    ),
+    (
+        "code as string",
+        json.dumps(receipt("seen", code="11002")).encode(),
+        "application/json",
+        422,
+        "code",
+    ),
+    (
+        "code as float",
+        json.dumps(receipt("seen", code=11002.5)).encode(),
+        "application/json",
+        422,
+        "code",
+    ),
+    (
+        "requestId as number",
+        json.dumps(receipt("seen", requestId=12345)).encode(),
+        "application/json",
+        422,
+        "requestId",
+    ),
+    (
+        "missing message",
+        json.dumps({k: v for k, v in receipt("seen").items() if k != "message"}).encode(),
+        "application/json",
+        422,
+        "message",
+    ),
+    (
+        "bad sendTime",
+        json.dumps(receipt("seen", sendTime="13/07/2023 15:12")).encode(),
+        "application/json",
+        422,
+        "sendTime",
+    ),
+    (
+        "impossible sendTime",
+        json.dumps(receipt("seen", sendTime="2023-02-30 15:12:11")).encode(),
+        "application/json",
+        422,
+        "sendTime",
+    ),
+    (
+        "cost not object",
+        json.dumps(receipt("seen", cost="1 USD")).encode(),
+        "application/json",
+        422,
+        "cost",
+    ),
+    (
+        "cost price as string",
+        json.dumps(receipt("seen", cost={"localPrice": "1.0"})).encode(),
+        "application/json",
+        422,
+        "cost.localPrice",
+    ),
+    (
+        "NaN",
+        b'{"status":"seen","requestId":"x","code":NaN,"message":"m","sendTime":"2023-07-13 15:12:11"}',
+        "application/json",
+        400,
+        "body",
+    ),
 ]
 
 
-@pytest.mark.parametrize("name,body,content_type,status,field", BAD_RECEIPTS, ids=[b[0] for b in BAD_RECEIPTS])
+@pytest.mark.parametrize(
+    "name,body,content_type,status,field", BAD_RECEIPTS, ids=[b[0] for b in BAD_RECEIPTS]
+)
 def test_bad_receipts_answered_and_kept(client, app, name, body, content_type, status, field):
     response = client.post(DR, data=body, content_type=content_type)
     assert response.status_code == status
@@ -235,13 +323,21 @@ def reply(**changes):
 BAD_REPLIES = [
     ("missing phone", {k: v for k, v in reply().items() if k != "phone"}, 422, "phone"),
     ("phone as number", reply(phone=791000030), 422, "phone"),
-    ("missing traceRequestId", {k: v for k, v in reply().items() if k != "traceRequestId"}, 422,
-     "traceRequestId"),
+    (
+        "missing traceRequestId",
+        {k: v for k, v in reply().items() if k != "traceRequestId"},
+        422,
+        "traceRequestId",
+    ),
     ("message as string", reply(message="hello"), 422, "message"),
     ("message empty object", reply(message={}), 422, "message"),
     ("text as number", reply(message={"text": 5}), 422, "message.text"),
-    ("fileName as list", reply(message={"media": "https://x/y.png", "fileName": ["a"]}), 422,
-     "message.fileName"),
+    (
+        "fileName as list",
+        reply(message={"media": "https://x/y.png", "fileName": ["a"]}),
+        422,
+        "message.fileName",
+    ),
     ("bad sendTime", reply(sendTime="yesterday"), 422, "sendTime"),
     ("NUL in text", reply(message={"text": "a\u0000b"}), 422, "message.text"),
 ]
@@ -267,23 +363,32 @@ def test_unknown_message_is_404(client):
 def test_real_http_round_trip(live_server, api_token):
     import urllib.request
 
-    req = urllib.request.Request(live_server.url + DR, data=fixture_bytes("dr_seen"),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        live_server.url + DR,
+        data=fixture_bytes("dr_seen"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(req) as response:
         assert response.status == 200 and response.read() == b"success"
-    read = urllib.request.Request(f"{live_server.url}/api/messages/{RID}",
-                                  headers={"Authorization": f"Bearer {api_token}"})
+    read = urllib.request.Request(
+        f"{live_server.url}/api/messages/{RID}", headers={"Authorization": f"Bearer {api_token}"}
+    )
     with urllib.request.urlopen(read) as response:
         assert json.loads(response.read())["status"] == "seen"
 
 
 FAILING_TRIGGER = {
-    "sqlite": ["CREATE TRIGGER fail_receipts BEFORE INSERT ON receipt "
-               "BEGIN SELECT RAISE(ABORT, 'simulated storage failure'); END"],
-    "postgresql": ["CREATE OR REPLACE FUNCTION fail_receipts() RETURNS trigger AS $$ "
-                   "BEGIN RAISE EXCEPTION 'simulated storage failure'; END $$ LANGUAGE plpgsql",
-                   "CREATE TRIGGER fail_receipts BEFORE INSERT ON receipt "
-                   "FOR EACH ROW EXECUTE FUNCTION fail_receipts()"],
+    "sqlite": [
+        "CREATE TRIGGER fail_receipts BEFORE INSERT ON receipt "
+        "BEGIN SELECT RAISE(ABORT, 'simulated storage failure'); END"
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION fail_receipts() RETURNS trigger AS $$ "
+        "BEGIN RAISE EXCEPTION 'simulated storage failure'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER fail_receipts BEFORE INSERT ON receipt "
+        "FOR EACH ROW EXECUTE FUNCTION fail_receipts()",
+    ],
 }
 
 
@@ -301,8 +406,12 @@ def test_failed_commit_keeps_the_body_and_reprocess_applies_it(client, app):
     assert "not applied" in raw.reason
     assert client.get(f"/api/messages/{RID}").status_code == 404
     with app.app_context():
-        db.session.execute(db.text("DROP TRIGGER fail_receipts"
-                                   + (" ON receipt" if db.engine.dialect.name == "postgresql" else "")))
+        db.session.execute(
+            db.text(
+                "DROP TRIGGER fail_receipts"
+                + (" ON receipt" if db.engine.dialect.name == "postgresql" else "")
+            )
+        )
         db.session.commit()
     assert "1 accepted" in app.test_cli_runner().invoke(args=["reprocess"]).output
     assert read(client)["status"] == "seen"

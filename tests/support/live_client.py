@@ -1,16 +1,19 @@
 """A real WebSocket client of /ws for the tests and the benchmark: it says hello as
 static/live.js does and parses each push into its cursor and its top-level fragments."""
+
 from __future__ import annotations
 
 import json
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Callable, Optional
 
 import websocket
+
+from . import bodies
 
 META_RE = re.compile(r"^<!--live (\{.*?\})-->")
 
@@ -40,7 +43,11 @@ class Push:
         """(request id, "insert" | "update") for every message row in the push."""
         out = []
         for f in self.fragments:
-            mode = "insert" if f.attrs.get("hx-swap-oob", "").startswith("afterbegin:#messages-body") else "update"
+            mode = (
+                "insert"
+                if f.attrs.get("hx-swap-oob", "").startswith("afterbegin:#messages-body")
+                else "update"
+            )
             out.extend((i[4:], mode) for i in f.ids if i.startswith("msg-"))
         return out
 
@@ -48,14 +55,27 @@ class Push:
 class _Splitter(HTMLParser):
     """Split a push into top-level elements, collecting the ids inside each."""
 
-    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-            "track", "wbr"}
+    VOID = {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+    }
 
     def __init__(self, text: str):
         super().__init__(convert_charrefs=True)
         self.text = text
         self.depth = 0
-        self.current: Optional[Fragment] = None
+        self.current: Fragment | None = None
         self.start = 0
         self.fragments: list[Fragment] = []
         self.lines = [0]
@@ -87,7 +107,7 @@ class _Splitter(HTMLParser):
 
     def _close(self, end=False):
         stop = self.text.find(">", self._offset()) + 1 if end else len(self.text)
-        self.current.html = self.text[self.start:stop]
+        self.current.html = self.text[self.start : stop]
         self.fragments.append(self.current)
         self.current = None
 
@@ -107,14 +127,32 @@ def parse_push(text: str, before: list[str] = ()) -> Push:
 class LiveClient:
     """One dashboard's socket."""
 
-    def __init__(self, base_url: str, cookie: Optional[str] = None, *, page: str = "messages",
-                 cursor: Optional[int] = None, filters: str = "", phone: Optional[str] = None,
-                 request_id: Optional[str] = None, rows: Optional[list[str]] = None,
-                 feed: bool = False, timeout: float = 10.0):
+    def __init__(
+        self,
+        base_url: str,
+        cookie: str | None = None,
+        *,
+        page: str = "messages",
+        cursor: int | None = None,
+        filters: str = "",
+        phone: str | None = None,
+        request_id: str | None = None,
+        rows: list[str] | None = None,
+        feed: bool = False,
+        timeout: float = 10.0,
+    ):
         url = base_url.replace("http://", "ws://", 1) + "/ws"
         self.ws = websocket.create_connection(url, cookie=cookie, timeout=timeout)
-        self.hello = {"type": "hello", "cursor": cursor, "page": page, "filters": filters,
-                      "phone": phone, "requestId": request_id, "rows": rows or [], "feed": feed}
+        self.hello = {
+            "type": "hello",
+            "cursor": cursor,
+            "page": page,
+            "filters": filters,
+            "phone": phone,
+            "requestId": request_id,
+            "rows": rows or [],
+            "feed": feed,
+        }
         self.ws.send(json.dumps(self.hello))
         self.first = self.recv(timeout)
         self.cursor = self.first.cursor
@@ -139,7 +177,9 @@ class LiveClient:
         deadline = time.monotonic() + timeout
         while not done(got):
             left = deadline - time.monotonic()
-            assert left > 0, f"no push satisfied the test in {timeout} s; got {[p.raw[:300] for p in got]}"
+            assert left > 0, (
+                f"no push satisfied the test in {timeout} s; got {[p.raw[:300] for p in got]}"
+            )
             try:
                 got.append(self.recv(left))
             except websocket.WebSocketTimeoutException:
@@ -153,21 +193,22 @@ class LiveClient:
             pass
 
 
-def post(base_url: str, path: str, body: dict | bytes, headers: Optional[dict] = None) -> int:
+def post(base_url: str, path: str, body: dict | bytes, headers: dict | None = None) -> int:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(base_url + path, data=data, method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        base_url + path,
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     with urllib.request.urlopen(req, timeout=30) as response:
         response.read()
         return response.status
 
 
-def receipt(request_id: str, status: str = "delivered", code: int = 0,
-            message: str = "ok") -> dict:
-    return {"status": status, "requestId": request_id, "code": code, "message": message,
-            "sendTime": "2023-07-13 15:12:11"}
+def receipt(request_id: str, status: str = "delivered", code: int = 0, message: str = "ok") -> dict:
+    return bodies.receipt(request_id, status, code, message, send_time="2023-07-13 15:12:11")
 
 
 def reply(trace_request_id: str, phone: str, text: str) -> dict:
-    return {"phone": phone, "appkey": "TexxxP6", "traceRequestId": trace_request_id,
-            "message": {"text": text}, "sendTime": "2023-07-17 14:40:50"}
+    return bodies.reply(trace_request_id, phone, text, send_time="2023-07-17 14:40:50")

@@ -1,5 +1,6 @@
 """A TCP proxy in front of the test database that a test can cut and restore, so that the
 database goes away for the app without stopping the server other tests use."""
+
 from __future__ import annotations
 
 import socket
@@ -14,7 +15,7 @@ class Proxy:
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.lock = threading.Lock()
 
-    def start(self) -> "Proxy":
+    def start(self) -> Proxy:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))

@@ -1,37 +1,50 @@
 """Statements that differ only in spelling between SQLite and PostgreSQL, and a lean way to
 run one statement for many rows."""
+
 from __future__ import annotations
 
 import json
 import re
 from collections import namedtuple
+from collections.abc import Callable
 from contextlib import closing, contextmanager
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache, lru_cache
 from operator import itemgetter
-from typing import Callable, Optional
 
-from sqlalchemy import BigInteger, Boolean, Date, DateTime, Float, Integer, LargeBinary, Numeric, bindparam
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    Numeric,
+    bindparam,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import NullType
 
-from .models import db
+from ..models import db
 
 
 def _dialect() -> str:
     return db.session.get_bind().dialect.name
 
 
-def insert_for(model, dialect: Optional[str] = None):
+def insert_for(model, dialect: str | None = None):
     """The dialect's INSERT, which knows ON CONFLICT."""
     return (postgresql.insert if (dialect or _dialect()) == "postgresql" else sqlite.insert)(model)
 
 
-@lru_cache(maxsize=None)
-def _adding(dialect: str, model, key: tuple, counts: tuple, extra: tuple, more: Optional[Callable]):
-    stmt = insert_for(model, dialect).values({name: bindparam(name) for name in key + counts + extra})
+@cache
+def _adding(dialect: str, model, key: tuple, counts: tuple, extra: tuple, more: Callable | None):
+    stmt = insert_for(model, dialect).values(
+        {name: bindparam(name) for name in key + counts + extra}
+    )
     table = model.__table__.c
     update = {name: table[name] + stmt.excluded[name] for name in counts}
     if more:
@@ -39,8 +52,16 @@ def _adding(dialect: str, model, key: tuple, counts: tuple, extra: tuple, more: 
     return stmt.on_conflict_do_update(index_elements=list(key), set_=update)
 
 
-def add_counts(conn, model, key: tuple, counts: tuple, rows: list[dict], *, extra: tuple = (),
-                    more: Optional[Callable] = None) -> None:
+def add_counts(
+    conn,
+    model,
+    key: tuple,
+    counts: tuple,
+    rows: list[dict],
+    *,
+    extra: tuple = (),
+    more: Callable | None = None,
+) -> None:
     """Add each row's `counts` to the row of `model` named by its `key` columns (the primary
     key), creating it; a new row also takes the `extra` columns, and `more(stmt)` may return
     further columns to set on conflict, from `stmt.excluded`. Rows go in the order given:
@@ -52,8 +73,8 @@ def add_counts(conn, model, key: tuple, counts: tuple, rows: list[dict], *, extr
 @lru_cache(maxsize=8192)
 def _sqlite_datetime(value: datetime) -> str:
     # The same instants recur in a batch (a body's received time is in four tables).
-    if value.tzinfo is not timezone.utc:
-        value = value.astimezone(timezone.utc)
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
     return value.isoformat(" ", "microseconds")[:26]
 
 
@@ -68,7 +89,7 @@ def _sqlite_value(value):
 
 def _postgresql_value(value):
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
     return value
 
 
@@ -108,8 +129,11 @@ class Compiled:
         self.sql = compiled.string
         self.order = tuple(compiled.positiontup)
         self.constants = _constants(compiled, names)
-        self.converters = {name: _sqlite_value for name in self.order
-                           if name in names and _needs_conversion(compiled.binds[name].type)}
+        self.converters = {
+            name: _sqlite_value
+            for name in self.order
+            if name in names and _needs_conversion(compiled.binds[name].type)
+        }
 
     def run(self, cur, rows: list[dict]) -> None:
         constants, converters = self.constants, self.converters
@@ -118,8 +142,10 @@ class Compiled:
         if converters:
             rows = [{**row, **{n: f(row[n]) for n, f in converters.items()}} for row in rows]
         pick = itemgetter(*self.order)
-        cur.executemany(self.sql, [pick(row) for row in rows] if len(self.order) > 1
-                        else [(pick(row),) for row in rows])
+        cur.executemany(
+            self.sql,
+            [pick(row) for row in rows] if len(self.order) > 1 else [(pick(row),) for row in rows],
+        )
 
 
 _PARAM = re.compile(r"%\((\w+)\)s")
@@ -130,8 +156,16 @@ COPY_FROM = 20
 def _copy_type(kind) -> str:
     """The PostgreSQL type a binary COPY writes a value of this column type as."""
     impl = getattr(kind, "impl", kind)
-    for cls, name in ((DateTime, "timestamp"), (Date, "date"), (Boolean, "bool"), (BigInteger, "int8"),
-                      (Integer, "int4"), (Float, "float8"), (Numeric, "numeric"), (LargeBinary, "bytea")):
+    for cls, name in (
+        (DateTime, "timestamp"),
+        (Date, "date"),
+        (Boolean, "bool"),
+        (BigInteger, "int8"),
+        (Integer, "int4"),
+        (Float, "float8"),
+        (Numeric, "numeric"),
+        (LargeBinary, "bytea"),
+    ):
         if isinstance(impl, cls):
             return name
     return "text"
@@ -140,7 +174,7 @@ def _copy_type(kind) -> str:
 def _copy_value(kind: str):
     """How a value goes into a binary COPY as `kind` (None: as it is)."""
     if kind == "timestamp":
-        return lambda v: None if v is None else v.astimezone(timezone.utc).replace(tzinfo=None)
+        return lambda v: None if v is None else v.astimezone(UTC).replace(tzinfo=None)
     if kind == "numeric":
         return lambda v: None if v is None else Decimal(repr(v)) if isinstance(v, float) else v
     return None
@@ -158,25 +192,34 @@ class CompiledCopy:
         compiled = stmt.compile(dialect=dialect, column_keys=list(names))
         self.sql = compiled.string
         self.constants = _constants(compiled, names)
-        self.converters = {name: _postgresql_value for name in names
-                           if name in compiled.binds and _needs_conversion(compiled.binds[name].type)}
+        self.converters = {
+            name: _postgresql_value
+            for name in names
+            if name in compiled.binds and _needs_conversion(compiled.binds[name].type)
+        }
         self.names = tuple(n for n in names if n in compiled.binds)
         self.types = tuple(_copy_type(compiled.binds[n].type) for n in self.names)
         self.values = tuple(_copy_value(t) for t in self.types)
         table = getattr(stmt, "table", None)
-        plain_insert = (isinstance(stmt, Insert) and getattr(stmt, "_post_values_clause", None) is None
-                        and not stmt._values and not self.constants)
+        plain_insert = (
+            isinstance(stmt, Insert)
+            and getattr(stmt, "_post_values_clause", None) is None
+            and not stmt._values
+            and not self.constants
+        )
         if plain_insert:
             self.copy = f"COPY {table.name} ({', '.join(self.names)}) FROM STDIN (FORMAT BINARY)"
             self.via_temp = None
             return
         CompiledCopy._count += 1
         temp = f"vw_rows_{CompiledCopy._count}"
-        columns = ", ".join(f"{n} {t}" for n, t in zip(self.names, self.types))
+        columns = ", ".join(f"{n} {t}" for n, t in zip(self.names, self.types, strict=False))
         self.create = f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({columns}, v_order int4)"
         self.copy = f"COPY {temp} ({', '.join(self.names)}, v_order) FROM STDIN (FORMAT BINARY)"
         plain = stmt.compile(dialect=postgresql.dialect(), column_keys=list(names)).string
-        body = _PARAM.sub(lambda m: f"v.{m.group(1)}" if m.group(1) in self.names else m.group(0), plain)
+        body = _PARAM.sub(
+            lambda m: f"v.{m.group(1)}" if m.group(1) in self.names else m.group(0), plain
+        )
         # WHERE true: an INSERT's SELECT followed by ON CONFLICT is then not read as a join.
         source = f"(SELECT * FROM {temp} ORDER BY v_order) AS v WHERE true"
         if body.startswith("INSERT"):
@@ -185,7 +228,7 @@ class CompiledCopy:
             while depth:
                 depth += {"(": 1, ")": -1}.get(rest[end], 0)
                 end += 1
-            body = f"{head} SELECT {rest[:end - 1]} FROM {source}{rest[end:]}"
+            body = f"{head} SELECT {rest[: end - 1]} FROM {source}{rest[end:]}"
         else:
             head, _, tail = body.partition(" WHERE ")
             body = f"{head} FROM {source} AND {tail}"
@@ -196,7 +239,10 @@ class CompiledCopy:
         # COPY cannot run inside a pipeline; a pipeline's statements cost no round trip each.
         if len(rows) < COPY_FROM or cur.connection.pgconn.pipeline_status:
             constants, converters = self.constants, self.converters
-            params = [{**constants, **row, **{n: f(row[n]) for n, f in converters.items()}} for row in rows]
+            params = [
+                {**constants, **row, **{n: f(row[n]) for n, f in converters.items()}}
+                for row in rows
+            ]
             if len(params) == 1:
                 cur.execute(self.sql, params[0])
             else:
@@ -204,7 +250,7 @@ class CompiledCopy:
             return
         if self.via_temp is not None:
             cur.execute(self.create)
-        steps = tuple(zip(self.names, self.values))
+        steps = tuple(zip(self.names, self.values, strict=False))
         with cur.copy(self.copy) as copy:
             copy.set_types(list(self.types) + ([] if self.via_temp is None else ["int4"]))
             for i, row in enumerate(rows):
@@ -244,7 +290,7 @@ class Sent:
     """A query sent through the driver whose rows are read later (`rows`): queries sent one
     after another inside `pipelined` reach PostgreSQL together and cost one round trip."""
 
-    def __init__(self, conn, sql: Optional[str], params, shape: Callable[[list], list]):
+    def __init__(self, conn, sql: str | None, params, shape: Callable[[list], list]):
         self._cur, self._shape = None, shape
         if sql is not None:
             self._cur = cursor(conn)
@@ -266,18 +312,26 @@ def send_next_ids(conn, table, n: int) -> Sent:
     if n == 0:
         return Sent(conn, None, None, lambda _: [])
     if conn.dialect.name == "postgresql":
-        return Sent(conn, "SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) FROM generate_series(1, %(n)s)",
-                    {"table": table.name, "n": n}, lambda rows: sorted(row[0] for row in rows))
-    return Sent(conn, f"SELECT COALESCE(MAX(id), 0) FROM {table.name}", (),
-                lambda rows: list(range(rows[0][0] + 1, rows[0][0] + n + 1)))
+        return Sent(
+            conn,
+            "SELECT nextval(pg_get_serial_sequence(%(table)s, 'id')) FROM generate_series(1, %(n)s)",
+            {"table": table.name, "n": n},
+            lambda rows: sorted(row[0] for row in rows),
+        )
+    return Sent(
+        conn,
+        f"SELECT COALESCE(MAX(id), 0) FROM {table.name}",
+        (),
+        lambda rows: list(range(rows[0][0] + 1, rows[0][0] + n + 1)),
+    )
 
 
 def _from_sqlite_datetime(value):
-    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def _from_naive_utc(value):
-    return None if value is None else value.replace(tzinfo=timezone.utc)
+    return None if value is None else value.replace(tzinfo=UTC)
 
 
 def _to_float(value):
@@ -292,7 +346,7 @@ def _to_date(value):
     return date.fromisoformat(value) if isinstance(value, str) else value
 
 
-@lru_cache(maxsize=None)
+@cache
 def _reader(dialect: str, table, columns: tuple, key: str, lock: bool):
     """SQL selecting `columns` of the rows whose `key` is in a list given as one parameter,
     the named-tuple type of its rows, and a converter per column (None: as the driver gives it)."""
@@ -328,8 +382,15 @@ def send_select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bo
         return Sent(conn, None, None, lambda _: [])
     sql, row, converters = _reader(conn.dialect.name, table, columns, key, lock)
     params = {"ids": list(ids)} if conn.dialect.name == "postgresql" else (json.dumps(list(ids)),)
-    return Sent(conn, sql, params, lambda fetched: [
-        row(*[v if f is None else f(v) for f, v in zip(converters, raw)]) for raw in fetched])
+    return Sent(
+        conn,
+        sql,
+        params,
+        lambda fetched: [
+            row(*[v if f is None else f(v) for f, v in zip(converters, raw, strict=False)])
+            for raw in fetched
+        ],
+    )
 
 
 def select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bool = False) -> list:

@@ -4,6 +4,7 @@ It checks each call the way the documentation describes (signature over the exac
 `ts` within 60 s, bizType 7, action mt, the documented body) with its own MD5, not
 app/signing.py, and answers with a requestId or with any documented error code on demand.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,12 +15,28 @@ import uuid
 import pytest
 from werkzeug.wrappers import Request, Response
 
-from conftest import LiveServer
+from .servers import LiveServer
 
 ACCESS_KEY = "fake-access-key"
 SECRET = "fake-secret"
 APPKEY = "FakeApp1"
-ERROR_CODES = (-1, 1001, 1002, 1003, 1004, 1005, 1100, 1102, 9000, 9001, 9002, 9003, 9004, 9005, 9999)
+ERROR_CODES = (
+    -1,
+    1001,
+    1002,
+    1003,
+    1004,
+    1005,
+    1100,
+    1102,
+    9000,
+    9001,
+    9002,
+    9003,
+    9004,
+    9005,
+    9999,
+)
 
 
 def documented_sign(access_key, action, biz_type, ts, body: bytes, secret) -> str:
@@ -47,7 +64,9 @@ class FakeNxcloud:
             return 1001
         if h["accessKey"] != ACCESS_KEY:
             return 1005
-        if h["sign"] != documented_sign(h["accessKey"], h["action"], h["bizType"], h["ts"], body, SECRET):
+        if h["sign"] != documented_sign(
+            h["accessKey"], h["action"], h["bizType"], h["ts"], body, SECRET
+        ):
             return 1003
         if not h["ts"].isdigit() or abs(int(h["ts"]) - time.time() * 1000) > 60_000:
             return 1004
@@ -60,8 +79,12 @@ class FakeNxcloud:
         if not all(data.get(k) for k in ("appkey", "phone", "functionType", "messageData")):
             return 1001
         md = data["messageData"]
-        if data["appkey"] != APPKEY or data["functionType"] != "text" or not md.get("text") \
-                or md.get("rateType") not in ("Transactional", "Promotional", "Session"):
+        if (
+            data["appkey"] != APPKEY
+            or data["functionType"] != "text"
+            or not md.get("text")
+            or md.get("rateType") not in ("Transactional", "Promotional", "Session")
+        ):
             return 1002
         return 0
 
@@ -76,10 +99,14 @@ class FakeNxcloud:
             code = self.next_codes.pop(0)
         if code == 0:
             answer = {"code": 0, "message": "Success", "data": {"requestId": uuid.uuid4().hex}}
-            self.sent.append({**json.loads(request.get_data()), "requestId": answer["data"]["requestId"]})
+            self.sent.append(
+                {**json.loads(request.get_data()), "requestId": answer["data"]["requestId"]}
+            )
         else:
             answer = {"code": code, "message": f"error {code}"}
-        self.calls.append({"headers": dict(request.headers), "body": request.get_data(), "answer": answer})
+        self.calls.append(
+            {"headers": dict(request.headers), "body": request.get_data(), "answer": answer}
+        )
         return Response(json.dumps(answer), mimetype="application/json")(environ, start_response)
 
     def start(self):
@@ -98,6 +125,11 @@ def fake_nxcloud():
 
 
 def nxcloud_config(fake: FakeNxcloud, **overrides) -> dict:
-    return {"NXCLOUD_BASE_URL": fake.url, "NXCLOUD_ACCESS_KEY": ACCESS_KEY,
-            "NXCLOUD_ACCESS_SECRET": SECRET, "NXCLOUD_APPKEY": APPKEY, "NXCLOUD_TIMEOUT": 2,
-            **overrides}
+    return {
+        "NXCLOUD_BASE_URL": fake.url,
+        "NXCLOUD_ACCESS_KEY": ACCESS_KEY,
+        "NXCLOUD_ACCESS_SECRET": SECRET,
+        "NXCLOUD_APPKEY": APPKEY,
+        "NXCLOUD_TIMEOUT": 2,
+        **overrides,
+    }

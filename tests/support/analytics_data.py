@@ -1,10 +1,12 @@
 """A hand-computed set of messages for the analytics tests, fed through the real ingest."""
-from datetime import datetime, timedelta, timezone
+
+from datetime import UTC, datetime, timedelta
 
 from app.analytics_report import TimeRange
-from timed_ingest import register, receipt, reply
 
-T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+from .timed_ingest import receipt, register, reply
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 HOUR = TimeRange("custom", "Custom", T0, T0 + timedelta(hours=1))
 USD_T = {"currency": "USD", "localPrice": 1.5, "originalPrice": 0.2, "rateType": "Transactional"}
 
@@ -29,8 +31,17 @@ def load_fixture():
     receipt(at(11, 0), "B", "delivered", message="Viber message has delivered (device 2)")
     receipt(at(12, 0), "B", "seen")
     # C: failed 11000, cost EUR Promotional.
-    receipt(at(20, 0), "C", "success",
-            cost={"currency": "EUR", "localPrice": 2.0, "originalPrice": 0.3, "rateType": "Promotional"})
+    receipt(
+        at(20, 0),
+        "C",
+        "success",
+        cost={
+            "currency": "EUR",
+            "localPrice": 2.0,
+            "originalPrice": 0.3,
+            "rateType": "Promotional",
+        },
+    )
     receipt(at(20, 10), "C", "failed")
     # D: expired.
     receipt(at(30, 0), "D", "success")

@@ -17,6 +17,7 @@ No `request` here: views hand over the bytes and headers. Status changes go only
 `status.fold` (by way of `derivation`), over the whole set of a message's receipts, so any
 arrival order, batching or concurrency gives the same record.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -29,10 +30,9 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional, Union
 
 import psycopg
 from blinker import Namespace
@@ -40,8 +40,8 @@ from flask import Flask, current_app
 from sqlalchemy import bindparam, case
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from . import contacts, payloads, replay, retention, rollup, spool, tally
-from .derivation import (
+from .. import contacts, payloads, replay, retention, rollup, tally
+from ..derivation import (
     COLUMNS,
     Registration,
     ReplyFact,
@@ -51,12 +51,20 @@ from .derivation import (
     reply_fact,
     reply_preview,
 )
-from .models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db, utcnow
-from .payloads import Invalid
+from ..models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db, utcnow
+from ..payloads import Invalid
+from ..status import PRECEDENCE, ReceiptFact
+from . import spool
 from .sqlutil import (
-    COPY_FROM, begin_writing, insert_for, pipelined, run_many, select_in, send_next_ids, send_select_in,
+    COPY_FROM,
+    begin_writing,
+    insert_for,
+    pipelined,
+    run_many,
+    select_in,
+    send_next_ids,
+    send_select_in,
 )
-from .status import PRECEDENCE, ReceiptFact
 
 log = logging.getLogger(__name__)
 # One line when spooling starts or fails, and when a spool is drained (app/logs.py formats it).
@@ -69,19 +77,17 @@ activity_committed = signals.signal("activity-committed")
 batch_committed = signals.signal("batch-committed")
 
 ENDPOINTS = ("dr", "message", "register")
-KEPT_HEADERS = ("content-type", "user-agent", "accesskey", "ts", "biztype", "action", "sign",
-                "x-forwarded-for", "token-digest")
-DEFAULTS = {
-    # Most bodies one transaction applies; more wait for the next one.
-    "INGEST_BATCH_MAX": 500,
-    # Where bodies wait while the database is away (default: the instance folder's spool/).
-    "SPOOL_FOLDER": None,
-    # Seconds between attempts to drain the spool while the database is away.
-    "SPOOL_RETRY_SECONDS": 1.0,
-    # Seconds a request waits for its body to be committed before it is answered 503 (the
-    # body is still applied when the writer gets to it).
-    "INGEST_WAIT_TIMEOUT": 30.0,
-}
+KEPT_HEADERS = (
+    "content-type",
+    "user-agent",
+    "accesskey",
+    "ts",
+    "biztype",
+    "action",
+    "sign",
+    "x-forwarded-for",
+    "token-digest",
+)
 # A writer thread with nothing to do for this long ends; the next body starts another.
 IDLE_SECONDS = 30.0
 
@@ -90,9 +96,9 @@ IDLE_SECONDS = 30.0
 class Result:
     http_status: int
     outcome: str  # accepted | duplicate | rejected | refused
-    raw_id: Optional[int]
-    request_id: Optional[str] = None
-    error: Optional[dict] = None
+    raw_id: int | None
+    request_id: str | None = None
+    error: dict | None = None
     payload: dict = field(default_factory=dict)
 
     @property
@@ -100,8 +106,10 @@ class Result:
         return self.http_status < 400
 
 
-def unavailable(reason: str, raw_id: Optional[int] = None) -> Result:
-    return Result(503, "rejected", raw_id, error={"error": reason, "field": "body", "reason": reason})
+def unavailable(reason: str, raw_id: int | None = None) -> Result:
+    return Result(
+        503, "rejected", raw_id, error={"error": reason, "field": "body", "reason": reason}
+    )
 
 
 class Done:
@@ -124,8 +132,10 @@ class Done:
     def is_set(self) -> bool:
         return self._set
 
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        return self._set or self._lock.acquire(timeout=-1 if timeout is None else timeout) or self._set
+    def wait(self, timeout: float | None = None) -> bool:
+        return (
+            self._set or self._lock.acquire(timeout=-1 if timeout is None else timeout) or self._set
+        )
 
 
 @dataclass(eq=False)
@@ -134,14 +144,14 @@ class Job:
 
     endpoint: str
     body: bytes
-    content_type: Optional[str]
+    content_type: str | None
     headers: dict  # the headers that matter (KEPT_HEADERS), lower-case names
-    remote_addr: Optional[str]
-    received_at: Optional[datetime] = None
-    raw_id: Optional[int] = None  # a stored body run again (reprocess): its row is updated
-    spooled: Optional[str] = None  # "file:number" of the spool record it is applied from
-    signature: Optional[replay.Signature] = None  # verified; taken (used once) with the body
-    result: Optional[Result] = None
+    remote_addr: str | None
+    received_at: datetime | None = None
+    raw_id: int | None = None  # a stored body run again (reprocess): its row is updated
+    spooled: str | None = None  # "file:number" of the spool record it is applied from
+    signature: replay.Signature | None = None  # verified; taken (used once) with the body
+    result: Result | None = None
     done: Done = field(default_factory=Done)
 
     def finish(self, result: Result) -> None:
@@ -157,7 +167,7 @@ def sendtime_zone() -> tzinfo:
     return current_app.extensions["viberwatch.sendtime_zone"]
 
 
-Item = Union[payloads.ReceiptIn, payloads.ReplyIn, payloads.RegistrationIn]
+Item = payloads.ReceiptIn | payloads.ReplyIn | payloads.RegistrationIn
 
 
 @dataclass(eq=False)
@@ -165,24 +175,28 @@ class Parsed:
     """A job after validation: its item, or the answer that rejects it."""
 
     job: Job
-    item: Optional[Item] = None
-    result: Optional[Result] = None
-    guessed_id: Optional[str] = None
+    item: Item | None = None
+    result: Result | None = None
+    guessed_id: str | None = None
 
     @property
-    def request_id(self) -> Optional[str]:
+    def request_id(self) -> str | None:
         item = self.item
         if item is None:
             return self.guessed_id
         return item.trace_request_id if isinstance(item, payloads.ReplyIn) else item.request_id
 
 
-def _guess_request_id(data) -> Optional[str]:
+def _guess_request_id(data) -> str | None:
     if isinstance(data, dict):
         for key in ("requestId", "traceRequestId"):
             value = data.get(key)
             # PostgreSQL text cannot hold NUL; such an id is only in the raw body.
-            if isinstance(value, str) and 0 < len(value) <= payloads.MAX_ID_LENGTH and "\x00" not in value:
+            if (
+                isinstance(value, str)
+                and 0 < len(value) <= payloads.MAX_ID_LENGTH
+                and "\x00" not in value
+            ):
                 return value
     return None
 
@@ -199,30 +213,69 @@ def parse(job: Job, zone: tzinfo) -> Parsed:
         return Parsed(job, payloads.parse_registration(data))
     except Invalid as exc:
         guessed = _guess_request_id(data)
-        return Parsed(job, result=Result(exc.status, "rejected", None, guessed, error=exc.as_json()),
-                      guessed_id=guessed)
+        return Parsed(
+            job,
+            result=Result(exc.status, "rejected", None, guessed, error=exc.as_json()),
+            guessed_id=guessed,
+        )
 
 
 # --- reading what is stored about the touched messages ----------------------------------------
 
 # What a batch needs of a stored message: the registration, and what the tally and the
 # rollups count it under (tally.key_of, rollup.share_of).
-MESSAGE_COLUMNS = ("request_id", "phone", "registered_at", "text", "appkey", "function_type", "status",
-                   "code", "anomaly", "created_at", "last_activity_at", "receipts_count", "replies_count",
-                   "cost_currency",
-                   "cost_rate_type", "cost_local_price", "cost_original_price", "accepted_at",
-                   "delivered_at", "seen_at")
-RECEIPT_COLUMNS = ("request_id", "content_hash", "status", "code", "message", "received_at",
-                   "send_time_raw", "has_cost", "cost_currency", "cost_local_price",
-                   "cost_original_price", "cost_rate_type")
-REPLY_COLUMNS = ("trace_request_id", "content_hash", "phone", "received_at", "raw_id", "text",
-                 "file_name", "media")
+MESSAGE_COLUMNS = (
+    "request_id",
+    "phone",
+    "registered_at",
+    "text",
+    "appkey",
+    "function_type",
+    "status",
+    "code",
+    "anomaly",
+    "created_at",
+    "last_activity_at",
+    "receipts_count",
+    "replies_count",
+    "cost_currency",
+    "cost_rate_type",
+    "cost_local_price",
+    "cost_original_price",
+    "accepted_at",
+    "delivered_at",
+    "seen_at",
+)
+RECEIPT_COLUMNS = (
+    "request_id",
+    "content_hash",
+    "status",
+    "code",
+    "message",
+    "received_at",
+    "send_time_raw",
+    "has_cost",
+    "cost_currency",
+    "cost_local_price",
+    "cost_original_price",
+    "cost_rate_type",
+)
+REPLY_COLUMNS = (
+    "trace_request_id",
+    "content_hash",
+    "phone",
+    "received_at",
+    "raw_id",
+    "text",
+    "file_name",
+    "media",
+)
 # receipts_count of a message row created by this transaction until its columns are written
 # (a stored row never has it): tells new rows from old.
 NEW_ROW = -1
 
 
-@lru_cache(maxsize=None)
+@cache
 def _create_statement(dialect: str):
     return insert_for(Message, dialect).on_conflict_do_nothing(index_elements=["request_id"])
 
@@ -238,24 +291,51 @@ def read_messages(conn, first_heard: dict[str, datetime]) -> tuple[dict, dict, d
     """
     ids = sorted(first_heard)
     with pipelined(conn):
-        run_many(conn, _create_statement(conn.dialect.name), [
-            {"request_id": rid, "created_at": first_heard[rid], "last_activity_at": first_heard[rid],
-             "anomaly": False, "receipts_count": NEW_ROW, "replies_count": 0} for rid in ids])
-        rows = send_select_in(conn, Message.__table__, MESSAGE_COLUMNS, "request_id", ids, lock=True)
+        run_many(
+            conn,
+            _create_statement(conn.dialect.name),
+            [
+                {
+                    "request_id": rid,
+                    "created_at": first_heard[rid],
+                    "last_activity_at": first_heard[rid],
+                    "anomaly": False,
+                    "receipts_count": NEW_ROW,
+                    "replies_count": 0,
+                }
+                for rid in ids
+            ],
+        )
+        rows = send_select_in(
+            conn, Message.__table__, MESSAGE_COLUMNS, "request_id", ids, lock=True
+        )
         receipts = send_select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", ids)
         replies = send_select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", ids)
-    return ({row.request_id: row for row in rows.rows()}, _receipt_facts(receipts.rows()),
-            _reply_facts(replies.rows()))
+    return (
+        {row.request_id: row for row in rows.rows()},
+        _receipt_facts(receipts.rows()),
+        _reply_facts(replies.rows()),
+    )
 
 
 def _receipt_facts(rows) -> dict[str, dict[str, ReceiptFact]]:
     """request_id -> content_hash -> the fold's view of each stored receipt."""
     out: dict[str, dict[str, ReceiptFact]] = {}
     for r in rows:
-        cost = (r.cost_currency, r.cost_local_price, r.cost_original_price, r.cost_rate_type) if r.has_cost else None
+        cost = (
+            (r.cost_currency, r.cost_local_price, r.cost_original_price, r.cost_rate_type)
+            if r.has_cost
+            else None
+        )
         out.setdefault(r.request_id, {})[r.content_hash] = ReceiptFact(
-            status=r.status, code=r.code, message=r.message, received_at=r.received_at, key=r.content_hash,
-            send_time_raw=r.send_time_raw, cost=cost)
+            status=r.status,
+            code=r.code,
+            message=r.message,
+            received_at=r.received_at,
+            key=r.content_hash,
+            send_time_raw=r.send_time_raw,
+            cost=cost,
+        )
     return out
 
 
@@ -264,11 +344,12 @@ def _reply_facts(rows) -> dict[str, dict[str, ReplyFact]]:
     out: dict[str, dict[str, ReplyFact]] = {}
     for r in rows:
         out.setdefault(r.trace_request_id, {})[r.content_hash] = ReplyFact(
-            r.phone, r.received_at, r.raw_id, r.text, r.file_name, r.media)
+            r.phone, r.received_at, r.raw_id, r.text, r.file_name, r.media
+        )
     return out
 
 
-def registration_of(row) -> Optional[Registration]:
+def registration_of(row) -> Registration | None:
     if row.registered_at is None:
         return None
     return Registration(row.phone, row.text, row.appkey, row.function_type, row.registered_at)
@@ -280,15 +361,26 @@ def stored_columns(request_ids: list[str]) -> dict[str, dict]:
     conn = db.session.connection()
     t = Message.__table__.c
     rows = conn.execute(db.select(Message.__table__).where(t.request_id.in_(request_ids))).all()
-    receipts = _receipt_facts(select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", request_ids))
-    replies = _reply_facts(select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", request_ids))
-    return {row.request_id: message_columns(receipts.get(row.request_id, {}).values(),
-                                            replies.get(row.request_id, {}).values(),
-                                            registration_of(row), row.created_at, sendtime_zone())
-            for row in rows}
+    receipts = _receipt_facts(
+        select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", request_ids)
+    )
+    replies = _reply_facts(
+        select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", request_ids)
+    )
+    return {
+        row.request_id: message_columns(
+            receipts.get(row.request_id, {}).values(),
+            replies.get(row.request_id, {}).values(),
+            registration_of(row),
+            row.created_at,
+            sendtime_zone(),
+        )
+        for row in rows
+    }
 
 
 # --- one batch ---------------------------------------------------------------------------------
+
 
 @dataclass(eq=False)
 class Touched:
@@ -297,12 +389,12 @@ class Touched:
     row: object  # the locked row as stored (receipts_count NEW_ROW when created now)
     receipts: dict  # content_hash -> ReceiptFact
     replies: dict  # content_hash -> ReplyFact (new ones get theirs once their raw id is known)
-    registration: Optional[Registration]
+    registration: Registration | None
     changed: bool = False
-    last_event_at: Optional[datetime] = None
+    last_event_at: datetime | None = None
     # The phone and the statuses as each event leaves them, for its activity row: the log
     # reads the same whichever batch an event was applied in.
-    phone: Optional[str] = None
+    phone: str | None = None
     statuses: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -314,7 +406,7 @@ class Touched:
         return self.row.receipts_count == NEW_ROW
 
     @property
-    def status(self) -> Optional[str]:
+    def status(self) -> str | None:
         return next((s for s in PRECEDENCE if s in self.statuses), None)
 
     def event(self, at: datetime) -> None:
@@ -328,7 +420,7 @@ class Repeat:
     """Further arrivals of a receipt or reply: added to its counters."""
 
     times: int = 0
-    last: Optional[datetime] = None
+    last: datetime | None = None
 
     def add(self, at: datetime) -> None:
         self.times += 1
@@ -336,29 +428,45 @@ class Repeat:
             self.last = at
 
 
-@lru_cache(maxsize=None)
+@cache
 def _statements() -> SimpleNamespace:
     m, rc, rp, raw = Message.__table__, Receipt.__table__, Reply.__table__, RawBody.__table__
     return SimpleNamespace(
         raw=db.insert(raw),
-        raw_again=db.update(raw).where(raw.c.id == bindparam("b_id")).values(
-            outcome=bindparam("outcome"), http_status=bindparam("http_status"), reason=bindparam("reason"),
-            request_id=bindparam("request_id"), reprocessed_at=bindparam("reprocessed_at")),
+        raw_again=db.update(raw)
+        .where(raw.c.id == bindparam("b_id"))
+        .values(
+            outcome=bindparam("outcome"),
+            http_status=bindparam("http_status"),
+            reason=bindparam("reason"),
+            request_id=bindparam("request_id"),
+            reprocessed_at=bindparam("reprocessed_at"),
+        ),
         receipt=db.insert(rc),
-        receipt_again=db.update(rc).where(rc.c.content_hash == bindparam("b_hash")).values(
+        receipt_again=db.update(rc)
+        .where(rc.c.content_hash == bindparam("b_hash"))
+        .values(
             times_received=rc.c.times_received + bindparam("b_times"),
-            last_received_at=case((rc.c.last_received_at < bindparam("b_last", type_=UTCDateTime()),
-                                   bindparam("b_last", type_=UTCDateTime())), else_=rc.c.last_received_at)),
+            last_received_at=case(
+                (
+                    rc.c.last_received_at < bindparam("b_last", type_=UTCDateTime()),
+                    bindparam("b_last", type_=UTCDateTime()),
+                ),
+                else_=rc.c.last_received_at,
+            ),
+        ),
         reply=db.insert(rp),
-        reply_again=db.update(rp).where(rp.c.content_hash == bindparam("b_hash")).values(
-            times_received=rp.c.times_received + bindparam("b_times")),
-        message=db.update(m).where(m.c.request_id == bindparam("b_rid")).values(
-            {name: bindparam(name) for name in COLUMNS}),
+        reply_again=db.update(rp)
+        .where(rp.c.content_hash == bindparam("b_hash"))
+        .values(times_received=rp.c.times_received + bindparam("b_times")),
+        message=db.update(m)
+        .where(m.c.request_id == bindparam("b_rid"))
+        .values({name: bindparam(name) for name in COLUMNS}),
         activity=db.insert(Activity.__table__),
     )
 
 
-def _text(value: Optional[str], limit: int) -> Optional[str]:
+def _text(value: str | None, limit: int) -> str | None:
     """A header value fit for a bounded text column (PostgreSQL text cannot hold NUL)."""
     return None if value is None else value.replace("\x00", "\ufffd")[:limit]
 
@@ -376,7 +484,7 @@ class Batch:
         self.receipt_repeats: dict[str, Repeat] = {}
         self.reply_repeats: dict[str, Repeat] = {}
         # Accepted bodies in arrival order: (body, kind, phone, status) for the activity log.
-        self.events: list[tuple[Parsed, str, Optional[str], Optional[str]]] = []
+        self.events: list[tuple[Parsed, str, str | None, str | None]] = []
         self.contacts = contacts.Changes()
 
     def run(self, conn) -> bool:
@@ -388,10 +496,14 @@ class Batch:
             if rid not in first_heard or at < first_heard[rid]:
                 first_heard[rid] = at
         with pipelined(conn):  # PostgreSQL: everything read, in one round trip
-            raw_ids = send_next_ids(conn, RawBody.__table__, sum(p.job.raw_id is None for p in self.parsed))
+            raw_ids = send_next_ids(
+                conn, RawBody.__table__, sum(p.job.raw_id is None for p in self.parsed)
+            )
             rows, receipts, replies = read_messages(conn, first_heard)
         for rid, row in rows.items():
-            self.touched[rid] = Touched(row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row))
+            self.touched[rid] = Touched(
+                row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row)
+            )
         for p in valid:
             self._decide(p)
         # A small batch's writes go to PostgreSQL in one round trip; a large one's by COPY.
@@ -412,12 +524,23 @@ class Batch:
         if not signed:
             return
         settings = current_app.extensions["viberwatch.webhook_auth"]
-        replays = replay.take(conn, [p.job.signature for p in signed], utcnow(), settings.sign_window)
-        for p, replayed in zip(signed, replays):
+        replays = replay.take(
+            conn, [p.job.signature for p in signed], utcnow(), settings.sign_window
+        )
+        for p, replayed in zip(signed, replays, strict=False):
             if replayed:
                 p.guessed_id, p.item = p.request_id, None
-                p.result = Result(401, "refused", None, p.guessed_id, error={
-                    "error": f"sign: {replay.REASON}", "field": "sign", "reason": replay.REASON})
+                p.result = Result(
+                    401,
+                    "refused",
+                    None,
+                    p.guessed_id,
+                    error={
+                        "error": f"sign: {replay.REASON}",
+                        "field": "sign",
+                        "reason": replay.REASON,
+                    },
+                )
 
     def _decide(self, p: Parsed) -> None:
         item, at = p.item, p.job.received_at
@@ -457,9 +580,16 @@ class Batch:
                 p.result = Result(200, "duplicate", None, item.request_id, payload=payload)
                 return
             first = msg.registration is None
-            msg.registration = Registration(item.phone, item.text, item.appkey, item.function_type,
-                                            at if first else msg.registration.registered_at)
-            p.result = Result(201 if first else 200, "accepted", None, item.request_id, payload=payload)
+            msg.registration = Registration(
+                item.phone,
+                item.text,
+                item.appkey,
+                item.function_type,
+                at if first else msg.registration.registered_at,
+            )
+            p.result = Result(
+                201 if first else 200, "accepted", None, item.request_id, payload=payload
+            )
             msg.event(at)
             self.contacts.of(item.phone, at).show(outbound_preview(item.text), at)
             msg.phone = item.phone
@@ -471,18 +601,40 @@ class Batch:
             job, result = p.job, p.result
             reason = result.error["error"] if result.error else None
             if job.raw_id is not None:
-                again.append({"b_id": job.raw_id, "outcome": result.outcome, "http_status": result.http_status,
-                              "reason": reason, "request_id": p.request_id, "reprocessed_at": now})
+                again.append(
+                    {
+                        "b_id": job.raw_id,
+                        "outcome": result.outcome,
+                        "http_status": result.http_status,
+                        "reason": reason,
+                        "request_id": p.request_id,
+                        "reprocessed_at": now,
+                    }
+                )
                 result.raw_id = job.raw_id
                 continue
-            fresh.append({"id": None, "endpoint": job.endpoint, "received_at": job.received_at,
-                          "content_type": _text(job.content_type, 255), "body": job.body,
-                          "headers": json.dumps(job.headers), "remote_addr": _text(job.remote_addr, 64),
-                          "outcome": result.outcome, "http_status": result.http_status, "reason": reason,
-                          "request_id": p.request_id, "reprocessed_at": None, "spooled": job.spooled})
+            fresh.append(
+                {
+                    "id": None,
+                    "endpoint": job.endpoint,
+                    "received_at": job.received_at,
+                    "content_type": _text(job.content_type, 255),
+                    "body": job.body,
+                    "headers": json.dumps(job.headers),
+                    "remote_addr": _text(job.remote_addr, 64),
+                    "outcome": result.outcome,
+                    "http_status": result.http_status,
+                    "reason": reason,
+                    "request_id": p.request_id,
+                    "reprocessed_at": None,
+                    "spooled": job.spooled,
+                }
+            )
         st = _statements()
         if fresh:
-            for p, row, raw_id in zip((p for p in self.parsed if p.job.raw_id is None), fresh, ids):
+            for p, row, raw_id in zip(
+                (p for p in self.parsed if p.job.raw_id is None), fresh, ids, strict=False
+            ):
                 p.result.raw_id = row["id"] = raw_id
             run_many(conn, st.raw, fresh)
         if again:
@@ -493,31 +645,61 @@ class Batch:
         rows = []
         for digest, (p, repeat) in self.new_receipts.items():
             rc, cost = p.item, p.item.cost
-            rows.append({
-                "raw_id": p.result.raw_id, "request_id": rc.request_id, "content_hash": digest,
-                "status": rc.status, "code": rc.code, "message": rc.message,
-                "send_time_raw": rc.send_time_raw, "send_time": rc.send_time,
-                "cost_currency": cost.currency if cost else None,
-                "cost_local_price": cost.local_price if cost else None,
-                "cost_original_price": cost.original_price if cost else None,
-                "cost_rate_type": cost.rate_type if cost else None, "has_cost": cost is not None,
-                "received_at": p.job.received_at, "times_received": repeat.times,
-                "last_received_at": repeat.last})
+            rows.append(
+                {
+                    "raw_id": p.result.raw_id,
+                    "request_id": rc.request_id,
+                    "content_hash": digest,
+                    "status": rc.status,
+                    "code": rc.code,
+                    "message": rc.message,
+                    "send_time_raw": rc.send_time_raw,
+                    "send_time": rc.send_time,
+                    "cost_currency": cost.currency if cost else None,
+                    "cost_local_price": cost.local_price if cost else None,
+                    "cost_original_price": cost.original_price if cost else None,
+                    "cost_rate_type": cost.rate_type if cost else None,
+                    "has_cost": cost is not None,
+                    "received_at": p.job.received_at,
+                    "times_received": repeat.times,
+                    "last_received_at": repeat.last,
+                }
+            )
         run_many(conn, st.receipt, rows)
         rows = []
         for digest, (p, repeat) in self.new_replies.items():
             rp, at = p.item, p.job.received_at
             self.touched[rp.trace_request_id].replies[digest] = reply_fact(rp, at, p.result.raw_id)
-            rows.append({
-                "raw_id": p.result.raw_id, "content_hash": digest, "phone": rp.phone, "appkey": rp.appkey,
-                "trace_request_id": rp.trace_request_id, "text": rp.text, "media": rp.media,
-                "file_name": rp.file_name, "send_time_raw": rp.send_time_raw, "send_time": rp.send_time,
-                "received_at": at, "times_received": repeat.times})
+            rows.append(
+                {
+                    "raw_id": p.result.raw_id,
+                    "content_hash": digest,
+                    "phone": rp.phone,
+                    "appkey": rp.appkey,
+                    "trace_request_id": rp.trace_request_id,
+                    "text": rp.text,
+                    "media": rp.media,
+                    "file_name": rp.file_name,
+                    "send_time_raw": rp.send_time_raw,
+                    "send_time": rp.send_time,
+                    "received_at": at,
+                    "times_received": repeat.times,
+                }
+            )
         run_many(conn, st.reply, rows)
-        run_many(conn, st.receipt_again, [{"b_hash": h, "b_times": r.times, "b_last": r.last}
-                                          for h, r in sorted(self.receipt_repeats.items())])
-        run_many(conn, st.reply_again, [{"b_hash": h, "b_times": r.times}
-                                        for h, r in sorted(self.reply_repeats.items())])
+        run_many(
+            conn,
+            st.receipt_again,
+            [
+                {"b_hash": h, "b_times": r.times, "b_last": r.last}
+                for h, r in sorted(self.receipt_repeats.items())
+            ],
+        )
+        run_many(
+            conn,
+            st.reply_again,
+            [{"b_hash": h, "b_times": r.times} for h, r in sorted(self.reply_repeats.items())],
+        )
 
     def _write_messages(self, conn) -> tuple[tally.Moves, rollup.Moves]:
         tally_moves, rollup_moves = tally.Moves(), rollup.Moves()
@@ -526,8 +708,13 @@ class Batch:
             if not (msg.changed or msg.new):
                 continue
             row = msg.row
-            columns = message_columns(msg.receipts.values(), msg.replies.values(), msg.registration,
-                                      row.created_at, self.zone)
+            columns = message_columns(
+                msg.receipts.values(),
+                msg.replies.values(),
+                msg.registration,
+                row.created_at,
+                self.zone,
+            )
             updates.append({"b_rid": rid, **columns})
             after = SimpleNamespace(created_at=row.created_at, **columns)
             if msg.new:
@@ -556,13 +743,22 @@ class Batch:
                 summary = reply_preview(item.text, item.file_name, item.media)
             else:
                 summary = item.text or ""
-            rows.append({"kind": kind, "created_at": p.job.received_at, "request_id": p.request_id,
-                         "phone": phone, "status": status, "raw_id": p.result.raw_id,
-                         "summary": summary[:200]})
+            rows.append(
+                {
+                    "kind": kind,
+                    "created_at": p.job.received_at,
+                    "request_id": p.request_id,
+                    "phone": phone,
+                    "status": status,
+                    "raw_id": p.result.raw_id,
+                    "summary": summary[:200],
+                }
+            )
         run_many(conn, _statements().activity, rows)
 
 
 # --- transactions ------------------------------------------------------------------------------
+
 
 class WriteLock:
     """On a SQLite file, a kernel lock (flock) held around each ingest transaction, so the
@@ -575,7 +771,11 @@ class WriteLock:
         self._fd = None
         self._pid = None
         url = db.engines[None].url if app else None
-        if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if (
+            url is not None
+            and url.get_backend_name() == "sqlite"
+            and url.database not in (None, "", ":memory:")
+        ):
             self._path = url.database + "-ingest.lock"
 
     @contextmanager
@@ -585,7 +785,10 @@ class WriteLock:
                 yield
                 return
             if self._fd is None or self._pid != os.getpid():
-                self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+                self._fd, self._pid = (
+                    os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600),
+                    os.getpid(),
+                )
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 yield
@@ -623,7 +826,7 @@ class Link:
 
 
 @contextmanager
-def _transaction(link: Optional[Link]):
+def _transaction(link: Link | None):
     """A connection in a transaction: the writer's own, or the current session's."""
     if link is None:
         try:
@@ -646,11 +849,13 @@ def _transaction(link: Optional[Link]):
         raise
 
 
-@lru_cache(maxsize=None)
+@cache
 def _mark_statement(dialect: str):
     stmt = insert_for(SpoolMark, dialect)
-    return stmt.on_conflict_do_update(index_elements=["name"], set_={
-        "drained_upto": stmt.excluded.drained_upto, "updated_at": stmt.excluded.updated_at})
+    return stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"drained_upto": stmt.excluded.drained_upto, "updated_at": stmt.excluded.updated_at},
+    )
 
 
 def write_marks(conn, jobs: list[Job]) -> None:
@@ -663,8 +868,14 @@ def write_marks(conn, jobs: list[Job]) -> None:
             upto[name] = max(upto.get(name, 0), int(n))
     if upto:
         now = utcnow()
-        run_many(conn, _mark_statement(conn.dialect.name),
-                 [{"name": name, "drained_upto": n, "updated_at": now} for name, n in sorted(upto.items())])
+        run_many(
+            conn,
+            _mark_statement(conn.dialect.name),
+            [
+                {"name": name, "drained_upto": n, "updated_at": now}
+                for name, n in sorted(upto.items())
+            ],
+        )
 
 
 def database_away(exc: BaseException) -> bool:
@@ -672,22 +883,38 @@ def database_away(exc: BaseException) -> bool:
     read-only, full, locked beyond the busy timeout, its file gone), rather than refusing
     this data: the bodies then wait in the spool instead of being answered 503."""
     orig = getattr(exc, "orig", None) or exc
-    if isinstance(exc, (DisconnectionError, InterfaceError)) or isinstance(orig, sqlite3.InterfaceError):
+    if isinstance(exc, (DisconnectionError, InterfaceError)) or isinstance(
+        orig, sqlite3.InterfaceError
+    ):
         return True
     if isinstance(orig, sqlite3.OperationalError):
         text = str(orig).lower()
-        return any(part in text for part in ("locked", "unable to open", "disk i/o", "disk is full",
-                                              "readonly", "no such table"))
+        return any(
+            part in text
+            for part in (
+                "locked",
+                "unable to open",
+                "disk i/o",
+                "disk is full",
+                "readonly",
+                "no such table",
+            )
+        )
     state = getattr(orig, "sqlstate", None)
     if isinstance(orig, psycopg.Error):
         # 08 connection, 53 resources (disk full), 57 operator intervention (shutdown),
         # 25006 read-only transaction (a standby); not 40 (deadlock: a retry will do).
-        return (state or "08").startswith(("08", "53", "57")) or state == "25006" or (
-            isinstance(orig, psycopg.OperationalError) and state is None)
-    return isinstance(exc, OperationalError) and not isinstance(orig, (sqlite3.Error, psycopg.Error))
+        return (
+            (state or "08").startswith(("08", "53", "57"))
+            or state == "25006"
+            or (isinstance(orig, psycopg.OperationalError) and state is None)
+        )
+    return isinstance(exc, OperationalError) and not isinstance(
+        orig, (sqlite3.Error, psycopg.Error)
+    )
 
 
-def apply_batch(jobs: list[Job], link: Optional[Link] = None) -> bool:
+def apply_batch(jobs: list[Job], link: Link | None = None) -> bool:
     """Store and apply these bodies in one transaction (on `link`, else on the current
     session) and finish each job with its own answer once committed.
 
@@ -707,17 +934,24 @@ def apply_batch(jobs: list[Job], link: Optional[Link] = None) -> bool:
             logged = Batch(parsed, zone).run(conn)
     except Exception as exc:
         if database_away(exc):
-            log.warning("the database is away (%s)", type(getattr(exc, "orig", None) or exc).__name__)
+            log.warning(
+                "the database is away (%s)", type(getattr(exc, "orig", None) or exc).__name__
+            )
             return False
         if len(jobs) > 1:
-            log.warning("a batch of %d bodies failed (%s); applying them one by one", len(jobs),
-                        type(exc).__name__)
+            log.warning(
+                "a batch of %d bodies failed (%s); applying them one by one",
+                len(jobs),
+                type(exc).__name__,
+            )
             return all(apply_batch([job], link) for job in jobs)
         return _keep_unapplied(jobs[0], exc)
     batch_committed.send(current_app._get_current_object(), bodies=len(jobs))
     never_applied = sum(len(p.job.body) for p in parsed if not p.result.ok and p.job.raw_id is None)
     if never_applied:
-        retention.kept(never_applied)  # bounded by REJECTED_KEEP_BYTES / _DAYS before anyone is answered
+        retention.kept(
+            never_applied
+        )  # bounded by REJECTED_KEEP_BYTES / _DAYS before anyone is answered
     for p in parsed:
         p.job.finish(p.result)
     if logged:
@@ -735,8 +969,18 @@ def _keep_unapplied(job: Job, exc: Exception) -> bool:
         job.finish(unavailable(reason, job.raw_id))
         return True
     try:
-        raw = store_raw(job.endpoint, job.body, job.content_type, job.headers, job.remote_addr,
-                        "rejected", 503, reason, received_at=job.received_at, spooled=job.spooled)
+        raw = store_raw(
+            job.endpoint,
+            job.body,
+            job.content_type,
+            job.headers,
+            job.remote_addr,
+            "rejected",
+            503,
+            reason,
+            received_at=job.received_at,
+            spooled=job.spooled,
+        )
         write_marks(db.session.connection(), [job])
         db.session.commit()
         retention.kept(len(job.body))
@@ -772,14 +1016,14 @@ class Writer:
         self.folder = Path(app.config["SPOOL_FOLDER"] or os.path.join(app.instance_path, "spool"))
         self._cond = threading.Condition()
         self._pending: list[Job] = []
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._stopping = False
         self._pid = os.getpid()
         # While set, every body goes to this file, so the spool keeps the order of arrival.
         # Set by the writer, cleared by the drainer, both under the lock.
-        self._spool: Optional[spool.SpoolFile] = None
+        self._spool: spool.SpoolFile | None = None
         self._spool_lock = threading.Lock()
-        self._drainer: Optional[threading.Thread] = None
+        self._drainer: threading.Thread | None = None
         self._drainer_stop = threading.Event()
         self._checked_at = 0.0
         # Set while the last bodies could be neither applied nor spooled (answered 503).
@@ -816,7 +1060,7 @@ class Writer:
             if not self._pending:
                 self._thread = None
                 return []
-            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
             return batch
 
     def _run(self) -> None:
@@ -867,20 +1111,44 @@ class Writer:
                 started = self._spool is None
                 if started:
                     self._spool = spool.SpoolFile(spool.ensure(self.folder))
-                self._spool.append([(j.endpoint, j.received_at, j.content_type, j.headers, j.remote_addr, j.body)
-                                    for j in jobs])
+                self._spool.append(
+                    [
+                        (
+                            j.endpoint,
+                            j.received_at,
+                            j.content_type,
+                            j.headers,
+                            j.remote_addr,
+                            j.body,
+                        )
+                        for j in jobs
+                    ]
+                )
             except OSError as exc:
-                spool_log.critical("the database is away and the spool cannot be written (%s): bodies "
-                                   "answered 503", exc, extra={"event": "spool_failed", "bodies": len(jobs)})
+                spool_log.critical(
+                    "the database is away and the spool cannot be written (%s): bodies "
+                    "answered 503",
+                    exc,
+                    extra={"event": "spool_failed", "bodies": len(jobs)},
+                )
                 self.cannot_store = True
                 for job in jobs:
-                    job.finish(unavailable("not applied: the database is away and the spool cannot be written"))
+                    job.finish(
+                        unavailable(
+                            "not applied: the database is away and the spool cannot be written"
+                        )
+                    )
                 return True
             self.cannot_store = False
             if started:
-                spool_log.warning("spooling started: the database is away; bodies wait on disk",
-                                  extra={"event": "spool_started", "spool": str(self._spool.path),
-                                         "bodies": len(jobs)})
+                spool_log.warning(
+                    "spooling started: the database is away; bodies wait on disk",
+                    extra={
+                        "event": "spool_started",
+                        "spool": str(self._spool.path),
+                        "bodies": len(jobs),
+                    },
+                )
         for p in parsed:
             p.job.finish(p.result if p.result is not None else queued(p))
         self.ensure_draining(force=True)
@@ -908,10 +1176,14 @@ class Writer:
         with self._cond:
             if self._drainer is not None and self._drainer.is_alive():
                 return
-            if not force and not (self.folder.is_dir() and any(self.folder.glob("*" + spool.SUFFIX))):
+            if not force and not (
+                self.folder.is_dir() and any(self.folder.glob("*" + spool.SUFFIX))
+            ):
                 return
             self._drainer_stop.clear()
-            self._drainer = threading.Thread(target=self._drain_forever, name="ingest-drainer", daemon=True)
+            self._drainer = threading.Thread(
+                target=self._drain_forever, name="ingest-drainer", daemon=True
+            )
             self._drainer.start()
 
     def _drain_forever(self) -> None:
@@ -928,7 +1200,7 @@ class Writer:
                 link.drop()
                 db.session.remove()
 
-    def _own_file(self) -> "OwnFile":
+    def _own_file(self) -> OwnFile:
         return OwnFile(self)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -953,11 +1225,11 @@ class OwnFile:
         self.writer = writer
 
     @property
-    def path(self) -> Optional[Path]:
+    def path(self) -> Path | None:
         current = self.writer._spool
         return current.path if current is not None else None
 
-    def progress(self, drained: int, oldest: Optional[datetime]) -> None:
+    def progress(self, drained: int, oldest: datetime | None) -> None:
         with self.writer._spool_lock:
             current = self.writer._spool
             if current is not None:
@@ -975,13 +1247,17 @@ class OwnFile:
             spool.remove(current.path)
             forget_mark(current.name)
             self.writer._spool = None
-        spool_log.info("spool drained: every body applied; back to writing directly",
-                       extra={"event": "spool_drained", "spool": str(current.path), "bodies": drained})
+        spool_log.info(
+            "spool drained: every body applied; back to writing directly",
+            extra={"event": "spool_drained", "spool": str(current.path), "bodies": drained},
+        )
         return True
 
 
 def _mark_of(name: str) -> int:
-    mark = db.session.execute(db.select(SpoolMark.drained_upto).where(SpoolMark.name == name)).scalar()
+    mark = db.session.execute(
+        db.select(SpoolMark.drained_upto).where(SpoolMark.name == name)
+    ).scalar()
     db.session.rollback()
     return mark or 0
 
@@ -996,7 +1272,7 @@ def forget_mark(name: str) -> None:
         log.warning("the mark of spool %s stays (the database refused its deletion)", name)
 
 
-def drain(folder: Path, link: Optional[Link], batch_max: int, own: Optional[OwnFile] = None) -> str:
+def drain(folder: Path, link: Link | None, batch_max: int, own: OwnFile | None = None) -> str:
     """Apply every spool file of `folder` that is this process's own or whose process has
     ended, in order. "done" when nothing is left that can be drained now, "away" when the
     database stopped answering, "progress" when this process's own file received more."""
@@ -1020,9 +1296,18 @@ def drain(folder: Path, link: Optional[Link], batch_max: int, own: Optional[OwnF
             chunk: list[Job] = []
             signing = bool(current_app.extensions["viberwatch.webhook_auth"].sign_secret)
             for record in spool.records(path, applied):
-                chunk.append(Job(record.endpoint, record.body, record.content_type, record.headers,
-                                 record.remote_addr, record.received_at, spooled=f"{path.stem}:{record.n}",
-                                 signature=replay.Signature.of(record.headers) if signing else None))
+                chunk.append(
+                    Job(
+                        record.endpoint,
+                        record.body,
+                        record.content_type,
+                        record.headers,
+                        record.remote_addr,
+                        record.received_at,
+                        spooled=f"{path.stem}:{record.n}",
+                        signature=replay.Signature.of(record.headers) if signing else None,
+                    )
+                )
                 total = record.n
                 if len(chunk) >= batch_max:
                     if not _drain_chunk(path, chunk, link, mine, own):
@@ -1036,15 +1321,19 @@ def drain(folder: Path, link: Optional[Link], batch_max: int, own: Optional[OwnF
             else:
                 spool.remove(path)
                 forget_mark(path.stem)
-                spool_log.info("spool drained: it was left by a process that ended",
-                               extra={"event": "spool_drained", "spool": str(path), "bodies": total})
+                spool_log.info(
+                    "spool drained: it was left by a process that ended",
+                    extra={"event": "spool_drained", "spool": str(path), "bodies": total},
+                )
         finally:
             if fd is not None:
                 os.close(fd)
     return "done"
 
 
-def _drain_chunk(path: Path, jobs: list[Job], link: Optional[Link], mine: bool, own: Optional[OwnFile]) -> bool:
+def _drain_chunk(
+    path: Path, jobs: list[Job], link: Link | None, mine: bool, own: OwnFile | None
+) -> bool:
     if not apply_batch(jobs, link):
         return False
     last = int(jobs[-1].spooled.rpartition(":")[2])
@@ -1061,12 +1350,28 @@ def writer_of(app: Flask) -> Writer:
     return app.extensions["viberwatch.ingest"]
 
 
-def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers, remote_addr: Optional[str] = None,
-           *, received_at: Optional[datetime] = None, signature: Optional[replay.Signature] = None) -> Result:
+def ingest(
+    endpoint: str,
+    body: bytes,
+    content_type: str | None,
+    headers,
+    remote_addr: str | None = None,
+    *,
+    received_at: datetime | None = None,
+    signature: replay.Signature | None = None,
+) -> Result:
     """Store a body verbatim and apply it; answered once both are committed. A `signature`
     (verified) is taken in the same transaction: used before, the body is refused as a replay."""
     assert endpoint in ENDPOINTS
-    job = Job(endpoint, body, content_type, kept_headers(headers), remote_addr, received_at, signature=signature)
+    job = Job(
+        endpoint,
+        body,
+        content_type,
+        kept_headers(headers),
+        remote_addr,
+        received_at,
+        signature=signature,
+    )
     result = writer_of(current_app._get_current_object()).submit(job)
     # Committed by the writer's session: objects this thread's session loaded are stale now.
     if db.session.registry.has():
@@ -1074,22 +1379,48 @@ def ingest(endpoint: str, body: bytes, content_type: Optional[str], headers, rem
     return result
 
 
-def store_raw(endpoint: str, body: bytes, content_type: Optional[str], headers: dict,
-              remote_addr: Optional[str], outcome: str, http_status: int,
-              reason: Optional[str] = None, received_at: Optional[datetime] = None,
-              spooled: Optional[str] = None) -> RawBody:
-    raw = RawBody(endpoint=endpoint, received_at=received_at or utcnow(), content_type=_text(content_type, 255),
-                  body=body, headers=json.dumps(kept_headers(headers)), remote_addr=_text(remote_addr, 64),
-                  outcome=outcome, http_status=http_status, reason=reason, spooled=spooled)
+def store_raw(
+    endpoint: str,
+    body: bytes,
+    content_type: str | None,
+    headers: dict,
+    remote_addr: str | None,
+    outcome: str,
+    http_status: int,
+    reason: str | None = None,
+    received_at: datetime | None = None,
+    spooled: str | None = None,
+) -> RawBody:
+    raw = RawBody(
+        endpoint=endpoint,
+        received_at=received_at or utcnow(),
+        content_type=_text(content_type, 255),
+        body=body,
+        headers=json.dumps(kept_headers(headers)),
+        remote_addr=_text(remote_addr, 64),
+        outcome=outcome,
+        http_status=http_status,
+        reason=reason,
+        spooled=spooled,
+    )
     db.session.add(raw)
     db.session.flush()
     return raw
 
 
-def refuse(endpoint: str, body: bytes, content_type: Optional[str], headers: dict,
-           remote_addr: Optional[str], http_status: int, reason: str) -> RawBody:
+def refuse(
+    endpoint: str,
+    body: bytes,
+    content_type: str | None,
+    headers: dict,
+    remote_addr: str | None,
+    http_status: int,
+    reason: str,
+) -> RawBody:
     """Keep a body whose request was refused before validation (authentication, size)."""
-    raw = store_raw(endpoint, body, content_type, headers, remote_addr, "refused", http_status, reason)
+    raw = store_raw(
+        endpoint, body, content_type, headers, remote_addr, "refused", http_status, reason
+    )
     db.session.commit()
     retention.kept(len(body))
     return raw
@@ -1101,13 +1432,22 @@ def reprocess(raw_id: int) -> Result:
     if raw.outcome not in ("rejected", "refused"):
         return Result(raw.http_status, raw.outcome, raw.id, raw.request_id)
     if raw.outcome == "refused":
-        from .webhook_auth import still_refused  # it imports this module
+        from ..webhook_auth import still_refused  # it imports this module
 
-        refused = still_refused(db.session.get(RawBody, raw.id))  # authentication again, never around it
+        refused = still_refused(
+            db.session.get(RawBody, raw.id)
+        )  # authentication again, never around it
         if refused is not None:
             return refused
-    job = Job(raw.endpoint, raw.body, raw.content_type, json.loads(raw.headers or "{}"), raw.remote_addr,
-              raw.received_at, raw_id=raw.id)
+    job = Job(
+        raw.endpoint,
+        raw.body,
+        raw.content_type,
+        json.loads(raw.headers or "{}"),
+        raw.remote_addr,
+        raw.received_at,
+        raw_id=raw.id,
+    )
     if not apply_batch([job]):
         return unavailable("not applied: the database is away", raw.id)
     return job.result
@@ -1115,8 +1455,11 @@ def reprocess(raw_id: int) -> Result:
 
 def rejected_ids(include_refused: bool = False) -> list[int]:
     outcomes = ["rejected", "refused"] if include_refused else ["rejected"]
-    return list(db.session.execute(
-        db.select(RawBody.id).where(RawBody.outcome.in_(outcomes)).order_by(RawBody.id)).scalars())
+    return list(
+        db.session.execute(
+            db.select(RawBody.id).where(RawBody.outcome.in_(outcomes)).order_by(RawBody.id)
+        ).scalars()
+    )
 
 
 def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
@@ -1127,8 +1470,6 @@ def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
 
 
 def init_app(app: Flask) -> None:
-    for name, value in DEFAULTS.items():
-        app.config.setdefault(name, value)
     writer = app.extensions["viberwatch.ingest"] = Writer(app)
 
     @app.context_processor

@@ -13,6 +13,7 @@ body applied from a spool names its record (`raw_body.spooled`, "file:number").
 
 No Flask here: the writer and the CLI hand in folders, bodies and callbacks.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,10 +23,10 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Optional
 
 log = logging.getLogger("viberwatch.spool")
 
@@ -40,27 +41,45 @@ class Record:
     n: int  # its number in its file, from 1
     endpoint: str
     received_at: datetime
-    content_type: Optional[str]
+    content_type: str | None
     headers: dict
-    remote_addr: Optional[str]
+    remote_addr: str | None
     body: bytes
 
     def encode(self) -> bytes:
-        return json.dumps({
-            "n": self.n, "endpoint": self.endpoint, "received_at": self.received_at.isoformat(),
-            "content_type": self.content_type, "headers": self.headers, "remote_addr": self.remote_addr,
-            "body": base64.b64encode(self.body).decode("ascii")}, separators=(",", ":")).encode() + b"\n"
+        return (
+            json.dumps(
+                {
+                    "n": self.n,
+                    "endpoint": self.endpoint,
+                    "received_at": self.received_at.isoformat(),
+                    "content_type": self.content_type,
+                    "headers": self.headers,
+                    "remote_addr": self.remote_addr,
+                    "body": base64.b64encode(self.body).decode("ascii"),
+                },
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+        )
 
     @classmethod
-    def decode(cls, line: bytes) -> Optional["Record"]:
+    def decode(cls, line: bytes) -> Record | None:
         """The record of a line, or None for a line cut short (a write the process never
         finished, so never acknowledged)."""
         if not line.endswith(b"\n"):
             return None
         try:
             d = json.loads(line)
-            return cls(d["n"], d["endpoint"], datetime.fromisoformat(d["received_at"]), d["content_type"],
-                       d["headers"], d["remote_addr"], base64.b64decode(d["body"]))
+            return cls(
+                d["n"],
+                d["endpoint"],
+                datetime.fromisoformat(d["received_at"]),
+                d["content_type"],
+                d["headers"],
+                d["remote_addr"],
+                base64.b64decode(d["body"]),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -70,17 +89,19 @@ class Status:
     """Bodies spooled and not yet applied, in one file or all of them."""
 
     bodies: int = 0
-    oldest: Optional[datetime] = None  # received time of the oldest of them
+    oldest: datetime | None = None  # received time of the oldest of them
 
-    def add(self, other: "Status") -> None:
+    def add(self, other: Status) -> None:
         self.bodies += other.bodies
         if other.oldest is not None and (self.oldest is None or other.oldest < self.oldest):
             self.oldest = other.oldest
 
-    def as_json(self, now: Optional[datetime] = None) -> dict:
-        now = now or datetime.now(timezone.utc)
-        return {"bodies": self.bodies,
-                "oldest_seconds": round((now - self.oldest).total_seconds(), 3) if self.oldest else 0}
+    def as_json(self, now: datetime | None = None) -> dict:
+        now = now or datetime.now(UTC)
+        return {
+            "bodies": self.bodies,
+            "oldest_seconds": round((now - self.oldest).total_seconds(), 3) if self.oldest else 0,
+        }
 
 
 def ensure(folder: Path) -> Path:
@@ -89,17 +110,24 @@ def ensure(folder: Path) -> Path:
     return folder
 
 
-def write_status(path: Path, appended: int, drained: int, oldest: Optional[datetime]) -> None:
+def write_status(path: Path, appended: int, drained: int, oldest: datetime | None) -> None:
     """The file's counts beside it, for banners and metrics that must not read the database
     (written whole and renamed into place, so a reader never sees half of it)."""
     status = path.with_suffix(STATUS_SUFFIX)
     temporary = status.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"appended": appended, "drained": drained,
-                                     "oldest": oldest.isoformat() if oldest else None}))
+    temporary.write_text(
+        json.dumps(
+            {
+                "appended": appended,
+                "drained": drained,
+                "oldest": oldest.isoformat() if oldest else None,
+            }
+        )
+    )
     os.replace(temporary, status)
 
 
-def mark_drained(path: Path, drained: int, oldest: Optional[datetime]) -> None:
+def mark_drained(path: Path, drained: int, oldest: datetime | None) -> None:
     """A file of a process that has ended: how far it is applied now."""
     try:
         d = json.loads(path.with_suffix(STATUS_SUFFIX).read_text())
@@ -141,16 +169,27 @@ class SpoolFile:
             os.close(directory)
         self.appended = 0
         self.drained = 0
-        self.oldest: Optional[datetime] = None  # of the bodies not yet drained
+        self.oldest: datetime | None = None  # of the bodies not yet drained
         write_status(self.path, 0, 0, None)
 
     def append(self, bodies: list[tuple]) -> None:
         """Append (endpoint, received_at, content_type, headers, remote_addr, body) tuples and
         make them durable (write, fsync); raises OSError when the disk refuses."""
         lines = []
-        for i, (endpoint, received_at, content_type, headers, remote_addr, body) in enumerate(bodies, 1):
-            lines.append(Record(self.appended + i, endpoint, received_at, content_type, headers,
-                                remote_addr, body).encode())
+        for i, (endpoint, received_at, content_type, headers, remote_addr, body) in enumerate(
+            bodies, 1
+        ):
+            lines.append(
+                Record(
+                    self.appended + i,
+                    endpoint,
+                    received_at,
+                    content_type,
+                    headers,
+                    remote_addr,
+                    body,
+                ).encode()
+            )
         data = b"".join(lines)
         written = 0
         while written < len(data):
@@ -176,7 +215,7 @@ def records(path: Path, after: int) -> Iterator[Record]:
                 yield record
 
 
-def claim(path: Path) -> Optional[int]:
+def claim(path: Path) -> int | None:
     """Lock a spool file whose process has ended; its descriptor, or None while it lives."""
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -1,0 +1,1 @@
+"""The message record: what arrives is kept, applied and counted here."""
