@@ -221,6 +221,28 @@ def test_the_writer_takes_every_body_waiting_as_one_batch(app):
         assert_consistent()
 
 
+def test_the_writer_checkpoints_sqlite_outside_its_commits(app):
+    """On SQLite the writer's own connection does not checkpoint inside a commit (while it
+    holds the write lock every other process waits for): its automatic checkpoint is off, it
+    checkpoints after its commits, and back in the pool the connection is like any other."""
+    with app.app_context():
+        link = ingest.Link()
+        conn = link.connection()
+        raw = conn.connection.dbapi_connection
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for i in range(2 * ingest.CHECKPOINT_EVERY + 1):
+            assert ingest.apply_batch([job("dr", receipt(f"k{i:03d}", "delivered"))], link)
+        assert link.connection() is conn  # one connection all along
+        link.drop()
+        if sqlite:
+            assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        count = db.select(db.func.count()).select_from(Message)
+        assert db.session.execute(count).scalar() == 2 * ingest.CHECKPOINT_EVERY + 1
+        assert_consistent()
+
+
 def test_a_body_not_committed_in_time_is_answered_503_and_still_applied(app_config):
     from app import create_app
 

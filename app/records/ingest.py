@@ -804,20 +804,48 @@ def write_lock() -> WriteLock:
     return lock
 
 
+# On SQLite the writer checkpoints the write-ahead log itself, after every CHECKPOINT_EVERY
+# commits and once its write lock is released: SQLite's automatic checkpoint runs inside a
+# commit, and its fsync would hold up the writers of every other process.
+CHECKPOINT_EVERY = 32
+
+
 class Link:
     """The writer's own database connection, kept from one batch to the next (no pool
     checkout and liveness ping per batch); dropped after a failure, made again when needed."""
 
     def __init__(self) -> None:
         self._conn = None
+        self._commits = 0
 
     def connection(self):
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = db.engine.connect()
+            if self._conn.dialect.name == "sqlite":
+                self._conn.connection.dbapi_connection.execute("PRAGMA wal_autocheckpoint = 0")
         return self._conn
+
+    def committed(self) -> None:
+        """Called after each commit, outside the write lock."""
+        if self._conn is None or self._conn.dialect.name != "sqlite":
+            return
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            try:
+                # PASSIVE: as far as it can without waiting for readers or writers.
+                self._conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                log.debug("checkpointing the write-ahead log failed", exc_info=True)
 
     def drop(self) -> None:
         if self._conn is not None:
+            try:
+                if self._conn.dialect.name == "sqlite" and not self._conn.invalidated:
+                    # Back to the pool as every other connection is.
+                    raw = self._conn.connection.dbapi_connection
+                    raw.execute("PRAGMA wal_autocheckpoint = 1000")
+            except Exception:  # a connection that failed: it is closed below either way
+                log.debug("resetting the writer's connection failed", exc_info=True)
             try:
                 self._conn.close()
             except Exception:  # a broken connection may fail to close; it is gone either way
@@ -949,13 +977,14 @@ def apply_batch(jobs: list[Job], link: Link | None = None) -> bool:
     batch_committed.send(current_app._get_current_object(), bodies=len(jobs))
     never_applied = sum(len(p.job.body) for p in parsed if not p.result.ok and p.job.raw_id is None)
     if never_applied:
-        retention.kept(
-            never_applied
-        )  # bounded by REJECTED_KEEP_BYTES / _DAYS before anyone is answered
+        # Bounded by REJECTED_KEEP_BYTES / _DAYS before anyone is answered.
+        retention.kept(never_applied)
     for p in parsed:
         p.job.finish(p.result)
     if logged:
         activity_committed.send(current_app._get_current_object())
+    if link is not None:
+        link.committed()
     return True
 
 
