@@ -260,6 +260,15 @@ RECEIPT_COLUMNS = (
     "cost_original_price",
     "cost_rate_type",
 )
+STORED_RAW_COLUMNS = (
+    "id",
+    "endpoint",
+    "received_at",
+    "body",
+    "outcome",
+    "http_status",
+    "request_id",
+)
 REPLY_COLUMNS = (
     "trace_request_id",
     "content_hash",
@@ -488,6 +497,8 @@ class Batch:
         self.contacts = contacts.Changes()
 
     def run(self, conn) -> bool:
+        jobs = [p.job for p in self.parsed]
+        self._leave_out_applied(conn)
         self._take_signatures(conn)
         valid = [p for p in self.parsed if p.item is not None]
         first_heard: dict[str, datetime] = {}
@@ -515,8 +526,34 @@ class Batch:
             contacts.write(conn, self.contacts)
             changes[0].write(conn)
             changes[1].write(conn)
-            write_marks(conn, [p.job for p in self.parsed])
+            write_marks(conn, jobs)
         return bool(self.events)
+
+    def _leave_out_applied(self, conn) -> None:
+        """A body from the spool that is stored already, same endpoint, received time and
+        bytes, was applied by a commit whose answer never arrived (the connection broke while
+        the database committed) and spooled all the same: it is not applied twice."""
+        drained = [p for p in self.parsed if p.job.spooled is not None and p.job.raw_id is None]
+        if not drained:
+            return
+        stored = {
+            (row.endpoint, row.received_at, bytes(row.body)): row
+            for row in select_in(
+                conn,
+                RawBody.__table__,
+                STORED_RAW_COLUMNS,
+                "received_at",
+                sorted({p.job.received_at for p in drained}),
+            )
+        }
+        applied = set()
+        for p in drained:
+            row = stored.get((p.job.endpoint, p.job.received_at, bytes(p.job.body)))
+            if row is not None:
+                p.job.raw_id = row.id
+                p.result = Result(row.http_status, row.outcome, row.id, row.request_id)
+                applied.add(id(p))
+        self.parsed = [p for p in self.parsed if id(p) not in applied]
 
     def _take_signatures(self, conn) -> None:
         """A body whose signature was used before is a replay: refused, not applied."""

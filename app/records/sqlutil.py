@@ -381,7 +381,10 @@ def send_select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bo
     if not ids:
         return Sent(conn, None, None, lambda _: [])
     sql, row, converters = _reader(conn.dialect.name, table, columns, key, lock)
-    params = {"ids": list(ids)} if conn.dialect.name == "postgresql" else (json.dumps(list(ids)),)
+    postgres = conn.dialect.name == "postgresql"
+    if _needs_conversion(table.c[key].type):  # keys as the column stores them (times)
+        ids = [(_postgresql_value if postgres else _sqlite_value)(v) for v in ids]
+    params = {"ids": list(ids)} if postgres else (json.dumps(list(ids)),)
     return Sent(
         conn,
         sql,
