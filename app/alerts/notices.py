@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +19,8 @@ from flask import Blueprint, Flask, current_app, render_template
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..core.periodic import Periodic
+from ..core.times import iso
 from ..records.ingest import insert_ignore
 from ..records.models import AlertAttempt, AlertNotice, AlertState, db
 from .rules import Measure, Rule, measure_all, parse_rules
@@ -47,10 +48,6 @@ def clock() -> datetime:
     return custom() if custom else utcnow()
 
 
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat().replace("+00:00", "Z") if at else None
-
-
 def _payload(
     rule: Rule, result: Measure, kind: str, episode: int, at: datetime, since: datetime | None
 ) -> str:
@@ -66,8 +63,8 @@ def _payload(
             "threshold": rule.threshold,
             "windowMinutes": rule.window_minutes,
             "summary": result.summary,
-            "at": _iso(at),
-            "firingSince": _iso(since),
+            "at": iso(at),
+            "firingSince": iso(since),
         }
     )
 
@@ -230,37 +227,16 @@ def firing() -> list[AlertState]:
     )
 
 
-class Runner:
-    """The background evaluator of one process; started by the first request it serves."""
-
-    def __init__(self, app: Flask):
-        self.app = app
-        self.stopped = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.lock = threading.Lock()
-
-    def ensure_started(self) -> None:
-        if self.thread is not None:
-            return
-        with self.lock:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="alerts", daemon=True)
-                self.thread.start()
-
-    def _run(self) -> None:
-        interval = float(self.app.config["ALERT_INTERVAL"])
-        while not self.stopped.wait(interval):
-            with self.app.app_context():
-                try:
-                    check()
-                except SQLAlchemyError:
-                    db.session.rollback()
-                    log.warning("alert evaluation failed; retrying next interval", exc_info=True)
-                except Exception:
-                    log.exception("alert evaluation failed")
-
-    def stop(self) -> None:
-        self.stopped.set()
+def evaluate_once(app: Flask) -> None:
+    """One evaluation by the background thread; a failure waits for the next interval."""
+    with app.app_context():
+        try:
+            check()
+        except SQLAlchemyError:
+            db.session.rollback()
+            log.warning("alert evaluation failed; retrying next interval", exc_info=True)
+        except Exception:
+            log.exception("alert evaluation failed")
 
 
 @bp.get("/alerts")
@@ -333,7 +309,10 @@ def register(app: Flask) -> None:
     app.register_blueprint(bp)
     app.context_processor(_banner_context)
     app.cli.add_command(_cli(app))
-    runner = Runner(app)
+    # The background evaluator of this process; started by the first request it serves.
+    runner = Periodic(
+        "alerts", lambda: float(app.config["ALERT_INTERVAL"]), lambda: evaluate_once(app)
+    )
     app.extensions["viberwatch.alert_runner"] = runner
     if (
         float(app.config["ALERT_INTERVAL"] or 0) > 0

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 
 from ..dashboard.filters import STATUS_CHOICES, FilterError, MessageFilter
+from ..htmx import wants_fragment
 from .report import RANGES, TimeRange, parse_range, report, rollup_plan
 
 bp = Blueprint("analytics", __name__)
@@ -84,10 +85,7 @@ def index():
     except FilterError as exc:
         return _bad(exc)
     context = _context(flt, rng)
-    if (
-        request.headers.get("HX-Request") == "true"
-        and request.headers.get("HX-History-Restore-Request") != "true"
-    ):
+    if wants_fragment():
         return render_template("analytics/_report.html", **context)
     return render_template("analytics/index.html", **context)
 
@@ -100,25 +98,6 @@ def data():
     except FilterError as exc:
         return _bad(exc)
     return jsonify(_context(flt, rng)["data"])
-
-
-@bp.app_template_filter("duration")
-def duration(seconds: float) -> str:
-    """Seconds as a short human duration: 0.4 s, 42 s, 3 min 5 s, 2 h 10 min, 3 d 4 h."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    whole = int(round(seconds))
-    for size, unit, sub_size, sub_unit in (
-        (86400, "d", 3600, "h"),
-        (3600, "h", 60, "min"),
-        (60, "min", 1, "s"),
-    ):
-        if whole >= size:
-            rest = (whole % size) // sub_size
-            return (
-                f"{whole // size} {unit} {rest} {sub_unit}" if rest else f"{whole // size} {unit}"
-            )
-    return f"{whole} s"
 
 
 def register(app) -> None:

@@ -37,6 +37,7 @@ from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
 from sqlalchemy import func, or_
 
+from ..htmx import is_htmx
 from ..records.models import ApiToken, LoginFailure, User, UserSession, db, utcnow
 from .security import csrf, request_client_address
 
@@ -486,7 +487,7 @@ def _unauthenticated(reason: str):
     if _wants_json():
         return jsonify({"error": f"login: {reason}", "field": "login", "reason": reason}), 401
     login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
-    if request.headers.get("HX-Request"):
+    if is_htmx():
         # htmx would swap a login page into a fragment; send the whole window there instead.
         return "", 401, {"HX-Redirect": login_url}
     return redirect(login_url)

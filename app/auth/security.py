@@ -114,7 +114,8 @@ def parse_networks(value, setting: str) -> list:
         raise ValueError(f"{setting}: {exc}") from None
 
 
-def _in(address: str, networks: list) -> bool:
+def address_in(address: str, networks: list) -> bool:
+    """Whether an address (text) is in one of the networks; an unparsable one is in none."""
     try:
         ip = ipaddress.ip_address(address.strip())
     except ValueError:
@@ -130,11 +131,11 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: list) -
     that no trusted proxy vouches beyond.
     """
     address = peer or ""
-    if not trusted or not forwarded_for or not _in(address, trusted):
+    if not trusted or not forwarded_for or not address_in(address, trusted):
         return address
     for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
         address = hop
-        if not _in(hop, trusted):
+        if not address_in(hop, trusted):
             break
     return address
 
@@ -162,7 +163,7 @@ class ForwardedOnlyFromTrustedProxies:
     def __call__(self, environ, start_response):
         peer = environ.get("REMOTE_ADDR") or ""
         environ[PEER] = peer
-        if self.trusted and _in(peer, self.trusted):
+        if self.trusted and address_in(peer, self.trusted):
             environ["REMOTE_ADDR"] = client_address(
                 peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted
             )

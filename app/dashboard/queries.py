@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from ..core.status import describe_code
+from ..core.times import iso
 from ..records.models import Message, RawBody, Receipt, Reply, db
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def get_message(request_id: str) -> Message | None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from urllib.parse import urlsplit
-
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, url_for
 
 from ..core.status import describe_code
+from ..htmx import wants_fragment
 from ..records import ingest
 from ..records.models import RawBody, db
 from ..webhooks.views import webhook_urls
@@ -18,70 +16,7 @@ bp = Blueprint("dashboard", __name__)
 
 REJECTED_PAGE = 50
 REJECTED_OUTCOMES = ("rejected", "refused")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 MAX_ID = 2**63 - 1  # ids are BIGINT
-
-
-def is_htmx() -> bool:
-    """A fragment request from htmx; a history restore wants the whole page back."""
-    return (
-        request.headers.get("HX-Request") == "true"
-        and request.headers.get("HX-History-Restore-Request") != "true"
-    )
-
-
-@bp.app_template_global()
-def has_endpoint(name: str) -> bool:
-    return name in current_app.view_functions
-
-
-@bp.app_template_global("describe_code")
-def describe_code_global(code: int | None):
-    return describe_code(code)
-
-
-@bp.app_template_filter("http_url")
-def http_url(value: str | None) -> str | None:
-    """The value when it is an absolute http(s) URL, else None: nothing else becomes a link."""
-    if not value:
-        return None
-    try:
-        parts = urlsplit(value.strip())
-    except ValueError:
-        return None
-    if parts.scheme.lower() in ("http", "https") and parts.netloc:
-        return value.strip()
-    return None
-
-
-@bp.app_template_test("image_name")
-def image_name(value: str | None) -> bool:
-    """A file name or URL whose path ends like a picture (to show a preview)."""
-    if not value:
-        return False
-    path = urlsplit(value).path if "://" in value else value
-    return path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-@bp.app_template_filter("utc")
-def utc_text(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
-
-
-@bp.app_template_filter("iso")
-def iso_text(value: datetime | None) -> str:
-    return queries.iso(value) or ""
-
-
-@bp.app_template_filter("percent")
-def percent(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.1f}%"
-
-
-@bp.app_template_filter("body_text")
-def body_text(value: bytes | None) -> str:
-    """A stored body for display: decoded leniently, escaped by the template."""
-    return value.decode("utf-8", errors="replace") if value else ""
 
 
 def _messages_context(flt: MessageFilter, args) -> dict:
@@ -122,7 +57,7 @@ def messages():
         status = 200
         canonical = canonical_url(flt, request.args)
         # A plain form submit sends every field, empty or not: keep the address short.
-        if not is_htmx() and any(v == "" for v in request.args.values()):
+        if not wants_fragment() and any(v == "" for v in request.args.values()):
             return redirect(canonical, code=302)
     except FilterError as exc:
         context = {
@@ -139,7 +74,7 @@ def messages():
         }
         status = 400
         canonical = None
-    if is_htmx():
+    if wants_fragment():
         # The filter form swaps only the results; links inside the panel swap the panel,
         # so the form's fields follow a removed filter.
         template = (
@@ -217,7 +152,7 @@ def reprocess(raw_id: int):
         abort(404)
     ingest.reprocess(raw_id)
     raw = db.session.get(RawBody, raw_id)
-    if is_htmx():
+    if wants_fragment():
         return render_template("rejected/_row.html", raw=raw)
     return redirect(url_for("dashboard.rejected", reprocessed=raw_id), code=303)
 

@@ -256,10 +256,6 @@ class Push:
     feed: list[str] = field(default_factory=list)
     items: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (mode, html)
 
-    @property
-    def empty(self) -> bool:
-        return not (self.rows or self.counters or self.feed or self.items)
-
     def frames(self, extra: dict | None = None) -> list[str]:
         """The WebSocket messages of this push, the one carrying the cursor last."""
         meta = {"cursor": self.cursor, **(extra or {})}

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import ipaddress
-import threading
 from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Response, abort, current_app, request
@@ -33,7 +31,8 @@ from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import config
-from ..auth.security import parse_networks, request_client_address
+from ..auth.security import address_in, parse_networks, request_client_address
+from ..core.periodic import Periodic
 from ..records import ingest
 from ..records.models import AlertState, Message, RawBody, db
 
@@ -79,14 +78,6 @@ def instruments() -> Instruments:
 
 def multiprocess() -> bool:
     return bool(config.process("PROMETHEUS_MULTIPROC_DIR"))
-
-
-def _address_in(address: str, networks: list) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.strip())
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
 
 
 def live_count(app: Flask) -> int:
@@ -171,7 +162,7 @@ def _allowed() -> bool:
     )
     if not token and not networks:
         abort(404)
-    if networks and not _address_in(request_client_address(), networks):
+    if networks and not address_in(request_client_address(), networks):
         return False
     if token:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
@@ -211,26 +202,8 @@ def scrape():
     return Response(body, 200, content_type=CONTENT_TYPE_LATEST)
 
 
-class LiveSampler:
-    """Keeps this process's share of the live-connections gauge current (multiprocess mode)."""
-
-    def __init__(self, app: Flask):
-        self.app = app
-        self.thread = None
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-
-    def ensure_started(self) -> None:
-        if self.thread is not None:
-            return
-        with self.lock:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="metrics-live", daemon=True)
-                self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stopped.wait(LIVE_SAMPLE_SECONDS):
-            instruments().live_connections.set(live_count(self.app))
+def sample_live_connections(app: Flask) -> None:
+    instruments().live_connections.set(live_count(app))
 
 
 def register(app: Flask) -> None:
@@ -240,6 +213,9 @@ def register(app: Flask) -> None:
     )
     app.register_blueprint(bp)
     if multiprocess():
-        sampler = LiveSampler(app)
+        # Keeps this process's share of the live-connections gauge current.
+        sampler = Periodic(
+            "metrics-live", lambda: LIVE_SAMPLE_SECONDS, lambda: sample_live_connections(app)
+        )
         app.extensions["viberwatch.metrics_sampler"] = sampler
         app.before_request(sampler.ensure_started)

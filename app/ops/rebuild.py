@@ -77,13 +77,23 @@ class Report:
 
 
 @dataclass
+class Backed:
+    """A receipt or reply as its accepted raw bodies say: the first body and when it came,
+    how many bodies carried it, and when the last one came."""
+
+    item: payloads.ReceiptIn | payloads.ReplyIn
+    raw_id: int
+    at: datetime
+    times: int = 1
+    last: datetime | None = None
+
+
+@dataclass
 class Expected:
     """What the raw record says about one message."""
 
-    receipts: dict = field(
-        default_factory=dict
-    )  # content_hash -> [ReceiptIn, raw_id, at, times, last]
-    replies: dict = field(default_factory=dict)  # content_hash -> [ReplyIn, raw_id, at, times]
+    receipts: dict[str, Backed] = field(default_factory=dict)  # by content_hash
+    replies: dict[str, Backed] = field(default_factory=dict)  # by content_hash
     registration: payloads.RegistrationIn | None = None
     registered_at: datetime | None = None
 
@@ -97,23 +107,19 @@ def _expected(raws, zone, report: Report) -> Expected:
                 rc = payloads.parse_receipt(data, zone)
                 seen = exp.receipts.get(rc.content_hash)
                 if seen is None:
-                    exp.receipts[rc.content_hash] = [
-                        rc,
-                        raw.id,
-                        raw.received_at,
-                        1,
-                        raw.received_at,
-                    ]
+                    exp.receipts[rc.content_hash] = Backed(
+                        rc, raw.id, raw.received_at, last=raw.received_at
+                    )
                 else:
-                    seen[3] += 1
-                    seen[4] = max(seen[4], raw.received_at)
+                    seen.times += 1
+                    seen.last = max(seen.last, raw.received_at)
             elif raw.endpoint == "message":
                 rp = payloads.parse_reply(data, zone)
                 seen = exp.replies.get(rp.content_hash)
                 if seen is None:
-                    exp.replies[rp.content_hash] = [rp, raw.id, raw.received_at, 1]
+                    exp.replies[rp.content_hash] = Backed(rp, raw.id, raw.received_at)
                 else:
-                    seen[3] += 1
+                    seen.times += 1
             elif raw.endpoint == "register":
                 exp.registration = payloads.parse_registration(data)
                 if exp.registered_at is None:
@@ -134,8 +140,8 @@ def derive(msg, exp: Expected, zone) -> dict:
             reg.phone, reg.text, reg.appkey, reg.function_type, exp.registered_at
         )
     new = message_columns(
-        (receipt_fact(rc, at) for rc, _raw_id, at, _times, _last in exp.receipts.values()),
-        (reply_fact(rp, at, raw_id) for rp, raw_id, at, _times in exp.replies.values()),
+        (receipt_fact(b.item, b.at) for b in exp.receipts.values()),
+        (reply_fact(b.item, b.at, b.raw_id) for b in exp.replies.values()),
         registration,
         msg.created_at,
         zone,
@@ -188,7 +194,14 @@ def _check_derived_rows(
     exp: Expected, receipts: list, replies: list, report: Report, writes: dict
 ) -> None:
     stored = {r.content_hash: r for r in receipts}
-    for digest, (rc, raw_id, at, times, last) in exp.receipts.items():
+    for digest, backed in exp.receipts.items():
+        rc, raw_id, at, times, last = (
+            backed.item,
+            backed.raw_id,
+            backed.at,
+            backed.times,
+            backed.last,
+        )
         row = stored.pop(digest, None)
         if row is None:
             report.receipts_missing += 1
@@ -205,7 +218,8 @@ def _check_derived_rows(
         report.receipts_unbacked += 1
         report.note(f"{row.request_id}: receipt {row.id} ({row.status}) has no accepted raw body")
     stored = {r.content_hash: r for r in replies}
-    for digest, (rp, raw_id, at, times) in exp.replies.items():
+    for digest, backed in exp.replies.items():
+        rp, raw_id, at, times = backed.item, backed.raw_id, backed.at, backed.times
         row = stored.pop(digest, None)
         if row is None:
             report.replies_missing += 1

@@ -20,6 +20,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import and_, case, or_
 
@@ -66,7 +67,32 @@ COLUMNS = (
     "delivered_at",
     "seen_at",
 )
-OUTCOME_SUMS = ("n", "delivered", "seen", "priced", "local_price", "original_price")
+
+
+class OutcomeKey(NamedTuple):
+    """An OutcomeHour row's key."""
+
+    hour: datetime
+    status: str
+    code: int
+    anomaly: bool
+    currency: str
+    rate_type: str
+
+
+class OutcomeSums(NamedTuple):
+    """What one message adds to its OutcomeHour row."""
+
+    n: int
+    delivered: int
+    seen: int
+    priced: int
+    local_price: float
+    original_price: float
+
+
+OUTCOME_KEY = OutcomeKey._fields
+OUTCOME_SUMS = OutcomeSums._fields
 
 
 def bar_of(seconds: float) -> int:
@@ -112,8 +138,8 @@ def day_of(at: datetime) -> datetime:
 class Share:
     """What one message adds to the rollups."""
 
-    outcome_key: tuple  # (hour, status, code, anomaly, currency, rate_type)
-    outcome: tuple  # OUTCOME_SUMS
+    outcome_key: OutcomeKey
+    outcome: OutcomeSums
     latency: frozenset  # {(hour, kind, status, code, anomaly, bin, seconds)}
 
 
@@ -126,22 +152,22 @@ def share_of(m) -> Share:
         or m.cost_local_price is not None
         or m.cost_original_price is not None
     )
-    outcome = (
-        1,
-        int(m.delivered_at is not None or m.seen_at is not None),
-        int(m.seen_at is not None),
-        int(priced),
-        float(m.cost_local_price or 0),
-        float(m.cost_original_price or 0),
+    outcome = OutcomeSums(
+        n=1,
+        delivered=int(m.delivered_at is not None or m.seen_at is not None),
+        seen=int(m.seen_at is not None),
+        priced=int(priced),
+        local_price=float(m.cost_local_price or 0),
+        original_price=float(m.cost_original_price or 0),
     )
     latency = frozenset(
         (hour, kind, *key, bin_of(v), v)
         for kind, v in latency_values(m.accepted_at, m.delivered_at, m.seen_at)
     )
-    return Share((hour, *key, m.cost_currency or "", m.cost_rate_type or ""), outcome, latency)
+    outcome_key = OutcomeKey(hour, *key, m.cost_currency or "", m.cost_rate_type or "")
+    return Share(outcome_key, outcome, latency)
 
 
-OUTCOME_KEY = ("hour", "status", "code", "anomaly", "currency", "rate_type")
 LATENCY_KEY = ("hour", "kind", "status", "code", "anomaly", "bin")
 # Each latency entry counts in its hour and in its day.
 LATENCY_TABLES = (

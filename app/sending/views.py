@@ -9,6 +9,7 @@ from flask import Blueprint, Flask, current_app, redirect, render_template, requ
 from flask.cli import with_appcontext
 from flask_login import current_user
 
+from ..htmx import is_htmx
 from . import nxcloud, outbound
 
 bp = Blueprint("sending", __name__)
@@ -50,7 +51,7 @@ def send(phone: str):
         phone, text, confirmed=request.form.get("confirm") == "1", sent_by=_user_name()
     )
     box = reply_box(phone, outcome, text)
-    if request.headers.get("HX-Request"):
+    if is_htmx():
         # 200 even for a bad form: htmx swaps only successful answers, and the box says what is wrong.
         return render_template("partials/_reply_box.html", box=box)
     if outcome.invalid or outcome.needs_confirmation:

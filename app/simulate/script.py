@@ -109,10 +109,6 @@ class ScriptedMessage:
         first = zero + timedelta(seconds=min(e.at for e in self.events))
         return message_columns(receipts.values(), replies.values(), registration, first, tz)
 
-    @property
-    def intended_phone(self) -> str | None:
-        return self.phone if self.registered or self.replied else None
-
 
 @dataclass(frozen=True)
 class Script:
