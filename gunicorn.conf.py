@@ -23,7 +23,7 @@ accesslog = "-"
 logger_class = "app.serving.RedactingLogger"
 
 
-# Metrics of several workers add up when PROMETHEUS_MULTIPROC_DIR is set (see app/metrics.py):
+# Metrics of several workers add up when PROMETHEUS_MULTIPROC_DIR is set (see app/observability/metrics.py):
 # its files start empty with each server, and an exited worker's live gauges stop counting.
 def on_starting(server):
     folder = from_environment("PROMETHEUS_MULTIPROC_DIR")

@@ -10,12 +10,40 @@ from flask_migrate import Migrate
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
-from . import auth, config, retention, security, webhook_auth
-from .models import db
-from .payloads import parse_zone
+from . import (
+    alerts,
+    analytics,
+    auth,
+    config,
+    dashboard,
+    live,
+    observability,
+    ops,
+    records,
+    sending,
+    simulate,
+    webhooks,
+)
+from .auth import security
+from .core.payloads import parse_zone
+from .records.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 migrate = Migrate()
+# Each area's init_app, in this order: authentication's hooks come before all others.
+AREAS = (
+    auth,
+    webhooks,
+    records,
+    ops,
+    sending,
+    simulate,
+    dashboard,
+    analytics,
+    alerts,
+    observability,
+    live,
+)
 
 
 @event.listens_for(Engine, "connect")
@@ -92,40 +120,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     db.init_app(app)
     app.teardown_appcontext(_end_session)
     migrate.init_app(app, db, directory=MIGRATIONS, render_as_batch=True)
-    # Before every other hook and blueprint: nothing is reachable without authentication.
-    security.init_app(app)
-    webhook_auth.init_app(app)
-    retention.init_app(app)
-    auth.init_app(app)
-
-    from . import api, cli, webhooks
-    from .records import ingest
-
-    ingest.init_app(app)
-
-    app.register_blueprint(webhooks.bp)
-    app.register_blueprint(api.bp)
-    cli.register(app)
-    from . import health, maintenance
-
-    health.register(app)
-    maintenance.register(app)
-    from . import sending
-
-    sending.register(app)
-    from . import openapi
-
-    openapi.register(app)
-    from . import dashboard
-
-    dashboard.register(app)
-    from . import alerts, analytics, logs, metrics
-
-    analytics.register(app)
-    alerts.register(app)
-    metrics.register(app)
-    logs.register(app)
-    from . import live
-
-    live.init_app(app)
+    for area in AREAS:
+        area.init_app(app)
     return app

@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Config
 
-from . import signing
+from .core import signing
 
 PREFIX = "VIBERWATCH"
 

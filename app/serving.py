@@ -26,7 +26,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
 
 from . import config
-from .redaction import REDACTED, redact
+from .observability.redaction import REDACTED, redact
 
 # Request headers that carry credentials, in gunicorn's "{name}i" atom form.
 SECRET_HEADER_ATOMS = ("{authorization}i", "{cookie}i", "{x-webhook-token}i")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 
-from app.models import Activity, LatencyDay, Message, OutcomeHour, RawBody, Reply, db  # noqa: E402
+from app.records.models import Activity, LatencyDay, Message, OutcomeHour, RawBody, Reply, db  # noqa: E402
 
 NOW = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)
 DAYS = 30
@@ -242,9 +242,11 @@ def measure(kind: str, url: str, repeat: int) -> list[dict]:
     from flask import render_template
     from werkzeug.datastructures import MultiDict
 
-    from app import alerts, create_app, rollup
-    from app import analytics as view
-    from app import analytics_report as report_module
+    from app import create_app
+    from app.alerts import notices as alerts
+    from app.analytics import report as report_module
+    from app.analytics import views as view
+    from app.records import rollup
 
     app = create_app(
         {
@@ -325,8 +327,8 @@ def ingest_cost(messages: int, rounds: int) -> dict:
     import json
     import tempfile
 
-    from app import create_app, rollup
-    from app.records import ingest
+    from app import create_app
+    from app.records import ingest, rollup
 
     keep = rollup.Moves.write
     per: dict[str, list[float]] = {"with": [], "without": []}

@@ -30,9 +30,9 @@ def main(url: str) -> dict:
     os.environ["DATABASE_URL"] = url
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from app import create_app
-    from app.export import MESSAGE_CELLS, _driver_statement, iso_cell, price_cell
-    from app.filters import MessageFilter
-    from app.models import Message
+    from app.dashboard.export import MESSAGE_CELLS, _driver_statement, iso_cell, price_cell
+    from app.dashboard.filters import MessageFilter
+    from app.records.models import Message
 
     stored = {
         "request_id": Message.request_id,

@@ -169,7 +169,7 @@ def summarise_profile(path: Path) -> dict:
         )
         kind = (
             "ingest writer"
-            if "_run (app/ingest.py" in joined or "ingest-writer" in frames[0]
+            if "_run (app/records/ingest.py" in joined or "ingest-writer" in frames[0]
             else "request threads"
             if "handle_request" in joined or "wsgi_app" in joined
             else "other"

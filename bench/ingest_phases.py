@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import contacts, create_app, rollup, tally  # noqa: E402
-from app.models import db  # noqa: E402
-from app.records import ingest  # noqa: E402
+from app import create_app  # noqa: E402
+from app.records import contacts, ingest, rollup, tally  # noqa: E402
+from app.records.models import db  # noqa: E402
 
 PHASES = (
     ("validate and hash the bodies", ingest, "parse"),

@@ -54,8 +54,9 @@ def free_port() -> int:
 
 
 def prepare_database(url: str, secret: str) -> None:
-    from app import auth, create_app
-    from app.models import db
+    from app import create_app
+    from app.auth import accounts as auth
+    from app.records.models import db
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": secret})
     with app.app_context():

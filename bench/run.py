@@ -269,9 +269,9 @@ def counters_times(url: str, targets: list[tuple[str, str]], repeat: int) -> dic
     os.environ["DATABASE_URL"] = url
     sys.path.insert(0, str(ROOT))
     from app import create_app
-    from app.filters import MessageFilter
-    from app.listing import counters_for
-    from app.models import db
+    from app.dashboard.filters import MessageFilter
+    from app.dashboard.listing import counters_for
+    from app.records.models import db
 
     app = create_app()
     out = {}

@@ -9,9 +9,11 @@ import pytest
 from playwright.sync_api import sync_playwright
 from sqlalchemy.engine import make_url
 
-from app import auth, create_app, live
-from app.models import db
+from app import create_app
+from app.auth import accounts as auth
+from app.live import views as live
 from app.records import ingest
+from app.records.models import db
 from support.accounts import create_test_user, log_in
 from support.browser import CHROMIUM, CHROMIUM_ARGS, signed_in_tab
 from support.fake_nxcloud import fake_nxcloud  # noqa: F401 (a fixture for every module)

@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from app import alerts
-from app.alert_rules import RuleError, parse_rules
-from app.models import AlertAttempt, AlertNotice, AlertState, db
+from app.alerts import notices as alerts
+from app.alerts.rules import RuleError, parse_rules
+from app.records.models import AlertAttempt, AlertNotice, AlertState, db
 from support.timed_ingest import receipt, register
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

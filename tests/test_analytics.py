@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.analytics_report import RangeError, TimeRange, parse_range, report
-from app.filters import MessageFilter
+from app.analytics.report import RangeError, TimeRange, parse_range, report
+from app.dashboard.filters import MessageFilter
 from support.analytics_data import HOUR, T0, load_fixture
 
 

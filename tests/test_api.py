@@ -1,6 +1,6 @@
 import pytest
 
-from app.models import Contact, Message, RawBody, db
+from app.records.models import Contact, Message, RawBody, db
 from support.accounts import create_test_user, log_in
 from support.bodies import post_json
 from support.fixtures import fixture_bytes, fixture_json
@@ -103,7 +103,7 @@ def test_reprocess_applies_bodies_rejected_under_old_configuration(app_config, t
     """A sendTime zone that was misconfigured rejects nothing, but a too-strict contract would:
     simulate a fix by storing a body the validator now accepts and reprocessing it."""
     from app import create_app
-    from app.models import RawBody
+    from app.records.models import RawBody
 
     app = create_app(app_config)
     with app.app_context():

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from app import create_app
-from app.models import LoginFailure, User, db
-from app.security import CONTENT_SECURITY_POLICY
+from app.auth.security import CONTENT_SECURITY_POLICY
+from app.records.models import LoginFailure, User, db
 from support.accounts import (
     CSRF_INPUT_RE,
     TEST_PASSWORD,

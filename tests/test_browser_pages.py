@@ -65,7 +65,7 @@ def load_busy_day(app) -> str:
     """Two dozen messages of every outcome (with cost, codes, an anomaly, replies) in a quarter
     of an hour, enough failures to fire the default failed-rate rule, whose notice cannot be
     delivered. Returns a requestId."""
-    from app import alerts
+    from app.alerts import notices as alerts
 
     with app.app_context():
         for i in range(24):

@@ -36,7 +36,7 @@ def test_empty_conversations_show_the_webhook_urls(client):
 
 
 def test_contacts_pages_by_keyset(client, app):
-    from app import conversations
+    from app.dashboard import conversations
 
     for i in range(conversations.CONTACTS_PAGE + 3):
         register(client, f"p-{i:03d}", f"7900{i:04d}")

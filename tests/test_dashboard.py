@@ -5,10 +5,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import listing, tally
-from app.filters import FilterError, MessageFilter
-from app.models import Message, MessageTally, RawBody, db
-from app.records import ingest
+from app.dashboard import listing
+from app.dashboard.filters import FilterError, MessageFilter
+from app.records import ingest, tally
+from app.records.models import Message, MessageTally, RawBody, db
 from support.dashboard_data import message_with, receipt, register, reply, set_activity
 
 ROW_RE = re.compile(r'<tr id="msg-([^"]+)" data-status="([^"]+)">')

@@ -17,8 +17,14 @@ from hypothesis import strategies as st
 from sqlalchemy import Numeric, literal
 
 from app import create_app
-from app.export import BLANKS, FORMULA_TRIGGERS, MESSAGE_COLUMNS, REPLY_COLUMNS, price_cell
-from app.models import Message, RawBody, Reply, db, utcnow
+from app.dashboard.export import (
+    BLANKS,
+    FORMULA_TRIGGERS,
+    MESSAGE_COLUMNS,
+    REPLY_COLUMNS,
+    price_cell,
+)
+from app.records.models import Message, RawBody, Reply, db, utcnow
 from support.accounts import create_test_user, log_in
 from support.dashboard_data import message_with, receipt, register, reply
 from support.postgres import postgres_schema
@@ -240,7 +246,7 @@ def test_prices_read_as_python_writes_their_float(app, value):
 
 
 def test_export_is_streamed(client, app, monkeypatch):
-    from app import export
+    from app.dashboard import export
 
     for i in range(30):
         receipt(client, f"s-{i:02d}", "seen")
@@ -279,7 +285,7 @@ def test_header_is_sent_before_the_query_runs(client, database_url):
 
 
 def test_client_leaving_mid_export_leaves_the_database_usable(client, monkeypatch):
-    from app import export
+    from app.dashboard import export
 
     for i in range(30):
         receipt(client, f"gone-{i:02d}", "seen")

@@ -1,7 +1,7 @@
 import pytest
 
 from app import create_app
-from app.models import db
+from app.records.models import db
 
 
 def test_healthz_ok_when_database_reachable(app):
@@ -108,7 +108,7 @@ def test_a_request_whose_connection_died_is_answered_not_500(app):
     session must not turn a finished answer into a 500."""
     from sqlalchemy import text
 
-    from app.auth import public
+    from app.auth.accounts import public
 
     @app.get("/probe-connection-dies")
     @public

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.models import Message, RawBody, Reply, db
-from app.payloads import (
+from app.core.payloads import (
     MAX_DEPTH,
     Invalid,
     parse_json_object,
@@ -20,6 +19,7 @@ from app.payloads import (
     parse_registration,
     parse_reply,
 )
+from app.records.models import Message, RawBody, Reply, db
 from support.fixtures import fixture_json
 
 LIMIT = 65536

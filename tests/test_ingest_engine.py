@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from app import metrics
-from app.derivation import outbound_preview, reply_preview
-from app.maintenance import recount_differences
-from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
-from app.rebuild import rebuild
+from app.observability import metrics
+from app.ops.maintenance import recount_differences
+from app.ops.rebuild import rebuild
 from app.records import ingest
+from app.records.derivation import outbound_preview, reply_preview
+from app.records.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
 from support import bodies
 from support.bodies import encoded
 from support.servers import production_process, worker_pids
@@ -112,7 +112,11 @@ def assert_consistent() -> None:
 
 def batch_counts() -> tuple[float, float]:
     """(transactions, bodies) the ingest writers of this process have committed so far."""
-    samples = {s.name: s.value for metric in metrics.INGEST_BATCH.collect() for s in metric.samples}
+    samples = {
+        s.name: s.value
+        for metric in metrics.instruments().ingest_batch.collect()
+        for s in metric.samples
+    }
     return samples["viberwatch_ingest_batch_bodies_count"], samples[
         "viberwatch_ingest_batch_bodies_sum"
     ]
@@ -328,7 +332,7 @@ def test_a_body_the_database_refuses_does_not_sink_its_batch(app):
 
 def snapshot() -> dict:
     """Every derived table, without the ids that depend on insertion order."""
-    from app.models import LatencyDay, LatencyHour, MessageTally, OutcomeHour
+    from app.records.models import LatencyDay, LatencyHour, MessageTally, OutcomeHour
 
     def value(v):
         # Sums kept as floats (SQLite) differ in the last bits with the order of additions.
@@ -388,7 +392,7 @@ def test_any_split_into_batches_gives_the_same_record(app):
             assert_consistent()
             for model in (Activity, Receipt, Reply, RawBody, Message, Contact):
                 db.session.execute(db.delete(model))
-            from app.maintenance import recount
+            from app.ops.maintenance import recount
 
             db.session.commit()
             recount()

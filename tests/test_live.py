@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from app.live_hub import hub_of, read_events
-from app.live_push import Batch, HelloError, Page, compose, parse_hello
+from app.live.hub import hub_of, read_events
+from app.live.push import Batch, HelloError, Page, compose, parse_hello
 from support.live_client import LiveClient, post, receipt, reply
 
 DR = "/webhooks/viber/dr"
@@ -189,7 +189,7 @@ def test_a_refused_hello_is_followed_by_nothing_on_the_development_server(live_s
 
 
 def test_a_server_restart_is_followed_by_nothing_either(app, live_server, cookie):
-    from app import live
+    from app.live import views as live
 
     c = LiveClient(live_server.url, cookie, cursor=None)
     live.stop(app)
@@ -265,7 +265,7 @@ def test_slow_socket_overflows_without_delaying_others(app, connect, live_server
 
 
 def test_restart_closes_sockets_for_reconnect(app, live_server, cookie):
-    from app import live
+    from app.live import views as live
 
     c = LiveClient(live_server.url, cookie, cursor=None)
     live.stop(app)
@@ -278,7 +278,7 @@ def test_an_id_not_yet_committed_holds_the_cursor_back_until_it_is_given_up(app)
     for the gap before moving past it, then gives it up (a rolled-back transaction)."""
     import time
 
-    from app.live_push import Event
+    from app.live.push import Event
 
     def ev(n):
         return Event(n, "receipt", "r", None, "seen", None, None, None)

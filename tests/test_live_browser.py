@@ -5,8 +5,9 @@ from itertools import pairwise
 
 import pytest
 
-from app import create_app, live
-from app.models import db
+from app import create_app
+from app.live import views as live
+from app.records.models import db
 from support.bodies import post_json
 from support.browser import watch_console
 from support.live_client import post, receipt

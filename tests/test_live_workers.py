@@ -7,8 +7,9 @@ import uuid
 import httpx
 import pytest
 
-from app import create_app, live
-from app.models import db
+from app import create_app
+from app.live import views as live
+from app.records.models import db
 from support.accounts import TEST_PASSWORD, TEST_USER, create_test_user
 from support.live_client import LiveClient, post, receipt
 from support.servers import LiveServer, production_server

@@ -21,7 +21,7 @@ def lines(capsys) -> list[str]:
 @pytest.fixture
 def json_app(app_config):
     from app import create_app
-    from app.models import db
+    from app.records.models import db
 
     app = create_app({**app_config, "LOG_JSON": True})
     with app.app_context():
@@ -55,7 +55,7 @@ def test_json_line_per_webhook(json_app, capsys):
 
 def test_refused_webhook_is_logged(app_config, capsys):
     from app import create_app
-    from app.models import db
+    from app.records.models import db
 
     app = create_app({**app_config, "LOG_JSON": "1", "WEBHOOK_TOKEN": "hook-token"})
     with app.app_context():
@@ -102,7 +102,7 @@ def test_the_development_server_log_never_shows_the_token(app_config, caplog):
     import httpx
 
     from app import create_app
-    from app.models import db
+    from app.records.models import db
     from support.servers import LiveServer
 
     app = create_app({**app_config, "WEBHOOK_TOKEN": SECRET})
@@ -143,7 +143,7 @@ def test_the_production_access_log_never_shows_the_token(app_config, tmp_path):
         "GUNICORN_THREADS": "4",
     }
     from app import create_app
-    from app.models import db
+    from app.records.models import db
 
     app = create_app(app_config)
     with app.app_context():

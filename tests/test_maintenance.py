@@ -6,11 +6,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func
 
-from app.maintenance import parse_age, purge
-from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
-from app.rebuild import rebuild
+from app.ops.maintenance import parse_age, purge
+from app.ops.rebuild import rebuild
+from app.ops.seed import seed
 from app.records import ingest
-from app.seed import seed
+from app.records.models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
 from support.bodies import post_json
 from support.fixtures import fixture_json
 

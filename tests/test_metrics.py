@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import alerts
-from app.models import db
+from app.alerts import notices as alerts
+from app.records.models import db
 from support.bodies import post_json
 from support.fixtures import fixture_json
 from support.servers import production_server

@@ -8,7 +8,7 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import inspect
 
 from app import MIGRATIONS, create_app
-from app.models import db
+from app.records.models import db
 
 
 @pytest.fixture
@@ -70,8 +70,8 @@ def test_cli_db_upgrade(empty_app):
 
 
 def test_rollups_of_messages_stored_before_them_are_filled_by_the_upgrade(empty_app):
-    from app import rollup
-    from app.models import LatencyHour, OutcomeHour
+    from app.records import rollup
+    from app.records.models import LatencyHour, OutcomeHour
     from support.analytics_data import load_fixture
     from test_rollup import stored
 

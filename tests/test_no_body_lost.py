@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.models import RawBody, db
+from app.records.models import RawBody, db
 from support.accounts import login_form_token
 from support.fixtures import fixture_json
 
@@ -201,7 +201,7 @@ def test_with_the_database_away_nothing_answers_500(app_config):
     that passes authentication waits in the spool (200); whatever else needs the database
     answers 503 (push again) instead of 500."""
     from app import create_app
-    from app.signing import sign
+    from app.core.signing import sign
 
     app = create_app(
         {

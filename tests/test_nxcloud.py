@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from app import nxcloud
-from app.status import describe_code
+from app.core.status import describe_code
+from app.sending import nxcloud
 from support.fake_nxcloud import ACCESS_KEY, APPKEY, ERROR_CODES, SECRET, documented_sign
 
 

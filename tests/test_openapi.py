@@ -9,8 +9,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
-from app.models import Message, RawBody, db
-from app.openapi import DOCUMENT
+from app.observability.openapi import DOCUMENT
+from app.records.models import Message, RawBody, db
 from support.fixtures import fixture_bytes
 
 # An oversized negative body is rightly refused with 413, which the check does not expect by default.

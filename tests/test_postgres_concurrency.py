@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from app.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
+from app.records.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
 from support.bodies import receipt, reply
 from support.servers import production_server
 

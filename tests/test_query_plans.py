@@ -6,8 +6,8 @@ import re
 import pytest
 from sqlalchemy import event, text
 
-from app.models import Message, db
-from app.seed import seed
+from app.ops.seed import seed
+from app.records.models import Message, db
 
 BIG_TABLES = ("message", "receipt", "reply", "raw_body", "activity")
 FILTERS = [
@@ -30,7 +30,7 @@ FILTERS = [
 def seeded(app):
     with app.app_context():
         seed(300, random_seed=11, days=10, zone=app.extensions["viberwatch.sendtime_zone"])
-        from app import tally
+        from app.records import tally
 
         tally.rebuild()
         m = db.session.execute(

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from app import create_app, retention
-from app.models import RawBody, db, utcnow
+from app import create_app
+from app.records import retention
+from app.records.models import RawBody, db, utcnow
 from support.accounts import create_test_user, log_in
 from support.fixtures import fixture_json
 

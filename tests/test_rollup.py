@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
-from app import rollup
-from app.analytics_report import TimeRange, _latency_spans, report, rollup_plan
-from app.filters import MessageFilter
-from app.models import LatencyDay, LatencyHour, Message, OutcomeHour, db
+from app.analytics.report import TimeRange, _latency_spans, report, rollup_plan
+from app.dashboard.filters import MessageFilter
+from app.records import rollup
+from app.records.models import LatencyDay, LatencyHour, Message, OutcomeHour, db
 from support.analytics_data import T0, at, load_fixture
 from support.timed_ingest import receipt, register, reply
 
@@ -269,7 +269,7 @@ def test_recount_command_rebuilds_the_rollups(app):
     ids=lambda f: str(f.to_args()),
 )
 def test_a_narrow_prefix_gives_the_same_report_whichever_index_is_used(app, monkeypatch, flt):
-    from app import analytics_report
+    from app.analytics import report as analytics_report
 
     with app.app_context():
         load_fixture()

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func
 
-from app import outbound
-from app.models import Activity, Message, RawBody, Reply, SendAttempt, db, utcnow
+from app.records.models import Activity, Message, RawBody, Reply, SendAttempt, db, utcnow
+from app.sending import outbound
 from support.bodies import post_json
 from support.fake_nxcloud import nxcloud_config
 

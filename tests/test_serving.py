@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.models import RawBody, db
+from app.records.models import RawBody, db
 from support.fixtures import fixture_bytes
 from support.servers import production_server
 

@@ -1,4 +1,4 @@
-from app.signing import sign
+from app.core.signing import sign
 
 
 def test_documented_test_vector():

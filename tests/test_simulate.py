@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 from sqlalchemy import func
 
-from app.models import Message, RawBody, Receipt, Reply, db
-from app.simulate import ScriptedMessage, build_script
-from app.simulate_run import Target, build_request, run
+from app.records.models import Message, RawBody, Receipt, Reply, db
+from app.simulate.run import Target, build_request, run
+from app.simulate.script import ScriptedMessage, build_script
 
 
 def fast_script(seed, messages, **kwargs):
@@ -271,9 +271,9 @@ def test_the_played_send_api_answers_sends_and_pushes_their_receipts(app, live_s
     import threading
     import time
 
-    from app import nxcloud
-    from app.simulate_run import play
-    from app.simulate_send import PlayedSendApi
+    from app.sending import nxcloud
+    from app.simulate.run import play
+    from app.simulate.send_api import PlayedSendApi
 
     state, ready = {}, threading.Event()
 

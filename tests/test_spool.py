@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.models import Message, RawBody, Receipt, SpoolMark, db
 from app.records import ingest, spool
+from app.records.models import Message, RawBody, Receipt, SpoolMark, db
 from support.servers import production_process, worker_pids
 from support.tcp_proxy import Proxy
 from support.wait import until
@@ -318,7 +318,7 @@ def test_the_banner_says_how_many_bodies_wait_and_since_when(client, app):
     assert "since 12:34 UTC" in page
     metrics_app = app
     metrics_app.config["METRICS_TOKEN"] = "m"
-    from app import metrics
+    from app.observability import metrics
 
     metrics_app.extensions["viberwatch.metrics_networks"] = metrics.parse_networks(
         "", "METRICS_ALLOW_NETWORKS"

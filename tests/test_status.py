@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.status import CODES, ReceiptFact, anomalies, describe_code, fold
+from app.core.status import CODES, ReceiptFact, anomalies, describe_code, fold
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

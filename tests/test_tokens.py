@@ -5,7 +5,7 @@ import hashlib
 
 import httpx
 
-from app.models import ApiToken, db
+from app.records.models import ApiToken, db
 
 RID = "f6a7d49946094857ae02812969a83056"
 

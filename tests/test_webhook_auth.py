@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from app import create_app, webhook_auth
-from app.models import Message, RawBody, RefusedTally, db
-from app.signing import sign
+from app import create_app
+from app.core.signing import sign
+from app.records.models import Message, RawBody, RefusedTally, db
+from app.webhooks import auth as webhook_auth
 from support.accounts import create_test_user, log_in
 from support.fixtures import fixture_bytes
 from support.servers import LiveServer
@@ -425,7 +426,7 @@ def test_warning_banner_while_webhooks_are_open(serve):
 def test_one_client_address_rule_for_every_use(serve):
     """Behind PROXY_FIX, a peer that is not a trusted proxy cannot pick its address by
     X-Forwarded-For: not for the allow-list, the sign-in limit, nor the address kept."""
-    from app import auth
+    from app.auth import accounts as auth
 
     server = serve(
         PROXY_FIX=1,

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from app.models import Activity, Message, RawBody, Receipt, Reply, db
+from app.records.models import Activity, Message, RawBody, Receipt, Reply, db
 from support.bodies import post_json
 from support.fixtures import fixture_bytes, fixture_json
 

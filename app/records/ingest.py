@@ -40,8 +40,11 @@ from flask import Flask, current_app
 from sqlalchemy import bindparam, case
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from .. import contacts, payloads, replay, retention, rollup, tally
-from ..derivation import (
+from ..core import payloads
+from ..core.payloads import Invalid
+from ..core.status import PRECEDENCE, ReceiptFact
+from . import contacts, replay, retention, rollup, spool, tally
+from .derivation import (
     COLUMNS,
     Registration,
     ReplyFact,
@@ -51,10 +54,7 @@ from ..derivation import (
     reply_fact,
     reply_preview,
 )
-from ..models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db, utcnow
-from ..payloads import Invalid
-from ..status import PRECEDENCE, ReceiptFact
-from . import spool
+from .models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db, utcnow
 from .sqlutil import (
     COPY_FROM,
     begin_writing,
@@ -1498,7 +1498,7 @@ def reprocess(raw_id: int) -> Result:
     if raw.outcome not in ("rejected", "refused"):
         return Result(raw.http_status, raw.outcome, raw.id, raw.request_id)
     if raw.outcome == "refused":
-        from ..webhook_auth import still_refused  # it imports this module
+        from ..webhooks.auth import still_refused  # it imports this module
 
         refused = still_refused(
             db.session.get(RawBody, raw.id)

@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import NullType
 
-from ..models import db
+from .models import db
 
 
 def _dialect() -> str:

@@ -20,8 +20,10 @@ from werkzeug.serving import make_server
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from app import alerts, auth, create_app  # noqa: E402
-from app.models import db  # noqa: E402
+from app import create_app  # noqa: E402
+from app.alerts import notices as alerts  # noqa: E402
+from app.auth import accounts as auth  # noqa: E402
+from app.records.models import db  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 OUT = Path(__file__).resolve().parent

@@ -57,7 +57,7 @@ def upgrade():
     for table, period in (("latency_hour", "hour"), ("latency_day", "day")):
         _latency_bins(table, period)
     # The messages stored before this revision count in the rollups too.
-    from app import rollup
+    from app.records import rollup
 
     rollup.fill(op.get_bind())
 

@@ -5,7 +5,7 @@ import re
 from flask import session
 from flask_wtf.csrf import generate_csrf
 
-from app import auth
+from app.auth import accounts as auth
 
 TEST_USER = "operator"
 TEST_PASSWORD = "correct horse battery"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from app import tally
-from app.models import Message, db
+from app.records import tally
+from app.records.models import Message, db
 
 from . import bodies
 from .bodies import post_json

@@ -2,7 +2,7 @@
 
 It checks each call the way the documentation describes (signature over the exact body,
 `ts` within 60 s, bizType 7, action mt, the documented body) with its own MD5, not
-app/signing.py, and answers with a requestId or with any documented error code on demand.
+app/core/signing.py, and answers with a requestId or with any documented error code on demand.
 """
 
 from __future__ import annotations

@@ -1,0 +1,570 @@
+"""Delivery analytics: funnel, rates, latency, failures, cost and replies for a time range.
+
+No `request` here. Every number comes from the message table, whose columns are folded
+from the set of receipts, so duplicate and out-of-order receipts count once: aggregated in
+SQL from the messages themselves for ranges shown per minute and for filters on phone,
+requestId or days, and otherwise from the hourly rollups (app/records/rollup.py) kept beside the
+messages, plus the messages of the range's partial hours at either end.
+
+Definitions (the README repeats them):
+- The messages of a range are those first heard of in it (`Message.created_at`: the
+  registration or the first receipt or reply, whichever came first).
+- accepted = has any receipt; delivered = has a delivered or a seen receipt; seen = has a
+  seen receipt; failed / expired = the folded status is failed / expired.
+- Time to delivered = first delivered receipt received - first success receipt received;
+  time to seen likewise. Receipts that arrived out of order give a negative difference,
+  counted as 0. Percentiles are nearest-rank: pN is the smallest value with at least N%
+  of the values at or below it; read from the rollups, exact when that value is the least
+  or greatest of its 2 %-wide bin, otherwise interpolated inside the bin.
+- Replies are those received in the range, to messages that match the filters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
+from sqlalchemy import and_, case, func, literal, literal_column, or_, union_all
+
+from ..core.status import describe_code
+from ..dashboard.filters import FilterError, MessageFilter
+from ..records.models import LatencyDay, LatencyHour, Message, OutcomeHour, Reply, db
+from ..records.rollup import (
+    BINS_PER_BAR,
+    LATENCY_EDGES,
+    LATENCY_TARGETS,
+    OUTCOME_SUMS,
+    Totals,
+    add_bin,
+    day_of,
+    hour_of,
+    message_rows,
+)
+from .sql import (
+    BUCKET_FORMATS,
+    bucket,
+    bucket_labels,
+    clamp_at_zero,
+    dialect,
+    seconds_between,
+    truncate,
+)
+
+RANGES = {
+    "1h": ("Last hour", timedelta(hours=1)),
+    "24h": ("Last day", timedelta(days=1)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+}
+DEFAULT_RANGE = "24h"
+PERCENTILES = (50, 90, 99)
+TOP_PHONES = 10
+FUNNEL_KEYS = ("messages", "pending", "accepted", "delivered", "seen", "failed", "expired")
+
+
+class RangeError(FilterError):
+    """A time range argument that cannot be used; names the argument."""
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    key: str
+    label: str
+    start: datetime
+    end: datetime
+
+    @property
+    def unit(self) -> str:
+        span = self.end - self.start
+        if span <= timedelta(hours=3):
+            return "minute"
+        if span <= timedelta(days=8):
+            return "hour"
+        return "day"
+
+    def as_json(self) -> dict:
+        return {
+            "key": self.key,
+            "label": self.label,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "unit": self.unit,
+        }
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+# Custom ranges stay inside these years, so that no bucket or bin edge leaves what a
+# datetime can hold (year 1 east of UTC has no UTC time at all).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _parse_time(field: str, value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        # Times without a zone are taken as UTC, like every time the app shows.
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+    except ValueError:
+        raise RangeError(field, f"not a date and time (YYYY-MM-DDTHH:MM), got {value!r}") from None
+    except OverflowError:
+        at = None
+    if at is None or not EARLIEST <= at < LATEST:
+        raise RangeError(field, f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} UTC")
+    return at
+
+
+def parse_range(args: Mapping[str, str], now: datetime) -> TimeRange:
+    """The range named by `range` (1h, 24h, 7d, 30d) or `range=custom` with `start` and `end`."""
+    key = (args.get("range") or DEFAULT_RANGE).strip()
+    if key in RANGES:
+        label, span = RANGES[key]
+        return TimeRange(key, label, now - span, now)
+    if key != "custom":
+        raise RangeError("range", f"must be one of {', '.join(RANGES)}, custom, got {key!r}")
+    if not args.get("start"):
+        raise RangeError("start", "required when range is custom")
+    start = _parse_time("start", args["start"])
+    end = _parse_time("end", args["end"]) if args.get("end") else now
+    if end <= start:
+        raise RangeError("end", "must be after start")
+    if end - start > timedelta(days=366):
+        raise RangeError("end", "a custom range spans at most 366 days")
+    return TimeRange("custom", "Custom", start, end)
+
+
+# SQLite's planner walks the range of `created_at` even when a phone or requestId prefix
+# matches a handful of messages (PostgreSQL's statistics pick the prefix's index by
+# themselves). When a probe finds the prefix matches at most this many, the range is
+# written so that SQLite cannot use its index and seeks the prefix instead.
+NARROW_PREFIX = 20_000
+
+
+def prefix_is_narrow(flt: MessageFilter) -> bool:
+    if dialect() != "sqlite" or (flt.phone is None and flt.q is None):
+        return False
+    prefixes = MessageFilter(phone=flt.phone, q=flt.q).conditions()
+    probe = (
+        db.select(literal(1))
+        .select_from(Message)
+        .where(*prefixes)
+        .limit(NARROW_PREFIX + 1)
+        .subquery()
+    )
+    return db.session.execute(db.select(func.count()).select_from(probe)).scalar() <= NARROW_PREFIX
+
+
+def _not_indexed(column):
+    """The same text on SQLite, but no index serves it (see NARROW_PREFIX)."""
+    return column.op("||")(literal_column("''"))
+
+
+def _cohort(rng: TimeRange, criteria: Sequence, narrow: bool = False) -> list:
+    created = _not_indexed(Message.created_at) if narrow else Message.created_at
+    return [created >= rng.start, created <= rng.end, *criteria]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a report reads its range: whole hours [first, stop) from the hourly rollups, and
+    the messages of the rest of the range (`edges`) one by one."""
+
+    first: datetime
+    stop: datetime
+    edges: object  # an SQL condition on Message.created_at
+
+
+def rollup_plan(rng: TimeRange, flt: MessageFilter) -> Plan | None:
+    """None where the rollups cannot answer: ranges shown per minute, and filters on phone,
+    requestId or last-activity days, which the rollups are not keyed by."""
+    if rng.unit == "minute" or not flt.by_key_only:
+        return None
+    first = hour_of(rng.start)
+    if first < rng.start:
+        first += timedelta(hours=1)
+    stop = hour_of(rng.end)
+    if stop <= first:
+        return None
+    created = Message.created_at
+    edges = [and_(created >= stop, created <= rng.end)]
+    if rng.start < first:
+        edges.append(and_(created >= rng.start, created < first))
+    return Plan(first, stop, or_(*edges))
+
+
+def _outcome_rows(rng: TimeRange, criteria: Sequence, narrow: bool = False) -> list[tuple]:
+    """(bucket, status, code, currency, rate type, messages, delivered, seen, priced, local,
+    original) per group, from the messages of the range."""
+    m = Message
+    label = bucket(m.created_at, rng.unit).label("bucket")
+    delivered = or_(m.delivered_at.isnot(None), m.seen_at.isnot(None))
+    has_cost = or_(
+        m.cost_currency.isnot(None),
+        m.cost_local_price.isnot(None),
+        m.cost_original_price.isnot(None),
+    )
+    keys = (label, m.status, m.code, m.cost_currency, m.cost_rate_type)
+    return [
+        tuple(row)
+        for row in db.session.execute(
+            db.select(
+                *keys,
+                func.count(),
+                func.sum(case((delivered, 1), else_=0)),
+                func.sum(case((m.seen_at.isnot(None), 1), else_=0)),
+                func.sum(case((has_cost, 1), else_=0)),
+                func.sum(m.cost_local_price),
+                func.sum(m.cost_original_price),
+            )
+            .where(*_cohort(rng, criteria, narrow))
+            .group_by(*keys)
+        )
+    ]
+
+
+def _unkeyed(status, code, currency, rate_type) -> tuple:
+    """Rollup key values back to the message columns' (NULL where the key has a stand-in)."""
+    return (
+        None if status == "pending" else status,
+        None if code == -1 else code,
+        currency or None,
+        rate_type or None,
+    )
+
+
+def _outcome_rows_rolled(
+    rng: TimeRange, flt: MessageFilter, plan: Plan, edges: Totals
+) -> list[tuple]:
+    """The same groups as `_outcome_rows`, from the rollup for whole hours plus `edges`."""
+    o = OutcomeHour
+    label = bucket(o.hour, rng.unit).label("bucket")
+    keys = (label, o.status, o.code, o.currency, o.rate_type)
+    stored = db.session.execute(
+        db.select(*keys, *(func.sum(getattr(o, name)) for name in OUTCOME_SUMS))
+        .where(o.hour >= plan.first, o.hour < plan.stop, o.n != 0, *flt.key_conditions(o))
+        .group_by(*keys)
+    ).all()
+    fmt = BUCKET_FORMATS[rng.unit][1]
+    rows = []
+    for row in stored:
+        rows.append((row[0], *_unkeyed(*row[1:5]), *row[5:]))
+    for (hour, status, code, _anomaly, currency, rate_type), sums in edges.outcomes.items():
+        rows.append(
+            (
+                truncate(hour, rng.unit).strftime(fmt),
+                *_unkeyed(status, code, currency, rate_type),
+                *sums,
+            )
+        )
+    return rows
+
+
+def _summarise_outcomes(rows: Sequence[tuple], labels: list[str]) -> tuple[dict, list[dict], dict]:
+    """Outcomes per bucket, failures by code and cost: sums over the grouped rows."""
+    position = {name: i for i, name in enumerate(labels)}
+    series = {key: [0] * len(labels) for key in FUNNEL_KEYS}
+    failed: dict[tuple, int] = {}
+    groups: dict[tuple, dict] = {}
+    for (
+        name,
+        status,
+        code,
+        currency,
+        rate_type,
+        n,
+        n_delivered,
+        n_seen,
+        n_cost,
+        local,
+        original,
+    ) in rows:
+        i = position[name]
+        n = int(n)
+        series["messages"][i] += n
+        series["pending" if status is None else "accepted"][i] += n
+        series["delivered"][i] += int(n_delivered or 0)
+        series["seen"][i] += int(n_seen or 0)
+        if status in ("failed", "expired"):
+            series[status][i] += n
+            failed[(status, code)] = failed.get((status, code), 0) + n
+        if n_cost:
+            group = groups.setdefault(
+                (currency or "", rate_type or ""),
+                {
+                    "currency": currency,
+                    "rate_type": rate_type,
+                    "messages": 0,
+                    "local": 0.0,
+                    "original": 0.0,
+                    "series": [0.0] * len(labels),
+                },
+            )
+            group["messages"] += int(n_cost)
+            group["local"] += float(local or 0)
+            group["original"] += float(original or 0)
+            group["series"][i] = round(group["series"][i] + float(local or 0), 6)
+    total_failed = sum(failed.values())
+    failures = []
+    for (status, code), count in sorted(
+        failed.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1] or 0)
+    ):
+        if not count:
+            continue
+        described = describe_code(code)
+        failures.append(
+            {
+                "status": status,
+                "code": code,
+                "count": count,
+                "share": round(100 * count / total_failed, 1),
+                "message": described.message,
+                "solution": described.solution,
+            }
+        )
+    cost = []
+    for key in sorted(groups):
+        group = groups[key]
+        group["local"], group["original"] = round(group["local"], 6), round(group["original"], 6)
+        cost.append(group)
+    return {"labels": labels, "series": series}, failures, {"labels": labels, "groups": cost}
+
+
+def funnel_from_rates(rates_: dict) -> dict:
+    """The funnel is the sum of the per-bucket outcomes."""
+    return {key: sum(values) for key, values in rates_["series"].items()}
+
+
+def _histogram_labels() -> list[str]:
+    def short(seconds: int) -> str:
+        for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+            if seconds >= size and seconds % size == 0:
+                return f"{seconds // size}{unit}"
+        return f"{seconds}s"
+
+    labels = [f"< {short(LATENCY_EDGES[0])}"]
+    labels += [f"{short(a)}–{short(b)}" for a, b in pairwise(LATENCY_EDGES)]
+    labels.append(f"≥ {short(LATENCY_EDGES[-1])}")
+    return labels
+
+
+def _latency_result(counts: dict[str, list[int]], found: dict) -> dict:
+    result = {}
+    for key, _ in LATENCY_TARGETS:
+        result[key] = {
+            "count": sum(counts[key]),
+            "histogram": [
+                {"label": label, "count": n}
+                for label, n in zip(_histogram_labels(), counts[key], strict=False)
+            ],
+        }
+        for p in PERCENTILES:
+            result[key][f"p{p}"] = found.get((key, p))
+    return result
+
+
+def latency(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> dict:
+    """Seconds from the first success receipt to the first delivered and to the first seen
+    receipt: count, p50/p90/p99 and a histogram of each, in two statements."""
+    m = Message
+    columns = [
+        clamp_at_zero(seconds_between(m.accepted_at, getattr(m, column))).label(key)
+        for key, column in LATENCY_TARGETS
+    ]
+    # Computed once per message into a temporary table, not once per reference to it.
+    values = (
+        db.select(*columns)
+        .where(
+            *_cohort(rng, criteria, narrow),
+            m.accepted_at.isnot(None),
+            or_(*(getattr(m, column).isnot(None) for _, column in LATENCY_TARGETS)),
+        )
+        .cte("latency_values")
+        .prefix_with("MATERIALIZED")
+    )
+    parts = []
+    for key, _ in LATENCY_TARGETS:
+        d = values.c[key]
+        index = case(
+            *((d < edge, i) for i, edge in enumerate(LATENCY_EDGES)), else_=len(LATENCY_EDGES)
+        )
+        parts.append(
+            db.select(literal(key).label("k"), index.label("i"), func.count().label("n"))
+            .select_from(values)
+            .where(d.isnot(None))
+            .group_by(index)
+        )
+    counts = {key: [0] * (len(LATENCY_EDGES) + 1) for key, _ in LATENCY_TARGETS}
+    for key, i, n in db.session.execute(union_all(*parts)):
+        counts[key][int(i)] = int(n)
+    return _latency_result(counts, _percentiles(values, counts))
+
+
+def _bucket_at(sizes: Sequence[int], rank: int) -> tuple[int, int]:
+    """The index of the bucket holding the rank-th smallest value (1-based), and how many
+    values the buckets before it hold."""
+    before = 0
+    for i, n in enumerate(sizes):
+        if before + n >= rank:
+            return i, before
+        before += n
+    return len(sizes) - 1, before
+
+
+def _percentiles(values, counts: dict[str, list[int]]) -> dict:
+    """Exact nearest-rank percentiles: find each one's histogram bucket, then sort only that
+    bucket's values; all lookups share one statement and one pass over the messages."""
+    parts = []
+    for key, bars in counts.items():
+        total = sum(bars)
+        if not total:
+            continue
+        d = values.c[key]
+        for p in PERCENTILES:
+            rank = math.ceil(p / 100 * total)  # 1-based
+            i, before = _bucket_at(bars, rank)
+            conditions = [d.isnot(None)]
+            if i > 0:
+                conditions.append(d >= LATENCY_EDGES[i - 1])
+            if i < len(LATENCY_EDGES):
+                conditions.append(d < LATENCY_EDGES[i])
+            one = (
+                db.select(d.label("v"))
+                .where(*conditions)
+                .order_by(d)
+                .offset(rank - before - 1)
+                .limit(1)
+                .subquery(f"{key}_p{p}")
+            )
+            parts.append(
+                db.select(literal(key).label("k"), literal(p).label("p"), one.c.v).select_from(one)
+            )
+    if not parts:
+        return {}
+    return {
+        (key, int(p)): round(float(value), 3)
+        for key, p, value in db.session.execute(union_all(*parts)).all()
+    }
+
+
+def _latency_spans(plan: Plan) -> list[tuple]:
+    """Whole days of the plan's hours from the daily bins, the hours around them hourly."""
+    first_day = day_of(plan.first)
+    if first_day < plan.first:
+        first_day += timedelta(days=1)
+    stop_day = day_of(plan.stop)
+    hour = LatencyHour.hour
+    if stop_day <= first_day:
+        return [(LatencyHour, hour, plan.first, plan.stop)]
+    spans = [
+        (LatencyDay, LatencyDay.day, first_day, stop_day),
+        (LatencyHour, hour, plan.first, first_day),
+        (LatencyHour, hour, stop_day, plan.stop),
+    ]
+    return [span for span in spans if span[2] < span[3]]
+
+
+def _latency_rolled(flt: MessageFilter, plan: Plan, edges: Totals) -> dict:
+    """The same as `latency`, from the latency bins of whole hours plus `edges`."""
+    bins: dict[tuple, list] = {}
+    for model, column, start, stop in _latency_spans(plan):
+        stored = db.session.execute(
+            db.select(
+                model.kind, model.bin, func.sum(model.n), func.min(model.low), func.max(model.high)
+            )
+            .where(column >= start, column < stop, model.n > 0, *flt.key_conditions(model))
+            .group_by(model.kind, model.bin)
+        )
+        for kind, bin_id, n, low, high in stored:
+            add_bin(bins, (kind, bin_id), int(n), float(low), float(high))
+    for (_hour, kind, _status, _code, _anomaly, bin_id), (n, low, high) in edges.latency.items():
+        add_bin(bins, (kind, bin_id), n, low, high)
+    counts = {key: [0] * (len(LATENCY_EDGES) + 1) for key, _ in LATENCY_TARGETS}
+    for (kind, bin_id), (n, _, _) in bins.items():
+        counts[kind][bin_id // BINS_PER_BAR] += n
+    found = {}
+    for kind, _ in LATENCY_TARGETS:
+        ordered = sorted((bin_id, *v) for (k, bin_id), v in bins.items() if k == kind)
+        total = sum(counts[kind])
+        for p in PERCENTILES if total else ():
+            found[(kind, p)] = round(_binned_value(ordered, math.ceil(p / 100 * total)), 3)
+    return _latency_result(counts, found)
+
+
+def _binned_value(ordered: list[tuple], rank: int) -> float:
+    """The rank-th smallest value (1-based) of the bins: exact when it is a bin's least or
+    greatest, otherwise interpolated between those two, inside a bin 2 % wide."""
+    i, before = _bucket_at([row[1] for row in ordered], rank)
+    _bin_id, n, low, high = ordered[i]
+    k = rank - before
+    if k == 1:
+        return low
+    if k == n:
+        return high
+    return low + (high - low) * (k - 1) / (n - 1)
+
+
+def replies(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> dict:
+    """Replies received in the range per bucket, and the phones that replied most."""
+    r = Reply
+    received = _not_indexed(r.received_at) if narrow else r.received_at
+    where = [received >= rng.start, received <= rng.end]
+
+    def scoped(stmt):
+        if criteria:
+            stmt = stmt.join(Message, Message.request_id == r.trace_request_id).where(*criteria)
+        return stmt.where(*where)
+
+    label = bucket(r.received_at, rng.unit).label("bucket")
+    per_bucket = dict(
+        db.session.execute(
+            scoped(db.select(label, func.count()).select_from(r)).group_by(label)
+        ).all()
+    )
+    labels = bucket_labels(rng.start, rng.end, rng.unit)
+    counts = [int(per_bucket.get(name, 0)) for name in labels]
+    n = func.count().label("n")
+    top = db.session.execute(
+        scoped(db.select(r.phone, n).select_from(r))
+        .group_by(r.phone)
+        .order_by(n.desc(), r.phone)
+        .limit(TOP_PHONES)
+    ).all()
+    return {
+        "labels": labels,
+        "counts": counts,
+        "total": sum(per_bucket.values()),
+        "top_phones": [{"phone": phone, "count": int(count)} for phone, count in top],
+    }
+
+
+def report(rng: TimeRange, flt: MessageFilter | None = None, *, use_rollup: bool = True) -> dict:
+    """Everything the analytics page shows, as plain JSON-ready data. Whole hours come from
+    the hourly rollups where the filter allows (`use_rollup=False` reads every message)."""
+    flt = flt or MessageFilter()
+    criteria = flt.conditions()
+    plan = rollup_plan(rng, flt) if use_rollup else None
+    labels = bucket_labels(rng.start, rng.end, rng.unit)
+    narrow = prefix_is_narrow(flt)
+    if plan is None:
+        rates, failures, cost = _summarise_outcomes(_outcome_rows(rng, criteria, narrow), labels)
+        latency_ = latency(rng, criteria, narrow)
+    else:
+        edges = Totals().add_rows(message_rows(plan.edges, *criteria))
+        rates, failures, cost = _summarise_outcomes(
+            _outcome_rows_rolled(rng, flt, plan, edges), labels
+        )
+        latency_ = _latency_rolled(flt, plan, edges)
+    return {
+        "range": rng.as_json(),
+        "funnel": funnel_from_rates(rates),
+        "rates": rates,
+        "latency": latency_,
+        "failures": failures,
+        "cost": cost,
+        "replies": replies(rng, criteria, narrow),
+    }

@@ -1,0 +1,314 @@
+"""The OpenAPI 3 document of the webhooks and the JSON API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, jsonify
+
+from ..core.payloads import MAX_ID_LENGTH, MAX_PHONE_LENGTH, MAX_TEXT_LENGTH
+from ..core.status import STATUSES
+
+bp = Blueprint("openapi", __name__)
+
+SEND_TIME = {
+    "type": "string",
+    "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
+    "description": "NXCLOUD's send time of the message, without a zone (see SENDTIME_TZ).",
+    "example": "2023-07-13 15:12:11",
+}
+ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": r"\S"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+TIME = {"type": ["string", "null"], "format": "date-time"}
+
+PRICE = {"type": ["number", "null"], "exclusiveMinimum": -1e12, "exclusiveMaximum": 1e12}
+COST = {
+    "type": ["object", "null"],
+    "properties": {
+        "currency": {"type": ["string", "null"], "maxLength": 16},
+        "localPrice": PRICE,
+        "originalPrice": PRICE,
+        "rateType": {"type": ["string", "null"], "maxLength": 32},
+    },
+}
+# Optional fields may also be null, which counts as absent.
+OPTIONAL_ID = {**ID, "type": ["string", "null"]}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "field", "reason"],
+        "properties": {
+            "error": {"type": "string"},
+            "field": {"type": "string"},
+            "reason": {"type": "string"},
+        },
+    },
+    "Receipt": {
+        "type": "object",
+        "required": ["status", "requestId", "code", "message", "sendTime"],
+        "properties": {
+            "status": {"type": "string", "enum": list(STATUSES)},
+            "requestId": ID,
+            "code": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+            "message": {"type": "string", "maxLength": MAX_TEXT_LENGTH},
+            "sendTime": SEND_TIME,
+            "cost": COST,
+        },
+    },
+    "Reply": {
+        "type": "object",
+        "required": ["phone", "appkey", "traceRequestId", "message", "sendTime"],
+        "properties": {
+            "phone": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_PHONE_LENGTH,
+                "pattern": r"\S",
+            },
+            "appkey": ID,
+            "traceRequestId": ID,
+            "message": {
+                "type": "object",
+                "description": "Text, or media with fileName.",
+                "properties": {
+                    "text": {"type": ["string", "null"], "maxLength": MAX_TEXT_LENGTH},
+                    "media": {"type": ["string", "null"], "maxLength": 4096, "pattern": r"\S"},
+                    "fileName": {"type": ["string", "null"], "maxLength": 1024},
+                },
+                "anyOf": [
+                    {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                    {"required": ["media"], "properties": {"media": {"type": "string"}}},
+                ],
+            },
+            "sendTime": SEND_TIME,
+        },
+    },
+    "Registration": {
+        "type": "object",
+        "required": ["requestId", "phone"],
+        "properties": {
+            "requestId": ID,
+            "phone": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_PHONE_LENGTH,
+                "pattern": r"\S",
+            },
+            "text": {"type": ["string", "null"], "maxLength": MAX_TEXT_LENGTH},
+            "appkey": OPTIONAL_ID,
+            "functionType": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": r"\S",
+            },
+        },
+    },
+    "Registered": {
+        "type": "object",
+        "required": ["requestId", "outcome"],
+        "properties": {
+            "requestId": {"type": "string"},
+            "outcome": {"type": "string", "enum": ["accepted", "duplicate"]},
+        },
+    },
+    "Message": {
+        "type": "object",
+        "required": [
+            "requestId",
+            "status",
+            "phone",
+            "code",
+            "statusTimes",
+            "anomalies",
+            "receipts",
+            "replies",
+        ],
+        "properties": {
+            "requestId": {"type": "string"},
+            "status": {"type": ["string", "null"], "enum": [*STATUSES, None]},
+            "phone": NULLABLE_STRING,
+            "code": {"type": ["integer", "null"]},
+            "codeMessage": NULLABLE_STRING,
+            "solution": NULLABLE_STRING,
+            "message": NULLABLE_STRING,
+            "statusTimes": {"type": "object", "additionalProperties": {"type": "string"}},
+            "sendTime": NULLABLE_STRING,
+            "sendTimeUtc": TIME,
+            "cost": COST,
+            "anomalies": {"type": "array", "items": {"type": "string"}},
+            "registeredAt": TIME,
+            "text": NULLABLE_STRING,
+            "appkey": NULLABLE_STRING,
+            "functionType": NULLABLE_STRING,
+            "lastActivityAt": TIME,
+            "receipts": {
+                "type": "array",
+                "items": {"type": "object", "required": ["status", "code"]},
+            },
+            "replies": {
+                "type": "array",
+                "items": {"type": "object", "required": ["phone", "message"]},
+            },
+        },
+    },
+}
+
+
+def _error(description: str) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+WEBHOOK_ERRORS = {
+    "400": _error("Empty body, not UTF-8, not JSON, or nested too deeply."),
+    "401": _error(
+        "Refused by webhook authentication (token, signature made for another webhook, or a "
+        "replayed signature); the body is kept as refused."
+    ),
+    "403": _error("The source address is not in WEBHOOK_ALLOW_NETWORKS."),
+    "413": _error("Body over MAX_CONTENT_LENGTH; its first MAX_CONTENT_LENGTH bytes are kept."),
+    "415": _error("Content-Type is not application/json."),
+    "422": _error("JSON, but not the documented shape; the error names the field."),
+    "503": _error(
+        "Kept but not applied (database trouble, or any other failure while applying it); "
+        "push again."
+    ),
+}
+ACCEPTED = {
+    "description": "Stored and applied (or a repeat of a body already applied).",
+    "content": {"text/plain": {"schema": {"type": "string", "enum": ["success"]}}},
+}
+
+
+def _webhook(summary: str, schema: str) -> dict:
+    return {
+        "post": {
+            "summary": summary,
+            "tags": ["webhooks"],
+            "security": [{}, {"webhookToken": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+                },
+            },
+            "responses": {"200": ACCEPTED, **WEBHOOK_ERRORS},
+        }
+    }
+
+
+API_SECURITY = [{"bearerAuth": []}, {"session": []}]
+UNAUTHORIZED = _error("No valid session or bearer token.")
+
+DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "viberwatch",
+        "version": "1",
+        "description": "NXCLOUD Viber webhooks and the JSON API of viberwatch.",
+    },
+    "paths": {
+        "/webhooks/viber/dr": _webhook("A delivery receipt (NXCLOUD's dr_webhook).", "Receipt"),
+        "/webhooks/viber/message": _webhook("A user's reply (NXCLOUD's message_webhook).", "Reply"),
+        "/api/messages": {
+            "post": {
+                "summary": "Register a message just sent through NXCLOUD, with its phone.",
+                "tags": ["api"],
+                "security": API_SECURITY,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/Registration"}
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "Registered.",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/Registered"}
+                            }
+                        },
+                    },
+                    "200": {
+                        "description": "Registered before; a repeat changes nothing.",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/Registered"}
+                            }
+                        },
+                    },
+                    "400": _error(
+                        "Empty body, not UTF-8, not JSON, or a missing CSRF token with a session."
+                    ),
+                    "401": UNAUTHORIZED,
+                    "413": WEBHOOK_ERRORS["413"],
+                    "415": WEBHOOK_ERRORS["415"],
+                    "422": WEBHOOK_ERRORS["422"],
+                    "503": WEBHOOK_ERRORS["503"],
+                },
+            }
+        },
+        "/api/messages/{requestId}": {
+            "get": {
+                "summary": "A message's state, receipts and replies.",
+                "tags": ["api"],
+                "security": API_SECURITY,
+                "parameters": [
+                    {
+                        "name": "requestId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The message.",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Message"}}
+                        },
+                    },
+                    "401": UNAUTHORIZED,
+                    "404": _error("No message with this requestId."),
+                },
+            }
+        },
+    },
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "webhookToken": {
+                "type": "apiKey",
+                "in": "query",
+                "name": "token",
+                "description": "WEBHOOK_TOKEN, when configured (or the X-Webhook-Token header).",
+            },
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token from `viberwatch create-token NAME`.",
+            },
+            "session": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "viberwatch_session",
+                "description": "A signed-in dashboard session (needs X-CSRFToken to POST).",
+            },
+        },
+    },
+}
+
+
+@bp.get("/openapi.json")
+def document():
+    """The OpenAPI document."""
+    return jsonify(DOCUMENT)
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,192 @@
+"""Commands that look after the record: create, seed, reprocess, drain the spool, recount,
+purge and rebuild."""
+
+from __future__ import annotations
+
+import os
+
+import click
+from flask import Flask, current_app
+from sqlalchemy import func
+
+from ..records import ingest, spool
+from ..records.models import Message, db, utcnow
+from ..webhooks.views import webhook_urls
+from .maintenance import count_older, parse_age, purge, recount, recount_differences
+from .rebuild import rebuild
+from .seed import seed
+
+
+def register(app: Flask) -> None:
+    _record_commands(app)
+    _maintenance_commands(app)
+
+
+def _record_commands(app: Flask) -> None:
+    @app.cli.command("init-db")
+    def init_db():
+        """Create the tables that do not exist yet."""
+        db.create_all()
+        click.echo(f"database ready: {db.engine.url.render_as_string(hide_password=True)}")
+
+    @app.cli.command("urls")
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", default=5000, show_default=True)
+    def urls(host: str, port: int):
+        """Print the two webhook URLs to configure in NXCLOUD."""
+        with app.test_request_context(base_url=f"http://{host}:{port}"):
+            for name, url in webhook_urls().items():
+                click.echo(f"{name:16} {url}")
+            click.echo(f"{'dashboard':16} http://{host}:{port}/")
+
+    @app.cli.command("reprocess")
+    @click.option(
+        "--include-refused",
+        is_flag=True,
+        help="Also retry bodies refused by webhook authentication.",
+    )
+    @click.option("--id", "ids", type=int, multiple=True, help="Only these raw body ids.")
+    def reprocess(include_refused: bool, ids: tuple[int, ...]):
+        """Retry stored bodies that were rejected (after a fix or a configuration change)."""
+        targets = list(ids) or ingest.rejected_ids(include_refused)
+        counts: dict[str, int] = {}
+        for raw_id in targets:
+            result = ingest.reprocess(raw_id)
+            counts[result.outcome] = counts.get(result.outcome, 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do"
+        click.echo(f"reprocessed {len(targets)}: {summary}")
+
+    @app.cli.group("spool")
+    def spool_group():
+        """Bodies kept on this server's disk while the database was away."""
+
+    @spool_group.command("status")
+    def spool_status():
+        """List the spool files: their process, bodies waiting, the oldest waiting."""
+        writer = ingest.writer_of(app)
+        files = sorted(writer.folder.glob("*" + spool.SUFFIX)) if writer.folder.is_dir() else []
+        for path in files:
+            fd = spool.claim(path)
+            running = fd is None
+            if fd is not None:
+                os.close(fd)
+            waiting = spool.read_status(path)
+            since = (
+                f", oldest received {waiting.oldest:%Y-%m-%d %H:%M:%S} UTC"
+                if waiting.oldest
+                else ""
+            )
+            click.echo(
+                f"{path.name}: {waiting.bodies} waiting{since} "
+                f"({'its process runs and drains it' if running else 'its process has ended'})"
+            )
+        total = writer.spool_status()
+        click.echo(
+            f"{total.bodies} bodies waiting in {len(files)} spool file(s) in {writer.folder}"
+        )
+
+    @spool_group.command("drain")
+    def spool_drain():
+        """Apply now the spool files whose process has ended (running ones drain their own)."""
+        writer = ingest.writer_of(app)
+        before = writer.spool_status().bodies
+        outcome = ingest.drain(writer.folder, None, writer.max_batch)
+        left = writer.spool_status().bodies
+        click.echo(
+            f"applied {before - left} bodies; {left} still waiting"
+            + ("; the database is away" if outcome == "away" else "")
+        )
+        if outcome == "away":
+            raise SystemExit(1)
+
+    @app.cli.command("recount")
+    @click.option("--check", is_flag=True, help="Only report differences, change nothing.")
+    def recount_command(check: bool):
+        """Rebuild the dashboard counters and the analytics rollups from the messages (after a
+        bulk load or restore)."""
+        if check:
+            differences = recount_differences()
+            for line in differences:
+                click.echo(line)
+            click.echo("no differences" if not differences else "differences found")
+            if differences:
+                raise SystemExit(1)
+            return
+        rows = recount()
+        click.echo(f"recounted: {rows['tally']} tally rows, {rows['rollup']} rollup rows")
+
+
+def _maintenance_commands(app: Flask) -> None:
+    @app.cli.command("seed")
+    @click.option(
+        "--messages",
+        "count",
+        type=click.IntRange(min=1),
+        required=True,
+        help="How many messages to add.",
+    )
+    @click.option(
+        "--replies",
+        type=click.IntRange(min=0),
+        default=None,
+        help="About how many replies (default: a fifth of the messages).",
+    )
+    @click.option(
+        "--days",
+        type=click.FloatRange(min=1),
+        default=120.0,
+        show_default=True,
+        help="Spread the messages over this many past days.",
+    )
+    @click.option(
+        "--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True
+    )
+    @click.option("--random-seed", type=int, default=None, help="Make the data reproducible.")
+    def seed_command(count, replies, days, batch_size, random_seed):
+        """Fill the database with realistic messages, receipts, replies and contacts."""
+        with click.progressbar(length=count, label="seeding messages", show_pos=True) as bar:
+            written = seed(
+                count,
+                replies=replies,
+                days=days,
+                batch_size=batch_size,
+                random_seed=random_seed,
+                zone=current_app.extensions["viberwatch.sendtime_zone"],
+                progress=bar.update,
+            )
+        recount()
+        click.echo("written: " + ", ".join(f"{n} {name}" for name, n in written.items()))
+
+    @app.cli.command("purge")
+    @click.option(
+        "--older-than", required=True, help="Age of the last activity, e.g. 90d, 12h, 2w."
+    )
+    @click.option(
+        "--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True
+    )
+    def purge_command(older_than, batch_size):
+        """Delete messages whose last activity is older than the given age, in batches."""
+        try:
+            age = parse_age(older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+        now = utcnow()
+        total = count_older(age, now)
+        with click.progressbar(length=total, label="purging messages", show_pos=True) as bar:
+            counts = purge(age, batch_size=batch_size, now=now, progress=bar.update)
+        click.echo("deleted: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+
+    @app.cli.command("rebuild")
+    @click.option("--check", is_flag=True, help="Only report differences, change nothing.")
+    @click.option(
+        "--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True
+    )
+    def rebuild_command(check, batch_size):
+        """Recompute every message from the raw record and report any difference."""
+        total = db.session.execute(db.select(func.count()).select_from(Message)).scalar()
+        with click.progressbar(length=total, label="rebuilding messages", show_pos=True) as bar:
+            report = rebuild(batch_size=batch_size, fix=not check, progress=bar.update)
+        if report.changed_messages and not check:
+            recount()
+        for line in report.lines():
+            click.echo(line)

@@ -1,0 +1,168 @@
+"""The one derivation of a message's columns from what is recorded about it.
+
+Ingest, `rebuild`, `seed` and the simulator's expected state all call `message_columns`
+with the message's receipts, replies and registration; nothing else decides a column.
+No Flask and no database here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from functools import lru_cache
+
+from ..core import payloads
+from ..core.status import ReceiptFact, State, fold
+
+# The columns message_columns returns, in a fixed order (one UPDATE shape for all).
+COLUMNS = (
+    "phone",
+    "registered_at",
+    "text",
+    "appkey",
+    "function_type",
+    "status",
+    "code",
+    "code_message",
+    "send_time_raw",
+    "send_time",
+    "accepted_at",
+    "delivered_at",
+    "seen_at",
+    "failed_at",
+    "expired_at",
+    "cost_currency",
+    "cost_local_price",
+    "cost_original_price",
+    "cost_rate_type",
+    "anomalies",
+    "anomaly",
+    "receipts_count",
+    "replies_count",
+    "last_reply_text",
+    "last_activity_at",
+)
+
+
+@dataclass(frozen=True)
+class ReplyFact:
+    """What a message's columns need of one of its replies."""
+
+    phone: str
+    received_at: datetime
+    order: int  # its raw body's id: breaks ties between replies received in the same instant
+    text: str | None = None
+    file_name: str | None = None
+    media: str | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The sending system's word on a message: the latest registration, first registered at."""
+
+    phone: str
+    text: str | None
+    appkey: str | None
+    function_type: str | None
+    registered_at: datetime
+
+    def same_fields(self, rg: payloads.RegistrationIn) -> bool:
+        return (self.phone, self.text, self.appkey, self.function_type) == (
+            rg.phone,
+            rg.text,
+            rg.appkey,
+            rg.function_type,
+        )
+
+
+def receipt_fact(rc: payloads.ReceiptIn, received_at: datetime) -> ReceiptFact:
+    cost = rc.cost
+    return ReceiptFact(
+        status=rc.status,
+        code=rc.code,
+        message=rc.message,
+        received_at=received_at,
+        key=rc.content_hash,
+        send_time_raw=rc.send_time_raw,
+        cost=(cost.currency, cost.local_price, cost.original_price, cost.rate_type)
+        if cost
+        else None,
+    )
+
+
+def reply_fact(rp: payloads.ReplyIn, received_at: datetime, order: int) -> ReplyFact:
+    return ReplyFact(rp.phone, received_at, order, rp.text, rp.file_name, rp.media)
+
+
+@lru_cache(maxsize=4096)
+def _send_time(raw: str, zone: tzinfo) -> datetime:
+    # A campaign's receipts share a handful of send times.
+    return payloads.parse_send_time(raw, zone)
+
+
+def reply_preview(text: str | None, file_name: str | None, media: str | None) -> str:
+    """How a reply is summarised in lists and the live feed."""
+    if text is not None:
+        return text[:200]
+    return f"[media] {file_name or media or ''}"[:200]
+
+
+def outbound_preview(text: str | None) -> str | None:
+    """How a registered (sent) message is summarised in a phone's thread list."""
+    return f"→ {text}"[:200] if text else None
+
+
+def message_columns(
+    receipts: Iterable[ReceiptFact],
+    replies: Iterable[ReplyFact],
+    registration: Registration | None,
+    created_at: datetime,
+    zone: tzinfo,
+    state: State | None = None,
+) -> dict:
+    """Every derived column of a message (COLUMNS), from the SET of its receipts and replies.
+
+    Only first arrivals are given: a repeated push is not activity, or last_activity_at would
+    depend on the order in which duplicates and new receipts arrive. `state` may pass the
+    fold of `receipts` when the caller has it already.
+    """
+    receipts = list(receipts)
+    replies = sorted(replies, key=lambda r: (r.received_at, r.order))
+    state = state if state is not None else fold(receipts)
+    cost = state.cost or (None, None, None, None)
+    last = replies[-1] if replies else None
+    activity = [created_at]
+    activity.extend(r.received_at for r in receipts)
+    if registration is not None:
+        activity.append(registration.registered_at)
+    if last is not None:
+        activity.append(last.received_at)
+    return {
+        # The sending system's word on the phone wins; otherwise learn it from the first reply.
+        "phone": registration.phone if registration else (replies[0].phone if replies else None),
+        "registered_at": registration.registered_at if registration else None,
+        "text": registration.text if registration else None,
+        "appkey": registration.appkey if registration else None,
+        "function_type": registration.function_type if registration else None,
+        "status": state.status,
+        "code": state.code,
+        "code_message": state.code_message,
+        "send_time_raw": state.send_time_raw,
+        "send_time": _send_time(state.send_time_raw, zone) if state.send_time_raw else None,
+        "accepted_at": state.times.get("success"),
+        "delivered_at": state.times.get("delivered"),
+        "seen_at": state.times.get("seen"),
+        "failed_at": state.times.get("failed"),
+        "expired_at": state.times.get("expired"),
+        "cost_currency": cost[0],
+        "cost_local_price": cost[1],
+        "cost_original_price": cost[2],
+        "cost_rate_type": cost[3],
+        "anomalies": "; ".join(state.anomalies) or None,
+        "anomaly": bool(state.anomalies),
+        "receipts_count": len(receipts),
+        "replies_count": len(replies),
+        "last_reply_text": reply_preview(last.text, last.file_name, last.media) if last else None,
+        "last_activity_at": max(activity),
+    }

@@ -1,0 +1,400 @@
+"""Play a simulator script over real HTTP with bounded concurrency, and the `simulate` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import click
+import httpx
+from flask import current_app
+from flask.cli import with_appcontext
+
+from ..core import signing
+from .script import Event, Script, build_script
+from .send_api import PlayedSendApi
+
+PATHS = {
+    "dr": "/webhooks/viber/dr",
+    "message": "/webhooks/viber/message",
+    "register": "/api/messages",
+}
+SEND_PATH_HINT = "/api/viber/mt (set NXCLOUD_BASE_URL to its base)"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A viberwatch to play against, and the credentials its webhooks and API expect."""
+
+    url: str
+    token: str | None = None  # the webhook URL's ?token=
+    access_key: str | None = None  # NXCLOUD signature headers on webhooks
+    secret: str | None = None
+    api_token: str | None = None  # Bearer token for POST /api/messages
+
+
+def build_request(event: Event, target: Target, ts_ms: int) -> tuple[str, dict, dict]:
+    """URL, query parameters and headers of one scripted request."""
+    url = target.url.rstrip("/") + PATHS[event.kind]
+    headers = {"Content-Type": "application/json", "User-Agent": "viberwatch-simulator"}
+    params = {}
+    if event.kind == "register":
+        if target.api_token:
+            headers["Authorization"] = f"Bearer {target.api_token}"
+        return url, params, headers
+    if target.token:
+        params["token"] = target.token
+    if target.access_key and target.secret:
+        ts = str(ts_ms)
+        action = signing.CALLBACK_ACTIONS[event.kind]
+        headers.update(
+            {
+                "accessKey": target.access_key,
+                "ts": ts,
+                "bizType": signing.VIBER_BIZ_TYPE,
+                "action": action,
+                "sign": signing.sign(
+                    target.access_key, action, signing.VIBER_BIZ_TYPE, ts, event.body, target.secret
+                ),
+            }
+        )
+    return url, params, headers
+
+
+@dataclass
+class Summary:
+    planned: int
+    sent: int = 0
+    answered_2xx: int = 0
+    refused: int = 0
+    errors: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    answered_by_kind: Counter = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    problems: Counter = field(default_factory=Counter)  # first line of each distinct failure
+    # time.monotonic() when the script started and ended; a run stopped early (Ctrl-C) has
+    # no end, and counts up to the moment it is reported.
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (time.monotonic() if self.finished is None else self.finished) - self.started
+
+    def percentile(self, p: float) -> float | None:
+        data = sorted(self.latencies_ms)
+        if not data:
+            return None
+        if len(data) == 1:
+            return data[0]
+        return statistics.quantiles(data, n=100, method="inclusive")[round(p) - 1]
+
+    def lines(self) -> list[str]:
+        elapsed = self.elapsed
+        rate = self.sent / elapsed if elapsed > 0 else 0.0
+        out = [
+            f"sent {self.sent} of {self.planned} requests in {elapsed:.1f} s ({rate:.1f}/s)",
+            f"answered 2xx {self.answered_2xx}, refused {self.refused}, network errors {self.errors}",
+        ]
+        if self.answered_by_kind:
+            out.append(
+                "accepted: "
+                + ", ".join(f"{n} {k}" for k, n in sorted(self.answered_by_kind.items()))
+            )
+        if self.statuses:
+            out.append(
+                "HTTP status: " + ", ".join(f"{s}: {n}" for s, n in sorted(self.statuses.items()))
+            )
+        if self.latencies_ms:
+            p = {q: self.percentile(q) for q in (50, 90, 99)}
+            out.append(
+                f"latency ms: p50 {p[50]:.1f}  p90 {p[90]:.1f}  p99 {p[99]:.1f}  "
+                f"max {max(self.latencies_ms):.1f}"
+            )
+        for problem, n in self.problems.most_common(5):
+            out.append(f"  {n} × {problem}")
+        return out
+
+
+class Player:
+    """Sends events to the target over one pooled client, and counts what became of them."""
+
+    def __init__(
+        self,
+        target: Target,
+        client: httpx.AsyncClient,
+        concurrency: int,
+        on_done: Callable[[], None] | None = None,
+    ):
+        self.target = target
+        self.client = client
+        self.gate = asyncio.Semaphore(concurrency)
+        self.on_done = on_done
+        self.summary = Summary(planned=0)
+        self.loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task] = set()  # scheduled by play_later, kept until done
+
+    async def send(self, event: Event) -> None:
+        summary = self.summary
+        url, params, headers = build_request(event, self.target, int(time.time() * 1000))
+        async with self.gate:
+            started = self.loop.time()
+            try:
+                response = await self.client.post(
+                    url, params=params, headers=headers, content=event.body
+                )
+            except httpx.HTTPError as exc:
+                summary.errors += 1
+                summary.problems[f"{event.kind}: {type(exc).__name__}: {exc}".splitlines()[0]] += 1
+                return
+            finally:
+                summary.sent += 1
+                if self.on_done:
+                    self.on_done()
+            summary.latencies_ms.append((self.loop.time() - started) * 1000)
+        summary.statuses[response.status_code] += 1
+        if 200 <= response.status_code < 300:
+            summary.answered_2xx += 1
+            summary.answered_by_kind[event.kind] += 1
+        else:
+            summary.refused += 1
+            summary.problems[
+                f"{event.kind}: HTTP {response.status_code} {response.text[:160]}".splitlines()[0]
+            ] += 1
+
+    async def play_events(self, events: tuple[Event, ...], zero: float) -> None:
+        """One message's events at their times after `zero`, strictly in order."""
+        for event in events:
+            wait = zero + event.at - self.loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self.send(event)
+
+    def play_later(self, events: tuple[Event, ...]) -> None:
+        """Schedule a message's events from now (thread-safe through call_soon_threadsafe)."""
+        self.summary.planned += len(events)
+        task = self.loop.create_task(self.play_events(events, self.loop.time()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def play(
+    script: Script,
+    target: Target,
+    *,
+    concurrency: int = 16,
+    timeout: float = 10.0,
+    on_done: Callable[[], None] | None = None,
+    on_start: Callable[[Player], None] | None = None,
+    then: Callable[[Player], Awaitable[None]] | None = None,
+) -> Summary:
+    """Send every event of the script at its time; `then` runs after, with the same player."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        player = Player(target, client, concurrency, on_done)
+        player.summary.planned = len(script.events)
+        if on_start is not None:
+            on_start(player)
+        zero = player.loop.time()
+        player.summary.started = time.monotonic()
+        await asyncio.gather(*(player.play_events(m.events, zero) for m in script.messages))
+        player.summary.finished = time.monotonic()
+        if then is not None:
+            await then(player)
+    return player.summary
+
+
+def run(
+    script: Script,
+    target: Target,
+    *,
+    concurrency: int = 16,
+    timeout: float = 10.0,
+    on_done: Callable[[], None] | None = None,
+) -> Summary:
+    return asyncio.run(
+        play(script, target, concurrency=concurrency, timeout=timeout, on_done=on_done)
+    )
+
+
+@click.command("simulate")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:5000",
+    show_default=True,
+    help="Base URL of the viberwatch to play against.",
+)
+@click.option("--rate", type=float, default=5.0, show_default=True, help="New messages per second.")
+@click.option(
+    "--duration", type=float, help="Start messages for this many seconds (rate × duration)."
+)
+@click.option("--messages", type=int, help="Number of messages (default 100).")
+@click.option("--seed", type=int, help="Reproduce a run: same seed, same bodies in the same order.")
+@click.option(
+    "--register/--no-register",
+    default=True,
+    show_default=True,
+    help="Register each message through POST /api/messages, as a sending system would.",
+)
+@click.option("--api-token", envvar="VIBERWATCH_API_TOKEN", help="Bearer token for the JSON API.")
+@click.option("--token", help="Webhook URL token (default: the WEBHOOK_TOKEN setting).")
+@click.option(
+    "--access-key", help="Sign webhooks with this accessKey (default: WEBHOOK_SIGN_ACCESS_KEY)."
+)
+@click.option("--secret", help="Signing secret (default: WEBHOOK_SIGN_SECRET).")
+@click.option(
+    "--speed",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Divide the delays between a message's receipts (10 = ten times faster).",
+)
+@click.option(
+    "--concurrency", type=int, default=16, show_default=True, help="Requests in flight at most."
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for each answer before counting a network error.",
+)
+@click.option("--zone", default=None, help="Zone of the sendTime fields (default: SENDTIME_TZ).")
+@click.option(
+    "--send-api",
+    metavar="HOST:PORT",
+    help="Also play NXCLOUD's send API here, and keep answering sends until Ctrl-C.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@with_appcontext
+def simulate_command(
+    url,
+    rate,
+    duration,
+    messages,
+    seed,
+    register,
+    api_token,
+    token,
+    access_key,
+    secret,
+    speed,
+    concurrency,
+    timeout,
+    zone,
+    send_api,
+    quiet,
+):
+    """Play NXCLOUD: push synthetic receipts and replies to a running viberwatch."""
+    if duration is not None and messages is not None:
+        raise click.UsageError("give --duration or --messages, not both")
+    if rate <= 0 or speed <= 0 or concurrency < 1 or timeout <= 0:
+        raise click.UsageError("--rate, --speed, --concurrency and --timeout must be positive")
+    count = (
+        messages if messages is not None else (max(1, round(rate * duration)) if duration else 100)
+    )
+    config = current_app.config
+    target = Target(
+        url=url,
+        token=token or config.get("WEBHOOK_TOKEN"),
+        access_key=access_key or config.get("WEBHOOK_SIGN_ACCESS_KEY"),
+        secret=secret or config.get("WEBHOOK_SIGN_SECRET"),
+        api_token=api_token,
+    )
+    zone = zone or str(config.get("SENDTIME_TZ", "UTC+08:00"))
+    seeded = seed is not None
+    if not seeded:
+        seed = int.from_bytes(os.urandom(4), "big")
+    start = None if seeded else datetime.now(UTC)
+    script = build_script(
+        seed, count, rate=rate, register=register, start=start, zone=zone, speed=speed
+    )
+    outcomes = ", ".join(f"{n} {k}" for k, n in sorted(script.outcomes().items()))
+    click.echo(
+        f"seed {seed}: {count} messages ({outcomes}), {len(script.events)} requests to {url}"
+    )
+
+    holder: dict = {}
+    api = None
+    if send_api:
+        host, _, port = send_api.rpartition(":")
+        if not port.isdigit():
+            raise click.UsageError("--send-api takes HOST:PORT")
+        try:
+            api = PlayedSendApi(
+                host or "127.0.0.1",
+                int(port),
+                lambda events: holder["player"].loop.call_soon_threadsafe(
+                    holder["player"].play_later, events
+                ),
+                access_key=config.get("NXCLOUD_ACCESS_KEY"),
+                secret=config.get("NXCLOUD_ACCESS_SECRET"),
+                zone=zone,
+                seed=seed,
+                speed=speed,
+            )
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot play the send API on {send_api}: {exc.strerror or exc}"
+            ) from exc
+    bar = (
+        None
+        if quiet
+        else click.progressbar(length=len(script.events), label="pushing", file=sys.stderr)
+    )
+
+    def report(summary: Summary) -> None:
+        if holder.get("reported"):
+            return
+        holder["reported"] = True
+        if bar is not None:
+            bar.render_finish()
+        for line in summary.lines():
+            click.echo(line)
+
+    def on_start(player: Player) -> None:
+        holder["player"] = player
+        if api is not None:
+            api.start()
+            click.echo(f"playing NXCLOUD's send API at {api.url}{SEND_PATH_HINT}")
+
+    async def then(player: Player) -> None:
+        report(player.summary)
+        if api is not None:
+            click.echo(
+                "script done; still answering sends (and pushing their receipts) until Ctrl-C"
+            )
+            await asyncio.Event().wait()
+
+    try:
+        summary = asyncio.run(
+            play(
+                script,
+                target,
+                concurrency=concurrency,
+                timeout=timeout,
+                on_start=on_start,
+                then=then,
+                on_done=(lambda: bar.update(1)) if bar is not None else None,
+            )
+        )
+    except KeyboardInterrupt:
+        if "player" not in holder:
+            raise
+        summary = holder["player"].summary
+        click.echo("interrupted", err=True)
+    finally:
+        if api is not None:
+            api.stop()
+    report(summary)
+    if summary.refused or summary.errors:
+        sys.exit(1)
