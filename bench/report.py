@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from ingest import markdown as ingest_markdown
+from ingest_phases import markdown as phases_markdown
 
 
 def write_between(doc: Path, start: str, end: str, text: str) -> None:
@@ -38,6 +39,8 @@ def markdown(results: dict) -> str:
         out.append("")
     if results.get("ingest"):
         out += ["### Ingest", ""] + ingest_markdown(results["ingest"]) + [""]
+    if results.get("phases"):
+        out += ["### Ingest, CPU per body by phase", ""] + phases_markdown(results["phases"]) + [""]
     for d in results.get("dashboard", []):
         out += [
             f"### Dashboard, {d['db']} (p95 ms, p50 in brackets)",

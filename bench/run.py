@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import ingest as ingest_bench
+import ingest_phases
 import psycopg
 from report import markdown
 from sqlalchemy import create_engine, text
@@ -400,6 +401,15 @@ def main() -> None:
             for n in connections:
                 log(f"ingest on {kind}, fresh database, {n} connections")
                 results["ingest"].append(bench_ingest(kind, args.seconds, n))
+        log("where an ingest transaction's CPU time goes, in process")
+        results["phases"] = {
+            kind: ingest_phases.measure(
+                None
+                if kind == "sqlite"
+                else sqlalchemy_url(database(kind, "bench_ingest_phases", fresh=True))
+            )
+            for kind in kinds
+        }
     urls = {}
     if only & {"dashboard", "export", "rebuild", "ingest-seeded"}:
         log(
