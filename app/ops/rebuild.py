@@ -16,7 +16,14 @@ from flask import current_app
 
 from ..core import payloads
 from ..core.payloads import Invalid
-from ..records.derivation import Registration, message_columns, receipt_fact, reply_fact
+from ..records.derivation import (
+    Registration,
+    message_columns,
+    receipt_fact,
+    receipt_row,
+    reply_fact,
+    reply_row,
+)
 from ..records.models import Message, RawBody, Receipt, Reply, db
 from .maintenance import recount_contacts
 
@@ -149,47 +156,6 @@ def derive(msg, exp: Expected, zone) -> dict:
     return {name: value for name, value in new.items() if getattr(msg, name) != value}
 
 
-def _receipt_row(
-    rc: payloads.ReceiptIn, raw_id: int, at: datetime, times: int, last: datetime
-) -> dict:
-    cost = rc.cost
-    return {
-        "raw_id": raw_id,
-        "request_id": rc.request_id,
-        "content_hash": rc.content_hash,
-        "status": rc.status,
-        "code": rc.code,
-        "message": rc.message,
-        "send_time_raw": rc.send_time_raw,
-        "send_time": rc.send_time,
-        "cost_currency": cost.currency if cost else None,
-        "cost_local_price": cost.local_price if cost else None,
-        "cost_original_price": cost.original_price if cost else None,
-        "cost_rate_type": cost.rate_type if cost else None,
-        "has_cost": cost is not None,
-        "received_at": at,
-        "times_received": times,
-        "last_received_at": last,
-    }
-
-
-def _reply_row(rp: payloads.ReplyIn, raw_id: int, at: datetime, times: int) -> dict:
-    return {
-        "raw_id": raw_id,
-        "content_hash": rp.content_hash,
-        "phone": rp.phone,
-        "appkey": rp.appkey,
-        "trace_request_id": rp.trace_request_id,
-        "text": rp.text,
-        "media": rp.media,
-        "file_name": rp.file_name,
-        "send_time_raw": rp.send_time_raw,
-        "send_time": rp.send_time,
-        "received_at": at,
-        "times_received": times,
-    }
-
-
 def _check_derived_rows(
     exp: Expected, receipts: list, replies: list, report: Report, writes: dict
 ) -> None:
@@ -208,7 +174,7 @@ def _check_derived_rows(
             report.note(
                 f"{rc.request_id}: receipt {rc.status} missing, rebuilt from raw body {raw_id}"
             )
-            writes["receipt_insert"].append(_receipt_row(rc, raw_id, at, times, last))
+            writes["receipt_insert"].append(receipt_row(rc, raw_id, at, times, last))
         elif (row.times_received, row.last_received_at, row.received_at) != (times, last, at):
             report.receipts_fixed += 1
             writes["receipt_update"].append(
@@ -224,7 +190,7 @@ def _check_derived_rows(
         if row is None:
             report.replies_missing += 1
             report.note(f"{rp.trace_request_id}: reply missing, rebuilt from raw body {raw_id}")
-            writes["reply_insert"].append(_reply_row(rp, raw_id, at, times))
+            writes["reply_insert"].append(reply_row(rp, raw_id, at, times))
         elif (row.times_received, row.received_at) != (times, at):
             report.replies_fixed += 1
             writes["reply_update"].append(

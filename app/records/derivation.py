@@ -166,3 +166,46 @@ def message_columns(
         "last_reply_text": reply_preview(last.text, last.file_name, last.media) if last else None,
         "last_activity_at": max(activity),
     }
+
+
+def receipt_row(
+    rc: payloads.ReceiptIn, raw_id: int, at: datetime, times: int, last: datetime
+) -> dict:
+    """A receipt's row: stored by ingest, expected by rebuild."""
+    cost = rc.cost
+    return {
+        "raw_id": raw_id,
+        "request_id": rc.request_id,
+        "content_hash": rc.content_hash,
+        "status": rc.status,
+        "code": rc.code,
+        "message": rc.message,
+        "send_time_raw": rc.send_time_raw,
+        "send_time": rc.send_time,
+        "cost_currency": cost.currency if cost else None,
+        "cost_local_price": cost.local_price if cost else None,
+        "cost_original_price": cost.original_price if cost else None,
+        "cost_rate_type": cost.rate_type if cost else None,
+        "has_cost": cost is not None,
+        "received_at": at,
+        "times_received": times,
+        "last_received_at": last,
+    }
+
+
+def reply_row(rp: payloads.ReplyIn, raw_id: int, at: datetime, times: int) -> dict:
+    """A reply's row: stored by ingest, expected by rebuild."""
+    return {
+        "raw_id": raw_id,
+        "content_hash": rp.content_hash,
+        "phone": rp.phone,
+        "appkey": rp.appkey,
+        "trace_request_id": rp.trace_request_id,
+        "text": rp.text,
+        "media": rp.media,
+        "file_name": rp.file_name,
+        "send_time_raw": rp.send_time_raw,
+        "send_time": rp.send_time,
+        "received_at": at,
+        "times_received": times,
+    }

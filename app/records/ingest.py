@@ -51,8 +51,10 @@ from .derivation import (
     message_columns,
     outbound_preview,
     receipt_fact,
+    receipt_row,
     reply_fact,
     reply_preview,
+    reply_row,
 )
 from .models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db, utcnow
 from .sqlutil import (
@@ -680,49 +682,16 @@ class Batch:
     def _write_records(self, conn) -> None:
         st = _statements()
         rows = []
-        for digest, (p, repeat) in self.new_receipts.items():
-            rc, cost = p.item, p.item.cost
+        for p, repeat in self.new_receipts.values():
             rows.append(
-                {
-                    "raw_id": p.result.raw_id,
-                    "request_id": rc.request_id,
-                    "content_hash": digest,
-                    "status": rc.status,
-                    "code": rc.code,
-                    "message": rc.message,
-                    "send_time_raw": rc.send_time_raw,
-                    "send_time": rc.send_time,
-                    "cost_currency": cost.currency if cost else None,
-                    "cost_local_price": cost.local_price if cost else None,
-                    "cost_original_price": cost.original_price if cost else None,
-                    "cost_rate_type": cost.rate_type if cost else None,
-                    "has_cost": cost is not None,
-                    "received_at": p.job.received_at,
-                    "times_received": repeat.times,
-                    "last_received_at": repeat.last,
-                }
+                receipt_row(p.item, p.result.raw_id, p.job.received_at, repeat.times, repeat.last)
             )
         run_many(conn, st.receipt, rows)
         rows = []
         for digest, (p, repeat) in self.new_replies.items():
             rp, at = p.item, p.job.received_at
             self.touched[rp.trace_request_id].replies[digest] = reply_fact(rp, at, p.result.raw_id)
-            rows.append(
-                {
-                    "raw_id": p.result.raw_id,
-                    "content_hash": digest,
-                    "phone": rp.phone,
-                    "appkey": rp.appkey,
-                    "trace_request_id": rp.trace_request_id,
-                    "text": rp.text,
-                    "media": rp.media,
-                    "file_name": rp.file_name,
-                    "send_time_raw": rp.send_time_raw,
-                    "send_time": rp.send_time,
-                    "received_at": at,
-                    "times_received": repeat.times,
-                }
-            )
+            rows.append(reply_row(rp, p.result.raw_id, at, repeat.times))
         run_many(conn, st.reply, rows)
         run_many(
             conn,
