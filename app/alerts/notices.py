@@ -21,8 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.periodic import Periodic
 from ..core.times import iso
-from ..records.ingest import insert_ignore
 from ..records.models import AlertAttempt, AlertNotice, AlertState, db
+from ..records.sqlutil import insert_ignore
 from .rules import Measure, Rule, measure_all, parse_rules
 
 log = logging.getLogger(__name__)

@@ -69,7 +69,7 @@ from .sqlutil import (
 )
 
 log = logging.getLogger(__name__)
-# One line when spooling starts or fails, and when a spool is drained (app/logs.py formats it).
+# One line when spooling starts or fails, and when a spool is drained (app/observability/logs.py formats it).
 spool_log = logging.getLogger("viberwatch.spool")
 
 signals = Namespace()
@@ -1495,13 +1495,6 @@ def rejected_ids(include_refused: bool = False) -> list[int]:
             db.select(RawBody.id).where(RawBody.outcome.in_(outcomes)).order_by(RawBody.id)
         ).scalars()
     )
-
-
-def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING; True when a row was inserted."""
-    stmt = insert_for(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    # Without preserve_rowcount, psycopg's INSERT reports -1 on SQLAlchemy 2.1.
-    return db.session.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
 
 
 def init_app(app: Flask) -> None:

@@ -52,6 +52,13 @@ def _adding(dialect: str, model, key: tuple, counts: tuple, extra: tuple, more: 
     return stmt.on_conflict_do_update(index_elements=list(key), set_=update)
 
 
+def insert_ignore(model, values: dict, conflict: list[str]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; True when a row was inserted."""
+    stmt = insert_for(model).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    # Without preserve_rowcount, psycopg's INSERT reports -1 on SQLAlchemy 2.1.
+    return db.session.execute(stmt, execution_options={"preserve_rowcount": True}).rowcount == 1
+
+
 def add_counts(
     conn,
     model,

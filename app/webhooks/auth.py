@@ -27,6 +27,7 @@ from ..auth.security import parse_networks
 from ..core import signing
 from ..records import ingest, replay
 from ..records.models import RawBody, RefusedTally, db, utcnow
+from ..records.sqlutil import insert_ignore
 
 SIGN_HEADERS = ("accessKey", "ts", "bizType", "action", "sign")
 TOKEN_HEADER = "X-Webhook-Token"
@@ -254,7 +255,7 @@ def keep_refused(
         return True
     minute = now.replace(second=0, microsecond=0)
     reason = refusal.as_json()["error"][:500]
-    if not ingest.insert_ignore(
+    if not insert_ignore(
         RefusedTally, {"minute": minute, "dropped": 1, "last_reason": reason}, ["minute"]
     ):
         db.session.execute(
