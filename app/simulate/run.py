@@ -210,6 +210,9 @@ async def play(
         player.summary.finished = time.monotonic()
         if then is not None:
             await then(player)
+        if player._tasks:
+            # Sends scheduled meanwhile (play_later) are answered before the summary is made.
+            await asyncio.wait(set(player._tasks), timeout=timeout)
     return player.summary
 
 
