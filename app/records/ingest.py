@@ -827,28 +827,34 @@ class Link:
     def connection(self):
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self._conn = db.engine.connect()
-            if self._conn.dialect.name == "sqlite":
-                self._conn.connection.dbapi_connection.execute("PRAGMA wal_autocheckpoint = 0")
+            if (raw := self._sqlite()) is not None:
+                raw.execute("PRAGMA wal_autocheckpoint = 0")
         return self._conn
+
+    def _sqlite(self):
+        """The driver's connection under the link when it is SQLite's, else None."""
+        if self._conn is not None and self._conn.dialect.name == "sqlite":
+            return self._conn.connection.dbapi_connection
+        return None
 
     def committed(self) -> None:
         """Called after each commit, outside the write lock."""
-        if self._conn is None or self._conn.dialect.name != "sqlite":
+        raw = self._sqlite()
+        if raw is None:
             return
         self._commits += 1
         if self._commits % CHECKPOINT_EVERY == 0:
             try:
                 # PASSIVE: as far as it can without waiting for readers or writers.
-                self._conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:
                 log.debug("checkpointing the write-ahead log failed", exc_info=True)
 
     def drop(self) -> None:
         if self._conn is not None:
             try:
-                if self._conn.dialect.name == "sqlite" and not self._conn.invalidated:
-                    # Back to the pool as every other connection is.
-                    raw = self._conn.connection.dbapi_connection
+                raw = None if self._conn.invalidated else self._sqlite()
+                if raw is not None:  # back to the pool as every other connection is
                     raw.execute("PRAGMA wal_autocheckpoint = 1000")
             except Exception:  # a connection that failed: it is closed below either way
                 log.debug("resetting the writer's connection failed", exc_info=True)
