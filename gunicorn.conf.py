@@ -49,3 +49,26 @@ def worker_exit(server, worker):
         from app.records import ingest
 
         ingest.stop(app)
+
+
+# One process, the ingest committer, applies the bodies of every worker (app/records/committer.py):
+# started before the workers, stopped after them (it answers what it has read first).
+_committer = {}
+
+
+def when_ready(server):
+    if from_environment("INGEST_COMMITTER"):
+        from app.records.committer import Supervisor
+
+        _committer["supervisor"] = supervisor = Supervisor()
+        supervisor.start()
+
+
+def on_exit(server):
+    supervisor = _committer.get("supervisor")
+    if supervisor is not None:
+        pid = supervisor.stop(graceful_timeout + 20)
+        if pid is not None and from_environment("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)

@@ -183,6 +183,12 @@ SETTINGS: tuple[Setting, ...] = (
     _process("GUNICORN_BODY_TIMEOUT", 30.0, "seconds for the body after them"),
     _process("GUNICORN_BODY_BUFFER", 1024 * 1024, "body bytes read ahead per request"),
     _process("GUNICORN_BUFFER_TOTAL", 64 * 1024 * 1024, "read-ahead bytes per worker in all"),
+    _process(
+        "INGEST_COMMITTER",
+        True,
+        "one process applies the bodies of every gunicorn worker (false: each worker its own)",
+        "VIBERWATCH_INGEST_COMMITTER",
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -220,6 +226,8 @@ def process(name: str) -> Any:
     value = next((os.environ[n] for n in s.env if os.environ.get(n)), None)
     if value is None:
         return s.default
+    if isinstance(s.default, bool):
+        return value.strip().lower() not in ("0", "false", "no", "off")
     if isinstance(s.default, float):
         return float(value)
     if isinstance(s.default, int):

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,12 +18,12 @@ import pytest
 from app.observability import metrics
 from app.ops.maintenance import recount_differences
 from app.ops.rebuild import rebuild
-from app.records import ingest
+from app.records import committer, ingest, replay
 from app.records.derivation import outbound_preview, reply_preview
 from app.records.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
 from support import bodies
 from support.bodies import encoded
-from support.servers import production_process, worker_pids
+from support.servers import committer_pid, production_process, worker_pids
 from support.wait import until
 
 STATUSES = ("success", "delivered", "seen")
@@ -406,9 +407,17 @@ def test_any_split_into_batches_gives_the_same_record(app):
 
 
 @pytest.fixture
-def production(app, database_url, tmp_path):
+def production(app, database_url, tmp_path, request):
+    """The production command; `committer` parametrized indirectly: "off" runs it with a
+    writer per worker (INGEST_COMMITTER=false), otherwise with the one ingest committer."""
     env = {"DATABASE_URL": database_url, "WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "32"}
+    if getattr(request, "param", "on") == "off":
+        env["VIBERWATCH_INGEST_COMMITTER"] = "false"
     with production_process(env, tmp_path / "gunicorn.log") as (url, proc):
+        if getattr(request, "param", "on") == "off":
+            assert committer_pid(proc.pid) is None
+        else:
+            assert committer_pid(proc.pid) is not None
         yield url, proc
 
 
@@ -454,6 +463,9 @@ def post_all(url: str, work: list, token: str, connections: int = 64) -> list[in
         return list(pool.map(post, work))
 
 
+@pytest.mark.parametrize(
+    "production", ["on", "off"], indirect=True, ids=["committer", "per-worker"]
+)
 def test_a_burst_from_64_connections_ends_in_the_folded_record(app, api_token, production):
     url, _proc = production
     work, phones = burst(random.Random(12), 1000)
@@ -555,3 +567,107 @@ def test_a_stopped_server_answers_every_body_it_committed(app, production):
         # Nothing answered 200 is lost, and nothing committed went unanswered.
         assert stored_bodies() == answered
         assert_consistent()
+
+
+def test_the_workers_hand_their_bodies_to_the_committer(app, production):
+    """While the committer is stopped (SIGSTOP) a webhook waits for it; it is answered, and
+    applied once, when the committer goes on."""
+    url, proc = production
+    pid = committer_pid(proc.pid)
+    body = receipt("hand" + "0" * 21, "delivered")
+    answers = []
+
+    def post():
+        answers.append(
+            httpx.post(
+                url + "/webhooks/viber/dr",
+                content=body,
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            ).status_code
+        )
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        poster = threading.Thread(target=post)
+        poster.start()
+        poster.join(1.5)
+        assert answers == [], "answered without the committer"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    poster.join(60)
+    assert answers == [200]
+    with app.app_context():
+        assert stored_bodies() == Counter({body: 1})
+        assert db.session.get(Message, "hand" + "0" * 21).status == "delivered"
+
+
+def test_a_killed_committer_loses_only_what_it_had_not_answered(app, production):
+    """The workers apply the bodies themselves until the master has started it again."""
+    url, proc = production
+    stop, log = threading.Event(), []
+    threads = hammer(url, stop, log, "ckil")
+    wait_for_answers(log, 100)
+    first = committer_pid(proc.pid)
+    os.kill(first, signal.SIGKILL)
+    wait_for_answers(log, 100)
+    until(lambda: committer_pid(proc.pid) not in (None, first), 60, "a new committer")
+    wait_for_answers(log, 100)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    answered = Counter(body for body, status in log if status == 200)
+    assert all(status == 200 for _, status in log)
+    with app.app_context():
+        stored = stored_bodies()
+        assert not (answered - stored), "a body answered 200 is missing"
+        # One the committer had committed when it was killed is stored again, a duplicate.
+        assert all(
+            outcome in ("accepted", "duplicate")
+            for outcome in db.session.execute(db.select(RawBody.outcome)).scalars()
+        )
+        assert_consistent()
+
+
+def test_a_stopped_server_stops_its_committer_after_its_workers(app, production):
+    url, proc = production
+    pid = committer_pid(proc.pid)
+    socket_path = Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode())
+    assert socket_path.is_socket()
+    assert socket_path.stat().st_mode & 0o777 == 0o600
+    assert socket_path.parent.stat().st_mode & 0o777 == 0o700
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    until(lambda: not Path(f"/proc/{pid}").exists(), 30, "the committer to end")
+    assert not socket_path.parent.exists()
+
+
+def test_a_body_crosses_to_the_committer_unchanged():
+    """Bytes that are not UTF-8, a NUL, no content type, headers beyond ASCII, a signature: the
+    committer gets the job the worker had, and a frame cut short waits for its rest."""
+    sent = ingest.Job(
+        "dr",
+        b'{"a": "\xff\x00\xc3"}' + bytes(range(256)),
+        None,
+        {"user-agent": "caf\u00e9 \u2603", "sign": "ab"},
+        "10.0.0.1",
+        signature=replay.Signature("ab", "key", 1_700_000_000_000),
+    )
+    one = committer.job_frame(sent)
+    whole = one * 2
+    buf = bytearray(whole[:-3])
+    taken = committer.frames(buf)
+    assert len(taken) == 1 and bytes(buf) == one[:-3]
+    buf += whole[-3:]
+    taken += committer.frames(buf)
+    assert buf == bytearray() and len(taken) == 2
+    for meta, body in taken:
+        got = committer.job_of(meta, body)
+        assert (got.endpoint, got.body, got.content_type, got.headers, got.remote_addr) == (
+            sent.endpoint,
+            sent.body,
+            sent.content_type,
+            sent.headers,
+            sent.remote_addr,
+        )
+        assert got.signature == sent.signature and got.received_at is None

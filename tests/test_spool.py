@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from app.records import ingest, spool
 from app.records.models import Message, RawBody, Receipt, SpoolMark, db
-from support.servers import production_process, worker_pids
+from support.servers import committer_pid, production_process
 from support.tcp_proxy import Proxy
 from support.wait import until
 from test_ingest_engine import assert_consistent, receipt, reply
@@ -382,7 +382,7 @@ def test_an_outage_under_the_production_command_loses_nothing(app, production, o
         assert_consistent()
 
 
-def test_a_worker_killed_while_it_drains_leaves_no_body_applied_twice_or_lost(
+def test_the_process_killed_while_it_drains_leaves_no_body_applied_twice_or_lost(
     app, app_config, outage, tmp_path
 ):
     env = {
@@ -398,9 +398,10 @@ def test_a_worker_killed_while_it_drains_leaves_no_body_applied_twice_or_lost(
         outage.end()
         until(lambda: count_raw(app) > 0, 30, "the drain to start")
         applied_at_kill = count_raw(app)
-        os.kill(worker_pids(proc.pid)[0], signal.SIGKILL)
+        # The ingest committer spooled every body and drains them.
+        os.kill(committer_pid(proc.pid), signal.SIGKILL)
         assert applied_at_kill < len(work)
-        # The new worker (and the other one) find the file left behind at their next request.
+        # The workers, and the committer started again, find the file left behind.
         until(
             lambda: (
                 httpx.get(url + "/healthz").json()["spool"]["bodies"] == 0

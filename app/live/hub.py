@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from flask import Flask
 
 from ..auth.accounts import open_sessions, sessions_ended
-from ..records.ingest import activity_committed
+from ..records.ingest import activity_answered, activity_committed
 from ..records.models import Activity, db
 from . import wake as live_wake
 from .push import Batch, Event, Page
@@ -100,6 +100,7 @@ class Hub:
         self._backend_pid: int | None = None
         self._backend_lock = threading.Lock()
         activity_committed.connect(self._on_commit, sender=app)
+        activity_answered.connect(self._on_answer, sender=app)
         sessions_ended.connect(self._on_sessions_ended, sender=app)
 
     # -- wake-ups ---------------------------------------------------------------------
@@ -110,6 +111,10 @@ class Hub:
         backend = self._wake_backend()
         if backend is not None:
             backend.publish()
+
+    def _on_answer(self, sender, **_):
+        """The server's ingest committer applied a body for this process (and published it)."""
+        self.wakeup.set()
 
     def _wake_backend(self) -> live_wake.Backend | None:
         if self._backend_pid != os.getpid():

@@ -29,7 +29,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,6 +75,9 @@ spool_log = logging.getLogger("viberwatch.spool")
 signals = Namespace()
 # Sent after a commit that appended to the activity log; live updates listen to it.
 activity_committed = signals.signal("activity-committed")
+# Sent in a worker when the server's committer answers that it applied a body: the commit was
+# another process's, this one's live updates are woken without publishing it again.
+activity_answered = signals.signal("activity-answered")
 # Sent after each ingest transaction, with the number of bodies it applied (for /metrics).
 batch_committed = signals.signal("batch-committed")
 
@@ -159,6 +162,21 @@ class Job:
     def finish(self, result: Result) -> None:
         self.result = result
         self.done.set()
+
+
+_last_arrival: list[datetime] = []
+_arrival_lock = threading.Lock()
+
+
+def stamp_arrival(job: Job) -> None:
+    """The time a body is received: now, and later than any body of this process before it,
+    so received times order bodies as they arrived even within one clock tick."""
+    with _arrival_lock:
+        now = utcnow()
+        if _last_arrival and now <= _last_arrival[0]:
+            now = _last_arrival[0] + timedelta(microseconds=1)
+        _last_arrival[:] = [now]
+    job.received_at = now
 
 
 def kept_headers(headers) -> dict:
@@ -1069,16 +1087,26 @@ class Writer:
         self._checked_at = 0.0
         # Set while the last bodies could be neither applied nor spooled (answered 503).
         self.cannot_store = False
+        # The server's committer process, when it has one (app/records/committer.py).
+        from . import committer
+
+        self._committer = committer if committer.address() else None
 
     def submit(self, job: Job) -> Result:
         """Hand a body over and wait for its answer."""
+        if self._committer is not None and job.received_at is None:
+            result = self._committer.submit(self._committer.address(), job, self.wait_seconds)
+            if result is not None:
+                if result.outcome == "accepted":
+                    activity_answered.send(self.app)
+                return result
         with self._cond:
             if self._pid != os.getpid():  # a fork inherited this object, not its threads
                 self._pid, self._pending, self._thread = os.getpid(), [], None
                 self._spool, self._drainer = None, None
             if job.received_at is None:
                 # Taken under the lock, so arrival order and received times agree.
-                job.received_at = utcnow()
+                stamp_arrival(job)
             self._pending.append(job)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)

@@ -64,10 +64,32 @@ def production_server(
         yield url
 
 
+def _children(master: int) -> list[int]:
+    """Every thread's children (the committer is started again from a thread of the master)."""
+    pids = []
+    for task in Path(f"/proc/{master}/task").glob("*"):
+        try:
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def _is_committer(pid: int) -> bool:
+    try:
+        return b"app.records.committer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def worker_pids(master: int) -> list[int]:
-    """The gunicorn workers of a master process (its children)."""
-    children = Path(f"/proc/{master}/task/{master}/children")
-    return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+    """The gunicorn workers of a master process (its children but the ingest committer)."""
+    return [pid for pid in _children(master) if not _is_committer(pid)]
+
+
+def committer_pid(master: int) -> int | None:
+    """The ingest committer the master started (app/records/committer.py), if it runs."""
+    return next((pid for pid in _children(master) if _is_committer(pid)), None)
 
 
 @contextmanager
