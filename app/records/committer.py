@@ -128,15 +128,18 @@ def _forget() -> None:
             pass
 
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = sock.recv(n)
+def _answer(sock: socket.socket) -> dict:
+    """One answer frame (usually one read)."""
+    buf = bytearray()
+    while True:
+        chunk = sock.recv(READ_CHUNK)
         if not chunk:
             raise ConnectionError("the committer closed the connection")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
+        buf += chunk
+        if len(buf) >= FRAME.size:
+            meta_len, _ = FRAME.unpack_from(buf)
+            if len(buf) >= FRAME.size + meta_len:
+                return json.loads(bytes(buf[FRAME.size : FRAME.size + meta_len]))
 
 
 def submit(path: str, job: Job, timeout: float) -> Result | None:
@@ -153,8 +156,7 @@ def submit(path: str, job: Job, timeout: float) -> Result | None:
         _forget()
         return None
     try:
-        meta_len, _ = FRAME.unpack(_read_exactly(sock, FRAME.size))
-        meta = json.loads(_read_exactly(sock, meta_len))
+        meta = _answer(sock)
     except TimeoutError:
         _forget()
         return unavailable("not committed in time; it is still kept and applied")
@@ -257,10 +259,16 @@ class Committer:
         for sock, parts in answers.items():
             if sock.fileno() < 0:
                 continue
+            data = b"".join(parts)
             try:
-                sock.setblocking(True)
-                sock.sendall(b"".join(parts))
-                sock.setblocking(False)
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(data):  # its buffer is full: rare, answers are small
+                    sock.setblocking(True)
+                    sock.sendall(data[sent:])
+                    sock.setblocking(False)
             except OSError:
                 self._close(sock)
         return len(jobs)
