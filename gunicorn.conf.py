@@ -60,8 +60,11 @@ def when_ready(server):
     if from_environment("INGEST_COMMITTER"):
         from app.records.committer import Supervisor
 
-        _committer["supervisor"] = supervisor = Supervisor()
-        supervisor.start()
+        try:
+            _committer["supervisor"] = supervisor = Supervisor()
+            supervisor.start()
+        except OSError as exc:  # no temporary folder, no process: the workers apply themselves
+            server.log.error("the ingest committer cannot be started (%s)", exc)
 
 
 def on_exit(server):

@@ -40,6 +40,13 @@ def server_pids(master: int) -> list[int]:
     return pids
 
 
+def is_committer(pid: int) -> bool:
+    try:
+        return b"app.records.committer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -152,7 +159,7 @@ PLACES = (
 
 
 def summarise_profile(path: Path) -> dict:
-    """Samples per thread kind (request threads, the ingest writer, others) and, for the writer,
+    """Samples per thread kind (request threads, the ingest writer or committer, others) and, for it,
     per place (first match from the innermost frame outwards)."""
     threads: collections.Counter = collections.Counter()
     writer: collections.Counter = collections.Counter()
@@ -169,7 +176,9 @@ def summarise_profile(path: Path) -> dict:
         )
         kind = (
             "ingest writer"
-            if "_run (app/records/ingest.py" in joined or "ingest-writer" in frames[0]
+            if "_run (app/records/ingest.py" in joined
+            or "Committer.run (app/records/committer.py" in joined
+            or "ingest-writer" in frames[0]
             else "request threads"
             if "handle_request" in joined or "wsgi_app" in joined
             else "other"
@@ -221,9 +230,10 @@ def run(
                     cpu0, hist0 = cpu_seconds(pids), batch_histogram(base)
                     spy = None
                     if not noop and i == 1:
-                        workers = [p for p in pids if p != master]
+                        # The committer, where bodies are applied, else a worker.
+                        children = sorted((p for p in pids if p != master), key=is_committer)
                         out = Path(metrics_dir) / "profile.txt"
-                        spy = profile(workers[0], seconds - 1, out) if workers else None
+                        spy = profile(children[-1], seconds - 1, out) if children else None
                     r = wrk(
                         base, seconds, f"{'n' if noop else 'd'}{i}{connections}", connections, noop
                     )
