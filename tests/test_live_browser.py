@@ -12,6 +12,7 @@ from support.bodies import post_json
 from support.browser import watch_console
 from support.live_client import post, receipt
 from support.servers import LiveServer
+from support.wait import until
 
 DR = "/webhooks/viber/dr"
 
@@ -117,11 +118,20 @@ def test_restarted_server_and_the_page_catches_up(page, app, app_config, live_se
 def test_filters_changed_in_place_follow_the_new_filter(page, live_server):
     a = uuid.uuid4().hex
     post(live_server.url, DR, receipt(a, "seen"))
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(frame)))
     open_live(page)
     with page.expect_response(lambda r: "status=seen" in r.url):
         page.check("input[name=status][value=seen]")
     page.wait_for_url("**status=seen**")
     page.locator(f"#msg-{a}").wait_for()
+    # The page tells its socket what it shows once the results have settled; from then on
+    # every push follows the new filter (the server reads it before composing a push).
+    until(
+        lambda: page.wait_for_timeout(20) or any("status=seen" in str(frame) for frame in sent),
+        10,
+        "the page's hello with the new filter",
+    )
     other, wanted = uuid.uuid4().hex, uuid.uuid4().hex
     post(live_server.url, DR, receipt(other, "delivered"))
     post(live_server.url, DR, receipt(wanted, "seen"))
