@@ -248,6 +248,8 @@ class Committer:
         try:
             for start in range(0, len(jobs), writer.max_batch):
                 writer._handle(jobs[start : start + writer.max_batch], self.link)
+        except Exception:  # each body still gets an answer, below
+            log.exception("the ingest committer failed to apply a batch")
         finally:
             for job in jobs:
                 if not job.done.is_set():
