@@ -15,6 +15,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,10 @@ import httpx
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.records.committer import is_committer  # noqa: E402
+
 METRICS_TOKEN = "bench-metrics"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -38,13 +43,6 @@ def server_pids(master: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == master:
                 pids.append(int(entry))
     return pids
-
-
-def is_committer(pid: int) -> bool:
-    try:
-        return b"app.records.committer" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -33,17 +33,19 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from flask import Flask
 
 from . import replay
 from .ingest import Job, Link, Result, stamp_arrival, unavailable, writer_of
-from .models import db
 
 log = logging.getLogger(__name__)
 
 # The socket's path, set by the master (gunicorn.conf.py) for its workers.
 SOCKET_ENV = "VIBERWATCH_INGEST_SOCKET"
+# What the master runs (`python -m`).
+MODULE = "app.records.committer"
 FRAME = struct.Struct("!II")
 # Most bodies the committer reads into one batch before applying (INGEST_BATCH_MAX still caps
 # a transaction); what is left waits in the sockets for the next round.
@@ -131,15 +133,12 @@ def _forget() -> None:
 def _answer(sock: socket.socket) -> dict:
     """One answer frame (usually one read)."""
     buf = bytearray()
-    while True:
+    while not (got := frames(buf)):
         chunk = sock.recv(READ_CHUNK)
         if not chunk:
             raise ConnectionError("the committer closed the connection")
         buf += chunk
-        if len(buf) >= FRAME.size:
-            meta_len, _ = FRAME.unpack_from(buf)
-            if len(buf) >= FRAME.size + meta_len:
-                return json.loads(bytes(buf[FRAME.size : FRAME.size + meta_len]))
+    return got[0][0]
 
 
 def submit(path: str, job: Job, timeout: float) -> Result | None:
@@ -244,17 +243,10 @@ class Committer:
         jobs = [job for _, job in taken]
         for job in jobs:  # in the order they were read: arrival order and times agree
             stamp_arrival(job)
-        writer = writer_of(self.app)
         try:
-            for start in range(0, len(jobs), writer.max_batch):
-                writer._handle(jobs[start : start + writer.max_batch], self.link)
-        except Exception:  # each body still gets an answer, below
+            writer_of(self.app).apply(jobs, self.link)
+        except Exception:  # each body has its answer all the same, sent below
             log.exception("the ingest committer failed to apply a batch")
-        finally:
-            for job in jobs:
-                if not job.done.is_set():
-                    job.finish(unavailable("not applied: the writer failed"))
-            db.session.remove()
         answers: dict[socket.socket, list[bytes]] = {}
         for sock, job in taken:
             answers.setdefault(sock, []).append(frame(asdict(job.result)))
@@ -300,6 +292,14 @@ class Committer:
                     pass
 
 
+def is_committer(pid: int) -> bool:
+    """Whether a process is a committer started by `Supervisor`."""
+    try:
+        return MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def address() -> str | None:
     """The committer's socket in a worker of a server that has one."""
     return os.environ.get(SOCKET_ENV) or None
@@ -328,7 +328,7 @@ class Supervisor:
         self._watcher.start()
 
     def _spawn(self, seconds: float) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.records.committer", self.path])
+        self.proc = subprocess.Popen([sys.executable, "-m", MODULE, self.path])
         deadline = time.monotonic() + seconds
         while not os.path.exists(self.path) and time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1087,15 +1087,17 @@ class Writer:
         self._checked_at = 0.0
         # Set while the last bodies could be neither applied nor spooled (answered 503).
         self.cannot_store = False
-        # The server's committer process, when it has one (app/records/committer.py).
+        # Hands a body to the server's committer process, when it has one
+        # (app/records/committer.py); None: this process applies its bodies itself.
         from . import committer
 
-        self._committer = committer if committer.address() else None
+        path = committer.address()
+        self._hand_over = partial(committer.submit, path) if path else None
 
     def submit(self, job: Job) -> Result:
         """Hand a body over and wait for its answer."""
-        if self._committer is not None and job.received_at is None:
-            result = self._committer.submit(self._committer.address(), job, self.wait_seconds)
+        if self._hand_over is not None and job.received_at is None:
+            result = self._hand_over(job, self.wait_seconds)
             if result is not None:
                 if result.outcome == "accepted":
                     activity_answered.send(self.app)
@@ -1140,18 +1142,24 @@ class Writer:
                     batch = self._take()
                     if not batch:
                         return
-                    try:
-                        self._handle(batch, link)
-                    finally:
-                        for job in batch:
-                            if not job.done.is_set():
-                                job.finish(unavailable("not applied: the writer failed"))
-                        db.session.remove()
+                    self.apply(batch, link)
             finally:
                 link.drop()
                 with self._cond:
                     if self._thread is threading.current_thread():
                         self._thread = None
+
+    def apply(self, jobs: list[Job], link: Link) -> None:
+        """Apply (or spool) these bodies, at most INGEST_BATCH_MAX to a transaction; every one
+        is answered, even if this raises."""
+        try:
+            for start in range(0, len(jobs), self.max_batch):
+                self._handle(jobs[start : start + self.max_batch], link)
+        finally:
+            for job in jobs:
+                if not job.done.is_set():
+                    job.finish(unavailable("not applied: the writer failed"))
+            db.session.remove()
 
     def _handle(self, batch: list[Job], link: Link) -> None:
         while True:

@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 from werkzeug.serving import make_server
 
+from app.records.committer import is_committer
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 
@@ -75,21 +77,14 @@ def _children(master: int) -> list[int]:
     return pids
 
 
-def _is_committer(pid: int) -> bool:
-    try:
-        return b"app.records.committer" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
 def worker_pids(master: int) -> list[int]:
     """The gunicorn workers of a master process (its children but the ingest committer)."""
-    return [pid for pid in _children(master) if not _is_committer(pid)]
+    return [pid for pid in _children(master) if not is_committer(pid)]
 
 
 def committer_pid(master: int) -> int | None:
     """The ingest committer the master started (app/records/committer.py), if it runs."""
-    return next((pid for pid in _children(master) if _is_committer(pid)), None)
+    return next((pid for pid in _children(master) if is_committer(pid)), None)
 
 
 @contextmanager
