@@ -140,3 +140,30 @@ def test_a_missing_index_is_caught(app, client, seeded):
         db.session.commit()
     statements = captured_selects(app, client, ["/?code=11003"])
     assert any("message.code" in statement for _, statement in problems_of(app, statements))
+
+
+def test_ingest_reads_by_a_list_of_ids_go_by_index_however_the_table_grew(app):
+    """A batch reads its messages' receipts by a list of ids. On PostgreSQL that read is planned
+    for the ids each time, not kept as a prepared statement: its generic plan, chosen while the
+    table was small, would go on scanning the table whole as it grows (a fresh database under
+    load). On SQLite the same read goes by the request_id index."""
+    from app.records.ingest import RECEIPT_COLUMNS
+    from app.records.models import Receipt
+    from app.records.sqlutil import _reader, select_in
+
+    with app.app_context():
+        conn = db.session.connection()
+        table = Receipt.__table__
+        for i in range(12):  # more than the driver's prepare threshold
+            select_in(conn, table, RECEIPT_COLUMNS, "request_id", [f"r{i}", f"s{i}"])
+        sql, _, _ = _reader(conn.dialect.name, table, RECEIPT_COLUMNS, "request_id", False)
+        if conn.dialect.name == "postgresql":
+            prepared = conn.exec_driver_sql("SELECT statement FROM pg_prepared_statements")
+            assert sql.split("%(")[0] not in "\n".join(row[0] for row in prepared)
+            plan = conn.exec_driver_sql(
+                "EXPLAIN " + sql.replace("%(ids)s", "ARRAY['r1', 's1']")
+            ).scalars()
+            assert "ix_receipt_request_id" in "\n".join(plan)
+        else:
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, ('["r1"]',)).all()
+            assert "ix_receipt_request_id" in "\n".join(str(row) for row in plan)

@@ -266,7 +266,8 @@ class CompiledCopy:
                     values.append(i)
                 copy.write_row(values)
         if self.via_temp is not None:
-            cur.execute(self.via_temp, self.constants)
+            # Planned for these rows: a generic plan made while a table was small scans it.
+            cur.execute(self.via_temp, self.constants, prepare=False)
 
 
 @lru_cache(maxsize=512)
@@ -301,7 +302,12 @@ class Sent:
         self._cur, self._shape = None, shape
         if sql is not None:
             self._cur = cursor(conn)
-            self._cur.execute(sql, params)
+            if conn.dialect.name == "postgresql":
+                # Planned for the ids given each time: a prepared statement's generic plan,
+                # chosen while a table was small, would go on scanning it whole as it grows.
+                self._cur.execute(sql, params, prepare=False)
+            else:
+                self._cur.execute(sql, params)
 
     def rows(self) -> list:
         if self._cur is None:
