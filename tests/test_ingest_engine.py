@@ -671,3 +671,35 @@ def test_a_body_crosses_to_the_committer_unchanged():
             sent.remote_addr,
         )
         assert got.signature == sent.signature and got.received_at is None
+
+
+def test_a_committer_that_does_not_answer_in_time_gets_the_body_answered_503(tmp_path):
+    """The hand-over's time limit: a committer that took the body and says nothing within
+    INGEST_WAIT_TIMEOUT leaves it answered 503 (it is kept: the committer still has it), and
+    the next body goes over a new connection; no committer listening: the worker applies it."""
+    import socket
+
+    path = str(tmp_path / "committer.sock")
+    job = ingest.Job("dr", b"{}", "application/json", {}, "127.0.0.1")
+    assert committer.submit(path, job, 0.3) is None  # nobody listens
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.extend(committer.submit(path, job, 0.3) for _ in range(2))
+    )
+    worker.start()
+    taken = [listener.accept()[0] for _ in range(2)]
+    worker.join(30)
+    assert not worker.is_alive()
+    for conn in taken:  # each connection got the whole frame
+        conn.settimeout(5)
+        buf = bytearray()
+        while not (got := committer.frames(buf)):
+            buf += conn.recv(1 << 16)
+        assert committer.job_of(*got[0]).body == b"{}"
+        conn.close()
+    listener.close()
+    assert [(r.http_status, r.outcome) for r in results] == [(503, "rejected")] * 2
+    assert "not committed in time" in results[0].error["error"]

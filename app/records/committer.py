@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from flask import Flask
@@ -106,13 +105,18 @@ def frames(buf: bytearray) -> list[tuple[dict, bytes]]:
 _local = threading.local()
 
 
-def _connection(path: str) -> socket.socket | None:
+def _connection(path: str, timeout: float) -> socket.socket | None:
     sock = getattr(_local, "sock", None)
     if sock is not None and getattr(_local, "pid", None) == os.getpid():
         return sock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
+        # The kernel keeps the time limit (a read or write past it fails with EAGAIN), so each
+        # send and receive is one system call, not a poll first as with Python's timeout.
+        limit = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
     except OSError:
         sock.close()
         return None
@@ -144,11 +148,10 @@ def _answer(sock: socket.socket) -> dict:
 def submit(path: str, job: Job, timeout: float) -> Result | None:
     """Hand a body to the committer and wait for its answer; None when it was not handed over
     (no committer to take it): the caller applies it itself."""
-    sock = _connection(path)
+    sock = _connection(path, timeout)
     if sock is None:
         return None
     try:
-        sock.settimeout(timeout)
         sock.sendall(job_frame(job))
     except OSError:
         # Not taken whole: the committer drops a frame cut short with its connection.
@@ -156,7 +159,7 @@ def submit(path: str, job: Job, timeout: float) -> Result | None:
         return None
     try:
         meta = _answer(sock)
-    except TimeoutError:
+    except BlockingIOError:  # no answer within the time limit (SO_RCVTIMEO)
         _forget()
         return unavailable("not committed in time; it is still kept and applied")
     except (OSError, ValueError):
@@ -249,7 +252,8 @@ class Committer:
             log.exception("the ingest committer failed to apply a batch")
         answers: dict[socket.socket, list[bytes]] = {}
         for sock, job in taken:
-            answers.setdefault(sock, []).append(frame(asdict(job.result)))
+            # The Result's own fields (JSON values): no copy of them as asdict would make.
+            answers.setdefault(sock, []).append(frame(vars(job.result)))
         for sock, parts in answers.items():
             if sock.fileno() < 0:
                 continue
