@@ -7,6 +7,7 @@ The same measurement feeds the webhook latency histogram of /metrics.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -17,6 +18,8 @@ from . import metrics
 from .redaction import redact
 
 log = logging.getLogger("viberwatch.webhooks")
+# A value with a space, a quote or an equals sign is written quoted.
+_QUOTED = re.compile(r'[\s"=]')
 
 
 class RedactSecrets(logging.Filter):
@@ -45,6 +48,7 @@ class KeyValueFormatter(logging.Formatter):
     def __init__(self, fmt: str, fields: tuple = FIELDS):
         super().__init__(fmt)
         self.fields = fields
+        self._second: tuple[int | None, str] = (None, "")
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
@@ -52,10 +56,20 @@ class KeyValueFormatter(logging.Formatter):
         for name in self.fields:
             value = getattr(record, name, None)
             text = "-" if value is None else str(value)
-            if any(c.isspace() or c in '"=' for c in text):
+            if _QUOTED.search(text):
                 text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
             pairs.append(f"{name}={text}")
         return f"{base} {' '.join(pairs)}"
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # One line per webhook: the second's text is made once per second, not once per line.
+        second = int(record.created)
+        if datefmt is not None or self._second[0] != second:
+            text = super().formatTime(record, datefmt)
+            if datefmt is not None:
+                return text
+            self._second = (second, text.rpartition(",")[0])
+        return f"{self._second[1]},{int(record.msecs):03d}"
 
 
 class StderrHandler(logging.StreamHandler):

@@ -225,6 +225,8 @@ class Committer:
                 self._close(sock)  # a frame cut short is dropped: its sender applies it
                 break
             buf += chunk
+            if len(chunk) < READ_CHUNK:  # all there was: what comes later wakes select again
+                break
         try:
             return frames(buf)
         except (ValueError, KeyError):
