@@ -62,14 +62,14 @@ class KeyValueFormatter(logging.Formatter):
         return f"{base} {' '.join(pairs)}"
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
         # One line per webhook: the second's text is made once per second, not once per line.
-        second = int(record.created)
-        if datefmt is not None or self._second[0] != second:
-            text = super().formatTime(record, datefmt)
-            if datefmt is not None:
-                return text
-            self._second = (second, text.rpartition(",")[0])
-        return f"{self._second[1]},{int(record.msecs):03d}"
+        second, text = self._second
+        if second != int(record.created):
+            text = super().formatTime(record).rpartition(",")[0]
+            self._second = (int(record.created), text)
+        return f"{text},{int(record.msecs):03d}"
 
 
 class StderrHandler(logging.StreamHandler):

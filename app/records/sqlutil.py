@@ -266,7 +266,7 @@ class CompiledCopy:
                     values.append(i)
                 copy.write_row(values)
         if self.via_temp is not None:
-            # Planned for these rows: a generic plan made while a table was small scans it.
+            # Planned for these rows, as `Sent` plans its reads.
             cur.execute(self.via_temp, self.constants, prepare=False)
 
 
@@ -302,12 +302,10 @@ class Sent:
         self._cur, self._shape = None, shape
         if sql is not None:
             self._cur = cursor(conn)
-            if conn.dialect.name == "postgresql":
-                # Planned for the ids given each time: a prepared statement's generic plan,
-                # chosen while a table was small, would go on scanning it whole as it grows.
-                self._cur.execute(sql, params, prepare=False)
-            else:
-                self._cur.execute(sql, params)
+            # On PostgreSQL planned for the ids given each time: a prepared statement's generic
+            # plan, chosen while a table was small, would go on scanning it whole as it grows.
+            unprepared = {"prepare": False} if conn.dialect.name == "postgresql" else {}
+            self._cur.execute(sql, params, **unprepared)
 
     def rows(self) -> list:
         if self._cur is None:
