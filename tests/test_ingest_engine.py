@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app import create_app
 from app.observability import metrics
 from app.ops.maintenance import recount_differences
 from app.ops.rebuild import rebuild
@@ -367,6 +368,72 @@ def snapshot() -> dict:
     out["raw_body"] = rows(RawBody)
     db.session.rollback()
     return out
+
+
+def test_a_batch_that_waits_for_a_message_numbers_its_bodies_after_the_one_applied_first(
+    app, app_config
+):
+    """Two transactions touch one message: the one that waits for another's row (here held by
+    a third connection on PostgreSQL; SQLite has one writer at a time) is applied second, so
+    its bodies follow in raw id order, the order a rebuild reads them. The same receipt pushed
+    to both, received first by the one that waits, is a duplicate there: the receipt's first
+    arrival is the one that stored it, by the record and by a rebuild alike."""
+    other = create_app(app_config)  # a second server process, as far as ingest can tell
+    with app.app_context():
+        ingest.apply_batch([job("dr", receipt(rid, "success")) for rid in ("held1", "held2")])
+        db.session.commit()
+        waits = [job("dr", receipt("held1", "delivered")), job("dr", receipt("held2", "seen"))]
+        first = job("dr", receipt("held2", "seen"))  # the same push, received after
+        postgresql = db.engine.dialect.name == "postgresql"
+        blocker = db.engine.connect()
+        try:
+            if postgresql:
+                blocker.execute(
+                    db.text("SELECT 1 FROM message WHERE request_id = 'held1' FOR UPDATE")
+                )
+
+            def apply_waiting():
+                with app.app_context():
+                    ingest.apply_batch(waits)
+
+            waiting = threading.Thread(target=apply_waiting)
+            waiting.start()
+            if postgresql:
+                # (pg_stat_activity is read afresh: a transaction keeps its first view of it.)
+                until(
+                    lambda: blocker.execute(
+                        db.text(
+                            "SELECT pg_stat_clear_snapshot(), count(*) FROM pg_stat_activity"
+                            " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                        )
+                    ).one()[1],
+                    what="the batch waiting for the held message",
+                )
+            else:
+                waiting.join(30)
+            with other.app_context():
+                ingest.apply_batch([first])
+                db.engine.dispose()
+        finally:
+            blocker.rollback()
+            blocker.close()
+        waiting.join(30)
+        assert not waiting.is_alive()
+        outcomes = [j.result.outcome for j in (*waits, first)]
+        assert outcomes == (
+            ["accepted", "duplicate", "accepted"]
+            if postgresql
+            else ["accepted", "accepted", "duplicate"]
+        )
+        stored = db.session.execute(
+            db.select(Receipt).where(Receipt.request_id == "held2", Receipt.status == "seen")
+        ).scalar_one()
+        assert stored.times_received == 2
+        assert (first.result.raw_id < waits[1].result.raw_id) == postgresql
+        assert db.session.get(Message, "held2").seen_at == (
+            first.received_at if postgresql else waits[1].received_at
+        )
+        assert_consistent()
 
 
 def test_any_split_into_batches_gives_the_same_record(app):

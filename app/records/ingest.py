@@ -309,14 +309,22 @@ def _create_statement(dialect: str):
     return insert_for(Message, dialect).on_conflict_do_nothing(index_elements=["request_id"])
 
 
-def read_messages(conn, first_heard: dict[str, datetime]) -> tuple[dict, dict, dict]:
-    """Create the messages not yet stored, lock all of them, and read their rows, receipts and
-    replies (request_id -> row, -> content_hash -> fact); on PostgreSQL in one round trip.
+def read_messages(
+    conn, first_heard: dict[str, datetime], new_raw: int
+) -> tuple[dict, dict, dict, list[int]]:
+    """Create the messages not yet stored, lock all of them, read their rows, receipts and
+    replies (request_id -> row, -> content_hash -> fact), and take `new_raw` raw body ids; on
+    PostgreSQL in one round trip.
 
     Creating and locking go in requestId order, so two transactions never wait on each other
     in a cycle: a transaction that finds a key another one created waits for it in the first
     step, before it has locked anything further. The receipts and replies are read after the
     lock is held. (SQLite has one writer at a time.)
+
+    The raw ids are taken once the locks are held, so of two transactions that touch one
+    message the one applied first numbers its bodies first: the bodies of a message in raw id
+    order (as `rebuild` reads them) are the bodies in the order they were applied, and the
+    first arrival of a receipt is the one that stored it.
     """
     ids = sorted(first_heard)
     with pipelined(conn):
@@ -340,10 +348,12 @@ def read_messages(conn, first_heard: dict[str, datetime]) -> tuple[dict, dict, d
         )
         receipts = send_select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", ids)
         replies = send_select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", ids)
+        raw_ids = send_next_ids(conn, RawBody.__table__, new_raw)
     return (
         {row.request_id: row for row in rows.rows()},
         _receipt_facts(receipts.rows()),
         _reply_facts(replies.rows()),
+        raw_ids.rows(),
     )
 
 
@@ -526,11 +536,9 @@ class Batch:
             rid, at = p.request_id, p.job.received_at
             if rid not in first_heard or at < first_heard[rid]:
                 first_heard[rid] = at
-        with pipelined(conn):  # PostgreSQL: everything read, in one round trip
-            raw_ids = send_next_ids(
-                conn, RawBody.__table__, sum(p.job.raw_id is None for p in self.parsed)
-            )
-            rows, receipts, replies = read_messages(conn, first_heard)
+        rows, receipts, replies, raw_ids = read_messages(
+            conn, first_heard, sum(p.job.raw_id is None for p in self.parsed)
+        )
         for rid, row in rows.items():
             self.touched[rid] = Touched(
                 row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row)
@@ -539,7 +547,7 @@ class Batch:
             self._decide(p)
         # A small batch's writes go to PostgreSQL in one round trip; a large one's by COPY.
         with pipelined(conn) if len(self.parsed) < COPY_FROM else nullcontext():
-            self._write_raw(conn, raw_ids.rows())
+            self._write_raw(conn, raw_ids)
             self._write_records(conn)
             changes = self._write_messages(conn)
             self._write_activity(conn)
