@@ -370,6 +370,41 @@ def snapshot() -> dict:
     return out
 
 
+def test_a_refused_body_pushed_again_and_then_reprocessed_leaves_the_rebuilt_record(app):
+    """NXCLOUD pushes again what was answered 503: the second copy is applied, and the first,
+    reprocessed later under its older raw id, is a duplicate of it. The receipt's first
+    arrival stays the copy that stored it, by the record and by a rebuild alike."""
+    with app.app_context():
+        dialect = db.engine.dialect.name
+        for statement in FAILING[dialect]:
+            db.session.execute(db.text(statement))
+        db.session.commit()
+        refused = job("dr", receipt("poison", "seen"))
+        ingest.apply_batch([refused])
+        assert (refused.result.http_status, refused.result.outcome) == (503, "rejected")
+        db.session.execute(
+            db.text("DROP TRIGGER poison" + (" ON receipt" if dialect == "postgresql" else ""))
+        )
+        db.session.commit()
+        again = job("dr", receipt("poison", "seen"))
+        ingest.apply_batch([again])
+        assert again.result.outcome == "accepted"
+        late = ingest.reprocess(refused.result.raw_id)
+        assert (late.http_status, late.outcome, late.raw_id) == (
+            200,
+            "duplicate",
+            refused.result.raw_id,
+        )
+        stored = db.session.execute(db.select(Receipt)).scalar_one()
+        assert (stored.raw_id, stored.received_at, stored.times_received) == (
+            again.result.raw_id,
+            again.received_at,
+            2,
+        )
+        assert db.session.get(Message, "poison").seen_at == again.received_at
+        assert_consistent()
+
+
 def test_a_batch_that_waits_for_a_message_numbers_its_bodies_after_the_one_applied_first(
     app, app_config
 ):

@@ -105,9 +105,27 @@ class Expected:
     registered_at: datetime | None = None
 
 
+def applied_order(raws: list) -> list:
+    """A message's accepted bodies (given by raw id) in the order they were applied: by raw id,
+    since a batch numbers its bodies once it holds its messages' locks, except that a body
+    reprocessed later (`reprocess`: rejected when it arrived, applied now under its old id)
+    comes after every body received before it was reprocessed."""
+    order = [raw for raw in raws if raw.reprocessed_at is None]
+    for late in sorted((r for r in raws if r.reprocessed_at is not None), key=_reprocessed):
+        at = len(order)
+        while at and order[at - 1].received_at > late.reprocessed_at:
+            at -= 1
+        order.insert(at, late)
+    return order
+
+
+def _reprocessed(raw):
+    return raw.reprocessed_at, raw.id
+
+
 def _expected(raws, zone, report: Report) -> Expected:
     exp = Expected()
-    for raw in raws:
+    for raw in applied_order(raws):
         try:
             data = payloads.parse_json_object(raw.body, raw.content_type)
             if raw.endpoint == "dr":
@@ -220,6 +238,7 @@ def rebuild_batch(messages: list, zone, report: Report, fix: bool) -> set[str]:
                 RawBody.content_type,
                 RawBody.body,
                 RawBody.request_id,
+                RawBody.reprocessed_at,
             )
             .where(RawBody.request_id.in_(ids), RawBody.outcome.in_(("accepted", "duplicate")))
             .order_by(RawBody.id)
