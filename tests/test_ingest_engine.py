@@ -296,12 +296,22 @@ FAILING = {
 }
 
 
+def poison_receipts() -> None:
+    """From now on the database refuses a receipt for the message `poison`."""
+    for statement in FAILING[db.engine.dialect.name]:
+        db.session.execute(db.text(statement))
+    db.session.commit()
+
+
+def cure_receipts() -> None:
+    postgresql = db.engine.dialect.name == "postgresql"
+    db.session.execute(db.text("DROP TRIGGER poison" + (" ON receipt" if postgresql else "")))
+    db.session.commit()
+
+
 def test_a_body_the_database_refuses_does_not_sink_its_batch(app):
     with app.app_context():
-        dialect = db.engine.dialect.name
-        for statement in FAILING[dialect]:
-            db.session.execute(db.text(statement))
-        db.session.commit()
+        poison_receipts()
         jobs = [
             job("dr", receipt("good1", "seen")),
             job("dr", receipt("poison", "seen")),
@@ -322,10 +332,7 @@ def test_a_body_the_database_refuses_does_not_sink_its_batch(app):
         assert db.session.get(Message, "good1").status == "seen"
         assert db.session.get(Message, "good2").phone == "79000000002"
         assert db.session.execute(db.select(db.func.count()).select_from(RawBody)).scalar() == 4
-        db.session.execute(
-            db.text("DROP TRIGGER poison" + (" ON receipt" if dialect == "postgresql" else ""))
-        )
-        db.session.commit()
+        cure_receipts()
         again = ingest.reprocess(kept.id)
         assert (again.http_status, again.outcome) == (200, "accepted")
         assert db.session.get(Message, "poison").status == "seen"
@@ -375,17 +382,11 @@ def test_a_refused_body_pushed_again_and_then_reprocessed_leaves_the_rebuilt_rec
     reprocessed later under its older raw id, is a duplicate of it. The receipt's first
     arrival stays the copy that stored it, by the record and by a rebuild alike."""
     with app.app_context():
-        dialect = db.engine.dialect.name
-        for statement in FAILING[dialect]:
-            db.session.execute(db.text(statement))
-        db.session.commit()
+        poison_receipts()
         refused = job("dr", receipt("poison", "seen"))
         ingest.apply_batch([refused])
         assert (refused.result.http_status, refused.result.outcome) == (503, "rejected")
-        db.session.execute(
-            db.text("DROP TRIGGER poison" + (" ON receipt" if dialect == "postgresql" else ""))
-        )
-        db.session.commit()
+        cure_receipts()
         again = job("dr", receipt("poison", "seen"))
         ingest.apply_batch([again])
         assert again.result.outcome == "accepted"
