@@ -126,6 +126,55 @@ def test_metrics_from_database_and_process(app, anon_client):
     assert buckets and all(b.value >= 1 for b in buckets)
 
 
+FIRST_OBSERVATIONS = """
+import sys, threading
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from app.observability import metrics
+
+sys.setswitchinterval(1e-6)  # threads taking turns as often as they can
+start = threading.Barrier(16)
+
+def first_request():
+    start.wait()
+    metrics.observe_webhook("dr", "accepted", 0.01)
+
+threads = [threading.Thread(target=first_request) for _ in range(16)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+registry = CollectorRegistry()
+MultiProcessCollector(registry)
+print(registry.get_sample_value(
+    "viberwatch_webhook_duration_seconds_count", {"endpoint": "dr", "outcome": "accepted"}
+))
+"""
+
+
+def test_the_first_requests_of_a_worker_are_all_counted(tmp_path):
+    """Sixteen request threads of a fresh worker observe at once: the process makes its
+    instruments once, so no thread's observation overwrites another's in the shared file."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for attempt in range(5):
+        prom = tmp_path / f"prom{attempt}"
+        prom.mkdir()
+        out = subprocess.run(
+            [sys.executable, "-c", FIRST_OBSERVATIONS],
+            cwd=root,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert float(out) == 16
+
+
 def test_latency_adds_up_across_gunicorn_workers(tmp_path, database_url):
     """Two worker processes: every scrape, whichever worker answers, counts all requests."""
     import os

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import threading
 from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Response, abort, current_app, request
@@ -49,10 +50,21 @@ class Instruments:
     live_connections: Gauge
 
 
-@functools.cache
+_making = threading.Lock()
+
+
 def instruments() -> Instruments:
     """This process's prometheus_client metrics, made on first use: in multiprocess mode each
-    writes a file, and gunicorn's master, which imports this module, must write none."""
+    writes a file, and gunicorn's master, which imports this module, must write none.
+
+    Made once under a lock: the first requests of a worker arrive together, and two sets
+    made at once would each keep their own count and overwrite each other's in the file."""
+    with _making:
+        return _make_instruments()
+
+
+@functools.cache
+def _make_instruments() -> Instruments:
     return Instruments(
         webhook_seconds=Histogram(
             "viberwatch_webhook_duration_seconds",
