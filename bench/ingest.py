@@ -3,7 +3,9 @@ same server in alternating rounds, then a check that every 2xx is stored and tha
 equals a rebuild and a recount. Used by bench/run.py.
 
 Also measured per round: the server's CPU time per request (every gunicorn process, from
-/proc), the bodies per ingest transaction (the `viberwatch_ingest_batch_bodies` histogram of
+/proc), split by process kind (the workers, the ingest committer, and the database server: every
+PostgreSQL process on the machine), the workers' context switches per request, the bodies per
+ingest transaction (the `viberwatch_ingest_batch_bodies` histogram of
 /metrics), and, with py-spy installed, a sampled profile of one worker during one round.
 """
 
@@ -54,6 +56,49 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLK_TCK
+
+
+def kinds_of(master: int) -> dict[str, list[int]]:
+    """The server's processes by kind, and the database server's (PostgreSQL's processes)."""
+    out: dict[str, list[int]] = {"workers": [], "committer": [], "database": []}
+    for pid in server_pids(master):
+        if pid != master:
+            out["committer" if is_committer(pid) else "workers"].append(pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                name = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if name.startswith("postgres"):
+                out["database"].append(int(entry))
+    return out
+
+
+def switches(pids: list[int]) -> int:
+    """Context switches (voluntary and not) of every thread of these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    return total
+
+
+def usage(groups: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds per kind, and the workers' context switches."""
+    out = {kind: cpu_seconds(pids) for kind, pids in groups.items()}
+    out["worker_switches"] = switches(groups["workers"])
+    return out
 
 
 def batch_histogram(base: str) -> dict[str, float]:
@@ -225,7 +270,8 @@ def run(
                 pair = {}
                 for noop in (True, False):
                     pids = server_pids(master)
-                    cpu0, hist0 = cpu_seconds(pids), batch_histogram(base)
+                    groups = kinds_of(master)
+                    cpu0, use0, hist0 = cpu_seconds(pids), usage(groups), batch_histogram(base)
                     spy = None
                     if not noop and i == 1:
                         # The committer, where bodies are applied, else a worker.
@@ -235,9 +281,15 @@ def run(
                     r = wrk(
                         base, seconds, f"{'n' if noop else 'd'}{i}{connections}", connections, noop
                     )
+                    requests = max(1, r["requests"])
                     r["cpu_ms_per_request"] = (
-                        (cpu_seconds(server_pids(master)) - cpu0) * 1000 / max(1, r["requests"])
+                        (cpu_seconds(server_pids(master)) - cpu0) * 1000 / requests
                     )
+                    use1 = usage(groups)
+                    r["per_request"] = {
+                        k: (use1[k] - use0[k]) * (1 if k == "worker_switches" else 1000) / requests
+                        for k in use0
+                    }
                     if not noop:
                         r["batches"] = batch_summary(hist0, batch_histogram(base))
                         answered += r["requests"] - r["status"]
@@ -279,6 +331,13 @@ def summary(kind: str, label: str, connections: int, rounds: list[dict], answere
         "errors": sum(r["errors"] for r in noop + ingest),
         "noop_cpu_ms": statistics.mean(r["cpu_ms_per_request"] for r in noop),
         "ingest_cpu_ms": statistics.mean(r["cpu_ms_per_request"] for r in ingest),
+        "per_request": {
+            side: {
+                k: statistics.mean(r["per_request"][k] for r in rs)
+                for k in rs[0].get("per_request", {})
+            }
+            for side, rs in (("noop", noop), ("ingest", ingest))
+        },
         "batch_mean": sum(b["bodies"] for b in batches)
         / max(1, sum(b["transactions"] for b in batches)),
         "batch_median_le": max((b["median_le"] or 0) for b in batches),
@@ -334,5 +393,26 @@ def markdown(results: list[dict]) -> list[str]:
             f"{r['over_2s']} | {r['errors']} | {r['noop_cpu_ms']:.2f} / {r['ingest_cpu_ms']:.2f} | "
             f"{r['batch_mean']:.1f}, {r['batch_median_le']:.0f}, {r['batch_p90_le']:.0f} | "
             f"{r['answered_2xx']:,} / {r.get('stored_2xx', 0):,} | {r.get('rebuild', '–')} | {r.get('recount', '–')} |"
+        )
+    return out
+
+
+def cpu_markdown(results: list[dict]) -> list[str]:
+    """Where a request's CPU goes, by process kind: no-op / webhook."""
+    out = [
+        "| database | connections | workers ms | committer ms | database server ms | "
+        "workers' context switches |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        n, w = r["per_request"]["noop"], r["per_request"]["ingest"]
+        if not w:
+            continue
+        # SQLite works inside the committer's process: no server of its own.
+        server = "–" if r["db"] == "sqlite" else f"{n['database']:.2f} / {w['database']:.2f}"
+        out.append(
+            f"| {r['db']}, {r['database']} | {r['connections']} | "
+            f"{n['workers']:.2f} / {w['workers']:.2f} | {w['committer']:.2f} | {server} | "
+            f"{n['worker_switches']:.1f} / {w['worker_switches']:.1f} |"
         )
     return out

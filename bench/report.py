@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ingest import cpu_markdown
 from ingest import markdown as ingest_markdown
 from ingest_phases import markdown as phases_markdown
 
@@ -39,6 +40,15 @@ def markdown(results: dict) -> str:
         out.append("")
     if results.get("ingest"):
         out += ["### Ingest", ""] + ingest_markdown(results["ingest"]) + [""]
+        out += (
+            [
+                "CPU per request by process, no-op / webhook (workers, database server; the",
+                "committer has no share of a no-op) and the workers' context switches per request:",
+                "",
+            ]
+            + cpu_markdown(results["ingest"])
+            + [""]
+        )
     if results.get("phases"):
         out += ["### Ingest, CPU per body by phase", ""] + phases_markdown(results["phases"]) + [""]
     for d in results.get("dashboard", []):
