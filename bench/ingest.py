@@ -58,10 +58,11 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def kinds_of(master: int) -> dict[str, list[int]]:
-    """The server's processes by kind, and the database server's (PostgreSQL's processes)."""
+def kinds_of(master: int, pids: list[int]) -> dict[str, list[int]]:
+    """The server's processes (`pids`, from `server_pids`) by kind, and the database server's
+    (PostgreSQL's processes)."""
     out: dict[str, list[int]] = {"workers": [], "committer": [], "database": []}
-    for pid in server_pids(master):
+    for pid in pids:
         if pid != master:
             out["committer" if is_committer(pid) else "workers"].append(pid)
     for entry in os.listdir("/proc"):
@@ -94,11 +95,9 @@ def switches(pids: list[int]) -> int:
     return total
 
 
-def usage(groups: dict[str, list[int]]) -> dict[str, float]:
+def usage(groups: dict[str, list[int]]) -> tuple[dict[str, float], int]:
     """CPU seconds per kind, and the workers' context switches."""
-    out = {kind: cpu_seconds(pids) for kind, pids in groups.items()}
-    out["worker_switches"] = switches(groups["workers"])
-    return out
+    return {kind: cpu_seconds(pids) for kind, pids in groups.items()}, switches(groups["workers"])
 
 
 def batch_histogram(base: str) -> dict[str, float]:
@@ -270,7 +269,7 @@ def run(
                 pair = {}
                 for noop in (True, False):
                     pids = server_pids(master)
-                    groups = kinds_of(master)
+                    groups = kinds_of(master, pids)
                     cpu0, use0, hist0 = cpu_seconds(pids), usage(groups), batch_histogram(base)
                     spy = None
                     if not noop and i == 1:
@@ -285,11 +284,10 @@ def run(
                     r["cpu_ms_per_request"] = (
                         (cpu_seconds(server_pids(master)) - cpu0) * 1000 / requests
                     )
-                    use1 = usage(groups)
+                    (kinds0, switches0), (kinds1, switches1) = use0, usage(groups)
                     r["per_request"] = {
-                        k: (use1[k] - use0[k]) * (1 if k == "worker_switches" else 1000) / requests
-                        for k in use0
-                    }
+                        k: (kinds1[k] - kinds0[k]) * 1000 / requests for k in kinds1
+                    } | {"worker_switches": (switches1 - switches0) / requests}
                     if not noop:
                         r["batches"] = batch_summary(hist0, batch_histogram(base))
                         answered += r["requests"] - r["status"]
@@ -333,8 +331,7 @@ def summary(kind: str, label: str, connections: int, rounds: list[dict], answere
         "ingest_cpu_ms": statistics.mean(r["cpu_ms_per_request"] for r in ingest),
         "per_request": {
             side: {
-                k: statistics.mean(r["per_request"][k] for r in rs)
-                for k in rs[0].get("per_request", {})
+                k: statistics.mean(r["per_request"][k] for r in rs) for k in rs[0]["per_request"]
             }
             for side, rs in (("noop", noop), ("ingest", ingest))
         },
@@ -406,8 +403,6 @@ def cpu_markdown(results: list[dict]) -> list[str]:
     ]
     for r in results:
         n, w = r["per_request"]["noop"], r["per_request"]["ingest"]
-        if not w:
-            continue
         # SQLite works inside the committer's process: no server of its own.
         server = "–" if r["db"] == "sqlite" else f"{n['database']:.2f} / {w['database']:.2f}"
         out.append(
