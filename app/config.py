@@ -124,6 +124,11 @@ SETTINGS: tuple[Setting, ...] = (
     _app("WEBHOOK_SIGN_WINDOW", 300, "seconds ts may differ from server time"),
     _app("WEBHOOK_SIGN_ACTIONS", dict(signing.CALLBACK_ACTIONS), "action each webhook signs"),
     _app("WEBHOOK_SIGN_BIZ_TYPE", signing.VIBER_BIZ_TYPE, "the signature's bizType"),
+    _app(
+        "WEBHOOK_EVENT_LOOP",
+        True,
+        "with the ingest committer, answer webhooks in each worker's event loop, no thread",
+    ),
     _app("WEBHOOK_ALLOW_NETWORKS", "", "CIDRs allowed to call the webhooks"),
     _app("TRUSTED_PROXIES", "", "proxies whose X-Forwarded-* headers are believed"),
     _app("WEBHOOK_REFUSED_KEEP_PER_MINUTE", 60, "refused webhook bodies kept per minute"),

@@ -23,7 +23,7 @@ from functools import partial
 
 from gunicorn.glogging import Logger
 from gunicorn.http2 import negotiation
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 from . import config
 from .observability.redaction import REDACTED, redact
@@ -175,6 +175,8 @@ class SlowClientWorker(ThreadWorker):
         )
         # Past this without its end, the head is gunicorn's to refuse.
         self.head_limit = (line + fields * (size + 2) + 4) if line and size else 1024 * 1024
+        self.webhooks = None  # app/webhooks/loop.py's WebhookLoop, made in the worker process
+        self.webhooks_made = False
 
     def _reads_ahead(self, conn) -> bool:
         # TLS and HTTP/2 prior knowledge are read by gunicorn itself, as before.
@@ -182,17 +184,18 @@ class SlowClientWorker(ThreadWorker):
             self.cfg, conn.client
         )
 
-    def enqueue_req(self, conn):
+    def enqueue_req(self, conn, ahead: bytes | None = None):
         if getattr(conn, "prefetched", None) is not None or not self._reads_ahead(conn):
             super().enqueue_req(conn)
             return
         now = time.monotonic()
         # Bytes a previous request's body read ahead belong to this one.
-        data = (
-            bytearray(conn.parser.unreader.take_buffered())
-            if conn.parser is not None
-            else bytearray()
-        )
+        if ahead is not None:
+            data = bytearray(ahead)
+        elif conn.parser is not None:
+            data = bytearray(conn.parser.unreader.take_buffered())
+        else:
+            data = bytearray()
         if conn.parser is not None:
             conn.parser.unreader.sock = conn.sock
         reading = Reading(
@@ -279,12 +282,91 @@ class SlowClientWorker(ThreadWorker):
 
     def _hand_over(self, reading: Reading, partial_body: bool = False) -> bool:
         self._forget(reading)
+        webhooks = self._webhooks()
+        if (
+            webhooks is not None
+            and not partial_body
+            and not reading.chunked
+            and reading.body_start is not None
+            and webhooks.take(reading.conn, reading.data, reading.body_start, reading.length)
+        ):
+            return True
         conn = reading.conn
         conn.prefetched = bytes(reading.data)
         conn.body_deadline = reading.deadline if partial_body else None
         conn.data_ready = True
         super().enqueue_req(conn)
         return True
+
+    # -- webhooks answered in this loop (app/webhooks/loop.py) -------------------------
+    def _webhooks(self):
+        if not self.webhooks_made:
+            from .webhooks import loop
+
+            self.webhooks_made = True
+            self.webhooks = loop.starter(self)
+        return self.webhooks
+
+    def serve_in_thread(self, conn, data: bytes) -> None:
+        """A whole request (and what followed it), served by a thread as any other."""
+        conn.prefetched = data
+        conn.body_deadline = None
+        conn.data_ready = True
+        super().enqueue_req(conn)
+
+    def answer(self, conn, data: bytes, ahead: bytes, keep: bool) -> None:
+        """Send an answer written in this loop, then read the connection's next request (or
+        close it)."""
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.close_connection(conn)
+            return
+        if sent == len(data):
+            self._next(conn, ahead, keep)
+            return
+        # The client is not reading: a thread waits for it (bounded), not this loop.
+        future = self.tpool.submit(self._send_rest, conn, data[sent:])
+        future.add_done_callback(
+            lambda f: self.method_queue.defer(
+                self._next, conn, ahead, keep and not f.cancelled() and f.exception() is None
+            )
+        )
+
+    @staticmethod
+    def _send_rest(conn, data: bytes) -> None:
+        conn.sock.settimeout(BODY_TIMEOUT)
+        try:
+            conn.sock.sendall(data)
+        finally:
+            conn.sock.setblocking(False)
+
+    def _next(self, conn, ahead: bytes, keep: bool) -> None:
+        if not keep:
+            self.close_connection(conn, graceful=True)
+        elif ahead:
+            self.enqueue_req(conn, ahead)
+        else:
+            # As gthread after a request a thread served: kept alive on the poller.
+            conn.set_timeout()
+            if not self.alive:
+                conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
+            self.keepalived_conns.append(conn)
+            self.poller.register(
+                conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
+            )
+
+    def close_connection(self, conn, graceful: bool = False) -> None:
+        self.nr_conns -= 1
+        if graceful:  # it lingers for the client's last bytes: not in this loop
+            try:
+                self.tpool.submit(conn.close, True)
+                return
+            except RuntimeError:  # the pool has shut down: the worker is ending
+                pass
+        conn.close()
 
     def _close(self, reading: Reading, answer: bytes | None = None) -> None:
         self._forget(reading)
@@ -327,6 +409,8 @@ class SlowClientWorker(ThreadWorker):
         if now < self.next_sweep:
             return
         self.next_sweep = now + SWEEP_SECONDS
+        if self.webhooks is not None:
+            self.webhooks.sweep(now)
         for reading in list(self.reading.values()):
             if reading.idle_deadline is not None and now >= reading.idle_deadline:
                 self._close(reading)

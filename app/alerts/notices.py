@@ -19,7 +19,7 @@ from flask import Blueprint, Flask, current_app, render_template
 from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..core.periodic import Periodic
+from ..core.periodic import Periodic, start_with_requests
 from ..core.times import iso
 from ..records.models import AlertAttempt, AlertNotice, AlertState, db
 from ..records.sqlutil import insert_ignore
@@ -319,4 +319,4 @@ def register(app: Flask) -> None:
         and app.extensions["viberwatch.alert_rules"]
         and not app.testing
     ):
-        app.before_request(runner.ensure_started)
+        start_with_requests(app, runner)

@@ -141,6 +141,8 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: list) -
 
 
 PEER = "viberwatch.peer"
+# The app's TRUSTED_PROXIES, parsed (for client_address outside a request).
+TRUSTED = "viberwatch.trusted_proxies"
 
 
 class ForwardedOnlyFromTrustedProxies:
@@ -169,6 +171,16 @@ class ForwardedOnlyFromTrustedProxies:
             )
             return self.behind_proxies(environ, start_response)
         return self.wsgi_app(environ, start_response)
+
+
+def add_security_headers(response, static: bool = False):
+    """The headers every answer carries (those it does not set itself)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if not static:
+        # Pages carry customers' phone numbers and words: keep them out of caches.
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 def request_client_address() -> str:
@@ -246,6 +258,7 @@ def init_app(app: Flask) -> None:
             "X-Forwarded-* headers to believe"
         )
     app.wsgi_app = ForwardedOnlyFromTrustedProxies(app.wsgi_app, trusted, hops)
+    app.extensions[TRUSTED] = trusted
     # The login guard in auth.py decides when CSRF applies (not to webhooks or bearer calls).
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
     csrf.init_app(app)
@@ -282,12 +295,7 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def security_headers(response):
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.endpoint != "static":
-            # Pages carry customers' phone numbers and words: keep them out of caches.
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+        return add_security_headers(response, static=request.endpoint == "static")
 
     @app.errorhandler(CSRFError)
     def csrf_failed(error: CSRFError):

@@ -34,3 +34,18 @@ class Periodic:
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+STARTED_BY_REQUESTS = "viberwatch.periodic"
+
+
+def start_with_requests(app, periodic: Periodic) -> None:
+    """Start `periodic` in each process with its first request: a request to the app, or a
+    webhook a worker's event loop answers (app/webhooks/loop.py calls `start_all`)."""
+    app.extensions.setdefault(STARTED_BY_REQUESTS, []).append(periodic)
+    app.before_request(periodic.ensure_started)
+
+
+def start_all(app) -> None:
+    for periodic in app.extensions.get(STARTED_BY_REQUESTS, []):
+        periodic.ensure_started()

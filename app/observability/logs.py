@@ -139,8 +139,22 @@ def _finish(response):
     if endpoint is None or started is None:
         return response
     seconds = time.perf_counter() - started
-    outcome = _outcome(response.status_code)
-    result = g.get("webhook_result")
+    record_webhook(
+        endpoint,
+        g.get("webhook_result"),
+        _outcome(response.status_code),
+        response.status_code,
+        seconds,
+        request.remote_addr,
+    )
+    return response
+
+
+def record_webhook(
+    endpoint: str, result, outcome: str, status: int, seconds: float, remote_addr: str | None
+) -> None:
+    """A webhook's log line and metrics, wherever it was answered (a request thread, or the
+    worker's event loop: app/webhooks/loop.py)."""
     metrics.observe_webhook(endpoint, outcome, seconds)
     log.info(
         "webhook",
@@ -148,12 +162,11 @@ def _finish(response):
             "endpoint": endpoint,
             "requestId": result.request_id if result is not None else None,
             "outcome": outcome,
-            "status": response.status_code,
+            "status": status,
             "durationMs": round(seconds * 1000, 2),
-            "remoteAddr": request.remote_addr,
+            "remoteAddr": remote_addr,
         },
     )
-    return response
 
 
 def _failed(exc):

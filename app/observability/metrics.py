@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import config
 from ..auth.security import address_in, parse_networks, request_client_address
-from ..core.periodic import Periodic
+from ..core.periodic import Periodic, start_with_requests
 from ..records import ingest
 from ..records.models import AlertState, Message, RawBody, db
 
@@ -230,4 +230,4 @@ def register(app: Flask) -> None:
             "metrics-live", lambda: LIVE_SAMPLE_SECONDS, lambda: sample_live_connections(app)
         )
         app.extensions["viberwatch.metrics_sampler"] = sampler
-        app.before_request(sampler.ensure_started)
+        start_with_requests(app, sampler)

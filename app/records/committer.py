@@ -37,7 +37,7 @@ from pathlib import Path
 from flask import Flask
 
 from . import replay
-from .ingest import Job, Link, Result, stamp_arrival, unavailable, writer_of
+from .ingest import NOT_IN_TIME, Job, Link, Result, stamp_arrival, unavailable, writer_of
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,9 @@ def frames(buf: bytearray) -> list[tuple[dict, bytes]]:
 _local = threading.local()
 
 
-def _connection(path: str, timeout: float) -> socket.socket | None:
-    sock = getattr(_local, "sock", None)
-    if sock is not None and getattr(_local, "pid", None) == os.getpid():
-        return sock
+def connect(path: str, timeout: float) -> socket.socket | None:
+    """A connection to the committer whose sends and receives fail past `timeout`; None when
+    there is no committer to connect to."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -120,7 +119,16 @@ def _connection(path: str, timeout: float) -> socket.socket | None:
     except OSError:
         sock.close()
         return None
-    _local.sock, _local.pid = sock, os.getpid()
+    return sock
+
+
+def _connection(path: str, timeout: float) -> socket.socket | None:
+    sock = getattr(_local, "sock", None)
+    if sock is not None and getattr(_local, "pid", None) == os.getpid():
+        return sock
+    sock = connect(path, timeout)
+    if sock is not None:
+        _local.sock, _local.pid = sock, os.getpid()
     return sock
 
 
@@ -161,7 +169,7 @@ def submit(path: str, job: Job, timeout: float) -> Result | None:
         meta = _answer(sock)
     except BlockingIOError:  # no answer within the time limit (SO_RCVTIMEO)
         _forget()
-        return unavailable("not committed in time; it is still kept and applied")
+        return unavailable(NOT_IN_TIME)
     except (OSError, ValueError):
         # The committer ended after taking the body and before answering: it answers every
         # body it has read before it stops, so only one killed could have applied it. The

@@ -111,6 +111,9 @@ class Result:
         return self.http_status < 400
 
 
+NOT_IN_TIME = "not committed in time; it is still kept and applied"
+
+
 def unavailable(reason: str, raw_id: int | None = None) -> Result:
     return Result(
         503, "rejected", raw_id, error={"error": reason, "field": "body", "reason": reason}
@@ -1123,7 +1126,7 @@ class Writer:
                 self._thread.start()
             self._cond.notify()
         if not job.done.wait(self.wait_seconds):
-            return unavailable("not committed in time; it is still kept and applied")
+            return unavailable(NOT_IN_TIME)
         return job.result
 
     def waiting(self) -> int:
@@ -1435,6 +1438,27 @@ def writer_of(app: Flask) -> Writer:
     return app.extensions["viberwatch.ingest"]
 
 
+def new_job(
+    endpoint: str,
+    body: bytes,
+    content_type: str | None,
+    headers,
+    remote_addr: str | None,
+    received_at: datetime | None = None,
+    signature: replay.Signature | None = None,
+) -> Job:
+    assert endpoint in ENDPOINTS
+    return Job(
+        endpoint,
+        body,
+        content_type,
+        kept_headers(headers),
+        remote_addr,
+        received_at,
+        signature=signature,
+    )
+
+
 def ingest(
     endpoint: str,
     body: bytes,
@@ -1447,16 +1471,7 @@ def ingest(
 ) -> Result:
     """Store a body verbatim and apply it; answered once both are committed. A `signature`
     (verified) is taken in the same transaction: used before, the body is refused as a replay."""
-    assert endpoint in ENDPOINTS
-    job = Job(
-        endpoint,
-        body,
-        content_type,
-        kept_headers(headers),
-        remote_addr,
-        received_at,
-        signature=signature,
-    )
+    job = new_job(endpoint, body, content_type, headers, remote_addr, received_at, signature)
     result = writer_of(current_app._get_current_object()).submit(job)
     # Committed by the writer's session: objects this thread's session loaded are stale now.
     if db.session.registry.has():

@@ -174,9 +174,33 @@ def check_signature(
     return None
 
 
+def screen(
+    settings: Settings,
+    endpoint: str,
+    client_address: str,
+    token: str | None,
+    headers: Mapping,
+    body,
+    limit: int,
+) -> Refusal | None:
+    """Every check of a call, in order: source and token, the size limit, the signature.
+    `body` is app/auth/security.py's Body."""
+    refusal = check_source(settings, client_address, settings.token_digest(token))
+    if refusal is None and body.too_large:
+        refusal = Refusal(413, "body", body.describe(limit))
+    if refusal is None:
+        refusal = check_signature(settings, endpoint, headers, body.data)
+    return refusal
+
+
+def signature_to_take(settings: Settings, headers: Mapping) -> replay.Signature | None:
+    """A verified signature, taken (used once) in the transaction that applies its body."""
+    return replay.Signature.of(headers) if settings.sign_secret else None
+
+
 def take_signature(settings: Settings, headers: Mapping) -> Refusal | None:
     """Record a verified signature as used, in the current transaction; a replay if it was."""
-    signature = replay.Signature.of(headers) if settings.sign_secret else None
+    signature = signature_to_take(settings, headers)
     if signature is None:
         return None
     if replay.take(db.session.connection(), [signature], utcnow(), settings.sign_window)[0]:

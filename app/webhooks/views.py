@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 
 from ..auth import security
-from ..records import ingest, replay
+from ..records import ingest
 from . import auth as webhook_auth
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/viber")
@@ -17,11 +17,7 @@ def receive(endpoint: str):
     address = security.request_client_address()
     body = security.read_body(limit)
     token = webhook_auth.presented_token(request.args, request.headers)
-    refusal = webhook_auth.check_source(settings, address, settings.token_digest(token))
-    if refusal is None and body.too_large:
-        refusal = webhook_auth.Refusal(413, "body", body.describe(limit))
-    if refusal is None:
-        refusal = webhook_auth.check_signature(settings, endpoint, request.headers, body.data)
+    refusal = webhook_auth.screen(settings, endpoint, address, token, request.headers, body, limit)
     if refusal is not None:
         webhook_auth.keep_refused(
             settings,
@@ -34,15 +30,13 @@ def receive(endpoint: str):
             token,
         )
         return jsonify(refusal.as_json()), refusal.http_status
-    # A verified signature is taken (used once) in the transaction that applies the body.
-    signature = replay.Signature.of(request.headers) if settings.sign_secret else None
     result = ingest.ingest(
         endpoint,
         body.data,
         request.content_type,
         dict(request.headers),
         address,
-        signature=signature,
+        signature=webhook_auth.signature_to_take(settings, request.headers),
     )
     g.webhook_result = result  # for the request's log line and metrics (app/observability/logs.py)
     if result.ok:

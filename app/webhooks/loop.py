@@ -1,0 +1,326 @@
+"""Webhooks answered in a gunicorn worker's event loop, without a request thread.
+
+Under the production command each worker's main loop reads a request whole before it hands
+it to a thread (app/serving.py). A webhook whose answer depends only on its body being
+applied, which is nearly every one, needs no thread at all: the loop runs the same checks as
+the view (app/webhooks/views.py: source, token, size, signature), frames the body to the
+server's ingest committer (app/records/committer.py) on one connection per worker, and
+writes each answer when the committer sends it back, in the order the bodies went. No thread
+is woken to wait and woken again to answer, and Flask's dispatch is skipped; the answer is
+the view's, byte for byte (the same status, body and headers), and the request gets the
+same access-log line, webhook log line and metrics.
+
+Anything the view would answer otherwise goes to a thread exactly as before: a refused or
+oversized call (it is kept as refused there), chunked bodies, HTTP/1.0, a URL other than the
+two webhook paths, a stopping worker, no committer. If the committer goes away with bodies
+unanswered, each goes to a thread too, which applies it itself (a second copy of a body the
+committer did apply is a duplicate of it). A body not committed within INGEST_WAIT_TIMEOUT is
+answered 503, as from a thread; it is still applied.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from gunicorn.http import wsgi
+from gunicorn.http.parser import RequestParser
+from werkzeug.wrappers import Request
+
+from ..auth import security
+from ..core import periodic
+from ..observability import logs
+from ..records import committer, ingest
+from ..records.ingest import Result, activity_answered
+from . import auth as webhook_auth
+
+log = logging.getLogger(__name__)
+
+PATHS = {"/webhooks/viber/dr": "dr", "/webhooks/viber/message": "message"}
+# The start every request this takes begins with (a cheap first test in the loop).
+PREFIX = b"POST /webhooks/viber/"
+# Seconds before a worker tries again to reach a committer it could not reach.
+RECONNECT_SECONDS = 1.0
+
+
+class Written:
+    """What gunicorn's Response writes, kept (it is sent without blocking the loop)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+    send = sendall
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+@dataclass(eq=False)
+class Waiting:
+    """A webhook handed to the committer from the loop, until it is answered."""
+
+    conn: object
+    request: bytes  # the request as it arrived, for a thread should the committer go away
+    rest: bytes  # what the client sent after it (its next request)
+    req: object  # gunicorn's Request
+    resp: object  # gunicorn's Response, writing into `written`
+    written: Written
+    environ: dict
+    endpoint: str
+    address: str
+    started: float
+    deadline: float
+    answered: bool = False
+
+
+def answer_of(app, result: Result):
+    """The view's answer to a body applied (app/webhooks/views.py), with every header the app
+    adds to answers."""
+    if result.ok:
+        # NXCLOUD's callbacks treat HTTP 200 with the body "success" as accepted.
+        response = app.response_class("success", 200, {"Content-Type": "text/plain; charset=utf-8"})
+    else:
+        response = app.json.response(result.error)
+        response.status_code = result.http_status
+    security.add_security_headers(response)
+    # Flask's session interface adds it to every answer of the app (the sign-in guard reads
+    # the session before any view runs).
+    response.vary.add("Cookie")
+    return response
+
+
+class WebhookLoop:
+    """The webhooks of one worker's event loop (`worker` is app/serving.py's SlowClientWorker)."""
+
+    def __init__(self, worker, path: str):
+        self.worker = worker
+        self.app = worker.wsgi
+        self.path = path
+        self.wait_seconds = float(self.app.config["INGEST_WAIT_TIMEOUT"])
+        self.limit = self.app.config["MAX_CONTENT_LENGTH"]
+        self.settings: webhook_auth.Settings = self.app.extensions["viberwatch.webhook_auth"]
+        self.trusted = self.app.extensions.get(security.TRUSTED) or []
+        self.sock: socket.socket | None = None
+        self.buffer = bytearray()
+        self.waiting: collections.deque[Waiting] = collections.deque()
+        self.retry_at = 0.0
+        # What the app starts in a process with its first request (this may be the first).
+        periodic.start_all(self.app)
+
+    # -- taking a request --------------------------------------------------------------
+    def take(self, conn, data: bytearray, body_start: int, length: int) -> bool:
+        """Hand a whole request (`data`, head and body, and what followed it) to the
+        committer; False, untouched, when a thread must serve it."""
+        if not data.startswith(PREFIX) or not self.worker.alive:
+            return False
+        end = body_start + length
+        request = bytes(data[:end])
+        written = Written()
+        try:
+            parser = RequestParser(self.worker.cfg, iter([request]), conn.client)
+            req = next(parser)
+            body = req.body.read()
+            if req.version != (1, 1) or req.method != "POST" or len(body) != length:
+                return False
+            resp, environ = wsgi.create(req, written, conn.client, conn.server, self.worker.cfg)
+            endpoint = PATHS.get(environ.get("PATH_INFO", ""))
+            if endpoint is None or environ.get("SCRIPT_NAME"):
+                return False
+            job, address = self._job(endpoint, environ, body)
+        except Exception:  # gunicorn refuses it, or the app answers it, from a thread
+            return False
+        if job is None or not self._send(job):
+            return False
+        prefetched = written.take()  # a 100 Continue, should the client still wait for one
+        if prefetched:
+            written.sendall(prefetched)
+        now = time.monotonic()
+        self.waiting.append(
+            Waiting(
+                conn,
+                request,
+                bytes(data[end:]),
+                req,
+                resp,
+                written,
+                environ,
+                endpoint,
+                address,
+                time.perf_counter(),
+                now + self.wait_seconds,
+            )
+        )
+        return True
+
+    def _job(self, endpoint: str, environ: dict, body: bytes) -> tuple[ingest.Job | None, str]:
+        """The view's checks (app/webhooks/views.py); no job when any refuses: the view
+        answers and keeps a refused call."""
+        request = Request(environ)
+        # As app/auth/security.py's middleware does for a thread (the access log shows it).
+        peer = environ[security.PEER] = environ.get("REMOTE_ADDR") or ""
+        address = environ["REMOTE_ADDR"] = security.client_address(
+            peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted
+        )
+        if (
+            len(body) > self.limit
+            or "HTTP_UPGRADE" in environ  # a cross-site WebSocket is the app's to refuse
+            or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True))
+        ):
+            return None, address
+        token = webhook_auth.presented_token(request.args, request.headers)
+        kept = security.Body(body, len(body), False)
+        refusal = webhook_auth.screen(
+            self.settings, endpoint, address, token, request.headers, kept, self.limit
+        )
+        if refusal is not None:
+            return None, address
+        job = ingest.new_job(
+            endpoint,
+            body,
+            request.content_type,
+            request.headers,
+            address,
+            signature=webhook_auth.signature_to_take(self.settings, request.headers),
+        )
+        return job, address
+
+    # -- the committer's connection ----------------------------------------------------
+    def _connection(self) -> socket.socket | None:
+        if self.sock is not None:
+            return self.sock
+        now = time.monotonic()
+        if now < self.retry_at:
+            return None
+        self.sock = committer.connect(self.path, self.wait_seconds)
+        if self.sock is None:
+            self.retry_at = now + RECONNECT_SECONDS
+            return None
+        self.worker.poller.register(self.sock, selectors.EVENT_READ, self._readable)
+        return self.sock
+
+    def _send(self, job: ingest.Job) -> bool:
+        sock = self._connection()
+        if sock is None:
+            return False
+        try:
+            # A frame is a few hundred bytes and the committer reads all the time: the send
+            # buffer takes it at once (SO_SNDTIMEO bounds a committer that stopped reading).
+            sock.sendall(committer.job_frame(job))
+        except OSError:
+            # Not taken whole: the committer drops a frame cut short with its connection.
+            self._lost()
+            return False
+        return True
+
+    def _readable(self, sock: socket.socket) -> None:
+        try:
+            chunk = sock.recv(committer.READ_CHUNK, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._lost()
+            return
+        self.buffer += chunk
+        try:
+            answers = committer.frames(self.buffer)
+        except ValueError:
+            log.error("the ingest committer sent a frame that is not one")
+            self._lost()
+            return
+        for meta, _ in answers:
+            if self.sock is not sock:  # lost meanwhile: its bodies went to threads
+                return
+            if not self.waiting:  # more answers than bodies: not ours to trust
+                self._lost()
+                return
+            waiting = self.waiting.popleft()
+            try:
+                result = Result(**meta)
+            except TypeError:
+                log.error("the ingest committer sent an answer that is not one")
+                self.waiting.appendleft(waiting)
+                self._lost()
+                return
+            if not waiting.answered:
+                self._answer(waiting, result)
+
+    def _lost(self) -> None:
+        """The committer went away: each body it has not answered goes to a thread, which
+        applies it itself."""
+        sock, self.sock = self.sock, None
+        self.buffer.clear()
+        self.retry_at = time.monotonic() + RECONNECT_SECONDS
+        if sock is not None:
+            try:
+                self.worker.poller.unregister(sock)
+            except (KeyError, ValueError, OSError):
+                pass
+            sock.close()
+        waiting, self.waiting = self.waiting, collections.deque()
+        for w in waiting:
+            if not w.answered:
+                self.worker.serve_in_thread(w.conn, w.request + w.rest)
+
+    # -- answering ---------------------------------------------------------------------
+    def sweep(self, now: float) -> None:
+        """Answer 503 what the committer has not answered within INGEST_WAIT_TIMEOUT (its
+        answer, when it comes, is dropped; the body is still applied)."""
+        due = list(itertools.takewhile(lambda w: w.deadline <= now, self.waiting))
+        for w in due:
+            if not w.answered:
+                self._answer(w, ingest.unavailable(ingest.NOT_IN_TIME))
+
+    def _answer(self, w: Waiting, result: Result) -> None:
+        w.answered = True
+        try:
+            self._write(w, result)
+        except Exception:  # the loop serves every other connection: this one ends
+            log.exception("a webhook answer could not be written")
+            self.worker.close_connection(w.conn)
+
+    def _write(self, w: Waiting, result: Result) -> None:
+        worker = self.worker
+        response = answer_of(self.app, result)
+        resp = w.resp
+        if not worker.alive or not worker.cfg.keepalive:
+            resp.force_close()
+        elif len(worker.keepalived_conns) >= worker.max_keepalived:
+            resp.force_close()
+        resp.start_response(response.status, response.headers.to_wsgi_list())
+        resp.write(response.get_data())
+        resp.close()
+        seconds = time.perf_counter() - w.started
+        worker.log.access(resp, w.req, w.environ, timedelta(seconds=seconds))
+        logs.record_webhook(
+            w.endpoint, result, result.outcome, result.http_status, seconds, w.address
+        )
+        if result.outcome == "accepted":
+            activity_answered.send(self.app)
+        worker.answer(w.conn, w.written.take(), w.rest, keep=not resp.should_close())
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def starter(worker) -> WebhookLoop | None:
+    """The worker's webhook loop, when its server has an ingest committer and the setting
+    WEBHOOK_EVENT_LOOP is on."""
+    path = committer.address()
+    app = getattr(worker, "wsgi", None)
+    if not path or app is None or not getattr(app, "config", {}).get("WEBHOOK_EVENT_LOOP"):
+        return None
+    return WebhookLoop(worker, path)
