@@ -141,9 +141,8 @@ class WebhookLoop:
             return False
         if job is None or not self._send(job):
             return False
-        prefetched = written.take()  # a 100 Continue, should the client still wait for one
-        if prefetched:
-            written.sendall(prefetched)
+        # `written` may hold a 100 Continue already (gunicorn's, for a client that asked for
+        # one and sent its body anyway): it goes out before the answer, as from a thread.
         now = time.monotonic()
         self.waiting.append(
             Waiting(
