@@ -291,11 +291,9 @@ class SlowClientWorker(ThreadWorker):
             and webhooks.take(reading.conn, reading.data, reading.body_start, reading.length)
         ):
             return True
-        conn = reading.conn
-        conn.prefetched = bytes(reading.data)
-        conn.body_deadline = reading.deadline if partial_body else None
-        conn.data_ready = True
-        super().enqueue_req(conn)
+        self.serve_in_thread(
+            reading.conn, bytes(reading.data), reading.deadline if partial_body else None
+        )
         return True
 
     # -- webhooks answered in this loop (app/webhooks/loop.py) -------------------------
@@ -307,10 +305,11 @@ class SlowClientWorker(ThreadWorker):
             self.webhooks = loop.starter(self)
         return self.webhooks
 
-    def serve_in_thread(self, conn, data: bytes) -> None:
-        """A whole request (and what followed it), served by a thread as any other."""
+    def serve_in_thread(self, conn, data: bytes, body_deadline: float | None = None) -> None:
+        """A request read ahead (and what followed it), served by a thread; one whose body is
+        still arriving (`body_deadline`) is read on by the thread until then."""
         conn.prefetched = data
-        conn.body_deadline = None
+        conn.body_deadline = body_deadline
         conn.data_ready = True
         super().enqueue_req(conn)
 

@@ -1110,8 +1110,7 @@ class Writer:
         if self._hand_over is not None and job.received_at is None:
             result = self._hand_over(job, self.wait_seconds)
             if result is not None:
-                if result.outcome == "accepted":
-                    activity_answered.send(self.app)
+                answered(self.app, result)
                 return result
         with self._cond:
             if self._pid != os.getpid():  # a fork inherited this object, not its threads
@@ -1432,6 +1431,13 @@ def _drain_chunk(
     else:
         spool.mark_drained(path, last, oldest)
     return True
+
+
+def answered(app: Flask, result: Result) -> None:
+    """A body this process handed to the server's committer was answered: an accepted one
+    wakes this process's live tailer (the committer has published it to the others)."""
+    if result.outcome == "accepted":
+        activity_answered.send(app)
 
 
 def writer_of(app: Flask) -> Writer:

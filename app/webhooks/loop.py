@@ -37,7 +37,7 @@ from ..auth import security
 from ..core import periodic
 from ..observability import logs
 from ..records import committer, ingest
-from ..records.ingest import Result, activity_answered
+from ..records.ingest import Result
 from . import auth as webhook_auth
 
 log = logging.getLogger(__name__)
@@ -305,14 +305,8 @@ class WebhookLoop:
         logs.record_webhook(
             w.endpoint, result, result.outcome, result.http_status, seconds, w.address
         )
-        if result.outcome == "accepted":
-            activity_answered.send(self.app)
+        ingest.answered(self.app, result)
         worker.answer(w.conn, w.written.take(), w.rest, keep=not resp.should_close())
-
-    def stop(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
 
 
 def starter(worker) -> WebhookLoop | None:
