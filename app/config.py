@@ -129,6 +129,12 @@ SETTINGS: tuple[Setting, ...] = (
         True,
         "with the ingest committer, answer webhooks in each worker's event loop, no thread",
     ),
+    _app(
+        "WEBHOOK_LOOP_BUFFER",
+        8 * 1024 * 1024,
+        "bytes of bodies a worker's event loop holds for a committer that is not reading; "
+        "past it a webhook is answered 503 at once",
+    ),
     _app("WEBHOOK_ALLOW_NETWORKS", "", "CIDRs allowed to call the webhooks"),
     _app("TRUSTED_PROXIES", "", "proxies whose X-Forwarded-* headers are believed"),
     _app("WEBHOOK_REFUSED_KEEP_PER_MINUTE", 60, "refused webhook bodies kept per minute"),

@@ -19,6 +19,7 @@ A request carries the body and its metadata, an answer the Result (and no body).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -49,6 +50,9 @@ FRAME = struct.Struct("!II")
 # Most bodies the committer reads into one batch before applying (INGEST_BATCH_MAX still caps
 # a transaction); what is left waits in the sockets for the next round.
 READ_CHUNK = 1 << 16
+# Answer bytes a worker may leave unread before the committer closes its connection (the
+# worker then applies its bodies itself); answers are ~100 bytes, so this is ~100k bodies.
+ANSWERS_HELD = 16 << 20
 
 
 def frame(meta: dict, body: bytes = b"") -> bytes:
@@ -100,15 +104,67 @@ def frames(buf: bytearray) -> list[tuple[dict, bytes]]:
     return out
 
 
+class Outgoing:
+    """Frames waiting to be written to a socket that is not blocking: what the peer has not
+    read yet stays here, and is written when the socket can take more."""
+
+    # Buffers handed to one sendmsg (the kernel takes at most IOV_MAX, 1024 on Linux).
+    PARTS = 256
+
+    def __init__(self) -> None:
+        self.parts: collections.deque[bytes] = collections.deque()
+        self.size = 0  # bytes not yet written
+        self.offset = 0  # of the first part, written already
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+
+    def clear(self) -> None:
+        self.parts.clear()
+        self.size = self.offset = 0
+
+    def flush(self, sock: socket.socket) -> bool:
+        """Write what the socket takes now; True when nothing is left. Raises OSError when the
+        connection is gone."""
+        parts = self.parts
+        while parts:
+            views = [memoryview(parts[0])[self.offset :]]
+            views += [parts[i] for i in range(1, min(len(parts), self.PARTS))]
+            try:
+                sent = sock.sendmsg(views)
+            except (BlockingIOError, InterruptedError):
+                return False
+            self.size -= sent
+            sent += self.offset
+            while parts and sent >= len(parts[0]):
+                sent -= len(parts.popleft())
+            self.offset = sent
+        self.offset = 0
+        return True
+
+
 # --- the worker's side -------------------------------------------------------------------------
 
 _local = threading.local()
 
 
-def connect(path: str, timeout: float) -> socket.socket | None:
-    """A connection to the committer whose sends and receives fail past `timeout`; None when
-    there is no committer to connect to."""
+def connect(path: str, timeout: float | None) -> socket.socket | None:
+    """A connection to the committer whose sends and receives fail past `timeout`, or (None)
+    never wait at all; None when there is no committer to connect to, or (not waiting) when
+    it is not accepting connections."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if timeout is None:
+        sock.setblocking(False)
+        try:
+            sock.connect(path)  # a Unix socket connects at once, or fails (EAGAIN: backlog full)
+        except OSError:
+            sock.close()
+            return None
+        return sock
     try:
         sock.connect(path)
         # The kernel keeps the time limit (a read or write past it fails with EAGAIN), so each
@@ -189,6 +245,8 @@ class Committer:
         self.stopping = False
         self.selector = selectors.DefaultSelector()
         self.buffers: dict[socket.socket, bytearray] = {}
+        # Answers a worker has not read yet: the committer never waits on a worker.
+        self.outgoing: dict[socket.socket, Outgoing] = {}
 
     def listen(self) -> None:
         try:
@@ -213,12 +271,33 @@ class Committer:
                 return
             sock.setblocking(False)
             self.buffers[sock] = bytearray()
+            self.outgoing[sock] = Outgoing()
             self.selector.register(sock, selectors.EVENT_READ, sock)
 
     def _close(self, sock: socket.socket) -> None:
         self.selector.unregister(sock)
         self.buffers.pop(sock, None)
+        self.outgoing.pop(sock, None)
         sock.close()
+
+    def _flush(self, sock: socket.socket) -> None:
+        """Write a worker's answers as far as it reads them; the rest waits for the socket to
+        be writable (a stopped worker holds up no other)."""
+        out = self.outgoing[sock]
+        try:
+            done = out.flush(sock)
+        except OSError:
+            self._close(sock)
+            return
+        if not done and out.size > ANSWERS_HELD:
+            log.error(
+                "a worker has not read %d bytes of answers; its connection is closed", out.size
+            )
+            self._close(sock)
+            return
+        events = selectors.EVENT_READ | (0 if done else selectors.EVENT_WRITE)
+        if self.selector.get_key(sock).events != events:
+            self.selector.modify(sock, events, sock)
 
     def _read(self, sock: socket.socket) -> list[tuple[dict, bytes]]:
         buf = self.buffers[sock]
@@ -246,11 +325,15 @@ class Committer:
     def round(self, timeout: float) -> int:
         """Read what every worker has sent, apply it in one batch, answer. The bodies taken."""
         taken: list[tuple[socket.socket, Job]] = []
-        for key, _ in self.selector.select(timeout):
+        for key, events in self.selector.select(timeout):
             if key.data is None:
                 self._accept(key.fileobj)
                 continue
-            taken += [(key.data, job_of(meta, body)) for meta, body in self._read(key.data)]
+            sock = key.data
+            if events & selectors.EVENT_WRITE and sock in self.outgoing:
+                self._flush(sock)
+            if events & selectors.EVENT_READ and sock in self.buffers:
+                taken += [(sock, job_of(meta, body)) for meta, body in self._read(sock)]
         if not taken:
             return 0
         jobs = [job for _, job in taken]
@@ -265,20 +348,10 @@ class Committer:
             # The Result's own fields (JSON values): no copy of them as asdict would make.
             answers.setdefault(sock, []).append(frame(vars(job.result)))
         for sock, parts in answers.items():
-            if sock.fileno() < 0:
+            if sock not in self.outgoing:  # closed meanwhile: its sender applies its bodies
                 continue
-            data = b"".join(parts)
-            try:
-                try:
-                    sent = sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                if sent < len(data):  # its buffer is full: rare, answers are small
-                    sock.setblocking(True)
-                    sock.sendall(data[sent:])
-                    sock.setblocking(False)
-            except OSError:
-                self._close(sock)
+            self.outgoing[sock].add(b"".join(parts))
+            self._flush(sock)
         return len(jobs)
 
     def run(self) -> None:

@@ -47,6 +47,8 @@ PATHS = {"/webhooks/viber/dr": "dr", "/webhooks/viber/message": "message"}
 PREFIX = b"POST /webhooks/viber/"
 # Seconds before a worker tries again to reach a committer it could not reach.
 RECONNECT_SECONDS = 1.0
+# The answer past WEBHOOK_LOOP_BUFFER: the body is not taken, the sender may send it again.
+BUSY = "not taken: the ingest committer is not keeping up; send it again later"
 
 
 class Written:
@@ -112,6 +114,11 @@ class WebhookLoop:
         self.trusted = self.app.extensions.get(security.TRUSTED) or []
         self.sock: socket.socket | None = None
         self.buffer = bytearray()
+        # Frames the committer has not read yet (it is applying a batch, or stopped): they
+        # wait here, never in a blocking send, so the loop serves every other connection.
+        self.out = committer.Outgoing()
+        self.out_limit = int(self.app.config["WEBHOOK_LOOP_BUFFER"])
+        self.writable = False  # the socket is watched for room to write
         self.waiting: collections.deque[Waiting] = collections.deque()
         self.retry_at = 0.0
         # What the app starts in a process with its first request (this may be the first).
@@ -139,26 +146,32 @@ class WebhookLoop:
             job, address = self._job(endpoint, environ, body)
         except Exception:  # gunicorn refuses it, or the app answers it, from a thread
             return False
-        if job is None or not self._send(job):
+        if job is None or self._connection() is None:
             return False
         # `written` may hold a 100 Continue already (gunicorn's, for a client that asked for
         # one and sent its body anyway): it goes out before the answer, as from a thread.
-        now = time.monotonic()
-        self.waiting.append(
-            Waiting(
-                conn,
-                request,
-                bytes(data[end:]),
-                req,
-                resp,
-                written,
-                environ,
-                endpoint,
-                address,
-                time.perf_counter(),
-                now + self.wait_seconds,
-            )
+        waiting = Waiting(
+            conn,
+            request,
+            bytes(data[end:]),
+            req,
+            resp,
+            written,
+            environ,
+            endpoint,
+            address,
+            time.perf_counter(),
+            time.monotonic() + self.wait_seconds,
         )
+        if self.out.size >= self.out_limit:
+            # The committer has not read what it was given: answered at once, on the loop's
+            # next turn (a pipelined burst does not recurse), and nothing waits for it.
+            waiting.answered = True
+            self.worker.method_queue.defer(self._write_answer, waiting, ingest.unavailable(BUSY))
+            return True
+        if not self._send(job):
+            return False
+        self.waiting.append(waiting)
         return True
 
     def _job(self, endpoint: str, environ: dict, body: bytes) -> tuple[ingest.Job | None, str]:
@@ -200,26 +213,41 @@ class WebhookLoop:
         now = time.monotonic()
         if now < self.retry_at:
             return None
-        self.sock = committer.connect(self.path, self.wait_seconds)
+        self.sock = committer.connect(self.path, None)  # not waiting, not blocking
         if self.sock is None:
             self.retry_at = now + RECONNECT_SECONDS
             return None
-        self.worker.poller.register(self.sock, selectors.EVENT_READ, self._readable)
+        self.writable = False
+        self.worker.poller.register(self.sock, selectors.EVENT_READ, self._ready)
         return self.sock
 
     def _send(self, job: ingest.Job) -> bool:
-        sock = self._connection()
-        if sock is None:
-            return False
+        """Queue a body's frame for the committer; False when the connection is gone."""
+        self.out.add(committer.job_frame(job))
+        return self._flush()
+
+    def _flush(self) -> bool:
+        """Write what the committer takes now; what it does not wait for the socket to be
+        writable. False when the connection is gone (its bodies went to threads)."""
+        sock = self.sock
         try:
-            # A frame is a few hundred bytes and the committer reads all the time: the send
-            # buffer takes it at once (SO_SNDTIMEO bounds a committer that stopped reading).
-            sock.sendall(committer.job_frame(job))
+            done = self.out.flush(sock)
         except OSError:
             # Not taken whole: the committer drops a frame cut short with its connection.
             self._lost()
             return False
+        if done == self.writable:  # watch for room only while something waits
+            self.writable = not done
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.writable else 0)
+            self.worker.poller.modify(sock, events, self._ready)
         return True
+
+    def _ready(self, sock: socket.socket) -> None:
+        if self.sock is not sock:
+            return
+        if self.out and not self._flush():
+            return
+        self._readable(sock)
 
     def _readable(self, sock: socket.socket) -> None:
         try:
@@ -260,6 +288,7 @@ class WebhookLoop:
         applies it itself."""
         sock, self.sock = self.sock, None
         self.buffer.clear()
+        self.out.clear()
         self.retry_at = time.monotonic() + RECONNECT_SECONDS
         if sock is not None:
             try:
@@ -283,6 +312,10 @@ class WebhookLoop:
 
     def _answer(self, w: Waiting, result: Result) -> None:
         w.answered = True
+        self._write_answer(w, result)
+
+    def _write_answer(self, w: Waiting, result: Result) -> None:
+        w.request = b""  # kept only to hand the request to a thread, which it no longer needs
         try:
             self._write(w, result)
         except Exception:  # the loop serves every other connection: this one ends
