@@ -20,11 +20,14 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.records.models import Message, RawBody, db
+from support.accounts import create_test_user
 from support.bodies import DR, receipt
+from support.live_client import LiveClient
 from support.servers import committer_pid, production_process
+from test_live_workers import session_cookie
 
 TOKEN = "never-blocks-token"
-PROBED = ("/healthz", "/static/app.css", "/login")
+PROBED = ("/healthz", "/static/app.css", "/login", "/ws")
 # What "answers at once" means for a page while the committer cannot keep up.
 WITHIN_SECONDS = 1.0
 
@@ -32,6 +35,8 @@ WITHIN_SECONDS = 1.0
 @pytest.fixture
 def serve(app, app_config, tmp_path):
     """The production command, one worker (so every request meets the same event loop)."""
+
+    create_test_user(app)
 
     def start(**env):
         base = {
@@ -97,11 +102,13 @@ class Poster:
 
 
 class Prober:
-    """Asks for /healthz, a static file and the sign-in page, each on a new connection, over
-    and over, and keeps the slowest answer of each (a timeout counts as its limit)."""
+    """Asks for /healthz, a static file and the sign-in page, and opens a dashboard's live
+    socket (until its first push), each on a new connection, over and over, and keeps the
+    slowest answer of each."""
 
     def __init__(self, url: str):
         self.url = url
+        self.cookie = session_cookie(url)
         self.slowest = dict.fromkeys(PROBED, 0.0)
         self.failures: list[str] = []
         self.count = 0
@@ -113,14 +120,18 @@ class Prober:
             for path in PROBED:
                 started = time.monotonic()
                 try:
+                    if path == "/ws":
+                        LiveClient(self.url, self.cookie).close()
+                        continue
                     status = httpx.get(self.url + path, timeout=10).status_code
                     if status != 200:
                         self.failures.append(f"{path}: {status}")
-                except httpx.HTTPError as exc:
+                except Exception as exc:  # a timeout, a refused connection, a closed socket
                     self.failures.append(f"{path}: {type(exc).__name__}")
-                seconds = time.monotonic() - started
-                self.slowest[path] = max(self.slowest[path], seconds)
-                self.count += 1
+                finally:
+                    seconds = time.monotonic() - started
+                    self.slowest[path] = max(self.slowest[path], seconds)
+                    self.count += 1
             self.stop.wait(0.1)
 
     @contextmanager
@@ -184,13 +195,14 @@ def wait_stored(app, prefix: str, count: int, seconds: float = 60) -> dict[str, 
 def test_a_stopped_committer_stalls_no_page(serve, app):
     """Eight 200 KB bodies fill the committer's socket many times over while it is stopped."""
     with serve() as (url, proc):
+        prober = Prober(url)  # signed in before anything stalls
         pid = committer_pid(proc.pid)
         os.kill(pid, signal.SIGSTOP)
         try:
             posters = Poster(url, "stopped-big", clients=8, pad=200_000).start()
             small = Poster(url, "stopped-small", clients=20, each=3).start()
             time.sleep(0.5)
-            with Prober(url).running() as prober:
+            with prober.running():
                 time.sleep(3)
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -207,6 +219,7 @@ def test_past_the_loop_buffer_a_webhook_is_answered_503_at_once(serve, app, data
     worker; a webhook past it is told at once to come back later, and is not kept."""
     env = {"VIBERWATCH_WEBHOOK_LOOP_BUFFER": str(600_000), "VIBERWATCH_SQLITE_BUSY_TIMEOUT": "30"}
     with serve(**env) as (url, proc):
+        prober = Prober(url)
         pid = committer_pid(proc.pid)
         if stall == "database lock":
             lock = DatabaseLock(database_url)
@@ -227,7 +240,7 @@ def test_past_the_loop_buffer_a_webhook_is_answered_503_at_once(serve, app, data
                 time.sleep(0.3)
                 if any(p.answers for p in posters):
                     break
-            with Prober(url).running() as prober:
+            with prober.running():
                 time.sleep(1.5)
         finally:
             release()
@@ -256,12 +269,13 @@ def test_a_held_database_lock_stalls_no_page(serve, app, database_url):
         url,
         _proc,
     ):
+        prober = Prober(url)
         lock = DatabaseLock(database_url)
         try:
             big = Poster(url, "locked-big", clients=8, pad=200_000).start()
             small = Poster(url, "locked-small", clients=40, each=5).start()
             time.sleep(0.5)
-            with Prober(url).running() as prober:
+            with prober.running():
                 time.sleep(4)
         finally:
             lock.release()
