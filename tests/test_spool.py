@@ -119,8 +119,11 @@ def assert_each_spooled_once(app, expected: int) -> None:
 # --- the spool file -------------------------------------------------------------------------------
 
 
+KEYS = spool.Keys.of("sqlite:////spool-test.db", "test-secret")
+
+
 def test_a_record_cut_short_by_a_crash_is_not_read(tmp_path):
-    f = spool.SpoolFile(tmp_path)
+    f = spool.SpoolFile(tmp_path, KEYS)
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     f.append(
         [
@@ -138,18 +141,18 @@ def test_a_record_cut_short_by_a_crash_is_not_read(tmp_path):
     f.close()
     with open(f.path, "ab") as raw:  # half a line: a write the process never finished
         raw.write(b'{"n": 3, "endpoint": "dr", "rec')
-    records = list(spool.records(f.path, 0))
+    records = list(spool.records(f.path, KEYS, 0))
     assert [(r.n, r.endpoint, r.body, r.received_at) for r in records] == [
         (1, "dr", b'{"a": 1}', at),
         (2, "message", b"\x00\xff binary", at),
     ]
-    assert list(spool.records(f.path, 1)) == records[1:]
+    assert list(spool.records(f.path, KEYS, 1)) == records[1:]
     assert spool.read_status(f.path).bodies == 2
     assert oct(os.stat(f.path).st_mode & 0o777) == "0o600"
 
 
 def test_a_file_whose_process_lives_cannot_be_claimed(tmp_path):
-    f = spool.SpoolFile(tmp_path)
+    f = spool.SpoolFile(tmp_path, KEYS)
     assert spool.claim(f.path) is None
     f.close()
     fd = spool.claim(f.path)
@@ -235,7 +238,7 @@ def test_a_drain_that_stopped_midway_resumes_after_the_last_body_applied(app):
     applies the rest, and nothing twice."""
     writer = ingest.writer_of(app)
     folder = spool.ensure(writer.folder)
-    f = spool.SpoolFile(folder)
+    f = spool.SpoolFile(folder, writer.keys)
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     bodies = [
         receipt(f"mid{i:05d}" + "0" * 20, status)
@@ -246,7 +249,7 @@ def test_a_drain_that_stopped_midway_resumes_after_the_last_body_applied(app):
     f.close()
     whole = f.path.read_bytes()
     # The state a crash leaves after the first 20 bodies were committed: 20 applied, mark 20.
-    f.path.write_bytes(b"".join(whole.splitlines(keepends=True)[:20]))
+    f.path.write_bytes(b"".join(whole.splitlines(keepends=True)[: 1 + 20]))  # header, 20
     with app.app_context():
         assert ingest.drain(folder, None, 8) == "done"
         assert not f.path.exists()
@@ -270,8 +273,9 @@ def test_a_body_spooled_after_a_commit_whose_answer_was_lost_is_applied_once(app
     with app.app_context():
         job = ingest.Job("dr", committed, "application/json", {}, "127.0.0.1", received_at=at)
         assert ingest.apply_batch([job]) and job.result.http_status == 200
-    folder = spool.ensure(ingest.writer_of(app).folder)
-    f = spool.SpoolFile(folder)
+    writer = ingest.writer_of(app)
+    folder = spool.ensure(writer.folder)
+    f = spool.SpoolFile(folder, writer.keys)
     f.append([("dr", at, "application/json", {}, "127.0.0.1", b) for b in (committed, fresh)])
     f.close()
     with app.app_context():
@@ -289,7 +293,7 @@ def test_a_body_spooled_after_a_commit_whose_answer_was_lost_is_applied_once(app
 
 def test_the_commands_show_and_drain_a_spool_left_behind(app):
     writer = ingest.writer_of(app)
-    f = spool.SpoolFile(spool.ensure(writer.folder))
+    f = spool.SpoolFile(spool.ensure(writer.folder), writer.keys)
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     f.append(
         [
@@ -310,7 +314,7 @@ def test_the_commands_show_and_drain_a_spool_left_behind(app):
 
 def test_the_banner_says_how_many_bodies_wait_and_since_when(client, app):
     writer = ingest.writer_of(app)
-    f = spool.SpoolFile(spool.ensure(writer.folder))
+    f = spool.SpoolFile(spool.ensure(writer.folder), writer.keys)
     at = datetime(2026, 3, 1, 12, 34, tzinfo=UTC)
     f.append([("dr", at, "application/json", {}, None, b"{}")] * 2)
     page = client.get("/").get_data(as_text=True)

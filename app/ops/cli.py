@@ -4,6 +4,7 @@ purge and rebuild."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 from flask import Flask, current_app
@@ -64,7 +65,8 @@ def _record_commands(app: Flask) -> None:
     def spool_status():
         """List the spool files: their process, bodies waiting, the oldest waiting."""
         writer = ingest.writer_of(app)
-        files = sorted(writer.folder.glob("*" + spool.SUFFIX)) if writer.folder.is_dir() else []
+        folder, keys = writer.folder, writer.keys
+        files = spool.files(folder, keys) if folder.is_dir() else []
         for path in files:
             fd = spool.claim(path)
             running = fd is None
@@ -80,16 +82,48 @@ def _record_commands(app: Flask) -> None:
                 f"{path.name}: {waiting.bodies} waiting{since} "
                 f"({'its process runs and drains it' if running else 'its process has ended'})"
             )
+        if folder.is_dir():
+            for path in spool.files(folder, keys, spool.DAMAGED_SUFFIX):
+                click.echo(f"{path.name}: kept, some of it could not be applied (see the log)")
+            for path in spool.others(folder, keys):
+                click.echo(f"{path.name}: another database's or an older version's, not drained")
         total = writer.spool_status()
-        click.echo(
-            f"{total.bodies} bodies waiting in {len(files)} spool file(s) in {writer.folder}"
-        )
+        click.echo(f"{total.bodies} bodies waiting in {len(files)} spool file(s) in {folder}")
 
     @spool_group.command("drain")
-    def spool_drain():
+    @click.option(
+        "--file",
+        "path",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Apply this one file: one kept as damaged, or one of the options below.",
+    )
+    @click.option(
+        "--any-database",
+        is_flag=True,
+        help="With --file: a file this server wrote under another database address.",
+    )
+    @click.option(
+        "--unsigned", is_flag=True, help="With --file: take the unsigned lines of an older version."
+    )
+    def spool_drain(path: Path | None, any_database: bool, unsigned: bool):
         """Apply now the spool files whose process has ended (running ones drain their own)."""
         writer = ingest.writer_of(app)
         before = writer.spool_status().bodies
+        if path is not None:
+            outcome, reader = ingest.drain_file(
+                path, writer.max_batch, any_database=any_database, unsigned=unsigned
+            )
+            if outcome == "busy":
+                raise click.ClickException(f"{path.name} is still being written by its process")
+            click.echo(
+                f"{path.name}: applied {reader.taken} bodies; {reader.damaged} line(s) not "
+                f"trusted, {reader.unread} byte(s) unread"
+                + ("; it belongs to another database (--any-database)" if reader.foreign else "")
+            )
+            if outcome == "away":
+                click.echo("the database is away")
+                raise SystemExit(1)
+            return
         outcome = ingest.drain(writer.folder, None, writer.max_batch)
         left = writer.spool_status().bodies
         click.echo(

@@ -1095,6 +1095,9 @@ class Writer:
         self._spool_lock = threading.Lock()
         self._drainer: threading.Thread | None = None
         self._drainer_stop = threading.Event()
+        # Set when a body is spooled: the drainer, waiting, looks again at once.
+        self._drain_wake = threading.Event()
+        self._keys: spool.Keys | None = None
         self._checked_at = 0.0
         # Set while the last bodies could be neither applied nor spooled (answered 503).
         self.cannot_store = False
@@ -1184,6 +1187,15 @@ class Writer:
                 return
             # The drainer emptied the spool in between: the database is back.
 
+    @property
+    def keys(self) -> spool.Keys:
+        """The database this server's spool files belong to, and the key that signs them."""
+        if self._keys is None:
+            self._keys = spool.Keys.of(
+                str(self.app.config["SQLALCHEMY_DATABASE_URI"]), self.app.config["SECRET_KEY"]
+            )
+        return self._keys
+
     def _append(self, jobs: list[Job], *, start: bool) -> bool:
         """Spool the bodies, durably, and answer them; False when no spool is active and
         `start` does not ask for one."""
@@ -1196,8 +1208,13 @@ class Writer:
                 return False
             try:
                 started = self._spool is None
-                if started:
-                    self._spool = spool.SpoolFile(spool.ensure(self.folder))
+                if self._spool is not None and self._spool.broken:
+                    # A refused write could not be cut back: that file is left to be drained
+                    # as one whose writer ended (its lock goes with it), and a new one starts.
+                    self._spool.close()
+                    self._spool = None
+                if self._spool is None:
+                    self._spool = spool.SpoolFile(spool.ensure(self.folder), self.keys)
                 self._spool.append(
                     [
                         (
@@ -1238,12 +1255,13 @@ class Writer:
                 )
         for p in parsed:
             p.job.finish(p.result if p.result is not None else queued(p))
+        self._drain_wake.set()
         self.ensure_draining(force=True)
         return True
 
     def spool_status(self) -> spool.Status:
         """Bodies waiting in this server's spool files (every process's), read from disk."""
-        return spool.status(self.folder) if self.folder.is_dir() else spool.Status()
+        return spool.status(self.folder, self.keys) if self.folder.is_dir() else spool.Status()
 
     def spool_writable(self) -> bool:
         try:
@@ -1263,10 +1281,12 @@ class Writer:
         with self._cond:
             if self._drainer is not None and self._drainer.is_alive():
                 return
-            if not force and not (
-                self.folder.is_dir() and any(self.folder.glob("*" + spool.SUFFIX))
-            ):
-                return
+            if not force:
+                if not self.folder.is_dir():
+                    return
+                spool.report_others(self.folder, self.keys)
+                if not spool.files(self.folder, self.keys):
+                    return
             self._drainer_stop.clear()
             self._drainer = threading.Thread(
                 target=self._drain_forever, name="ingest-drainer", daemon=True
@@ -1278,11 +1298,14 @@ class Writer:
             link = Link()
             try:
                 while not self._drainer_stop.is_set():
+                    self._drain_wake.clear()
                     outcome = drain(self.folder, link, self.max_batch, own=self._own_file())
                     if outcome == "done" and self._spool is None:
                         return
                     if outcome != "progress":
-                        self._drainer_stop.wait(self.retry_seconds)
+                        # Nothing to apply now (the database is away, or the own file has
+                        # nothing new): wait for a new body or the next attempt, not spin.
+                        self._drain_wake.wait(self.retry_seconds)
             finally:
                 link.drop()
                 db.session.remove()
@@ -1299,6 +1322,7 @@ class Writer:
         if thread is not None:
             thread.join(timeout)
         self._drainer_stop.set()
+        self._drain_wake.set()
         if drainer is not None:
             drainer.join(timeout)
         with self._cond:
@@ -1316,6 +1340,13 @@ class OwnFile:
         current = self.writer._spool
         return current.path if current is not None else None
 
+    def size(self) -> int:
+        """Bytes of whole records in the file: a drain reads no further (the writer may be
+        appending past them)."""
+        with self.writer._spool_lock:
+            current = self.writer._spool
+            return current.size if current is not None else 0
+
     def progress(self, drained: int, oldest: datetime | None) -> None:
         with self.writer._spool_lock:
             current = self.writer._spool
@@ -1323,17 +1354,21 @@ class OwnFile:
                 current.drained, current.oldest = drained, oldest
                 spool.write_status(current.path, current.appended, drained, oldest)
 
-    def finish_if_drained(self, drained: int) -> bool:
+    def finish_if_drained(self, drained: int, reader: spool.Reader) -> bool:
         """Stop spooling when every body appended has been applied (under the lock the writer
         appends under, so none can slip in between)."""
         with self.writer._spool_lock:
             current = self.writer._spool
-            if current is None or current.appended != drained:
+            # Every whole line read, damaged ones too: nothing more will come of it.
+            if current is None or current.size != reader.consumed:
                 return False
             current.close()
-            spool.remove(current.path)
-            forget_mark(current.name)
             self.writer._spool = None
+            if reader.whole:
+                spool.remove(current.path)
+                forget_mark(current.name)
+            else:
+                spool.keep_damaged(current.path, reader)
         spool_log.info(
             "spool drained: every body applied; back to writing directly",
             extra={"event": "spool_drained", "spool": str(current.path), "bodies": drained},
@@ -1359,76 +1394,124 @@ def forget_mark(name: str) -> None:
         log.warning("the mark of spool %s stays (the database refused its deletion)", name)
 
 
-def drain(folder: Path, link: Link | None, batch_max: int, own: OwnFile | None = None) -> str:
-    """Apply every spool file of `folder` that is this process's own or whose process has
-    ended, in order. "done" when nothing is left that can be drained now, "away" when the
-    database stopped answering, "progress" when this process's own file received more."""
+def drain(
+    folder: Path,
+    link: Link | None,
+    batch_max: int,
+    own: OwnFile | None = None,
+    keys: spool.Keys | None = None,
+) -> str:
+    """Apply every spool file of this database in `folder` that is this process's own or
+    whose process has ended, in order. "done" when nothing is left that can be drained now,
+    "away" when the database stopped answering, "progress" when this process's own file
+    received more meanwhile, "idle" when it is still being written and had nothing new."""
     if not folder.is_dir():
         return "done"
+    keys = keys or writer_of(current_app._get_current_object()).keys
+    spool.report_others(folder, keys)
     own_path = own.path if own is not None else None
-    for path in sorted(folder.glob("*" + spool.SUFFIX)):
+    for path in spool.files(folder, keys):
         mine = path == own_path
         fd = None if mine else spool.claim(path)
         if not mine and fd is None:
             continue  # its process still runs and drains it
         try:
-            try:
-                applied = _mark_of(path.stem)
-            except Exception as exc:
-                db.session.rollback()
-                if database_away(exc):
-                    return "away"
-                raise
-            total = applied
-            chunk: list[Job] = []
-            signing = bool(current_app.extensions["viberwatch.webhook_auth"].sign_secret)
-            for record in spool.records(path, applied):
-                chunk.append(
-                    Job(
-                        record.endpoint,
-                        record.body,
-                        record.content_type,
-                        record.headers,
-                        record.remote_addr,
-                        record.received_at,
-                        spooled=f"{path.stem}:{record.n}",
-                        signature=replay.Signature.of(record.headers) if signing else None,
-                    )
-                )
-                total = record.n
-                if len(chunk) >= batch_max:
-                    if not _drain_chunk(path, chunk, link, mine, own):
-                        return "away"
-                    chunk = []
-            if chunk and not _drain_chunk(path, chunk, link, mine, own):
-                return "away"
-            if mine:
-                if not own.finish_if_drained(total):
-                    return "progress"
-            else:
-                spool.remove(path)
-                forget_mark(path.stem)
-                spool_log.info(
-                    "spool drained: it was left by a process that ended",
-                    extra={"event": "spool_drained", "spool": str(path), "bodies": total},
-                )
+            outcome = _drain_file(
+                path, spool.Reader(path, keys), link, batch_max, own if mine else None
+            )
         finally:
             if fd is not None:
                 os.close(fd)
+        if outcome != "done":
+            return outcome
     return "done"
 
 
-def _drain_chunk(
-    path: Path, jobs: list[Job], link: Link | None, mine: bool, own: OwnFile | None
-) -> bool:
+def drain_file(
+    path: Path, batch_max: int, *, any_database: bool, unsigned: bool
+) -> tuple[str, spool.Reader]:
+    """Apply one spool file named by an operator: one kept as damaged, one of this server
+    reached under another address (`any_database`), or one an older version wrote without
+    signatures (`unsigned`). "busy" while its process still runs; the reader tells what it
+    took and skipped."""
+    keys = writer_of(current_app._get_current_object()).keys
+    reader = spool.Reader(path, keys, any_database=any_database, unsigned=unsigned)
+    fd = spool.claim(path)
+    if fd is None:
+        return "busy", reader
+    try:
+        return _drain_file(path, reader, None, batch_max, None), reader
+    finally:
+        os.close(fd)
+
+
+def _drain_file(
+    path: Path, reader: spool.Reader, link: Link | None, batch_max: int, own: OwnFile | None
+) -> str:
+    """Apply a file's records after its mark (`own`: this process's file, being written)."""
+    name = spool.name_of(path)
+    try:
+        reader.after = _mark_of(name)
+    except Exception as exc:
+        db.session.rollback()
+        if database_away(exc):
+            return "away"
+        raise
+    if own is not None:
+        reader.upto = own.size()
+    total = reader.after
+    applied_any = False
+    chunk: list[Job] = []
+    signing = bool(current_app.extensions["viberwatch.webhook_auth"].sign_secret)
+    for record in reader:
+        chunk.append(
+            Job(
+                record.endpoint,
+                record.body,
+                record.content_type,
+                record.headers,
+                record.remote_addr,
+                record.received_at,
+                spooled=f"{name}:{record.n}",
+                signature=replay.Signature.of(record.headers) if signing else None,
+            )
+        )
+        total = record.n
+        if len(chunk) >= batch_max:
+            if not _drain_chunk(path, chunk, link, own):
+                return "away"
+            applied_any = True
+            chunk = []
+    if chunk:
+        if not _drain_chunk(path, chunk, link, own):
+            return "away"
+        applied_any = True
+    if reader.foreign:
+        return "done"  # its header names another database: left as it is (reported)
+    if own is not None:
+        if not own.finish_if_drained(total, reader):
+            return "progress" if applied_any else "idle"
+    elif reader.whole:
+        spool.remove(path)
+        forget_mark(name)
+        spool_log.info(
+            "spool drained: it was left by a process that ended",
+            extra={"event": "spool_drained", "spool": str(path), "bodies": total},
+        )
+    elif not path.name.endswith(spool.DAMAGED_SUFFIX):
+        spool.keep_damaged(path, reader)
+    return "done"
+
+
+def _drain_chunk(path: Path, jobs: list[Job], link: Link | None, own: OwnFile | None) -> bool:
     if not apply_batch(jobs, link):
         return False
     last = int(jobs[-1].spooled.rpartition(":")[2])
     # The bodies still waiting arrived after the last one applied.
     oldest = jobs[-1].received_at
-    if mine:
+    if own is not None:
         own.progress(last, oldest)
-    else:
+    elif path.name.endswith(spool.SUFFIX):
         spool.mark_drained(path, last, oldest)
     return True
 
@@ -1570,6 +1653,13 @@ def rejected_ids(include_refused: bool = False) -> list[int]:
 
 def init_app(app: Flask) -> None:
     writer = app.extensions["viberwatch.ingest"] = Writer(app)
+    try:
+        # At start: a folder others may write into is closed, or (not ours) refused.
+        spool.ensure(writer.folder)
+    except spool.SpoolError:
+        raise
+    except OSError as exc:  # not there to be made: bodies are answered 503 if it is needed
+        spool_log.error("the spool folder %s cannot be made (%s)", writer.folder, exc)
 
     @app.context_processor
     def spool_banner():
