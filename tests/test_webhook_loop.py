@@ -246,3 +246,22 @@ def test_bodies_waiting_on_a_killed_committer_are_served_by_threads(serve, app):
         for i in range(3):
             assert db.session.get(Message, f"loop-kill-{i}").status == "delivered"
             assert len(kept(f"loop-kill-{i}")) == 1
+
+
+def test_a_webhook_with_a_dashboard_cookie_gets_the_same_answer_and_no_cookie(serve, app):
+    """A webhook is NXCLOUD's call, not a dashboard's: one that carries a signed-in session's
+    cookie gets no Set-Cookie, from the loop as from a thread, and the same bytes."""
+    from support.accounts import create_test_user
+    from test_live_workers import session_cookie
+
+    create_test_user(app)
+    got = {}
+    for loop in ("true", "false"):
+        with serve(VIBERWATCH_WEBHOOK_EVENT_LOOP=loop) as (url, _):
+            cookie = session_cookie(url)
+            raw = post("/webhooks/viber/dr", receipt(f"loop-cookie-{loop}"), close=True)
+            head, rest = raw.split(b"\r\n", 1)
+            got[loop] = exchange(url, [head + f"\r\nCookie: {cookie}".encode() + b"\r\n" + rest])[0]
+    assert got["true"].startswith(b"HTTP/1.1 200 OK"), got["true"]
+    assert b"Set-Cookie" not in got["true"] and b"Set-Cookie" not in got["false"]
+    assert got["true"] == got["false"]

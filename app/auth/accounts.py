@@ -39,15 +39,13 @@ from sqlalchemy import func, or_
 
 from ..htmx import is_htmx
 from ..records.models import ApiToken, LoginFailure, User, UserSession, db, utcnow
-from .security import csrf, request_client_address
+from .security import MACHINE_BLUEPRINTS, csrf, request_client_address
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
 
 PUBLIC_ENDPOINTS = {"auth.login", "static", "favicon", "openapi.document"}
-# Blueprints with their own authentication (or none needed): webhooks, health, metrics,
-# and the benchmark's no-op endpoint that stands in for a webhook.
-PUBLIC_BLUEPRINTS = {"webhooks", "health", "metrics", "bench"}
+PUBLIC_BLUEPRINTS = MACHINE_BLUEPRINTS
 CSRF_EXEMPT_BLUEPRINTS = {"webhooks", "bench"}
 BEARER_BLUEPRINTS = {"api"}
 TOKEN_PREFIX = "vw_"

@@ -91,8 +91,21 @@ def load_secret_key(app: Flask) -> None:
     app.config["SECRET_KEY"] = key
 
 
+# Blueprints that machines call with their own authentication (or none needed): webhooks,
+# health, metrics, and the benchmark's no-op endpoint that stands in for a webhook.
+MACHINE_BLUEPRINTS = frozenset({"webhooks", "health", "metrics", "bench"})
+
+
 class SessionInterface(SecureCookieSessionInterface):
-    """COOKIE_SECURE "auto" marks the cookie Secure whenever the request came over HTTPS."""
+    """COOKIE_SECURE "auto" marks the cookie Secure whenever the request came over HTTPS.
+    An answer to a machine's call never refreshes a dashboard's session cookie: a webhook that
+    arrives with one gets no Set-Cookie, from a request thread as from a worker's event loop
+    (app/webhooks/loop.py)."""
+
+    def should_set_cookie(self, app: Flask, session) -> bool:
+        if request.blueprint in MACHINE_BLUEPRINTS and not session.modified:
+            return False
+        return super().should_set_cookie(app, session)
 
     def get_cookie_secure(self, app: Flask) -> bool:
         setting = app.config.get("COOKIE_SECURE", "auto")
