@@ -26,7 +26,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 from . import config
-from .observability.redaction import REDACTED, redact
+from .observability.redaction import REDACTED, redact, redact_logger
 
 # Request headers that carry credentials, in gunicorn's "{name}i" atom form.
 SECRET_HEADER_ATOMS = ("{authorization}i", "{cookie}i", "{x-webhook-token}i")
@@ -34,7 +34,12 @@ SECRET_HEADER_ATOMS = ("{authorization}i", "{cookie}i", "{x-webhook-token}i")
 
 class RedactingLogger(Logger):
     """gunicorn's logger, with ?token= values (and credential headers, should an access log
-    format name them) redacted in every access log atom."""
+    format name them) redacted in every access log atom, and ?token= values redacted in its
+    error log (which writes the line of a request it refuses)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        redact_logger(self.error_log)
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
@@ -91,10 +96,17 @@ class Reading:
     registered: bool = False
 
 
+# The transfer codings gunicorn takes in a request (chunked last); any other is answered 501.
+CODINGS = frozenset((b"chunked", b"identity", b"gzip", b"deflate", b"compress"))
+
+
 def parse_head(head: bytes) -> tuple[int | None, bool, bool]:
     """(Content-Length, chunked, expects 100-continue) of a request head; a length of None
-    for a head this reader does not understand (gunicorn then answers it, 400 or so)."""
-    length, chunked, expect = 0, False, False
+    for a head this reader does not understand or whose framing is not chunked as gunicorn
+    reads it (an unknown coding, chunked not last): gunicorn then answers it at once (400,
+    501), without waiting for a body."""
+    length, expect = 0, False
+    codings: list[bytes] = []
     for line in head.split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
@@ -105,10 +117,12 @@ def parse_head(head: bytes) -> tuple[int | None, bool, bool]:
                 return None, False, False
             length = int(value)
         elif name == b"transfer-encoding":
-            chunked = chunked or b"chunked" in value
+            codings += [c.strip(b" \t") for c in value.split(b",")]
         elif name == b"expect":
             expect = value == b"100-continue"
-    return length, chunked, expect
+    if codings and (codings[-1] != b"chunked" or not CODINGS.issuperset(codings)):
+        return None, False, False
+    return length, bool(codings), expect
 
 
 def chunked_end(data: bytearray, at: int) -> tuple[bool | None, int]:

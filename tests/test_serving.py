@@ -196,3 +196,43 @@ def test_requests_arriving_in_every_ordinary_way_are_served(app, serve):
     with app.app_context():
         ids = set(db.session.execute(db.select(RawBody.request_id)).scalars())
     assert {"chunked-1", "continue-1", "pipelined-2", "big-1"} <= ids
+
+
+@pytest.mark.parametrize("loop", ["true", "false"])
+def test_a_transfer_coding_that_is_not_chunked_is_answered_at_once(serve, loop):
+    """`xchunked` is no `chunked`: an unknown coding is 501 and a framing that does not end
+    with chunked is 400, as soon as the head is in, never after a body wait (408)."""
+    with serve(VIBERWATCH_WEBHOOK_EVENT_LOOP=loop, GUNICORN_BODY_TIMEOUT="30") as url:
+        got = {}
+        for coding in ("xchunked", "chunkedx", "gzip", "chunked, identity", "foo, chunked"):
+            sock = connect(url)
+            sock.sendall(
+                b"POST /webhooks/viber/dr HTTP/1.1\r\nHost: test\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: "
+                + coding.encode()
+                + b"\r\n\r\n5\r\nhello\r\n"
+            )
+            # No more is sent: the answer cannot wait for a body's end.
+            started = time.monotonic()
+            codes = [line.split(b" ")[1] for line in status_lines(answer(sock))]
+            got[coding] = (codes, time.monotonic() - started < 5)
+            sock.close()
+        # Real chunked framing still works, with a listed coding before it.
+        sock = connect(url)
+        body = json.dumps({**json.loads(BODY), "requestId": f"gzip-chunked-{loop}"}).encode()
+        sock.sendall(
+            b"POST /webhooks/viber/dr HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: identity, chunked\r\nConnection: close\r\n\r\n"
+            + f"{len(body):x}\r\n".encode()
+            + body
+            + b"\r\n0\r\n\r\n"
+        )
+        assert status_lines(answer(sock)) == [b"HTTP/1.1 200 OK"]
+        sock.close()
+    assert got == {
+        "xchunked": ([b"501"], True),
+        "chunkedx": ([b"501"], True),
+        "gzip": ([b"400"], True),
+        "chunked, identity": ([b"400"], True),
+        "foo, chunked": ([b"501"], True),
+    }, got
