@@ -14,7 +14,8 @@ from app.auth import accounts as auth
 from app.live import views as live
 from app.records import ingest
 from app.records.models import db
-from support.accounts import create_test_user, log_in
+from support import secrets_in_logs
+from support.accounts import TEST_PASSWORD, create_test_user, log_in
 from support.browser import CHROMIUM, CHROMIUM_ARGS, signed_in_tab
 from support.fake_nxcloud import fake_nxcloud  # noqa: F401 (a fixture for every module)
 from support.postgres import postgres_schema
@@ -29,6 +30,18 @@ def pytest_addoption(parser):
         help="database of the suite: a SQLite file per test, or a fresh schema per "
         "test in the PostgreSQL database named by TEST_DATABASE_URL",
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log():
+    """After the suite: no webhook token, API token, password or key the tests used appears
+    in any log line a server wrote (gunicorn's logs, the app's loggers in this process)."""
+    handler = secrets_in_logs.start()
+    secrets_in_logs.add_secret(TEST_PASSWORD)
+    yield
+    secrets_in_logs.stop(handler)
+    leaks = secrets_in_logs.leaks()
+    assert not leaks, "secrets written to logs:\n" + "\n".join(leaks)
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +89,7 @@ def app(app_config):
     with app.app_context():
         db.create_all()
     yield app
+    secrets_in_logs.add_secrets_of(app.config)
     live.stop(app)  # the live tailer of this app, if a socket started it
     ingest.stop(app)  # the ingest writer of this app, if a body started it
     with app.app_context():
@@ -94,7 +108,9 @@ def client(app):
 def api_token(app) -> str:
     """A bearer token for the JSON API, made as `viberwatch create-token` makes it."""
     with app.app_context():
-        return auth.create_token("tests")[1]
+        token = auth.create_token("tests")[1]
+    secrets_in_logs.add_secret(token)
+    return token
 
 
 @pytest.fixture

@@ -161,3 +161,34 @@ def test_the_production_access_log_never_shows_the_token(app_config, tmp_path):
     logged = access.read_text()
     assert logged.count("POST /webhooks/viber/dr") == 3
     assert "token=[redacted]" in logged and SECRET not in logged
+
+
+def test_gunicorns_error_log_never_shows_the_token(app_config, tmp_path):
+    """A request line gunicorn refuses is written to its error log: the token is redacted
+    there too."""
+    import socket
+
+    from support.servers import production_server
+
+    env = {
+        "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
+        "VIBERWATCH_SECRET_KEY": "k",
+        "VIBERWATCH_WEBHOOK_TOKEN": SECRET,
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_THREADS": "4",
+    }
+    log = tmp_path / "gunicorn.log"
+    with production_server(env, log, unset=("REDIS_URL",)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for line in (
+            f"POST /webhooks/viber/dr?token={SECRET}&x=\x01 HTTP/1.1",
+            f"POST /webhooks/viber/dr?x=1&token={SECRET} HTTP/9.9",
+        ):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    line.encode("latin-1") + b"\r\nHost: test\r\nContent-Length: 0\r\n\r\n"
+                )
+                assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    logged = log.read_text(errors="replace")
+    assert logged.count("Invalid request from ip=") == 2, logged
+    assert "token=[redacted]" in logged and SECRET not in logged

@@ -15,23 +15,11 @@ from flask import Flask, g, request
 from pythonjsonlogger.json import JsonFormatter
 
 from . import metrics
-from .redaction import redact
+from .redaction import redact_logger
 
 log = logging.getLogger("viberwatch.webhooks")
 # A value with a space, a quote or an equals sign is written quoted.
 _QUOTED = re.compile(r'[\s"=]')
-
-
-class RedactSecrets(logging.Filter):
-    """Rewrites each record's message with secret query values redacted (the development
-    server logs every request line, ?token= included)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
 
 
 FIELDS = ("endpoint", "requestId", "outcome", "status", "durationMs", "remoteAddr")
@@ -197,9 +185,7 @@ def register(app: Flask) -> None:
         else bool(value)
     )
     configure(json_lines)
-    server_log = logging.getLogger("werkzeug")
-    if not any(isinstance(f, RedactSecrets) for f in server_log.filters):
-        server_log.addFilter(RedactSecrets())
+    redact_logger(logging.getLogger("werkzeug"))
     # First of all before_request hooks, so the duration covers authentication too.
     app.before_request_funcs.setdefault(None, []).insert(0, _start)
     app.after_request(_finish)

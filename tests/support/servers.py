@@ -18,6 +18,8 @@ from werkzeug.serving import make_server
 
 from app.records.committer import is_committer
 
+from . import secrets_in_logs
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 
@@ -109,6 +111,12 @@ def production_process(
     for name in unset:
         full_env.pop(name, None)
     url = f"http://127.0.0.1:{port}"
+    # Every line it writes is looked at for the secrets it was given (tests/conftest.py).
+    secrets_in_logs.add_secrets_of(env)
+    secrets_in_logs.log_files.add(Path(log_path))
+    if access_log == os.devnull:
+        access_log = str(Path(log_path).with_suffix(".access.log"))
+    secrets_in_logs.log_files.add(Path(access_log))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [
