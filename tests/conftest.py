@@ -18,6 +18,7 @@ from support import secrets_in_logs
 from support.accounts import TEST_PASSWORD, create_test_user, log_in
 from support.browser import CHROMIUM, CHROMIUM_ARGS, signed_in_tab
 from support.fake_nxcloud import fake_nxcloud  # noqa: F401 (a fixture for every module)
+from support.outage import Outage
 from support.postgres import postgres_schema
 from support.servers import LiveServer
 
@@ -81,6 +82,16 @@ def app_config(database_url, tmp_path):
         "ARGON2_MEMORY_COST": 8192,
         "ARGON2_PARALLELISM": 1,
     }
+
+
+@pytest.fixture
+def outage(database_url, app_config):
+    """The test's database made to go away (`begin`) and come back (`end`); the app is
+    configured to notice quickly."""
+    o = Outage(database_url)
+    app_config.update(o.config)
+    yield o
+    o.close()
 
 
 @pytest.fixture

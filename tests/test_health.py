@@ -11,7 +11,7 @@ def test_healthz_ok_when_database_reachable(app):
     assert response.get_json() == {
         "status": "ok",
         "database": "ok",
-        "spool": {"bodies": 0, "oldest_seconds": 0},
+        "spool": {"bodies": 0, "oldest_seconds": 0, "damaged_files": 0},
     }
 
 
@@ -28,7 +28,7 @@ def test_healthz_degraded_while_the_spool_takes_bodies_503_when_it_cannot(tmp_pa
     assert response.get_json() == {
         "status": "degraded",
         "database": "unreachable",
-        "spool": {"bodies": 0, "oldest_seconds": 0},
+        "spool": {"bodies": 0, "oldest_seconds": 0, "damaged_files": 0},
     }
     with app.app_context():
         db.engine.dispose()

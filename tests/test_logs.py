@@ -128,6 +128,17 @@ def test_the_development_server_log_never_shows_the_token(app_config, caplog):
     assert SECRET not in logged and "wrong-guess" not in logged
 
 
+def server_env(app_config) -> dict:
+    """The production command, one worker, on the test's database, with SECRET as token."""
+    return {
+        "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
+        "VIBERWATCH_SECRET_KEY": "k",
+        "VIBERWATCH_WEBHOOK_TOKEN": SECRET,
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_THREADS": "4",
+    }
+
+
 def test_the_production_access_log_never_shows_the_token(app_config, tmp_path):
     """gunicorn's access log, through gunicorn.conf.py's logger class."""
     import httpx
@@ -135,13 +146,7 @@ def test_the_production_access_log_never_shows_the_token(app_config, tmp_path):
     from support.servers import production_server
 
     access = tmp_path / "access.log"
-    env = {
-        "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
-        "VIBERWATCH_SECRET_KEY": "k",
-        "VIBERWATCH_WEBHOOK_TOKEN": SECRET,
-        "WEB_CONCURRENCY": "1",
-        "GUNICORN_THREADS": "4",
-    }
+    env = server_env(app_config)
     from app import create_app
     from app.records.models import db
 
@@ -170,13 +175,7 @@ def test_gunicorns_error_log_never_shows_the_token(app_config, tmp_path):
 
     from support.servers import production_server
 
-    env = {
-        "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
-        "VIBERWATCH_SECRET_KEY": "k",
-        "VIBERWATCH_WEBHOOK_TOKEN": SECRET,
-        "WEB_CONCURRENCY": "1",
-        "GUNICORN_THREADS": "4",
-    }
+    env = server_env(app_config)
     log = tmp_path / "gunicorn.log"
     with production_server(env, log, unset=("REDIS_URL",)) as url:
         host, port = url.removeprefix("http://").split(":")

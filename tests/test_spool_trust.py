@@ -26,7 +26,6 @@ from support.bodies import receipt as receipt_body
 from support.postgres import postgres_schema
 from support.servers import production_process
 from support.wait import until
-from test_spool import Outage
 
 NOBODY = 65534
 AT = datetime(2026, 3, 1, 12, tzinfo=UTC)
@@ -167,14 +166,6 @@ def test_a_record_cut_short_by_a_crash_keeps_its_file(app):
 
 
 # --- a full disk under the production command ----------------------------------------------------
-
-
-@pytest.fixture
-def outage(database_url, app_config):
-    o = Outage(database_url)
-    app_config.update(o.config)
-    yield o
-    o.close()
 
 
 def server(outage, tmp_path, disk: Path, n: int = 0):
