@@ -208,12 +208,120 @@ def test_formula_cells_behind_blanks_or_full_width_are_neutralised(client):
 
 
 def test_trigger_and_blank_characters_are_complete():
-    everything = (chr(i) for i in range(sys.maxunicode + 1) if not 0xD800 <= i <= 0xDFFF)
+    everything = [chr(i) for i in range(sys.maxunicode + 1) if not 0xD800 <= i <= 0xDFFF]
     triggers = {c for c in everything if unicodedata.normalize("NFKC", c) in ("=", "+", "-", "@")}
     assert set(FORMULA_TRIGGERS) == triggers | {"\t", "\r"}
-    spaces = {chr(i) for i in range(sys.maxunicode + 1) if chr(i).isspace()}
+    invisible = {c for c in everything if unicodedata.category(c) in ("Cf", "Zs", "Zl", "Zp", "Cc")}
+    assert set(BLANKS) == (invisible | set(IGNORABLE_NOT_FORMAT)) - {"\t", "\r"}
+    spaces = {c for c in everything if c.isspace()}
     assert spaces - {"\t", "\r"} <= set(BLANKS)
     assert not set(BLANKS) & set(FORMULA_TRIGGERS)
+
+
+def code_points(*ranges: tuple[int, int]) -> list[str]:
+    return [chr(i) for low, high in ranges for i in range(low, high + 1)]
+
+
+# Unicode's Default_Ignorable_Code_Point outside Cf, as assigned: invisible, not "format".
+IGNORABLE_NOT_FORMAT = code_points(
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xE0100, 0xE01EF),
+)
+# The characters the rule names (a direction mark, an override, an isolate, the soft hyphen,
+# the grapheme joiner, a Hangul filler, the emoji presentation selector, the tag space, and
+# every default-ignorable one outside Cf), then more of each category: Arabic letter mark,
+# language tag, line and paragraph separators, Mongolian vowel separator, byte order mark,
+# word joiner, a musical beam, Kaithi number sign, controls of C0 and C1.
+INVISIBLE = [
+    "\u200e",
+    "\u202e",
+    "\u2066",
+    "\u00ad",
+    "\u034f",
+    "\u3164",
+    "\ufe0f",
+    "\U000e0020",
+    *IGNORABLE_NOT_FORMAT,
+    "\u061c",
+    "\U000e0001",
+    "\u2028",
+    "\u2029",
+    "\u180e",
+    "\ufeff",
+    "\u2060",
+    "\U0001d173",
+    "\U000110bd",
+    "\x01",
+    "\x08",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\x9f",
+]
+
+
+def invisible_characters(database_url: str) -> list[str]:
+    # PostgreSQL text cannot hold U+0000 (and the webhooks refuse it on either database).
+    return INVISIBLE + (["\x00"] if database_url.startswith("sqlite") else [])
+
+
+def store_texts(app, texts: dict[str, str]) -> None:
+    """Messages whose last reply is each text, keyed by request id: stored as given, whatever
+    the webhooks would take."""
+    now = utcnow()
+    with app.app_context():
+        db.session.execute(
+            db.insert(Message),
+            [
+                {"request_id": r, "last_reply_text": t, "created_at": now, "last_activity_at": now}
+                for r, t in texts.items()
+            ],
+        )
+        db.session.commit()
+
+
+def test_invisible_characters_before_a_trigger_are_blanks(app, client, database_url):
+    hostile, harmless = {}, {}
+    for i, blank in enumerate(invisible_characters(database_url)):
+        for trigger in "=+-@":
+            hostile[f"inv-{i:03d}-{trigger}"] = blank + trigger + "1+1"
+        # Invisible, then text that is not a formula.
+        harmless[f"inv-{i:03d}-text"] = blank + "plain"
+        harmless[f"inv-{i:03d}-math"] = blank + "1-2"
+    # A run of them, mixed with spaces.
+    hostile["inv-run"] = "".join(INVISIBLE[:8]) + " \u00a0" + "".join(INVISIBLE[-8:]) + "=1"
+    harmless["inv-run-text"] = "".join(INVISIBLE) + "x=1"
+    if database_url.startswith("sqlite"):
+        # SQLite's text functions cannot read past U+0000: whatever follows counts as a formula.
+        hostile["inv-nul-text"] = harmless.pop(f"inv-{len(INVISIBLE):03d}-text")
+        hostile["inv-nul-math"] = harmless.pop(f"inv-{len(INVISIBLE):03d}-math")
+        hostile["inv-nul-later"] = "\u200e \x00plain"
+    store_texts(app, hostile | harmless)
+    rows = {r["request_id"]: r["last_reply_text"] for r in read_csv(client.get("/export.csv"))}
+    assert {rid: rows[rid] for rid in hostile} == {rid: "'" + t for rid, t in hostile.items()}
+    assert {rid: rows[rid] for rid in harmless} == harmless
+
+
+def test_invisible_characters_before_a_trigger_through_the_webhooks(client):
+    """The named characters in replies as NXCLOUD sends them, in both exports."""
+    texts = {}
+    for i, blank in enumerate(INVISIBLE[:8]):
+        for trigger in "=+-@":
+            texts[f"wi-{i}-{trigger}"] = blank + trigger + "SUM(A1)"
+        texts[f"wi-{i}-text"] = blank + "hello"
+    for rid, text in texts.items():
+        reply(client, rid, "79100000001", text=text)
+    expected = {rid: text if rid.endswith("-text") else "'" + text for rid, text in texts.items()}
+    rows = read_csv(client.get("/export.csv"))
+    assert {r["request_id"]: r["last_reply_text"] for r in rows} == expected
+    replies = read_csv(client.get("/export.csv?kind=replies"))
+    assert {r["trace_request_id"]: r["text"] for r in replies} == expected
 
 
 @pytest.mark.parametrize(
@@ -328,6 +436,10 @@ TRICKY = [
     "-",
     "'",
     "\ufeff=1",
+    "\u3164=1",
+    "\u200e\U000e0020-1",
+    "\u00ad\u2066 @x",
+    "\ufe0fplain",
     "\u00e9",
     "\U0001f600",
     "NULL",
