@@ -2,6 +2,7 @@
 signed-in clients, a live server, Chromium and a fake NXCLOUD. What they are built from is
 in tests/support/."""
 
+import logging
 import os
 
 import psycopg
@@ -43,6 +44,26 @@ def no_secret_in_any_log():
     secrets_in_logs.stop(handler)
     leaks = secrets_in_logs.leaks()
     assert not leaks, "secrets written to logs:\n" + "\n".join(leaks)
+
+
+# The app's own loggers: formatted by the app (app/observability/logs.py), they do not
+# propagate to the root logger, where caplog listens.
+APP_LOGGERS = ("viberwatch.webhooks", "viberwatch.spool", "viberwatch.live")
+
+
+@pytest.fixture
+def app_logs(caplog):
+    """caplog, also given every record of the app's own loggers (once each)."""
+    loggers = [logging.getLogger(name) for name in APP_LOGGERS]
+    saved = [(lg.propagate, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(caplog.handler)
+        lg.propagate = False
+        lg.setLevel(logging.DEBUG)
+    yield caplog
+    for lg, (propagate, level) in zip(loggers, saved, strict=True):
+        lg.removeHandler(caplog.handler)
+        lg.propagate, lg.level = propagate, level
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ never applied."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 from contextlib import contextmanager
@@ -118,7 +117,7 @@ def test_a_write_the_full_disk_refused_is_cut_back(tmp_path):
         assert reader.whole
 
 
-def test_a_damaged_line_is_skipped_reported_and_its_file_kept(app, caplog):
+def test_a_damaged_line_is_skipped_reported_and_its_file_kept(app, app_logs):
     """A line changed on disk, and a half-written line with the next record right after it
     (what a refused write left before it was cut back): the records around them, and the
     one after the half line, are applied; the file is kept as damaged, never deleted."""
@@ -129,7 +128,6 @@ def test_a_damaged_line_is_skipped_reported_and_its_file_kept(app, caplog):
     header, one, two, three, four = f.path.read_bytes().splitlines(keepends=True)
     changed = two.replace(b'"n":2', b'"n":9')  # its signature no longer matches
     f.path.write_bytes(header + one + changed + three[:40] + three + four + four[:30])
-    caplog.set_level(logging.INFO, "viberwatch.spool")
     with app.app_context():
         assert ingest.drain(writer.folder, None, 10) == "done"
     assert statuses(app, "dmg-1", "dmg-2", "dmg-3", "dmg-4") == {
@@ -139,11 +137,14 @@ def test_a_damaged_line_is_skipped_reported_and_its_file_kept(app, caplog):
     }
     kept = f.path.with_name(f.path.name + spool.DAMAGED_SUFFIX)
     assert not f.path.exists() and kept.exists()
-    damaged = [r for r in caplog.records if getattr(r, "event", None) == "spool_damaged"]
+    damaged = [r for r in app_logs.records if getattr(r, "event", None) == "spool_damaged"]
     assert len(damaged) == 1 and "2 line(s)" in damaged[0].getMessage()
     assert "30 byte(s)" in damaged[0].getMessage()
     health = app.test_client().get("/healthz").get_json()
     assert health["status"] == "ok" and health["spool"]["damaged_files"] == 1
+    app.config["METRICS_TOKEN"] = "m"
+    scraped = app.test_client().get("/metrics", headers={"Authorization": "Bearer m"})
+    assert "viberwatch_spool_damaged_files 1.0" in scraped.get_data(as_text=True)
     status = app.test_cli_runner().invoke(args=["spool", "status"]).output
     assert kept.name in status and "could not be applied" in status
     # A second drain applies nothing again, and leaves the kept file alone.
@@ -321,7 +322,7 @@ def legacy_line(n: int, rid: str) -> bytes:
     return record.content() + b"\n"
 
 
-def test_planted_copied_and_foreign_owned_files_are_never_applied(app, tmp_path, caplog):
+def test_planted_copied_and_foreign_owned_files_are_never_applied(app, tmp_path, app_logs):
     need_root()
     writer = ingest.writer_of(app)
     folder = spool.ensure(writer.folder)
@@ -346,7 +347,6 @@ def test_planted_copied_and_foreign_owned_files_are_never_applied(app, tmp_path,
     theirs.append([line("theirs-1")])
     theirs.close()
     os.chown(theirs.path, NOBODY, NOBODY)
-    caplog.set_level(logging.INFO, "viberwatch.spool")
     with app.app_context():
         assert ingest.drain(folder, None, 10) == "done"
     rids = ["planted-1", "planted-2", "planted-3", "copied-1", "theirs-1"]
@@ -354,7 +354,7 @@ def test_planted_copied_and_foreign_owned_files_are_never_applied(app, tmp_path,
     for path in (unsigned, Path(stranger.path), copy):
         assert path.with_name(path.name + spool.DAMAGED_SUFFIX).exists(), path
     assert theirs.path.exists()  # not read at all
-    assert "not a file of this server's user" in caplog.text
+    assert "not a file of this server's user" in app_logs.text
     # An operator who knows the unsigned file is the older version's own applies it.
     kept = unsigned.with_name(unsigned.name + spool.DAMAGED_SUFFIX)
     out = app.test_cli_runner().invoke(args=["spool", "drain", "--file", str(kept), "--unsigned"])

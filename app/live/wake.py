@@ -2,23 +2,48 @@
 
 A process that commits activity publishes a wake-up; every process listening wakes its
 tailer, which then reads the activity log from its cursor. Publishing runs on a thread of
-its own so that a webhook response never waits on Redis or PostgreSQL.
+its own so that a webhook response never waits on Redis or PostgreSQL. Each backend keeps
+whether the channel answered its last try (for /healthz and /metrics) and logs one line when
+the channel is lost and one when it is back, however many tries fail in between.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import psycopg
 import redis
 from sqlalchemy.engine import make_url
 
-log = logging.getLogger(__name__)
+# The operator's line when the channel is lost or back, named as the service's other
+# operator-facing loggers (viberwatch.webhooks, viberwatch.spool).
+log = logging.getLogger("viberwatch.live")
 
 RETRY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """What a process last found of its wake-up channel: `up` when its publisher and its
+    listener (those it runs) both reached it on their last try; `since` is when that last
+    changed (time.monotonic())."""
+
+    channel: str
+    up: bool
+    since: float
+
+    def as_json(self) -> dict:
+        return {
+            "channel": self.channel,
+            "state": "ok" if self.up else "down",
+            "since_seconds": round(time.monotonic() - self.since, 3),
+        }
 
 
 class Backend:
@@ -34,6 +59,11 @@ class Backend:
         # Set while the listener is subscribed: a wake-up published from then on arrives.
         self.subscribed = threading.Event()
         self.threads: list[threading.Thread] = []
+        # "publisher" and "listener": whether each one's last try reached the channel.
+        self._reached: dict[str, bool] = {}
+        self._since = time.monotonic()
+        self._state_lock = threading.Lock()
+        self._pid = os.getpid()
 
     def start_publisher(self) -> None:
         self._thread(self._publish_forever, "publish")
@@ -53,26 +83,74 @@ class Backend:
         self.kick.set()
 
     def _publish_forever(self) -> None:
+        # A wake-up that did not go out is tried again every RETRY_SECONDS, new activity or
+        # not, so that the channel is known to be back as soon as it is.
+        owed = False
         while not self.stopped.is_set():
-            if not self.kick.wait(1.0):
+            if not self.kick.wait(RETRY_SECONDS if owed else 1.0) and not owed:
                 continue
+            if self.stopped.is_set():
+                break
             self.kick.clear()
             try:
                 self._publish()
-            except Exception:  # the poll still delivers; retry on the next event
-                log.warning("live %s publish failed", self.name, exc_info=True)
+            except Exception as exc:  # the poll still delivers
+                self._tried("publisher", exc)
                 self._reset_publisher()
+                owed = True
+            else:
+                self._tried("publisher", None)
+                owed = False
 
     def _listen_forever(self) -> None:
         while not self.stopped.is_set():
             try:
                 self._listen()
-            except Exception:
-                log.warning("live %s listener lost; retrying", self.name, exc_info=True)
+            except Exception as exc:
+                self._tried("listener", exc)
             self.subscribed.clear()
             # Whatever was missed while reconnecting is read by the tailer's next pass.
             self.wake()
             self.stopped.wait(RETRY_SECONDS)
+
+    def _listening(self) -> None:
+        """Called by `_listen` once wake-ups published from now on arrive."""
+        self.subscribed.set()
+        self._tried("listener", None)
+
+    def _tried(self, use: str, error: Exception | None) -> None:
+        """Record a try of the publisher or the listener; log only when the channel changes."""
+        with self._state_lock:
+            before = self._up()
+            self._reached[use] = error is None
+            after = self._up()
+            if before == after:
+                return
+            self._since = time.monotonic()
+        if error is not None:
+            # One line, no traceback: the cause is the channel, and it repeats every try.
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            log.warning(
+                "live wake-up channel %s lost by the %s (%s); live updates follow the poll "
+                "until it is back",
+                self.name,
+                use,
+                reason,
+            )
+        elif before is False:
+            log.info("live wake-up channel %s back", self.name)
+
+    def _up(self) -> bool | None:
+        return all(self._reached.values()) if self._reached else None
+
+    def state(self) -> ChannelState | None:
+        """The channel as this process last found it; None before its first try (and in a
+        process forked from the one that made this backend, whose threads it does not have)."""
+        with self._state_lock:
+            up = self._up()
+            if up is None or self._pid != os.getpid():
+                return None
+            return ChannelState(self.name, up, self._since)
 
     def _publish(self) -> None:
         raise NotImplementedError
@@ -109,7 +187,7 @@ class RedisBackend(Backend):
                 if message is None:
                     continue
                 if message["type"] == "subscribe":  # the confirmation: subscribed from here on
-                    self.subscribed.set()
+                    self._listening()
                 else:
                     self.wake()
         finally:
@@ -151,7 +229,7 @@ class PostgresBackend(Backend):
             conn.execute(
                 self.psycopg.sql.SQL("LISTEN {}").format(self.psycopg.sql.Identifier(self.channel))
             )
-            self.subscribed.set()
+            self._listening()
             while not self.stopped.is_set():
                 for _ in conn.notifies(timeout=1.0, stop_after=1):
                     self.wake()
@@ -179,7 +257,7 @@ class SqliteBackend(Backend):
         conn = sqlite3.connect(self.path, check_same_thread=False)
         try:
             seen = conn.execute("PRAGMA data_version").fetchone()[0]
-            self.subscribed.set()
+            self._listening()
             while not self.stopped.wait(self.interval):
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != seen:

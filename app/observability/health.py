@@ -6,6 +6,8 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..live.hub import hub_of
+from ..live.wake import ChannelState
 from ..records import ingest
 from ..records.models import db
 
@@ -26,17 +28,29 @@ def database_reachable() -> bool:
         return False
 
 
+def live_channel(app: Flask) -> ChannelState | None:
+    """This process's live wake-up channel between processes as it last found it; None when
+    there is none, or before the process has used it (published after a commit, or listened
+    for a live page)."""
+    backend = hub_of(app).backend
+    return backend.state() if backend is not None else None
+
+
 @bp.get("/healthz")
 def healthz():
     """Whether this worker can take webhooks: into the database (ok), into its spool while
-    the database is away or bodies still wait there (degraded), or not at all (503)."""
+    the database is away or bodies still wait there (degraded), or not at all (503); and
+    degraded while its live wake-up channel is down (dashboards then follow the poll)."""
     writer = ingest.writer_of(current_app)
     waiting = writer.spool_status()
     reachable = database_reachable()
     body = {"database": "ok" if reachable else "unreachable", "spool": waiting.as_json()}
+    live = live_channel(current_app)
+    if live is not None:
+        body["live"] = live.as_json()
     if writer.cannot_store:
         return jsonify({"status": "unavailable", **body}), 503
-    if reachable and not waiting.bodies:
+    if reachable and not waiting.bodies and (live is None or live.up):
         return jsonify({"status": "ok", **body}), 200
     if reachable or writer.spool_writable():
         return jsonify({"status": "degraded", **body}), 200

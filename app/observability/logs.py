@@ -95,7 +95,12 @@ def _handler(json_lines: bool, fields: tuple) -> logging.Handler:
 
 
 def configure(json_lines: bool) -> None:
-    for logger, fields in ((log, FIELDS), (logging.getLogger("viberwatch.spool"), SPOOL_FIELDS)):
+    for logger, fields in (
+        (log, FIELDS),
+        (logging.getLogger("viberwatch.spool"), SPOOL_FIELDS),
+        # The live wake-up channel between processes: one line when it is lost, one when back.
+        (logging.getLogger("viberwatch.live"), ()),
+    ):
         for old in [h for h in logger.handlers if getattr(h, "viberwatch", False)]:
             logger.removeHandler(old)
         logger.addHandler(_handler(json_lines, fields))

@@ -5,10 +5,10 @@ process, so a counter kept in memory would show one worker's share on each scrap
 - what the database knows is read from it at scrape time, exact across workers and
   restarts: webhooks received by endpoint and outcome (every body is kept), messages by
   status, alert states;
-- what it does not know (webhook latency, open live connections) lives in prometheus_client
-  metrics, which add up across workers in its multiprocess mode when the environment sets
-  PROMETHEUS_MULTIPROC_DIR (an empty directory, wiped before the server starts), and are
-  per process otherwise.
+- what it does not know (webhook latency, open live connections, whether the live wake-up
+  channel is reached) lives in prometheus_client metrics, which add up across workers in its
+  multiprocess mode when the environment sets PROMETHEUS_MULTIPROC_DIR (an empty directory,
+  wiped before the server starts), and are per process otherwise.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ from ..auth.security import address_in, parse_networks, request_client_address
 from ..core.periodic import Periodic, start_with_requests
 from ..records import ingest
 from ..records.models import AlertState, Message, RawBody, db
+from .health import live_channel
 
 bp = Blueprint("metrics", __name__)
 
-# Seconds between samples of this process's open live connections in multiprocess mode.
+# Seconds between samples of this process's open live connections and live channel in
+# multiprocess mode.
 LIVE_SAMPLE_SECONDS = 5.0
 
 
@@ -48,6 +50,7 @@ class Instruments:
     webhook_seconds: Histogram
     ingest_batch: Histogram
     live_connections: Gauge
+    live_channel_up: Gauge
 
 
 _making = threading.Lock()
@@ -84,6 +87,14 @@ def _make_instruments() -> Instruments:
             "Open live (WebSocket) connections.",
             registry=None,
             multiprocess_mode="livesum",
+        ),
+        # The lowest over the workers: 0 while any of them finds the channel down.
+        live_channel_up=Gauge(
+            "viberwatch_live_channel_up",
+            "1 while the live wake-up channel between processes is reached, 0 while it is down.",
+            ["channel"],
+            registry=None,
+            multiprocess_mode="livemin",
         ),
     )
 
@@ -164,6 +175,11 @@ class SpoolCollector:
             "Age of the oldest body waiting in the spool (0 when none).",
             value=waiting.as_json()["oldest_seconds"],
         )
+        yield GaugeMetricFamily(
+            "viberwatch_spool_damaged_files",
+            "Spool files kept because something in them could not be applied (see the log).",
+            value=waiting.damaged,
+        )
 
 
 def _allowed() -> bool:
@@ -196,14 +212,17 @@ def scrape():
             content_type="application/json",
         )
     registry = CollectorRegistry()
+    # This process's live gauges as they are now; in multiprocess mode the other workers' as
+    # they last sampled theirs.
+    sample_live(current_app)
     if multiprocess():
         MultiProcessCollector(registry)
     else:
         own = instruments()
-        own.live_connections.set(live_count(current_app))
         registry.register(own.webhook_seconds)
         registry.register(own.ingest_batch)
         registry.register(own.live_connections)
+        registry.register(own.live_channel_up)
     registry.register(SpoolCollector(current_app.extensions["viberwatch.ingest"].spool_status))
     registry.register(DatabaseCollector())
     try:
@@ -214,8 +233,13 @@ def scrape():
     return Response(body, 200, content_type=CONTENT_TYPE_LATEST)
 
 
-def sample_live_connections(app: Flask) -> None:
-    instruments().live_connections.set(live_count(app))
+def sample_live(app: Flask) -> None:
+    """This process's open live connections, and its live channel once it has used it."""
+    own = instruments()
+    own.live_connections.set(live_count(app))
+    channel = live_channel(app)
+    if channel is not None:
+        own.live_channel_up.labels(channel=channel.channel).set(1 if channel.up else 0)
 
 
 def register(app: Flask) -> None:
@@ -225,9 +249,7 @@ def register(app: Flask) -> None:
     )
     app.register_blueprint(bp)
     if multiprocess():
-        # Keeps this process's share of the live-connections gauge current.
-        sampler = Periodic(
-            "metrics-live", lambda: LIVE_SAMPLE_SECONDS, lambda: sample_live_connections(app)
-        )
+        # Keeps this process's share of the live gauges current.
+        sampler = Periodic("metrics-live", lambda: LIVE_SAMPLE_SECONDS, lambda: sample_live(app))
         app.extensions["viberwatch.metrics_sampler"] = sampler
         start_with_requests(app, sampler)
