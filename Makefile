@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run serve test lint bench bench-live bench-slow demo vendor clean
+.PHONY: install run serve test lint bench bench-live bench-slow bench-soak demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,14 +42,18 @@ serve: install
 	$(BIN)/viberwatch db upgrade
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
-# Benchmarks (docs/benchmarks.md). BENCH_MESSAGES=20000 for a quick run; needs wrk.
+# Benchmarks (docs/benchmarks.md). BENCH_MESSAGES=20000 for a quick run; needs wrk, and
+# PostgreSQL's server binaries for the soak (it runs a PostgreSQL cluster of its own).
 BENCH_MESSAGES ?= 1000000
+SOAK_MINUTES ?= 10
+SOAK_RATE ?= 500
 bench: install
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
 	$(BIN)/python bench/run.py --messages $(BENCH_MESSAGES)
 	$(BIN)/python bench/live_latency.py --write-docs
 	$(BIN)/python bench/analytics.py --messages $(BENCH_MESSAGES) --reuse
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --write-docs
 	$(BIN)/python bench/slow_clients.py --write-docs
 
 # Only the live-update latency part of the benchmarks.
@@ -59,6 +63,11 @@ bench-live: install
 # Only the slow-clients part: 1,500 connections trickling a request, /healthz and a webhook probed.
 bench-slow: install
 	$(BIN)/python bench/slow_clients.py --write-docs
+
+# Only the soak: SOAK_MINUTES of webhooks at SOAK_RATE/s through database locks, a PostgreSQL
+# restart and a killed ingest committer; every body answered 200 checked in the database.
+bench-soak: install
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --write-docs
 
 # Serve, then play NXCLOUD against the server so the dashboard fills up live; the played
 # send API (on PORT+1) lets a thread's reply box send too (nothing reaches real NXCLOUD).
