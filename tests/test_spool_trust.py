@@ -20,8 +20,7 @@ import pytest
 from app import create_app
 from app.records import ingest, spool
 from app.records.models import Message, RawBody, db
-from support.bodies import DR
-from support.bodies import receipt as receipt_body
+from support.bodies import DR, encoded, receipt
 from support.postgres import postgres_schema
 from support.servers import production_process
 from support.wait import until
@@ -64,15 +63,8 @@ def small_disk(path: Path, size: str = "128k"):
         disk.close()
 
 
-def body(rid: str, pad: int = 0) -> bytes:
-    data = receipt_body(rid)
-    if pad:
-        data["note"] = "x" * pad
-    return json.dumps(data).encode()
-
-
 def line(rid: str) -> tuple:
-    return ("dr", AT, "application/json", {}, "127.0.0.1", body(rid))
+    return ("dr", AT, "application/json", {}, "127.0.0.1", encoded(receipt(rid)))
 
 
 def statuses(app, *rids: str) -> dict[str, str]:
@@ -106,7 +98,7 @@ def test_a_write_the_full_disk_refused_is_cut_back(tmp_path):
         f.append([line("cut-1")])
         good = f.size
         with pytest.raises(OSError):
-            f.append([line("cut-big")[:5] + (body("cut-big", 150_000),)])
+            f.append([line("cut-big")[:5] + (encoded(receipt("cut-big", pad=150_000)),)])
         assert os.path.getsize(f.path) == good and not f.broken
         disk.grow("1m")
         f.append([line("cut-2"), line("cut-3")])
@@ -184,11 +176,11 @@ def post(url: str, data: bytes) -> int:
 def fill_the_disk(url: str, disk: SmallDisk) -> None:
     """The issue's steps: a receipt spooled, a 150 KB one refused mid-record (503), room made,
     two more spooled."""
-    assert post(url, body("full-1")) == 200
-    assert post(url, body("full-big", 150_000)) == 503
+    assert post(url, encoded(receipt("full-1"))) == 200
+    assert post(url, encoded(receipt("full-big", pad=150_000))) == 503
     disk.grow("1m")
-    assert post(url, body("full-2")) == 200
-    assert post(url, body("full-3")) == 200
+    assert post(url, encoded(receipt("full-2"))) == 200
+    assert post(url, encoded(receipt("full-3"))) == 200
 
 
 def assert_all_applied(app, url: str | None = None) -> None:
@@ -197,7 +189,7 @@ def assert_all_applied(app, url: str | None = None) -> None:
     assert raw_count(app, "full-big") == 0  # answered 503: not kept
     if url is not None:
         until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "health ok")
-        assert post(url, body("full-after")) == 200
+        assert post(url, encoded(receipt("full-after"))) == 200
         assert statuses(app, "full-after") == {"full-after": "delivered"}
 
 
@@ -249,12 +241,14 @@ def test_servers_sharing_a_spool_folder_drain_only_their_own_database(
     outage.begin()
     with production_process({**outage.env, **env}, tmp_path / "a.log") as (url, _):
         for i in range(5):
-            assert post(url, body(f"shared-a-{i}")) == 200  # spooled: its database is away
+            assert (
+                post(url, encoded(receipt(f"shared-a-{i}"))) == 200
+            )  # spooled: its database is away
     left = list(shared.glob("*.spool"))
     assert len(left) == 1
     b_env = {**env, "DATABASE_URL": second_database}
     with production_process(b_env, tmp_path / "b.log") as (url, _):
-        assert post(url, body("shared-b-1")) == 200
+        assert post(url, encoded(receipt("shared-b-1"))) == 200
         until(lambda: statuses(other, "shared-b-1"), 10, "the other server's own body")
         for _ in range(10):  # each request looks for spools left behind
             httpx.get(url + "/healthz")
@@ -318,7 +312,7 @@ def test_a_spool_folder_of_another_user_open_to_others_is_refused(app_config, tm
 
 def legacy_line(n: int, rid: str) -> bytes:
     """A line as the version before signatures wrote it."""
-    record = spool.Record(n, "dr", AT, "application/json", {}, "203.0.113.9", body(rid))
+    record = spool.Record(n, "dr", AT, "application/json", {}, "203.0.113.9", encoded(receipt(rid)))
     return record.content() + b"\n"
 
 
@@ -360,3 +354,57 @@ def test_planted_copied_and_foreign_owned_files_are_never_applied(app, tmp_path,
     out = app.test_cli_runner().invoke(args=["spool", "drain", "--file", str(kept), "--unsigned"])
     assert "applied 2 bodies" in out.output, out.output
     assert set(statuses(app, *rids)) == {"planted-1", "planted-2"}
+
+
+# --- a steady flow -----------------------------------------------------------------------------
+
+
+def test_the_spool_ends_while_bodies_keep_arriving(outage, app):
+    """Once the database is back, a body arrives (and is spooled, behind the ones being
+    applied) each time the drainer commits: the drainer catches up with them all the same
+    (the last few applied with appends held off) and the writer goes direct again while they
+    still arrive."""
+    import threading
+
+    from sqlalchemy import event
+
+    writer = ingest.writer_of(app)
+
+    def send(rid: str) -> None:
+        with app.app_context():
+            assert ingest.ingest("dr", encoded(receipt(rid)), "application/json", {}).ok
+
+    outage.begin()
+    early = [f"flow-early-{i}" for i in range(300)]
+    for rids in (early[i : i + 50] for i in range(0, len(early), 50)):
+        threads = [threading.Thread(target=send, args=(r,)) for r in rids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert writer._spool is not None
+    arrivals: list[threading.Thread] = []
+    most = 200
+
+    def arrive(*_args) -> None:
+        # The next body is spooled before the drainer looks again, unless appends are held.
+        if threading.current_thread().name == "ingest-drainer" and len(arrivals) < most:
+            arrivals.append(threading.Thread(target=send, args=(f"flow-{len(arrivals)}",)))
+            arrivals[-1].start()
+            arrivals[-1].join(0.5)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "commit", arrive)
+    try:
+        outage.end()
+        until(lambda: writer._spool is None, 60, "the spool to end")
+        ended_after = len(arrivals)
+    finally:
+        event.remove(engine, "commit", arrive)
+        for t in list(arrivals):
+            t.join(30)
+    assert ended_after < most, "the spool ended only once the bodies stopped arriving"
+    want = early + [f"flow-{i}" for i in range(len(arrivals))]
+    until(lambda: len(statuses(app, *want)) == len(want), 30, "every body to be applied")
+    assert not list(writer.folder.glob("*.spool*"))

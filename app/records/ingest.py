@@ -1092,7 +1092,8 @@ class Writer:
         # While set, every body goes to this file, so the spool keeps the order of arrival.
         # Set by the writer, cleared by the drainer, both under the lock.
         self._spool: spool.SpoolFile | None = None
-        self._spool_lock = threading.Lock()
+        # Reentrant: the drainer, catching up, applies the last bodies with appends held off.
+        self._spool_lock = threading.RLock()
         self._drainer: threading.Thread | None = None
         self._drainer_stop = threading.Event()
         # Set when a body is spooled: the drainer, waiting, looks again at once.
@@ -1340,19 +1341,41 @@ class OwnFile:
         current = self.writer._spool
         return current.path if current is not None else None
 
-    def size(self) -> int:
-        """Bytes of whole records in the file: a drain reads no further (the writer may be
-        appending past them)."""
+    def reader(self, keys: spool.Keys, after: int) -> spool.Reader:
+        """A reader from where the last drain of the file stopped, to the end of its whole
+        records (the writer may be appending past them)."""
         with self.writer._spool_lock:
             current = self.writer._spool
-            return current.size if current is not None else 0
+            size, start = (current.size, current.drained_offset) if current else (0, 0)
+        return spool.Reader(current.path, keys, after, upto=size, start=start)
 
-    def progress(self, drained: int, oldest: datetime | None) -> None:
+    def behind(self) -> int:
+        """Bytes appended that the drainer has not applied yet."""
+        with self.writer._spool_lock:
+            current = self.writer._spool
+            return current.size - current.drained_offset if current is not None else 0
+
+    def held(self):
+        """No body is appended while this is held (the drainer catching up)."""
+        return self.writer._spool_lock
+
+    def progress(self, drained: int, oldest: datetime | None, offset: int, damaged: int) -> None:
+        """Bodies applied up to record `drained`, whose line ends at `offset`."""
         with self.writer._spool_lock:
             current = self.writer._spool
             if current is not None:
                 current.drained, current.oldest = drained, oldest
                 spool.write_status(current.path, current.appended, drained, oldest)
+        self.advance(offset, damaged)
+
+    def advance(self, offset: int, damaged: int) -> None:
+        """The file read (and what there was to apply applied) up to `offset`, `damaged`
+        lines of it skipped."""
+        with self.writer._spool_lock:
+            current = self.writer._spool
+            if current is not None and offset > current.drained_offset:
+                current.drained_offset = offset
+                current.damaged_seen += damaged
 
     def finish_if_drained(self, drained: int, reader: spool.Reader) -> bool:
         """Stop spooling when every body appended has been applied (under the lock the writer
@@ -1364,10 +1387,11 @@ class OwnFile:
                 return False
             current.close()
             self.writer._spool = None
-            if reader.whole:
+            if reader.whole and not current.damaged_seen:
                 spool.remove(current.path)
                 forget_mark(current.name)
             else:
+                reader.damaged = current.damaged_seen
                 spool.keep_damaged(current.path, reader)
         spool_log.info(
             "spool drained: every body applied; back to writing directly",
@@ -1445,24 +1469,70 @@ def drain_file(
         os.close(fd)
 
 
+# Bytes the drainer may find appended behind it and still apply with appends held off, so
+# that a steady flow of bodies, each spooled as the one before it is applied, ends.
+CATCH_UP_BYTES = 256 * 1024
+
+
 def _drain_file(
     path: Path, reader: spool.Reader, link: Link | None, batch_max: int, own: OwnFile | None
 ) -> str:
     """Apply a file's records after its mark (`own`: this process's file, being written)."""
     name = spool.name_of(path)
     try:
-        reader.after = _mark_of(name)
+        after = _mark_of(name)
     except Exception as exc:
         db.session.rollback()
         if database_away(exc):
             return "away"
         raise
     if own is not None:
-        reader.upto = own.size()
-    total = reader.after
-    applied_any = False
+        reader = own.reader(reader.keys, after)
+    reader.after = after
+    outcome, total = _apply_records(path, reader, link, batch_max, own, after)
+    if outcome != "done":
+        return outcome
+    if reader.foreign:
+        return "done"  # its header names another database: left as it is (reported)
+    if own is None:
+        if reader.whole:
+            spool.remove(path)
+            forget_mark(name)
+            spool_log.info(
+                "spool drained: it was left by a process that ended",
+                extra={"event": "spool_drained", "spool": str(path), "bodies": total},
+            )
+        elif not path.name.endswith(spool.DAMAGED_SUFFIX):
+            spool.keep_damaged(path, reader)
+        return "done"
+    if own.finish_if_drained(total, reader):
+        return "done"
+    if own.behind() > CATCH_UP_BYTES:
+        return "progress" if reader.taken else "idle"
+    # Bodies keep arriving, each spooled while the one before it is applied: the last few are
+    # applied with appends held off (they wait a moment), then the writer goes direct again.
+    with own.held():
+        rest = own.reader(reader.keys, total)
+        outcome, total = _apply_records(path, rest, link, batch_max, own, total)
+        if outcome != "done":
+            return outcome
+        own.finish_if_drained(total, rest)
+    return "done"
+
+
+def _apply_records(
+    path: Path,
+    reader: spool.Reader,
+    link: Link | None,
+    batch_max: int,
+    own: OwnFile | None,
+    total: int,
+) -> tuple[str, int]:
+    """Apply what a reader hands out, in chunks; ("done" | "away", the last record's number)."""
+    name = spool.name_of(path)
     chunk: list[Job] = []
     signing = bool(current_app.extensions["viberwatch.webhook_auth"].sign_secret)
+    damaged = 0  # lines skipped up to the last record of the chunks applied
     for record in reader:
         chunk.append(
             Job(
@@ -1478,39 +1548,28 @@ def _drain_file(
         )
         total = record.n
         if len(chunk) >= batch_max:
-            if not _drain_chunk(path, chunk, link, own):
-                return "away"
-            applied_any = True
-            chunk = []
+            if not _drain_chunk(path, chunk, link, own, reader.consumed, reader.damaged - damaged):
+                return "away", total
+            damaged, chunk = reader.damaged, []
     if chunk:
-        if not _drain_chunk(path, chunk, link, own):
-            return "away"
-        applied_any = True
-    if reader.foreign:
-        return "done"  # its header names another database: left as it is (reported)
-    if own is not None:
-        if not own.finish_if_drained(total, reader):
-            return "progress" if applied_any else "idle"
-    elif reader.whole:
-        spool.remove(path)
-        forget_mark(name)
-        spool_log.info(
-            "spool drained: it was left by a process that ended",
-            extra={"event": "spool_drained", "spool": str(path), "bodies": total},
-        )
-    elif not path.name.endswith(spool.DAMAGED_SUFFIX):
-        spool.keep_damaged(path, reader)
-    return "done"
+        if not _drain_chunk(path, chunk, link, own, reader.consumed, reader.damaged - damaged):
+            return "away", total
+    elif own is not None:
+        # Lines read after the last record applied (damaged, or applied before): passed.
+        own.advance(reader.consumed, reader.damaged - damaged)
+    return "done", total
 
 
-def _drain_chunk(path: Path, jobs: list[Job], link: Link | None, own: OwnFile | None) -> bool:
+def _drain_chunk(
+    path: Path, jobs: list[Job], link: Link | None, own: OwnFile | None, offset: int, damaged: int
+) -> bool:
     if not apply_batch(jobs, link):
         return False
     last = int(jobs[-1].spooled.rpartition(":")[2])
     # The bodies still waiting arrived after the last one applied.
     oldest = jobs[-1].received_at
     if own is not None:
-        own.progress(last, oldest)
+        own.progress(last, oldest, offset, damaged)
     elif path.name.endswith(spool.SUFFIX):
         spool.mark_drained(path, last, oldest)
     return True

@@ -305,6 +305,10 @@ class SpoolFile:
         self.oldest: datetime | None = None  # of the bodies not yet drained
         # Set when a refused write could not be cut back: the next body starts a new file.
         self.broken = False
+        # The drainer's place: bytes of the file applied (to the end of a record or a damaged
+        # line after it), and the lines it skipped there as damaged.
+        self.drained_offset = 0
+        self.damaged_seen = 0
         header = {
             "spool": FORMAT,
             "database": keys.database,
@@ -383,6 +387,7 @@ class Reader:
         after: int = 0,
         upto: int | None = None,
         *,
+        start: int = 0,
         any_database: bool = False,
         unsigned: bool = False,
     ):
@@ -390,19 +395,22 @@ class Reader:
         self.keys = keys
         self.after = after
         self.upto = upto  # read no further than this many bytes (a file being written)
+        # Where to begin: a line's start past the header, in a file read before by this process.
+        self.start = start
         self.any_database = any_database
         self.unsigned = unsigned
         self.damaged = 0
         self.unread = 0
-        self.consumed = 0  # bytes of whole lines read
+        self.consumed = start  # bytes of whole lines read (to the end of the record handed out)
         self.taken = 0  # records handed out
         self.foreign = False
-        self.header: dict | None = None
+        self.header: dict | None = {} if start else None  # the header was read then
 
     def __iter__(self) -> Iterator[Record]:
         name = name_of(self.path)
-        at = 0
+        at = self.start
         with open(self.path, "rb") as f:
+            f.seek(self.start)
             for line in f:
                 if self.upto is not None and at + len(line) > self.upto:
                     break

@@ -30,9 +30,13 @@ def receipt(
     *,
     cost: dict | bool | None = None,
     send_time: str = SEND_TIME,
+    pad: int = 0,
+    **extra,
 ) -> dict:
     """A delivery receipt; code and message default to the ones NXCLOUD sends with `status`
-    (a status it never sends gets code 0), `cost=True` adds a documented cost."""
+    (a status it never sends gets code 0), `cost=True` adds a documented cost. Fields NXCLOUD
+    does not send follow: `pad=n` adds a "note" of n characters (a body that big, kept and
+    not used), `extra` adds its fields as given."""
     default_code, default_message = CODES.get(status, (0, "not a status NXCLOUD sends"))
     body = {
         "status": status,
@@ -43,7 +47,9 @@ def receipt(
     }
     if cost:
         body["cost"] = COST if cost is True else cost
-    return body
+    if pad:
+        body["note"] = "x" * pad
+    return {**body, **extra}
 
 
 def reply(
@@ -79,6 +85,7 @@ def registration(rid: str, phone: str, text: str = "hello", **extra) -> dict:
 
 
 def encoded(body: dict) -> bytes:
+    """A body as the bytes a test posts or stores."""
     return json.dumps(body).encode()
 
 
