@@ -11,8 +11,8 @@ from app.config import process as from_environment
 bind = f"{from_environment('HOST')}:{from_environment('PORT')}"
 workers = from_environment("WEB_CONCURRENCY")
 # gthread, whose main loop also reads each request whole before a thread serves it, so slow
-# clients cannot hold the threads (app/serving.py; GUNICORN_HEAD_TIMEOUT, GUNICORN_BODY_TIMEOUT).
-worker_class = "app.serving.SlowClientWorker"
+# clients cannot hold the threads (app/server/worker.py; GUNICORN_HEAD_TIMEOUT, GUNICORN_BODY_TIMEOUT).
+worker_class = "app.server.worker.SlowClientWorker"
 threads = from_environment("GUNICORN_THREADS")
 # WebSockets stay open for hours; the worker timeout only guards against a hung worker.
 timeout = 60
@@ -20,7 +20,7 @@ graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
 # The webhook URLs carry ?token=: the access log writes it as [redacted].
-logger_class = "app.serving.RedactingLogger"
+logger_class = "app.server.access_log.RedactingLogger"
 
 
 # Metrics of several workers add up when PROMETHEUS_MULTIPROC_DIR is set (see app/observability/metrics.py):
@@ -46,19 +46,19 @@ def child_exit(server, worker):
 def worker_exit(server, worker):
     app = getattr(worker, "wsgi", None)
     if app is not None and hasattr(app, "extensions"):
-        from app.records import ingest
+        from app import ingest
 
         ingest.stop(app)
 
 
-# One process, the ingest committer, applies the bodies of every worker (app/records/committer.py):
+# One process, the ingest committer, applies the bodies of every worker (app/ingest/committer/):
 # started before the workers, stopped after them (it answers what it has read first).
 _committer = {}
 
 
 def when_ready(server):
     if from_environment("INGEST_COMMITTER"):
-        from app.records.committer import Supervisor
+        from app.ingest.committer.supervisor import Supervisor
 
         try:
             _committer["supervisor"] = supervisor = Supervisor()

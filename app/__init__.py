@@ -16,6 +16,7 @@ from . import (
     auth,
     config,
     dashboard,
+    ingest,
     live,
     observability,
     ops,
@@ -26,6 +27,7 @@ from . import (
 )
 from .auth import security
 from .core.payloads import parse_zone
+from .core.services import KEY, Services
 from .records.models import db
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -35,6 +37,7 @@ AREAS = (
     auth,
     webhooks,
     records,
+    ingest,
     ops,
     sending,
     simulate,
@@ -86,11 +89,11 @@ def _connect_options(app: Flask) -> None:
     """How long connecting and waiting for a lock may take, per database."""
     options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
     connect_args = dict(options.get("connect_args", {}))
-    uri = str(app.config["SQLALCHEMY_DATABASE_URI"])
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
     if uri.startswith("sqlite"):
-        connect_args.setdefault("timeout", float(app.config["SQLITE_BUSY_TIMEOUT"]))
+        connect_args.setdefault("timeout", app.config["SQLITE_BUSY_TIMEOUT"])
     elif uri.startswith("postgresql"):
-        connect_args.setdefault("connect_timeout", int(app.config["DATABASE_CONNECT_TIMEOUT"]))
+        connect_args.setdefault("connect_timeout", app.config["DATABASE_CONNECT_TIMEOUT"])
     options["connect_args"] = connect_args
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
 
@@ -115,7 +118,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         security.private_sqlite(url.database, app.instance_path)
-    app.extensions["viberwatch.sendtime_zone"] = parse_zone(str(app.config["SENDTIME_TZ"]))
+    app.extensions[KEY] = Services(sendtime_zone=parse_zone(app.config["SENDTIME_TZ"]))
 
     db.init_app(app)
     app.teardown_appcontext(_end_session)

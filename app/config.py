@@ -2,7 +2,10 @@
 
 An app setting (`app.config[NAME]`) comes from its default here, then `instance/config.py`,
 then the environment (a plain name such as `DATABASE_URL` where it has one, then
-`VIBERWATCH_<NAME>`, JSON-parsed when it parses), then the mapping handed to `create_app`.
+`VIBERWATCH_<NAME>`, JSON-parsed when it parses), then the mapping handed to `create_app`;
+then it is parsed once to its kind (a bool, an int, a number of seconds, a text, a list of
+networks...), so the code reads `app.config[NAME]` as it is. A value that does not parse
+stops the app from starting, naming the setting.
 A process setting is read from the environment alone, before any app exists (the instance
 folder, the gunicorn server, the metrics folder). The README's configuration table lists the
 documented ones; tests/test_readme.py holds the two to each other.
@@ -10,8 +13,10 @@ documented ones; tests/test_readme.py holds the two to each other.
 
 from __future__ import annotations
 
+import ipaddress
 import multiprocessing
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -38,11 +43,24 @@ class Setting:
     documented: bool = True
     # The README's name for a setting it describes rather than names ("database").
     label: str = ""
+    # What its value is parsed to (KINDS); by default the kind of its default value.
+    kind: str = ""
 
     def __post_init__(self):
         if not self.env:
             default = f"{PREFIX}_{self.name}" if self.scope == "app" else self.name
             object.__setattr__(self, "env", (default,))
+        if not self.kind:
+            object.__setattr__(self, "kind", _kind_of(self.default))
+
+    def parse(self, value: Any) -> Any:
+        """The value as the code reads it; ValueError naming the setting when it is not one."""
+        if value is None and self.kind not in ("bool", "networks"):
+            return None
+        try:
+            return KINDS[self.kind](value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.name}: {exc}") from None
 
     @property
     def plain(self) -> tuple[str, ...]:
@@ -50,12 +68,109 @@ class Setting:
         return tuple(n for n in self.env if n != f"{PREFIX}_{self.name}")
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, int):
+        return value != 0
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a whole number")
+    number = float(value) if isinstance(value, str) else value
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise ValueError(f"{value!r} is not a whole number")
+        number = int(number)
+    if not isinstance(number, int):
+        raise ValueError(f"{value!r} is not a whole number")
+    return number
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
+def _seconds(value: Any) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=_float(value))
+
+
+def _text(value: Any) -> str:
+    # The environment's VIBERWATCH_ values are parsed as JSON, so a numeric token is a number.
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"{value!r} is not a text")
+    return str(value)
+
+
+def networks(value: Any) -> list:
+    """CIDRs or addresses from a list or a comma/space separated text."""
+    if not value:
+        return []
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)) for v in value
+    ):
+        return list(value)
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    return [ipaddress.ip_network(str(item).strip(), strict=False) for item in items]
+
+
+def _mapping(value: Any) -> dict:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{value!r} is not a mapping")
+    return dict(value)
+
+
+def _cookie_secure(value: Any) -> str | bool:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return _bool(value)
+
+
+KINDS = {
+    "bool": _bool,
+    "int": _int,
+    "float": _float,
+    "seconds": _seconds,
+    "str": _text,
+    "networks": networks,
+    "mapping": _mapping,
+    "cookie_secure": _cookie_secure,
+    "any": lambda value: value,
+}
+
+
+def _kind_of(default: Any) -> str:
+    for kind, types in (
+        ("bool", bool),
+        ("int", int),
+        ("float", float),
+        ("seconds", timedelta),
+        ("mapping", dict),
+        ("str", str),
+    ):
+        if isinstance(default, types):
+            return kind
+    return "str" if default is None else "any"
+
+
 def _app(name, default, meaning, **kw) -> Setting:
     return Setting(name, default, meaning, **kw)
 
 
-def _fixed(name, default, meaning) -> Setting:
-    return Setting(name, default, meaning, documented=False)
+def _fixed(name, default, meaning, kind: str = "") -> Setting:
+    return Setting(name, default, meaning, documented=False, kind=kind)
 
 
 def _process(name, default, meaning, *names, label="") -> Setting:
@@ -98,7 +213,12 @@ SETTINGS: tuple[Setting, ...] = (
     # Sessions and sign-in.
     _app("SECRET_KEY", None, "signs sessions and CSRF tokens (default: SECRET_KEY_FILE)"),
     _app("SECRET_KEY_FILE", None, "file the secret key is generated into (instance/secret_key)"),
-    _app("COOKIE_SECURE", "auto", "Secure session cookie: auto (over HTTPS), true or false"),
+    _app(
+        "COOKIE_SECURE",
+        "auto",
+        "Secure session cookie: auto (over HTTPS), true or false",
+        kind="cookie_secure",
+    ),
     _app("PERMANENT_SESSION_LIFETIME", timedelta(hours=12), "seconds a session lasts unused"),
     _app("LOGIN_MAX_AGE", 7 * 24 * 3600, "seconds a sign-in lasts at most"),
     _app("LOGIN_FAILURE_WINDOW", 900, "seconds over which failed sign-ins are counted"),
@@ -116,7 +236,9 @@ SETTINGS: tuple[Setting, ...] = (
     _fixed("SESSION_COOKIE_HTTPONLY", True, "the session cookie is not readable by scripts"),
     _fixed("SESSION_COOKIE_SAMESITE", "Lax", "the session cookie's SameSite"),
     # The CSRF token lives as long as the session: a dashboard left open still works.
-    _fixed("WTF_CSRF_TIME_LIMIT", None, "seconds a CSRF token lasts (None: the session)"),
+    _fixed(
+        "WTF_CSRF_TIME_LIMIT", None, "seconds a CSRF token lasts (None: the session)", kind="int"
+    ),
     # Webhook authentication.
     _app("WEBHOOK_TOKEN", "", "secret the webhook URLs carry as ?token="),
     _app("WEBHOOK_SIGN_ACCESS_KEY", "", "access key of NXCLOUD's webhook signatures"),
@@ -135,8 +257,10 @@ SETTINGS: tuple[Setting, ...] = (
         "bytes of bodies a worker's event loop holds for a committer that is not reading; "
         "past it a webhook is answered 503 at once",
     ),
-    _app("WEBHOOK_ALLOW_NETWORKS", "", "CIDRs allowed to call the webhooks"),
-    _app("TRUSTED_PROXIES", "", "proxies whose X-Forwarded-* headers are believed"),
+    _app("WEBHOOK_ALLOW_NETWORKS", "", "CIDRs allowed to call the webhooks", kind="networks"),
+    _app(
+        "TRUSTED_PROXIES", "", "proxies whose X-Forwarded-* headers are believed", kind="networks"
+    ),
     _app("WEBHOOK_REFUSED_KEEP_PER_MINUTE", 60, "refused webhook bodies kept per minute"),
     _app("REJECTED_KEEP_BYTES", 1024**3, "never-applied bodies kept at most, in bytes (0: all)"),
     _app("REJECTED_KEEP_DAYS", 30, "days never-applied bodies are kept (0: until purged)"),
@@ -146,19 +270,26 @@ SETTINGS: tuple[Setting, ...] = (
     _app("NXCLOUD_ACCESS_SECRET", None, "its secret (never sent, only used to sign)"),
     _app("NXCLOUD_APPKEY", None, "the Viber application's appkey"),
     _app("NXCLOUD_RATE_TYPE", "Session", "rateType of sent texts"),
-    _app("NXCLOUD_TIMEOUT", 10, "seconds to wait for NXCLOUD's answer to a send"),
+    _app("NXCLOUD_TIMEOUT", 10, "seconds to wait for NXCLOUD's answer to a send", kind="float"),
     # Alerts.
-    _app("ALERT_RULES", None, "alert rules (None: the built-in ones; []: alerting off)"),
+    _app(
+        "ALERT_RULES", None, "alert rules (None: the built-in ones; []: alerting off)", kind="any"
+    ),
     _app("ALERT_URL", None, "where firing and resolved alerts are POSTed"),
-    _app("ALERT_INTERVAL", 60, "seconds between evaluations per process (0: none)"),
-    _app("ALERT_RETRY_BACKOFF", 30, "seconds before the 2nd attempt, doubled after each"),
+    _app("ALERT_INTERVAL", 60, "seconds between evaluations per process (0: none)", kind="float"),
+    _app(
+        "ALERT_RETRY_BACKOFF",
+        30,
+        "seconds before the 2nd attempt, doubled after each",
+        kind="float",
+    ),
     _app("ALERT_MAX_ATTEMPTS", 6, "delivery attempts per notice"),
-    _app("ALERT_TIMEOUT", 10, "seconds to wait for the alert URL"),
-    _fixed("ALERT_CLOCK", None, "a callable giving the alerts' time (tests)"),
-    _fixed("ANALYTICS_CLOCK", None, "a callable giving the analytics' time (tests)"),
+    _app("ALERT_TIMEOUT", 10, "seconds to wait for the alert URL", kind="float"),
+    _fixed("ALERT_CLOCK", None, "a callable giving the alerts' time (tests)", kind="any"),
+    _fixed("ANALYTICS_CLOCK", None, "a callable giving the analytics' time (tests)", kind="any"),
     # Metrics and logs.
     _app("METRICS_TOKEN", None, "bearer token for /metrics"),
-    _app("METRICS_ALLOW_NETWORKS", "", "CIDRs allowed to scrape /metrics"),
+    _app("METRICS_ALLOW_NETWORKS", "", "CIDRs allowed to scrape /metrics", kind="networks"),
     _app("LOG_JSON", False, "webhook log lines as JSON"),
     _process(
         "PROMETHEUS_MULTIPROC_DIR", None, "metrics add up across gunicorn workers (an empty dir)"
@@ -228,6 +359,9 @@ def load(config: Config, overrides: dict | None = None) -> None:
     config.from_prefixed_env(prefix=PREFIX)
     if overrides:
         config.from_mapping(overrides)
+    for s in SETTINGS:
+        if s.scope == "app":
+            config[s.name] = s.parse(config.get(s.name))
 
 
 def process(name: str) -> Any:

@@ -327,8 +327,8 @@ def ingest_cost(messages: int, rounds: int) -> dict:
     import json
     import tempfile
 
-    from app import create_app
-    from app.records import ingest, rollup
+    from app import create_app, ingest
+    from app.records import rollup
 
     keep = rollup.Moves.write
     per: dict[str, list[float]] = {"with": [], "without": []}

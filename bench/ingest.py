@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.records.committer import is_committer  # noqa: E402
+from app.ingest.committer.supervisor import is_committer  # noqa: E402
 
 METRICS_TOKEN = "bench-metrics"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -218,8 +218,8 @@ def summarise_profile(path: Path) -> dict:
         )
         kind = (
             "ingest writer"
-            if "_run (app/records/ingest.py" in joined
-            or "Committer.run (app/records/committer.py" in joined
+            if "_run (app/ingest/" in joined
+            or "Committer.run (app/ingest/committer/" in joined
             or "ingest-writer" in frames[0]
             else "request threads"
             if "handle_request" in joined or "wsgi_app" in joined

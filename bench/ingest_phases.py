@@ -20,24 +20,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import create_app  # noqa: E402
-from app.records import contacts, ingest, rollup, tally  # noqa: E402
+from app import create_app, ingest  # noqa: E402
+from app.ingest import batch as ingest_batch  # noqa: E402
+from app.ingest import transaction  # noqa: E402
+from app.records import contacts, rollup, tally  # noqa: E402
 from app.records.models import db  # noqa: E402
 
 PHASES = (
-    ("validate and hash the bodies", ingest, "parse"),
-    ("create, lock and read the messages (receipts, replies)", ingest, "read_messages"),
-    ("decide each body", ingest.Batch, "_decide"),
-    ("insert raw bodies", ingest.Batch, "_write_raw"),
-    ("insert receipts and replies", ingest.Batch, "_write_records"),
-    ("derive the messages (fold, columns)", ingest, "message_columns"),
+    ("validate and hash the bodies", transaction, "parse"),
+    ("create, lock and read the messages (receipts, replies)", ingest_batch, "read_messages"),
+    ("decide each body", ingest_batch.IngestBatch, "_decide"),
+    ("insert raw bodies", ingest_batch.IngestBatch, "_write_raw"),
+    ("insert receipts and replies", ingest_batch.IngestBatch, "_write_records"),
+    ("derive the messages (fold, columns)", ingest_batch, "message_columns"),
     ("counters' and rollups' keys", rollup, "share_of"),
-    ("update the messages", ingest.Batch, "_write_messages"),
-    ("insert activity rows", ingest.Batch, "_write_activity"),
+    ("update the messages", ingest_batch.IngestBatch, "_write_messages"),
+    ("insert activity rows", ingest_batch.IngestBatch, "_write_activity"),
     ("contacts", contacts, "write"),
     ("tally", tally.Moves, "write"),
     ("rollups", rollup.Moves, "write"),
-    ("take the write lock", ingest, "begin_writing"),
+    ("take the write lock", transaction, "begin_writing"),
 )
 
 

@@ -55,13 +55,13 @@ def free_port() -> int:
 
 def prepare_database(url: str, secret: str) -> None:
     from app import create_app
-    from app.auth import accounts as auth
+    from app.auth import users
     from app.records.models import db
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": secret})
     with app.app_context():
         db.create_all()
-        auth.create_user(USER, PASSWORD)
+        users.create_user(USER, PASSWORD)
         db.engine.dispose()
 
 

@@ -4,7 +4,7 @@ do /healthz and a webhook still answer?
 The production command (`gunicorn -c gunicorn.conf.py 'app:create_app()'`, its default
 workers and threads) runs twice on a fresh SQLite file: once with gunicorn's own gthread
 worker (`--worker-class gthread`, the baseline) and once as configured (SlowClientWorker,
-app/serving.py). Against each, N attackers open connections and send a webhook request's
+app/server/worker.py). Against each, N attackers open connections and send a webhook request's
 head one byte every few seconds, reconnecting whenever the server closes on them, so N stay
 open; meanwhile a probe, in a process of its own, asks GET /healthz and POSTs a delivery
 receipt, one after the other, every half second, each on a new connection with a 10 s

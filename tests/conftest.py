@@ -10,10 +10,9 @@ import pytest
 from playwright.sync_api import sync_playwright
 from sqlalchemy.engine import make_url
 
-from app import create_app
-from app.auth import accounts as auth
+from app import create_app, ingest
+from app.auth import tokens
 from app.live import views as live
-from app.records import ingest
 from app.records.models import db
 from support import secrets_in_logs
 from support.accounts import TEST_PASSWORD, create_test_user, log_in
@@ -140,7 +139,7 @@ def client(app):
 def api_token(app) -> str:
     """A bearer token for the JSON API, made as `viberwatch create-token` makes it."""
     with app.app_context():
-        token = auth.create_token("tests")[1]
+        token = tokens.create_token("tests")[1]
     secrets_in_logs.add_secret(token)
     return token
 

@@ -10,6 +10,7 @@ import pytest
 
 from app.alerts import notices as alerts
 from app.alerts.rules import RuleError, parse_rules
+from app.core.services import services
 from app.records.models import AlertAttempt, AlertNotice, AlertState, db
 from support.timed_ingest import receipt, register
 
@@ -314,5 +315,5 @@ def test_rules_from_the_environment(monkeypatch, database_url):
     monkeypatch.setenv("VIBERWATCH_ALERT_RULES", '[{"name": "env-rule", "kind": "no_receipts"}]')
     monkeypatch.setenv("VIBERWATCH_ALERT_URL", "http://127.0.0.1:9/alerts")
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
-    assert [r.name for r in app.extensions["viberwatch.alert_rules"]] == ["env-rule"]
+    assert [r.name for r in services(app).alert_rules] == ["env-rule"]
     assert app.config["ALERT_URL"] == "http://127.0.0.1:9/alerts"

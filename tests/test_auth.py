@@ -15,6 +15,7 @@ import pytest
 
 from app import create_app
 from app.auth.security import CONTENT_SECURITY_POLICY
+from app.core.services import services
 from app.records.models import LoginFailure, User, db
 from support.accounts import (
     CSRF_INPUT_RE,
@@ -414,7 +415,7 @@ def test_password_checks_at_once_are_bounded_per_process(app_config):
         )
         statuses, _ = served_attempts(app, 8, [f"192.0.{limit}.{i}" for i in range(8)])
         assert statuses == [401] * 8
-        peaks[limit] = app.extensions["viberwatch.password_checks"].peak
+        peaks[limit] = services(app).password_checks.peak
     # Without the bound they do overlap: the measurement can tell.
     assert peaks[1] == 1 and peaks[8] > 1
 

@@ -9,6 +9,8 @@ from support.browser import signed_in_tab
 from support.fake_nxcloud import nxcloud_config
 
 PHONE = "79100000077"
+WRITES_AT = "2024-06-03 17:00:00"  # the user's reply
+RECEIPTS_AT = "2024-06-03 17:01:00"  # the receipts of the answer sent to it
 
 
 @pytest.fixture
@@ -38,13 +40,8 @@ def push(server, path, body):
 
 
 def user_writes(server, text="When do you open?"):
-    body = bodies.reply("b" * 32, PHONE, text, appkey="FakeApp1", send_time="2024-06-03 17:00:00")
+    body = bodies.reply("b" * 32, PHONE, text, appkey="FakeApp1", send_time=WRITES_AT)
     push(server, bodies.REPLY, body)
-
-
-def receipt(request_id, status):
-    message = f"Viber message has {status}"
-    return bodies.receipt(request_id, status, message=message, send_time="2024-06-03 17:01:00")
 
 
 def open_thread(pg):
@@ -69,10 +66,10 @@ def test_a_reply_sent_from_the_thread_is_delivered_live(signed_in, live_server, 
     sent = pg.locator(f"#thread #thread-msg-{request_id}")
     sent.wait_for()
     assert "We open at 9, see you <soon>" in sent.inner_text()
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "success"))
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "delivered"))
+    push(live_server, bodies.DR, bodies.receipt(request_id, "success", send_time=RECEIPTS_AT))
+    push(live_server, bodies.DR, bodies.receipt(request_id, "delivered", send_time=RECEIPTS_AT))
     pg.wait_for_selector(f"#thread-msg-{request_id}[data-status=delivered]")
-    push(live_server, "/webhooks/viber/dr", receipt(request_id, "seen"))
+    push(live_server, bodies.DR, bodies.receipt(request_id, "seen", send_time=RECEIPTS_AT))
     pg.wait_for_selector(f"#thread-msg-{request_id}[data-status=seen]")
     assert pg.locator(f"#thread-msg-{request_id}").count() == 1
 
@@ -123,14 +120,8 @@ def test_the_session_window_opens_live_when_the_user_writes(signed_in, live_serv
     assert "No session" in pg.locator("#session-window").inner_text()
     push(
         live_server,
-        "/webhooks/viber/message",
-        {
-            "phone": PHONE,
-            "appkey": "FakeApp1",
-            "traceRequestId": "c" * 32,
-            "message": {"text": "Thanks"},
-            "sendTime": "2024-06-03 17:00:00",
-        },
+        bodies.REPLY,
+        bodies.reply("c" * 32, PHONE, "Thanks", appkey="FakeApp1", send_time=WRITES_AT),
     )
     pg.wait_for_selector("#session-window.is-open")
     assert "5 of 5 before the user must reply" in pg.locator("#session-window").inner_text()

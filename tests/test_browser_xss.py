@@ -5,6 +5,8 @@ on full pages and in rows pushed live."""
 import httpx
 import pytest
 
+from support.bodies import REPLY, reply
+
 pytestmark = pytest.mark.browser
 
 PHONE = "79100000066"
@@ -20,14 +22,8 @@ PAYLOADS = [
 
 
 def push_reply(server, text, send_time, **message):
-    body = {
-        "phone": PHONE,
-        "appkey": "App<1>",
-        "traceRequestId": RID,
-        "message": {"text": text, **message},
-        "sendTime": send_time,
-    }
-    response = httpx.post(server.url + "/webhooks/viber/message", json=body, timeout=10)
+    body = reply(RID, PHONE, text, appkey="App<1>", send_time=send_time, **message)
+    response = httpx.post(server.url + REPLY, json=body, timeout=10)
     assert response.status_code == 200, response.text
 
 
@@ -64,7 +60,7 @@ def test_script_payloads_show_literally_and_never_run(watched, live_server):
         None,
         "2024-06-03 17:00:09",
         media="javascript:window.__xss = 7",
-        fileName='<img src=x onerror="window.__xss = 8">.jpg',
+        file_name='<img src=x onerror="window.__xss = 8">.jpg',
     )
 
     page.goto(f"/conversations/{PHONE}")

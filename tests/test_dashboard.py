@@ -5,9 +5,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app import ingest
 from app.dashboard import listing
 from app.dashboard.filters import FilterError, MessageFilter
-from app.records import ingest, tally
+from app.records import tally
 from app.records.models import Message, MessageTally, RawBody, db
 from support.dashboard_data import message_with, receipt, register, reply, set_activity
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from support import interrupt
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
 
@@ -66,7 +68,7 @@ def test_make_demo_keeps_the_terminal_for_the_simulator_and_says_where_everythin
         f"DEMO_LOG={log}",
     ]
     # A session of its own: Ctrl-C in a terminal reaches make, the server and the simulator.
-    proc = subprocess.Popen(
+    proc = interrupt.popen(
         command,
         cwd=ROOT,
         env=demo_env,

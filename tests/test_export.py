@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Numeric, literal
 
 from app import create_app
+from app.core.times import utcnow
 from app.dashboard.export import (
     BLANKS,
     FORMULA_TRIGGERS,
@@ -24,7 +25,7 @@ from app.dashboard.export import (
     REPLY_COLUMNS,
     price_cell,
 )
-from app.records.models import Message, RawBody, Reply, db, utcnow
+from app.records.models import Message, RawBody, Reply, db
 from support.accounts import create_test_user, log_in
 from support.dashboard_data import message_with, receipt, register, reply
 from support.postgres import postgres_schema

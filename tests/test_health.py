@@ -108,7 +108,7 @@ def test_a_request_whose_connection_died_is_answered_not_500(app):
     session must not turn a finished answer into a 500."""
     from sqlalchemy import text
 
-    from app.auth.accounts import public
+    from app.auth.guard import public
 
     @app.get("/probe-connection-dies")
     @public

@@ -20,6 +20,7 @@ from app.core.payloads import (
     parse_reply,
 )
 from app.records.models import Message, RawBody, Reply, db
+from support.bodies import encoded, receipt
 from support.fixtures import fixture_json
 
 LIMIT = 65536
@@ -32,10 +33,6 @@ RID = "f6a7d49946094857ae02812969a83056"
 @pytest.fixture
 def app_config(app_config):
     return {**app_config, "MAX_CONTENT_LENGTH": LIMIT}
-
-
-def receipt(**override) -> dict:
-    return {**fixture_json("dr_delivered"), **override}
 
 
 def stored(app):
@@ -56,7 +53,7 @@ def assert_kept(app, response, status, field, body: bytes, outcome="rejected"):
 
 
 def test_body_over_the_limit_is_413_and_its_head_kept(app, live_server):
-    body = json.dumps(receipt(padding="x" * (3 * LIMIT))).encode()
+    body = encoded(receipt(RID, padding="x" * (3 * LIMIT)))
     response = httpx.post(live_server.url + DR, content=body, headers=JSON)
     assert response.status_code == 413 and response.json()["field"] == "body"
     raws, messages = stored(app)
@@ -65,7 +62,7 @@ def test_body_over_the_limit_is_413_and_its_head_kept(app, live_server):
 
 
 def test_chunked_body_over_the_limit_is_413_with_its_true_length(app, live_server):
-    body = json.dumps(receipt(padding="y" * (2 * LIMIT))).encode()
+    body = encoded(receipt(RID, padding="y" * (2 * LIMIT)))
     chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))
     response = httpx.post(live_server.url + DR, content=chunks, headers=JSON)
     assert response.status_code == 413
@@ -74,7 +71,7 @@ def test_chunked_body_over_the_limit_is_413_with_its_true_length(app, live_serve
 
 
 def test_chunked_body_within_the_limit_is_applied(app, live_server):
-    body = json.dumps(receipt()).encode()
+    body = encoded(receipt(RID))
     response = httpx.post(live_server.url + DR, content=iter([body[:10], body[10:]]), headers=JSON)
     assert response.status_code == 200
     assert stored(app)[1] == 1
@@ -95,7 +92,7 @@ def test_api_body_over_the_limit_is_413(app, live_server, api_token):
 HOSTILE = [
     (
         "deep nesting",
-        json.dumps(receipt(extra=json.loads("[" * 40 + "]" * 40))).encode(),
+        encoded(receipt(RID, extra=json.loads("[" * 40 + "]" * 40))),
         400,
         "body",
     ),
@@ -103,19 +100,19 @@ HOSTILE = [
     ("huge number", b'{"status":"delivered","code":' + b"9" * 5000 + b"}", 400, "body"),
     ("invalid UTF-8", b'{"status":"delivered","requestId":"\xff\xfe"}', 400, "body"),
     ("raw NUL byte", b'{"status":"deliv\x00ered"}', 400, "body"),
-    ("escaped NUL", json.dumps(receipt(requestId="abc\u0000def")).encode(), 422, "requestId"),
+    ("escaped NUL", encoded(receipt("abc\u0000def")), 422, "requestId"),
     ("lone surrogate", b'{"status":"delivered","x":"\\ud800"}', 400, "body"),
     ("NaN", b'{"status":"delivered","code":NaN}', 400, "body"),
     ("empty", b"", 400, "body"),
     ("array", b"[1, 2]", 422, "body"),
     ("null", b"null", 422, "body"),
-    ("number for a string", json.dumps(receipt(requestId=12345)).encode(), 422, "requestId"),
-    ("string for a number", json.dumps(receipt(code="11001")).encode(), 422, "code"),
-    ("bool for a number", json.dumps(receipt(code=True)).encode(), 422, "code"),
-    ("object for a string", json.dumps(receipt(status={"$ne": 1})).encode(), 422, "status"),
-    ("out of range", json.dumps(receipt(code=2**40)).encode(), 422, "code"),
-    ("infinite cost", json.dumps(receipt(cost={"localPrice": 1e308 * 10})).encode(), 400, "body"),
-    ("huge cost", json.dumps(receipt(cost={"localPrice": 1e300})).encode(), 422, "cost.localPrice"),
+    ("number for a string", encoded(receipt(12345)), 422, "requestId"),
+    ("string for a number", encoded(receipt(RID, code="11001")), 422, "code"),
+    ("bool for a number", encoded(receipt(RID, code=True)), 422, "code"),
+    ("object for a string", encoded({**receipt(RID), "status": {"$ne": 1}}), 422, "status"),
+    ("out of range", encoded(receipt(RID, code=2**40)), 422, "code"),
+    ("infinite cost", encoded(receipt(RID, cost={"localPrice": 1e308 * 10})), 400, "body"),
+    ("huge cost", encoded(receipt(RID, cost={"localPrice": 1e300})), 422, "cost.localPrice"),
 ]
 
 
@@ -130,7 +127,7 @@ def test_hostile_receipt_bodies(app, live_server, name, body, status, field):
     ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None],
 )
 def test_wrong_content_types_are_415(app, live_server, content_type):
-    body = json.dumps(receipt()).encode()
+    body = encoded(receipt(RID))
     headers = {"Content-Type": content_type} if content_type else {}
     response = httpx.post(live_server.url + DR, content=body, headers=headers)
     assert_kept(app, response, 415, "Content-Type", body)

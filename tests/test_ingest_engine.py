@@ -15,45 +15,33 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import create_app
+from app import create_app, ingest
+from app.core.signing import Signature
+from app.ingest.committer import client, protocol
 from app.observability import metrics
 from app.ops.maintenance import recount_differences
 from app.ops.rebuild import rebuild
-from app.records import committer, ingest, replay
 from app.records.derivation import outbound_preview, reply_preview
 from app.records.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
-from support import bodies
-from support.bodies import encoded
+from app.webhooks import reprocess
+from support.bodies import encoded, receipt, registration, reply
 from support.servers import committer_pid, production_process, worker_pids
 from support.wait import until
 
 STATUSES = ("success", "delivered", "seen")
-SEND_TIME = "2026-03-01 20:00:00"
-
-
-def receipt(rid: str, status: str = "seen", *, cost: bool = False) -> bytes:
-    return encoded(bodies.receipt(rid, status, cost=cost, send_time=SEND_TIME))
-
-
-def reply(rid: str, phone: str, text: str) -> bytes:
-    body = bodies.reply(rid, phone, text, appkey="APP1", send_time="2026-03-01 20:05:00")
-    return encoded(body)
-
-
-def registration(rid: str, phone: str, text: str) -> bytes:
-    return encoded(bodies.registration(rid, phone, text, appkey="APP1", functionType="text"))
 
 
 # Recent: never-applied bodies older than REJECTED_KEEP_DAYS are deleted as others arrive.
 _clock = {"at": datetime.now(UTC) - timedelta(hours=1)}
 
 
-def job(endpoint: str, body: bytes, content_type: str = "application/json") -> ingest.Job:
-    """A body to hand to the writer, received a millisecond after the one before."""
+def job(endpoint: str, body: dict | bytes, content_type: str = "application/json") -> ingest.Job:
+    """A body to hand to the writer (a dict as JSON, bytes as they are), received a millisecond
+    after the one before."""
     _clock["at"] += timedelta(milliseconds=1)
     return ingest.Job(
         endpoint,
-        body,
+        body if isinstance(body, bytes) else encoded(body),
         content_type,
         {"content-type": content_type},
         "127.0.0.1",
@@ -206,7 +194,7 @@ def test_the_writer_takes_every_body_waiting_as_one_batch(app):
     results = []
 
     def submit(i):
-        results.append(_ingest_in(app, "dr", receipt(f"w{i:02d}", "seen")))
+        results.append(_ingest_in(app, "dr", encoded(receipt(f"w{i:02d}", "seen"))))
 
     with app.app_context():
         writer = ingest.writer_of(app)
@@ -258,7 +246,9 @@ def test_a_body_not_committed_in_time_is_answered_503_and_still_applied(app_conf
     client = app.test_client()
     with app.app_context(), ingest.write_lock().held():  # a transaction that takes too long
         response = client.post(
-            "/webhooks/viber/dr", data=receipt("slow" + "0" * 28), content_type="application/json"
+            "/webhooks/viber/dr",
+            data=encoded(receipt("slow" + "0" * 28, "seen")),
+            content_type="application/json",
         )
     assert response.status_code == 503 and "not committed in time" in response.get_json()["error"]
     with app.app_context():
@@ -333,7 +323,7 @@ def test_a_body_the_database_refuses_does_not_sink_its_batch(app):
         assert db.session.get(Message, "good2").phone == "79000000002"
         assert db.session.execute(db.select(db.func.count()).select_from(RawBody)).scalar() == 4
         cure_receipts()
-        again = ingest.reprocess(kept.id)
+        again = reprocess.reprocess(kept.id)
         assert (again.http_status, again.outcome) == (200, "accepted")
         assert db.session.get(Message, "poison").status == "seen"
         assert_consistent()
@@ -390,7 +380,7 @@ def test_a_refused_body_pushed_again_and_then_reprocessed_leaves_the_rebuilt_rec
         again = job("dr", receipt("poison", "seen"))
         ingest.apply_batch([again])
         assert again.result.outcome == "accepted"
-        late = ingest.reprocess(refused.result.raw_id)
+        late = reprocess.reprocess(refused.result.raw_id)
         assert (late.http_status, late.outcome, late.raw_id) == (
             200,
             "duplicate",
@@ -479,7 +469,7 @@ def test_any_split_into_batches_gives_the_same_record(app):
     work, _phones = burst(rng, 40)
     work += [
         ("dr", b"{broken"),
-        ("message", reply("burst00003" + "0" * 20, "79200000003", "again")),
+        ("message", encoded(reply("burst00003" + "0" * 20, "79200000003", "again"))),
     ]
     rng.shuffle(work)
     start = datetime.now(UTC) - timedelta(hours=1)
@@ -532,14 +522,14 @@ def burst(rng: random.Random, messages: int) -> tuple[list[tuple[str, bytes]], d
         rid = f"burst{i:05d}{'0' * 20}"
         phone = phones[rid] = f"7920{i % 250:07d}"
         for status in STATUSES:
-            body = receipt(rid, status, cost=status == "success")
+            body = encoded(receipt(rid, status, cost=status == "success"))
             work.append(("dr", body))
             if rng.random() < 0.1:
                 work.append(("dr", body))
         if i % 7 == 0:
-            work.append(("message", reply(rid, phone, f"thanks {i}")))
+            work.append(("message", encoded(reply(rid, phone, f"thanks {i}"))))
         if i % 5 == 0:
-            work.append(("register", registration(rid, phone, f"Your code is {i}")))
+            work.append(("register", encoded(registration(rid, phone, f"Your code is {i}"))))
     rng.shuffle(work)
     return work, phones
 
@@ -602,7 +592,9 @@ def hammer(url: str, stop: threading.Event, log: list, prefix: str, connections:
         with httpx.Client(base_url=url, timeout=30) as client:
             i = 0
             while not stop.is_set():
-                body = receipt(f"{prefix}{n:02d}{i // 3:08d}", STATUSES[i % 3], cost=i % 3 == 0)
+                body = encoded(
+                    receipt(f"{prefix}{n:02d}{i // 3:08d}", STATUSES[i % 3], cost=i % 3 == 0)
+                )
                 try:
                     status = client.post(
                         "/webhooks/viber/dr",
@@ -677,7 +669,7 @@ def test_the_workers_hand_their_bodies_to_the_committer(app, production):
     applied once, when the committer goes on."""
     url, proc = production
     pid = committer_pid(proc.pid)
-    body = receipt("hand" + "0" * 21, "delivered")
+    body = encoded(receipt("hand" + "0" * 21, "delivered"))
     answers = []
 
     def post():
@@ -754,18 +746,18 @@ def test_a_body_crosses_to_the_committer_unchanged():
         None,
         {"user-agent": "caf\u00e9 \u2603", "sign": "ab"},
         "10.0.0.1",
-        signature=replay.Signature("ab", "key", 1_700_000_000_000),
+        signature=Signature("ab", "key", 1_700_000_000_000),
     )
-    one = committer.job_frame(sent)
+    one = protocol.job_frame(sent)
     whole = one * 2
     buf = bytearray(whole[:-3])
-    taken = committer.frames(buf)
+    taken = protocol.frames(buf)
     assert len(taken) == 1 and bytes(buf) == one[:-3]
     buf += whole[-3:]
-    taken += committer.frames(buf)
+    taken += protocol.frames(buf)
     assert buf == bytearray() and len(taken) == 2
     for meta, body in taken:
-        got = committer.job_of(meta, body)
+        got = protocol.job_of(meta, body)
         assert (got.endpoint, got.body, got.content_type, got.headers, got.remote_addr) == (
             sent.endpoint,
             sent.body,
@@ -784,13 +776,13 @@ def test_a_committer_that_does_not_answer_in_time_gets_the_body_answered_503(tmp
 
     path = str(tmp_path / "committer.sock")
     job = ingest.Job("dr", b"{}", "application/json", {}, "127.0.0.1")
-    assert committer.submit(path, job, 0.3) is None  # nobody listens
+    assert client.submit(path, job, 0.3) is None  # nobody listens
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(8)
     results = []
     worker = threading.Thread(
-        target=lambda: results.extend(committer.submit(path, job, 0.3) for _ in range(2))
+        target=lambda: results.extend(client.submit(path, job, 0.3) for _ in range(2))
     )
     worker.start()
     taken = [listener.accept()[0] for _ in range(2)]
@@ -799,9 +791,9 @@ def test_a_committer_that_does_not_answer_in_time_gets_the_body_answered_503(tmp
     for conn in taken:  # each connection got the whole frame
         conn.settimeout(5)
         buf = bytearray()
-        while not (got := committer.frames(buf)):
+        while not (got := protocol.frames(buf)):
             buf += conn.recv(1 << 16)
-        assert committer.job_of(*got[0]).body == b"{}"
+        assert protocol.job_of(*got[0]).body == b"{}"
         conn.close()
     listener.close()
     assert [(r.http_status, r.outcome) for r in results] == [(503, "rejected")] * 2

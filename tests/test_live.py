@@ -7,8 +7,9 @@ import uuid
 import pytest
 
 from app.live.hub import hub_of, read_events
-from app.live.push import Batch, HelloError, Page, compose, parse_hello
-from support.live_client import LiveClient, post, receipt, reply
+from app.live.push import HelloError, Page, PushBatch, compose, parse_hello
+from support.bodies import receipt, reply
+from support.live_client import LiveClient, post
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"
@@ -240,7 +241,7 @@ def test_a_burst_is_coalesced_to_one_row_per_message(app, live_server):
     with app.test_request_context("/"):
         events = read_events(0)
         assert len(events) == 15
-        batches = [Batch.load(events[i : i + 4]) for i in range(0, 15, 4)]
+        batches = [PushBatch.load(events[i : i + 4]) for i in range(0, 15, 4)]
         page = Page(kind="messages", feed=True)
         push = compose(page, 0, batches, feed_cap=10)
         assert sorted(push.rows) == sorted(ids)

@@ -8,9 +8,9 @@ import pytest
 from app import create_app
 from app.live import views as live
 from app.records.models import db
-from support.bodies import post_json
+from support.bodies import post_json, receipt
 from support.browser import watch_console
-from support.live_client import post, receipt
+from support.live_client import post
 from support.servers import LiveServer
 from support.wait import until
 

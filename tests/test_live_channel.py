@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.live.wake import RETRY_SECONDS, RedisBackend
 from app.records.models import Message, db
 from support.accounts import create_test_user
-from support.live_client import LiveClient, post, receipt
+from support.bodies import receipt
+from support.live_client import LiveClient, post
 from support.servers import LiveServer, free_port, production_process
 from support.wait import until
 from test_live_workers import session_cookie

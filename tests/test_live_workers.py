@@ -8,10 +8,12 @@ import httpx
 import pytest
 
 from app import create_app
+from app.core.services import services
 from app.live import views as live
 from app.records.models import db
 from support.accounts import TEST_PASSWORD, TEST_USER, create_test_user
-from support.live_client import LiveClient, post, receipt
+from support.bodies import receipt
+from support.live_client import LiveClient, post
 from support.servers import LiveServer, production_server
 
 DR = "/webhooks/viber/dr"
@@ -104,7 +106,7 @@ def test_wake_up_reaches_another_process_without_the_poll(app, app_config, live_
 
         cookie = session_cookie(server.url)
         c = Client(server.url, cookie, cursor=None)
-        hub = watcher.extensions["viberwatch.live"]
+        hub = services(watcher).live
         expected = {
             "database": "postgresql"
             if "postgresql" in app_config["SQLALCHEMY_DATABASE_URI"]

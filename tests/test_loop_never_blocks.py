@@ -6,7 +6,6 @@ webhook is answered 503 at once. Through the real production command, on both da
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -21,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from app.records.models import Message, RawBody, db
 from support.accounts import create_test_user
-from support.bodies import DR, receipt
+from support.bodies import DR, encoded, receipt
 from support.live_client import LiveClient
 from support.servers import committer_pid, production_process
 from test_live_workers import session_cookie
@@ -54,13 +53,6 @@ def serve(app, app_config, tmp_path):
     return start
 
 
-def body(rid: str, pad: int = 0) -> bytes:
-    data = receipt(rid)
-    if pad:
-        data["note"] = "x" * pad  # a field NXCLOUD does not send: kept, not used
-    return json.dumps(data).encode()
-
-
 class Poster:
     """Clients posting receipts on kept-alive connections, each waiting for its answer."""
 
@@ -80,7 +72,7 @@ class Poster:
                 try:
                     response = http.post(
                         f"{DR}?token={TOKEN}",
-                        content=body(rid, self.pad),
+                        content=encoded(receipt(rid, pad=self.pad)),
                         headers={"Content-Type": "application/json"},
                     )
                     status = response.status_code

@@ -6,17 +6,19 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func
 
+from app.core.services import services
+from app.core.times import utcnow
 from app.ops.maintenance import parse_age, purge
 from app.ops.rebuild import rebuild
 from app.ops.seed import seed
-from app.records import ingest
-from app.records.models import Activity, Contact, Message, RawBody, Receipt, Reply, db, utcnow
+from app.records.models import Activity, Contact, Message, RawBody, Receipt, Reply, db
 from support.bodies import post_json
 from support.fixtures import fixture_json
+from support.stored import stored_columns
 
 
 def zone(app):
-    return app.extensions["viberwatch.sendtime_zone"]
+    return services(app).sendtime_zone
 
 
 def count(model) -> int:
@@ -45,7 +47,7 @@ def assert_contacts_consistent():
 def assert_refresh_changes_nothing():
     """Every message is already as ingest would derive it from its stored receipts and replies."""
     messages = {m.request_id: m for m in db.session.execute(db.select(Message)).scalars()}
-    for rid, columns in ingest.stored_columns(list(messages)).items():
+    for rid, columns in stored_columns(list(messages)).items():
         assert {k: v for k, v in columns.items() if getattr(messages[rid], k) != v} == {}, rid
     db.session.rollback()
 

@@ -237,9 +237,9 @@ def test_with_the_database_away_nothing_answers_500(app_config):
     answers.append(client.get("/"))  # finding the sign-in
     assert [a.status_code for a in answers] == [200] + [503] * 4
     assert answers[0].get_data() == b"success"
-    from app.records import ingest
+    from app import ingest
 
-    assert ingest.writer_of(app).spool_status().bodies == 1
+    assert ingest.writer_of(app).spooler.status().bodies == 1
     assert answers[1].get_json()["field"] == "database" and answers[1].headers["Retry-After"]
     ingest.stop(app)  # its drainer would try the absent database for ever
     with app.app_context():

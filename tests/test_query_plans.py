@@ -6,6 +6,7 @@ import re
 import pytest
 from sqlalchemy import event, text
 
+from app.core.services import services
 from app.ops.seed import seed
 from app.records.models import Message, db
 
@@ -29,7 +30,7 @@ FILTERS = [
 @pytest.fixture
 def seeded(app):
     with app.app_context():
-        seed(300, random_seed=11, days=10, zone=app.extensions["viberwatch.sendtime_zone"])
+        seed(300, random_seed=11, days=10, zone=services(app).sendtime_zone)
         from app.records import tally
 
         tally.rebuild()
@@ -147,7 +148,7 @@ def test_ingest_reads_by_a_list_of_ids_go_by_index_however_the_table_grew(app):
     for the ids each time, not kept as a prepared statement: its generic plan, chosen while the
     table was small, would go on scanning the table whole as it grows (a fresh database under
     load). On SQLite the same read goes by the request_id index."""
-    from app.records.ingest import RECEIPT_COLUMNS
+    from app.ingest.batch import RECEIPT_COLUMNS
     from app.records.models import Receipt
     from app.records.sqlutil import _reader, select_in
 

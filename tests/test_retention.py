@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 
 from app import create_app
+from app.core.times import utcnow
 from app.records import retention
-from app.records.models import RawBody, db, utcnow
+from app.records.models import RawBody, db
 from support.accounts import create_test_user, log_in
 from support.fixtures import fixture_json
 

@@ -7,9 +7,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func
 
-from app.records.models import Activity, Message, RawBody, Reply, SendAttempt, db, utcnow
+from app.core.times import utcnow
+from app.records.models import Activity, Message, RawBody, Reply, SendAttempt, db
 from app.sending import outbound
-from support.bodies import post_json
+from support.bodies import DR, REPLY, post_json, receipt, reply
 from support.fake_nxcloud import nxcloud_config
 
 PHONE = "79100000030"
@@ -21,17 +22,8 @@ def sending_config(app_config, fake_nxcloud):
 
 
 def user_writes(client, phone=PHONE, text="Can I change the time?", trace="a" * 32):
-    response = post_json(
-        client,
-        "/webhooks/viber/message",
-        {
-            "phone": phone,
-            "appkey": "FakeApp1",
-            "traceRequestId": trace,
-            "message": {"text": text},
-            "sendTime": "2024-06-03 17:00:00",
-        },
-    )
+    body = reply(trace, phone, text, appkey="FakeApp1", send_time="2024-06-03 17:00:00")
+    response = post_json(client, REPLY, body)
     assert response.status_code == 200
 
 
@@ -89,14 +81,8 @@ def test_a_reply_is_sent_registered_and_shown_in_the_thread(
     assert f'id="thread-msg-{request_id}" data-status="pending"' in thread
     assert "Yes, &lt;b&gt;tomorrow&lt;/b&gt; at 10" in thread and "<b>tomorrow" not in thread
     # Its receipts land on the same thread entry.
-    receipt = {
-        "status": "delivered",
-        "requestId": request_id,
-        "code": 11001,
-        "message": "Viber message has delivered",
-        "sendTime": "2024-06-03 17:01:00",
-    }
-    assert post_json(client, "/webhooks/viber/dr", receipt).status_code == 200
+    delivered = receipt(request_id, "delivered", send_time="2024-06-03 17:01:00")
+    assert post_json(client, DR, delivered).status_code == 200
     thread = client.get(f"/conversations/{PHONE}").get_data(as_text=True)
     assert f'id="thread-msg-{request_id}" data-status="delivered"' in thread
 

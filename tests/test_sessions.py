@@ -5,7 +5,8 @@ socket), and a live socket of an ended sign-in is closed."""
 import pytest
 import websocket
 
-from app.records.models import RawBody, UserSession, db, utcnow
+from app.core.times import utcnow
+from app.records.models import RawBody, UserSession, db
 from support.accounts import TEST_PASSWORD, TEST_USER, create_test_user, log_in
 from support.live_client import LiveClient
 from test_auth import ws_handshake

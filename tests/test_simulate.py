@@ -11,6 +11,7 @@ from sqlalchemy import func
 from app.records.models import Message, RawBody, Receipt, Reply, db
 from app.simulate.run import Target, build_request, run
 from app.simulate.script import ScriptedMessage, build_script
+from support import interrupt
 
 
 def fast_script(seed, messages, **kwargs):
@@ -372,7 +373,7 @@ def test_an_interrupted_run_reports_its_real_duration_and_rate(
         "DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
         "VIBERWATCH_SECRET_KEY": "cli",
     }
-    proc = subprocess.Popen(
+    proc = interrupt.popen(
         [
             str(Path(sys.executable).parent / "viberwatch"),
             "simulate",

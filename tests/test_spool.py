@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from app.records import ingest, spool
+from app import ingest
+from app.ingest import spoolfile as spool
 from app.records.models import Message, RawBody, Receipt, SpoolMark, db
+from support.bodies import encoded, receipt, reply
 from support.servers import committer_pid, production_process
 from support.wait import until
-from test_ingest_engine import assert_consistent, receipt, reply
+from test_ingest_engine import assert_consistent
 
 
 def count_raw(app) -> int:
@@ -106,12 +108,12 @@ def test_bodies_wait_in_the_spool_and_are_applied_once_the_database_is_back(outa
     for i in range(10):
         rid = f"spool{i:03d}{'0' * 20}"
         work += [
-            ("dr", receipt(rid, "success", cost=True)),
-            ("dr", receipt(rid, "delivered")),
-            ("dr", receipt(rid, "seen")),
-            ("message", reply(rid, f"7930000{i:04d}", f"hi {i}")),
+            ("dr", encoded(receipt(rid, "success", cost=True))),
+            ("dr", encoded(receipt(rid, "delivered"))),
+            ("dr", encoded(receipt(rid, "seen"))),
+            ("message", encoded(reply(rid, f"7930000{i:04d}", f"hi {i}"))),
         ]
-    work.append(("dr", receipt("spool000" + "0" * 20, "seen")))  # a repeat
+    work.append(("dr", encoded(receipt("spool000" + "0" * 20, "seen"))))  # a repeat
     outage.begin()
     started = datetime.now(UTC)
     answers = [post(client, endpoint, body) for endpoint, body in work]
@@ -123,7 +125,7 @@ def test_bodies_wait_in_the_spool_and_are_applied_once_the_database_is_back(outa
     )  # its own answer, and kept
     health = client.get("/healthz").get_json()
     assert health["status"] == "degraded" and health["spool"]["bodies"] == len(work) + 1
-    waiting = ingest.writer_of(app).spool_status()
+    waiting = ingest.writer_of(app).spooler.status()
     assert waiting.bodies == len(work) + 1 and waiting.oldest >= started
     ended = datetime.now(UTC)
     outage.end()
@@ -155,7 +157,7 @@ def test_with_the_spool_unwritable_too_a_body_is_answered_503(outage, app_config
         db.create_all()
     client = app.test_client()
     outage.begin()
-    response = post(client, "dr", receipt("lost" + "0" * 28, "seen"))
+    response = post(client, "dr", encoded(receipt("lost" + "0" * 28, "seen")))
     assert response.status_code == 503
     assert "spool cannot be written" in response.get_json()["error"]
     assert client.get("/healthz").status_code == 503
@@ -171,10 +173,10 @@ def test_a_drain_that_stopped_midway_resumes_after_the_last_body_applied(app):
     applies the rest, and nothing twice."""
     writer = ingest.writer_of(app)
     folder = spool.ensure(writer.folder)
-    f = spool.SpoolFile(folder, writer.keys)
+    f = spool.SpoolFile(folder, writer.spooler.keys)
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     bodies = [
-        receipt(f"mid{i:05d}" + "0" * 20, status)
+        encoded(receipt(f"mid{i:05d}" + "0" * 20, status))
         for i in range(25)
         for status in ("success", "seen")
     ]
@@ -202,13 +204,14 @@ def test_a_body_spooled_after_a_commit_whose_answer_was_lost_is_applied_once(app
     heard of it; the writer then spools those bodies all the same. The drain finds each one
     stored (same endpoint, received time and bytes) and does not apply it again."""
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
-    committed, fresh = receipt("lost" + "0" * 28, "seen"), receipt("lost" + "1" * 28, "seen")
+    committed = encoded(receipt("lost" + "0" * 28, "seen"))
+    fresh = encoded(receipt("lost" + "1" * 28, "seen"))
     with app.app_context():
         job = ingest.Job("dr", committed, "application/json", {}, "127.0.0.1", received_at=at)
         assert ingest.apply_batch([job]) and job.result.http_status == 200
     writer = ingest.writer_of(app)
     folder = spool.ensure(writer.folder)
-    f = spool.SpoolFile(folder, writer.keys)
+    f = spool.SpoolFile(folder, writer.spooler.keys)
     f.append([("dr", at, "application/json", {}, "127.0.0.1", b) for b in (committed, fresh)])
     f.close()
     with app.app_context():
@@ -226,11 +229,18 @@ def test_a_body_spooled_after_a_commit_whose_answer_was_lost_is_applied_once(app
 
 def test_the_commands_show_and_drain_a_spool_left_behind(app):
     writer = ingest.writer_of(app)
-    f = spool.SpoolFile(spool.ensure(writer.folder), writer.keys)
+    f = spool.SpoolFile(spool.ensure(writer.folder), writer.spooler.keys)
     at = datetime(2026, 3, 1, 12, tzinfo=UTC)
     f.append(
         [
-            ("dr", at, "application/json", {}, "127.0.0.1", receipt(f"cli{i:05d}" + "0" * 20))
+            (
+                "dr",
+                at,
+                "application/json",
+                {},
+                "127.0.0.1",
+                encoded(receipt(f"cli{i:05d}" + "0" * 20, "seen")),
+            )
             for i in range(3)
         ]
     )
@@ -247,19 +257,13 @@ def test_the_commands_show_and_drain_a_spool_left_behind(app):
 
 def test_the_banner_says_how_many_bodies_wait_and_since_when(client, app):
     writer = ingest.writer_of(app)
-    f = spool.SpoolFile(spool.ensure(writer.folder), writer.keys)
+    f = spool.SpoolFile(spool.ensure(writer.folder), writer.spooler.keys)
     at = datetime(2026, 3, 1, 12, 34, tzinfo=UTC)
     f.append([("dr", at, "application/json", {}, None, b"{}")] * 2)
     page = client.get("/").get_data(as_text=True)
     assert 'id="banner-spool"' in page and "2 bodies are waiting for the database" in page
     assert "since 12:34 UTC" in page
-    metrics_app = app
-    metrics_app.config["METRICS_TOKEN"] = "m"
-    from app.observability import metrics
-
-    metrics_app.extensions["viberwatch.metrics_networks"] = metrics.parse_networks(
-        "", "METRICS_ALLOW_NETWORKS"
-    )
+    app.config["METRICS_TOKEN"] = "m"
     scraped = client.get("/metrics", headers={"Authorization": "Bearer m"}).get_data(as_text=True)
     assert "viberwatch_spool_bodies 2.0" in scraped
     assert "viberwatch_spool_oldest_seconds" in scraped
@@ -297,9 +301,12 @@ def mixed(prefix: str, messages: int) -> list:
     work = []
     for i in range(messages):
         rid = f"{prefix}{i:05d}{'0' * 20}"
-        work += [("dr", receipt(rid, "success", cost=True)), ("dr", receipt(rid, "delivered"))]
+        work += [
+            ("dr", encoded(receipt(rid, "success", cost=True))),
+            ("dr", encoded(receipt(rid, "delivered"))),
+        ]
         if i % 2 == 0:
-            work.append(("message", reply(rid, f"7940000{i:04d}", "thanks")))
+            work.append(("message", encoded(reply(rid, f"7940000{i:04d}", "thanks"))))
     random.Random(len(work)).shuffle(work)
     return work
 
@@ -362,9 +369,8 @@ def test_a_database_that_comes_and_goes_never_gets_a_500_and_loses_nothing(app, 
         with httpx.Client(base_url=url, timeout=60) as client:
             i = 0
             while not stop.is_set():
-                body = receipt(
-                    f"flap{n:02d}{i:06d}" + "0" * 16, ("success", "delivered", "seen")[i % 3]
-                )
+                rid = f"flap{n:02d}{i:06d}" + "0" * 16
+                body = encoded(receipt(rid, ("success", "delivered", "seen")[i % 3]))
                 status = client.post(
                     "/webhooks/viber/dr", content=body, headers={"Content-Type": "application/json"}
                 ).status_code

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import create_app
-from app.records import ingest, spool
+from app import create_app, ingest
+from app.ingest import spoolfile as spool
 from app.records.models import Message, RawBody, db
 from support.bodies import DR, encoded, receipt
 from support.postgres import postgres_schema
@@ -114,7 +114,7 @@ def test_a_damaged_line_is_skipped_reported_and_its_file_kept(app, app_logs):
     (what a refused write left before it was cut back): the records around them, and the
     one after the half line, are applied; the file is kept as damaged, never deleted."""
     writer = ingest.writer_of(app)
-    f = spool.SpoolFile(spool.ensure(writer.folder), writer.keys)
+    f = spool.SpoolFile(spool.ensure(writer.folder), writer.spooler.keys)
     f.append([line(f"dmg-{i}") for i in range(1, 5)])
     f.close()
     header, one, two, three, four = f.path.read_bytes().splitlines(keepends=True)
@@ -147,7 +147,7 @@ def test_a_damaged_line_is_skipped_reported_and_its_file_kept(app, app_logs):
 
 def test_a_record_cut_short_by_a_crash_keeps_its_file(app):
     writer = ingest.writer_of(app)
-    f = spool.SpoolFile(spool.ensure(writer.folder), writer.keys)
+    f = spool.SpoolFile(spool.ensure(writer.folder), writer.spooler.keys)
     f.append([line("crash-1"), line("crash-2")])
     f.close()
     with open(f.path, "ab") as raw:
@@ -240,10 +240,8 @@ def test_servers_sharing_a_spool_folder_drain_only_their_own_database(
     env["VIBERWATCH_SPOOL_RETRY_SECONDS"] = "0.2"
     outage.begin()
     with production_process({**outage.env, **env}, tmp_path / "a.log") as (url, _):
-        for i in range(5):
-            assert (
-                post(url, encoded(receipt(f"shared-a-{i}"))) == 200
-            )  # spooled: its database is away
+        for i in range(5):  # each spooled: its database is away
+            assert post(url, encoded(receipt(f"shared-a-{i}"))) == 200
     left = list(shared.glob("*.spool"))
     assert len(left) == 1
     b_env = {**env, "DATABASE_URL": second_database}
@@ -266,12 +264,14 @@ def test_servers_sharing_a_spool_folder_drain_only_their_own_database(
         db.session.remove()
         db.engine.dispose()
     ingest.stop(other)
-    assert other_writer.keys.database != ingest.writer_of(app).keys.database
+    assert other_writer.spooler.keys.database != ingest.writer_of(app).spooler.keys.database
 
 
 def test_a_file_written_under_another_address_is_applied_when_an_operator_says_so(app):
     writer = ingest.writer_of(app)
-    moved = spool.Keys(spool.database_digest("sqlite:////an-old-address.db"), writer.keys.secret)
+    moved = spool.Keys(
+        spool.database_digest("sqlite:////an-old-address.db"), writer.spooler.keys.secret
+    )
     f = spool.SpoolFile(spool.ensure(writer.folder), moved)
     f.append([line("moved-1"), line("moved-2")])
     f.close()
@@ -320,7 +320,7 @@ def test_planted_copied_and_foreign_owned_files_are_never_applied(app, tmp_path,
     need_root()
     writer = ingest.writer_of(app)
     folder = spool.ensure(writer.folder)
-    prefix = writer.keys.database
+    prefix = writer.spooler.keys.database
     # Unsigned lines in the format of the version before signatures.
     unsigned = folder / f"{prefix}-planted-1-1{spool.SUFFIX}"
     unsigned.write_bytes(legacy_line(1, "planted-1") + legacy_line(2, "planted-2"))
@@ -329,7 +329,7 @@ def test_planted_copied_and_foreign_owned_files_are_never_applied(app, tmp_path,
     stranger.append([line("planted-3")])
     stranger.close()
     # A genuine record, copied into a file of another name.
-    genuine = spool.SpoolFile(folder, writer.keys)
+    genuine = spool.SpoolFile(folder, writer.spooler.keys)
     genuine.append([line("copied-1")])
     genuine.close()
     copy = folder / f"{prefix}-copy-1-1{spool.SUFFIX}"
@@ -337,7 +337,7 @@ def test_planted_copied_and_foreign_owned_files_are_never_applied(app, tmp_path,
     genuine.path.unlink()
     genuine.path.with_suffix(spool.STATUS_SUFFIX).unlink()
     # Genuine, signed with this server's key, but owned by another user.
-    theirs = spool.SpoolFile(folder, writer.keys)
+    theirs = spool.SpoolFile(folder, writer.spooler.keys)
     theirs.append([line("theirs-1")])
     theirs.close()
     os.chown(theirs.path, NOBODY, NOBODY)
@@ -382,7 +382,7 @@ def test_the_spool_ends_while_bodies_keep_arriving(outage, app):
             t.start()
         for t in threads:
             t.join()
-    assert writer._spool is not None
+    assert writer.spooler.active
     arrivals: list[threading.Thread] = []
     most = 200
 
@@ -398,7 +398,7 @@ def test_the_spool_ends_while_bodies_keep_arriving(outage, app):
     event.listen(engine, "commit", arrive)
     try:
         outage.end()
-        until(lambda: writer._spool is None, 60, "the spool to end")
+        until(lambda: not writer.spooler.active, 60, "the spool to end")
         ended_after = len(arrivals)
     finally:
         event.remove(engine, "commit", arrive)

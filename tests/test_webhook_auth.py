@@ -11,7 +11,7 @@ import pytest
 from app import create_app
 from app.core.signing import sign
 from app.records.models import Message, RawBody, RefusedTally, db
-from app.webhooks import auth as webhook_auth
+from app.webhooks import checks
 from support.accounts import create_test_user, log_in
 from support.fixtures import fixture_bytes
 from support.servers import LiveServer
@@ -121,7 +121,7 @@ def test_webhook_urls_carry_the_token(serve):
 
 
 def test_documented_signature_vector_verifies():
-    settings = webhook_auth.Settings(
+    settings = checks.Settings(
         sign_access_key=ACCESS_KEY,
         sign_secret=SECRET,
         sign_biz_type="1",
@@ -136,13 +136,11 @@ def test_documented_signature_vector_verifies():
     }
     body = '{"name":"牛小信","id":10001}'.encode()
     at = datetime.fromtimestamp(1655710885.431, UTC)
-    assert webhook_auth.check_signature(settings, "dr", headers, body, now=at) is None
+    assert checks.check_signature(settings, "dr", headers, body, now=at) is None
     tampered = body.replace(b"10001", b"10002")
-    assert webhook_auth.check_signature(settings, "dr", headers, tampered, now=at).field == "sign"
+    assert checks.check_signature(settings, "dr", headers, tampered, now=at).field == "sign"
     # The same genuine signature, on the webhook it was not made for.
-    assert (
-        webhook_auth.check_signature(settings, "message", headers, body, now=at).field == "action"
-    )
+    assert checks.check_signature(settings, "message", headers, body, now=at).field == "action"
 
 
 def test_a_signature_made_for_the_other_webhook_or_product_is_refused(serve):
@@ -399,7 +397,7 @@ def test_flood_of_refusals_is_counted_not_kept(serve):
     assert len(raws) == 3
     with server.app.app_context():
         assert db.session.execute(db.select(db.func.sum(RefusedTally.dropped))).scalar_one() == 4
-        assert webhook_auth.dropped_since(24) == 4
+        assert checks.dropped_since(24) == 4
     page = dashboard(server.app)
     assert "4 refused webhook calls" in page and "counted but not kept" in page
 
@@ -426,7 +424,7 @@ def test_warning_banner_while_webhooks_are_open(serve):
 def test_one_client_address_rule_for_every_use(serve):
     """Behind PROXY_FIX, a peer that is not a trusted proxy cannot pick its address by
     X-Forwarded-For: not for the allow-list, the sign-in limit, nor the address kept."""
-    from app.auth import accounts as auth
+    from app.auth import tokens
 
     server = serve(
         PROXY_FIX=1,
@@ -438,7 +436,7 @@ def test_one_client_address_rule_for_every_use(serve):
     response = httpx.post(server.url + DR, content=BODY, headers=forged)
     assert response.status_code == 403 and "127.0.0.1" in response.json()["reason"]
     with server.app.app_context():
-        token = auth.create_token("t")[1]
+        token = tokens.create_token("t")[1]
     api = httpx.post(
         server.url + "/api/messages",
         json={"requestId": "r", "phone": "1"},

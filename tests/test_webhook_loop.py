@@ -1,4 +1,4 @@
-"""Webhooks answered in the gunicorn worker's event loop (app/webhooks/loop.py), through the
+"""Webhooks answered in the gunicorn worker's event loop (app/server/loop.py), through the
 real production command and raw sockets: no request thread is needed, the answers are the
 view's byte for byte, a kept-alive connection gets its answers in order, a committer that
 stalls past INGEST_WAIT_TIMEOUT gets its bodies answered 503 (and still applied), and bodies
@@ -15,10 +15,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from app.records.models import Message, RawBody, db
+from support.bodies import encoded, receipt, reply
 from support.fixtures import fixture_bytes
 from support.servers import committer_pid, production_process
 
 TOKEN = "loop-token"
+PHONE = "79990001122"
 
 
 @pytest.fixture
@@ -44,7 +46,9 @@ def connect(url: str) -> socket.socket:
     return socket.create_connection((parts.hostname, parts.port), timeout=10)
 
 
-def post(path: str, body: bytes, close: bool = False, token: str = TOKEN) -> bytes:
+def post(path: str, body: dict | bytes, close: bool = False, token: str = TOKEN) -> bytes:
+    """The raw request of a webhook (a dict as JSON, bytes as they are)."""
+    body = body if isinstance(body, bytes) else encoded(body)
     return (
         f"POST {path}?token={token} HTTP/1.1\r\nHost: test\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -76,39 +80,15 @@ def without_date(answer: bytes) -> bytes:
     return re.sub(rb"\r\nDate: [^\r]*", b"", answer)
 
 
-def receipt(request_id: str, status: str = "delivered", code: int = 11001) -> bytes:
-    return json.dumps(
-        {
-            "status": status,
-            "requestId": request_id,
-            "code": code,
-            "message": "Viber message has delivered",
-            "sendTime": "2024-05-01 10:00:00",
-        }
-    ).encode()
-
-
-def reply(request_id: str) -> bytes:
-    return json.dumps(
-        {
-            "phone": "79990001122",
-            "appkey": "APP",
-            "traceRequestId": request_id,
-            "message": {"text": "Thanks!"},
-            "sendTime": "2024-05-01 10:05:00",
-        }
-    ).encode()
-
-
 def kinds(tag: str) -> list[bytes]:
     """One request of each kind of answer, for messages of their own (`tag`)."""
     return [
         post("/webhooks/viber/dr", receipt(f"loop-{tag}-1")),
         post("/webhooks/viber/dr", receipt(f"loop-{tag}-1")),  # a duplicate
-        post("/webhooks/viber/message", reply(f"loop-{tag}-1")),
+        post("/webhooks/viber/message", reply(f"loop-{tag}-1", PHONE, "Thanks!", appkey="APP")),
         post("/webhooks/viber/dr", b'{"status": "delivered"'),  # not JSON
         post("/webhooks/viber/dr", json.dumps({"status": "delivered"}).encode()),  # no requestId
-        post("/webhooks/viber/dr", receipt(f"loop-{tag}-2", status="bogus")),
+        post("/webhooks/viber/dr", receipt(f"loop-{tag}-2", "bogus")),
         post("/webhooks/viber/dr", receipt(f"loop-{tag}-3"), token="wrong"),  # refused
         post("/webhooks/viber/dr", fixture_bytes("dr_seen")),
     ]
@@ -177,10 +157,12 @@ def test_pipelined_webhooks_are_answered_in_order(serve, app):
     with serve(VIBERWATCH_WEBHOOK_EVENT_LOOP="true") as (url, _):
         with connect(url) as sock:
             burst = [
-                post("/webhooks/viber/dr", receipt("loop-pipe-1", "success", 0)),
+                post("/webhooks/viber/dr", receipt("loop-pipe-1", "success")),
                 post("/webhooks/viber/dr", b"not json"),
-                post("/webhooks/viber/dr", receipt("loop-pipe-1", "seen", 11002)),
-                post("/webhooks/viber/message", reply("loop-pipe-1")),
+                post("/webhooks/viber/dr", receipt("loop-pipe-1", "seen")),
+                post(
+                    "/webhooks/viber/message", reply("loop-pipe-1", PHONE, "Thanks!", appkey="APP")
+                ),
             ]
             sock.sendall(b"".join(burst))
             got = answers(sock, 4)

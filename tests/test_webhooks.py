@@ -3,19 +3,13 @@ import json
 import pytest
 
 from app.records.models import Activity, Message, RawBody, Receipt, Reply, db
-from support.bodies import post_json
+from support.bodies import encoded, post_json, receipt, reply
 from support.fixtures import fixture_bytes, fixture_json
 
 DR = "/webhooks/viber/dr"
 REPLY = "/webhooks/viber/message"
 RID = "f6a7d49946094857ae02812969a83056"
-
-
-def receipt(kind, rid=RID, **extra):
-    body = fixture_json(f"dr_{kind}")
-    body["requestId"] = rid
-    body.update(extra)
-    return body
+PHONE = "79100000030"
 
 
 def read(client, rid=RID):
@@ -63,13 +57,13 @@ def test_success_example_carries_cost(client):
 
 def test_cost_accepted_on_delivered_and_counted_once(client):
     cost = {"currency": "USD", "localPrice": 1.5, "originalPrice": 0.2, "rateType": "Promotional"}
-    post_json(client, DR, receipt("delivered", cost=cost))
-    post_json(client, DR, receipt("seen", cost={**cost, "localPrice": 99}))
+    post_json(client, DR, receipt(RID, "delivered", cost=cost))
+    post_json(client, DR, receipt(RID, "seen", cost={**cost, "localPrice": 99}))
     assert read(client)["cost"] == cost
 
 
 def test_unknown_extra_fields_are_kept(client, app):
-    body = receipt("delivered", extraField={"nested": [1, 2]}, channel="viber")
+    body = receipt(RID, "delivered", extraField={"nested": [1, 2]}, channel="viber")
     assert post_json(client, DR, body).status_code == 200
     [raw] = raw_rows(app)
     assert json.loads(raw.body)["extraField"] == {"nested": [1, 2]}
@@ -86,7 +80,7 @@ def test_unknown_extra_fields_are_kept(client, app):
 )
 def test_order_and_duplicates_end_seen(client, order):
     for status in order:
-        assert post_json(client, DR, receipt(status)).status_code == 200
+        assert post_json(client, DR, receipt(RID, status)).status_code == 200
     message = read(client)
     assert message["status"] == "seen"
     assert set(message["statusTimes"]) == {"success", "delivered", "seen"}
@@ -95,8 +89,8 @@ def test_order_and_duplicates_end_seen(client, order):
 
 
 def test_late_success_never_moves_back(client):
-    post_json(client, DR, receipt("delivered"))
-    post_json(client, DR, receipt("success"))
+    post_json(client, DR, receipt(RID, "delivered"))
+    post_json(client, DR, receipt(RID, "success"))
     assert read(client)["status"] == "delivered"
 
 
@@ -133,7 +127,7 @@ def test_same_content_with_other_spacing_is_the_same_push(client):
 )
 def test_contradictions_are_kept_and_flagged(client, statuses, status, anomaly):
     for s in statuses:
-        post_json(client, DR, receipt(s))
+        post_json(client, DR, receipt(RID, s))
     message = read(client)
     assert message["status"] == status
     assert message["anomalies"] == [anomaly]
@@ -141,7 +135,7 @@ def test_contradictions_are_kept_and_flagged(client, statuses, status, anomaly):
 
 
 def test_failed_with_code_from_table(client):
-    post_json(client, DR, receipt("failed", code=1102, message="Insufficient balance"))
+    post_json(client, DR, receipt(RID, "failed", code=1102, message="Insufficient balance"))
     message = read(client)
     assert message["status"] == "failed"
     assert message["code"] == 1102
@@ -150,14 +144,14 @@ def test_failed_with_code_from_table(client):
 
 
 def test_unknown_code_is_shown_as_unknown(client):
-    assert post_json(client, DR, receipt("failed", code=777)).status_code == 200
+    assert post_json(client, DR, receipt(RID, "failed", code=777)).status_code == 200
     message = read(client)
     assert message["code"] == 777 and message["codeMessage"] == "Unknown code"
 
 
 def test_reply_examples_verbatim_link_and_teach_phone(client, app):
     rid = "ae2c8ff7a4ee408398cf220e3fc1c199"
-    post_json(client, DR, receipt("delivered", rid=rid))
+    post_json(client, DR, receipt(rid, "delivered"))
     assert read(client, rid)["phone"] is None
     for name in ("reply_text", "reply_media"):
         response = client.post(REPLY, data=fixture_bytes(name), content_type="application/json")
@@ -180,9 +174,9 @@ def test_reply_before_any_receipt_is_kept_and_phone_learned(client, app):
         == 200
     )
     with app.app_context():
-        reply = db.session.execute(db.select(Reply)).scalar_one()
-        assert reply.phone == "791xxxxx30" and reply.trace_request_id == rid
-    post_json(client, DR, receipt("seen", rid=rid))
+        stored = db.session.execute(db.select(Reply)).scalar_one()
+        assert stored.phone == "791xxxxx30" and stored.trace_request_id == rid
+    post_json(client, DR, receipt(rid, "seen"))
     message = read(client, rid)
     assert message["phone"] == "791xxxxx30"
     assert message["status"] == "seen"
@@ -211,77 +205,77 @@ BAD_RECEIPTS = [
     ("wrong content type", fixture_bytes("dr_seen"), "text/plain", 415, "Content-Type"),
     (
         "unknown status",
-        json.dumps(receipt("seen", status="read")).encode(),
+        encoded({**receipt(RID, "seen"), "status": "read"}),
         "application/json",
         422,
         "status",
     ),
     (
         "missing requestId",
-        json.dumps({k: v for k, v in receipt("seen").items() if k != "requestId"}).encode(),
+        encoded({k: v for k, v in receipt(RID, "seen").items() if k != "requestId"}),
         "application/json",
         422,
         "requestId",
     ),
     (
         "empty requestId",
-        json.dumps(receipt("seen", requestId="")).encode(),
+        encoded(receipt("", "seen")),
         "application/json",
         422,
         "requestId",
     ),
     (
         "code as string",
-        json.dumps(receipt("seen", code="11002")).encode(),
+        encoded(receipt(RID, "seen", code="11002")),
         "application/json",
         422,
         "code",
     ),
     (
         "code as float",
-        json.dumps(receipt("seen", code=11002.5)).encode(),
+        encoded(receipt(RID, "seen", code=11002.5)),
         "application/json",
         422,
         "code",
     ),
     (
         "requestId as number",
-        json.dumps(receipt("seen", requestId=12345)).encode(),
+        encoded(receipt(12345, "seen")),
         "application/json",
         422,
         "requestId",
     ),
     (
         "missing message",
-        json.dumps({k: v for k, v in receipt("seen").items() if k != "message"}).encode(),
+        encoded({k: v for k, v in receipt(RID, "seen").items() if k != "message"}),
         "application/json",
         422,
         "message",
     ),
     (
         "bad sendTime",
-        json.dumps(receipt("seen", sendTime="13/07/2023 15:12")).encode(),
+        encoded(receipt(RID, "seen", send_time="13/07/2023 15:12")),
         "application/json",
         422,
         "sendTime",
     ),
     (
         "impossible sendTime",
-        json.dumps(receipt("seen", sendTime="2023-02-30 15:12:11")).encode(),
+        encoded(receipt(RID, "seen", send_time="2023-02-30 15:12:11")),
         "application/json",
         422,
         "sendTime",
     ),
     (
         "cost not object",
-        json.dumps(receipt("seen", cost="1 USD")).encode(),
+        encoded(receipt(RID, "seen", cost="1 USD")),
         "application/json",
         422,
         "cost",
     ),
     (
         "cost price as string",
-        json.dumps(receipt("seen", cost={"localPrice": "1.0"})).encode(),
+        encoded(receipt(RID, "seen", cost={"localPrice": "1.0"})),
         "application/json",
         422,
         "cost.localPrice",
@@ -314,32 +308,31 @@ def test_bad_receipts_answered_and_kept(client, app, name, body, content_type, s
         assert db.session.execute(db.select(db.func.count(Receipt.id))).scalar() == 0
 
 
-def reply(**changes):
-    body = fixture_json("reply_text")
-    body.update(changes)
-    return body
-
-
 BAD_REPLIES = [
-    ("missing phone", {k: v for k, v in reply().items() if k != "phone"}, 422, "phone"),
-    ("phone as number", reply(phone=791000030), 422, "phone"),
+    (
+        "missing phone",
+        {k: v for k, v in reply(RID, PHONE, "hi").items() if k != "phone"},
+        422,
+        "phone",
+    ),
+    ("phone as number", reply(RID, 791000030, "hi"), 422, "phone"),
     (
         "missing traceRequestId",
-        {k: v for k, v in reply().items() if k != "traceRequestId"},
+        {k: v for k, v in reply(RID, PHONE, "hi").items() if k != "traceRequestId"},
         422,
         "traceRequestId",
     ),
-    ("message as string", reply(message="hello"), 422, "message"),
-    ("message empty object", reply(message={}), 422, "message"),
-    ("text as number", reply(message={"text": 5}), 422, "message.text"),
+    ("message as string", {**reply(RID, PHONE), "message": "hello"}, 422, "message"),
+    ("message empty object", reply(RID, PHONE), 422, "message"),
+    ("text as number", reply(RID, PHONE, 5), 422, "message.text"),
     (
         "fileName as list",
-        reply(message={"media": "https://x/y.png", "fileName": ["a"]}),
+        reply(RID, PHONE, media="https://x/y.png", file_name=["a"]),
         422,
         "message.fileName",
     ),
-    ("bad sendTime", reply(sendTime="yesterday"), 422, "sendTime"),
-    ("NUL in text", reply(message={"text": "a\u0000b"}), 422, "message.text"),
+    ("bad sendTime", reply(RID, PHONE, "hi", send_time="yesterday"), 422, "sendTime"),
+    ("NUL in text", reply(RID, PHONE, "a\u0000b"), 422, "message.text"),
 ]
 
 

@@ -20,6 +20,7 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.periodic import Periodic, start_with_requests
+from ..core.services import services
 from ..core.times import iso
 from ..records.models import AlertAttempt, AlertNotice, AlertState, db
 from ..records.sqlutil import insert_ignore
@@ -40,7 +41,7 @@ def utcnow() -> datetime:
 
 
 def rules() -> list[Rule]:
-    return current_app.extensions["viberwatch.alert_rules"]
+    return services(current_app).alert_rules
 
 
 def clock() -> datetime:
@@ -174,7 +175,7 @@ def deliver_due(now: datetime | None = None, post: Poster | None = None) -> list
         }
         status, error = None, None
         try:
-            status = post(url, notice.payload.encode(), headers, float(cfg["ALERT_TIMEOUT"]))
+            status = post(url, notice.payload.encode(), headers, cfg["ALERT_TIMEOUT"])
         except Exception as exc:  # any failure to reach the receiver is one failed attempt
             error = f"{type(exc).__name__}: {exc}"[:500]
         ok = status is not None and 200 <= status < 300
@@ -193,10 +194,10 @@ def deliver_due(now: datetime | None = None, post: Poster | None = None) -> list
         notice.attempts = number
         if ok:
             notice.delivered_at, notice.next_attempt_at = now, None
-        elif number >= int(cfg["ALERT_MAX_ATTEMPTS"]):
+        elif number >= cfg["ALERT_MAX_ATTEMPTS"]:
             notice.gave_up_at, notice.next_attempt_at = now, None
         else:
-            backoff = float(cfg["ALERT_RETRY_BACKOFF"]) * 2 ** (number - 1)
+            backoff = cfg["ALERT_RETRY_BACKOFF"] * 2 ** (number - 1)
             notice.next_attempt_at = now + timedelta(seconds=backoff)
         db.session.commit()
         log.info(
@@ -305,18 +306,12 @@ def _cli(app: Flask) -> click.Group:
 
 
 def register(app: Flask) -> None:
-    app.extensions["viberwatch.alert_rules"] = parse_rules(app.config["ALERT_RULES"])
+    services(app).alert_rules = parse_rules(app.config["ALERT_RULES"])
     app.register_blueprint(bp)
     app.context_processor(_banner_context)
     app.cli.add_command(_cli(app))
     # The background evaluator of this process; started by the first request it serves.
-    runner = Periodic(
-        "alerts", lambda: float(app.config["ALERT_INTERVAL"]), lambda: evaluate_once(app)
-    )
-    app.extensions["viberwatch.alert_runner"] = runner
-    if (
-        float(app.config["ALERT_INTERVAL"] or 0) > 0
-        and app.extensions["viberwatch.alert_rules"]
-        and not app.testing
-    ):
+    runner = Periodic("alerts", lambda: app.config["ALERT_INTERVAL"], lambda: evaluate_once(app))
+    services(app).alert_runner = runner
+    if (app.config["ALERT_INTERVAL"] or 0) > 0 and services(app).alert_rules and not app.testing:
         start_with_requests(app, runner)

@@ -1,14 +1,30 @@
 """Who may do what: the security every request passes through first (CSRF, trusted
 proxies, security headers, the secret key and the instance folder's permissions: security),
-users, sign-in, sessions and API tokens (accounts), and their commands (cli)."""
+operators and their passwords (users), sign-ins (sessions), the limits on sign-in attempts
+(throttle), API tokens (tokens), the sign-in pages (views), the login requirement on every
+other request (guard), and their commands (cli)."""
 
+from argon2 import PasswordHasher
 from flask import Flask
 
-from . import accounts, cli, security
+from ..core.services import services
+from . import cli, guard, security, views
+from .sessions import login_manager
+from .throttle import PasswordChecks
 
 
 def init_app(app: Flask) -> None:
     # Before every other hook and blueprint: nothing is reachable without authentication.
     security.init_app(app)
-    accounts.init_app(app)
+    registry = services(app)
+    registry.password_checks = PasswordChecks(app.config["LOGIN_CONCURRENT_CHECKS"])
+    registry.hasher = PasswordHasher(
+        time_cost=app.config["ARGON2_TIME_COST"],
+        memory_cost=app.config["ARGON2_MEMORY_COST"],
+        parallelism=app.config["ARGON2_PARALLELISM"],
+    )
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    app.register_blueprint(views.bp)
+    app.before_request(guard.require_login)
     cli.register(app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from flask import Flask
 
-from . import accounts as auth
+from . import tokens, users
 
 # Asked for (hidden, twice) unless given, which scripts do.
 password_option = click.option(
@@ -24,8 +24,8 @@ def register(app: Flask) -> None:
     def create_user(name: str, password: str):
         """Create a user who can sign in to the dashboard."""
         try:
-            auth.create_user(name, password)
-        except auth.AccountError as exc:
+            users.create_user(name, password)
+        except users.AccountError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"user {name.strip()} created")
 
@@ -35,8 +35,8 @@ def register(app: Flask) -> None:
     def set_password(name: str, password: str):
         """Change a user's password; their sign-ins end."""
         try:
-            auth.set_password(name, password)
-        except auth.AccountError as exc:
+            users.set_password(name, password)
+        except users.AccountError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"password of {name} changed")
 
@@ -45,8 +45,8 @@ def register(app: Flask) -> None:
     def logout_user(name: str):
         """End every sign-in of a user, on every browser (their open dashboards disconnect)."""
         try:
-            ended = auth.logout_everywhere(name)
-        except auth.AccountError as exc:
+            ended = users.logout_everywhere(name)
+        except users.AccountError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"{ended} sign-in{'s' if ended != 1 else ''} of {name} ended")
 
@@ -54,9 +54,9 @@ def register(app: Flask) -> None:
     @click.option("--name", default="admin", show_default=True)
     def ensure_admin(name: str):
         """Create a first user with a random password if no user exists, and print it once."""
-        password = auth.ensure_admin(name)
+        password = users.ensure_admin(name)
         if password is None:
-            names = auth.user_names()
+            names = users.user_names()
             who = name if name in names else names[0]
             click.echo(f"Users exist ({', '.join(names)}): sign in with one and its password.")
             click.echo(f"Forgotten? Set a new one with `viberwatch set-password {who}`.")
@@ -71,8 +71,8 @@ def register(app: Flask) -> None:
     def create_token(name: str):
         """Create an API token for a machine; it is printed once and only its hash is kept."""
         try:
-            row, token = auth.create_token(name)
-        except auth.AccountError as exc:
+            row, token = tokens.create_token(name)
+        except users.AccountError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"token {row.id} ({row.name}), shown this once:", err=True)
         click.echo(token)
@@ -80,7 +80,7 @@ def register(app: Flask) -> None:
     @app.cli.command("list-tokens")
     def list_tokens():
         """List API tokens (never the tokens themselves)."""
-        rows = auth.list_tokens()
+        rows = tokens.list_tokens()
         if not rows:
             click.echo("no tokens")
         for row in rows:
@@ -95,7 +95,7 @@ def register(app: Flask) -> None:
     @click.argument("ident")
     def revoke_token(ident: str):
         """Revoke API tokens by id or by name."""
-        rows = auth.revoke_token(ident)
+        rows = tokens.revoke_token(ident)
         if not rows:
             raise click.ClickException(f"no active token with id or name {ident!r}")
         for row in rows:

@@ -8,12 +8,13 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, current_app, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from ..errors import error_response, refusal, wants_json
 from ..records.models import db
 
 csrf = CSRFProtect()
@@ -116,17 +117,6 @@ class SessionInterface(SecureCookieSessionInterface):
         return bool(setting)
 
 
-def parse_networks(value, setting: str) -> list:
-    """CIDRs or addresses from a list or a comma/space separated string."""
-    if not value:
-        return []
-    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
-    try:
-        return [ipaddress.ip_network(str(item).strip(), strict=False) for item in items]
-    except ValueError as exc:
-        raise ValueError(f"{setting}: {exc}") from None
-
-
 def address_in(address: str, networks: list) -> bool:
     """Whether an address (text) is in one of the networks; an unparsable one is in none."""
     try:
@@ -154,8 +144,17 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: list) -
 
 
 PEER = "viberwatch.peer"
-# The app's TRUSTED_PROXIES, parsed (for client_address outside a request).
-TRUSTED = "viberwatch.trusted_proxies"
+
+
+def take_client_address(environ: dict, trusted: list) -> bool:
+    """The one rule, on a WSGI environ: REMOTE_ADDR becomes the client's address (PEER keeps
+    the socket's peer); True when the peer is a trusted proxy."""
+    peer = environ.get("REMOTE_ADDR") or ""
+    environ[PEER] = peer
+    if trusted and address_in(peer, trusted):
+        environ["REMOTE_ADDR"] = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), trusted)
+        return True
+    return False
 
 
 class ForwardedOnlyFromTrustedProxies:
@@ -176,12 +175,7 @@ class ForwardedOnlyFromTrustedProxies:
         )
 
     def __call__(self, environ, start_response):
-        peer = environ.get("REMOTE_ADDR") or ""
-        environ[PEER] = peer
-        if self.trusted and address_in(peer, self.trusted):
-            environ["REMOTE_ADDR"] = client_address(
-                peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted
-            )
+        if take_client_address(environ, self.trusted):
             return self.behind_proxies(environ, start_response)
         return self.wsgi_app(environ, start_response)
 
@@ -247,13 +241,6 @@ def read_body(limit: int) -> Body:
     return Body(bytes(kept), length if length is not None else total, True)
 
 
-def _is_json_client() -> bool:
-    return (
-        request.blueprint in ("api", "webhooks")
-        or request.accept_mimetypes.best == "application/json"
-    )
-
-
 def _same_origin(origin: str) -> bool:
     parts = urlsplit(origin)
     return bool(parts.netloc) and parts.netloc == request.host
@@ -262,8 +249,8 @@ def _same_origin(origin: str) -> bool:
 def init_app(app: Flask) -> None:
     load_secret_key(app)
     app.session_interface = SessionInterface()
-    trusted = parse_networks(app.config.get("TRUSTED_PROXIES"), "TRUSTED_PROXIES")
-    hops = int(app.config.get("PROXY_FIX") or 0)
+    trusted = app.config["TRUSTED_PROXIES"]
+    hops = app.config["PROXY_FIX"]
     if hops and not trusted:
         # Forwarded headers believed from any peer would let anyone pick their address.
         raise ValueError(
@@ -271,7 +258,6 @@ def init_app(app: Flask) -> None:
             "X-Forwarded-* headers to believe"
         )
     app.wsgi_app = ForwardedOnlyFromTrustedProxies(app.wsgi_app, trusted, hops)
-    app.extensions[TRUSTED] = trusted
     # The login guard in auth.py decides when CSRF applies (not to webhooks or bearer calls).
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
     csrf.init_app(app)
@@ -282,13 +268,9 @@ def init_app(app: Flask) -> None:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             origin = request.headers.get("Origin")
             if origin and not _same_origin(origin):
-                return jsonify(
-                    {
-                        "error": "Origin: not this site",
-                        "field": "Origin",
-                        "reason": "cross-site WebSocket refused",
-                    }
-                ), 403
+                return error_response(
+                    403, "Origin", "cross-site WebSocket refused", error="Origin: not this site"
+                )
         return None
 
     @app.before_request
@@ -298,12 +280,7 @@ def init_app(app: Flask) -> None:
         if "\x00" in request.path or any(
             "\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)
         ):
-            body = {
-                "error": "URL: contains a NUL character",
-                "field": "URL",
-                "reason": "contains a NUL character",
-            }
-            return jsonify(body), 400
+            return error_response(400, "URL", "contains a NUL character")
         return None
 
     @app.after_request
@@ -312,13 +289,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_failed(error: CSRFError):
-        body = {
-            "error": f"csrf_token: {error.description}",
-            "field": "csrf_token",
-            "reason": error.description,
-        }
-        if _is_json_client():
-            return jsonify(body), 400
+        if wants_json():
+            return error_response(400, "csrf_token", error.description)
         return error.description, 400, {"Content-Type": "text/plain; charset=utf-8"}
 
     @app.errorhandler(OperationalError)
@@ -327,23 +299,9 @@ def init_app(app: Flask) -> None:
         # The database is away (or gave up on a lock): a retry may succeed, so 503, not 500.
         db.session.rollback()
         current_app.logger.warning("database unavailable: %s", type(error.orig).__name__)
-        body = {
-            "error": "database: unavailable, try again",
-            "field": "database",
-            "reason": "unavailable, try again",
-        }
-        if _is_json_client():
-            return jsonify(body), 503, {"Retry-After": "5"}
-        return body["error"], 503, {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "5"}
+        return refusal(503, "database", "unavailable, try again", headers={"Retry-After": "5"})
 
     @app.errorhandler(413)
     def too_large(error):
         limit = current_app.config["MAX_CONTENT_LENGTH"]
-        body = {
-            "error": f"body: larger than {limit} bytes",
-            "field": "body",
-            "reason": f"larger than {limit} bytes",
-        }
-        if _is_json_client():
-            return jsonify(body), 413
-        return body["error"], 413, {"Content-Type": "text/plain; charset=utf-8"}
+        return refusal(413, "body", f"larger than {limit} bytes")

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from .errors import FieldError
 from .status import STATUSES
 
 MAX_ID_LENGTH = 128
@@ -24,15 +25,11 @@ SEND_TIME_RE = re.compile(r"\A(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})\Z"
 OFFSET_RE = re.compile(r"\A(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?\Z")
 
 
-class Invalid(Exception):
-    def __init__(self, status: int, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.status = status
-        self.field = field
-        self.reason = reason
+class Invalid(FieldError):
+    """A body that is not one of the documented shape (its status: 400, 415 or 422)."""
 
-    def as_json(self) -> dict:
-        return {"error": f"{self.field}: {self.reason}", "field": self.field, "reason": self.reason}
+    def __init__(self, status: int, field: str, reason: str):
+        super().__init__(field, reason, status)
 
 
 def parse_zone(name: str) -> tzinfo:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from .services import services
+
 
 class Periodic:
     """Calls `tick` every `interval` seconds on a daemon thread, from the first
@@ -36,16 +38,13 @@ class Periodic:
         self.stopped.set()
 
 
-STARTED_BY_REQUESTS = "viberwatch.periodic"
-
-
 def start_with_requests(app, periodic: Periodic) -> None:
     """Start `periodic` in each process with its first request: a request to the app, or a
-    webhook a worker's event loop answers (app/webhooks/loop.py calls `start_all`)."""
-    app.extensions.setdefault(STARTED_BY_REQUESTS, []).append(periodic)
+    webhook a worker's event loop answers (app/server/loop.py calls `start_all`)."""
+    services(app).started_by_requests.append(periodic)
     app.before_request(periodic.ensure_started)
 
 
 def start_all(app) -> None:
-    for periodic in app.extensions.get(STARTED_BY_REQUESTS, []):
+    for periodic in services(app).started_by_requests:
         periodic.ensure_started()

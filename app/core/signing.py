@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 # NXCLOUD's bizType of Viber, for sends and (when signed) callbacks.
 VIBER_BIZ_TYPE = "7"
@@ -28,3 +30,24 @@ def sign(
         parts.append(b"body=" + body)
     parts.append(b"accessSecret=" + secret.encode())
     return hashlib.md5(b"&".join(parts)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The signature a call carried, once verified: what is used once (records.replay)."""
+
+    sign: str
+    access_key: str
+    ts: int
+
+    @classmethod
+    def of(cls, headers: Mapping) -> Signature | None:
+        """The signature a call carries (checked already), or None."""
+        sign, access_key, ts = (
+            headers.get("sign"),
+            headers.get("accessKey") or headers.get("accesskey"),
+            headers.get("ts"),
+        )
+        if not sign or not access_key or not ts or not str(ts).isdigit():
+            return None
+        return cls(sign.strip().lower(), access_key, int(ts))

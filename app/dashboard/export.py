@@ -14,7 +14,9 @@ from sqlalchemy import Integer, Select, String, and_, case, func, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from ..records.models import Message, Reply, db, utcnow
+from ..core.times import utcnow
+from ..errors import error_response
+from ..records.models import Message, Reply, db
 from .filters import FilterError, MessageFilter
 
 bp = Blueprint("export", __name__)
@@ -338,13 +340,7 @@ def export_csv():
     """The filtered messages (or, with kind=replies, their replies) as a streamed CSV file."""
     kind = request.args.get("kind", "messages")
     if kind not in ("messages", "replies"):
-        return jsonify(
-            {
-                "error": "kind: must be messages or replies",
-                "field": "kind",
-                "reason": "must be messages or replies",
-            }
-        ), 400
+        return error_response(400, "kind", "must be messages or replies")
     try:
         flt = MessageFilter.from_args(request.args)
     except FilterError as exc:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, or_
 
+from ..core.errors import FieldError
 from ..core.status import STATUSES
 from ..records.models import Message, db
 
@@ -21,16 +22,8 @@ MAX_TEXT = 128
 INTEGER_RE = re.compile(r"\A[+-]?[0-9]+\Z")
 
 
-class FilterError(ValueError):
+class FilterError(FieldError):
     """A query argument that cannot be used; names the argument."""
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-    def as_json(self) -> dict:
-        return {"error": str(self), "field": self.field, "reason": self.reason}
 
 
 def _text(args: Mapping, name: str) -> str | None:

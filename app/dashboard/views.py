@@ -6,10 +6,11 @@ from flask import Blueprint, Flask, abort, current_app, redirect, render_templat
 
 from ..core.status import describe_code
 from ..htmx import wants_fragment
-from ..records import ingest
+from ..records import queries
 from ..records.models import RawBody, db
+from ..webhooks.reprocess import reprocess as reprocess_body
 from ..webhooks.views import webhook_urls
-from . import listing, queries
+from . import listing
 from .filters import STATUS_CHOICES, FilterError, MessageFilter, whole_number
 
 bp = Blueprint("dashboard", __name__)
@@ -150,7 +151,7 @@ def reprocess(raw_id: int):
     """Run one stored body through validation again."""
     if db.session.get(RawBody, raw_id) is None:
         abort(404)
-    ingest.reprocess(raw_id)
+    reprocess_body(raw_id)
     raw = db.session.get(RawBody, raw_id)
     if wants_fragment():
         return render_template("rejected/_row.html", raw=raw)

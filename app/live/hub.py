@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 from flask import Flask
 
-from ..auth.accounts import open_sessions, sessions_ended
-from ..records.ingest import activity_answered, activity_committed
+from ..auth.sessions import open_sessions, sessions_ended
+from ..core.services import services
+from ..ingest import activity_answered, activity_committed
 from ..records.models import Activity, db
 from . import wake as live_wake
-from .push import Batch, Event, Page
+from .push import Event, Page, PushBatch
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Client:
     cursor: int
     max_batches: int
     session: str | None = None  # the sign-in it was opened by (UserSession id)
-    batches: list[Batch] = field(default_factory=list)
+    batches: list[PushBatch] = field(default_factory=list)
     catching_up: bool = True
     overflow: bool = False
     closed: bool = False
@@ -54,7 +55,7 @@ class Client:
     wake: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def offer(self, batch: Batch) -> None:
+    def offer(self, batch: PushBatch) -> None:
         """Queue a batch (called by the tailer, never blocks on the socket)."""
         with self.lock:
             if self.overflow or self.closed:
@@ -67,7 +68,7 @@ class Client:
                 self.batches.append(batch)
         self.wake.set()
 
-    def take(self) -> list[Batch]:
+    def take(self) -> list[PushBatch]:
         with self.lock:
             taken, self.batches = self.batches, []
         return taken
@@ -79,10 +80,10 @@ class Hub:
     def __init__(self, app: Flask):
         self.app = app
         cfg = app.config
-        self.poll_interval = float(cfg["LIVE_POLL_INTERVAL"])
-        self.gap_wait = float(cfg["LIVE_GAP_WAIT"])
-        self.max_batches = int(cfg["LIVE_QUEUE_BATCHES"])
-        self.session_interval = float(cfg["LIVE_SESSION_CHECK_INTERVAL"])
+        self.poll_interval = cfg["LIVE_POLL_INTERVAL"]
+        self.gap_wait = cfg["LIVE_GAP_WAIT"]
+        self.max_batches = cfg["LIVE_QUEUE_BATCHES"]
+        self.session_interval = cfg["LIVE_SESSION_CHECK_INTERVAL"]
         self._next_session_check = 0.0
         self._sessions_due = False
         self.lock = threading.Lock()
@@ -230,12 +231,12 @@ class Hub:
                 pages = [c.page for c in self.clients]
             batch = None
             if pages:
-                batch = Batch.load(events)
+                batch = PushBatch.load(events)
                 batch.prepare(pages)
             with self.lock:
                 for client in self.clients:
                     if batch is None:  # a socket arrived meanwhile; it renders what it needs
-                        batch = Batch.load(events)
+                        batch = PushBatch.load(events)
                     client.offer(batch)
                 self.cursor = events[-1].id
             if len(events) < len(rows) or len(rows) < 1000:
@@ -276,13 +277,12 @@ class Hub:
 
 
 def hub_of(app: Flask) -> Hub:
-    hub = app.extensions.get("viberwatch.live")
-    if hub is None:
+    registry = services(app)
+    if registry.live is None:
         with _create_lock:
-            hub = app.extensions.get("viberwatch.live")
-            if hub is None:
-                hub = app.extensions["viberwatch.live"] = Hub(app)
-    return hub
+            if registry.live is None:
+                registry.live = Hub(app)
+    return registry.live
 
 
 _create_lock = threading.Lock()

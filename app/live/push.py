@@ -1,6 +1,6 @@
 """What a live push carries: HTML rendered from the pages' own partials, per page.
 
-A `Batch` is a run of activity rows with the current state of what they touched; it is
+A `PushBatch` is a run of activity rows with the current state of what they touched; it is
 shared by every socket of the process and renders each fragment at most once. `compose`
 turns the batches waiting for one socket into one message for its page: one row update per
 message whatever the number of events, new rows only where the page's filter wants them.
@@ -121,7 +121,7 @@ def _chunks(items: list, size: int = CHUNK) -> Iterable[list]:
         yield items[i : i + size]
 
 
-class Batch:
+class PushBatch:
     """Activity rows with the state they left behind; fragments rendered once, on demand."""
 
     def __init__(self, events: list[Event], messages: dict[str, Message]):
@@ -133,7 +133,7 @@ class Batch:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, events: list[Event]) -> Batch:
+    def load(cls, events: list[Event]) -> PushBatch:
         """Read the messages the events touched (in the caller's app context)."""
         ids = sorted({e.request_id for e in events if e.request_id})
         messages: dict[str, Message] = {}
@@ -269,7 +269,7 @@ class Push:
         return out
 
 
-def compose(page: Page, cursor: int, batches: list[Batch], feed_cap: int) -> Push:
+def compose(page: Page, cursor: int, batches: list[PushBatch], feed_cap: int) -> Push:
     """Fold the batches into one push for `page`, skipping events at or before `cursor`."""
     push = Push(cursor=cursor)
     for batch in batches:
@@ -290,7 +290,7 @@ def compose(page: Page, cursor: int, batches: list[Batch], feed_cap: int) -> Pus
     return push
 
 
-def _touched(batch: Batch, events: list[Event]) -> list[str]:
+def _touched(batch: PushBatch, events: list[Event]) -> list[str]:
     seen: dict[str, None] = {}
     for e in events:
         if e.request_id and e.request_id in batch.messages:
@@ -307,7 +307,7 @@ def _put(store: dict, key: str, mode: str, html: str) -> None:
     store[key] = (mode, html)
 
 
-def _messages_page(page: Page, batch: Batch, events: list[Event], push: Push) -> None:
+def _messages_page(page: Page, batch: PushBatch, events: list[Event], push: Push) -> None:
     for rid in _touched(batch, events):
         if rid in page.on_page:
             _put(push.rows, rid, "update", batch.row(rid))
@@ -317,7 +317,7 @@ def _messages_page(page: Page, batch: Batch, events: list[Event], push: Push) ->
     push.counters = batch.counters(page.filter, page.filter_key)
 
 
-def _thread_page(page: Page, batch: Batch, events: list[Event], push: Push) -> None:
+def _thread_page(page: Page, batch: PushBatch, events: list[Event], push: Push) -> None:
     for e in events:
         if e.kind == "reply" and e.phone == page.phone:
             html = batch.reply_item(e)
@@ -331,7 +331,7 @@ def _thread_page(page: Page, batch: Batch, events: list[Event], push: Push) -> N
         _put(push.items, f"out-{rid}", mode, batch.outbound_item(rid))
 
 
-def _message_page(page: Page, batch: Batch, events: list[Event], push: Push) -> None:
+def _message_page(page: Page, batch: PushBatch, events: list[Event], push: Push) -> None:
     for e in events:
         if e.request_id != page.request_id:
             continue
@@ -375,7 +375,7 @@ def catch_up(page: Page, after: int, upto: int, feed_cap: int) -> tuple[Push | N
         if not rows:
             break
         events = [Event.of(a) for a in rows]
-        batches.append(Batch.load(events))
+        batches.append(PushBatch.load(events))
         cursor = events[-1].id
     push = compose(page, after, batches, feed_cap)
     push.cursor = max(push.cursor, upto)

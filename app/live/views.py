@@ -13,7 +13,8 @@ from flask_login import current_user
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from ..auth.accounts import session_id_of
+from ..auth.sessions import session_id_of
+from ..core.services import services
 from ..records.models import Activity, db
 from .hub import Client, Hub, head_id, hub_of
 from .push import HelloError, catch_up, compose, parse_hello
@@ -36,7 +37,7 @@ CLOSE_ANSWER_WAIT = 2.0
 
 def init_app(app: Flask) -> None:
     app.config["SOCK_SERVER_OPTIONS"] = {
-        "max_message_size": int(app.config["LIVE_MAX_MESSAGE"]),
+        "max_message_size": app.config["LIVE_MAX_MESSAGE"],
         **app.config["SOCK_SERVER_OPTIONS"],
     }
     sock.init_app(app)
@@ -47,7 +48,7 @@ def init_app(app: Flask) -> None:
 
 def stop(app: Flask) -> None:
     """Stop this process's live threads and close its sockets (pages reconnect)."""
-    hub = app.extensions.get("viberwatch.live")
+    hub = services(app).live
     if hub is not None:
         hub.stop()
 
@@ -73,7 +74,7 @@ def live_feed() -> list[Activity]:
             db.select(Activity)
             .where(Activity.id <= live_cursor())
             .order_by(Activity.id.desc())
-            .limit(int(current_app.config["LIVE_FEED_CAP"]))
+            .limit(current_app.config["LIVE_FEED_CAP"])
         ).scalars()
     )
 
@@ -87,7 +88,7 @@ def socket(ws):
     # for the hours a socket stays open.
     db.session.remove()
     try:
-        hello = ws.receive(timeout=float(app.config["LIVE_HELLO_TIMEOUT"]))
+        hello = ws.receive(timeout=app.config["LIVE_HELLO_TIMEOUT"])
         if hello is None:
             # A page that was slow to speak (a throttled tab) is welcome to try again;
             # 1008 would tell it that its hello is refused for good.

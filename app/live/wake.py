@@ -272,14 +272,14 @@ def choose(
 ) -> Backend | None:
     """The cross-process wake-up for this configuration: Redis when REDIS_URL is set,
     else LISTEN/NOTIFY on PostgreSQL, else the SQLite file watch; None disables it."""
-    channel = str(config["LIVE_CHANNEL"])
+    channel = config["LIVE_CHANNEL"]
     redis_url = config.get("REDIS_URL")
     if redis_url:
         return RedisBackend(wake, stopped, str(redis_url), channel)
     url = make_url(database_url)
     if url.get_backend_name() == "postgresql":
         return PostgresBackend(wake, stopped, database_url, channel)
-    interval = float(config["LIVE_SQLITE_WATCH_INTERVAL"] or 0)
+    interval = config["LIVE_SQLITE_WATCH_INTERVAL"] or 0
     if (
         url.get_backend_name() == "sqlite"
         and url.database

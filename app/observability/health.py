@@ -6,9 +6,9 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import ingest
 from ..live.hub import hub_of
 from ..live.wake import ChannelState
-from ..records import ingest
 from ..records.models import db
 
 bp = Blueprint("health", __name__)
@@ -42,7 +42,7 @@ def healthz():
     the database is away or bodies still wait there (degraded), or not at all (503); and
     degraded while its live wake-up channel is down (dashboards then follow the poll)."""
     writer = ingest.writer_of(current_app)
-    waiting = writer.spool_status()
+    waiting = writer.spooler.status()
     reachable = database_reachable()
     body = {"database": "ok" if reachable else "unreachable", "spool": waiting.as_json()}
     live = live_channel(current_app)
@@ -52,7 +52,7 @@ def healthz():
         return jsonify({"status": "unavailable", **body}), 503
     if reachable and not waiting.bodies and (live is None or live.up):
         return jsonify({"status": "ok", **body}), 200
-    if reachable or writer.spool_writable():
+    if reachable or writer.spooler.writable():
         return jsonify({"status": "degraded", **body}), 200
     return jsonify({"status": "unavailable", **body}), 503
 

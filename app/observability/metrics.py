@@ -31,10 +31,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import config
-from ..auth.security import address_in, parse_networks, request_client_address
+from .. import config, ingest
+from ..auth.security import address_in, request_client_address
 from ..core.periodic import Periodic, start_with_requests
-from ..records import ingest
+from ..core.services import services
+from ..errors import error_response
 from ..records.models import AlertState, Message, RawBody, db
 from .health import live_channel
 
@@ -104,7 +105,7 @@ def multiprocess() -> bool:
 
 
 def live_count(app: Flask) -> int:
-    hub = app.extensions.get("viberwatch.live")
+    hub = services(app).live
     return hub.client_count() if hub is not None else 0
 
 
@@ -146,7 +147,7 @@ class DatabaseCollector:
         value = GaugeMetricFamily(
             "viberwatch_alert_value", "The last measured value of an alert rule.", labels=["rule"]
         )
-        configured = {r.name for r in current_app.extensions.get("viberwatch.alert_rules", [])}
+        configured = {r.name for r in services(current_app).alert_rules}
         for state in db.session.execute(db.select(AlertState).order_by(AlertState.rule)).scalars():
             if state.rule not in configured:
                 continue
@@ -186,7 +187,7 @@ def _allowed() -> bool:
     cfg = current_app.config
     token, networks = (
         cfg.get("METRICS_TOKEN"),
-        current_app.extensions["viberwatch.metrics_networks"],
+        current_app.config["METRICS_ALLOW_NETWORKS"],
     )
     if not token and not networks:
         abort(404)
@@ -205,11 +206,11 @@ def _allowed() -> bool:
 def scrape():
     """Prometheus metrics; needs the bearer token and/or an allowed source address."""
     if not _allowed():
-        return Response(
-            '{"error": "metrics: a valid bearer token or an allowed address is required", '
-            '"field": "Authorization"}',
+        return error_response(
             403,
-            content_type="application/json",
+            "Authorization",
+            "a valid bearer token or an allowed address is required",
+            error="metrics: a valid bearer token or an allowed address is required",
         )
     registry = CollectorRegistry()
     # This process's live gauges as they are now; in multiprocess mode the other workers' as
@@ -223,7 +224,7 @@ def scrape():
         registry.register(own.ingest_batch)
         registry.register(own.live_connections)
         registry.register(own.live_channel_up)
-    registry.register(SpoolCollector(current_app.extensions["viberwatch.ingest"].spool_status))
+    registry.register(SpoolCollector(services(current_app).writer.spooler.status))
     registry.register(DatabaseCollector())
     try:
         body = generate_latest(registry)
@@ -244,12 +245,9 @@ def sample_live(app: Flask) -> None:
 
 def register(app: Flask) -> None:
     ingest.batch_committed.connect(observe_ingest_batch, sender=app)
-    app.extensions["viberwatch.metrics_networks"] = parse_networks(
-        app.config["METRICS_ALLOW_NETWORKS"], "METRICS_ALLOW_NETWORKS"
-    )
     app.register_blueprint(bp)
     if multiprocess():
         # Keeps this process's share of the live gauges current.
         sampler = Periodic("metrics-live", lambda: LIVE_SAMPLE_SECONDS, lambda: sample_live(app))
-        app.extensions["viberwatch.metrics_sampler"] = sampler
+        services(app).metrics_sampler = sampler
         start_with_requests(app, sampler)

@@ -10,8 +10,13 @@ import click
 from flask import Flask, current_app
 from sqlalchemy import func
 
-from ..records import ingest, spool
-from ..records.models import Message, db, utcnow
+from .. import ingest
+from ..core.services import services
+from ..core.times import utcnow
+from ..ingest import spoolfile as spool
+from ..records.models import Message, db
+from ..webhooks.reprocess import rejected_ids
+from ..webhooks.reprocess import reprocess as reprocess_body
 from ..webhooks.views import webhook_urls
 from .maintenance import count_older, parse_age, purge, recount, recount_differences
 from .rebuild import rebuild
@@ -49,10 +54,10 @@ def _record_commands(app: Flask) -> None:
     @click.option("--id", "ids", type=int, multiple=True, help="Only these raw body ids.")
     def reprocess(include_refused: bool, ids: tuple[int, ...]):
         """Retry stored bodies that were rejected (after a fix or a configuration change)."""
-        targets = list(ids) or ingest.rejected_ids(include_refused)
+        targets = list(ids) or rejected_ids(include_refused)
         counts: dict[str, int] = {}
         for raw_id in targets:
-            result = ingest.reprocess(raw_id)
+            result = reprocess_body(raw_id)
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do"
         click.echo(f"reprocessed {len(targets)}: {summary}")
@@ -65,7 +70,7 @@ def _record_commands(app: Flask) -> None:
     def spool_status():
         """List the spool files: their process, bodies waiting, the oldest waiting."""
         writer = ingest.writer_of(app)
-        folder, keys = writer.folder, writer.keys
+        folder, keys = writer.folder, writer.spooler.keys
         files = spool.files(folder, keys) if folder.is_dir() else []
         for path in files:
             fd = spool.claim(path)
@@ -87,7 +92,7 @@ def _record_commands(app: Flask) -> None:
                 click.echo(f"{path.name}: kept, some of it could not be applied (see the log)")
             for path in spool.others(folder, keys):
                 click.echo(f"{path.name}: another database's or an older version's, not drained")
-        total = writer.spool_status()
+        total = writer.spooler.status()
         click.echo(f"{total.bodies} bodies waiting in {len(files)} spool file(s) in {folder}")
 
     @spool_group.command("drain")
@@ -108,7 +113,7 @@ def _record_commands(app: Flask) -> None:
     def spool_drain(path: Path | None, any_database: bool, unsigned: bool):
         """Apply now the spool files whose process has ended (running ones drain their own)."""
         writer = ingest.writer_of(app)
-        before = writer.spool_status().bodies
+        before = writer.spooler.status().bodies
         if path is not None:
             outcome, reader = ingest.drain_file(
                 path, writer.max_batch, any_database=any_database, unsigned=unsigned
@@ -125,7 +130,7 @@ def _record_commands(app: Flask) -> None:
                 raise SystemExit(1)
             return
         outcome = ingest.drain(writer.folder, None, writer.max_batch)
-        left = writer.spool_status().bodies
+        left = writer.spooler.status().bodies
         click.echo(
             f"applied {before - left} bodies; {left} still waiting"
             + ("; the database is away" if outcome == "away" else "")
@@ -185,7 +190,7 @@ def _maintenance_commands(app: Flask) -> None:
                 days=days,
                 batch_size=batch_size,
                 random_seed=random_seed,
-                zone=current_app.extensions["viberwatch.sendtime_zone"],
+                zone=services(current_app).sendtime_zone,
                 progress=bar.update,
             )
         recount()

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func
 
+from ..core.times import utcnow
 from ..records import rollup, tally
 from ..records.models import (
     Activity,
@@ -19,7 +20,6 @@ from ..records.models import (
     Receipt,
     Reply,
     db,
-    utcnow,
 )
 
 AGE_RE = re.compile(r"\A(\d+)\s*([dhw])\Z")

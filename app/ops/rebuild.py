@@ -16,6 +16,7 @@ from flask import current_app
 
 from ..core import payloads
 from ..core.payloads import Invalid
+from ..core.services import services
 from ..records.derivation import (
     Registration,
     message_columns,
@@ -315,7 +316,7 @@ def rebuild(
     *, batch_size: int = 2000, fix: bool = True, progress: Callable[[int], None] = lambda n: None
 ) -> Report:
     """Walk every message; with `fix`, write what the raw record says wherever it differs."""
-    zone = current_app.extensions["viberwatch.sendtime_zone"]
+    zone = services(current_app).sendtime_zone
     report = Report()
     after = ""
     while True:

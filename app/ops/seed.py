@@ -18,6 +18,7 @@ from sqlalchemy import func, insert, text
 
 from ..core import payloads
 from ..core.status import ReceiptFact, fold
+from ..core.times import utcnow
 from ..records import contacts
 from ..records.derivation import (
     Registration,
@@ -26,7 +27,7 @@ from ..records.derivation import (
     outbound_preview,
     reply_preview,
 )
-from ..records.models import Activity, Message, RawBody, Receipt, Reply, UTCDateTime, db, utcnow
+from ..records.models import Activity, Message, RawBody, Receipt, Reply, UTCDateTime, db
 
 HEADERS = json.dumps({"content-type": "application/json"})
 APPKEYS = ("TexxxP6", "Shop01x", "Bank7Qz")
@@ -60,7 +61,7 @@ SENDTIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 @dataclass
-class Batch:
+class SeedBatch:
     raw: list = field(default_factory=list)
     messages: list = field(default_factory=list)
     receipts: list = field(default_factory=list)
@@ -100,7 +101,7 @@ class Seeder:
 
     def _raw(
         self,
-        batch: Batch,
+        batch: SeedBatch,
         endpoint: str,
         at: datetime,
         data: dict,
@@ -129,7 +130,7 @@ class Seeder:
 
     def _activity(
         self,
-        batch: Batch,
+        batch: SeedBatch,
         kind: str,
         at: datetime,
         raw_id: int,
@@ -192,7 +193,7 @@ class Seeder:
                 plan.append(("failed", 11000, "Viber send error", delivered + timedelta(seconds=5)))
         return plan
 
-    def message(self, i: int, batch: Batch) -> None:
+    def message(self, i: int, batch: SeedBatch) -> None:
         rng = self.rng
         t0 = (self.start + self.step * i + timedelta(seconds=rng.uniform(0, 60))).replace(
             microsecond=0
@@ -421,7 +422,7 @@ def bulk_insert(model, rows: list[dict]) -> None:
     cur.close()
 
 
-def _write(batch: Batch) -> None:
+def _write(batch: SeedBatch) -> None:
     # Parents before children: receipts, replies and activity point at raw bodies.
     for model, rows in (
         (RawBody, batch.raw),
@@ -475,7 +476,7 @@ def seed(
     )
     written = {"message": 0, "raw_body": 0, "receipt": 0, "reply": 0, "activity": 0}
     for start in range(0, count, batch_size):
-        batch = Batch()
+        batch = SeedBatch()
         for i in range(start, min(count, start + batch_size)):
             seeder.message(i, batch)
         _write(batch)

@@ -9,33 +9,13 @@ retry. Rows are kept for twice the signature window; past it, `ts` alone refuses
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ..core.signing import Signature
 from .models import WebhookSignature, db
 from .sqlutil import insert_for
 
 REASON = "already used: a replayed call"
-
-
-@dataclass(frozen=True)
-class Signature:
-    sign: str
-    access_key: str
-    ts: int
-
-    @classmethod
-    def of(cls, headers: Mapping) -> Signature | None:
-        """The signature a call carries (checked already), or None."""
-        sign, access_key, ts = (
-            headers.get("sign"),
-            headers.get("accessKey") or headers.get("accesskey"),
-            headers.get("ts"),
-        )
-        if not sign or not access_key or not ts or not str(ts).isdigit():
-            return None
-        return cls(sign.strip().lower(), access_key, int(ts))
 
 
 _pruned = {"at": None}

@@ -19,7 +19,9 @@ from datetime import datetime, timedelta
 from flask import Flask, current_app
 from sqlalchemy import func
 
-from .models import RawBody, RetentionDrop, db, utcnow
+from ..core.services import services
+from ..core.times import utcnow
+from .models import RawBody, RetentionDrop, db
 from .sqlutil import insert_for
 
 log = logging.getLogger(__name__)
@@ -91,8 +93,8 @@ def enforce(now: datetime | None = None) -> Enforced:
     cfg = current_app.config
     now = now or utcnow()
     done = Enforced()
-    days = int(cfg["REJECTED_KEEP_DAYS"] or 0)
-    cap = int(cfg["REJECTED_KEEP_BYTES"] or 0)
+    days = cfg["REJECTED_KEEP_DAYS"] or 0
+    cap = cfg["REJECTED_KEEP_BYTES"] or 0
     cutoff = now - timedelta(days=days) if days else None
     excess = kept_bytes() - cap if cap else 0
     after = 0
@@ -135,7 +137,7 @@ class Keeper:
     """This process's share: bytes of never-applied bodies kept since the last enforcement."""
 
     def __init__(self, app: Flask):
-        cap = int(app.config["REJECTED_KEEP_BYTES"] or 0)
+        cap = app.config["REJECTED_KEEP_BYTES"] or 0
         self.check_every = max(1, cap // 16) if cap else None
         self.lock = threading.Lock()
         self.running = threading.Lock()
@@ -158,7 +160,7 @@ class Keeper:
 def kept(size: int) -> None:
     """Called once a never-applied body of `size` bytes is committed; enforces the bounds when
     due. Never raises: the body's own answer is already decided."""
-    keeper: Keeper = current_app.extensions["viberwatch.retention"]
+    keeper = services(current_app).retention
     if not keeper.due(size) or not keeper.running.acquire(blocking=False):
         return
     try:
@@ -183,7 +185,7 @@ def dropped_since(hours: int = 24) -> tuple[int, int]:
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["viberwatch.retention"] = Keeper(app)
+    services(app).retention = Keeper(app)
 
     @app.context_processor
     def retention_banner():

@@ -89,7 +89,7 @@ class Settings:
             access_key=text("NXCLOUD_ACCESS_KEY"),
             access_secret=text("NXCLOUD_ACCESS_SECRET"),
             appkey=text("NXCLOUD_APPKEY"),
-            timeout=float(config.get("NXCLOUD_TIMEOUT") or 10),
+            timeout=config.get("NXCLOUD_TIMEOUT") or 10,
             rate_type=text("NXCLOUD_RATE_TYPE") or "Session",
         )
 

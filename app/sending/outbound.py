@@ -13,8 +13,9 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 
-from ..records import ingest
-from ..records.models import Message, Reply, SendAttempt, db, utcnow
+from .. import ingest
+from ..core.times import utcnow
+from ..records.models import Message, Reply, SendAttempt, db
 from . import nxcloud
 
 WINDOW = timedelta(hours=24)

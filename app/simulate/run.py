@@ -313,7 +313,7 @@ def simulate_command(
         secret=secret or config.get("WEBHOOK_SIGN_SECRET"),
         api_token=api_token,
     )
-    zone = zone or str(config.get("SENDTIME_TZ", "UTC+08:00"))
+    zone = zone or config.get("SENDTIME_TZ") or "UTC+08:00"
     seeded = seed is not None
     if not seeded:
         seed = int.from_bytes(os.urandom(4), "big")

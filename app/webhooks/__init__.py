@@ -1,13 +1,14 @@
-"""What arrives from outside: NXCLOUD's webhooks (views), their authentication (token,
-signature, allowed networks: auth), and the JSON API that registers and reads messages
-(api)."""
+"""What arrives from outside: NXCLOUD's webhooks (views, through the one webhook pipeline that
+a worker's event loop shares: pipeline), their checks (token, signature, allowed networks:
+checks), reprocessing of rejected and refused bodies (reprocess), and the JSON API that
+registers and reads messages (api)."""
 
 from flask import Flask
 
-from . import api, auth, views
+from . import api, checks, views
 
 
 def init_app(app: Flask) -> None:
-    auth.init_app(app)
+    checks.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, jsonify, request
 
+from .. import ingest
 from ..auth import security
-from ..dashboard import queries
-from ..records import ingest
+from ..errors import error_response
+from ..records import queries
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -27,7 +28,7 @@ def register_message():
             413,
             f"body: {reason}",
         )
-        return jsonify({"error": f"body: {reason}", "field": "body", "reason": reason}), 413
+        return error_response(413, "body", reason)
     result = ingest.ingest(
         "register", body.data, request.content_type, dict(request.headers), request.remote_addr
     )
@@ -47,6 +48,4 @@ def read_message(request_id: str):
 
 @bp.errorhandler(404)
 def not_found(_error):
-    return jsonify(
-        {"error": "no message with this requestId", "field": "requestId", "reason": "not found"}
-    ), 404
+    return error_response(404, "requestId", "not found", error="no message with this requestId")

@@ -1,48 +1,45 @@
-"""The two NXCLOUD webhook endpoints."""
+"""The two NXCLOUD webhook endpoints: the Flask side of the webhook pipeline (pipeline.py)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 
 from ..auth import security
-from ..records import ingest
-from . import auth as webhook_auth
+from ..core.services import services
+from ..ingest import ingest_job
+from . import checks, pipeline
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/viber")
 
 
 def receive(endpoint: str):
-    settings: webhook_auth.Settings = current_app.extensions["viberwatch.webhook_auth"]
+    settings = services(current_app).webhook_settings
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    address = security.request_client_address()
-    body = security.read_body(limit)
-    token = webhook_auth.presented_token(request.args, request.headers)
-    refusal = webhook_auth.screen(settings, endpoint, address, token, request.headers, body, limit)
+    call = pipeline.Call(
+        endpoint,
+        security.request_client_address(),
+        request.args,
+        request.headers,
+        request.content_type,
+        security.read_body(limit),
+    )
+    refusal = pipeline.screen(settings, call, limit)
     if refusal is not None:
-        webhook_auth.keep_refused(
+        checks.keep_refused(
             settings,
             endpoint,
-            body.data,
-            request.content_type,
-            request.headers,
-            address,
+            call.body.data,
+            call.content_type,
+            call.headers,
+            call.address,
             refusal,
-            token,
+            call.token,
         )
-        return jsonify(refusal.as_json()), refusal.http_status
-    result = ingest.ingest(
-        endpoint,
-        body.data,
-        request.content_type,
-        dict(request.headers),
-        address,
-        signature=webhook_auth.signature_to_take(settings, request.headers),
-    )
+        body, status = pipeline.refused(refusal)
+        return jsonify(body), status
+    result = ingest_job(pipeline.job_of(settings, call))
     g.webhook_result = result  # for the request's log line and metrics (app/observability/logs.py)
-    if result.ok:
-        # NXCLOUD's callbacks treat HTTP 200 with the body "success" as accepted.
-        return "success", 200, {"Content-Type": "text/plain; charset=utf-8"}
-    return jsonify(result.error), result.http_status
+    return pipeline.answer(current_app, result)
 
 
 @bp.post("/dr")
@@ -59,7 +56,7 @@ def user_reply():
 
 def webhook_urls() -> dict[str, str]:
     """The two URLs to configure in NXCLOUD, absolute for the current request's host."""
-    token = current_app.extensions["viberwatch.webhook_auth"].token
+    token = services(current_app).webhook_settings.token
     args = {"token": token} if token else {}
     return {
         "dr_webhook": url_for("webhooks.delivery_receipt", _external=True, **args),

@@ -5,7 +5,7 @@ import re
 from flask import session
 from flask_wtf.csrf import generate_csrf
 
-from app.auth import accounts as auth
+from app.auth import users
 
 TEST_USER = "operator"
 TEST_PASSWORD = "correct horse battery"
@@ -14,8 +14,8 @@ CSRF_INPUT_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 def create_test_user(app, username=TEST_USER, password=TEST_PASSWORD):
     with app.app_context():
-        if auth.find_user(username) is None:
-            auth.create_user(username, password)
+        if users.find_user(username) is None:
+            users.create_user(username, password)
 
 
 def login_form_token(client) -> str:

@@ -13,8 +13,6 @@ from html.parser import HTMLParser
 
 import websocket
 
-from . import bodies
-
 META_RE = re.compile(r"^<!--live (\{.*?\})-->")
 
 
@@ -204,11 +202,3 @@ def post(base_url: str, path: str, body: dict | bytes, headers: dict | None = No
     with urllib.request.urlopen(req, timeout=30) as response:
         response.read()
         return response.status
-
-
-def receipt(request_id: str, status: str = "delivered", code: int = 0, message: str = "ok") -> dict:
-    return bodies.receipt(request_id, status, code, message, send_time="2023-07-13 15:12:11")
-
-
-def reply(trace_request_id: str, phone: str, text: str) -> dict:
-    return bodies.reply(trace_request_id, phone, text, send_time="2023-07-17 14:40:50")

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from werkzeug.serving import make_server
 
-from app.records.committer import is_committer
+from app.ingest.committer.supervisor import is_committer
 
 from . import secrets_in_logs
 
@@ -85,7 +85,7 @@ def worker_pids(master: int) -> list[int]:
 
 
 def committer_pid(master: int) -> int | None:
-    """The ingest committer the master started (app/records/committer.py), if it runs."""
+    """The ingest committer the master started (app/ingest/committer/), if it runs."""
     return next((pid for pid in _children(master) if is_committer(pid)), None)
 
 

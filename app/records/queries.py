@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core.status import describe_code
 from ..core.times import iso
-from ..records.models import Message, RawBody, Receipt, Reply, db
+from .models import Message, RawBody, Receipt, Reply, db
 
 
 def get_message(request_id: str) -> Message | None:

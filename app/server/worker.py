@@ -1,5 +1,5 @@
-"""What gunicorn.conf.py plugs into gunicorn: a threaded worker that slow clients cannot
-starve, and an access log that never writes a secret.
+"""The worker gunicorn.conf.py plugs into gunicorn: a threaded worker that slow clients
+cannot starve, which answers webhooks in its event loop (loop.py).
 
 gunicorn's gthread worker hands a connection to a thread as soon as its first byte arrives;
 the thread then waits for the rest of the request head and body. A client that sends one
@@ -21,36 +21,10 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
-from gunicorn.glogging import Logger
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
-from . import config
-from .observability.redaction import REDACTED, redact, redact_logger
-
-# Request headers that carry credentials, in gunicorn's "{name}i" atom form.
-SECRET_HEADER_ATOMS = ("{authorization}i", "{cookie}i", "{x-webhook-token}i")
-
-
-class RedactingLogger(Logger):
-    """gunicorn's logger, with ?token= values (and credential headers, should an access log
-    format name them) redacted in every access log atom, and ?token= values redacted in its
-    error log (which writes the line of a request it refuses)."""
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        redact_logger(self.error_log)
-
-    def atoms(self, resp, req, environ, request_time):
-        atoms = super().atoms(resp, req, environ, request_time)
-        for key, value in atoms.items():
-            if isinstance(value, str):
-                atoms[key] = redact(value)
-        for key in SECRET_HEADER_ATOMS:
-            if key in atoms:
-                atoms[key] = REDACTED
-        return atoms
-
+from .. import config
 
 HEAD_TIMEOUT = config.process("GUNICORN_HEAD_TIMEOUT")  # seconds for a request line and headers
 BODY_TIMEOUT = config.process("GUNICORN_BODY_TIMEOUT")  # seconds for the body after them
@@ -313,7 +287,7 @@ class SlowClientWorker(ThreadWorker):
     # -- webhooks answered in this loop (app/webhooks/loop.py) -------------------------
     def _webhooks(self):
         if not self.webhooks_made:
-            from .webhooks import loop
+            from . import loop
 
             self.webhooks_made = True
             self.webhooks = loop.starter(self)

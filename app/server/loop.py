@@ -1,10 +1,11 @@
 """Webhooks answered in a gunicorn worker's event loop, without a request thread.
 
 Under the production command each worker's main loop reads a request whole before it hands
-it to a thread (app/serving.py). A webhook whose answer depends only on its body being
-applied, which is nearly every one, needs no thread at all: the loop runs the same checks as
-the view (app/webhooks/views.py: source, token, size, signature), frames the body to the
-server's ingest committer (app/records/committer.py) on one connection per worker, and
+it to a thread (worker.py). A webhook whose answer depends only on its body being applied,
+which is nearly every one, needs no thread at all: the loop makes the view's decisions through
+the same webhook pipeline (app/webhooks/pipeline.py: source, token, size, signature, the
+answer and its headers), frames the body to the server's ingest committer
+(app/ingest/committer/) on one connection per worker, never waiting on it, and
 writes each answer when the committer sends it back, in the order the bodies went. No thread
 is woken to wait and woken again to answer, and Flask's dispatch is skipped; the answer is
 the view's, byte for byte (the same status, body and headers), and the request gets the
@@ -35,14 +36,14 @@ from werkzeug.wrappers import Request
 
 from ..auth import security
 from ..core import periodic
+from ..core.services import services
+from ..ingest import NOT_IN_TIME, Job, Result, answered, unavailable
+from ..ingest.committer import client, protocol
 from ..observability import logs
-from ..records import committer, ingest
-from ..records.ingest import Result
-from . import auth as webhook_auth
+from ..webhooks import pipeline
 
 log = logging.getLogger(__name__)
 
-PATHS = {"/webhooks/viber/dr": "dr", "/webhooks/viber/message": "message"}
 # The start every request this takes begins with (a cheap first test in the loop).
 PREFIX = b"POST /webhooks/viber/"
 # Seconds before a worker tries again to reach a committer it could not reach.
@@ -85,39 +86,24 @@ class Waiting:
     answered: bool = False
 
 
-def answer_of(app, result: Result):
-    """The view's answer to a body applied (app/webhooks/views.py), with every header the app
-    adds to answers."""
-    if result.ok:
-        # NXCLOUD's callbacks treat HTTP 200 with the body "success" as accepted.
-        response = app.response_class("success", 200, {"Content-Type": "text/plain; charset=utf-8"})
-    else:
-        response = app.json.response(result.error)
-        response.status_code = result.http_status
-    security.add_security_headers(response)
-    # Flask's session interface adds it to every answer of the app (the sign-in guard reads
-    # the session before any view runs).
-    response.vary.add("Cookie")
-    return response
-
-
 class WebhookLoop:
-    """The webhooks of one worker's event loop (`worker` is app/serving.py's SlowClientWorker)."""
+    """The webhooks of one worker's event loop (`worker` is worker.py's SlowClientWorker)."""
 
     def __init__(self, worker, path: str):
         self.worker = worker
         self.app = worker.wsgi
         self.path = path
-        self.wait_seconds = float(self.app.config["INGEST_WAIT_TIMEOUT"])
+        self.wait_seconds = self.app.config["INGEST_WAIT_TIMEOUT"]
         self.limit = self.app.config["MAX_CONTENT_LENGTH"]
-        self.settings: webhook_auth.Settings = self.app.extensions["viberwatch.webhook_auth"]
-        self.trusted = self.app.extensions.get(security.TRUSTED) or []
+        registry = services(self.app)
+        self.settings = registry.webhook_settings
+        self.trusted = self.app.config["TRUSTED_PROXIES"]
         self.sock: socket.socket | None = None
         self.buffer = bytearray()
         # Frames the committer has not read yet (it is applying a batch, or stopped): they
         # wait here, never in a blocking send, so the loop serves every other connection.
-        self.out = committer.Outgoing()
-        self.out_limit = int(self.app.config["WEBHOOK_LOOP_BUFFER"])
+        self.out = protocol.Outgoing()
+        self.out_limit = self.app.config["WEBHOOK_LOOP_BUFFER"]
         self.writable = False  # the socket is watched for room to write
         self.waiting: collections.deque[Waiting] = collections.deque()
         self.retry_at = 0.0
@@ -140,7 +126,7 @@ class WebhookLoop:
             if req.version != (1, 1) or req.method != "POST" or len(body) != length:
                 return False
             resp, environ = wsgi.create(req, written, conn.client, conn.server, self.worker.cfg)
-            endpoint = PATHS.get(environ.get("PATH_INFO", ""))
+            endpoint = pipeline.PATHS.get(environ.get("PATH_INFO", ""))
             if endpoint is None or environ.get("SCRIPT_NAME"):
                 return False
             job, address = self._job(endpoint, environ, body)
@@ -167,44 +153,31 @@ class WebhookLoop:
             # The committer has not read what it was given: answered at once, on the loop's
             # next turn (a pipelined burst does not recurse), and nothing waits for it.
             waiting.answered = True
-            self.worker.method_queue.defer(self._write_answer, waiting, ingest.unavailable(BUSY))
+            self.worker.method_queue.defer(self._write_answer, waiting, unavailable(BUSY))
             return True
         if not self._send(job):
             return False
         self.waiting.append(waiting)
         return True
 
-    def _job(self, endpoint: str, environ: dict, body: bytes) -> tuple[ingest.Job | None, str]:
-        """The view's checks (app/webhooks/views.py); no job when any refuses: the view
-        answers and keeps a refused call."""
+    def _job(self, endpoint: str, environ: dict, body: bytes) -> tuple[Job | None, str]:
+        """The webhook pipeline's decisions (app/webhooks/pipeline.py); no job when the app
+        answers the call itself, from a thread (and keeps it, when refused)."""
+        address = pipeline.prepare(environ, self.trusted)
         request = Request(environ)
-        # As app/auth/security.py's middleware does for a thread (the access log shows it).
-        peer = environ[security.PEER] = environ.get("REMOTE_ADDR") or ""
-        address = environ["REMOTE_ADDR"] = security.client_address(
-            peer, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted
-        )
-        if (
-            len(body) > self.limit
-            or "HTTP_UPGRADE" in environ  # a cross-site WebSocket is the app's to refuse
-            or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True))
-        ):
+        if len(body) > self.limit or pipeline.to_flask(environ, request.args):
             return None, address
-        token = webhook_auth.presented_token(request.args, request.headers)
-        kept = security.Body(body, len(body), False)
-        refusal = webhook_auth.screen(
-            self.settings, endpoint, address, token, request.headers, kept, self.limit
-        )
-        if refusal is not None:
-            return None, address
-        job = ingest.new_job(
+        call = pipeline.Call(
             endpoint,
-            body,
-            request.content_type,
-            request.headers,
             address,
-            signature=webhook_auth.signature_to_take(self.settings, request.headers),
+            request.args,
+            request.headers,
+            request.content_type,
+            security.Body(body, len(body), False),
         )
-        return job, address
+        if pipeline.screen(self.settings, call, self.limit) is not None:
+            return None, address
+        return pipeline.job_of(self.settings, call), address
 
     # -- the committer's connection ----------------------------------------------------
     def _connection(self) -> socket.socket | None:
@@ -213,7 +186,7 @@ class WebhookLoop:
         now = time.monotonic()
         if now < self.retry_at:
             return None
-        self.sock = committer.connect(self.path, None)  # not waiting, not blocking
+        self.sock = client.connect(self.path, None)  # not waiting, not blocking
         if self.sock is None:
             self.retry_at = now + RECONNECT_SECONDS
             return None
@@ -221,9 +194,9 @@ class WebhookLoop:
         self.worker.poller.register(self.sock, selectors.EVENT_READ, self._ready)
         return self.sock
 
-    def _send(self, job: ingest.Job) -> bool:
+    def _send(self, job: Job) -> bool:
         """Queue a body's frame for the committer; False when the connection is gone."""
-        self.out.add(committer.job_frame(job))
+        self.out.add(protocol.job_frame(job))
         return self._flush()
 
     def _flush(self) -> bool:
@@ -251,7 +224,7 @@ class WebhookLoop:
 
     def _readable(self, sock: socket.socket) -> None:
         try:
-            chunk = sock.recv(committer.READ_CHUNK, socket.MSG_DONTWAIT)
+            chunk = sock.recv(protocol.READ_CHUNK, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -261,7 +234,7 @@ class WebhookLoop:
             return
         self.buffer += chunk
         try:
-            answers = committer.frames(self.buffer)
+            answers = protocol.frames(self.buffer)
         except ValueError:
             log.error("the ingest committer sent a frame that is not one")
             self._lost()
@@ -308,7 +281,7 @@ class WebhookLoop:
         due = list(itertools.takewhile(lambda w: w.deadline <= now, self.waiting))
         for w in due:
             if not w.answered:
-                self._answer(w, ingest.unavailable(ingest.NOT_IN_TIME))
+                self._answer(w, unavailable(NOT_IN_TIME))
 
     def _answer(self, w: Waiting, result: Result) -> None:
         w.answered = True
@@ -324,7 +297,7 @@ class WebhookLoop:
 
     def _write(self, w: Waiting, result: Result) -> None:
         worker = self.worker
-        response = answer_of(self.app, result)
+        response = pipeline.answer(self.app, result)
         resp = w.resp
         if not worker.alive or not worker.cfg.keepalive:
             resp.force_close()
@@ -338,14 +311,14 @@ class WebhookLoop:
         logs.record_webhook(
             w.endpoint, result, result.outcome, result.http_status, seconds, w.address
         )
-        ingest.answered(self.app, result)
+        answered(self.app, result)
         worker.answer(w.conn, w.written.take(), w.rest, keep=not resp.should_close())
 
 
 def starter(worker) -> WebhookLoop | None:
     """The worker's webhook loop, when its server has an ingest committer and the setting
     WEBHOOK_EVENT_LOOP is on."""
-    path = committer.address()
+    path = client.address()
     app = getattr(worker, "wsgi", None)
     if not path or app is None or not getattr(app, "config", {}).get("WEBHOOK_EVENT_LOOP"):
         return None

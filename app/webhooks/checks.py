@@ -23,10 +23,13 @@ from flask import current_app
 from sqlalchemy import func
 from werkzeug.datastructures import Headers
 
-from ..auth.security import parse_networks
 from ..core import signing
-from ..records import ingest, replay
-from ..records.models import RawBody, RefusedTally, db, utcnow
+from ..core.errors import error_body
+from ..core.services import services
+from ..core.times import utcnow
+from ..ingest import Result, refuse
+from ..records import replay
+from ..records.models import RawBody, RefusedTally, db
 from ..records.sqlutil import insert_ignore
 
 SIGN_HEADERS = ("accessKey", "ts", "bizType", "action", "sign")
@@ -59,11 +62,6 @@ class Settings:
         return hmac.new(self.token_key, token.encode(), hashlib.sha256).hexdigest()
 
 
-def _text(value) -> str | None:
-    # The environment's VIBERWATCH_ values are parsed as JSON, so a numeric token is an int.
-    return None if value in (None, "") else str(value)
-
-
 def _actions(value) -> dict:
     value = value or {}
     actions = {**signing.CALLBACK_ACTIONS, **value} if isinstance(value, Mapping) else {}
@@ -78,28 +76,28 @@ def _actions(value) -> dict:
 
 def settings_from(config: Mapping) -> Settings:
     """Settings from the app config; a half-configured signature is a startup error."""
-    access_key = _text(config.get("WEBHOOK_SIGN_ACCESS_KEY"))
-    secret = _text(config.get("WEBHOOK_SIGN_SECRET"))
+    access_key = config.get("WEBHOOK_SIGN_ACCESS_KEY") or None
+    secret = config.get("WEBHOOK_SIGN_SECRET") or None
     if bool(access_key) != bool(secret):
         raise ValueError("WEBHOOK_SIGN_ACCESS_KEY and WEBHOOK_SIGN_SECRET go together")
-    window = int(config.get("WEBHOOK_SIGN_WINDOW") or 300)
+    window = config.get("WEBHOOK_SIGN_WINDOW") or 300
     if window <= 0:
         raise ValueError("WEBHOOK_SIGN_WINDOW must be a positive number of seconds")
     return Settings(
-        token=_text(config.get("WEBHOOK_TOKEN")),
-        token_key=str(config.get("SECRET_KEY") or "").encode(),
+        token=config.get("WEBHOOK_TOKEN") or None,
+        token_key=(config.get("SECRET_KEY") or "").encode(),
         sign_access_key=access_key,
         sign_secret=secret,
         sign_window=window,
-        sign_biz_type=_text(config.get("WEBHOOK_SIGN_BIZ_TYPE")) or signing.VIBER_BIZ_TYPE,
+        sign_biz_type=config.get("WEBHOOK_SIGN_BIZ_TYPE") or signing.VIBER_BIZ_TYPE,
         sign_actions=_actions(config.get("WEBHOOK_SIGN_ACTIONS")),
-        networks=parse_networks(config.get("WEBHOOK_ALLOW_NETWORKS"), "WEBHOOK_ALLOW_NETWORKS"),
-        keep_refused_per_minute=int(config.get("WEBHOOK_REFUSED_KEEP_PER_MINUTE", 60)),
+        networks=config.get("WEBHOOK_ALLOW_NETWORKS") or [],
+        keep_refused_per_minute=config.get("WEBHOOK_REFUSED_KEEP_PER_MINUTE", 60),
     )
 
 
 def current() -> Settings:
-    return current_app.extensions["viberwatch.webhook_auth"]
+    return services(current_app).webhook_settings
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ class Refusal:
     reason: str
 
     def as_json(self) -> dict:
-        return {"error": f"{self.field}: {self.reason}", "field": self.field, "reason": self.reason}
+        return error_body(self.field, self.reason)
 
 
 def presented_token(args: Mapping, headers: Mapping) -> str | None:
@@ -193,9 +191,9 @@ def screen(
     return refusal
 
 
-def signature_to_take(settings: Settings, headers: Mapping) -> replay.Signature | None:
+def signature_to_take(settings: Settings, headers: Mapping) -> signing.Signature | None:
     """A verified signature, taken (used once) in the transaction that applies its body."""
-    return replay.Signature.of(headers) if settings.sign_secret else None
+    return signing.Signature.of(headers) if settings.sign_secret else None
 
 
 def take_signature(settings: Settings, headers: Mapping) -> Refusal | None:
@@ -227,7 +225,7 @@ def recheck(settings: Settings, raw: RawBody) -> Refusal | None:
     return refusal
 
 
-def still_refused(raw: RawBody) -> ingest.Result | None:
+def still_refused(raw: RawBody) -> Result | None:
     """For a refused body about to be reprocessed: None when it passes authentication now,
     else the body stays refused with the reason of this check, committed."""
     refusal = recheck(current(), raw)
@@ -237,9 +235,7 @@ def still_refused(raw: RawBody) -> ingest.Result | None:
     raw.reason = refusal.as_json()["error"]
     raw.reprocessed_at = utcnow()
     db.session.commit()
-    return ingest.Result(
-        refusal.http_status, "refused", raw.id, raw.request_id, error=refusal.as_json()
-    )
+    return Result(refusal.http_status, "refused", raw.id, raw.request_id, error=refusal.as_json())
 
 
 def keep_refused(
@@ -267,7 +263,7 @@ def keep_refused(
         kept = {k: v for k, v in dict(headers).items() if k.lower() != TOKEN_DIGEST}
         if token:
             kept[TOKEN_DIGEST] = settings.token_digest(token)
-        ingest.refuse(
+        refuse(
             endpoint,
             body,
             content_type,
@@ -304,12 +300,12 @@ def dropped_since(hours: int = 24) -> int:
 
 
 def init_app(app) -> None:
-    app.extensions["viberwatch.webhook_auth"] = settings_from(app.config)
+    services(app).webhook_settings = settings = settings_from(app.config)
 
     @app.context_processor
     def webhook_security():
         # A callable, so pages that do not show the banners cost no query.
         return {
-            "webhooks_unauthenticated": app.extensions["viberwatch.webhook_auth"].unauthenticated,
+            "webhooks_unauthenticated": settings.unauthenticated,
             "refused_dropped": dropped_since,
         }

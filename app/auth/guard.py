@@ -1,0 +1,88 @@
+"""The login requirement on everything else, checked before every request.
+
+Every endpoint needs a signed-in user, except the login page, static files and the icon, the
+webhooks (their own checks, app/webhooks/checks.py), health and metrics (their own token),
+the OpenAPI document, and views marked with `public`. The JSON API also takes
+`Authorization: Bearer <token>`; such calls need no CSRF token, as no browser sends them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import current_app, g, redirect, request, session, url_for
+from flask_login import current_user, logout_user
+
+from ..errors import error_response, wants_json
+from ..htmx import is_htmx
+from .security import MACHINE_BLUEPRINTS, csrf
+from .sessions import end_session
+from .tokens import token_for
+
+PUBLIC_ENDPOINTS = {"auth.login", "static", "favicon", "openapi.document"}
+PUBLIC_BLUEPRINTS = MACHINE_BLUEPRINTS
+CSRF_EXEMPT_BLUEPRINTS = {"webhooks", "bench"}
+BEARER_BLUEPRINTS = {"api"}
+
+
+def public(view):
+    """Mark a view as reachable without a login (it must authenticate on its own)."""
+    view.public = True
+    return view
+
+
+def _unauthenticated(reason: str):
+    if request.blueprint in BEARER_BLUEPRINTS:
+        return error_response(
+            401, "Authorization", reason, headers={"WWW-Authenticate": 'Bearer realm="viberwatch"'}
+        )
+    if wants_json():
+        return error_response(401, "login", reason)
+    login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
+    if is_htmx():
+        # htmx would swap a login page into a fragment; send the whole window there instead.
+        return "", 401, {"HX-Redirect": login_url}
+    return redirect(login_url)
+
+
+def _is_public() -> bool:
+    if request.endpoint in PUBLIC_ENDPOINTS or request.blueprint in PUBLIC_BLUEPRINTS:
+        return True
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, "public", False))
+
+
+def _login_expired() -> bool:
+    login_at = session.get("login_at")
+    return not isinstance(login_at, int) or time.time() - login_at > int(
+        current_app.config["LOGIN_MAX_AGE"]
+    )
+
+
+def require_login():
+    """before_request: let through public endpoints, bearer API calls and signed-in users."""
+    if request.routing_exception is not None:
+        return None  # 404 or 405 whoever asks: it shows nothing a 401 would not
+    if _is_public():
+        if request.blueprint not in CSRF_EXEMPT_BLUEPRINTS:
+            csrf.protect()
+        return None
+    authorization = request.headers.get("Authorization", "")
+    if request.blueprint in BEARER_BLUEPRINTS and authorization:
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return _unauthenticated("use Bearer <token>")
+        token = token_for(presented.strip())
+        if token is None:
+            return _unauthenticated("unknown or revoked token")
+        g.api_token = token
+        return None
+    if not current_user.is_authenticated:
+        return _unauthenticated("sign in required")
+    if _login_expired():
+        end_session(current_user.session_token)
+        logout_user()
+        session.clear()
+        return _unauthenticated("the sign-in has expired")
+    csrf.protect()
+    return None

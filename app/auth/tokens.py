@@ -1,0 +1,66 @@
+"""API tokens for the JSON API (`Authorization: Bearer`): shown once, kept as their hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from ..core.times import utcnow
+from ..records.models import ApiToken, db
+from .users import AccountError
+
+TOKEN_PREFIX = "vw_"
+
+
+def _token_hash(token: str) -> str:
+    # Tokens are 256 random bits, so a fast hash is enough; it is also the lookup key.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(name: str) -> tuple[ApiToken, str]:
+    name = (name or "").strip()
+    if not name or len(name) > 64 or not name.isprintable():
+        raise AccountError("token name must be 1 to 64 printable characters")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(name=name, token_hash=_token_hash(token), prefix=token[:10], created_at=utcnow())
+    db.session.add(row)
+    db.session.commit()
+    return row, token
+
+
+def token_for(presented: str) -> ApiToken | None:
+    """The live token row for a presented bearer token, noting when it was last used."""
+    if not presented or len(presented) > 200:
+        return None
+    row = db.session.execute(
+        db.select(ApiToken).where(
+            ApiToken.token_hash == _token_hash(presented), ApiToken.revoked_at.is_(None)
+        )
+    ).scalar_one_or_none()
+    if row is not None:
+        now = utcnow()
+        # At most one write a minute per token, not one per call.
+        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+            row.last_used_at = now
+            db.session.commit()
+    return row
+
+
+def list_tokens() -> list[ApiToken]:
+    return list(db.session.execute(db.select(ApiToken).order_by(ApiToken.id)).scalars())
+
+
+def revoke_token(ident: str) -> list[ApiToken]:
+    """Revoke live tokens by id or by name; returns those revoked."""
+    query = db.select(ApiToken).where(ApiToken.revoked_at.is_(None))
+    query = (
+        query.where(ApiToken.id == int(ident))
+        if ident.isdigit()
+        else query.where(ApiToken.name == ident)
+    )
+    rows = list(db.session.execute(query).scalars())
+    for row in rows:
+        row.revoked_at = utcnow()
+    db.session.commit()
+    return rows

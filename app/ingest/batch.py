@@ -1,0 +1,586 @@
+"""One ingest batch, inside the caller's transaction: the touched messages are locked and
+what is stored about them read (one round trip on PostgreSQL); each body is decided in arrival
+order (accepted, duplicate or rejected, each its own answer); then raw bodies, receipts and
+replies, the messages' columns (`derivation.message_columns`), activity rows, contacts, the
+hot rows (tally and rollups, once per key in key order) and the spool marks are written.
+Status changes go only through `status.fold`, over the whole set of a message's receipts, so
+any arrival order, batching or concurrency gives the same record. No `request` here.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from functools import cache
+from types import SimpleNamespace
+
+from sqlalchemy import bindparam, case
+
+from ..core import payloads
+from ..core.errors import error_body
+from ..core.status import PRECEDENCE, ReceiptFact
+from ..core.times import utcnow
+from ..records import contacts, replay, rollup, tally
+from ..records.derivation import (
+    COLUMNS,
+    Registration,
+    ReplyFact,
+    message_columns,
+    outbound_preview,
+    receipt_fact,
+    receipt_row,
+    reply_fact,
+    reply_preview,
+    reply_row,
+)
+from ..records.models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db
+from ..records.sqlutil import (
+    COPY_FROM,
+    insert_for,
+    pipelined,
+    run_many,
+    select_in,
+    send_next_ids,
+    send_select_in,
+)
+from .jobs import Job, Parsed, Result
+
+# What a batch needs of a stored message: the registration, and what the tally and the
+# rollups count it under (tally.key_of, rollup.share_of).
+MESSAGE_COLUMNS = (
+    "request_id",
+    "phone",
+    "registered_at",
+    "text",
+    "appkey",
+    "function_type",
+    "status",
+    "code",
+    "anomaly",
+    "created_at",
+    "last_activity_at",
+    "receipts_count",
+    "replies_count",
+    "cost_currency",
+    "cost_rate_type",
+    "cost_local_price",
+    "cost_original_price",
+    "accepted_at",
+    "delivered_at",
+    "seen_at",
+)
+RECEIPT_COLUMNS = (
+    "request_id",
+    "content_hash",
+    "status",
+    "code",
+    "message",
+    "received_at",
+    "send_time_raw",
+    "has_cost",
+    "cost_currency",
+    "cost_local_price",
+    "cost_original_price",
+    "cost_rate_type",
+)
+STORED_RAW_COLUMNS = (
+    "id",
+    "endpoint",
+    "received_at",
+    "body",
+    "outcome",
+    "http_status",
+    "request_id",
+)
+REPLY_COLUMNS = (
+    "trace_request_id",
+    "content_hash",
+    "phone",
+    "received_at",
+    "raw_id",
+    "text",
+    "file_name",
+    "media",
+)
+# receipts_count of a message row created by this transaction until its columns are written
+# (a stored row never has it): tells new rows from old.
+NEW_ROW = -1
+
+
+@cache
+def _create_statement(dialect: str):
+    return insert_for(Message, dialect).on_conflict_do_nothing(index_elements=["request_id"])
+
+
+def read_messages(
+    conn, first_heard: dict[str, datetime], new_raw: int
+) -> tuple[dict, dict, dict, list[int]]:
+    """Create the messages not yet stored, lock all of them, read their rows, receipts and
+    replies (request_id -> row, -> content_hash -> fact), and take `new_raw` raw body ids; on
+    PostgreSQL in one round trip.
+
+    Creating and locking go in requestId order, so two transactions never wait on each other
+    in a cycle: a transaction that finds a key another one created waits for it in the first
+    step, before it has locked anything further. The receipts and replies are read after the
+    lock is held. (SQLite has one writer at a time.)
+
+    The raw ids are taken once the locks are held, so of two transactions that touch one
+    message the one applied first numbers its bodies first: the bodies of a message in raw id
+    order (as `rebuild` reads them) are the bodies in the order they were applied, and the
+    first arrival of a receipt is the one that stored it.
+    """
+    ids = sorted(first_heard)
+    with pipelined(conn):
+        run_many(
+            conn,
+            _create_statement(conn.dialect.name),
+            [
+                {
+                    "request_id": rid,
+                    "created_at": first_heard[rid],
+                    "last_activity_at": first_heard[rid],
+                    "anomaly": False,
+                    "receipts_count": NEW_ROW,
+                    "replies_count": 0,
+                }
+                for rid in ids
+            ],
+        )
+        rows = send_select_in(
+            conn, Message.__table__, MESSAGE_COLUMNS, "request_id", ids, lock=True
+        )
+        receipts = send_select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", ids)
+        replies = send_select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", ids)
+        raw_ids = send_next_ids(conn, RawBody.__table__, new_raw)
+    return (
+        {row.request_id: row for row in rows.rows()},
+        receipt_facts(receipts.rows()),
+        reply_facts(replies.rows()),
+        raw_ids.rows(),
+    )
+
+
+def receipt_facts(rows) -> dict[str, dict[str, ReceiptFact]]:
+    """request_id -> content_hash -> the fold's view of each stored receipt."""
+    out: dict[str, dict[str, ReceiptFact]] = {}
+    for r in rows:
+        cost = (
+            (r.cost_currency, r.cost_local_price, r.cost_original_price, r.cost_rate_type)
+            if r.has_cost
+            else None
+        )
+        out.setdefault(r.request_id, {})[r.content_hash] = ReceiptFact(
+            status=r.status,
+            code=r.code,
+            message=r.message,
+            received_at=r.received_at,
+            key=r.content_hash,
+            send_time_raw=r.send_time_raw,
+            cost=cost,
+        )
+    return out
+
+
+def reply_facts(rows) -> dict[str, dict[str, ReplyFact]]:
+    """request_id -> content_hash -> each stored reply to it."""
+    out: dict[str, dict[str, ReplyFact]] = {}
+    for r in rows:
+        out.setdefault(r.trace_request_id, {})[r.content_hash] = ReplyFact(
+            r.phone, r.received_at, r.raw_id, r.text, r.file_name, r.media
+        )
+    return out
+
+
+def registration_of(row) -> Registration | None:
+    if row.registered_at is None:
+        return None
+    return Registration(row.phone, row.text, row.appkey, row.function_type, row.registered_at)
+
+
+@dataclass(eq=False)
+class Touched:
+    """One message a batch touches: what is stored, and what the batch adds."""
+
+    row: object  # the locked row as stored (receipts_count NEW_ROW when created now)
+    receipts: dict  # content_hash -> ReceiptFact
+    replies: dict  # content_hash -> ReplyFact (new ones get theirs once their raw id is known)
+    registration: Registration | None
+    changed: bool = False
+    last_event_at: datetime | None = None
+    # The phone and the statuses as each event leaves them, for its activity row: the log
+    # reads the same whichever batch an event was applied in.
+    phone: str | None = None
+    statuses: set = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.phone = None if self.new else self.row.phone
+        self.statuses = {r.status for r in self.receipts.values()}
+
+    @property
+    def new(self) -> bool:
+        return self.row.receipts_count == NEW_ROW
+
+    @property
+    def status(self) -> str | None:
+        return next((s for s in PRECEDENCE if s in self.statuses), None)
+
+    def event(self, at: datetime) -> None:
+        self.changed = True
+        if self.last_event_at is None or at > self.last_event_at:
+            self.last_event_at = at
+
+
+@dataclass
+class Repeat:
+    """Further arrivals of a receipt or reply: added to its counters."""
+
+    times: int = 0
+    last: datetime | None = None
+
+    def add(self, at: datetime) -> None:
+        self.times += 1
+        if self.last is None or at > self.last:
+            self.last = at
+
+
+@cache
+def _statements() -> SimpleNamespace:
+    m, rc, rp, raw = Message.__table__, Receipt.__table__, Reply.__table__, RawBody.__table__
+    return SimpleNamespace(
+        raw=db.insert(raw),
+        raw_again=db.update(raw)
+        .where(raw.c.id == bindparam("b_id"))
+        .values(
+            outcome=bindparam("outcome"),
+            http_status=bindparam("http_status"),
+            reason=bindparam("reason"),
+            request_id=bindparam("request_id"),
+            reprocessed_at=bindparam("reprocessed_at"),
+        ),
+        receipt=db.insert(rc),
+        receipt_again=db.update(rc)
+        .where(rc.c.content_hash == bindparam("b_hash"))
+        .values(
+            times_received=rc.c.times_received + bindparam("b_times"),
+            last_received_at=case(
+                (
+                    rc.c.last_received_at < bindparam("b_last", type_=UTCDateTime()),
+                    bindparam("b_last", type_=UTCDateTime()),
+                ),
+                else_=rc.c.last_received_at,
+            ),
+        ),
+        reply=db.insert(rp),
+        reply_again=db.update(rp)
+        .where(rp.c.content_hash == bindparam("b_hash"))
+        .values(times_received=rp.c.times_received + bindparam("b_times")),
+        message=db.update(m)
+        .where(m.c.request_id == bindparam("b_rid"))
+        .values({name: bindparam(name) for name in COLUMNS}),
+        activity=db.insert(Activity.__table__),
+    )
+
+
+def bounded_text(value: str | None, limit: int) -> str | None:
+    """A header value fit for a bounded text column (PostgreSQL text cannot hold NUL)."""
+    return None if value is None else value.replace("\x00", "\ufffd")[:limit]
+
+
+class IngestBatch:
+    """Applies validated bodies inside the caller's transaction; `run` returns True when an
+    event joined the activity log. Answers are in each Parsed.result (given out after commit)."""
+
+    def __init__(self, parsed: list[Parsed], zone: tzinfo, sign_window: int):
+        self.parsed = parsed
+        self.zone = zone
+        self.sign_window = sign_window  # seconds a signature is remembered as used (twice)
+        self.touched: dict[str, Touched] = {}
+        self.new_receipts: dict[str, list] = {}  # content_hash -> [Parsed, Repeat]
+        self.new_replies: dict[str, list] = {}
+        self.receipt_repeats: dict[str, Repeat] = {}
+        self.reply_repeats: dict[str, Repeat] = {}
+        # Accepted bodies in arrival order: (body, kind, phone, status) for the activity log.
+        self.events: list[tuple[Parsed, str, str | None, str | None]] = []
+        self.contacts = contacts.Changes()
+
+    def run(self, conn) -> bool:
+        jobs = [p.job for p in self.parsed]
+        self._leave_out_applied(conn)
+        self._take_signatures(conn)
+        valid = [p for p in self.parsed if p.item is not None]
+        first_heard: dict[str, datetime] = {}
+        for p in valid:
+            rid, at = p.request_id, p.job.received_at
+            if rid not in first_heard or at < first_heard[rid]:
+                first_heard[rid] = at
+        rows, receipts, replies, raw_ids = read_messages(
+            conn, first_heard, sum(p.job.raw_id is None for p in self.parsed)
+        )
+        for rid, row in rows.items():
+            self.touched[rid] = Touched(
+                row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row)
+            )
+        for p in valid:
+            self._decide(p)
+        # A small batch's writes go to PostgreSQL in one round trip; a large one's by COPY.
+        with pipelined(conn) if len(self.parsed) < COPY_FROM else nullcontext():
+            self._write_raw(conn, raw_ids)
+            self._write_records(conn)
+            changes = self._write_messages(conn)
+            self._write_activity(conn)
+            contacts.write(conn, self.contacts)
+            changes[0].write(conn)
+            changes[1].write(conn)
+            write_marks(conn, jobs)
+        return bool(self.events)
+
+    def _leave_out_applied(self, conn) -> None:
+        """A body from the spool that is stored already, same endpoint, received time and
+        bytes, was applied by a commit whose answer never arrived (the connection broke while
+        the database committed) and spooled all the same: it is not applied twice."""
+        drained = [p for p in self.parsed if p.job.spooled is not None and p.job.raw_id is None]
+        if not drained:
+            return
+        stored = {
+            (row.endpoint, row.received_at, bytes(row.body)): row
+            for row in select_in(
+                conn,
+                RawBody.__table__,
+                STORED_RAW_COLUMNS,
+                "received_at",
+                sorted({p.job.received_at for p in drained}),
+            )
+        }
+        applied = set()
+        for p in drained:
+            row = stored.get((p.job.endpoint, p.job.received_at, bytes(p.job.body)))
+            if row is not None:
+                p.job.raw_id = row.id
+                p.result = Result(row.http_status, row.outcome, row.id, row.request_id)
+                applied.add(id(p))
+        self.parsed = [p for p in self.parsed if id(p) not in applied]
+
+    def _take_signatures(self, conn) -> None:
+        """A body whose signature was used before is a replay: refused, not applied."""
+        signed = [p for p in self.parsed if p.job.signature is not None]
+        if not signed:
+            return
+        replays = replay.take(conn, [p.job.signature for p in signed], utcnow(), self.sign_window)
+        for p, replayed in zip(signed, replays, strict=False):
+            if replayed:
+                p.guessed_id, p.item = p.request_id, None
+                p.result = Result(
+                    401, "refused", None, p.guessed_id, error=error_body("sign", replay.REASON)
+                )
+
+    def _decide(self, p: Parsed) -> None:
+        item, at = p.item, p.job.received_at
+        msg = self.touched[p.request_id]
+        if isinstance(item, payloads.ReceiptIn):
+            digest = item.content_hash
+            if digest in msg.receipts:
+                p.result = Result(200, "duplicate", None, item.request_id)
+                fresh = self.new_receipts.get(digest)
+                (fresh[1] if fresh else self.receipt_repeats.setdefault(digest, Repeat())).add(at)
+                return
+            msg.receipts[digest] = receipt_fact(item, at)
+            self.new_receipts[digest] = [p, Repeat(1, at)]
+            p.result = Result(200, "accepted", None, item.request_id)
+            msg.event(at)
+            msg.statuses.add(item.status)
+            self.events.append((p, "receipt", msg.phone, item.status))
+        elif isinstance(item, payloads.ReplyIn):
+            digest = item.content_hash
+            if digest in msg.replies or digest in self.new_replies:
+                p.result = Result(200, "duplicate", None, item.trace_request_id)
+                fresh = self.new_replies.get(digest)
+                (fresh[1] if fresh else self.reply_repeats.setdefault(digest, Repeat())).add(at)
+                return
+            self.new_replies[digest] = [p, Repeat(1, at)]
+            p.result = Result(200, "accepted", None, item.trace_request_id)
+            msg.event(at)
+            change = self.contacts.of(item.phone, at)
+            change.replied(at)
+            change.show(reply_preview(item.text, item.file_name, item.media), at)
+            if msg.registration is None and msg.phone is None:
+                msg.phone = item.phone
+            self.events.append((p, "reply", item.phone, msg.status))
+        else:
+            payload = {"requestId": item.request_id}
+            if msg.registration is not None and msg.registration.same_fields(item):
+                p.result = Result(200, "duplicate", None, item.request_id, payload=payload)
+                return
+            first = msg.registration is None
+            msg.registration = Registration(
+                item.phone,
+                item.text,
+                item.appkey,
+                item.function_type,
+                at if first else msg.registration.registered_at,
+            )
+            p.result = Result(
+                201 if first else 200, "accepted", None, item.request_id, payload=payload
+            )
+            msg.event(at)
+            self.contacts.of(item.phone, at).show(outbound_preview(item.text), at)
+            msg.phone = item.phone
+            self.events.append((p, "register", item.phone, msg.status))
+
+    def _write_raw(self, conn, ids: list[int]) -> None:
+        fresh, again, now = [], [], utcnow()
+        for p in self.parsed:
+            job, result = p.job, p.result
+            reason = result.error["error"] if result.error else None
+            if job.raw_id is not None:
+                again.append(
+                    {
+                        "b_id": job.raw_id,
+                        "outcome": result.outcome,
+                        "http_status": result.http_status,
+                        "reason": reason,
+                        "request_id": p.request_id,
+                        "reprocessed_at": now,
+                    }
+                )
+                result.raw_id = job.raw_id
+                continue
+            fresh.append(
+                {
+                    "id": None,
+                    "endpoint": job.endpoint,
+                    "received_at": job.received_at,
+                    "content_type": bounded_text(job.content_type, 255),
+                    "body": job.body,
+                    "headers": json.dumps(job.headers),
+                    "remote_addr": bounded_text(job.remote_addr, 64),
+                    "outcome": result.outcome,
+                    "http_status": result.http_status,
+                    "reason": reason,
+                    "request_id": p.request_id,
+                    "reprocessed_at": None,
+                    "spooled": job.spooled,
+                }
+            )
+        st = _statements()
+        if fresh:
+            for p, row, raw_id in zip(
+                (p for p in self.parsed if p.job.raw_id is None), fresh, ids, strict=False
+            ):
+                p.result.raw_id = row["id"] = raw_id
+            run_many(conn, st.raw, fresh)
+        if again:
+            run_many(conn, st.raw_again, again)
+
+    def _write_records(self, conn) -> None:
+        st = _statements()
+        rows = []
+        for p, repeat in self.new_receipts.values():
+            rows.append(
+                receipt_row(p.item, p.result.raw_id, p.job.received_at, repeat.times, repeat.last)
+            )
+        run_many(conn, st.receipt, rows)
+        rows = []
+        for digest, (p, repeat) in self.new_replies.items():
+            rp, at = p.item, p.job.received_at
+            self.touched[rp.trace_request_id].replies[digest] = reply_fact(rp, at, p.result.raw_id)
+            rows.append(reply_row(rp, p.result.raw_id, at, repeat.times))
+        run_many(conn, st.reply, rows)
+        run_many(
+            conn,
+            st.receipt_again,
+            [
+                {"b_hash": h, "b_times": r.times, "b_last": r.last}
+                for h, r in sorted(self.receipt_repeats.items())
+            ],
+        )
+        run_many(
+            conn,
+            st.reply_again,
+            [{"b_hash": h, "b_times": r.times} for h, r in sorted(self.reply_repeats.items())],
+        )
+
+    def _write_messages(self, conn) -> tuple[tally.Moves, rollup.Moves]:
+        tally_moves, rollup_moves = tally.Moves(), rollup.Moves()
+        updates = []
+        for rid, msg in self.touched.items():
+            if not (msg.changed or msg.new):
+                continue
+            row = msg.row
+            columns = message_columns(
+                msg.receipts.values(),
+                msg.replies.values(),
+                msg.registration,
+                row.created_at,
+                self.zone,
+            )
+            updates.append({"b_rid": rid, **columns})
+            after = SimpleNamespace(created_at=row.created_at, **columns)
+            if msg.new:
+                tally_moves.move(None, tally.key_of(after))
+                rollup_moves.move(None, rollup.share_of(after))
+            else:
+                tally_moves.move(tally.key_of(row), tally.key_of(after))
+                rollup_moves.move(rollup.share_of(row), rollup.share_of(after))
+            old_phone, phone = (None if msg.new else row.phone), columns["phone"]
+            if old_phone and old_phone != phone:
+                self.contacts.of(old_phone, msg.last_event_at).messages -= 1
+            if phone:
+                # The message's whole activity, not only this batch's: another process may
+                # have committed a later receipt before the phone was known.
+                self.contacts.of(phone, columns["last_activity_at"]).messages += old_phone != phone
+        run_many(conn, _statements().message, updates)
+        return tally_moves, rollup_moves
+
+    def _write_activity(self, conn) -> None:
+        rows = []
+        for p, kind, phone, status in self.events:
+            item = p.item
+            if kind == "receipt":
+                summary = f"{item.code} {item.message}"
+            elif kind == "reply":
+                summary = reply_preview(item.text, item.file_name, item.media)
+            else:
+                summary = item.text or ""
+            rows.append(
+                {
+                    "kind": kind,
+                    "created_at": p.job.received_at,
+                    "request_id": p.request_id,
+                    "phone": phone,
+                    "status": status,
+                    "raw_id": p.result.raw_id,
+                    "summary": summary[:200],
+                }
+            )
+        run_many(conn, _statements().activity, rows)
+
+
+@cache
+def _mark_statement(dialect: str):
+    stmt = insert_for(SpoolMark, dialect)
+    return stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"drained_upto": stmt.excluded.drained_upto, "updated_at": stmt.excluded.updated_at},
+    )
+
+
+def write_marks(conn, jobs: list[Job]) -> None:
+    """Record, in the transaction that applies them, the last spool record of each file among
+    `jobs` (a file is drained in order, so that is how far it has been applied)."""
+    upto: dict[str, int] = {}
+    for job in jobs:
+        if job.spooled is not None:
+            name, _, n = job.spooled.rpartition(":")
+            upto[name] = max(upto.get(name, 0), int(n))
+    if upto:
+        now = utcnow()
+        run_many(
+            conn,
+            _mark_statement(conn.dialect.name),
+            [
+                {"name": name, "drained_upto": n, "updated_at": now}
+                for name, n in sorted(upto.items())
+            ],
+        )
