@@ -2,6 +2,7 @@
 
     python bench/run.py --messages 1000000            # everything, SQLite and PostgreSQL
     python bench/run.py --messages 20000 --only ingest,dashboard --db sqlite
+    python bench/run.py --only ingest --compare-root ../other-checkout   # before and after
 
 Seeded databases are kept in bench/.data (SQLite) and in PostgreSQL databases named
 viberwatch_bench_<N>, and reused by later runs with the same N (--fresh seeds again).
@@ -21,6 +22,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -89,9 +91,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(url: str, workers: int | None = None, noop: bool = False, with_pid: bool = False):
-    """The production command, `gunicorn -c gunicorn.conf.py 'app:create_app()'`, on `url`;
-    yields its base URL (and its master's pid `with_pid`)."""
+def server(
+    url: str,
+    workers: int | None = None,
+    noop: bool = False,
+    with_pid: bool = False,
+    root: Path = ROOT,
+):
+    """The production command, `gunicorn -c gunicorn.conf.py 'app:create_app()'`, on `url`,
+    of the checkout at `root`; yields its base URL (and its master's pid `with_pid`)."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": url, "HOST": "127.0.0.1", "PORT": str(port)}
     if workers:
@@ -100,7 +108,7 @@ def server(url: str, workers: int | None = None, noop: bool = False, with_pid: b
         env["VIBERWATCH_BENCH_NOOP"] = "true"
     proc = subprocess.Popen(
         [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "app:create_app()"],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -132,15 +140,51 @@ def percentile(values: list[float], p: float) -> float:
 # --- ingest (bench/ingest.py) -----------------------------------------------------------------
 
 
-def bench_ingest(kind: str, seconds: int, connections: int, url: str | None = None) -> dict:
-    """On a fresh database unless `url` names one (the seeded million)."""
+def bench_ingest(
+    kind: str, seconds: int, connections: int, url: str | None = None, root: Path = ROOT
+) -> dict:
+    """On a fresh database unless `url` names one (the seeded million); the server of the
+    checkout at `root`."""
     label = "seeded" if url else "fresh"
     if url is None:
         url = database(kind, f"bench_ingest_{connections}", fresh=True)
         viberwatch(url, "db", "upgrade", quiet=True)
     return ingest_bench.run(
-        kind, url, seconds, connections, label=label, server=server, viberwatch=viberwatch
+        kind,
+        url,
+        seconds,
+        connections,
+        label=label,
+        server=partial(server, root=root),
+        viberwatch=viberwatch,
     )
+
+
+def compare_ingest(kinds, connections, seconds: int, other: Path) -> list[dict]:
+    """The ingest benchmark of this checkout and of `other`, side by side: each database and
+    number of connections runs this one, then the other, in turn."""
+    out = []
+    for kind in kinds:
+        for n in connections:
+            for code, root in (("this checkout", ROOT), (str(other), other)):
+                log(f"ingest on {kind}, fresh database, {n} connections: {code}")
+                out.append({**bench_ingest(kind, seconds, n, root=root), "code": code})
+    return out
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| code | database | connections | no-op/s | webhooks/s | ratio | p99 ms | "
+        "server CPU ms per webhook |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['code']} | {r['db']} | {r['connections']} | {r['noop_rate']:,.0f} | "
+            f"{r['ingest_rate']:,.0f} | {r['ratio']:.2f} | {r['ingest_p99_ms']:.0f} | "
+            f"{r['ingest_cpu_ms']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 # --- seeded databases -------------------------------------------------------------------------
@@ -389,12 +433,23 @@ def main() -> None:
     parser.add_argument(
         "--fresh", action="store_true", help="seed again even if a seeded database exists"
     )
+    parser.add_argument(
+        "--compare-root",
+        type=Path,
+        help="with --only ingest: also run the ingest benchmark of this other checkout, in turn",
+    )
     args = parser.parse_args()
     kinds = args.db.split(",")
     only = set(args.only.split(","))
     replies = args.messages // 5 if args.replies is None else args.replies
     results: dict = {"messages": args.messages, "replies": replies, "seed": []}
     connections = [int(c) for c in args.connections.split(",")]
+    if args.compare_root is not None:
+        rows = compare_ingest(kinds, connections, args.seconds, args.compare_root.resolve())
+        DATA.mkdir(parents=True, exist_ok=True)
+        (DATA / "compare.json").write_text(json.dumps(rows, indent=2, default=str))
+        print(comparison_markdown(rows))
+        return
     if "ingest" in only:
         results["ingest"] = []
         for kind in kinds:
