@@ -39,7 +39,8 @@ def gunicorn(app, app_config, tmp_path):
         "DATABASE_URL": app_config["SQLALCHEMY_DATABASE_URI"],
         "VIBERWATCH_SECRET_KEY": app_config["SECRET_KEY"],
         "WEB_CONCURRENCY": "2",
-        "GUNICORN_THREADS": "16",
+        # Each socket holds a thread: enough for every socket the test may open on one worker.
+        "GUNICORN_THREADS": "48",
     }
     with production_server(env, tmp_path / "gunicorn.log", unset=("REDIS_URL",)) as url:
         yield url
