@@ -209,6 +209,12 @@ SETTINGS: tuple[Setting, ...] = (
     _app("BENCH_NOOP", False, "adds POST /bench/noop, the ingest benchmark's baseline"),
     _app("SENDTIME_TZ", "UTC+08:00", "zone of NXCLOUD's sendTime"),
     _app("MAX_CONTENT_LENGTH", 256 * 1024, "largest accepted body, in bytes"),
+    _app("REGISTER_BATCH_MAX", 10_000, "most registrations one POST /api/messages takes"),
+    _app(
+        "REGISTER_BODY_MAX",
+        16 * 1024 * 1024,
+        "largest body of many registrations at once (a JSON array, NDJSON), in bytes",
+    ),
     _fixed("JSON_SORT_KEYS", False, "JSON answers keep their keys' order"),
     # Sessions and sign-in.
     _app("SECRET_KEY", None, "signs sessions and CSRF tokens (default: SECRET_KEY_FILE)"),
@@ -271,6 +277,12 @@ SETTINGS: tuple[Setting, ...] = (
     _app("NXCLOUD_APPKEY", None, "the Viber application's appkey"),
     _app("NXCLOUD_RATE_TYPE", "Session", "rateType of sent texts"),
     _app("NXCLOUD_TIMEOUT", 10, "seconds to wait for NXCLOUD's answer to a send", kind="float"),
+    _app(
+        "PROXY_ALLOW_NETWORKS",
+        "",
+        "CIDRs that may send through the send proxy without an API token",
+        kind="networks",
+    ),
     # Alerts.
     _app(
         "ALERT_RULES", None, "alert rules (None: the built-in ones; []: alerting off)", kind="any"

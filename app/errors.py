@@ -7,7 +7,7 @@ from flask import Response, jsonify, request
 from .core.errors import FieldError, error_body
 
 # Blueprints that machines call, and answer in JSON whatever they ask for.
-JSON_BLUEPRINTS = frozenset({"api", "webhooks"})
+JSON_BLUEPRINTS = frozenset({"api", "webhooks", "proxy"})
 
 
 def wants_json() -> bool:

@@ -506,6 +506,8 @@ def records(draw):
             last_reply_text=draw(texts),
             created_at=stamp,
             last_activity_at=stamp,
+            appkey=draw(texts),
+            tags=draw(texts),
         )
         for rid, stamp in zip(ids, stamps, strict=False)
     ]
@@ -565,6 +567,8 @@ MESSAGE_FIELDS = (
     "replies_count",
     "last_reply_text",
     "last_activity_at",
+    "appkey",
+    "tags",
 )
 REPLY_FIELDS = (
     "phone",

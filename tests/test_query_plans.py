@@ -148,7 +148,7 @@ def test_ingest_reads_by_a_list_of_ids_go_by_index_however_the_table_grew(app):
     for the ids each time, not kept as a prepared statement: its generic plan, chosen while the
     table was small, would go on scanning the table whole as it grows (a fresh database under
     load). On SQLite the same read goes by the request_id index."""
-    from app.ingest.batch import RECEIPT_COLUMNS
+    from app.ingest.stored import RECEIPT_COLUMNS
     from app.records.models import Receipt
     from app.records.sqlutil import _reader, select_in
 

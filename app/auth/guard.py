@@ -21,7 +21,7 @@ from .tokens import token_for
 
 PUBLIC_ENDPOINTS = {"auth.login", "static", "favicon", "openapi.document"}
 PUBLIC_BLUEPRINTS = MACHINE_BLUEPRINTS
-CSRF_EXEMPT_BLUEPRINTS = {"webhooks", "bench"}
+CSRF_EXEMPT_BLUEPRINTS = {"webhooks", "bench", "proxy"}
 BEARER_BLUEPRINTS = {"api"}
 
 

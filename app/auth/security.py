@@ -93,8 +93,8 @@ def load_secret_key(app: Flask) -> None:
 
 
 # Blueprints that machines call with their own authentication (or none needed): webhooks,
-# health, metrics, and the benchmark's no-op endpoint that stands in for a webhook.
-MACHINE_BLUEPRINTS = frozenset({"webhooks", "health", "metrics", "bench"})
+# health, metrics, the send proxy, and the benchmark's no-op endpoint.
+MACHINE_BLUEPRINTS = frozenset({"webhooks", "health", "metrics", "bench", "proxy"})
 
 
 class SessionInterface(SecureCookieSessionInterface):

@@ -21,6 +21,9 @@ from .status import STATUSES
 MAX_ID_LENGTH = 128
 MAX_PHONE_LENGTH = 64
 MAX_TEXT_LENGTH = 65536
+# A message's tags (campaigns): at most this many, each at most this long, case-insensitive.
+MAX_TAGS = 5
+MAX_TAG_LENGTH = 128
 SEND_TIME_RE = re.compile(r"\A(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})\Z")
 OFFSET_RE = re.compile(r"\A(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?\Z")
 
@@ -225,6 +228,8 @@ class RegistrationIn:
     appkey: str | None
     function_type: str | None
     content_hash: str
+    rate_type: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 def parse_receipt(data: dict, zone: tzinfo) -> ReceiptIn:
@@ -291,4 +296,35 @@ def parse_registration(data: dict) -> RegistrationIn:
         appkey=_string(data, "appkey", required=False, max_length=MAX_ID_LENGTH),
         function_type=_string(data, "functionType", required=False, max_length=64),
         content_hash=content_hash("register", data),
+        rate_type=_string(data, "rateType", required=False, max_length=32),
+        tags=parse_tags(data.get("tags"), "tags"),
     )
+
+
+def parse_tags(value, name: str) -> tuple[str, ...]:
+    """Tags as a message keeps them: each trimmed and lower-cased (they are case-insensitive),
+    the repeats left out, in the order given; a list of strings, or one comma-separated text."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list):
+        raise Invalid(422, name, f"must be a list of texts, got {_type_name(value)}")
+    tags: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise Invalid(422, name, f"each tag must be a text, got {_type_name(item)}")
+        tag = item.strip().lower()
+        if not tag:
+            continue
+        if len(tag) > MAX_TAG_LENGTH:
+            raise Invalid(422, name, f"a tag is longer than {MAX_TAG_LENGTH} characters")
+        if any(c in tag for c in ",\x00") or not tag.isprintable():
+            raise Invalid(
+                422, name, f"a tag has a comma or a character that is not printable: {tag!r}"
+            )
+        if tag not in tags:
+            tags.append(tag)
+    if len(tags) > MAX_TAGS:
+        raise Invalid(422, name, f"a message has at most {MAX_TAGS} tags, got {len(tags)}")
+    return tuple(tags)

@@ -229,6 +229,8 @@ MESSAGE_CELLS = (
     ("replies", Message.replies_count),
     ("last_reply_text", text_cell(Message.last_reply_text)),
     ("last_activity_at", iso_cell(Message.last_activity_at)),
+    ("appkey", text_cell(Message.appkey)),
+    ("tags", text_cell(Message.tags)),
 )
 REPLY_CELLS = (
     ("phone", text_cell(Reply.phone)),

@@ -12,8 +12,10 @@ from typing import Any
 from sqlalchemy import Select, and_, or_
 
 from ..core.errors import FieldError
+from ..core.payloads import Invalid, parse_tags
 from ..core.status import STATUSES
-from ..records.models import Message, db
+from ..records.derivation import tags_of
+from ..records.models import Message, MessageTag, db
 
 # "pending": a message we know of (registered, or answered) with no receipt yet.
 STATUS_CHOICES = ("pending",) + STATUSES
@@ -95,6 +97,8 @@ class MessageFilter:
     date_from: date | None = None
     date_to: date | None = None  # inclusive
     anomaly: bool = False
+    tags: tuple[str, ...] = ()  # the message has every one of them
+    appkey: str | None = None  # exactly
 
     @classmethod
     def from_args(cls, args: Mapping) -> MessageFilter:
@@ -120,6 +124,10 @@ class MessageFilter:
         if date_from and date_to and date_from > date_to:
             raise FilterError("to", "must not be before from")
         anomaly = (_text(args, "anomaly") or "").lower() in ("1", "true", "on", "yes")
+        try:
+            tags = parse_tags(",".join(_getlist(args, "tag")) or None, "tag")
+        except Invalid as exc:
+            raise FilterError("tag", exc.reason) from None
         # Keep the page's own order of statuses, whatever order the URL gave.
         ordered = tuple(s for s in STATUS_CHOICES if s in statuses)
         return cls(
@@ -130,6 +138,8 @@ class MessageFilter:
             date_from=date_from,
             date_to=date_to,
             anomaly=anomaly,
+            tags=tags,
+            appkey=_text(args, "appkey"),
         )
 
     @property
@@ -150,6 +160,10 @@ class MessageFilter:
             args["to"] = self.date_to.isoformat()
         if self.anomaly:
             args["anomaly"] = "1"
+        if self.tags:
+            args["tag"] = list(self.tags)
+        if self.appkey is not None:
+            args["appkey"] = self.appkey
         return args
 
     def chips(self) -> list[tuple[str, MessageFilter]]:
@@ -170,6 +184,12 @@ class MessageFilter:
             out.append((f"to: {self.date_to.isoformat()}", replace(self, date_to=None)))
         if self.anomaly:
             out.append(("anomalies only", replace(self, anomaly=False)))
+        out += [
+            (f"tag: {t}", replace(self, tags=tuple(x for x in self.tags if x != t)))
+            for t in self.tags
+        ]
+        if self.appkey is not None:
+            out.append((f"appkey: {self.appkey}", replace(self, appkey=None)))
         return out
 
     def conditions(self, *, with_status: bool = True) -> list:
@@ -188,6 +208,11 @@ class MessageFilter:
             conds.append(Message.last_activity_at < day_start(self.date_to + timedelta(days=1)))
         if self.anomaly:
             conds.append(Message.anomaly.is_(True))
+        for tag in self.tags:
+            tagged = db.select(MessageTag.request_id).where(MessageTag.tag == tag)
+            conds.append(Message.request_id.in_(tagged))
+        if self.appkey is not None:
+            conds.append(Message.appkey == self.appkey)
         return conds
 
     @property
@@ -199,6 +224,8 @@ class MessageFilter:
             and self.q is None
             and self.date_from is None
             and self.date_to is None
+            and not self.tags
+            and self.appkey is None
         )
 
     def key_conditions(self, table) -> list:
@@ -236,6 +263,10 @@ class MessageFilter:
         if self.date_to and (when is None or when >= day_start(self.date_to + timedelta(days=1))):
             return False
         if self.anomaly and not m.anomaly:
+            return False
+        if self.tags and not tags_of(m.tags).issuperset(self.tags):
+            return False
+        if self.appkey is not None and m.appkey != self.appkey:
             return False
         return True
 

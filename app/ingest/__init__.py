@@ -1,7 +1,8 @@
 """The ingest engine: every body that reaches the app, kept and applied.
 
     jobs         a body handed over and its answer; validation (no database)
-    batch        one batch inside a transaction: read the touched messages, decide, write
+    stored       what a batch reads of the messages it touches
+    batch        one batch inside a transaction: decide, write
     transaction  the transaction around a batch, its lock and connection, the database away
     writer       a process's writer thread (group commit), and `ingest`, what views call
     spool        while the database is away: the spool and its drainer (spoolfile: the format)
@@ -24,7 +25,7 @@ from flask import Flask
 from ..core.services import services
 from . import spoolfile
 from .committer import client, server, supervisor
-from .jobs import NOT_IN_TIME, Job, Result, new_job, unavailable
+from .jobs import NOT_IN_TIME, Job, Result, new_job, stamp_arrival, unavailable
 from .spool import drain, drain_file
 from .transaction import (
     CHECKPOINT_EVERY,
@@ -58,6 +59,7 @@ __all__ = [
     "init_app",
     "new_job",
     "refuse",
+    "stamp_arrival",
     "stop",
     "store_raw",
     "unavailable",
@@ -72,7 +74,7 @@ def init_app(app: Flask) -> None:
     folder = Path(app.config["SPOOL_FOLDER"] or os.path.join(app.instance_path, "spool"))
     # Under the production command the bodies go to the server's committer process.
     path = client.address()
-    hand_over = partial(client.submit, path) if path else None
+    hand_over = partial(client.submit_many, path) if path else None
     writer = services(app).writer = Writer(app, folder, hand_over)
     try:
         # At start: a folder others may write into is closed, or (not ours) refused.

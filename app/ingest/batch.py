@@ -20,13 +20,12 @@ from sqlalchemy import bindparam, case
 
 from ..core import payloads
 from ..core.errors import error_body
-from ..core.status import PRECEDENCE, ReceiptFact
+from ..core.status import PRECEDENCE
 from ..core.times import utcnow
 from ..records import contacts, replay, rollup, tally
 from ..records.derivation import (
     COLUMNS,
     Registration,
-    ReplyFact,
     message_columns,
     outbound_preview,
     receipt_fact,
@@ -35,168 +34,31 @@ from ..records.derivation import (
     reply_preview,
     reply_row,
 )
-from ..records.models import Activity, Message, RawBody, Receipt, Reply, SpoolMark, UTCDateTime, db
+from ..records.models import (
+    Activity,
+    Message,
+    MessageTag,
+    RawBody,
+    Receipt,
+    Reply,
+    SpoolMark,
+    UTCDateTime,
+    db,
+)
 from ..records.sqlutil import (
     COPY_FROM,
     insert_for,
     pipelined,
     run_many,
     select_in,
-    send_next_ids,
-    send_select_in,
 )
 from .jobs import Job, Parsed, Result
-
-# What a batch needs of a stored message: the registration, and what the tally and the
-# rollups count it under (tally.key_of, rollup.share_of).
-MESSAGE_COLUMNS = (
-    "request_id",
-    "phone",
-    "registered_at",
-    "text",
-    "appkey",
-    "function_type",
-    "status",
-    "code",
-    "anomaly",
-    "created_at",
-    "last_activity_at",
-    "receipts_count",
-    "replies_count",
-    "cost_currency",
-    "cost_rate_type",
-    "cost_local_price",
-    "cost_original_price",
-    "accepted_at",
-    "delivered_at",
-    "seen_at",
+from .stored import (
+    NEW_ROW,
+    STORED_RAW_COLUMNS,
+    read_messages,
+    registration_of,
 )
-RECEIPT_COLUMNS = (
-    "request_id",
-    "content_hash",
-    "status",
-    "code",
-    "message",
-    "received_at",
-    "send_time_raw",
-    "has_cost",
-    "cost_currency",
-    "cost_local_price",
-    "cost_original_price",
-    "cost_rate_type",
-)
-STORED_RAW_COLUMNS = (
-    "id",
-    "endpoint",
-    "received_at",
-    "body",
-    "outcome",
-    "http_status",
-    "request_id",
-)
-REPLY_COLUMNS = (
-    "trace_request_id",
-    "content_hash",
-    "phone",
-    "received_at",
-    "raw_id",
-    "text",
-    "file_name",
-    "media",
-)
-# receipts_count of a message row created by this transaction until its columns are written
-# (a stored row never has it): tells new rows from old.
-NEW_ROW = -1
-
-
-@cache
-def _create_statement(dialect: str):
-    return insert_for(Message, dialect).on_conflict_do_nothing(index_elements=["request_id"])
-
-
-def read_messages(
-    conn, first_heard: dict[str, datetime], new_raw: int
-) -> tuple[dict, dict, dict, list[int]]:
-    """Create the messages not yet stored, lock all of them, read their rows, receipts and
-    replies (request_id -> row, -> content_hash -> fact), and take `new_raw` raw body ids; on
-    PostgreSQL in one round trip.
-
-    Creating and locking go in requestId order, so two transactions never wait on each other
-    in a cycle: a transaction that finds a key another one created waits for it in the first
-    step, before it has locked anything further. The receipts and replies are read after the
-    lock is held. (SQLite has one writer at a time.)
-
-    The raw ids are taken once the locks are held, so of two transactions that touch one
-    message the one applied first numbers its bodies first: the bodies of a message in raw id
-    order (as `rebuild` reads them) are the bodies in the order they were applied, and the
-    first arrival of a receipt is the one that stored it.
-    """
-    ids = sorted(first_heard)
-    with pipelined(conn):
-        run_many(
-            conn,
-            _create_statement(conn.dialect.name),
-            [
-                {
-                    "request_id": rid,
-                    "created_at": first_heard[rid],
-                    "last_activity_at": first_heard[rid],
-                    "anomaly": False,
-                    "receipts_count": NEW_ROW,
-                    "replies_count": 0,
-                }
-                for rid in ids
-            ],
-        )
-        rows = send_select_in(
-            conn, Message.__table__, MESSAGE_COLUMNS, "request_id", ids, lock=True
-        )
-        receipts = send_select_in(conn, Receipt.__table__, RECEIPT_COLUMNS, "request_id", ids)
-        replies = send_select_in(conn, Reply.__table__, REPLY_COLUMNS, "trace_request_id", ids)
-        raw_ids = send_next_ids(conn, RawBody.__table__, new_raw)
-    return (
-        {row.request_id: row for row in rows.rows()},
-        receipt_facts(receipts.rows()),
-        reply_facts(replies.rows()),
-        raw_ids.rows(),
-    )
-
-
-def receipt_facts(rows) -> dict[str, dict[str, ReceiptFact]]:
-    """request_id -> content_hash -> the fold's view of each stored receipt."""
-    out: dict[str, dict[str, ReceiptFact]] = {}
-    for r in rows:
-        cost = (
-            (r.cost_currency, r.cost_local_price, r.cost_original_price, r.cost_rate_type)
-            if r.has_cost
-            else None
-        )
-        out.setdefault(r.request_id, {})[r.content_hash] = ReceiptFact(
-            status=r.status,
-            code=r.code,
-            message=r.message,
-            received_at=r.received_at,
-            key=r.content_hash,
-            send_time_raw=r.send_time_raw,
-            cost=cost,
-        )
-    return out
-
-
-def reply_facts(rows) -> dict[str, dict[str, ReplyFact]]:
-    """request_id -> content_hash -> each stored reply to it."""
-    out: dict[str, dict[str, ReplyFact]] = {}
-    for r in rows:
-        out.setdefault(r.trace_request_id, {})[r.content_hash] = ReplyFact(
-            r.phone, r.received_at, r.raw_id, r.text, r.file_name, r.media
-        )
-    return out
-
-
-def registration_of(row) -> Registration | None:
-    if row.registered_at is None:
-        return None
-    return Registration(row.phone, row.text, row.appkey, row.function_type, row.registered_at)
 
 
 @dataclass(eq=False)
@@ -243,6 +105,13 @@ class Repeat:
         self.times += 1
         if self.last is None or at > self.last:
             self.last = at
+
+
+@cache
+def _tag_statement(dialect: str):
+    return insert_for(MessageTag, dialect).on_conflict_do_nothing(
+        index_elements=["request_id", "tag"]
+    )
 
 
 @cache
@@ -304,6 +173,8 @@ class IngestBatch:
         # Accepted bodies in arrival order: (body, kind, phone, status) for the activity log.
         self.events: list[tuple[Parsed, str, str | None, str | None]] = []
         self.contacts = contacts.Changes()
+        # (requestId, tag) of the registrations accepted: rows of message_tag, if not there.
+        self.new_tags: set[tuple[str, str]] = set()
 
     def run(self, conn) -> bool:
         jobs = [p.job for p in self.parsed]
@@ -413,13 +284,18 @@ class IngestBatch:
                 p.result = Result(200, "duplicate", None, item.request_id, payload=payload)
                 return
             first = msg.registration is None
-            msg.registration = Registration(
-                item.phone,
-                item.text,
-                item.appkey,
-                item.function_type,
-                at if first else msg.registration.registered_at,
-            )
+            after = Registration.first(item, at) if first else msg.registration.then(item, at)
+            if len(after.tags) > payloads.MAX_TAGS:
+                p.result = Result(
+                    422,
+                    "rejected",
+                    None,
+                    item.request_id,
+                    error=error_body("tags", f"a message has at most {payloads.MAX_TAGS} tags"),
+                )
+                return
+            self.new_tags.update((item.request_id, tag) for tag in item.tags)
+            msg.registration = after
             p.result = Result(
                 201 if first else 200, "accepted", None, item.request_id, payload=payload
             )
@@ -499,6 +375,11 @@ class IngestBatch:
             conn,
             st.reply_again,
             [{"b_hash": h, "b_times": r.times} for h, r in sorted(self.reply_repeats.items())],
+        )
+        run_many(
+            conn,
+            _tag_statement(conn.dialect.name),
+            [{"request_id": rid, "tag": tag} for rid, tag in sorted(self.new_tags)],
         )
 
     def _write_messages(self, conn) -> tuple[tally.Moves, rollup.Moves]:

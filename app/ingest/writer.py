@@ -8,8 +8,10 @@ the committer could not take.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -23,12 +25,14 @@ from .jobs import NOT_IN_TIME, Job, Result, new_job, stamp_arrival, unavailable
 from .spool import Spooler
 from .transaction import Link, activity_answered, apply_batch
 
+log = logging.getLogger(__name__)
+
 # A writer thread with nothing to do for this long ends; the next body starts another.
 IDLE_SECONDS = 30.0
 
-# Hands a body to another process and waits (at most the given seconds) for its answer; None
-# when it was not handed over (the caller applies it itself).
-HandOver = Callable[[Job, float], Result | None]
+# Hands bodies to another process and waits (at most the given seconds) for their answers;
+# None for each not handed over (the caller applies it itself).
+HandOver = Callable[[list[Job], float], list[Result | None]]
 
 
 class Writer:
@@ -45,6 +49,10 @@ class Writer:
         self._stopping = False
         self._pid = os.getpid()
         self._hand_over = hand_over
+        # Bodies whose sender does not wait for them (submit_later), and their thread.
+        self._later: list[Job] = []
+        self._later_cond = threading.Condition()
+        self._later_thread: threading.Thread | None = None
 
     @property
     def folder(self) -> Path:
@@ -57,26 +65,77 @@ class Writer:
 
     def submit(self, job: Job) -> Result:
         """Hand a body over and wait for its answer."""
-        if self._hand_over is not None and job.received_at is None:
-            result = self._hand_over(job, self.wait_seconds)
-            if result is not None:
-                answered(self.app, result)
-                return result
-        with self._cond:
-            if self._pid != os.getpid():  # a fork inherited this object, not its threads
-                self._pid, self._pending, self._thread = os.getpid(), [], None
-                self.spooler.forget_after_fork()
-            if job.received_at is None:
-                # Taken under the lock, so arrival order and received times agree.
-                stamp_arrival(job)
-            self._pending.append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        if not job.done.wait(self.wait_seconds):
-            return unavailable(NOT_IN_TIME)
-        return job.result
+        return self.submit_many([job])[0]
+
+    def submit_many(self, jobs: list[Job]) -> list[Result]:
+        """Hand bodies over at once (they keep their order) and wait for their answers."""
+        results: list[Result | None] = [None] * len(jobs)
+        if self._hand_over is not None:
+            fresh = [i for i, job in enumerate(jobs) if job.received_at is None]
+            for i, result in zip(
+                fresh, self._hand_over([jobs[i] for i in fresh], self.wait_seconds), strict=True
+            ):
+                if result is not None:
+                    answered(self.app, result)
+                    results[i] = result
+        local = [job for job, result in zip(jobs, results, strict=True) if result is None]
+        if local:
+            with self._cond:
+                if self._pid != os.getpid():  # a fork inherited this object, not its threads
+                    self._pid, self._pending, self._thread = os.getpid(), [], None
+                    self.spooler.forget_after_fork()
+                for job in local:
+                    if job.received_at is None:
+                        # Taken under the lock, so arrival order and received times agree.
+                        stamp_arrival(job)
+                self._pending.extend(local)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="ingest-writer", daemon=True
+                    )
+                    self._thread.start()
+                self._cond.notify()
+            deadline = time.monotonic() + self.wait_seconds
+            for i, job in enumerate(jobs):
+                if results[i] is None:
+                    done = job.done.wait(max(0.0, deadline - time.monotonic()))
+                    results[i] = job.result if done else unavailable(NOT_IN_TIME)
+        return results
+
+    def submit_later(self, job: Job) -> None:
+        """Hand a body over without waiting for it: a thread of this process hands over what
+        has gathered and waits for the answers (the send proxy's registrations: the sender
+        waits for NXCLOUD, not for the record)."""
+        with self._later_cond:
+            if self._pid != os.getpid():
+                self._later, self._later_thread = [], None
+            self._later.append(job)
+            if self._later_thread is None:
+                self._later_thread = threading.Thread(
+                    target=self._hand_over_later, name="ingest-later", daemon=True
+                )
+                self._later_thread.start()
+            self._later_cond.notify()
+
+    def _hand_over_later(self) -> None:
+        while True:
+            with self._later_cond:
+                while not self._later and not self._stopping:
+                    if not self._later_cond.wait(IDLE_SECONDS):
+                        break
+                if not self._later:
+                    self._later_thread = None
+                    return
+                jobs, self._later = self._later[: self.max_batch], self._later[self.max_batch :]
+            with self.app.app_context():
+                for job, result in zip(jobs, self.submit_many(jobs), strict=True):
+                    if not result.ok:
+                        log.warning(
+                            "a %s body handed over later was answered %s (%s)",
+                            job.endpoint,
+                            result.http_status,
+                            (result.error or {}).get("error"),
+                        )
 
     def waiting(self) -> int:
         """Bodies handed over and not yet taken into a batch."""
@@ -137,6 +196,12 @@ class Writer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Apply (or spool) what is waiting, then end the threads (a process about to exit)."""
+        with self._later_cond:
+            later = self._later_thread
+            self._stopping = True
+            self._later_cond.notify_all()
+        if later is not None:  # first: what it hands over may go to this process's writer
+            later.join(timeout)
         with self._cond:
             thread = self._thread
             self._stopping = True

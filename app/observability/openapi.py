@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, jsonify
 
-from ..core.payloads import MAX_ID_LENGTH, MAX_PHONE_LENGTH, MAX_TEXT_LENGTH
+from .. import config
+from ..core.payloads import (
+    MAX_ID_LENGTH,
+    MAX_PHONE_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    MAX_TEXT_LENGTH,
+)
 from ..core.status import STATUSES
 
 bp = Blueprint("openapi", __name__)
@@ -101,6 +108,40 @@ SCHEMAS = {
                 "maxLength": 64,
                 "pattern": r"\S",
             },
+            "rateType": {"type": ["string", "null"], "maxLength": 32},
+            "tags": {
+                "type": ["array", "null"],
+                "maxItems": MAX_TAGS,
+                "items": {"type": "string", "maxLength": MAX_TAG_LENGTH},
+            },
+        },
+    },
+    "Outcomes": {
+        "type": "object",
+        "required": ["outcomes", "accepted", "duplicate", "rejected"],
+        "properties": {
+            "outcomes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "outcome", "status"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "requestId": {"type": ["string", "null"]},
+                        "outcome": {
+                            "type": "string",
+                            "enum": ["accepted", "duplicate", "rejected", "queued"],
+                        },
+                        "status": {"type": "integer"},
+                        "error": {"type": "string"},
+                        "field": {"type": "string"},
+                        "reason": {"type": "string"},
+                    },
+                },
+            },
+            "accepted": {"type": "integer"},
+            "duplicate": {"type": "integer"},
+            "rejected": {"type": "integer"},
         },
     },
     "Registered": {
@@ -140,6 +181,8 @@ SCHEMAS = {
             "text": NULLABLE_STRING,
             "appkey": NULLABLE_STRING,
             "functionType": NULLABLE_STRING,
+            "rateType": NULLABLE_STRING,
+            "tags": {"type": "array", "items": {"type": "string"}},
             "lastActivityAt": TIME,
             "receipts": {
                 "type": "array",
@@ -214,15 +257,31 @@ DOCUMENT = {
         "/webhooks/viber/message": _webhook("A user's reply (NXCLOUD's message_webhook).", "Reply"),
         "/api/messages": {
             "post": {
-                "summary": "Register a message just sent through NXCLOUD, with its phone.",
+                "summary": (
+                    "Register a message just sent through NXCLOUD, with its phone; or many "
+                    "at once (a JSON array, or NDJSON: one registration a line)."
+                ),
                 "tags": ["api"],
                 "security": API_SECURITY,
                 "requestBody": {
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": {"$ref": "#/components/schemas/Registration"}
-                        }
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/Registration"},
+                                    {
+                                        "type": "array",
+                                        "maxItems": config.default("REGISTER_BATCH_MAX"),
+                                        # Each item is checked on its own, its outcome in the
+                                        # answer: an item that is no Registration is rejected
+                                        # alone, the request is not.
+                                        "items": {},
+                                    },
+                                ]
+                            }
+                        },
+                        "application/x-ndjson": {"schema": {"type": "string"}},
                     },
                 },
                 "responses": {
@@ -235,10 +294,18 @@ DOCUMENT = {
                         },
                     },
                     "200": {
-                        "description": "Registered before; a repeat changes nothing.",
+                        "description": (
+                            "Registered before (a repeat changes nothing); or, for many at "
+                            "once, each one's outcome in order."
+                        ),
                         "content": {
                             "application/json": {
-                                "schema": {"$ref": "#/components/schemas/Registered"}
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Registered"},
+                                        {"$ref": "#/components/schemas/Outcomes"},
+                                    ]
+                                }
                             }
                         },
                     },

@@ -3,7 +3,9 @@ purge and rebuild."""
 
 from __future__ import annotations
 
+import csv
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -18,6 +20,7 @@ from ..records.models import Message, db
 from ..webhooks.reprocess import rejected_ids
 from ..webhooks.reprocess import reprocess as reprocess_body
 from ..webhooks.views import webhook_urls
+from .imports import import_sends
 from .maintenance import count_older, parse_age, purge, recount, recount_differences
 from .rebuild import rebuild
 from .seed import seed
@@ -137,6 +140,28 @@ def _record_commands(app: Flask) -> None:
         )
         if outcome == "away":
             raise SystemExit(1)
+
+    @app.cli.command("import-sends")
+    @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    def import_sends_command(path: Path):
+        """Register the messages of a sending system's log (CSV or NDJSON: requestId, phone,
+        text, appkey, functionType, rateType, tags, sentAt), as POST /api/messages would."""
+        with open(path, "rb") as f:
+            total = sum(1 for line in f if line.strip())
+        with click.progressbar(length=total, label="registering", file=sys.stderr) as bar:
+            try:
+                done = import_sends(path, bar.update)
+            except RuntimeError as exc:
+                raise click.ClickException(str(exc)) from None
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(done.counts.items())) or "nothing"
+        click.echo(f"{path.name}: {summary}")
+        if done.rejected:
+            out = path.with_name(path.name + ".rejected.csv")
+            with open(out, "w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["line", "reason", "text"])
+                writer.writerows(done.rejected)
+            click.echo(f"rejected lines, with their reasons: {out}")
 
     @app.cli.command("recount")
     @click.option("--check", is_flag=True, help="Only report differences, change nothing.")

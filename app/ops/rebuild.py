@@ -25,7 +25,7 @@ from ..records.derivation import (
     reply_fact,
     reply_row,
 )
-from ..records.models import Message, RawBody, Receipt, Reply, db
+from ..records.models import Message, MessageTag, RawBody, Receipt, Reply, db
 from .maintenance import recount_contacts
 
 MAX_EXAMPLES = 10
@@ -42,6 +42,8 @@ class Report:
     replies_missing: int = 0
     replies_fixed: int = 0
     replies_unbacked: int = 0
+    tags_missing: int = 0  # a registration's tag without its message_tag row
+    tags_unbacked: int = 0  # a message_tag row no accepted registration gave
     unreadable: int = 0  # accepted raw bodies that no longer pass validation
     examples: list[str] = field(default_factory=list)
 
@@ -59,6 +61,8 @@ class Report:
             + self.replies_missing
             + self.replies_fixed
             + self.replies_unbacked
+            + self.tags_missing
+            + self.tags_unbacked
             + self.unreadable
         )
 
@@ -75,6 +79,8 @@ class Report:
             ("replies missing", self.replies_missing),
             ("reply counters fixed", self.replies_fixed),
             ("replies without a raw body", self.replies_unbacked),
+            ("tags missing", self.tags_missing),
+            ("tags no registration gave", self.tags_unbacked),
             ("accepted bodies that no longer validate", self.unreadable),
         ):
             if n:
@@ -102,8 +108,7 @@ class Expected:
 
     receipts: dict[str, Backed] = field(default_factory=dict)  # by content_hash
     replies: dict[str, Backed] = field(default_factory=dict)  # by content_hash
-    registration: payloads.RegistrationIn | None = None
-    registered_at: datetime | None = None
+    registration: Registration | None = None  # every registration's, in the order applied
 
 
 def applied_order(raws: list) -> list:
@@ -147,9 +152,12 @@ def _expected(raws, zone, report: Report) -> Expected:
                 else:
                     seen.times += 1
             elif raw.endpoint == "register":
-                exp.registration = payloads.parse_registration(data)
-                if exp.registered_at is None:
-                    exp.registered_at = raw.received_at
+                rg = payloads.parse_registration(data)
+                exp.registration = (
+                    Registration.first(rg, raw.received_at)
+                    if exp.registration is None
+                    else exp.registration.then(rg, raw.received_at)
+                )
         except Invalid as exc:
             report.unreadable += 1
             report.note(f"raw body {raw.id}: accepted but now invalid: {exc}")
@@ -159,16 +167,10 @@ def _expected(raws, zone, report: Report) -> Expected:
 def derive(msg, exp: Expected, zone) -> dict:
     """The message's columns from its raw record (by `derivation.message_columns`, as ingest
     derives them), where they differ from the stored row."""
-    registration = None
-    if exp.registration is not None:
-        reg = exp.registration
-        registration = Registration(
-            reg.phone, reg.text, reg.appkey, reg.function_type, exp.registered_at
-        )
     new = message_columns(
         (receipt_fact(b.item, b.at) for b in exp.receipts.values()),
         (reply_fact(b.item, b.at, b.raw_id) for b in exp.replies.values()),
-        registration,
+        exp.registration,
         msg.created_at,
         zone,
     )
@@ -218,6 +220,19 @@ def _check_derived_rows(
     for row in stored.values():
         report.replies_unbacked += 1
         report.note(f"{row.trace_request_id}: reply {row.id} has no accepted raw body")
+
+
+def _check_tags(rid: str, exp: Expected, rows: list, report: Report, writes: dict) -> None:
+    """The message_tag rows of a message are its registrations' tags."""
+    expected = exp.registration.tags if exp.registration is not None else frozenset()
+    stored = {r.tag for r in rows}
+    for tag in sorted(expected - stored):
+        report.tags_missing += 1
+        report.note(f"{rid}: tag {tag!r} missing, rebuilt from its registration")
+        writes["tag_insert"].append({"request_id": rid, "tag": tag})
+    for tag in sorted(stored - expected):
+        report.tags_unbacked += 1
+        report.note(f"{rid}: tag {tag!r} has no accepted registration behind it")
 
 
 def _group(rows, key) -> dict:
@@ -273,12 +288,19 @@ def rebuild_batch(messages: list, zone, report: Report, fix: bool) -> set[str]:
         ).all(),
         lambda r: r.trace_request_id,
     )
+    tags = _group(
+        db.session.execute(
+            db.select(MessageTag.request_id, MessageTag.tag).where(MessageTag.request_id.in_(ids))
+        ).all(),
+        lambda r: r.request_id,
+    )
     writes = {
         "receipt_insert": [],
         "receipt_update": [],
         "reply_insert": [],
         "reply_update": [],
         "message": [],
+        "tag_insert": [],
     }
     phones: set[str] = set()
     for msg in messages:
@@ -287,6 +309,7 @@ def rebuild_batch(messages: list, zone, report: Report, fix: bool) -> set[str]:
         _check_derived_rows(
             exp, receipts.get(msg.request_id, []), replies.get(msg.request_id, []), report, writes
         )
+        _check_tags(msg.request_id, exp, tags.get(msg.request_id, []), report, writes)
         changes = derive(msg, exp, zone)
         if changes:
             report.changed_messages += 1
@@ -299,7 +322,11 @@ def rebuild_batch(messages: list, zone, report: Report, fix: bool) -> set[str]:
             if "phone" in changes or "replies_count" in changes:
                 phones.update(p for p in (msg.phone, changes.get("phone")) if p)
     if fix:
-        for key, model in (("receipt_insert", Receipt), ("reply_insert", Reply)):
+        for key, model in (
+            ("receipt_insert", Receipt),
+            ("reply_insert", Reply),
+            ("tag_insert", MessageTag),
+        ):
             if writes[key]:
                 db.session.execute(db.insert(model.__table__), writes[key])
         for key, model in (

@@ -22,6 +22,8 @@ COLUMNS = (
     "text",
     "appkey",
     "function_type",
+    "rate_type",
+    "tags",
     "status",
     "code",
     "code_message",
@@ -59,21 +61,53 @@ class ReplyFact:
 
 @dataclass(frozen=True)
 class Registration:
-    """The sending system's word on a message: the latest registration, first registered at."""
+    """The sending system's word on a message: the latest registration's fields, first
+    registered at, and the tags of every registration (tags only grow)."""
 
     phone: str
     text: str | None
     appkey: str | None
     function_type: str | None
     registered_at: datetime
+    rate_type: str | None = None
+    tags: frozenset[str] = frozenset()
 
     def same_fields(self, rg: payloads.RegistrationIn) -> bool:
-        return (self.phone, self.text, self.appkey, self.function_type) == (
+        """The registration says nothing this one does not (its tags among these)."""
+        return (self.phone, self.text, self.appkey, self.function_type, self.rate_type) == (
             rg.phone,
             rg.text,
             rg.appkey,
             rg.function_type,
+            rg.rate_type,
+        ) and self.tags.issuperset(rg.tags)
+
+    def then(self, rg: payloads.RegistrationIn, at: datetime) -> Registration:
+        """After a later registration `rg`, received `at`: its fields, the tags of both."""
+        return Registration(
+            rg.phone,
+            rg.text,
+            rg.appkey,
+            rg.function_type,
+            self.registered_at if self.registered_at <= at else at,
+            rg.rate_type,
+            self.tags | frozenset(rg.tags),
         )
+
+    @classmethod
+    def first(cls, rg: payloads.RegistrationIn, at: datetime) -> Registration:
+        return cls(
+            rg.phone, rg.text, rg.appkey, rg.function_type, at, rg.rate_type, frozenset(rg.tags)
+        )
+
+
+def tags_text(tags: frozenset[str] | None) -> str | None:
+    """A message's tags as its `tags` column keeps them: sorted, comma-separated."""
+    return ",".join(sorted(tags)) if tags else None
+
+
+def tags_of(text: str | None) -> frozenset[str]:
+    return frozenset(text.split(",")) if text else frozenset()
 
 
 def receipt_fact(rc: payloads.ReceiptIn, received_at: datetime) -> ReceiptFact:
@@ -145,6 +179,8 @@ def message_columns(
         "text": registration.text if registration else None,
         "appkey": registration.appkey if registration else None,
         "function_type": registration.function_type if registration else None,
+        "rate_type": registration.rate_type if registration else None,
+        "tags": tags_text(registration.tags) if registration else None,
         "status": state.status,
         "code": state.code,
         "code_message": state.code_message,

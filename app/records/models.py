@@ -81,6 +81,17 @@ class RawBody(db.Model):
     )
 
 
+class MessageTag(db.Model):
+    """One tag of a message (from its registrations; tags only grow): what tag filters and the
+    campaigns read."""
+
+    __tablename__ = "message_tag"
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+    __table_args__ = (Index("ix_message_tag_tag", "tag", "request_id"),)
+
+
 class Message(db.Model):
     """One outbound Viber message, identified by NXCLOUD's requestId; state is derived."""
 
@@ -92,6 +103,9 @@ class Message(db.Model):
     text: Mapped[str | None] = mapped_column(Text)
     appkey: Mapped[str | None] = mapped_column(String(128))
     function_type: Mapped[str | None] = mapped_column(String(64))
+    rate_type: Mapped[str | None] = mapped_column(String(32))
+    # Its tags (campaigns), sorted and comma-separated; one row each in message_tag.
+    tags: Mapped[str | None] = mapped_column(Text)
     # Folded from the receipts (status.fold); NULL status means registered, no receipt yet.
     status: Mapped[str | None] = mapped_column(String(16))
     code: Mapped[int | None] = mapped_column(Integer)

@@ -127,6 +127,8 @@ def message_json(m: Message) -> dict:
         "text": m.text,
         "appkey": m.appkey,
         "functionType": m.function_type,
+        "rateType": m.rate_type,
+        "tags": m.tags.split(",") if m.tags else [],
         "lastActivityAt": iso(m.last_activity_at),
         "receipts": [receipt_json(r) for r in receipts_of(m.request_id)],
         "replies": [reply_json(r) for r in replies_of(m.request_id)],

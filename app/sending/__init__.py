@@ -1,10 +1,12 @@
-"""Sending a text from a conversation: the reply box and the `send` command (views), the
-rules and registration of a send (outbound), and NXCLOUD's send API client (nxcloud)."""
+"""Sending: a text from a conversation (the reply box and the `send` command: views; the
+rules and registration of a send: outbound), NXCLOUD's send API client (nxcloud), and the
+pass-through send proxy a sending system points its NXCLOUD base URL at (proxy)."""
 
 from flask import Flask
 
-from . import views
+from . import proxy, views
 
 
 def init_app(app: Flask) -> None:
     views.register(app)
+    proxy.init_app(app)

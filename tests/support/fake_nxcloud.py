@@ -53,6 +53,8 @@ class FakeNxcloud:
         self.sent: list[dict] = []  # the bodies it accepted, with their requestId
         self.next_codes: list[int] = []  # answer the next calls with these error codes
         self.delay = 0.0  # seconds to wait before answering (timeouts)
+        # Called with the requestId of an accepted send before it is answered.
+        self.before_answer = None
         self.server = LiveServer(self.wsgi)
         self.url = self.server.url
 
@@ -102,6 +104,8 @@ class FakeNxcloud:
             self.sent.append(
                 {**json.loads(request.get_data()), "requestId": answer["data"]["requestId"]}
             )
+            if self.before_answer is not None:
+                self.before_answer(answer["data"]["requestId"])
         else:
             answer = {"code": code, "message": f"error {code}"}
         self.calls.append(

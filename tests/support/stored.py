@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.ingest.batch import (
+from app.ingest.stored import (
     RECEIPT_COLUMNS,
     REPLY_COLUMNS,
     receipt_facts,

@@ -69,38 +69,43 @@ def _forget() -> None:
             pass
 
 
-def _answer(sock: socket.socket) -> dict:
-    """One answer frame (usually one read)."""
-    buf = bytearray()
-    while not (got := frames(buf)):
-        chunk = sock.recv(READ_CHUNK)
-        if not chunk:
-            raise ConnectionError("the committer closed the connection")
-        buf += chunk
-    return got[0][0]
-
-
 def submit(path: str, job: Job, timeout: float) -> Result | None:
     """Hand a body to the committer and wait for its answer; None when it was not handed over
     (no committer to take it): the caller applies it itself."""
+    return submit_many(path, [job], timeout)[0]
+
+
+def submit_many(path: str, jobs: list[Job], timeout: float) -> list[Result | None]:
+    """Hand bodies to the committer at once and wait for their answers, in order; None for
+    each not handed over (the caller applies it itself)."""
     sock = _connection(path, timeout)
     if sock is None:
-        return None
+        return [None] * len(jobs)
     try:
-        sock.sendall(job_frame(job))
+        sock.sendall(b"".join(job_frame(job) for job in jobs))
     except OSError:
         # Not taken whole: the committer drops a frame cut short with its connection.
         _forget()
-        return None
+        return [None] * len(jobs)
+    results: list[Result | None] = []
+    buf = bytearray()
     try:
-        meta = _answer(sock)
+        while len(results) < len(jobs):
+            got = frames(buf)
+            if got:
+                results += [Result(**meta) for meta, _ in got]
+                continue
+            chunk = sock.recv(READ_CHUNK)
+            if not chunk:
+                raise ConnectionError("the committer closed the connection")
+            buf += chunk
     except BlockingIOError:  # no answer within the time limit (SO_RCVTIMEO)
         _forget()
-        return unavailable(NOT_IN_TIME)
-    except (OSError, ValueError):
-        # The committer ended after taking the body and before answering: it answers every
-        # body it has read before it stops, so only one killed could have applied it. The
-        # body is applied here; a second copy would be a duplicate of the first.
+        return results + [unavailable(NOT_IN_TIME)] * (len(jobs) - len(results))
+    except (OSError, ValueError, TypeError):
+        # The committer ended after taking the bodies and before answering: it answers every
+        # body it has read before it stops, so only one killed could have applied them. The
+        # rest are applied here; a second copy would be a duplicate of the first.
         _forget()
-        return None
-    return Result(**meta)
+        return results + [None] * (len(jobs) - len(results))
+    return results[: len(jobs)]
