@@ -55,10 +55,17 @@ bench: install
 	$(BIN)/python bench/analytics.py --messages $(BENCH_MESSAGES) --reuse
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --write-docs
 	$(BIN)/python bench/slow_clients.py --write-docs
+	$(BIN)/python bench/proxy.py --write-docs
 
 # Only the live-update latency part of the benchmarks.
 bench-live: install
 	$(BIN)/python bench/live_latency.py --write-docs
+
+# Only the send proxy's cost and the bulk registration rate.
+bench-proxy: install
+	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
+	$(BIN)/python bench/proxy.py --write-docs
 
 # Only the slow-clients part: 1,500 connections trickling a request, /healthz and a webhook probed.
 bench-slow: install
