@@ -23,7 +23,7 @@ from ..webhooks.views import webhook_urls
 from .imports import import_sends
 from .maintenance import count_older, parse_age, purge, recount, recount_differences
 from .rebuild import rebuild
-from .seed import seed
+from .seed import MAX_CAMPAIGNS, seed
 
 
 def register(app: Flask) -> None:
@@ -206,7 +206,15 @@ def _maintenance_commands(app: Flask) -> None:
         "--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True
     )
     @click.option("--random-seed", type=int, default=None, help="Make the data reproducible.")
-    def seed_command(count, replies, days, batch_size, random_seed):
+    @click.option(
+        "--tags",
+        type=click.IntRange(min=0, max=MAX_CAMPAIGNS),
+        default=0,
+        show_default=True,
+        help="Campaigns: tag the messages with this many campaign tags, each sent in a time "
+        "window of its own, plus otp and segment tags; 0 tags nothing.",
+    )
+    def seed_command(count, replies, days, batch_size, random_seed, tags):
         """Fill the database with realistic messages, receipts, replies and contacts."""
         with click.progressbar(length=count, label="seeding messages", show_pos=True) as bar:
             written = seed(
@@ -215,6 +223,7 @@ def _maintenance_commands(app: Flask) -> None:
                 days=days,
                 batch_size=batch_size,
                 random_seed=random_seed,
+                tags=tags,
                 zone=services(current_app).sendtime_zone,
                 progress=bar.update,
             )

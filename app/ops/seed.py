@@ -4,12 +4,17 @@ Every event gets its raw body (so `viberwatch rebuild` can recompute everything 
 raw record), its receipt or reply row and its activity row; each message's columns come from
 `derivation.message_columns`, exactly as ingest derives them. Rows go in
 with bulk inserts, one transaction per batch of messages.
+
+With `tags`, the messages carry campaign tags as real sending does (`CampaignPlan`): each
+campaign is sent in a window of its own of a few hours to a day, the rest is a steady flow
+(partly one-time codes, tag `otp`), a few campaign messages also name a segment.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -27,7 +32,16 @@ from ..records.derivation import (
     outbound_preview,
     reply_preview,
 )
-from ..records.models import Activity, Message, RawBody, Receipt, Reply, UTCDateTime, db
+from ..records.models import (
+    Activity,
+    Message,
+    MessageTag,
+    RawBody,
+    Receipt,
+    Reply,
+    UTCDateTime,
+    db,
+)
 
 HEADERS = json.dumps({"content-type": "application/json"})
 APPKEYS = ("TexxxP6", "Shop01x", "Bank7Qz")
@@ -58,6 +72,27 @@ FAILURES = (
     (9001, "System business error"),
 )
 SENDTIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# Campaign tags: "<theme>-<number>", each campaign sent over one of these many hours.
+CAMPAIGN_THEMES = (
+    "spring-sale",
+    "newsletter",
+    "black-friday",
+    "app-update",
+    "loyalty",
+    "reminder",
+    "flash-sale",
+    "welcome",
+    "survey",
+    "restock",
+)
+CAMPAIGN_HOURS = (2, 3, 4, 6, 8, 12, 24)
+CAMPAIGN_SHARE = 0.8  # of the messages; the rest is the steady flow
+OTP_TAG = "otp"  # always on: a share of the steady flow, all through the period
+OTP_SHARE = 0.5  # of the steady flow; the rest of it has no tag
+SEGMENT_TAGS = ("vip", "new-customers", "win-back")
+SEGMENT_SHARE = 0.08  # of the campaign messages: a segment as their second tag
+MAX_CAMPAIGNS = 10_000
+END_MARGIN = timedelta(hours=8)  # the last message this long before now: room for receipts
 
 
 @dataclass
@@ -67,6 +102,64 @@ class SeedBatch:
     receipts: list = field(default_factory=list)
     replies: list = field(default_factory=list)
     activity: list = field(default_factory=list)
+    tags: list = field(default_factory=list)
+
+
+def campaign_tag(k: int) -> str:
+    """The tag of the k-th campaign (from 0)."""
+    return f"{CAMPAIGN_THEMES[k % len(CAMPAIGN_THEMES)]}-{k + 1:03d}"
+
+
+class CampaignPlan:
+    """When each seeded message is sent and which tags it carries, for `campaigns` campaigns.
+
+    A campaign has a window of its own (one of CAMPAIGN_HOURS, somewhere in the period) and a
+    size drawn from a heavy-tailed distribution, so a few campaigns are busy and most are
+    small; its messages go out in its window, most of them early in it. CAMPAIGN_SHARE of the
+    messages belong to campaigns (SEGMENT_SHARE of those also name a segment); the rest are a
+    steady flow over the whole period, OTP_SHARE of it tagged `otp`, the rest untagged.
+    Messages are handed out in time order, so raw and activity ids still follow the clock.
+    """
+
+    STEADY, OTP = 0, 1  # codes below the first campaign's
+    SHIFT = 16  # a slot: milliseconds after the start << SHIFT | code
+
+    def __init__(self, campaigns: int, count: int, span: timedelta, rng: random.Random):
+        self.rng = rng
+        self.tags = [campaign_tag(k) for k in range(campaigns)]
+        span_ms = int(span.total_seconds() * 1000)
+        weights = [rng.paretovariate(1.2) for _ in range(campaigns)]
+        total = sum(weights)
+        in_campaigns = round(count * CAMPAIGN_SHARE) if campaigns else 0
+        slots = []
+        for k, weight in enumerate(weights):
+            size = max(1, round(in_campaigns * weight / total))
+            window = min(span_ms, rng.choice(CAMPAIGN_HOURS) * 3_600_000)
+            start = rng.randrange(span_ms - window + 1)
+            code = k + 2
+            slots.extend(
+                (start + int(window * rng.random() ** 2)) << self.SHIFT | code for _ in range(size)
+            )
+        del slots[count:]
+        while len(slots) < count:
+            code = self.OTP if rng.random() < OTP_SHARE else self.STEADY
+            slots.append(rng.randrange(span_ms) << self.SHIFT | code)
+        slots.sort()
+        self.slots = array("q", slots)
+
+    def at(self, i: int) -> tuple[timedelta, tuple[str, ...]]:
+        """The i-th message's time after the period's start, and its tags."""
+        slot = self.slots[i]
+        code = slot & ((1 << self.SHIFT) - 1)
+        offset = timedelta(milliseconds=slot >> self.SHIFT)
+        if code == self.STEADY:
+            return offset, ()
+        if code == self.OTP:
+            return offset, (OTP_TAG,)
+        tag = self.tags[code - 2]
+        if self.rng.random() < SEGMENT_SHARE:
+            return offset, (tag, self.rng.choice(SEGMENT_TAGS))
+        return offset, (tag,)
 
 
 class Seeder:
@@ -82,6 +175,7 @@ class Seeder:
         rng: random.Random,
         now: datetime,
         ids: dict[str, int],
+        campaigns: int = 0,
     ):
         self.rng = rng
         self.zone = zone
@@ -90,8 +184,16 @@ class Seeder:
         self.reply_share = min(1.0, replies / count) if count else 0.0
         self.start = now - timedelta(days=days)
         # Messages are spread evenly in time so raw and activity ids roughly follow the clock.
-        self.step = (timedelta(days=days) - timedelta(hours=8)) / max(count, 1)
+        self.step = (timedelta(days=days) - END_MARGIN) / max(count, 1)
         self.ids = ids
+        # Its own random stream, so that without campaigns nothing else changes.
+        self.plan = (
+            CampaignPlan(
+                campaigns, count, timedelta(days=days) - END_MARGIN, random.Random(rng.random())
+            )
+            if campaigns
+            else None
+        )
         self.phones = [f"79{rng.randrange(10**9):09d}" for _ in range(max(1, count // 5))]
         self.contacts = contacts.Changes()
 
@@ -195,9 +297,12 @@ class Seeder:
 
     def message(self, i: int, batch: SeedBatch) -> None:
         rng = self.rng
-        t0 = (self.start + self.step * i + timedelta(seconds=rng.uniform(0, 60))).replace(
-            microsecond=0
-        )
+        tags: tuple[str, ...] = ()
+        if self.plan is None:
+            offset = self.step * i
+        else:
+            offset, tags = self.plan.at(i)
+        t0 = (self.start + offset + timedelta(seconds=rng.uniform(0, 60))).replace(microsecond=0)
         rid = f"{rng.getrandbits(128):032x}"
         phone = rng.choice(self.phones)
         send_time_raw = t0.astimezone(self.zone).strftime(SENDTIME_FORMAT)
@@ -217,10 +322,14 @@ class Seeder:
                 "appkey": rng.choice(APPKEYS),
                 "functionType": rng.choice(FUNCTION_TYPES),
             }
+            if tags:
+                # Tags come only with a registration, as the sending system gives them.
+                body["tags"] = list(tags)
+                batch.tags.extend({"request_id": rid, "tag": tag} for tag in tags)
             raw_id = self._raw(batch, "register", at, body, rid, http_status=201)
             self._activity(batch, "register", at, raw_id, rid, phone, None, body["text"])
             registration = Registration(
-                phone, body["text"], body["appkey"], body["functionType"], at
+                phone, body["text"], body["appkey"], body["functionType"], at, tags=frozenset(tags)
             )
             contact = self.contacts.of(phone, at)
             contact.messages += 1
@@ -427,6 +536,7 @@ def _write(batch: SeedBatch) -> None:
     for model, rows in (
         (RawBody, batch.raw),
         (Message, batch.messages),
+        (MessageTag, batch.tags),
         (Receipt, batch.receipts),
         (Reply, batch.replies),
         (Activity, batch.activity),
@@ -458,8 +568,12 @@ def seed(
     zone: tzinfo,
     progress: Callable[[int], None] = lambda n: None,
     now: datetime | None = None,
+    tags: int = 0,
 ) -> dict[str, int]:
-    """Insert `count` messages (and about `replies` replies); returns the rows written per table."""
+    """Insert `count` messages (and about `replies` replies), with `tags` campaigns (none by
+    default: no message has a tag); returns the rows written per table."""
+    if not 0 <= tags <= MAX_CAMPAIGNS:
+        raise ValueError(f"tags: from 0 to {MAX_CAMPAIGNS} campaigns, got {tags}")
     rng = random.Random(random_seed)
     if db.session.get_bind().dialect.name == "sqlite":
         # Random keys (requestIds, content hashes) land all over the indexes: past SQLite's
@@ -473,8 +587,11 @@ def seed(
         rng=rng,
         now=now or utcnow(),
         ids=_max_ids(),
+        campaigns=tags,
     )
     written = {"message": 0, "raw_body": 0, "receipt": 0, "reply": 0, "activity": 0}
+    if tags:
+        written["message_tag"] = 0
     for start in range(0, count, batch_size):
         batch = SeedBatch()
         for i in range(start, min(count, start + batch_size)):
@@ -487,8 +604,10 @@ def seed(
             ("receipt", batch.receipts),
             ("reply", batch.replies),
             ("activity", batch.activity),
+            ("message_tag", batch.tags),
         ):
-            written[name] += len(rows)
+            if name in written:
+                written[name] += len(rows)
         progress(len(batch.messages))
     contacts.write(db.session.connection(), seeder.contacts)
     db.session.commit()
