@@ -1,0 +1,332 @@
+"""The campaigns pages at scale, on SQLite and PostgreSQL: a million messages over 200 tags.
+
+A database per kind is seeded with `viberwatch seed --messages N --tags 200` (campaigns each
+sent in a window of their own, a steady flow half tagged `otp`, segments as second tags),
+then analysed; `--reuse` keeps one seeded by an earlier run with the same N and tags
+(migrated to the current schema, and recounted when a migration came since). Then the
+production command (`gunicorn -c gunicorn.conf.py 'app:create_app()'`, 2 workers) serves
+it, a user signs in through the login form, and each URL gets 3 warm-up requests, then 30
+timed sequential ones: p50, p95 and max, beside the target (p95 under 100 ms). A URL that
+does not answer 200 is reported as an error row, and the run goes on.
+
+    .venv/bin/python bench/campaigns.py --messages 1000000 [--db sqlite,postgresql] [--reuse] [--write-docs]
+    .venv/bin/python bench/campaigns.py --messages 20000 --reuse      # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import httpx
+from report import write_between
+from run import (
+    DATA,
+    database,
+    ensure_user,
+    login,
+    percentile,
+    server,
+    sqlalchemy_url,
+    viberwatch,
+)
+from sqlalchemy import create_engine, func, select, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.records.models import Message, MessageTag  # noqa: E402
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- campaigns:start -->", "<!-- campaigns:end -->"
+
+# What is measured; change these to follow the page.
+TAGS = 200  # campaigns seeded (`seed --tags`), besides otp and the segments
+WORKERS = 2
+WARMUP = 3
+REPEAT = 30
+TARGET_P95_MS = 100.0
+RANGES = ["7d", "30d", "all"]  # the list, unsorted
+SORT_COLUMNS = ["messages", "delivery_rate", "p90_delivered"]  # the list, sorted by each
+SORT_RANGE = "30d"
+SORT_DIR = "desc"
+TAG_RANGES = ["30d", "all"]  # a busy tag's page
+COMPARE_TAGS_RANGE = "all"  # the busy tag beside the busiest other one, both over this range
+COMPARE_RANGES = ("7d", "30d")  # the busy tag over these two ranges
+
+
+def log(*args) -> None:
+    print("[campaigns bench]", *args, file=sys.stderr, flush=True)
+
+
+def revision(url: str) -> str | None:
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+
+
+def analyze(kind: str, url: str) -> None:
+    if kind == "postgresql":
+        engine = create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+    else:
+        engine = create_engine(sqlalchemy_url(url))
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+    engine.dispose()
+
+
+def seeded(kind: str, messages: int, reuse: bool) -> tuple[str, dict]:
+    """A database with `messages` messages over TAGS campaigns, and what its marker says
+    (when it was seeded, how long it took, and whether it was reused)."""
+    name = f"bench_campaigns_{messages}_{TAGS}"
+    marker = DATA / f"campaigns-{kind}-{messages}-{TAGS}.seeded"
+    if reuse and marker.exists():
+        made = json.loads(marker.read_text())
+        url = database(kind, name, fresh=False)
+        viberwatch(url, "db", "upgrade", quiet=True)
+        now = revision(url)
+        if now != made.get("revision"):
+            # Tables added since the seeding (the campaigns' rollups) are filled from the
+            # messages, as after any bulk load.
+            log(f"{kind}: migrated since the seeding ({made.get('revision')} -> {now}), recounting")
+            viberwatch(url, "recount", quiet=True)
+            analyze(kind, url)
+            made["revision"] = now
+            marker.write_text(json.dumps(made))
+        return url, {**made, "reused": True}
+    marker.unlink(missing_ok=True)
+    url = database(kind, name, fresh=True)
+    viberwatch(url, "db", "upgrade", quiet=True)
+    log(f"seeding {messages:,} messages over {TAGS} campaigns on {kind}")
+    start = time.perf_counter()
+    viberwatch(
+        url,
+        "seed",
+        "--messages",
+        str(messages),
+        "--tags",
+        str(TAGS),
+        "--random-seed",
+        "1",
+        "--batch",
+        "5000",
+        quiet=True,
+    )
+    made = {
+        "seconds": time.perf_counter() - start,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "revision": revision(url),
+    }
+    analyze(kind, url)
+    DATA.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(made))
+    return url, {**made, "reused": False}
+
+
+def busy_tags(url: str) -> list[tuple[str, int]]:
+    """The tag with the most messages of the last 30 days (so that its 7- and 30-day pages
+    have something to show; the busiest of all when nothing is that recent), then the
+    busiest other tag of all: with their numbers of messages, all time."""
+    since = datetime.now(UTC) - timedelta(days=30)
+    count = func.count().label("n")
+    engine = create_engine(sqlalchemy_url(url))
+    with engine.connect() as conn:
+        everything = dict(
+            conn.execute(select(MessageTag.tag, count).group_by(MessageTag.tag)).all()
+        )
+        recent = conn.execute(
+            select(MessageTag.tag, count)
+            .join(Message, Message.request_id == MessageTag.request_id)
+            .where(Message.created_at >= since)
+            .group_by(MessageTag.tag)
+            .order_by(count.desc(), MessageTag.tag)
+            .limit(1)
+        ).first()
+    engine.dispose()
+    if not everything:
+        return []
+    ranked = sorted(everything, key=lambda t: (-everything[t], t))
+    busy = recent.tag if recent else ranked[0]
+    second = next((t for t in ranked if t != busy), busy)
+    return [(busy, everything[busy]), (second, everything[second])]
+
+
+def targets(tags: list[tuple[str, int]]) -> list[tuple[str, str]]:
+    """(what, path) of every URL timed."""
+    (busy, n), (second, m) = tags
+    out = [(f"list, range={r}", "/campaigns?" + urlencode({"range": r})) for r in RANGES]
+    out += [
+        (
+            f"list, range={SORT_RANGE}, sorted by {column}",
+            "/campaigns?" + urlencode({"range": SORT_RANGE, "sort": column, "dir": SORT_DIR}),
+        )
+        for column in SORT_COLUMNS
+    ]
+    out += [
+        (
+            f"busy tag ({busy}, {n:,} messages), range={r}",
+            f"/campaigns/{quote(busy, safe='')}?" + urlencode({"range": r}),
+        )
+        for r in TAG_RANGES
+    ]
+    out.append(
+        (
+            f"compare {busy} and {second} ({m:,} messages), both range={COMPARE_TAGS_RANGE}",
+            "/campaigns/compare?"
+            + urlencode(
+                {"a": busy, "b": second, "ra": COMPARE_TAGS_RANGE, "rb": COMPARE_TAGS_RANGE}
+            ),
+        )
+    )
+    ra, rb = COMPARE_RANGES
+    out.append(
+        (
+            f"compare {busy} over range={ra} and range={rb}",
+            "/campaigns/compare?" + urlencode({"a": busy, "b": busy, "ra": ra, "rb": rb}),
+        )
+    )
+    return out
+
+
+def timed(client: httpx.Client, path: str) -> dict:
+    """WARMUP requests, then REPEAT timed ones; an answer other than 200 (or none) makes the
+    row an error, with what came back."""
+    try:
+        for _ in range(WARMUP):
+            r = client.get(path)
+            if r.status_code != 200:
+                return {"error": f"HTTP {r.status_code}"}
+        times, bad = [], {}
+        for _ in range(REPEAT):
+            start = time.perf_counter()
+            r = client.get(path)
+            times.append((time.perf_counter() - start) * 1000)
+            if r.status_code != 200:
+                bad[r.status_code] = bad.get(r.status_code, 0) + 1
+    except httpx.HTTPError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:120]}
+    if bad:
+        return {
+            "error": ", ".join(f"HTTP {code} x{n}" for code, n in sorted(bad.items()))
+            + f" of {REPEAT}"
+        }
+    return {
+        "p50": statistics.median(times),
+        "p95": percentile(times, 95),
+        "max": max(times),
+        "bytes": len(r.content),
+    }
+
+
+def measure(kind: str, url: str, made: dict) -> list[dict]:
+    ensure_user(url)
+    made["load"] = os.getloadavg()[0]
+    tags = busy_tags(url)
+    if not tags:
+        raise RuntimeError(f"{kind}: no message has a tag")
+    rows = []
+    with server(url, workers=WORKERS) as base:
+        client = login(base)
+        for what, path in targets(tags):
+            result = timed(client, path)
+            log(f"{kind}: {what}: {result}")
+            rows.append({"db": kind, "what": what, "path": path, **result})
+        client.close()
+    return rows
+
+
+def verdict(row: dict) -> str:
+    if "error" in row:
+        return "error"
+    return "met" if row["p95"] < TARGET_P95_MS else "missed"
+
+
+def markdown(messages: int, made: dict, rows: list[dict]) -> str:
+    day = datetime.now(UTC).date().isoformat()
+    seeded = "; ".join(
+        f"{kind} {'reused, ' if m['reused'] else ''}seeded {m.get('at', '?')[:10]}"
+        + (f" in {m['seconds']:,.0f} s" if m.get("seconds") else "")
+        for kind, m in made.items()
+    )
+    lines = [
+        f"Measured {day}: {messages:,} messages over {TAGS} campaigns (`seed --tags {TAGS}"
+        f" --random-seed 1`; {seeded}), the production command with {WORKERS} workers, "
+        f"{WARMUP} warm-ups then {REPEAT} sequential requests per URL; {os.cpu_count()} cores, "
+        "load average at the start of the timing "
+        + ", ".join(f"{m['load']:.1f} ({kind})" for kind, m in made.items())
+        + ".",
+    ]
+    if messages < 1_000_000:
+        lines += [
+            "",
+            f"A quick run at {messages:,} messages, which checks the benchmark; the target is "
+            "for the run at 1,000,000.",
+        ]
+    lines += [
+        "",
+        f"| database | view | p50 ms | p95 ms | max ms | target p95 < {TARGET_P95_MS:.0f} ms |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['db']} | {r['what']} | – | – | – | error: {r['error']} |")
+        else:
+            lines.append(
+                f"| {r['db']} | {r['what']} | {r['p50']:.1f} | {r['p95']:.1f} | "
+                f"{r['max']:.1f} | {verdict(r)} |"
+            )
+    counts = {v: sum(1 for r in rows if verdict(r) == v) for v in ("met", "missed", "error")}
+    lines += [
+        "",
+        f"Target met by {counts['met']} of {len(rows)} rows, missed by {counts['missed']}, "
+        f"{counts['error']} errors. URLs: "
+        + ", ".join(f"`{p}`" for p in dict.fromkeys(r["path"] for r in rows)),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep a database seeded by an earlier run"
+    )
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    kinds = args.db.split(",")
+    # Both databases are seeded at the same time (each seed is one process).
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        done = dict(
+            zip(kinds, pool.map(lambda k: seeded(k, args.messages, args.reuse), kinds), strict=True)
+        )
+    rows, made = [], {}
+    for kind, (url, marker) in done.items():
+        made[kind] = marker
+        log(f"timing on {kind}")
+        rows += measure(kind, url, marker)
+    DATA.mkdir(parents=True, exist_ok=True)
+    (DATA / "campaigns.json").write_text(json.dumps({"made": made, "rows": rows}, indent=2))
+    out = markdown(args.messages, made, rows)
+    print(out)
+    if args.write_docs:
+        write_between(DOCS, START, END, out)
+
+
+if __name__ == "__main__":
+    main()
