@@ -133,26 +133,8 @@
     });
   }
 
-  // Live activity re-fetches the report; a burst of events becomes one request, and at
-  // most one request per gap (the server sets it: longer for ranges that cost more).
-  var pending = null;
-  var last = 0;
-  function refreshSoon() {
-    if (pending) return;
-    var report = document.getElementById("analytics-report");
-    var gap = report ? parseInt(report.dataset.refreshGap || "3", 10) * 1000 : 3000;
-    var wait = Math.max(300, last + gap - Date.now());
-    pending = window.setTimeout(function () {
-      pending = null;
-      last = Date.now();
-      var report = document.getElementById("analytics-report");
-      if (report && window.htmx) window.htmx.trigger(report, report.dataset.liveRefresh || "analytics-refresh");
-    }, wait);
-  }
-
   document.addEventListener("DOMContentLoaded", render);
   // After any swap the report may be new; drawing again is cheap and keeps this simple.
   document.addEventListener("htmx:afterSettle", render);
-  // static/live.js announces each message of the live channel it has applied.
-  document.addEventListener("live:applied", refreshSoon);
+  // Live activity re-fetches the report through its data-live-refresh (static/live.js).
 }());

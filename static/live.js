@@ -272,5 +272,29 @@
     showHeld();
   });
 
+  // A part of a page that shows figures over the record (analytics, campaigns) says so with
+  // data-live-refresh="<event>": live activity triggers that event on it, and it fetches
+  // itself again. A burst of activity becomes one request, at most one per
+  // data-refresh-gap seconds (the server sets it: longer where a fetch costs more).
+  var refreshPending = null;
+  var refreshedAt = 0;
+  function refreshSoon() {
+    if (refreshPending || !document.querySelector("[data-live-refresh]")) {
+      return;
+    }
+    var first = document.querySelector("[data-live-refresh]");
+    var gap = parseInt(first.dataset.refreshGap || "3", 10) * 1000;
+    var wait = Math.max(300, refreshedAt + gap - Date.now());
+    refreshPending = window.setTimeout(function () {
+      refreshPending = null;
+      refreshedAt = Date.now();
+      var parts = document.querySelectorAll("[data-live-refresh]");
+      for (var i = 0; i < parts.length; i++) {
+        htmx.trigger(parts[i], parts[i].dataset.liveRefresh);
+      }
+    }, wait);
+  }
+  body.addEventListener("live:applied", refreshSoon);
+
   setState("connecting");
 })();

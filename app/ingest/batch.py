@@ -22,7 +22,7 @@ from ..core import payloads
 from ..core.errors import error_body
 from ..core.status import PRECEDENCE
 from ..core.times import utcnow
-from ..records import contacts, replay, rollup, tally
+from ..records import contacts, replay, rollup, tag_rollup, tally
 from ..records.derivation import (
     COLUMNS,
     Registration,
@@ -33,6 +33,7 @@ from ..records.derivation import (
     reply_fact,
     reply_preview,
     reply_row,
+    tags_of,
 )
 from ..records.models import (
     Activity,
@@ -202,8 +203,8 @@ class IngestBatch:
             changes = self._write_messages(conn)
             self._write_activity(conn)
             contacts.write(conn, self.contacts)
-            changes[0].write(conn)
-            changes[1].write(conn)
+            for moves in changes:
+                moves.write(conn)
             write_marks(conn, jobs)
         return bool(self.events)
 
@@ -382,8 +383,8 @@ class IngestBatch:
             [{"request_id": rid, "tag": tag} for rid, tag in sorted(self.new_tags)],
         )
 
-    def _write_messages(self, conn) -> tuple[tally.Moves, rollup.Moves]:
-        tally_moves, rollup_moves = tally.Moves(), rollup.Moves()
+    def _write_messages(self, conn) -> tuple[tally.Moves, rollup.Moves, tag_rollup.Moves]:
+        tally_moves, rollup_moves, tag_moves = tally.Moves(), rollup.Moves(), tag_rollup.Moves()
         updates = []
         for rid, msg in self.touched.items():
             if not (msg.changed or msg.new):
@@ -398,12 +399,22 @@ class IngestBatch:
             )
             updates.append({"b_rid": rid, **columns})
             after = SimpleNamespace(created_at=row.created_at, **columns)
+            tags = tags_of(columns["tags"])
             if msg.new:
                 tally_moves.move(None, tally.key_of(after))
                 rollup_moves.move(None, rollup.share_of(after))
+                if tags:
+                    tag_moves.move((), None, tags, tag_rollup.share_of(after))
             else:
                 tally_moves.move(tally.key_of(row), tally.key_of(after))
                 rollup_moves.move(rollup.share_of(row), rollup.share_of(after))
+                if tags:
+                    tag_moves.move(
+                        tags_of(row.tags),
+                        tag_rollup.share_of(row),
+                        tags,
+                        tag_rollup.share_of(after),
+                    )
             old_phone, phone = (None if msg.new else row.phone), columns["phone"]
             if old_phone and old_phone != phone:
                 self.contacts.of(old_phone, msg.last_event_at).messages -= 1
@@ -412,7 +423,7 @@ class IngestBatch:
                 # have committed a later receipt before the phone was known.
                 self.contacts.of(phone, columns["last_activity_at"]).messages += old_phone != phone
         run_many(conn, _statements().message, updates)
-        return tally_moves, rollup_moves
+        return tally_moves, rollup_moves, tag_moves
 
     def _write_activity(self, conn) -> None:
         rows = []

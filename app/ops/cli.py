@@ -166,8 +166,8 @@ def _record_commands(app: Flask) -> None:
     @app.cli.command("recount")
     @click.option("--check", is_flag=True, help="Only report differences, change nothing.")
     def recount_command(check: bool):
-        """Rebuild the dashboard counters and the analytics rollups from the messages (after a
-        bulk load or restore)."""
+        """Rebuild the dashboard counters, the analytics rollups and the campaigns' rollups per
+        tag from the messages (after a bulk load or restore)."""
         if check:
             differences = recount_differences()
             for line in differences:
@@ -177,7 +177,10 @@ def _record_commands(app: Flask) -> None:
                 raise SystemExit(1)
             return
         rows = recount()
-        click.echo(f"recounted: {rows['tally']} tally rows, {rows['rollup']} rollup rows")
+        click.echo(
+            f"recounted: {rows['tally']} tally rows, {rows['rollup']} rollup rows,"
+            f" {rows['tags']} tag rollup rows"
+        )
 
 
 def _maintenance_commands(app: Flask) -> None:

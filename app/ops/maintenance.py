@@ -9,16 +9,20 @@ from datetime import datetime, timedelta
 from sqlalchemy import func
 
 from ..core.times import utcnow
-from ..records import rollup, tally
+from ..records import rollup, tag_rollup, tally
 from ..records.models import (
     Activity,
     Contact,
     Message,
+    MessageTag,
     MessageTally,
     OutcomeHour,
     RawBody,
     Receipt,
     Reply,
+    TagDay,
+    TagHour,
+    TagLatency,
     db,
 )
 
@@ -126,6 +130,10 @@ def purge_batch(request_ids: list[str]) -> dict[str, int]:
         if raw_ids
         else 0
     )
+    db.session.execute(
+        db.delete(MessageTag).where(MessageTag.request_id.in_(request_ids)),
+        execution_options={"synchronize_session": False},
+    )
     counts["message"] = db.session.execute(
         db.delete(Message).where(Message.request_id.in_(request_ids)),
         execution_options={"synchronize_session": False},
@@ -190,7 +198,7 @@ def purge(
 def recount() -> dict[str, int]:
     """The counters' tally and the analytics rollups are derived from the messages; recount
     them after bulk changes. Returns the rows written to each."""
-    return {"tally": tally.rebuild(), "rollup": rollup.rebuild()}
+    return {"tally": tally.rebuild(), "rollup": rollup.rebuild(), "tags": tag_rollup.rebuild()}
 
 
 def _counted() -> dict[str, dict]:
@@ -215,7 +223,25 @@ def _counted() -> dict[str, dict]:
             for r in db.session.execute(db.select(model)).scalars()
             if r.n
         }
+    for model, key, values in _tag_tables():
+        out[model.__tablename__] = {
+            tuple(getattr(r, c) for c in key): _tag_values(values, lambda c, r=r: getattr(r, c))
+            for r in db.session.execute(db.select(model)).scalars()
+            if r.n
+        }
     return out
+
+
+def _tag_tables() -> list[tuple]:
+    return [
+        (TagDay, tag_rollup.DAY_KEY, tag_rollup.DAY_SUMS),
+        (TagHour, tag_rollup.HOUR_KEY, tag_rollup.HOUR_SUMS),
+        (TagLatency, tag_rollup.LATENCY_KEY, ("n", "low", "high")),
+    ]
+
+
+def _tag_values(names: tuple, get) -> tuple:
+    return tuple(round(float(get(c)), 6) for c in names)
 
 
 def _recounted() -> dict[str, dict]:
@@ -235,6 +261,12 @@ def _recounted() -> dict[str, dict]:
             out[model.__tablename__] = {
                 tuple(r[c] for c in names): (r["n"], r["low"], r["high"]) for r in rows if r["n"]
             }
+    tables = {model: (key, values) for model, key, values in _tag_tables()}
+    for model, rows in tag_rollup.recounted():
+        key, values = tables[model]
+        out[model.__tablename__] = {
+            tuple(r[c] for c in key): _tag_values(values, r.get) for r in rows if r["n"]
+        }
     return out
 
 
@@ -249,7 +281,7 @@ def recount_differences(limit: int = 10) -> list[str]:
         stored = kept[table]
         for key in sorted(set(rows) | set(stored), key=repr):
             have, want = stored.get(key), rows.get(key)
-            if table.startswith("latency_") and have and want:
+            if table in ("latency_hour", "latency_day", "tag_latency") and have and want:
                 same = have[0] == want[0] and have[1] <= want[1] and have[2] >= want[2]
             else:
                 same = have == want

@@ -475,3 +475,56 @@ class LatencyDay(LatencyBins, db.Model):
     __tablename__ = "latency_day"
     day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
     __table_args__ = {"sqlite_with_rowid": False}
+
+
+class TagDay(db.Model):
+    """Messages per tag and UTC day first heard of, with their outcome, cost and replies: what
+    the campaigns list reads (kept in the same transaction as every state change)."""
+
+    __tablename__ = "tag_day"
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)  # "pending" for NULL
+    code: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1 for NULL
+    currency: Mapped[str] = mapped_column(String(16), primary_key=True)  # "" for NULL
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+    seen: Mapped[int] = mapped_column(BigInteger, default=0)
+    replied: Mapped[int] = mapped_column(BigInteger, default=0)  # messages with a reply
+    replies: Mapped[int] = mapped_column(BigInteger, default=0)
+    priced: Mapped[int] = mapped_column(BigInteger, default=0)
+    local_price: Mapped[float] = mapped_column(Numeric(24, 6, asdecimal=False), default=0)
+    original_price: Mapped[float] = mapped_column(Numeric(24, 6, asdecimal=False), default=0)
+
+    __table_args__ = {"sqlite_with_rowid": False}
+
+
+class TagHour(db.Model):
+    """A tag's funnel per hour first heard of: what a campaign's page draws over time."""
+
+    __tablename__ = "tag_hour"
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)  # "pending" for NULL
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    delivered: Mapped[int] = mapped_column(BigInteger, default=0)
+    seen: Mapped[int] = mapped_column(BigInteger, default=0)
+    replied: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = {"sqlite_with_rowid": False}
+
+
+class TagLatency(db.Model):
+    """A tag's time to delivered / to seen per UTC day first heard of, in bins 10 % wide with
+    the least and greatest value each has held (percentiles for the campaigns list)."""
+
+    __tablename__ = "tag_latency"
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # delivered | seen
+    bin: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    low: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = {"sqlite_with_rowid": False}

@@ -100,10 +100,12 @@ def bar_of(seconds: float) -> int:
     return bisect_right(LATENCY_EDGES, seconds)
 
 
-def bin_of(seconds: float) -> int:
+def bin_of(seconds: float, log_ratio: float = _LOG_RATIO) -> int:
+    """The bin a latency falls in: bins `log_ratio` wide (the log of the ratio of a bin's
+    edges; 2 % unless given) inside the value's histogram bar."""
     bar = bar_of(seconds)
     low = BIN_FLOOR if bar == 0 else LATENCY_EDGES[bar - 1]
-    position = 0 if seconds < low else 1 + int(math.log(seconds / low) / _LOG_RATIO)
+    position = 0 if seconds < low else 1 + int(math.log(seconds / low) / log_ratio)
     return bar * BINS_PER_BAR + position
 
 
@@ -176,7 +178,7 @@ LATENCY_TABLES = (
 )
 
 
-def _bounds_update(stmt) -> dict:
+def bounds_update(stmt) -> dict:
     """On adding a value, widen the bin's least and greatest (reset when it was empty)."""
     t, new = stmt.table.c, stmt.excluded
     # Rows that only take values away carry low > high (see Moves.write).
@@ -255,7 +257,7 @@ class Moves:
                             "high": 0.0 if high is None else high,
                         }
                     )
-            add_counts(conn, model, names, ("n",), rows, extra=("low", "high"), more=_bounds_update)
+            add_counts(conn, model, names, ("n",), rows, extra=("low", "high"), more=bounds_update)
 
 
 def add_bin(bins: dict, key: tuple, n: int, low: float, high: float) -> None:
@@ -266,6 +268,30 @@ def add_bin(bins: dict, key: tuple, n: int, low: float, high: float) -> None:
     else:
         known[0] += n
         known[1], known[2] = min(known[1], low), max(known[2], high)
+
+
+def bucket_at(sizes, rank: int) -> tuple[int, int]:
+    """The index of the bucket holding the rank-th smallest value (1-based), and how many
+    values the buckets before it hold."""
+    before = 0
+    for i, n in enumerate(sizes):
+        if before + n >= rank:
+            return i, before
+        before += n
+    return len(sizes) - 1, before
+
+
+def binned_value(ordered: list[tuple], rank: int) -> float:
+    """The rank-th smallest value (1-based) of bins given as (bin, n, low, high) in bin order:
+    exact when it is a bin's least or greatest, otherwise interpolated between those two."""
+    i, before = bucket_at([row[1] for row in ordered], rank)
+    _bin_id, n, low, high = ordered[i]
+    k = rank - before
+    if k == 1:
+        return low
+    if k == n:
+        return high
+    return low + (high - low) * (k - 1) / (n - 1)
 
 
 def merged_bins(items: Iterable[tuple[tuple, list]]) -> dict:

@@ -31,6 +31,8 @@ def reply(at: datetime, rid: str, phone: str, text: str, **options) -> ingest.Re
     return receive_at(at, "message", body)
 
 
-def register(at: datetime, rid: str, phone: str, text: str = "hello") -> ingest.Result:
-    """bodies.registration(rid, phone, text) received at `at`."""
-    return receive_at(at, "register", bodies.registration(rid, phone, text))
+def register(
+    at: datetime, rid: str, phone: str, text: str = "hello", **extra
+) -> ingest.Result:
+    """bodies.registration(rid, phone, text, **extra) received at `at`."""
+    return receive_at(at, "register", bodies.registration(rid, phone, text, **extra))

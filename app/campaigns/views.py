@@ -1,0 +1,143 @@
+"""The campaigns list, a campaign's page and a comparison; each a fragment for htmx too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+
+from ..core.payloads import MAX_TAG_LENGTH as MAX_TAG
+from ..dashboard.filters import FilterError
+from ..errors import refusal
+from ..htmx import wants_fragment
+from . import report
+
+bp = Blueprint("campaigns", __name__)
+
+# Live activity refreshes a page at most this often (seconds); the slow poll only moves a
+# quiet page's days along.
+REFRESH_GAP = 3
+POLL_SECONDS = 60
+
+
+def _now() -> datetime:
+    clock = current_app.config.get("ANALYTICS_CLOCK")
+    return clock() if clock else datetime.now(UTC)
+
+
+def _tag(name: str, required: bool = True) -> str | None:
+    """A tag as messages keep it (trimmed, lower case), from the argument `name`."""
+    value = (request.args.get(name) or "").strip().lower()
+    if not value:
+        if required:
+            raise FilterError(name, "a tag is required")
+        return None
+    if len(value) > MAX_TAG:
+        raise FilterError(name, f"a tag has at most {MAX_TAG} characters")
+    if not value.isprintable() or "," in value:
+        raise FilterError(name, "a tag has no comma and no character that is not printable")
+    return value
+
+
+def _range(name: str = "range", default: str | None = None) -> report.DayRange:
+    """The range named by the argument `name`; `custom` takes `<name>_from` and `<name>_to`
+    (two dates, as a form's date inputs give them)."""
+    value = request.args.get(name) or default
+    if value == "custom":
+        first = (request.args.get(f"{name}_from") or "").strip()
+        last = (request.args.get(f"{name}_to") or "").strip() or first
+        if not first:
+            raise FilterError(f"{name}_from", "the first day is required for a custom range")
+        value = f"{first}..{last}"
+    return report.parse_range(value, _now(), name)
+
+
+def _live(**context) -> dict:
+    return {"refresh_gap": REFRESH_GAP, "poll_seconds": POLL_SECONDS, **context}
+
+
+@bp.get("/campaigns")
+def index():
+    """Every campaign (tag) with messages in the range, sorted by any column."""
+    try:
+        rng = _range()
+        column, descending = report.parse_sort(request.args)
+    except FilterError as exc:
+        return refusal(400, exc.field, exc.reason)
+    rows = report.sorted_campaigns(report.campaigns(rng).values(), column, descending)
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify({"range": rng.as_json(), "campaigns": [c.as_json() for c in rows]})
+    context = _live(
+        rng=rng,
+        rows=rows,
+        sort=column,
+        descending=descending,
+        columns=report.COLUMNS,
+        ranges=report.RANGES,
+        here={"range": rng.key, "sort": column, "dir": "desc" if descending else "asc"},
+    )
+    if wants_fragment():
+        return render_template("campaigns/_list.html", **context)
+    return render_template("campaigns/index.html", **context)
+
+
+@bp.get("/campaigns/show")
+def show():
+    """One campaign: its figures and its funnel over time."""
+    try:
+        tag = _tag("tag")
+        rng = _range()
+    except FilterError as exc:
+        return refusal(400, exc.field, exc.reason)
+    c = report.campaign(tag, rng)
+    funnel = report.funnel_over_time(tag, rng)
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify({"range": rng.as_json(), "campaign": c.as_json(), "funnel": funnel})
+    context = _live(
+        rng=rng,
+        c=c,
+        funnel=funnel,
+        ranges=report.RANGES,
+        here={"tag": tag, "range": rng.key},
+    )
+    if wants_fragment():
+        return render_template("campaigns/_show.html", **context)
+    return render_template("campaigns/show.html", **context)
+
+
+@bp.get("/campaigns/compare")
+def compare():
+    """Two campaigns side by side (b, or a again over the range rb), differences marked."""
+    try:
+        a = _tag("a")
+        b = _tag("b", required=False) or a
+        ra = _range("ra")
+        rb = _range("rb", default=ra.key)
+    except FilterError as exc:
+        return refusal(400, exc.field, exc.reason)
+    ca, cb = report.campaign(a, ra), report.campaign(b, rb)
+    rows = report.compared(ca, cb)
+    if request.accept_mimetypes.best == "application/json":
+        return jsonify(
+            {
+                "a": {"range": ra.as_json(), "campaign": ca.as_json()},
+                "b": {"range": rb.as_json(), "campaign": cb.as_json()},
+                "compared": rows,
+            }
+        )
+    context = _live(
+        a=ca,
+        b=cb,
+        ra=ra,
+        rb=rb,
+        rows=rows,
+        ranges=report.RANGES,
+        here={"a": a, "b": b, "ra": ra.key, "rb": rb.key},
+    )
+    if wants_fragment():
+        return render_template("campaigns/_compare.html", **context)
+    return render_template("campaigns/compare.html", **context)
+
+
+def register(app) -> None:
+    app.register_blueprint(bp)
