@@ -125,3 +125,46 @@ def test_the_session_window_opens_live_when_the_user_writes(signed_in, live_serv
     )
     pg.wait_for_selector("#session-window.is-open")
     assert "5 of 5 before the user must reply" in pg.locator("#session-window").inner_text()
+
+
+@pytest.mark.parametrize("width, height", [(1366, 900), (390, 844)])
+def test_tags_typed_in_the_reply_box_are_registered_and_bad_ones_explained(
+    signed_in, live_server, fake_nxcloud, app, width, height
+):
+    from app.records.models import Message, db
+
+    pg = signed_in
+    pg.set_viewport_size({"width": width, "height": height})
+    user_writes(live_server)
+    open_thread(pg)
+    # The tags field is labelled and described, and the box fits the window.
+    tags = pg.get_by_label("Tags (optional)")
+    assert tags.get_attribute("aria-describedby") == "reply-tags-hint"
+    fits = pg.evaluate(
+        """() => [document.documentElement.scrollWidth, window.innerWidth,
+                  document.querySelector('#reply-box').scrollWidth,
+                  document.querySelector('#reply-box').clientWidth]"""
+    )
+    assert fits[0] <= fits[1] and fits[2] <= fits[3] + 1, fits
+    box = tags.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width
+    # Six tags: the form says what is wrong next to the field, nothing goes to NXCLOUD.
+    pg.fill("#reply-text", "Our spring sale starts today")
+    tags.fill("spring, sale, a, b, c, d")
+    pg.click("#reply-box button[type=submit]")
+    error = pg.locator("#reply-tags-error")
+    error.wait_for()
+    assert "tags: a message has at most 5 tags, got 6" in error.inner_text()
+    assert pg.locator("#reply-tags").get_attribute("aria-invalid") == "true"
+    assert fake_nxcloud.calls == []
+    assert pg.locator("#reply-text").input_value() == "Our spring sale starts today"
+    # Corrected, it is sent and registered with the tags.
+    pg.fill("#reply-tags", "Spring, Sale")
+    pg.click("#reply-box button[type=submit]")
+    pg.wait_for_selector("#reply-box .send-ok")
+    request_id = fake_nxcloud.sent[0]["requestId"]
+    assert "tags spring, sale" in pg.locator("#reply-box .send-ok").inner_text()
+    assert pg.locator("#reply-tags").input_value() == ""
+    assert pg.locator("#reply-tags-error").count() == 0
+    with app.app_context():
+        assert db.session.get(Message, request_id).tags == "sale,spring"

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func
 
 from app.core.times import utcnow
-from app.records.models import Activity, Message, RawBody, Reply, SendAttempt, db
+from app.records.models import Activity, Message, MessageTag, RawBody, Reply, SendAttempt, db
 from app.sending import outbound
 from support.bodies import DR, REPLY, post_json, receipt, reply
 from support.fake_nxcloud import nxcloud_config
@@ -307,3 +307,85 @@ def test_sending_needs_a_login_and_the_csrf_token(
     forged = client.post(f"/conversations/{PHONE}/send", data={"text": "hello", "confirm": "1"})
     assert forged.status_code == 400
     assert fake_nxcloud.calls == [] and attempts(app) == []
+
+
+def tags_of(app, request_id):
+    with app.app_context():
+        m = db.session.get(Message, request_id)
+        rows = db.session.execute(
+            db.select(MessageTag.tag)
+            .where(MessageTag.request_id == request_id)
+            .order_by(MessageTag.tag)
+        ).scalars()
+        return m.tags, list(rows)
+
+
+def test_the_reply_box_registers_the_sent_message_with_its_tags(
+    sending_config, app, client, fake_nxcloud
+):
+    user_writes(client)
+    html = send(client, "Spring is here", tags=" Spring-Promo, otp ,, spring-promo").get_data(
+        as_text=True
+    )
+    request_id = fake_nxcloud.sent[0]["requestId"]
+    assert f"Sent · requestId <code>{request_id}</code> · tags spring-promo, otp" in html
+    # The tags are viberwatch's: nothing of them goes to NXCLOUD.
+    assert b"promo" not in fake_nxcloud.calls[0]["body"]
+    assert tags_of(app, request_id) == ("otp,spring-promo", ["otp", "spring-promo"])
+    # The box is empty again for the next message, tags included.
+    assert 'id="reply-tags" name="tags" value=""' in html
+    # The messages page finds it by its tag.
+    listing = client.get("/?tag=spring-promo").get_data(as_text=True)
+    assert request_id in listing
+    # No tags: none registered.
+    send(client, "No campaign")
+    assert tags_of(app, fake_nxcloud.sent[1]["requestId"]) == (None, [])
+
+
+@pytest.mark.parametrize(
+    "tags, reason",
+    [
+        ("a,b,c,d,e,f", "tags: a message has at most 5 tags, got 6"),
+        ("x" * 129, "tags: a tag is longer than 128 characters"),
+        ("ok, bad\ttag", "tags: a tag has a comma or a character that is not printable"),
+    ],
+)
+def test_bad_tags_are_shown_in_the_form_and_nothing_is_sent(
+    sending_config, app, client, fake_nxcloud, tags, reason
+):
+    user_writes(client)
+    response = send(client, "hello", tags=tags)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert '<p id="reply-tags-error" class="send-result send-error" role="alert">' + reason in html
+    assert 'aria-describedby="reply-tags-hint reply-tags-error" aria-invalid="true"' in html
+    # What was typed stays for a correction.
+    assert "hello</textarea>" in html and 'name="tags" value="' in html
+    plain = send(client, "hello", htmx=False, tags=tags)
+    assert plain.status_code == 422 and reason in plain.get_data(as_text=True)
+    assert fake_nxcloud.calls == [] and attempts(app) == []
+
+
+def test_tags_are_kept_through_send_anyway(sending_config, app, client, fake_nxcloud):
+    held = send(client, "hello", tags="Winter").get_data(as_text=True)
+    assert "Send anyway" in held and 'name="tags" value="Winter"' in held
+    assert fake_nxcloud.calls == []
+    send(client, "hello", tags="Winter", confirm="1")
+    assert tags_of(app, fake_nxcloud.sent[0]["requestId"]) == ("winter", ["winter"])
+
+
+def test_send_command_registers_its_tags(sending_config, app, fake_nxcloud):
+    runner = app.test_cli_runner()
+    args = ["send", "--phone", PHONE, "--text", "hi", "--yes"]
+    ok = runner.invoke(args=[*args, "--tag", "Spring-Promo", "--tag", "otp,vip"])
+    assert ok.exit_code == 0, ok.output
+    request_id = fake_nxcloud.sent[0]["requestId"]
+    assert f"sent: requestId {request_id} (tags: spring-promo, otp, vip)" in ok.output
+    assert tags_of(app, request_id) == ("otp,spring-promo,vip", ["otp", "spring-promo", "vip"])
+    for bad, reason in (
+        (["--tag", "a,b,c", "--tag", "d,e,f"], "--tag: a message has at most 5 tags, got 6"),
+        (["--tag", "y" * 129], "--tag: a tag is longer than 128 characters"),
+    ):
+        refused = runner.invoke(args=[*args, *bad])
+        assert refused.exit_code == 2 and reason in refused.output, refused.output
+    assert len(fake_nxcloud.calls) == 1 and [a[0] for a in attempts(app)] == ["sent"]

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 
 from .. import ingest
+from ..core.payloads import Invalid, parse_tags
 from ..core.times import utcnow
 from ..records.models import Message, Reply, SendAttempt, db
 from . import nxcloud
@@ -119,6 +120,8 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     needs_confirmation: bool = False
     invalid: str | None = None  # a problem with the form itself; nothing was sent
+    invalid_field: str | None = None  # the field `invalid` is about
+    tags: tuple[str, ...] = ()  # the tags the sent message is registered with
 
     @property
     def sent(self) -> bool:
@@ -132,25 +135,41 @@ def send_checks(settings: nxcloud.Settings, phone: str) -> list[str]:
     return session_window(phone).warnings()
 
 
+def _invalid(field: str, reason: str) -> Outcome:
+    return Outcome(invalid=f"{field}: {reason}", invalid_field=field)
+
+
 def send_text(
-    phone: str, text: str, *, confirmed: bool = False, sent_by: str | None = None
+    phone: str,
+    text: str,
+    *,
+    tags: str | list[str] | None = None,
+    tags_field: str = "tags",
+    confirmed: bool = False,
+    sent_by: str | None = None,
 ) -> Outcome:
-    """Send a text to `phone` through NXCLOUD and register the returned requestId.
+    """Send a text to `phone` through NXCLOUD and register the returned requestId, with
+    `tags` (comma-separated, or a list; checked as registrations check them, a bad one
+    named as `tags_field`).
 
     A send that would break the session rules is held back until `confirmed`.
     """
     phone = (phone or "").strip()
     text = (text or "").strip()
     if not phone:
-        return Outcome(invalid="phone: must not be empty")
+        return _invalid("phone", "must not be empty")
     if not text:
-        return Outcome(invalid="text: must not be empty")
+        return _invalid("text", "must not be empty")
     if len(text) > MAX_TEXT:
-        return Outcome(invalid=f"text: longer than {MAX_TEXT} characters")
+        return _invalid("text", f"longer than {MAX_TEXT} characters")
+    try:
+        parsed_tags = parse_tags(tags or None, tags_field)
+    except Invalid as exc:
+        return _invalid(exc.field, exc.reason)
     settings = nxcloud.Settings.from_config(current_app.config)
     warnings = send_checks(settings, phone)
     if warnings and not confirmed:
-        return Outcome(warnings=warnings, needs_confirmation=True)
+        return Outcome(warnings=warnings, needs_confirmation=True, tags=parsed_tags)
     # Kept before the call: if this process dies mid-send the attempt still shows, as pending.
     attempt = SendAttempt(
         phone=phone,
@@ -175,21 +194,24 @@ def send_text(
         attempt.error_solution = result.solution
     db.session.commit()
     if result.ok:
-        _register(attempt, settings)
-    return Outcome(attempt=attempt, warnings=warnings)
+        _register(attempt, settings, parsed_tags)
+    return Outcome(attempt=attempt, warnings=warnings, tags=parsed_tags)
 
 
-def _register(attempt: SendAttempt, settings: nxcloud.Settings) -> None:
+def _register(attempt: SendAttempt, settings: nxcloud.Settings, tags: tuple[str, ...]) -> None:
     """Register the sent message the way a sending system would, so the raw record, the
     activity log and the live thread all get it."""
+    registration = {
+        "requestId": attempt.request_id,
+        "phone": attempt.phone,
+        "text": attempt.text,
+        "appkey": settings.appkey,
+        "functionType": "text",
+    }
+    if tags:
+        registration["tags"] = list(tags)
     body = json.dumps(
-        {
-            "requestId": attempt.request_id,
-            "phone": attempt.phone,
-            "text": attempt.text,
-            "appkey": settings.appkey,
-            "functionType": "text",
-        },
+        registration,
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode("utf-8")

@@ -26,7 +26,9 @@ def _user_name():
 
 
 @bp.app_template_global("reply_box")
-def reply_box(phone: str, outcome: outbound.Outcome | None = None, text: str = "") -> dict:
+def reply_box(
+    phone: str, outcome: outbound.Outcome | None = None, text: str = "", tags: str = ""
+) -> dict:
     """Everything the reply box shows for a phone; templates call it as reply_box(phone)."""
     settings = nxcloud.Settings.from_config(current_app.config)
     window = outbound.session_window(phone)
@@ -38,19 +40,26 @@ def reply_box(phone: str, outcome: outbound.Outcome | None = None, text: str = "
         "missing": settings.missing(),
         "failed": outbound.attempts_for(phone, failed_only=True, limit=10),
         "outcome": outcome,
-        # Keep the typed text unless it went out.
+        # Keep the typed text and tags unless they went out.
         "text": "" if outcome is not None and outcome.sent else text,
+        "tags": "" if outcome is not None and outcome.sent else tags,
     }
 
 
 @bp.post("/conversations/<phone>/send")
 def send(phone: str):
-    """Send the form's text to this phone through NXCLOUD."""
+    """Send the form's text to this phone through NXCLOUD, registered with the form's tags
+    (comma separated)."""
     text = request.form.get("text", "")
+    tags = request.form.get("tags", "")
     outcome = outbound.send_text(
-        phone, text, confirmed=request.form.get("confirm") == "1", sent_by=_user_name()
+        phone,
+        text,
+        tags=tags,
+        confirmed=request.form.get("confirm") == "1",
+        sent_by=_user_name(),
     )
-    box = reply_box(phone, outcome, text)
+    box = reply_box(phone, outcome, text, tags)
     if is_htmx():
         # 200 even for a bad form: htmx swaps only successful answers, and the box says what is wrong.
         return render_template("partials/_reply_box.html", box=box)
@@ -74,11 +83,19 @@ def session_window(phone: str):
 @click.command("send")
 @click.option("--phone", required=True, help="The recipient, with country code.")
 @click.option("--text", required=True, help="The text to send.")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    help="Register the message with this tag (repeatable, or comma separated; at most 5).",
+)
 @click.option("--yes", is_flag=True, help="Send even if it breaks the session rules.")
 @with_appcontext
-def send_command(phone: str, text: str, yes: bool):
-    """Send a text message through NXCLOUD and register it."""
-    outcome = outbound.send_text(phone, text, confirmed=yes)
+def send_command(phone: str, text: str, tags: tuple[str, ...], yes: bool):
+    """Send a text message through NXCLOUD and register it (with its tags)."""
+    outcome = outbound.send_text(
+        phone, text, tags=",".join(tags), tags_field="--tag", confirmed=yes
+    )
     if outcome.invalid:
         raise click.UsageError(outcome.invalid)
     for warning in outcome.warnings:
@@ -88,7 +105,10 @@ def send_command(phone: str, text: str, yes: bool):
         sys.exit(2)
     attempt = outcome.attempt
     if outcome.sent:
-        click.echo(f"sent: requestId {attempt.request_id}")
+        tagged = f" (tags: {', '.join(outcome.tags)})" if outcome.tags else ""
+        click.echo(f"sent: requestId {attempt.request_id}{tagged}")
+        if attempt.error_reason:  # sent, but the registration was refused
+            click.echo(f"warning: {attempt.error_reason}", err=True)
         return
     code = f" (code {attempt.error_code})" if attempt.error_code is not None else ""
     click.echo(f"failed{code}: {attempt.error_reason}", err=True)
