@@ -3,8 +3,9 @@
 No `request` here. Every number comes from the message table, whose columns are folded
 from the set of receipts, so duplicate and out-of-order receipts count once: aggregated in
 SQL from the messages themselves for ranges shown per minute and for filters on phone,
-requestId or days, and otherwise from the hourly rollups (app/records/rollup.py) kept beside the
-messages, plus the messages of the range's partial hours at either end.
+requestId, days, tags (through message_tag) or appkey, and otherwise from the hourly rollups
+(app/records/rollup.py) kept beside the messages, plus the messages of the range's partial
+hours at either end.
 
 Definitions (the README repeats them):
 - The messages of a range are those first heard of in it (`Message.created_at`: the
@@ -181,7 +182,7 @@ class Plan:
 
 def rollup_plan(rng: TimeRange, flt: MessageFilter) -> Plan | None:
     """None where the rollups cannot answer: ranges shown per minute, and filters on phone,
-    requestId or last-activity days, which the rollups are not keyed by."""
+    requestId, last-activity days, tags or appkey, which the rollups are not keyed by."""
     if rng.unit == "minute" or not flt.by_key_only:
         return None
     first = hour_of(rng.start)
