@@ -82,8 +82,10 @@ bench-slow: install
 bench-soak: install
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --write-docs
 
-# Serve, then play NXCLOUD against the server so the dashboard fills up live; the played
-# send API (on PORT+1) lets a thread's reply box send too (nothing reaches real NXCLOUD).
+# Serve, then play NXCLOUD against the server so the dashboard fills up live: every message
+# is sent through viberwatch's send proxy (with the demo's API token and a campaign tag) to
+# the played send API (on PORT+1, the server's NXCLOUD_BASE_URL), which a thread's reply box
+# sends to as well (nothing reaches real NXCLOUD); receipts follow the requestIds it answers.
 # The server logs to DEMO_LOG so that the terminal shows the simulator. Ctrl-C stops.
 DEMO_RATE ?= 2
 DEMO_DURATION ?= 300
@@ -107,9 +109,10 @@ demo: install
 	if [ -z "$$up" ]; then echo "the server did not start; the end of $(DEMO_LOG):"; tail -n 20 "$(DEMO_LOG)"; exit 1; fi; \
 	echo "dashboard:    http://$(HOST):$(PORT)/ (sign in, then watch it fill up)"; \
 	echo "server log:   $(DEMO_LOG)"; \
-	echo "NXCLOUD send: played at http://$(HOST):$(DEMO_SEND_PORT) (DEMO_SEND_PORT) for the reply box"; \
+	echo "NXCLOUD send: played at http://$(HOST):$(DEMO_SEND_PORT) (DEMO_SEND_PORT), behind the send proxy http://$(HOST):$(PORT)/nxcloud, for the demo's sends and the reply box"; \
 	$(BIN)/viberwatch simulate --url http://$(HOST):$(PORT) --rate $(DEMO_RATE) \
-	  --duration $(DEMO_DURATION) --api-token "$$token" --send-api $(HOST):$(DEMO_SEND_PORT) || true; \
+	  --duration $(DEMO_DURATION) --api-token "$$token" --send-api $(HOST):$(DEMO_SEND_PORT) \
+	  --through-proxy || true; \
 	echo "simulator stopped; still serving http://$(HOST):$(PORT)/ until Ctrl-C (log: $(DEMO_LOG))"; \
 	wait $$server
 

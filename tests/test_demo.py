@@ -1,5 +1,6 @@
 """`make demo` as a new operator runs it: the real make target, server and simulator, stopped
-with Ctrl-C."""
+with Ctrl-C. Its messages are sent through viberwatch's send proxy, so each is known with its
+phone and text, some with a campaign tag."""
 
 import os
 import re
@@ -48,8 +49,32 @@ def demo_env(database_url, tmp_path):
     return env
 
 
+def demo_messages(database_url, tmp_path) -> list[tuple]:
+    """(requestId, phone, text, tags, receipts) of every message the demo's database holds."""
+    from app import create_app
+    from app.records.models import Message, db
+
+    reader = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "SECRET_KEY": "demo-test",
+            "SPOOL_FOLDER": str(tmp_path / "reader-spool"),
+        }
+    )
+    with reader.app_context():
+        try:
+            m = Message
+            return db.session.execute(
+                db.select(m.request_id, m.phone, m.text, m.tags, m.receipts_count)
+            ).all()
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
 def test_make_demo_keeps_the_terminal_for_the_simulator_and_says_where_everything_is(
-    demo_env, tmp_path
+    demo_env, database_url, tmp_path
 ):
     if shutil.which("make") is None:
         pytest.fail("make is needed: it is how the README starts the demo")
@@ -103,3 +128,18 @@ def test_make_demo_keeps_the_terminal_for_the_simulator_and_says_where_everythin
     assert server_lines.search(log.read_text())
     assert not [line for line in lines if server_lines.search(line)], terminal
     assert re.search(r"sent \d+ of \d+ requests in \d+\.\d s", terminal), terminal
+    # Every message went through the send proxy: none was refused, each is known with its
+    # phone and text (registered by the proxy), and its receipts met that registration.
+    proxy = f"sending each message through viberwatch's send proxy at http://127.0.0.1:{port}"
+    assert proxy in terminal and "sent through the send proxy: " in terminal, terminal
+    assert "refused 0, network errors 0" in terminal, terminal
+    from app.simulate.script import CAMPAIGNS
+
+    messages = demo_messages(database_url, tmp_path)
+    assert messages and all(phone and text for _, phone, text, _, _ in messages), messages
+    assert sum(receipts for *_, receipts in messages) >= 3
+    tags = {tag for *_, tagged, _ in messages if tagged for tag in tagged.split(",")}
+    assert tags and tags <= set(CAMPAIGNS), tags
+    # The log shows the registrations came from the proxy, none from POST /api/messages.
+    server_log = log.read_text()
+    assert "POST /nxcloud/api/viber/mt" in server_log and "POST /api/messages" not in server_log

@@ -413,3 +413,132 @@ def test_an_interrupted_run_reports_its_real_duration_and_rate(
     sent, elapsed, rate = int(found.group(1)), float(found.group(2)), float(found.group(3))
     assert "interrupted" in output and sent >= 5
     assert elapsed >= 1.5 and abs(rate - sent / elapsed) <= 0.1 + rate * 0.05, output
+
+
+@pytest.fixture
+def played_send_api(app):
+    """The simulator's played send API, with viberwatch's send proxy forwarding to it."""
+    from app.simulate.send_api import PlayedSendApi
+
+    own = []  # receipts it would play of its own: none for the script's sends
+    api = PlayedSendApi("127.0.0.1", 0, own.append, access_key="ak", secret="sk", seed=2)
+    api.own = own
+    app.config.update(
+        NXCLOUD_BASE_URL=api.url,
+        NXCLOUD_ACCESS_KEY="ak",
+        NXCLOUD_ACCESS_SECRET="sk",
+        NXCLOUD_APPKEY="SIMAPP01",
+    )
+    yield api.start()
+    api.stop()
+
+
+def test_a_script_sent_through_the_send_proxy_registers_phone_text_and_tags(
+    app, live_server, api_token, played_send_api
+):
+    from app.records.models import MessageTag
+    from app.simulate.script import CAMPAIGNS
+    from support.wait import until
+
+    script = fast_script(31, 40, send=True)
+    assert script.count("send") == 40 and script.count("register") == 0
+    assert {m.tags for m in script.messages} == {(), *((c,) for c in CAMPAIGNS)}
+    target = Target(live_server.url, api_token=api_token, send_access_key="ak", send_secret="sk")
+    summary = run(script, target, concurrency=8, send_api=played_send_api)
+    assert summary.errors == summary.refused == summary.skipped == 0, summary.lines()
+    assert summary.sent == summary.answered_2xx == len(script.events)
+    answered = summary.answered
+    assert sorted(answered) == sorted(m.request_id for m in script.messages)
+    assert sorted(answered.values()) == sorted(played_send_api.scripted)
+    assert played_send_api.own == []  # the script's receipts, not the send API's own
+
+    def registered(rid):
+        db.session.remove()
+        m = db.session.get(Message, rid)
+        return m is not None and m.registered_at is not None
+
+    with app.app_context():
+        for m in script.messages:
+            rid = answered[m.request_id]
+            until(lambda rid=rid: registered(rid), 10, f"the registration of {rid}")
+            row = db.session.get(Message, rid)
+            intended = m.intended_columns()
+            # Registered by the proxy from the send; the receipts and replies met it there.
+            assert (row.phone, row.text, row.appkey, row.rate_type) == (
+                m.phone,
+                m.text,
+                "SIMAPP01",
+                "Transactional",
+            )
+            assert row.tags == (",".join(m.tags) or None)
+            assert (row.status, row.code, row.receipts_count, row.replies_count) == (
+                intended["status"],
+                intended["code"],
+                intended["receipts_count"],
+                intended["replies_count"],
+            )
+        # Nothing under the script's own ids, every message known with its phone and text.
+        assert (
+            db.session.execute(
+                db.select(func.count()).where(Message.request_id.in_(list(answered)))
+            ).scalar()
+            == 0
+        )
+        assert db.session.execute(db.select(func.count()).select_from(Message)).scalar() == 40
+        assert (
+            db.session.execute(
+                db.select(func.count()).where(Message.phone.is_(None) | Message.text.is_(None))
+            ).scalar()
+            == 0
+        )
+        assert set(db.session.execute(db.select(MessageTag.tag)).scalars()) == set(CAMPAIGNS)
+        # The probe registered nothing and was kept nowhere.
+        assert (
+            db.session.execute(
+                db.select(func.count()).where(RawBody.body.contains(b"probe"))
+            ).scalar()
+            == 0
+        )
+
+
+def test_sends_through_a_proxy_that_forwards_elsewhere_stop_before_any_message(
+    app, live_server, api_token, played_send_api, fake_nxcloud
+):
+    from app.simulate.run import SendPathError
+
+    script = fast_script(32, 5, send=True)
+    target = Target(live_server.url, api_token=api_token, send_access_key="ak", send_secret="sk")
+    # The server's NXCLOUD is another one: the probe finds out, nothing is sent.
+    app.config["NXCLOUD_BASE_URL"] = fake_nxcloud.url
+    with pytest.raises(
+        SendPathError, match=f"set the server's NXCLOUD_BASE_URL to {played_send_api.url}"
+    ):
+        run(script, target, send_api=played_send_api)
+    assert [json.loads(c["body"])["phone"] for c in fake_nxcloud.calls] == [""]
+    # Without the API token the proxy refuses, and the simulator says so.
+    app.config["NXCLOUD_BASE_URL"] = played_send_api.url
+    with pytest.raises(SendPathError, match="HTTP 401.*--api-token"):
+        run(
+            script,
+            Target(live_server.url, send_access_key="ak", send_secret="sk"),
+            send_api=played_send_api,
+        )
+    with app.app_context():
+        assert db.session.execute(db.select(func.count()).select_from(Message)).scalar() == 0
+    result = app.test_cli_runner().invoke(args=["simulate", "--messages", "2", "--through-proxy"])
+    assert result.exit_code == 2 and "--through-proxy needs --send-api" in result.output
+
+
+def test_a_send_the_send_api_refuses_is_counted_and_ends_its_message(
+    app, live_server, api_token, played_send_api
+):
+    script = fast_script(33, 4, send=True)
+    # Signed with the wrong secret: the played send API answers 1003, as NXCLOUD would.
+    target = Target(live_server.url, api_token=api_token, send_access_key="ak", send_secret="no")
+    summary = run(script, target, send_api=played_send_api)
+    assert summary.refused == summary.sent == 4 and summary.answered == {}
+    assert summary.skipped == len(script.events) - 4
+    assert list(summary.problems) == ["send: NXCLOUD code 1003 Invalid signature"]
+    assert f"not made: {summary.skipped} receipts and replies" in "\n".join(summary.lines())
+    with app.app_context():
+        assert db.session.execute(db.select(func.count()).select_from(Message)).scalar() == 0

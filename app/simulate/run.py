@@ -18,14 +18,17 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from ..core import signing
-from .script import Event, Script, build_script
+from ..sending.nxcloud import ACTION as SEND_ACTION
+from .script import CAMPAIGNS, Event, Script, build_script
 from .send_api import PlayedSendApi
 
 PATHS = {
     "dr": "/webhooks/viber/dr",
     "message": "/webhooks/viber/message",
     "register": "/api/messages",
+    "send": "/nxcloud/api/viber/mt",  # viberwatch's send proxy, in front of the send API
 }
+TAGS_HEADER = "X-Viberwatch-Tags"
 SEND_PATH_HINT = "/api/viber/mt (set NXCLOUD_BASE_URL to its base)"
 
 
@@ -37,7 +40,38 @@ class Target:
     token: str | None = None  # the webhook URL's ?token=
     access_key: str | None = None  # NXCLOUD signature headers on webhooks
     secret: str | None = None
-    api_token: str | None = None  # Bearer token for POST /api/messages
+    api_token: str | None = None  # Bearer token for POST /api/messages and the send proxy
+    send_access_key: str | None = None  # NXCLOUD's signature on sends (NXCLOUD_ACCESS_KEY)
+    send_secret: str | None = None
+
+
+def send_headers(target: Target, body: bytes, ts_ms: int, tags: tuple[str, ...] = ()) -> dict:
+    """Headers of a send through viberwatch's send proxy: NXCLOUD's signature (which the proxy
+    forwards), and viberwatch's token and tags (which it does not)."""
+    headers = {"Content-Type": "application/json", "User-Agent": "viberwatch-simulator"}
+    if target.api_token:
+        headers["Authorization"] = f"Bearer {target.api_token}"
+    if tags:
+        headers[TAGS_HEADER] = ",".join(tags)
+    if target.send_access_key and target.send_secret:
+        ts = str(ts_ms)
+        headers.update(
+            {
+                "accessKey": target.send_access_key,
+                "ts": ts,
+                "bizType": signing.VIBER_BIZ_TYPE,
+                "action": SEND_ACTION,
+                "sign": signing.sign(
+                    target.send_access_key,
+                    SEND_ACTION,
+                    signing.VIBER_BIZ_TYPE,
+                    ts,
+                    body,
+                    target.send_secret,
+                ),
+            }
+        )
+    return headers
 
 
 def build_request(event: Event, target: Target, ts_ms: int) -> tuple[str, dict, dict]:
@@ -45,6 +79,8 @@ def build_request(event: Event, target: Target, ts_ms: int) -> tuple[str, dict, 
     url = target.url.rstrip("/") + PATHS[event.kind]
     headers = {"Content-Type": "application/json", "User-Agent": "viberwatch-simulator"}
     params = {}
+    if event.kind == "send":
+        return url, params, send_headers(target, event.body, ts_ms, event.tags)
     if event.kind == "register":
         if target.api_token:
             headers["Authorization"] = f"Bearer {target.api_token}"
@@ -79,6 +115,10 @@ class Summary:
     answered_by_kind: Counter = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     problems: Counter = field(default_factory=Counter)  # first line of each distinct failure
+    # The requestId the send API answered each send through the proxy with, by the script's
+    # own id; and the requests not made because their message's send was not taken.
+    answered: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
     # time.monotonic() when the script started and ended; a run stopped early (Ctrl-C) has
     # no end, and counts up to the moment it is reported.
     started: float | None = None
@@ -114,6 +154,10 @@ class Summary:
             out.append(
                 "HTTP status: " + ", ".join(f"{s}: {n}" for s, n in sorted(self.statuses.items()))
             )
+        if self.answered:
+            out.append(f"sent through the send proxy: {len(self.answered)} messages")
+        if self.skipped:
+            out.append(f"not made: {self.skipped} receipts and replies of messages not sent")
         if self.latencies_ms:
             p = {q: self.percentile(q) for q in (50, 90, 99)}
             out.append(
@@ -125,6 +169,10 @@ class Summary:
         return out
 
 
+class SendPathError(Exception):
+    """Sends through viberwatch's send proxy would not reach the played send API."""
+
+
 class Player:
     """Sends events to the target over one pooled client, and counts what became of them."""
 
@@ -134,18 +182,57 @@ class Player:
         client: httpx.AsyncClient,
         concurrency: int,
         on_done: Callable[[], None] | None = None,
+        send_api: PlayedSendApi | None = None,
     ):
         self.target = target
         self.client = client
         self.gate = asyncio.Semaphore(concurrency)
         self.on_done = on_done
+        self.send_api = send_api  # answers the sends the proxy forwards
         self.summary = Summary(planned=0)
         self.loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task] = set()  # scheduled by play_later, kept until done
 
-    async def send(self, event: Event) -> None:
+    async def check_send_path(self, appkey: str = "SIMAPP01") -> None:
+        """Before any message: a probe through the proxy must come back from this process's
+        played send API (else the proxy would forward the script's sends somewhere else,
+        perhaps to the real NXCLOUD). The probe has no phone, so nothing is delivered."""
+        if self.send_api is None:
+            raise SendPathError("sends through the proxy need the played send API (--send-api)")
+        body, nonce = self.send_api.probe_body(appkey)
+        url = self.target.url.rstrip("/") + PATHS["send"]
+        try:
+            response = await self.client.post(
+                url, content=body, headers=send_headers(self.target, body, int(time.time() * 1000))
+            )
+        except httpx.HTTPError as exc:
+            raise SendPathError(f"could not reach the send proxy at {url}: {exc}") from exc
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if isinstance(data, dict) and data.get("probe") == nonce:
+            return
+        said = answer.get("error") if isinstance(answer, dict) else None
+        said = f"HTTP {response.status_code}: {said or response.text[:200].strip()}"
+        if response.status_code in (401, 403):
+            raise SendPathError(
+                f"the send proxy refused the simulator ({said}); give it an API token "
+                "with --api-token"
+            )
+        raise SendPathError(
+            f"the send proxy at {url} does not forward to the played send API ({said}); "
+            f"set the server's NXCLOUD_BASE_URL to {self.send_api.url}"
+        )
+
+    async def send(self, event: Event) -> str | None:
+        """Make one request; for a send, the requestId it was answered with (None if it was not
+        taken)."""
         summary = self.summary
         url, params, headers = build_request(event, self.target, int(time.time() * 1000))
+        if event.kind == "send" and self.send_api is not None:
+            self.send_api.expect(event.body)
         async with self.gate:
             started = self.loop.time()
             try:
@@ -155,29 +242,45 @@ class Player:
             except httpx.HTTPError as exc:
                 summary.errors += 1
                 summary.problems[f"{event.kind}: {type(exc).__name__}: {exc}".splitlines()[0]] += 1
-                return
+                return None
             finally:
                 summary.sent += 1
                 if self.on_done:
                     self.on_done()
             summary.latencies_ms.append((self.loop.time() - started) * 1000)
         summary.statuses[response.status_code] += 1
-        if 200 <= response.status_code < 300:
+        refusal = None
+        if not 200 <= response.status_code < 300:
+            refusal = f"HTTP {response.status_code} {response.text[:160]}"
+        elif event.kind == "send":
+            request_id, refusal = _send_answer(response)
+            if request_id is not None:
+                summary.answered[event.request_id] = request_id
+        if refusal is None:
             summary.answered_2xx += 1
             summary.answered_by_kind[event.kind] += 1
-        else:
-            summary.refused += 1
-            summary.problems[
-                f"{event.kind}: HTTP {response.status_code} {response.text[:160]}".splitlines()[0]
-            ] += 1
+            return summary.answered.get(event.request_id) if event.kind == "send" else None
+        summary.refused += 1
+        summary.problems[f"{event.kind}: {refusal}".splitlines()[0]] += 1
+        return None
 
     async def play_events(self, events: tuple[Event, ...], zero: float) -> None:
-        """One message's events at their times after `zero`, strictly in order."""
-        for event in events:
+        """One message's events at their times after `zero`, strictly in order. After a send,
+        the rest follow the requestId it was answered with; a send not taken ends the message."""
+        request_id = None
+        for n, event in enumerate(events):
             wait = zero + event.at - self.loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await self.send(event)
+            if request_id is not None:
+                event = event.following(request_id)
+            if event.kind != "send":
+                await self.send(event)
+                continue
+            request_id = await self.send(event)
+            if request_id is None:
+                self.summary.skipped += len(events) - n - 1
+                return
 
     def play_later(self, events: tuple[Event, ...]) -> None:
         """Schedule a message's events from now (thread-safe through call_soon_threadsafe)."""
@@ -185,6 +288,19 @@ class Player:
         task = self.loop.create_task(self.play_events(events, self.loop.time()))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _send_answer(response: httpx.Response) -> tuple[str | None, str | None]:
+    """(requestId, None) for a send NXCLOUD took, else (None, why not)."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None, f"not NXCLOUD's answer: {response.text[:160]}"
+    data = answer.get("data") if isinstance(answer, dict) else None
+    request_id = data.get("requestId") if isinstance(data, dict) else None
+    if answer.get("code") == 0 and isinstance(request_id, str) and request_id:
+        return request_id, None
+    return None, f"NXCLOUD code {answer.get('code')} {str(answer.get('message'))[:160]}"
 
 
 async def play(
@@ -196,14 +312,19 @@ async def play(
     on_done: Callable[[], None] | None = None,
     on_start: Callable[[Player], None] | None = None,
     then: Callable[[Player], Awaitable[None]] | None = None,
+    send_api: PlayedSendApi | None = None,
 ) -> Summary:
-    """Send every event of the script at its time; `then` runs after, with the same player."""
+    """Send every event of the script at its time; `then` runs after, with the same player.
+    A script with sends (through viberwatch's send proxy) first checks that the proxy
+    forwards them to `send_api` (SendPathError if not)."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-        player = Player(target, client, concurrency, on_done)
+        player = Player(target, client, concurrency, on_done, send_api)
         player.summary.planned = len(script.events)
         if on_start is not None:
             on_start(player)
+        if script.count("send"):
+            await player.check_send_path()
         zero = player.loop.time()
         player.summary.started = time.monotonic()
         await asyncio.gather(*(player.play_events(m.events, zero) for m in script.messages))
@@ -223,9 +344,17 @@ def run(
     concurrency: int = 16,
     timeout: float = 10.0,
     on_done: Callable[[], None] | None = None,
+    send_api: PlayedSendApi | None = None,
 ) -> Summary:
     return asyncio.run(
-        play(script, target, concurrency=concurrency, timeout=timeout, on_done=on_done)
+        play(
+            script,
+            target,
+            concurrency=concurrency,
+            timeout=timeout,
+            on_done=on_done,
+            send_api=send_api,
+        )
     )
 
 
@@ -277,6 +406,14 @@ def run(
     metavar="HOST:PORT",
     help="Also play NXCLOUD's send API here, and keep answering sends until Ctrl-C.",
 )
+@click.option(
+    "--through-proxy",
+    is_flag=True,
+    help="Send each message through viberwatch's send proxy (POST /nxcloud/api/viber/mt, "
+    "with the API token and a campaign tag) to the played send API, instead of registering "
+    "it; its receipts follow the requestId the send API answers. Needs --send-api, and the "
+    "server's NXCLOUD_BASE_URL pointing at it.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @with_appcontext
 def simulate_command(
@@ -295,6 +432,7 @@ def simulate_command(
     timeout,
     zone,
     send_api,
+    through_proxy,
     quiet,
 ):
     """Play NXCLOUD: push synthetic receipts and replies to a running viberwatch."""
@@ -302,6 +440,10 @@ def simulate_command(
         raise click.UsageError("give --duration or --messages, not both")
     if rate <= 0 or speed <= 0 or concurrency < 1 or timeout <= 0:
         raise click.UsageError("--rate, --speed, --concurrency and --timeout must be positive")
+    if through_proxy and not send_api:
+        raise click.UsageError(
+            "--through-proxy needs --send-api: the proxy must forward to the played send API"
+        )
     count = (
         messages if messages is not None else (max(1, round(rate * duration)) if duration else 100)
     )
@@ -312,6 +454,8 @@ def simulate_command(
         access_key=access_key or config.get("WEBHOOK_SIGN_ACCESS_KEY"),
         secret=secret or config.get("WEBHOOK_SIGN_SECRET"),
         api_token=api_token,
+        send_access_key=config.get("NXCLOUD_ACCESS_KEY"),
+        send_secret=config.get("NXCLOUD_ACCESS_SECRET"),
     )
     zone = zone or config.get("SENDTIME_TZ") or "UTC+08:00"
     seeded = seed is not None
@@ -319,7 +463,14 @@ def simulate_command(
         seed = int.from_bytes(os.urandom(4), "big")
     start = None if seeded else datetime.now(UTC)
     script = build_script(
-        seed, count, rate=rate, register=register, start=start, zone=zone, speed=speed
+        seed,
+        count,
+        rate=rate,
+        register=register,
+        start=start,
+        zone=zone,
+        speed=speed,
+        send=through_proxy,
     )
     outcomes = ", ".join(f"{n} {k}" for k, n in sorted(script.outcomes().items()))
     click.echo(
@@ -369,6 +520,11 @@ def simulate_command(
         if api is not None:
             api.start()
             click.echo(f"playing NXCLOUD's send API at {api.url}{SEND_PATH_HINT}")
+        if through_proxy:
+            click.echo(
+                f"sending each message through viberwatch's send proxy at "
+                f"{url.rstrip('/')}{PATHS['send']}, tagged {' or '.join(CAMPAIGNS)} (or not)"
+            )
 
     async def then(player: Player) -> None:
         report(player.summary)
@@ -388,8 +544,11 @@ def simulate_command(
                 on_start=on_start,
                 then=then,
                 on_done=(lambda: bar.update(1)) if bar is not None else None,
+                send_api=api,
             )
         )
+    except SendPathError as exc:
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         if "player" not in holder:
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 
 from ..core.payloads import parse_receipt, parse_registration, parse_reply, parse_zone
@@ -48,6 +48,9 @@ REPLY_TEXTS = (
     "Got it, see you then.",
 )
 MEDIA_TYPES = (("jpg", "photo"), ("png", "screenshot"), ("pdf", "invoice"), ("mp4", "video"))
+# Campaign tags of messages sent through the send proxy (X-Viberwatch-Tags); some have none.
+CAMPAIGNS = ("spring-sale", "order-updates")
+UNTAGGED_SHARE = 0.2
 # Seeded runs use a fixed clock for sendTime, so the same seed gives the same bodies.
 SEEDED_START = datetime(2024, 6, 3, 9, 0, 0, tzinfo=UTC)
 
@@ -57,14 +60,26 @@ class Event:
     """One HTTP request of the script: where it goes, when, and its exact body."""
 
     at: float  # seconds after the start of the run
-    kind: str  # register | dr | message
+    kind: str  # register | send | dr | message
     request_id: str
     body: bytes
     note: str = ""  # why it is irregular: duplicate, retry, early-seen, late-register
+    tags: tuple[str, ...] = ()  # a send's tags (the X-Viberwatch-Tags header)
 
     @property
     def data(self) -> dict:
         return json.loads(self.body)
+
+    def following(self, request_id: str) -> Event:
+        """This receipt or reply for the message NXCLOUD's send API named `request_id` (a
+        script's ids are its own until a send is answered)."""
+        if request_id == self.request_id:
+            return self
+        data = self.data
+        key = "traceRequestId" if self.kind == "message" else "requestId"
+        if data.get(key) == self.request_id:
+            data[key] = request_id
+        return replace(self, request_id=request_id, body=_dumps(data))
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class ScriptedMessage:
     outcome: str
     registered: bool
     events: tuple[Event, ...]  # in the order they are pushed
+    tags: tuple[str, ...] = ()  # sent through the send proxy with these tags
 
     @property
     def receipt_bodies(self) -> list[dict]:
@@ -97,6 +113,11 @@ class ScriptedMessage:
             elif e.kind == "message":
                 rp = parse_reply(e.data, tz)
                 replies.setdefault(rp.content_hash, reply_fact(rp, at, order))
+            elif e.kind == "send":  # registered by the send proxy from the send's body
+                sent = e.data
+                registration = registration or Registration(
+                    sent["phone"], sent["messageData"]["text"], sent["appkey"], "text", at
+                )
             else:
                 rg = parse_registration(e.data)
                 registration = Registration(
@@ -185,7 +206,7 @@ class _Builder:
             body["cost"] = cost
         return body
 
-    def message(self, index: int, register: bool) -> ScriptedMessage:
+    def message(self, index: int, register: bool, send: bool = False) -> ScriptedMessage:
         rng = self.rng
         request_id = f"{rng.getrandbits(128):032x}"
         phone = rng.choice(self.phones)
@@ -243,7 +264,19 @@ class _Builder:
             _, kind, body, _ = rng.choice(receipts)
             last = max(at for at, *_ in timeline)
             timeline.append((last + self.delay(0.5, 5.0), kind, body, "retry"))
-        if register:
+        tags: tuple[str, ...] = ()
+        if send:
+            # Sent through viberwatch's send proxy first: the receipts follow its answer.
+            if rng.random() >= UNTAGGED_SHARE:
+                tags = (rng.choice(CAMPAIGNS),)
+            body = {
+                "appkey": self.appkey,
+                "phone": phone,
+                "functionType": "text",
+                "messageData": {"rateType": "Transactional", "text": text},
+            }
+            timeline.append((t0, "send", body, ""))
+        elif register:
             body = {
                 "requestId": request_id,
                 "phone": phone,
@@ -260,10 +293,17 @@ class _Builder:
         # A stable sort keeps the scripted order of events planned for the same instant.
         timeline.sort(key=lambda item: item[0])
         events = tuple(
-            Event(at=round(at, 6), kind=kind, request_id=request_id, body=_dumps(body), note=note)
+            Event(
+                at=round(at, 6),
+                kind=kind,
+                request_id=request_id,
+                body=_dumps(body),
+                note=note,
+                tags=tags if kind == "send" else (),
+            )
             for at, kind, body, note in timeline
         )
-        return ScriptedMessage(request_id, phone, text, outcome, register, events)
+        return ScriptedMessage(request_id, phone, text, outcome, register or send, events, tags)
 
     def reply(self, request_id: str, phone: str, at: float) -> dict:
         rng = self.rng
@@ -295,18 +335,22 @@ def build_script(
     zone: str = "UTC+08:00",
     speed: float = 1.0,
     appkey: str = "SIMAPP01",
+    send: bool = False,
 ) -> Script:
     """A deterministic script of `messages` messages started `rate` per second.
 
     `speed` divides every delay between a message's events (a test runs the same story
-    faster); `start` is the clock the `sendTime` fields are written from.
+    faster); `start` is the clock the `sendTime` fields are written from. With `send`, each
+    message starts with its send through viberwatch's send proxy (kind "send", some with a
+    campaign tag) instead of a registration, and its receipts and replies follow the
+    requestId the send is answered with.
     """
     if messages < 0:
         raise ValueError("messages must not be negative")
     if rate <= 0 or speed <= 0:
         raise ValueError("rate and speed must be positive")
     builder = _Builder(seed, messages, rate, start or SEEDED_START, parse_zone(zone), speed, appkey)
-    scripted = tuple(builder.message(i, register) for i in range(messages))
+    scripted = tuple(builder.message(i, register, send) for i in range(messages))
     ordered = sorted(
         ((e.at, i, j, e) for i, m in enumerate(scripted) for j, e in enumerate(m.events)),
         key=lambda item: item[:3],
