@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from app.auth import tokens
 from app.config import networks
-from app.records.models import Message, MessageTag, RawBody, db
+from app.records.models import ApiToken, Message, MessageTag, RawBody, db
 from support.bodies import DR, post_json, receipt
 from support.fake_nxcloud import ACCESS_KEY, APPKEY, SECRET, documented_sign, nxcloud_config
 from support.wait import until
@@ -241,3 +242,16 @@ def test_concurrent_sends_are_each_registered(proxy_config, app, api_token, fake
     with app.app_context():
         texts = {m.text for m in db.session.execute(db.select(Message)).scalars()}
     assert texts == {f"n{i}" for i in range(16)}
+
+
+def test_a_token_revoked_is_refused_at_the_next_send(
+    proxy_config, app, anon_client, api_token, fake_nxcloud
+):
+    assert proxied(anon_client, send_body(), api_token).status_code == 200
+    with app.app_context():
+        (row,) = db.session.execute(db.select(ApiToken)).scalars()
+        assert row.last_used_at is not None  # noted, as for the API
+        tokens.revoke_token(str(row.id))
+    refused = proxied(anon_client, send_body(), api_token)
+    assert refused.status_code == 401 and refused.get_json()["field"] == "Authorization"
+    assert len(fake_nxcloud.calls) == 1

@@ -47,6 +47,36 @@ def token_for(presented: str) -> ApiToken | None:
     return row
 
 
+def live_token_id(presented: str) -> int | None:
+    """`token_for` on a connection of its own, given back to the pool before this returns:
+    the id of the live token (read from the database on every call, so a revoked token is
+    refused at once), noting when it was last used. For a caller that goes on to wait on
+    something else (the send proxy on NXCLOUD) and must not hold a database connection."""
+    if not presented or len(presented) > 200:
+        return None
+    with db.engine.connect() as conn:
+        row = conn.execute(_LIVE, {"digest": _token_hash(presented)}).first()
+        if row is None:
+            return None
+        now = utcnow()
+        # At most one write a minute per token, not one per call.
+        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+            conn.execute(_USED, {"token_id": row.id, "now": now})
+            conn.commit()
+    return row.id
+
+
+# Built once: the statements of `live_token_id` (a send pays for no query building).
+_LIVE = db.select(ApiToken.id, ApiToken.last_used_at).where(
+    ApiToken.token_hash == db.bindparam("digest"), ApiToken.revoked_at.is_(None)
+)
+_USED = (
+    db.update(ApiToken)
+    .where(ApiToken.id == db.bindparam("token_id"))
+    .values(last_used_at=db.bindparam("now"))
+)
+
+
 def list_tokens() -> list[ApiToken]:
     return list(db.session.execute(db.select(ApiToken).order_by(ApiToken.id)).scalars())
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 
-import httpx
 from flask import Blueprint, Flask, Response, current_app, request
 
 from .. import ingest
@@ -32,6 +30,7 @@ from ..auth import security, tokens
 from ..core.payloads import Invalid, parse_tags
 from ..errors import error_response
 from . import nxcloud
+from .upstream import Answer, Upstream, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +41,8 @@ FORWARDED_HEADERS = ("Content-Type", "accessKey", "ts", "bizType", "action", "si
 TAGS_HEADER = "X-Viberwatch-Tags"
 
 
-class Upstream:
-    """One connection pool to NXCLOUD per process (made on first use): a send reuses a kept
-    connection instead of a new TCP and TLS handshake."""
-
-    def __init__(self):
-        self._client: httpx.Client | None = None
-        self._lock = threading.Lock()
-
-    def client(self, timeout: float) -> httpx.Client:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    self._client = httpx.Client(
-                        timeout=timeout, limits=httpx.Limits(max_keepalive_connections=64)
-                    )
-        return self._client
-
-
+# Kept-alive connections to NXCLOUD, one set per process: a send reuses one instead of a new
+# TCP (and TLS) handshake.
 upstream = Upstream()
 
 
@@ -73,7 +56,9 @@ def _refused() -> tuple | None:
     presented = presented.strip() if scheme.lower() == "bearer" else ""
     presented = presented or request.args.get("token", "")
     if presented:
-        if tokens.token_for(presented) is not None:
+        # Looked up on every call (a revoked token is refused at once), on a connection given
+        # back before NXCLOUD is called: a send waiting on NXCLOUD holds none.
+        if tokens.live_token_id(presented) is not None:
             return None
         return error_response(401, "Authorization", "unknown or revoked token")
     if networks:
@@ -114,31 +99,23 @@ def send():
     settings = nxcloud.Settings.from_config(current_app.config)
     headers = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
     try:
-        answer = upstream.client(settings.timeout).post(
-            settings.send_url, content=body.data, headers=headers, timeout=settings.timeout
-        )
-    except httpx.TimeoutException:
+        answer = upstream.post(settings.send_url, body.data, headers, settings.timeout)
+    except UpstreamTimeout:
         return error_response(
             504, "upstream", f"NXCLOUD did not answer within {settings.timeout:g} s"
         )
-    except httpx.HTTPError as exc:
-        return error_response(
-            502, "upstream", f"NXCLOUD could not be reached: {type(exc).__name__}"
-        )
+    except UpstreamError as exc:
+        return error_response(502, "upstream", f"NXCLOUD could not be reached: {exc.name}")
     request_id = _accepted(answer)
     if request_id is not None:
         _register(body.data, request_id, tags)
-    return Response(
-        answer.content,
-        status=answer.status_code,
-        content_type=answer.headers.get("Content-Type"),
-    )
+    return Response(answer.content, status=answer.status, content_type=answer.content_type)
 
 
-def _accepted(answer: httpx.Response) -> str | None:
+def _accepted(answer: Answer) -> str | None:
     """The requestId of a send NXCLOUD took (code 0), else None."""
     try:
-        data = answer.json()
+        data = json.loads(answer.content)
     except ValueError:
         return None
     if not isinstance(data, dict) or data.get("code") != 0 or isinstance(data.get("code"), bool):
