@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import httpx
 from report import write_between
@@ -178,7 +178,7 @@ def targets(tags: list[tuple[str, int]]) -> list[tuple[str, str]]:
     out += [
         (
             f"busy tag ({busy}, {n:,} messages), range={r}",
-            f"/campaigns/{quote(busy, safe='')}?" + urlencode({"range": r}),
+            "/campaigns/show?" + urlencode({"tag": busy, "range": r}),
         )
         for r in TAG_RANGES
     ]

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import BigInteger, and_, cast, func, or_
 
 from ..analytics.sql import bucket, bucket_labels
 from ..core.status import describe_code
@@ -274,31 +274,62 @@ def campaigns(rng: DayRange, tags: Sequence[str] | None = None) -> dict[str, Cam
 
 
 def _add_latency(found: dict[str, Campaign], rng: DayRange) -> None:
-    """p50 and p90 of time to delivered and to seen of each campaign, from its bins."""
+    """p50 and p90 of time to delivered and to seen of each campaign, from its bins. The
+    database sums the bins of the range and finds the bin each percentile falls in (a running
+    sum per tag and kind), so only those bins come back, not every bin of every tag."""
     if not found:
         return
     t = TagLatency
     where = [t.n > 0, *rng.conditions(t.day)]
     if len(found) <= 50:
         where.append(t.tag.in_(list(found)))
-    rows = db.session.execute(
-        db.select(t.tag, t.kind, t.bin, func.sum(t.n), func.min(t.low), func.max(t.high))
+    n = cast(func.sum(t.n), BigInteger)
+    bins = (
+        db.select(
+            t.tag,
+            t.kind,
+            t.bin,
+            n.label("n"),
+            func.min(t.low).label("low"),
+            func.max(t.high).label("high"),
+        )
         .where(*where)
         .group_by(t.tag, t.kind, t.bin)
-        .order_by(t.tag, t.kind, t.bin)
+        .subquery("bins")
     )
-    bins: dict[tuple, list] = {}
-    for tag, kind, bin_id, n, low, high in rows:
-        if tag in found:
-            bins.setdefault((tag, kind), []).append((bin_id, int(n), float(low), float(high)))
+    partition = (bins.c.tag, bins.c.kind)
+    running = (
+        db.select(
+            bins,
+            func.sum(bins.c.n)
+            .over(partition_by=partition, order_by=bins.c.bin, rows=(None, 0))
+            .label("upto"),
+            func.sum(bins.c.n).over(partition_by=partition).label("total"),
+        )
+    ).subquery("running")
+    r = running.c
+    upto, total = cast(r.upto, BigInteger), cast(r.total, BigInteger)
+    # The bin holding the value of rank ceil(p% of total), in integers.
+    ranks = [(p, (total * p + 99) // 100) for p in PERCENTILES]
+    rows = db.session.connection().execute(
+        db.select(r.tag, r.kind, r.n, r.low, r.high, upto, total).where(
+            or_(*(and_(upto - r.n < rank, upto >= rank) for _, rank in ranks))
+        )
+    )
     for c in found.values():
         for kind, _column in LATENCY_TARGETS:
-            ordered = bins.get((c.tag, kind), [])
-            total = sum(row[1] for row in ordered)
             for p in PERCENTILES:
-                c.latency[f"p{p}_{kind}"] = (
-                    round(binned_value(ordered, math.ceil(p / 100 * total)), 3) if total else None
-                )
+                c.latency[f"p{p}_{kind}"] = None
+    for tag, kind, n, low, high, upto_, total_ in rows:
+        c = found.get(tag)
+        if c is None:
+            continue
+        for p in PERCENTILES:
+            rank = math.ceil(p * int(total_) / 100)
+            before = int(upto_) - int(n)
+            if before < rank <= int(upto_):
+                value = binned_value([(0, int(n), float(low), float(high))], rank - before)
+                c.latency[f"p{p}_{kind}"] = round(value, 3)
 
 
 def sorted_campaigns(found: Iterable[Campaign], column: str, descending: bool) -> list[Campaign]:

@@ -31,8 +31,6 @@ def reply(at: datetime, rid: str, phone: str, text: str, **options) -> ingest.Re
     return receive_at(at, "message", body)
 
 
-def register(
-    at: datetime, rid: str, phone: str, text: str = "hello", **extra
-) -> ingest.Result:
+def register(at: datetime, rid: str, phone: str, text: str = "hello", **extra) -> ingest.Result:
     """bodies.registration(rid, phone, text, **extra) received at `at`."""
     return receive_at(at, "register", bodies.registration(rid, phone, text, **extra))
