@@ -40,6 +40,8 @@ from ..records.rollup import (
     OUTCOME_SUMS,
     Totals,
     add_bin,
+    binned_value,
+    bucket_at,
     day_of,
     hour_of,
     message_rows,
@@ -405,17 +407,6 @@ def latency(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> di
     return _latency_result(counts, _percentiles(values, counts))
 
 
-def _bucket_at(sizes: Sequence[int], rank: int) -> tuple[int, int]:
-    """The index of the bucket holding the rank-th smallest value (1-based), and how many
-    values the buckets before it hold."""
-    before = 0
-    for i, n in enumerate(sizes):
-        if before + n >= rank:
-            return i, before
-        before += n
-    return len(sizes) - 1, before
-
-
 def _percentiles(values, counts: dict[str, list[int]]) -> dict:
     """Exact nearest-rank percentiles: find each one's histogram bucket, then sort only that
     bucket's values; all lookups share one statement and one pass over the messages."""
@@ -427,7 +418,7 @@ def _percentiles(values, counts: dict[str, list[int]]) -> dict:
         d = values.c[key]
         for p in PERCENTILES:
             rank = math.ceil(p / 100 * total)  # 1-based
-            i, before = _bucket_at(bars, rank)
+            i, before = bucket_at(bars, rank)
             conditions = [d.isnot(None)]
             if i > 0:
                 conditions.append(d >= LATENCY_EDGES[i - 1])
@@ -492,21 +483,8 @@ def _latency_rolled(flt: MessageFilter, plan: Plan, edges: Totals) -> dict:
         ordered = sorted((bin_id, *v) for (k, bin_id), v in bins.items() if k == kind)
         total = sum(counts[kind])
         for p in PERCENTILES if total else ():
-            found[(kind, p)] = round(_binned_value(ordered, math.ceil(p / 100 * total)), 3)
+            found[(kind, p)] = round(binned_value(ordered, math.ceil(p / 100 * total)), 3)
     return _latency_result(counts, found)
-
-
-def _binned_value(ordered: list[tuple], rank: int) -> float:
-    """The rank-th smallest value (1-based) of the bins: exact when it is a bin's least or
-    greatest, otherwise interpolated between those two, inside a bin 2 % wide."""
-    i, before = _bucket_at([row[1] for row in ordered], rank)
-    _bin_id, n, low, high = ordered[i]
-    k = rank - before
-    if k == 1:
-        return low
-    if k == n:
-        return high
-    return low + (high - low) * (k - 1) / (n - 1)
 
 
 def replies(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> dict:
