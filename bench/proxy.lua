@@ -1,6 +1,7 @@
 -- wrk script: NXCLOUD send calls, each to a phone of its own, with the signing headers as a
 -- sending system sends them; to NXCLOUD's send API directly, or through viberwatch's proxy.
--- Usage: wrk -s bench/proxy.lua URL -- <path, with its query> <run tag>
+-- Usage: wrk -s bench/proxy.lua URL -- <path, with its query> <run tag> [<pace ms>]
+-- With a pace, each connection waits that long before each call (a fixed, unsaturated rate).
 local path = "/api/viber/mt"
 local tag = "p"
 local counter = 0
@@ -25,6 +26,11 @@ function init(args)
   path = args[1] or path
   tag = args[2] or tag
   counter = 0
+  local pace = tonumber(args[3] or "0")
+  if pace > 0 then
+    -- wrk looks for delay() after init: defined only when pacing, so unpaced calls go at once.
+    delay = function() return pace end
+  end
 end
 
 function request()
