@@ -9,7 +9,12 @@ registered.
 Bulk: batches of 1,000 registrations posted to `POST /api/messages` by a few clients at once
 for a while; registrations/s, and every one stored.
 
-    python bench/proxy.py [--db sqlite,postgresql] [--seconds 10] [--write-docs]
+The played NXCLOUD keeps its connections open (`--upstream keepalive`, as NXCLOUD does) or,
+as werkzeug's development server, closes each after one answer (`close`); both by default.
+Every round also takes the CPU per send (per registration) of every process.
+
+    python bench/proxy.py [--db sqlite,postgresql] [--seconds 10] [--upstream keepalive,close]
+                          [--no-bulk] [--write-docs]
 """
 
 from __future__ import annotations
