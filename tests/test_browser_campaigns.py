@@ -2,17 +2,23 @@
 activity, a campaign's chart is drawn, the comparison marks the better figure, and every
 number shown equals a recount from the messages; at 1366 px and on a 390 px phone."""
 
-from datetime import timedelta
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 
 from support.browser import watch_console
 from support.fixtures import fixture_json
+from support.timed_ingest import receipt, register, reply
 from test_campaigns import DAY, T0, independent_count, load
 
 pytestmark = pytest.mark.browser
 
+# Set SCREENSHOTS to a folder (docs/screenshots) to refresh the README's pictures.
+SCREENSHOTS = os.environ.get("SCREENSHOTS")
 FITS_JS = "() => [document.documentElement.scrollWidth, window.innerWidth]"
 
 
@@ -98,7 +104,7 @@ def test_compare_marks_the_better_campaign(page, app):
 
 
 def test_the_list_refreshes_on_live_activity(page, live_server, api_token):
-    page.goto("/campaigns?range=1d")
+    page.goto("/campaigns?range=7d")
     page.wait_for_function("() => document.body.dataset.liveState === 'live'")
     assert page.locator("tr[data-tag='launch']").count() == 0
     answer = httpx.post(
@@ -119,3 +125,47 @@ def test_the_list_refreshes_on_live_activity(page, live_server, api_token):
         ".textContent.trim() === '1'",
         timeout=15000,
     )
+
+
+def load_campaigns(now) -> None:
+    """Five campaigns of the last day with every outcome, cost and replies."""
+    rnd = random.Random(11)
+    count = 40 if SCREENSHOTS else 8
+    for k, tag in enumerate(("spring-sale", "order-updates", "win-back", "newsletter", "vip")):
+        for i in range(count):
+            rid = f"{tag}-{i:03d}"
+            start = now - timedelta(hours=20 - 3 * k, minutes=-i)
+            phone = f"79{k}{i:08d}"
+            register(start, rid, phone, tags=[tag])
+            if rnd.random() < 0.05:
+                continue
+            cost = {"currency": "USD", "localPrice": 0.012, "originalPrice": 0.002}
+            receipt(start + timedelta(seconds=1), rid, "success", cost=cost)
+            roll = rnd.random()
+            if roll < 0.1 + 0.05 * k:
+                code = rnd.choice([11000, 9002, 1102])
+                receipt(start + timedelta(seconds=4), rid, "failed", code=code)
+                continue
+            delivered = start + timedelta(seconds=2 + rnd.expovariate(1 / (5 + 10 * k)))
+            receipt(delivered, rid, "delivered")
+            if roll < 0.7:
+                receipt(delivered + timedelta(seconds=rnd.expovariate(1 / 300)), rid, "seen")
+                if rnd.random() < 0.2:
+                    reply(delivered + timedelta(minutes=6), rid, phone, "thanks")
+
+
+def test_screenshots(page, app, tmp_path):
+    with app.app_context():
+        load_campaigns(datetime.now(UTC))
+    folder = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1366, "height": 900})
+    page.goto("/campaigns?range=7d")
+    assert page.locator("#campaigns-list tbody tr").count() == 5
+    page.screenshot(path=str(folder / "campaigns.png"), full_page=True)
+    page.goto("/campaigns/show?tag=spring-sale&range=7d")
+    page.wait_for_function(
+        "() => window.Chart && Chart.getChart(document.getElementById('chart-campaign'))"
+    )
+    page.screenshot(path=str(folder / "campaign.png"), full_page=True)
+    assert (folder / "campaigns.png").stat().st_size > 10_000

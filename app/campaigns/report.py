@@ -353,18 +353,17 @@ def parse_sort(args) -> tuple[str, bool]:
 
 
 def funnel_over_time(tag: str, rng: DayRange) -> dict:
-    """The campaign's funnel per hour (ranges up to 8 days) or per day: its buckets' labels
+    """The campaign's funnel per hour (when its messages of the range span up to 8 days) or
+    per day, from its first to its last hour with messages in the range: the buckets' labels
     and one series per FUNNEL stage, from its hourly rows."""
     h = TagHour
-    start, stop = rng.start, rng.stop
-    if start is None:
-        first, last = db.session.execute(
-            db.select(func.min(h.hour), func.max(h.hour)).where(h.tag == tag, h.n != 0)
-        ).one()
-        if first is None:
-            return {"unit": "day", "labels": [], "series": {k: [] for k in FUNNEL}}
-        start, stop = day_of(first), day_of(last) + timedelta(days=1)
-    unit = "hour" if stop - start <= timedelta(days=8) else "day"
+    where = [h.tag == tag, h.n != 0, *rng.conditions(h.hour)]
+    first, last = db.session.execute(
+        db.select(func.min(h.hour), func.max(h.hour)).where(*where)
+    ).one()
+    if first is None:
+        return {"unit": "hour", "labels": [], "series": {k: [] for k in FUNNEL}}
+    unit = "hour" if last - first <= timedelta(days=8) else "day"
     label = bucket(h.hour, unit).label("bucket")
     rows = db.session.execute(
         db.select(
@@ -375,16 +374,14 @@ def funnel_over_time(tag: str, rng: DayRange) -> dict:
             func.sum(h.seen),
             func.sum(h.replied),
         )
-        .where(h.tag == tag, h.n != 0, h.hour >= start, h.hour < stop)
+        .where(*where)
         .group_by(label, h.status)
     )
-    labels = bucket_labels(start, stop - timedelta(seconds=1), unit)
+    labels = bucket_labels(first, last, unit)
     position = {name: i for i, name in enumerate(labels)}
     series = {key: [0] * len(labels) for key in FUNNEL}
     for name, status, n, delivered, seen, replied in rows:
-        i = position.get(name)
-        if i is None:
-            continue
+        i = position[name]
         series["messages"][i] += int(n)
         if status != "pending":
             series["accepted"][i] += int(n)

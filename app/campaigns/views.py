@@ -76,8 +76,8 @@ def failure_lines(c: report.Campaign) -> list[tuple[str, str]]:
     """(text, meaning) of each of the campaign's top failures."""
     return [
         (
-            f"{'–' if f['code'] is None else f['code']} {f['status']} × {f['count']:,}",
-            f["message"],
+            f"{'–' if f['code'] is None else f['code']} ×{f['count']:,}",
+            f"{f['status']}: {f['message']}",
         )
         for f in c.top_failures()
     ]
