@@ -354,19 +354,32 @@ def recounted(conn=None, batch: int = 10_000) -> list[tuple]:
     return tables
 
 
-def fill(conn, batch: int = 10_000) -> int:
-    """Add every message to empty rollups, through `conn`; returns the rows written."""
-    tables = recounted(conn, batch)
+def write_tables(conn, tables: list[tuple], batch: int = 10_000) -> int:
+    """Insert each (model, rows) of `tables` through `conn`, `batch` rows a statement;
+    returns the rows written."""
     for model, rows in tables:
         for i in range(0, len(rows), batch):
             conn.execute(db.insert(model), rows[i : i + batch])
     return sum(len(rows) for _, rows in tables)
 
 
-def rebuild(batch: int = 10_000) -> int:
-    """Recompute both rollups from the messages; returns the number of rows written."""
-    for model in (OutcomeHour, LatencyHour, LatencyDay):
+def rebuild_tables(counted, batch: int = 10_000) -> int:
+    """Empty the tables `counted(conn, batch)` counts, write what it counts, and commit;
+    returns the rows written."""
+    conn = db.session.connection()
+    tables = counted(conn, batch)
+    for model, _rows in tables:
         db.session.execute(db.delete(model))
-    written = fill(db.session.connection(), batch)
+    written = write_tables(conn, tables, batch)
     db.session.commit()
     return written
+
+
+def fill(conn, batch: int = 10_000) -> int:
+    """Add every message to empty rollups, through `conn`; returns the rows written."""
+    return write_tables(conn, recounted(conn, batch), batch)
+
+
+def rebuild(batch: int = 10_000) -> int:
+    """Recompute both rollups from the messages; returns the number of rows written."""
+    return rebuild_tables(recounted, batch)

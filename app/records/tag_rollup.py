@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .models import Message, MessageTag, TagDay, TagHour, TagLatency, db
 from .rollup import bin_of as _bin_of
-from .rollup import bounds_update, day_of, hour_of, latency_values
+from .rollup import bounds_update, day_of, hour_of, latency_values, rebuild_tables, write_tables
 from .sqlutil import add_counts
 
 BIN_LOG_RATIO = math.log(1.10)
@@ -235,17 +235,9 @@ TABLES = (TagDay, TagHour, TagLatency)
 
 def fill(conn, batch: int = 10_000) -> int:
     """Add every tagged message to empty tag rollups, through `conn`; returns rows written."""
-    tables = recounted(conn, batch)
-    for model, rows in tables:
-        for i in range(0, len(rows), batch):
-            conn.execute(db.insert(model), rows[i : i + batch])
-    return sum(len(rows) for _, rows in tables)
+    return write_tables(conn, recounted(conn, batch), batch)
 
 
 def rebuild(batch: int = 10_000) -> int:
     """Recompute the tag rollups from the messages; returns the number of rows written."""
-    for model in TABLES:
-        db.session.execute(db.delete(model))
-    written = fill(db.session.connection(), batch)
-    db.session.commit()
-    return written
+    return rebuild_tables(recounted, batch)
