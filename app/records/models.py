@@ -482,11 +482,12 @@ class TagDay(db.Model):
     the campaigns list reads (kept in the same transaction as every state change)."""
 
     __tablename__ = "tag_day"
+    # Keyed with the day last: the campaigns list sums a range's days per group in key order.
     tag: Mapped[str] = mapped_column(String(128), primary_key=True)
-    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)  # "pending" for NULL
     code: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1 for NULL
     currency: Mapped[str] = mapped_column(String(16), primary_key=True)  # "" for NULL
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
     delivered: Mapped[int] = mapped_column(BigInteger, default=0)
     seen: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -515,14 +516,16 @@ class TagHour(db.Model):
 
 
 class TagLatency(db.Model):
-    """A tag's time to delivered / to seen per UTC day first heard of, in bins 10 % wide with
+    """A tag's time to delivered / to seen per UTC day first heard of, in bins 25 % wide with
     the least and greatest value each has held (percentiles for the campaigns list)."""
 
     __tablename__ = "tag_latency"
+    # Keyed tag, kind, bin, then day: the campaigns list sums a range's days per bin in key
+    # order, with no sort.
     tag: Mapped[str] = mapped_column(String(128), primary_key=True)
-    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # delivered | seen
     bin: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
     low: Mapped[float] = mapped_column(Float)
     high: Mapped[float] = mapped_column(Float)

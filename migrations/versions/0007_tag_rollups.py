@@ -31,7 +31,7 @@ def upgrade():
         sa.Column("priced", sa.BigInteger(), nullable=False),
         sa.Column("local_price", sa.Numeric(precision=24, scale=6), nullable=False),
         sa.Column("original_price", sa.Numeric(precision=24, scale=6), nullable=False),
-        sa.PrimaryKeyConstraint("tag", "day", "status", "code", "currency"),
+        sa.PrimaryKeyConstraint("tag", "status", "code", "currency", "day"),
         sqlite_with_rowid=False,
     )
     op.create_table(
@@ -55,7 +55,7 @@ def upgrade():
         sa.Column("n", sa.BigInteger(), nullable=False),
         sa.Column("low", sa.Float(), nullable=False),
         sa.Column("high", sa.Float(), nullable=False),
-        sa.PrimaryKeyConstraint("tag", "day", "kind", "bin"),
+        sa.PrimaryKeyConstraint("tag", "kind", "bin", "day"),
         sqlite_with_rowid=False,
     )
     # The tagged messages stored before this revision count in the rollups too.
