@@ -40,13 +40,13 @@ def test_document_is_served_without_login(anon_client):
     assert response.get_json()["openapi"].startswith("3.")
 
 
-def test_document_covers_every_webhook_and_api_route(app):
+def test_document_covers_every_webhook_api_and_export_route(app):
     documented = {
         (path, method.upper()) for path, item in DOCUMENT["paths"].items() for method in item
     }
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint.split(".")[0] in ("webhooks", "api"):
+        if rule.endpoint.split(".")[0] in ("webhooks", "api", "export"):
             path = rule.rule.replace("<request_id>", "{requestId}")
             routes |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
     assert routes == documented
@@ -130,6 +130,46 @@ def test_real_responses_match_the_document(live_server, api_token):
             else:
                 assert response.text == "success"
     assert statuses == [200, 200, 400, 415, 422, 201, 200, 401, 422, 200, 404, 401]
+
+
+def test_the_export_is_described_with_its_filters_csv_and_bearer_security(
+    app, live_server, api_token
+):
+    """/export.csv: every argument the export reads, a text/csv answer, a bearer token; and
+    its real answers (the file, a bad argument, a bad token) are the documented ones."""
+    get = DOCUMENT["paths"]["/export.csv"]["get"]
+    names = {p["name"] for p in get["parameters"]}
+    assert names == {
+        "kind",
+        "status",
+        "phone",
+        "code",
+        "q",
+        "from",
+        "to",
+        "anomaly",
+        "tag",
+        "appkey",
+    }
+    assert all(p["in"] == "query" and not p.get("required") for p in get["parameters"])
+    assert {"bearerAuth": []} in get["security"]
+    assert DOCUMENT["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert list(get["responses"]["200"]["content"]) == ["text/csv"]
+    auth = {"Authorization": f"Bearer {api_token}"}
+    with httpx.Client(base_url=live_server.url) as http:
+        # Each argument the document names is one the export reads: a bad value is refused
+        # naming it.
+        bad = {"status": "read", "code": "x", "from": "May", "to": "x", "phone": "\x01"}
+        for name, value in {**bad, "kind": "all", "q": "a" * 200, "tag": "a\x01"}.items():
+            refused = http.get("/export.csv", params={name: value}, headers=auth)
+            assert refused.status_code == 400, name
+            _validator("/export.csv", "get", 400).validate(refused.json())
+            assert refused.json()["field"] == name
+        file = http.get("/export.csv", params={"kind": "replies"}, headers=auth)
+        assert file.status_code == 200 and file.headers["Content-Type"].startswith("text/csv")
+        unauthorized = http.get("/export.csv", headers={"Authorization": "Bearer nope"})
+        assert unauthorized.status_code == 401
+        _validator("/export.csv", "get", 401).validate(unauthorized.json())
 
 
 @schema.parametrize()

@@ -2,8 +2,9 @@
 
 Every endpoint needs a signed-in user, except the login page, static files and the icon, the
 webhooks (their own checks, app/webhooks/checks.py), health and metrics (their own token),
-the OpenAPI document, and views marked with `public`. The JSON API also takes
-`Authorization: Bearer <token>`; such calls need no CSRF token, as no browser sends them.
+the OpenAPI document, and views marked with `public`. The JSON API and the CSV export also
+take `Authorization: Bearer <token>` (an API token opens nothing else); such calls need no
+CSRF token, as no browser sends them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ PUBLIC_ENDPOINTS = {"auth.login", "static", "favicon", "openapi.document"}
 PUBLIC_BLUEPRINTS = MACHINE_BLUEPRINTS
 CSRF_EXEMPT_BLUEPRINTS = {"webhooks", "bench", "proxy"}
 BEARER_BLUEPRINTS = {"api"}
+# Endpoints outside those blueprints that also take a bearer token: the CSV export, for
+# scripts. Only a `Bearer` header counts there; any other (a proxy's Basic login passed
+# through) leaves the browser's session to decide, as before.
+BEARER_ENDPOINTS = {"export.export_csv"}
 
 
 def public(view):
@@ -31,8 +36,23 @@ def public(view):
     return view
 
 
-def _unauthenticated(reason: str):
+def _bearer(authorization: str) -> bool:
+    return authorization.partition(" ")[0].lower() == "bearer"
+
+
+def _takes_bearer(authorization: str) -> bool:
+    """Whether this request is answered as an API call: an API endpoint with any
+    Authorization header, or an export endpoint with a bearer one."""
     if request.blueprint in BEARER_BLUEPRINTS:
+        return bool(authorization)
+    return request.endpoint in BEARER_ENDPOINTS and _bearer(authorization)
+
+
+def _unauthenticated(reason: str):
+    authorization = request.headers.get("Authorization", "")
+    if request.blueprint in BEARER_BLUEPRINTS or (
+        request.endpoint in BEARER_ENDPOINTS and _bearer(authorization)
+    ):
         return error_response(
             401, "Authorization", reason, headers={"WWW-Authenticate": 'Bearer realm="viberwatch"'}
         )
@@ -68,7 +88,7 @@ def require_login():
             csrf.protect()
         return None
     authorization = request.headers.get("Authorization", "")
-    if request.blueprint in BEARER_BLUEPRINTS and authorization:
+    if _takes_bearer(authorization):
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer":
             return _unauthenticated("use Bearer <token>")

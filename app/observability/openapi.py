@@ -1,4 +1,5 @@
-"""The OpenAPI 3 document of the webhooks and the JSON API, served at /openapi.json."""
+"""The OpenAPI 3 document of the webhooks, the JSON API and the CSV export, served at
+/openapi.json."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from ..core.payloads import (
     MAX_TEXT_LENGTH,
 )
 from ..core.status import STATUSES
+
+# The arguments of the messages page that the CSV export takes (app/dashboard/filters.py):
+# texts of at most 128 characters once trimmed, no control character (else 400).
+FILTER_TEXT = {"type": "string"}
 
 bp = Blueprint("openapi", __name__)
 
@@ -245,12 +250,89 @@ def _webhook(summary: str, schema: str) -> dict:
 API_SECURITY = [{"bearerAuth": []}, {"session": []}]
 UNAUTHORIZED = _error("No valid session or bearer token.")
 
+
+def _filter(name: str, schema: dict, description: str, **extra) -> dict:
+    return {"name": name, "in": "query", "schema": schema, "description": description, **extra}
+
+
+EXPORT_PARAMETERS = [
+    _filter(
+        "kind",
+        {"type": "string", "enum": ["messages", "replies"], "default": "messages"},
+        "messages: the filtered messages; replies: the replies to them.",
+    ),
+    _filter(
+        "status",
+        {"type": "array", "items": {"type": "string", "enum": ["pending", *STATUSES]}},
+        "Messages in any of these statuses (pending: no receipt yet); repeatable, or "
+        "comma-separated.",
+        style="form",
+        explode=True,
+    ),
+    _filter("phone", FILTER_TEXT, "The phone number or its beginning."),
+    _filter(
+        "code",
+        {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+        "NXCLOUD's code of the last receipt, e.g. 9002.",
+    ),
+    _filter("q", FILTER_TEXT, "The requestId or its beginning."),
+    _filter(
+        "from",
+        {"type": "string"},
+        "A UTC day such as 2024-05-31: the first of the message's last activity (inclusive).",
+    ),
+    _filter(
+        "to",
+        {"type": "string"},
+        "A UTC day such as 2024-05-31: the last of the message's last activity (inclusive, "
+        "not before from).",
+    ),
+    _filter(
+        "anomaly",
+        {"type": "string"},
+        "1 (or true, on, yes): only messages with contradicting receipts.",
+    ),
+    _filter(
+        "tag",
+        {"type": "array", "items": {"type": "string"}},
+        f"Messages that carry every one of these campaign tags (each at most {MAX_TAG_LENGTH} "
+        "characters); repeatable, or comma-separated.",
+        style="form",
+        explode=True,
+    ),
+    _filter("appkey", FILTER_TEXT, "The appkey, exactly."),
+]
+
+EXPORT = {
+    "get": {
+        "summary": (
+            "The filtered messages (or, with kind=replies, the replies to them) as CSV: UTF-8 "
+            "with a byte order mark, a header row, CRLF line ends, streamed."
+        ),
+        "tags": ["export"],
+        "security": [{"bearerAuth": []}, {"session": []}],
+        "parameters": EXPORT_PARAMETERS,
+        "responses": {
+            "200": {
+                "description": "The CSV file (Content-Disposition: attachment).",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            },
+            "400": _error("An argument that cannot be used; the error names it."),
+            "401": _error(
+                "An unknown or revoked bearer token (field Authorization); without a token or a "
+                "session, a caller that asks for JSON (field login). A browser is sent to the "
+                "sign-in page instead (302)."
+            ),
+        },
+    }
+}
+
 DOCUMENT = {
     "openapi": "3.1.0",
     "info": {
         "title": "viberwatch",
         "version": "1",
-        "description": "NXCLOUD Viber webhooks and the JSON API of viberwatch.",
+        "description": "NXCLOUD Viber webhooks, the JSON API and the CSV export of viberwatch.",
     },
     "paths": {
         "/webhooks/viber/dr": _webhook("A delivery receipt (NXCLOUD's dr_webhook).", "Receipt"),
@@ -345,6 +427,7 @@ DOCUMENT = {
                 },
             }
         },
+        "/export.csv": EXPORT,
     },
     "components": {
         "schemas": SCHEMAS,
