@@ -16,10 +16,12 @@ from __future__ import annotations
 import ipaddress
 import multiprocessing
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Config
 
@@ -132,6 +134,67 @@ def _mapping(value: Any) -> dict:
     return dict(value)
 
 
+PUBLIC_URL_MAX = 2048
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
+# A path of RFC 3986's characters, each % starting an escape.
+_URL_PATH = re.compile(r"(/([A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})*)*")
+
+
+def public_url(value: Any) -> str | None:
+    """An http(s) address: scheme, host, optional port and path prefix; no user, query or
+    fragment. Returned with the scheme and host in lower case and no trailing slash."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a URL")
+    text = value.strip()
+    if not text:
+        return None
+    if len(text) > PUBLIC_URL_MAX:
+        raise ValueError(f"longer than {PUBLIC_URL_MAX} characters")
+    if not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError(
+            "must be printable ASCII without spaces (an international host in its xn-- "
+            "form, other characters %-escaped)"
+        )
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    if not re.match(r"https?://", text, re.IGNORECASE):
+        raise ValueError(f"must start with https:// or http://, got {shown!r}")
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise ValueError(f"is not a URL, got {shown!r}") from None
+    if "@" in parts.netloc:
+        raise ValueError("must not carry a user name or password")
+    if not parts.hostname:
+        raise ValueError(f"has no host, got {shown!r}")
+    if not _valid_host(parts.hostname):
+        raise ValueError(f"has a host that is no host name or IP address, got {shown!r}")
+    try:
+        parts.port  # noqa: B018 (it raises for a port that is not one)
+    except ValueError:
+        raise ValueError(
+            f"has a port that is not a number from 0 to 65535, got {shown!r}"
+        ) from None
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(f"must have no query (?) or fragment (#), got {shown!r}")
+    path = parts.path.rstrip("/")
+    if not _URL_PATH.fullmatch(path):
+        raise ValueError(f"has a character its path cannot hold unescaped, got {shown!r}")
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ValueError(f"its path must not hold . or .. segments, got {shown!r}")
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, "", ""))
+
+
+def _valid_host(host: str) -> bool:
+    if ":" in host:
+        try:
+            return ipaddress.ip_address(host).version == 6
+        except ValueError:
+            return False
+    return len(host) <= 253 and _HOST_NAME.fullmatch(host) is not None
+
+
 def _cookie_secure(value: Any) -> str | bool:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
@@ -147,6 +210,7 @@ KINDS = {
     "networks": networks,
     "mapping": _mapping,
     "cookie_secure": _cookie_secure,
+    "public_url": public_url,
     "any": lambda value: value,
 }
 
@@ -198,6 +262,12 @@ SETTINGS: tuple[Setting, ...] = (
     _fixed("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True}, "SQLAlchemy engine options"),
     # Receiving bodies.
     _app("PROXY_FIX", 0, "reverse proxies whose X-Forwarded-* headers to read"),
+    _app(
+        "PUBLIC_URL",
+        None,
+        "the address NXCLOUD and operators reach viberwatch at, for the full URLs it shows",
+        kind="public_url",
+    ),
     _app("INGEST_BATCH_MAX", 500, "most bodies one ingest transaction applies"),
     _app(
         "INGEST_WAIT_TIMEOUT",

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "architecture.md"
 # Top-level modules every area may use; they import only core.
-SHARED = {"config", "errors", "htmx"}
+SHARED = {"config", "errors", "htmx", "urls"}
 ROW_RE = re.compile(r"^\| `(\w+)` \|.*\|([^|]*)\|$")
 
 

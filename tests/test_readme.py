@@ -28,6 +28,7 @@ SAMPLES = {
     "REDIS_URL": "redis://127.0.0.1:1/0",
     "NXCLOUD_RATE_TYPE": "Promotional",
     "COOKIE_SECURE": "true",
+    "PUBLIC_URL": "https://watch.example.com/vw",
     "WEBHOOK_SIGN_ACTIONS": '{"dr": "receipt", "message": "reply"}',
 }
 # Settings refused without their partner: the partner is set (with this one's value before,

@@ -24,6 +24,7 @@ from ..core.services import services
 from ..core.times import iso
 from ..records.models import AlertAttempt, AlertNotice, AlertState, db
 from ..records.sqlutil import insert_ignore
+from ..urls import external_url
 from .rules import Measure, Rule, measure_all, parse_rules
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def _payload(
             "summary": result.summary,
             "at": iso(at),
             "firingSince": iso(since),
+            # The alerts page, under PUBLIC_URL (none without it: no request to take a host from).
+            "url": external_url("alerts.index"),
         }
     )
 

@@ -12,11 +12,12 @@ import click
 from flask import Flask, current_app
 from sqlalchemy import func
 
-from .. import ingest
+from .. import config, ingest
 from ..core.services import services
 from ..core.times import utcnow
 from ..ingest import spoolfile as spool
 from ..records.models import Message, db
+from ..urls import external_url
 from ..webhooks.reprocess import rejected_ids
 from ..webhooks.reprocess import reprocess as reprocess_body
 from ..webhooks.views import webhook_urls
@@ -39,14 +40,39 @@ def _record_commands(app: Flask) -> None:
         click.echo(f"database ready: {db.engine.url.render_as_string(hide_password=True)}")
 
     @app.cli.command("urls")
-    @click.option("--host", default="127.0.0.1", show_default=True)
-    @click.option("--port", default=5000, show_default=True)
-    def urls(host: str, port: int):
-        """Print the two webhook URLs to configure in NXCLOUD."""
-        with app.test_request_context(base_url=f"http://{host}:{port}"):
+    @click.option("--host", help="Where the server listens (default 127.0.0.1).")
+    @click.option("--port", type=click.IntRange(0, 65535), help="Its port (default 5000).")
+    @click.option(
+        "--public-url",
+        help="The address NXCLOUD and operators reach viberwatch at, e.g. "
+        "https://watch.example.com/vw (default: the PUBLIC_URL setting).",
+    )
+    def urls(host: str | None, port: int | None, public_url: str | None):
+        """Print the two webhook URLs to configure in NXCLOUD, and the dashboard's.
+
+        Under PUBLIC_URL (or --public-url) when it is set; else at http://HOST:PORT, the
+        address the server listens at."""
+        try:
+            base = config.public_url(public_url) or app.config["PUBLIC_URL"]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--public-url") from None
+        listening = f"http://{host or '127.0.0.1'}:{port or 5000}"
+        if base:
+            for name, url in webhook_urls(base).items():
+                click.echo(f"{name:16} {url}")
+            click.echo(f"{'dashboard':16} {external_url('dashboard.messages', base=base)}")
+            if host or port:
+                click.echo(f"{'listening':16} {listening}/")
+            return
+        with app.test_request_context(base_url=listening):
             for name, url in webhook_urls().items():
                 click.echo(f"{name:16} {url}")
-            click.echo(f"{'dashboard':16} http://{host}:{port}/")
+            click.echo(f"{'dashboard':16} {listening}/")
+        click.echo(
+            "(built from --host and --port: behind a reverse proxy or TLS, set PUBLIC_URL to "
+            "the address NXCLOUD reaches, e.g. https://watch.example.com)",
+            err=True,
+        )
 
     @app.cli.command("reprocess")
     @click.option(

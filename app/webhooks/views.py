@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify, request, url_for
+from flask import Blueprint, current_app, g, jsonify, request
 
 from ..auth import security
 from ..core.services import services
 from ..ingest import ingest_job
+from ..urls import external_url
 from . import checks, pipeline
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks/viber")
@@ -54,11 +55,12 @@ def user_reply():
     return receive("message")
 
 
-def webhook_urls() -> dict[str, str]:
-    """The two URLs to configure in NXCLOUD, absolute for the current request's host."""
+def webhook_urls(base: str | None = None) -> dict[str, str]:
+    """The two URLs to configure in NXCLOUD: under `base` or PUBLIC_URL when set, else
+    absolute for the current request's host."""
     token = services(current_app).webhook_settings.token
     args = {"token": token} if token else {}
     return {
-        "dr_webhook": url_for("webhooks.delivery_receipt", _external=True, **args),
-        "message_webhook": url_for("webhooks.user_reply", _external=True, **args),
+        "dr_webhook": external_url("webhooks.delivery_receipt", base=base, **args),
+        "message_webhook": external_url("webhooks.user_reply", base=base, **args),
     }
