@@ -5,7 +5,8 @@ kept (retention). It imports only core; the ingest engine (app/ingest/) writes i
 
 from flask import Flask
 
-from . import retention
+# search: importing it hooks the text search index to the tables' creation.
+from . import retention, search  # noqa: F401
 
 
 def init_app(app: Flask) -> None:
