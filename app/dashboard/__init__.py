@@ -1,11 +1,11 @@
 """The operators' pages: the message list and the rejected bodies (views), conversations,
-the CSV export, and what they share: the templates' filters and globals (templating), the
-message filters (filters), keyset-paged listing with its counters (listing), and the queries
-behind a message's page (queries)."""
+the CSV export, text search (search), and what they share: the templates' filters and
+globals (templating), the message filters (filters), keyset-paged listing with its
+counters (listing), and the queries behind a message's page (queries)."""
 
 from flask import Flask
 
-from . import conversations, export, templating, views
+from . import conversations, export, search, templating, views
 
 
 def init_app(app: Flask) -> None:
@@ -13,3 +13,4 @@ def init_app(app: Flask) -> None:
     views.register(app)
     app.register_blueprint(conversations.bp)
     app.register_blueprint(export.bp)
+    app.register_blueprint(search.bp)
