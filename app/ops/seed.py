@@ -53,6 +53,36 @@ TEMPLATES = (
     "Payment of ${n}.00 received, thank you",
     "Hi! Your parcel {n} is out for delivery",
 )
+# What makes seeded texts worth searching, chosen from numbers already drawn (a message's
+# number, a reply's requestId) so the random stream, and every other figure, stays as it was:
+# per 100, the ending of a message's text and what a reply adds (words common, middling, rare).
+TEXT_ENDINGS = (
+    ((0, 15), " Questions about a refund? Reply to this message."),
+    ((15, 16), " Use voucher SAVE10 on your next order."),
+    ((16, 40), " Track it in the app."),
+    ((40, 50), " Reply STOP to opt out."),
+)
+REPLY_ADDITIONS = (
+    ((0, 10), " I want a refund"),
+    ((10, 11), " my voucher does not work"),
+    ((11, 20), " where is my order?"),
+)
+
+
+def _by_hundred(table, n: int) -> str:
+    return next((words for (low, high), words in table if low <= n % 100 < high), "")
+
+
+def seeded_text(template: str, n: int) -> str:
+    """A registered text: the template with its number, and an ending by that number."""
+    return template.format(n=n) + _by_hundred(TEXT_ENDINGS, n)
+
+
+def seeded_reply(text: str, rid: str) -> str:
+    """A reply's text: one of REPLIES, and some words more for a share of requestIds."""
+    return text + _by_hundred(REPLY_ADDITIONS, int(rid[-6:], 16))
+
+
 REPLIES = (
     "Thanks!",
     "ok",
@@ -318,7 +348,7 @@ class Seeder:
             body = {
                 "requestId": rid,
                 "phone": phone,
-                "text": rng.choice(TEMPLATES).format(n=rng.randint(1000, 9999)),
+                "text": seeded_text(rng.choice(TEMPLATES), rng.randint(1000, 9999)),
                 "appkey": rng.choice(APPKEYS),
                 "functionType": rng.choice(FUNCTION_TYPES),
             }
@@ -419,7 +449,7 @@ class Seeder:
                     "fileName": "photo.jpg",
                 }
             else:
-                content = {"text": rng.choice(REPLIES)}
+                content = {"text": seeded_reply(rng.choice(REPLIES), rid)}
             reply_at_send = at.astimezone(self.zone).strftime(SENDTIME_FORMAT)
             data = {
                 "phone": phone,
