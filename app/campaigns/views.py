@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request
 
 from ..core.payloads import MAX_TAG_LENGTH as MAX_TAG
 from ..dashboard.filters import FilterError
-from ..dashboard.templating import duration, percent
+from ..dashboard.templating import duration, percent, price
 from ..errors import refusal
 from ..htmx import wants_fragment
 from . import report
@@ -67,7 +67,7 @@ def figure_text(c: report.Campaign, name: str) -> str:
 
 def cost_lines(c: report.Campaign) -> list[str]:
     return [
-        f"{local:.4f} {currency or '(no currency)'}"
+        f"{price(local)} {currency or '(no currency)'}"
         for currency, (_n, local, _original) in sorted(c.costs.items())
     ]
 

@@ -50,6 +50,27 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.1f}%"
 
 
+def price(value: float | None, signed: bool = False) -> str:
+    """A price as every page shows it: the stored precision (6 decimals) without trailing
+    zeros, "–" when there is none: 29.89465, 0.05, 1234.567891, 1. `signed` adds + to a
+    positive difference."""
+    if value is None:
+        return "–"
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    if text in ("-0", ""):
+        text = "0"
+    if signed and not text.startswith("-") and text != "0":
+        text = "+" + text
+    return text.replace("-", "−")
+
+
+def counted(n: int | None, singular: str, plural: str | None = None) -> str:
+    """A count and its noun, singular for one: "1 message", "2 messages", "1,200 replies"."""
+    n = n or 0
+    noun = singular if n == 1 else (plural or singular + "s")
+    return f"{n:,} {noun}"
+
+
 def body_text(value: bytes | None) -> str:
     """A stored body for display: decoded leniently, escaped by the template."""
     return value.decode("utf-8", errors="replace") if value else ""
@@ -81,4 +102,6 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(iso_text, "iso")
     app.add_template_filter(percent, "percent")
     app.add_template_filter(body_text, "body_text")
+    app.add_template_filter(price, "price")
+    app.add_template_filter(counted, "counted")
     app.add_template_filter(duration, "duration")

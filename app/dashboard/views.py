@@ -7,7 +7,7 @@ from flask import Blueprint, Flask, abort, current_app, redirect, render_templat
 from ..core.status import describe_code
 from ..htmx import wants_fragment
 from ..records import queries
-from ..records.models import RawBody, db
+from ..records.models import Message, RawBody, db
 from ..webhooks.reprocess import reprocess as reprocess_body
 from ..webhooks.views import webhook_urls
 from . import listing
@@ -117,6 +117,15 @@ def rejected_page(after: int | None) -> tuple[list[RawBody], int | None]:
     return rows, (rows[-1].id if more else None)
 
 
+def known_messages(rows: list[RawBody]) -> set[str]:
+    """The requestIds of these bodies that name a message viberwatch knows (to link to it)."""
+    ids = {raw.request_id for raw in rows if raw.request_id}
+    if not ids:
+        return set()
+    stmt = db.select(Message.request_id).where(Message.request_id.in_(ids))
+    return set(db.session.execute(stmt).scalars())
+
+
 @bp.get("/rejected")
 def rejected():
     """Bodies the webhooks refused or rejected, with the reason, the body and a reprocess button."""
@@ -131,6 +140,7 @@ def rejected():
             after=None,
             done=None,
             webhook_urls=None,
+            known=set(),
             error=exc,
         ), 400
     rows, next_after = rejected_page(after)
@@ -142,6 +152,7 @@ def rejected():
         after=after,
         done=done_body,
         webhook_urls=webhook_urls() if not rows and after is None else None,
+        known=known_messages(rows),
         error=None,
     )
 
@@ -154,7 +165,7 @@ def reprocess(raw_id: int):
     reprocess_body(raw_id)
     raw = db.session.get(RawBody, raw_id)
     if wants_fragment():
-        return render_template("rejected/_row.html", raw=raw)
+        return render_template("rejected/_row.html", raw=raw, known=known_messages([raw]))
     return redirect(url_for("dashboard.rejected", reprocessed=raw_id), code=303)
 
 
