@@ -169,6 +169,61 @@ class Summary:
         return out
 
 
+class Progress:
+    """The run as it goes: messages sent or registered, receipts, replies, failures and the
+    request rate. On a terminal one line rewritten in place a few times a second; otherwise
+    (a pipe, a log file) a plain line every `every` seconds."""
+
+    TTY_EVERY = 0.5
+
+    def __init__(self, stream, every: float = 10.0):
+        self.stream = stream
+        isatty = getattr(stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.every = self.TTY_EVERY if self.tty else every
+        self.stopped = False
+        self._last: tuple[float, int] | None = None  # (time, requests) at the last line
+
+    def line(self, summary: Summary) -> str:
+        now = time.monotonic()
+        kinds = summary.answered_by_kind
+        if self._last is None:
+            rate = summary.sent / summary.elapsed if summary.elapsed > 0 else 0.0
+        else:
+            gap = now - self._last[0]
+            rate = (summary.sent - self._last[1]) / gap if gap > 0 else 0.0
+        self._last = (now, summary.sent)
+        failed = summary.refused + summary.errors
+        return (
+            f"{summary.elapsed:5.1f} s  messages {kinds['send'] + kinds['register']}"
+            f" · receipts {kinds['dr']} · replies {kinds['message']}"
+            f" · {summary.sent}/{summary.planned} requests, {rate:.1f}/s"
+            + (f" · {failed} failed" if failed else "")
+        )
+
+    def show(self, summary: Summary) -> None:
+        text = self.line(summary)
+        # \r and erase-line: the line replaces the previous one on a terminal.
+        self.stream.write(f"\r\x1b[2K{text}" if self.tty else f"progress: {text}\n")
+        self.stream.flush()
+
+    async def run(self, summary: Summary) -> None:
+        while not self.stopped:
+            await asyncio.sleep(self.every)
+            if not self.stopped:
+                self.show(summary)
+
+    def finish(self, summary: Summary) -> None:
+        """Stop; on a terminal the last figures stay on their line, the summary below."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.tty:
+            self.show(summary)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 class SendPathError(Exception):
     """Sends through viberwatch's send proxy would not reach the played send API."""
 
@@ -414,7 +469,15 @@ def run(
     "it; its receipts follow the requestId the send API answers. Needs --send-api, and the "
     "server's NXCLOUD_BASE_URL pointing at it.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--progress-every",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds between progress lines when the output is not a terminal (on a terminal "
+    "one line is updated in place).",
+)
+@click.option("--quiet", is_flag=True, help="No progress line.")
 @with_appcontext
 def simulate_command(
     url,
@@ -433,13 +496,16 @@ def simulate_command(
     zone,
     send_api,
     through_proxy,
+    progress_every,
     quiet,
 ):
     """Play NXCLOUD: push synthetic receipts and replies to a running viberwatch."""
     if duration is not None and messages is not None:
         raise click.UsageError("give --duration or --messages, not both")
-    if rate <= 0 or speed <= 0 or concurrency < 1 or timeout <= 0:
-        raise click.UsageError("--rate, --speed, --concurrency and --timeout must be positive")
+    if rate <= 0 or speed <= 0 or concurrency < 1 or timeout <= 0 or progress_every <= 0:
+        raise click.UsageError(
+            "--rate, --speed, --concurrency, --timeout and --progress-every must be positive"
+        )
     if through_proxy and not send_api:
         raise click.UsageError(
             "--through-proxy needs --send-api: the proxy must forward to the played send API"
@@ -500,23 +566,21 @@ def simulate_command(
             raise click.ClickException(
                 f"cannot play the send API on {send_api}: {exc.strerror or exc}"
             ) from exc
-    bar = (
-        None
-        if quiet
-        else click.progressbar(length=len(script.events), label="pushing", file=sys.stderr)
-    )
+    progress = None if quiet else Progress(sys.stdout, progress_every)
 
     def report(summary: Summary) -> None:
         if holder.get("reported"):
             return
         holder["reported"] = True
-        if bar is not None:
-            bar.render_finish()
+        if progress is not None:
+            progress.finish(summary)
         for line in summary.lines():
             click.echo(line)
 
     def on_start(player: Player) -> None:
         holder["player"] = player
+        if progress is not None:
+            holder["progress"] = player.loop.create_task(progress.run(player.summary))
         if api is not None:
             api.start()
             click.echo(f"playing NXCLOUD's send API at {api.url}{SEND_PATH_HINT}")
@@ -543,7 +607,6 @@ def simulate_command(
                 timeout=timeout,
                 on_start=on_start,
                 then=then,
-                on_done=(lambda: bar.update(1)) if bar is not None else None,
                 send_api=api,
             )
         )
