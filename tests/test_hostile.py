@@ -107,7 +107,7 @@ HOSTILE = [
     ("array", b"[1, 2]", 422, "body"),
     ("null", b"null", 422, "body"),
     ("number for a string", encoded(receipt(12345)), 422, "requestId"),
-    ("string for a number", encoded(receipt(RID, code="11001")), 422, "code"),
+    ("text for a number", encoded(receipt(RID, code="11001x")), 422, "code"),
     ("bool for a number", encoded(receipt(RID, code=True)), 422, "code"),
     ("object for a string", encoded({**receipt(RID), "status": {"$ne": 1}}), 422, "status"),
     ("out of range", encoded(receipt(RID, code=2**40)), 422, "code"),

@@ -225,8 +225,8 @@ BAD_RECEIPTS = [
         "requestId",
     ),
     (
-        "code as string",
-        encoded(receipt(RID, "seen", code="11002")),
+        "code as text that is not a number",
+        encoded(receipt(RID, "seen", code="11002x")),
         "application/json",
         422,
         "code",
@@ -246,8 +246,8 @@ BAD_RECEIPTS = [
         "requestId",
     ),
     (
-        "missing message",
-        encoded({k: v for k, v in receipt(RID, "seen").items() if k != "message"}),
+        "message as number",
+        encoded(receipt(RID, "seen", message=11002)),
         "application/json",
         422,
         "message",
@@ -274,8 +274,8 @@ BAD_RECEIPTS = [
         "cost",
     ),
     (
-        "cost price as string",
-        encoded(receipt(RID, "seen", cost={"localPrice": "1.0"})),
+        "cost price as text with a decimal comma",
+        encoded(receipt(RID, "seen", cost={"localPrice": "1,0"})),
         "application/json",
         422,
         "cost.localPrice",

@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .errors import FieldError
-from .status import STATUSES
+from .status import STATUSES, describe_code
 
 MAX_ID_LENGTH = 128
 MAX_PHONE_LENGTH = 64
@@ -25,6 +25,42 @@ MAX_TEXT_LENGTH = 65536
 MAX_TAGS = 5
 MAX_TAG_LENGTH = 128
 SEND_TIME_RE = re.compile(r"\A(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})\Z")
+# ISO 8601 extended format with seconds: "T" (or a space) between date and time, an optional
+# fraction of a second, an optional zone (Z, +08:00, +0800, +08). No zone means the zone of
+# NXCLOUD's own format (SENDTIME_ZONE). A date alone, week dates or the basic format
+# ("20230713T151211") are not taken: reading them is guessing.
+ISO_TIME_RE = re.compile(
+    r"\A(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?\Z"
+)
+# An epoch number as `sendTime_text` writes it back (json.dumps of the JSON number): only
+# ever made from a JSON number, since a sendTime *text* of digits is refused.
+EPOCH_TEXT_RE = re.compile(r"\A\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\Z")
+# An epoch number below this is seconds (up to the year 5138), up to EPOCH_MS_LIMIT
+# milliseconds (1973 to 5138); anything larger is out of range.
+EPOCH_SECONDS_LIMIT = 10**11
+EPOCH_MS_LIMIT = 10**14
+# Codes and prices given as texts: ASCII decimal digits (a price: an optional sign and
+# decimal point too); no exponent, no spaces, no thousands or decimal comma.
+CODE_TEXT_RE = re.compile(r"\A[0-9]{1,20}\Z")
+PRICE_TEXT_RE = re.compile(r"\A[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})\Z")
+
+# What a body that was read by coercion says about itself: kept with its receipt or reply,
+# and shown among its message's anomalies (the message is flagged).
+CODE_AS_TEXT = "code given as text"
+MESSAGE_FROM_TABLE = "message missing: taken from the code table"
+SEND_TIME_ISO = "sendTime in ISO 8601"
+SEND_TIME_EPOCH = "sendTime as epoch seconds"
+SEND_TIME_EPOCH_MS = "sendTime as epoch milliseconds"
+PRICE_AS_TEXT = "price given as text"
+COERCIONS = (
+    CODE_AS_TEXT,
+    MESSAGE_FROM_TABLE,
+    SEND_TIME_ISO,
+    SEND_TIME_EPOCH,
+    SEND_TIME_EPOCH_MS,
+    PRICE_AS_TEXT,
+)
 OFFSET_RE = re.compile(r"\A(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?\Z")
 
 
@@ -144,10 +180,21 @@ def _string(
     return value
 
 
-def _integer(data: dict, field: str) -> int:
+def _integer(data: dict, field: str, notes: list[str] | None = None) -> int:
+    """An integer; with `notes`, also one given as a text of decimal digits (noted)."""
     if field not in data or data[field] is None:
         raise Invalid(422, field, "is required")
     value = data[field]
+    if notes is not None and isinstance(value, str):
+        if not CODE_TEXT_RE.match(value):
+            raise Invalid(
+                422, field, f"must be an integer or a text of decimal digits, got {value[:40]!r}"
+            )
+        value = int(value)
+        if value >= 2**31:
+            raise Invalid(422, field, "out of range")
+        notes.append(CODE_AS_TEXT)
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise Invalid(422, field, f"must be an integer, got {_type_name(value)}")
     if not -(2**31) <= value < 2**31:
@@ -155,10 +202,22 @@ def _integer(data: dict, field: str) -> int:
     return value
 
 
-def _number(data: dict, field: str, path: str) -> float | None:
+def _number(data: dict, field: str, path: str, notes: list[str] | None = None) -> float | None:
+    """A number, or nothing; with `notes`, also one given as a decimal text (noted)."""
     if field not in data or data[field] is None:
         return None
     value = data[field]
+    if notes is not None and isinstance(value, str):
+        if not PRICE_TEXT_RE.match(value):
+            raise Invalid(
+                422, path + field, f"must be a number or a decimal text, got {value[:40]!r}"
+            )
+        value = float(value)
+        if abs(value) >= 1e12:
+            raise Invalid(422, path + field, "out of range")
+        if PRICE_AS_TEXT not in notes:
+            notes.append(PRICE_AS_TEXT)
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Invalid(422, path + field, f"must be a number, got {_type_name(value)}")
     if abs(value) >= 1e12:
@@ -166,19 +225,90 @@ def _number(data: dict, field: str, path: str) -> float | None:
     return float(value)
 
 
-def parse_send_time(raw: str, zone: tzinfo, field: str = "sendTime") -> datetime:
-    m = SEND_TIME_RE.match(raw)
-    if not m:
-        raise Invalid(422, field, 'must look like "YYYY-MM-DD HH:MM:SS"')
+SEND_TIME_FORMS = 'must look like "YYYY-MM-DD HH:MM:SS" or ISO 8601, or be an epoch number'
+
+
+def _to_utc(local: datetime, zone: tzinfo, field: str) -> datetime:
     try:
-        local = datetime(*map(int, m.groups()))
-    except ValueError:
-        raise Invalid(422, field, "is not a valid date and time") from None
-    try:
-        return local.replace(tzinfo=zone).astimezone(UTC)
+        return local.replace(tzinfo=local.tzinfo or zone).astimezone(UTC)
     except (OverflowError, ValueError):
         # Year 1 east of UTC (or 9999 west of it) has no UTC time that Python can hold.
         raise Invalid(422, field, "out of range once converted to UTC") from None
+
+
+def _iso_time(m: re.Match, field: str) -> datetime:
+    year, month, day, hour, minute, second, fraction, z, sign, oh, om = m.groups()
+    zone = None
+    if z:
+        zone = UTC
+    elif sign:
+        hours, minutes = int(oh), int(om or 0)
+        if hours > 23 or minutes > 59:
+            raise Invalid(422, field, "has a zone offset out of range")
+        offset = timedelta(hours=hours, minutes=minutes)
+        zone = timezone(offset if sign == "+" else -offset)
+    try:
+        return datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int((fraction or "")[:6].ljust(6, "0")),
+            tzinfo=zone,
+        )
+    except ValueError:
+        raise Invalid(422, field, "is not a valid date and time") from None
+
+
+def _epoch_time(value: int | float, field: str) -> tuple[datetime, str]:
+    if not 0 <= value < EPOCH_MS_LIMIT:
+        raise Invalid(422, field, "out of range as an epoch number")
+    if value < EPOCH_SECONDS_LIMIT:
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=value), SEND_TIME_EPOCH
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value), SEND_TIME_EPOCH_MS
+
+
+def read_send_time(raw: str, zone: tzinfo, field: str = "sendTime") -> tuple[datetime, str | None]:
+    """A sendTime as kept (`send_time_raw`) in UTC, and the coercion it took, if any: NXCLOUD's
+    "YYYY-MM-DD HH:MM:SS" in `zone` (none), ISO 8601 (its zone, else `zone`), or the text of
+    an epoch number (seconds, or milliseconds by magnitude)."""
+    m = SEND_TIME_RE.match(raw)
+    if m:
+        try:
+            local = datetime(*map(int, m.groups()))
+        except ValueError:
+            raise Invalid(422, field, "is not a valid date and time") from None
+        return _to_utc(local, zone, field), None
+    m = ISO_TIME_RE.match(raw)
+    if m:
+        return _to_utc(_iso_time(m, field), zone, field), SEND_TIME_ISO
+    if EPOCH_TEXT_RE.match(raw):
+        return _epoch_time(json.loads(raw), field)
+    raise Invalid(422, field, SEND_TIME_FORMS)
+
+
+def parse_send_time(raw: str, zone: tzinfo, field: str = "sendTime") -> datetime:
+    """The UTC time of a sendTime as kept (`send_time_raw`), whichever form it came in."""
+    return read_send_time(raw, zone, field)[0]
+
+
+def _send_time(data: dict, zone: tzinfo, notes: list[str]) -> tuple[str, datetime]:
+    """A body's sendTime: its text as kept (an epoch number as its JSON text) and UTC time."""
+    value = data.get("sendTime")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        when, note = _epoch_time(value, "sendTime")
+        notes.append(note)
+        # Read back by read_send_time: json.loads gives the very same number again.
+        return json.dumps(value), when
+    raw = _string(data, "sendTime", max_length=32)
+    if EPOCH_TEXT_RE.match(raw):  # digits in a text: seconds, or a compact date?
+        raise Invalid(422, "sendTime", SEND_TIME_FORMS)
+    when, note = read_send_time(raw, zone)
+    if note:
+        notes.append(note)
+    return raw, when
 
 
 def content_hash(kind: str, data: dict) -> str:
@@ -205,6 +335,8 @@ class ReceiptIn:
     send_time: datetime
     cost: Cost | None
     content_hash: str
+    # What was read by coercion (COERCIONS), in that order; () for a body as documented.
+    coerced: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,6 +350,7 @@ class ReplyIn:
     send_time_raw: str
     send_time: datetime
     content_hash: str
+    coerced: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,10 +370,13 @@ def parse_receipt(data: dict, zone: tzinfo) -> ReceiptIn:
     if status not in STATUSES:
         raise Invalid(422, "status", f"must be one of {', '.join(STATUSES)}, got {status!r}")
     request_id = _string(data, "requestId", max_length=MAX_ID_LENGTH)
-    code = _integer(data, "code")
-    message = _string(data, "message", empty=True)
-    send_time_raw = _string(data, "sendTime", max_length=32)
-    send_time = parse_send_time(send_time_raw, zone)
+    notes: list[str] = []
+    code = _integer(data, "code", notes)
+    message = _string(data, "message", required=False, empty=True)
+    if message is None:
+        message = describe_code(code).message
+        notes.append(MESSAGE_FROM_TABLE)
+    send_time_raw, send_time = _send_time(data, zone, notes)
     cost = None
     raw_cost = data.get("cost")
     if raw_cost is not None:
@@ -248,12 +384,20 @@ def parse_receipt(data: dict, zone: tzinfo) -> ReceiptIn:
             raise Invalid(422, "cost", f"must be an object, got {_type_name(raw_cost)}")
         cost = Cost(
             currency=_string(raw_cost, "currency", "cost.", required=False, max_length=16),
-            local_price=_number(raw_cost, "localPrice", "cost."),
-            original_price=_number(raw_cost, "originalPrice", "cost."),
+            local_price=_number(raw_cost, "localPrice", "cost.", notes),
+            original_price=_number(raw_cost, "originalPrice", "cost.", notes),
             rate_type=_string(raw_cost, "rateType", "cost.", required=False, max_length=32),
         )
     return ReceiptIn(
-        status, request_id, code, message, send_time_raw, send_time, cost, content_hash("dr", data)
+        status,
+        request_id,
+        code,
+        message,
+        send_time_raw,
+        send_time,
+        cost,
+        content_hash("dr", data),
+        coerced(notes),
     )
 
 
@@ -273,8 +417,8 @@ def parse_reply(data: dict, zone: tzinfo) -> ReplyIn:
     )
     if text is None and media is None:
         raise Invalid(422, "message", "must carry text, or media with fileName")
-    send_time_raw = _string(data, "sendTime", max_length=32)
-    send_time = parse_send_time(send_time_raw, zone)
+    notes: list[str] = []
+    send_time_raw, send_time = _send_time(data, zone, notes)
     return ReplyIn(
         phone,
         appkey,
@@ -285,7 +429,14 @@ def parse_reply(data: dict, zone: tzinfo) -> ReplyIn:
         send_time_raw,
         send_time,
         content_hash("message", data),
+        coerced(notes),
     )
+
+
+def coerced(notes) -> tuple[str, ...]:
+    """Coercion notes in COERCIONS order, each once (what a receipt or reply keeps)."""
+    given = set(notes)
+    return tuple(n for n in COERCIONS if n in given)
 
 
 def parse_registration(data: dict) -> RegistrationIn:

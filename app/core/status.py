@@ -104,6 +104,7 @@ class ReceiptFact:
     key: str = ""  # a stable tie-breaker (the receipt's content hash)
     send_time_raw: str | None = None
     cost: tuple | None = None  # (currency, localPrice, originalPrice, rateType)
+    coerced: tuple[str, ...] = ()  # what was read by coercion (payloads.COERCIONS)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import cache
 
 from ..core.status import ReceiptFact
-from ..records.derivation import Registration, ReplyFact, tags_of
+from ..records.derivation import Registration, ReplyFact, coerced_of, tags_of
 from ..records.models import Message, RawBody, Receipt, Reply
 from ..records.sqlutil import insert_for, pipelined, run_many, send_next_ids, send_select_in
 
@@ -51,6 +51,7 @@ RECEIPT_COLUMNS = (
     "cost_local_price",
     "cost_original_price",
     "cost_rate_type",
+    "coerced",
 )
 STORED_RAW_COLUMNS = (
     "id",
@@ -70,6 +71,7 @@ REPLY_COLUMNS = (
     "text",
     "file_name",
     "media",
+    "coerced",
 )
 # receipts_count of a message row created by this transaction until its columns are written
 # (a stored row never has it): tells new rows from old.
@@ -146,6 +148,7 @@ def receipt_facts(rows) -> dict[str, dict[str, ReceiptFact]]:
             key=r.content_hash,
             send_time_raw=r.send_time_raw,
             cost=cost,
+            coerced=coerced_of(r.coerced),
         )
     return out
 
@@ -155,7 +158,7 @@ def reply_facts(rows) -> dict[str, dict[str, ReplyFact]]:
     out: dict[str, dict[str, ReplyFact]] = {}
     for r in rows:
         out.setdefault(r.trace_request_id, {})[r.content_hash] = ReplyFact(
-            r.phone, r.received_at, r.raw_id, r.text, r.file_name, r.media
+            r.phone, r.received_at, r.raw_id, r.text, r.file_name, r.media, coerced_of(r.coerced)
         )
     return out
 

@@ -57,6 +57,7 @@ class ReplyFact:
     text: str | None = None
     file_name: str | None = None
     media: str | None = None
+    coerced: tuple[str, ...] = ()  # what was read by coercion (payloads.COERCIONS)
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,30 @@ def receipt_fact(rc: payloads.ReceiptIn, received_at: datetime) -> ReceiptFact:
         cost=(cost.currency, cost.local_price, cost.original_price, cost.rate_type)
         if cost
         else None,
+        coerced=rc.coerced,
     )
 
 
 def reply_fact(rp: payloads.ReplyIn, received_at: datetime, order: int) -> ReplyFact:
-    return ReplyFact(rp.phone, received_at, order, rp.text, rp.file_name, rp.media)
+    return ReplyFact(rp.phone, received_at, order, rp.text, rp.file_name, rp.media, rp.coerced)
+
+
+def coerced_text(coerced: tuple[str, ...]) -> str | None:
+    """A receipt's or reply's coercions as its `coerced` column keeps them."""
+    return "; ".join(coerced) or None
+
+
+def coerced_of(text: str | None) -> tuple[str, ...]:
+    return tuple(text.split("; ")) if text else ()
+
+
+def message_anomalies(
+    state: State, receipts: Iterable[ReceiptFact], replies: Iterable[ReplyFact]
+) -> tuple[str, ...]:
+    """A message's anomalies: its contradicting statuses (status.anomalies), then every
+    coercion its receipts and replies were read with, each once, in payloads.COERCIONS order."""
+    given = {n for r in receipts for n in r.coerced} | {n for r in replies for n in r.coerced}
+    return state.anomalies + payloads.coerced(given)
 
 
 @lru_cache(maxsize=4096)
@@ -166,6 +186,7 @@ def message_columns(
     state = state if state is not None else fold(receipts)
     cost = state.cost or (None, None, None, None)
     last = replies[-1] if replies else None
+    anomalies = message_anomalies(state, receipts, replies)
     activity = [created_at]
     activity.extend(r.received_at for r in receipts)
     if registration is not None:
@@ -195,8 +216,8 @@ def message_columns(
         "cost_local_price": cost[1],
         "cost_original_price": cost[2],
         "cost_rate_type": cost[3],
-        "anomalies": "; ".join(state.anomalies) or None,
-        "anomaly": bool(state.anomalies),
+        "anomalies": "; ".join(anomalies) or None,
+        "anomaly": bool(anomalies),
         "receipts_count": len(receipts),
         "replies_count": len(replies),
         "last_reply_text": reply_preview(last.text, last.file_name, last.media) if last else None,
@@ -226,6 +247,7 @@ def receipt_row(
         "received_at": at,
         "times_received": times,
         "last_received_at": last,
+        "coerced": coerced_text(rc.coerced),
     }
 
 
@@ -244,4 +266,5 @@ def reply_row(rp: payloads.ReplyIn, raw_id: int, at: datetime, times: int) -> di
         "send_time": rp.send_time,
         "received_at": at,
         "times_received": times,
+        "coerced": coerced_text(rp.coerced),
     }

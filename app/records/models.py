@@ -162,6 +162,8 @@ class Receipt(db.Model):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     times_received: Mapped[int] = mapped_column(Integer, default=1)
     last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What was read by coercion ("; "-joined, payloads.COERCIONS); NULL for a documented body.
+    coerced: Mapped[str | None] = mapped_column(Text)
 
     # raw_id indexed so deleting raw bodies (purge) finds the rows that point at them.
     __table_args__ = (
@@ -187,6 +189,7 @@ class Reply(db.Model):
     send_time: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     times_received: Mapped[int] = mapped_column(Integer, default=1)
+    coerced: Mapped[str | None] = mapped_column(Text)  # as Receipt.coerced
 
     __table_args__ = (
         Index("ix_reply_trace", "trace_request_id", "received_at"),
