@@ -4,6 +4,7 @@ price as a text of digits, a receipt without `message`, a sendTime in ISO 8601 o
 number. Each coercion is an anomaly of its message; what cannot be read is refused as before."""
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,6 +26,7 @@ from app.core.payloads import (
     parse_zone,
 )
 from app.core.times import utcnow
+from app.dashboard.filters import MessageFilter
 from app.ops.maintenance import recount_differences
 from app.records.models import Message, RawBody, Receipt, Reply, db
 from support.bodies import DR, REPLY, encoded, post_json, receipt, reply
@@ -32,6 +34,7 @@ from support.bodies import DR, REPLY, encoded, post_json, receipt, reply
 RID = "c0e1c3d0a0b04c5e9a8a3f2b1d4e5f60"
 PHONE = "79100000030"
 ZONE = parse_zone("UTC+08:00")  # the default SENDTIME_ZONE
+ROW_RE = re.compile(r'<tr id="msg-([^"]+)" data-status="[^"]+">')
 
 
 def without(body: dict, *names: str) -> dict:
@@ -42,6 +45,12 @@ def read(client, rid=RID) -> dict:
     response = client.get(f"/api/messages/{rid}")
     assert response.status_code == 200
     return response.get_json()
+
+
+def ids(client, query: str) -> list[str]:
+    response = client.get("/" + query)
+    assert response.status_code == 200, response.get_data(as_text=True)[:1000]
+    return ROW_RE.findall(response.get_data(as_text=True))
 
 
 def assert_no_difference(app):
@@ -321,6 +330,69 @@ def test_a_reply_whose_sendtime_cannot_be_read_is_still_refused(client, app, nam
         assert db.session.execute(db.select(RawBody.outcome)).scalar_one() == "rejected"
 
 
+@pytest.fixture
+def flagged(client, app):
+    """Five messages: documented, contradicting, and three read by coercion."""
+    bodies = [
+        receipt("m1-plain", "delivered"),
+        receipt("m2-contradiction", "delivered"),
+        receipt("m2-contradiction", "expired"),
+        receipt("m3-code-text", "seen", code="11002"),
+        receipt("m4-iso", "delivered", send_time="2023-07-13T15:12:11+08:00"),
+        receipt("m5-both", "delivered"),
+        receipt("m5-both", "failed"),
+        reply("m5-both", PHONE, "hi", send_time=1689575450),
+    ]
+    for body in bodies:
+        path = REPLY if "traceRequestId" in body else DR
+        assert post_json(client, path, body).status_code == 200
+    return client
+
+
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("", {"m1-plain", "m2-contradiction", "m3-code-text", "m4-iso", "m5-both"}),
+        ("?anomaly=1", {"m2-contradiction", "m3-code-text", "m4-iso", "m5-both"}),
+        ("?anomaly=coerced", {"m3-code-text", "m4-iso", "m5-both"}),
+        ("?anomaly=COERCED&status=delivered", {"m4-iso", "m5-both"}),
+        ("?anomaly=contradiction", {"m2-contradiction", "m5-both"}),
+        ("?anomaly=sendTime+in+ISO+8601", {"m4-iso"}),
+        ("?anomaly=epoch", {"m5-both"}),
+        ("?anomaly=code+given+as+text", {"m3-code-text"}),
+        ("?anomaly=no+such+anomaly", set()),
+        ("?anomaly=100%25", set()),
+        ("?anomaly=0", {"m1-plain", "m2-contradiction", "m3-code-text", "m4-iso", "m5-both"}),
+    ],
+)
+def test_the_messages_page_filters_by_anomaly_kind(flagged, app, query, expected):
+    assert set(ids(flagged, query)) == expected
+    if query:
+        args = dict(pair.split("=") for pair in query[1:].split("&"))
+        args = {k: v.replace("+", " ").replace("%25", "%") for k, v in args.items()}
+        flt = MessageFilter.from_args(args)
+        with app.app_context():
+            matched = {
+                m.request_id
+                for m in db.session.execute(db.select(Message)).scalars()
+                if flt.matches(m)
+            }
+            queried = set(db.session.execute(flt.query()).scalars().all())
+            assert matched == {m.request_id for m in queried} == expected
+
+
+def test_an_anomaly_kind_is_a_removable_chip_and_round_trips(flagged):
+    flt = MessageFilter.from_args({"anomaly": "coerced"})
+    assert flt.anomaly and flt.anomaly_kind == "coerced" and not flt.by_key_only
+    assert flt.to_args() == {"anomaly": "coerced"}
+    [(label, without_it)] = flt.chips()
+    assert label == "anomaly: coerced" and without_it.is_empty
+    assert MessageFilter.from_args({"anomaly": "yes"}) == MessageFilter(anomaly=True)
+    html = flagged.get("/?anomaly=coerced").get_data(as_text=True)
+    assert "anomaly: coerced" in html
+    assert flagged.get("/export.csv?anomaly=coerced").status_code == 200
+
+
 def store_as_rejected_before(app, body: bytes, reason: str, endpoint: str = "dr") -> int:
     """A body as the webhook kept it before coercions were read: rejected, 422, its reason."""
     with app.app_context():
@@ -383,6 +455,7 @@ def test_reprocess_rescues_a_body_refused_before(client, app):
         for raw_id in (first, second, answer):
             raw = db.session.get(RawBody, raw_id)
             assert raw.outcome == "accepted" and raw.reprocessed_at is not None
+    assert set(ids(client, "?anomaly=coerced")) == {RID}
     assert_no_difference(app)
 
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, and_, func, or_
 
 from ..core.errors import FieldError
-from ..core.payloads import Invalid, parse_tags
+from ..core.payloads import COERCIONS, Invalid, parse_tags
 from ..core.status import STATUSES
 from ..records.derivation import tags_of
 from ..records.models import Message, MessageTag, db
@@ -22,6 +22,15 @@ STATUS_CHOICES = ("pending",) + STATUSES
 MAX_TEXT = 128
 # ASCII digits only: int() would also take "1_000" and other scripts' digits.
 INTEGER_RE = re.compile(r"\A[+-]?[0-9]+\Z")
+# `anomaly=`: any anomaly; or a kind of them: "coerced" (a body read by coercion, any of
+# payloads.COERCIONS), "contradiction" (contradicting receipts: "... beside ..."), or any
+# other text, found in the message's anomalies (case-insensitive), e.g. "sendTime in ISO".
+ANOMALY_ANY = ("1", "true", "on", "yes")
+ANOMALY_NONE = ("", "0", "false", "off", "no")
+ANOMALY_KINDS = {
+    "coerced": COERCIONS,
+    "contradiction": (" beside ",),
+}
 
 
 class FilterError(FieldError):
@@ -97,6 +106,9 @@ class MessageFilter:
     date_from: date | None = None
     date_to: date | None = None  # inclusive
     anomaly: bool = False
+    # With `anomaly`: only messages with this kind of anomaly (ANOMALY_KINDS), or with this
+    # text among their anomalies (lower-case).
+    anomaly_kind: str | None = None
     tags: tuple[str, ...] = ()  # the message has every one of them
     appkey: str | None = None  # exactly
 
@@ -123,7 +135,9 @@ class MessageFilter:
         date_from, date_to = _date(args, "from"), _date(args, "to")
         if date_from and date_to and date_from > date_to:
             raise FilterError("to", "must not be before from")
-        anomaly = (_text(args, "anomaly") or "").lower() in ("1", "true", "on", "yes")
+        anomaly_arg = (_text(args, "anomaly") or "").lower()
+        anomaly = anomaly_arg not in ANOMALY_NONE
+        anomaly_kind = None if anomaly_arg in ANOMALY_ANY + ANOMALY_NONE else anomaly_arg
         try:
             tags = parse_tags(",".join(_getlist(args, "tag")) or None, "tag")
         except Invalid as exc:
@@ -138,6 +152,7 @@ class MessageFilter:
             date_from=date_from,
             date_to=date_to,
             anomaly=anomaly,
+            anomaly_kind=anomaly_kind,
             tags=tags,
             appkey=_text(args, "appkey"),
         )
@@ -159,7 +174,7 @@ class MessageFilter:
         if self.date_to:
             args["to"] = self.date_to.isoformat()
         if self.anomaly:
-            args["anomaly"] = "1"
+            args["anomaly"] = self.anomaly_kind or "1"
         if self.tags:
             args["tag"] = list(self.tags)
         if self.appkey is not None:
@@ -182,7 +197,11 @@ class MessageFilter:
             out.append((f"from: {self.date_from.isoformat()}", replace(self, date_from=None)))
         if self.date_to:
             out.append((f"to: {self.date_to.isoformat()}", replace(self, date_to=None)))
-        if self.anomaly:
+        if self.anomaly and self.anomaly_kind:
+            out.append(
+                (f"anomaly: {self.anomaly_kind}", replace(self, anomaly=False, anomaly_kind=None))
+            )
+        elif self.anomaly:
             out.append(("anomalies only", replace(self, anomaly=False)))
         out += [
             (f"tag: {t}", replace(self, tags=tuple(x for x in self.tags if x != t)))
@@ -208,6 +227,15 @@ class MessageFilter:
             conds.append(Message.last_activity_at < day_start(self.date_to + timedelta(days=1)))
         if self.anomaly:
             conds.append(Message.anomaly.is_(True))
+        if self.anomaly and self.anomaly_kind:
+            conds.append(
+                or_(
+                    *(
+                        func.lower(Message.anomalies).contains(part.lower(), autoescape=True)
+                        for part in self._anomaly_texts()
+                    )
+                )
+            )
         for tag in self.tags:
             tagged = db.select(MessageTag.request_id).where(MessageTag.tag == tag)
             conds.append(Message.request_id.in_(tagged))
@@ -226,6 +254,7 @@ class MessageFilter:
             and self.date_to is None
             and not self.tags
             and self.appkey is None
+            and self.anomaly_kind is None
         )
 
     def key_conditions(self, table) -> list:
@@ -238,6 +267,10 @@ class MessageFilter:
         if self.anomaly:
             conds.append(table.anomaly.is_(True))
         return conds
+
+    def _anomaly_texts(self) -> tuple[str, ...]:
+        """What a message's anomalies contain, one of, to be of the kind asked for."""
+        return ANOMALY_KINDS.get(self.anomaly_kind, (self.anomaly_kind,))
 
     def query(self) -> Select:
         """SELECT of the matching messages, most recent activity first."""
@@ -264,6 +297,10 @@ class MessageFilter:
             return False
         if self.anomaly and not m.anomaly:
             return False
+        if self.anomaly and self.anomaly_kind:
+            found = (m.anomalies or "").lower()
+            if not any(part.lower() in found for part in self._anomaly_texts()):
+                return False
         if self.tags and not tags_of(m.tags).issuperset(self.tags):
             return False
         if self.appkey is not None and m.appkey != self.appkey:
