@@ -32,8 +32,9 @@
   var openedAt = 0;
   var OFFLINE_AFTER = 5;
   var STABLE_AFTER = 10000;
-  var RETRY_FIRST = 1000;
-  var RETRY_CAP = 30000;
+  // 0.5 s doubling to a 3 s cap: a page is back within 3 s of its server answering again.
+  var RETRY_FIRST = 500;
+  var RETRY_CAP = 3000;
 
   function failuresSoFar() {
     return opened && Date.now() - openedAt >= STABLE_AFTER ? 0 : failures;
@@ -49,6 +50,29 @@
   if (window.htmx) {
     // Called by the extension as the socket closes, before htmx:wsClose below counts it.
     htmx.config.wsReconnectDelay = function () { return retryDelay(failuresSoFar()); };
+    // The extension hands a socket's "error" event to htmx as an error, which htmx logs
+    // ("[object Event]"). An attempt that never opened (the server restarting, away, or
+    // refusing) is what reconnecting expects: its close follows at once and schedules the
+    // next try, so its error event is taken here. An error on a socket that had opened is
+    // not expected and still goes to the extension.
+    htmx.createWebSocket = function (url) {
+      var sock = new WebSocket(url, []);
+      sock.binaryType = htmx.config.wsBinaryType;
+      var handler = null;
+      var wasOpen = false;
+      sock.addEventListener("open", function () { wasOpen = true; });
+      Object.defineProperty(sock, "onerror", {
+        configurable: true,
+        get: function () { return handler; },
+        set: function (fn) { handler = fn; }
+      });
+      sock.addEventListener("error", function (evt) {
+        if (wasOpen && handler) {
+          handler.call(sock, evt);
+        }
+      });
+      return sock;
+    };
   }
 
   function cursor() {
@@ -85,7 +109,9 @@
     var page = body.dataset.livePage || "other";
     var rows = [];
     if (page === "messages") {
-      rows = idsOf("#messages-body > tr", "msg-");
+      rows = idsOf("#messages-body > tr:not(.leaving)", "msg-");
+    } else if (page === "conversations") {
+      rows = idsOf("#contacts-body > tr", "contact-");
     } else if (page === "thread") {
       rows = idsOf("#thread > [id]", "thread-msg-");
     }
@@ -93,7 +119,7 @@
       type: "hello",
       cursor: cursor(),
       page: page,
-      filters: page === "messages" ? window.location.search : "",
+      filters: page === "messages" || page === "conversations" ? window.location.search : "",
       phone: body.dataset.livePhone || null,
       requestId: body.dataset.liveRequestId || null,
       rows: rows,
@@ -194,6 +220,9 @@
     }
     pendingMeta = null;
     trimFeed();
+    trimList("messages-body");
+    trimList("contacts-body");
+    showNewer();
     body.dispatchEvent(new CustomEvent("live:applied", { bubbles: true }));
   });
 
@@ -206,6 +235,14 @@
     }
     if (fragment.nodeType !== Node.ELEMENT_NODE) {
       return; // an outerHTML swap by id: already in place
+    }
+    if (detail.target.id === "messages-body") {
+      detail.shouldSwap = takeRows(fragment);
+      return;
+    }
+    if (detail.target.id === "contacts-body") {
+      detail.shouldSwap = takeContacts(fragment);
+      return;
     }
     if (detail.target.id === "feed-items" && paused) {
       held = Array.prototype.slice.call(fragment.children).concat(held).slice(0, feedCap());
@@ -225,23 +262,255 @@
     }
   });
 
-  // The first row of an empty list: the table is not on the page yet, fetch the results.
+  // The first row of an empty list: the table is not on the page yet, fetch the list.
   document.addEventListener("htmx:oobErrorNoTarget", function (evt) {
-    if (evt.detail.target !== "#messages-body" || refreshing || !document.getElementById("results")) {
+    var target = evt.detail.target;
+    if (refreshing) {
       return;
     }
-    refreshing = true;
-    htmx.ajax("GET", window.location.pathname + window.location.search, { target: "#results" })
-      .finally(function () { refreshing = false; });
+    var url = window.location.pathname + window.location.search;
+    if (target === "#messages-body" && document.getElementById("results")) {
+      refreshing = true;
+      htmx.ajax("GET", url, { target: "#results" }).finally(function () { refreshing = false; });
+    } else if (target === "#contacts-body" && document.getElementById("contacts")) {
+      refreshing = true;
+      htmx.ajax("GET", url, { target: "#contacts", select: "#contacts", swap: "outerHTML" })
+        .finally(function () { refreshing = false; });
+    }
   });
 
-  // Filters and pages change in place: tell the server what the page shows now.
+  // Filters and pages change in place: tell the server what the page shows now. Rows held
+  // back belonged to the list that was there; the new one starts afresh.
   body.addEventListener("htmx:afterSettle", function (evt) {
     var target = evt.detail.target;
     if (target && (target.id === "results" || target.id === "panel")) {
+      newer = [];
+      newerDropped = 0;
+      listPaused = false;
+      showNewer();
       sayHello();
     }
   });
+
+  // -- Lists that keep their page size ------------------------------------------------
+  // A new message goes to the top of the messages list and the bottom row goes, so the
+  // page stays the size it was loaded with. While the reader is down the list or has
+  // paused it, new rows wait (newest first, at most a page of them) behind a "N newer"
+  // button instead of moving the rows being read. A row that changed is replaced where it
+  // stands (or among the waiting ones); one that left the page's filter is marked and
+  // then removed; one the page no longer has is ignored.
+  var newer = [];
+  var newerDropped = 0;
+  var listPaused = false;
+  var LEAVE_AFTER = 1500;
+
+  function pageSize(list) {
+    var n = parseInt(list.dataset.pageSize || "", 10);
+    return isNaN(n) ? 50 : n;
+  }
+
+  function listAtTop(list) {
+    var table = list.closest("table") || list;
+    return table.getBoundingClientRect().top >= -1;
+  }
+
+  function holding(list) {
+    return listPaused || newer.length > 0 || !listAtTop(list);
+  }
+
+  function indexOfNewer(id) {
+    for (var i = 0; i < newer.length; i++) {
+      if (newer[i].id === id) {
+        return i;
+      }
+    }
+    return -1;
+  }
+
+  function replaceRow(existing, row) {
+    existing.replaceWith(row);
+    htmx.process(row);
+    htmx.trigger(row, "htmx:load"); // app.js localises its times
+  }
+
+  function leave(row) {
+    row.classList.add("leaving");
+    row.setAttribute("data-live-leave", "1");
+    window.setTimeout(function () {
+      if (row.parentNode && row.classList.contains("leaving")) {
+        row.parentNode.removeChild(row);
+      }
+    }, LEAVE_AFTER);
+  }
+
+  // Decides every row of a push to #messages-body; true when some are left for htmx to
+  // insert at the top.
+  function takeRows(fragment) {
+    var list = document.getElementById("messages-body");
+    var mode = fragment.getAttribute("data-live") || "insert";
+    var hold = mode === "insert" && holding(list);
+    Array.prototype.slice.call(fragment.children).forEach(function (row) {
+      var existing = row.id ? document.getElementById(row.id) : null;
+      var waiting = row.id ? indexOfNewer(row.id) : -1;
+      if (mode === "leave") {
+        fragment.removeChild(row);
+        if (existing) {
+          replaceRow(existing, row);
+          leave(row);
+        } else if (waiting >= 0) {
+          newer.splice(waiting, 1);
+        }
+      } else if (existing) {
+        replaceRow(existing, row);
+      } else if (waiting >= 0) {
+        fragment.removeChild(row);
+        newer[waiting] = row;
+      } else if (mode !== "insert") {
+        fragment.removeChild(row); // dropped past the page's size: nothing to update
+      } else if (hold) {
+        fragment.removeChild(row);
+        newer.unshift(row);
+        if (newer.length > pageSize(list)) {
+          newer.pop();
+          newerDropped += 1;
+        }
+      }
+    });
+    return fragment.children.length > 0;
+  }
+
+  // A phone with new activity moves to the top of the conversations list.
+  function takeContacts(fragment) {
+    var mode = fragment.getAttribute("data-live") || "top";
+    Array.prototype.slice.call(fragment.children).forEach(function (row) {
+      var existing = row.id ? document.getElementById(row.id) : null;
+      if (mode === "top") {
+        if (existing) {
+          existing.parentNode.removeChild(existing);
+        }
+      } else {
+        fragment.removeChild(row);
+        if (existing) {
+          replaceRow(existing, row);
+        }
+      }
+    });
+    return fragment.children.length > 0;
+  }
+
+  function trimList(id) {
+    var list = document.getElementById(id);
+    if (!list) {
+      return;
+    }
+    var size = pageSize(list);
+    var rows = list.querySelectorAll(":scope > tr:not(.leaving)");
+    for (var i = rows.length - 1; i >= size; i--) {
+      list.removeChild(rows[i]);
+    }
+  }
+
+  function showNewer() {
+    var button = document.getElementById("list-newer");
+    if (!button) {
+      return;
+    }
+    var n = newer.length + newerDropped;
+    var text = n ? n + " newer: show" : "";
+    if (button.textContent !== text) {
+      button.textContent = text;
+    }
+    button.hidden = !n;
+  }
+
+  function showHeldRows() {
+    var list = document.getElementById("messages-body");
+    if (!list) {
+      return;
+    }
+    for (var i = newer.length - 1; i >= 0; i--) {
+      list.insertBefore(newer[i], list.firstChild);
+      htmx.process(newer[i]);
+      htmx.trigger(newer[i], "htmx:load");
+    }
+    newer = [];
+    newerDropped = 0;
+    trimList("messages-body");
+    showNewer();
+    if (!listAtTop(list)) {
+      list.closest("table").scrollIntoView({ block: "start" });
+    }
+  }
+
+  document.addEventListener("click", function (evt) {
+    if (!evt.target.closest) {
+      return;
+    }
+    if (evt.target.closest("#list-newer")) {
+      showHeldRows();
+      var toggle = document.getElementById("list-toggle");
+      (toggle || body).focus();
+      return;
+    }
+    var button = evt.target.closest("#list-toggle");
+    if (button) {
+      listPaused = !listPaused;
+      button.setAttribute("aria-pressed", listPaused ? "true" : "false");
+      button.textContent = listPaused ? "Resume list" : "Pause list";
+      if (!listPaused && newer.length && listAtTop(document.getElementById("messages-body"))) {
+        showHeldRows();
+      }
+    }
+  });
+
+  // -- Unread conversations -------------------------------------------------------------
+  // A phone is unread in this browser when its last reply is newer than the last time its
+  // thread was open here (or than the first visit to the list, so that an old record does
+  // not start all unread).
+  var READ_PREFIX = "viberwatch.read.";
+  function storage() {
+    try {
+      return window.localStorage;
+    } catch (e) {
+      return null;
+    }
+  }
+  function markUnread(root) {
+    var store = storage();
+    if (!store || !document.getElementById("contacts-body")) {
+      return;
+    }
+    var since = store.getItem(READ_PREFIX + "since");
+    if (!since) {
+      since = new Date().toISOString();
+      store.setItem(READ_PREFIX + "since", since);
+    }
+    var rows = root.matches && root.matches("#contacts-body > tr") ? [root]
+      : (root.querySelectorAll ? root.querySelectorAll("#contacts-body > tr") : []);
+    Array.prototype.forEach.call(rows, function (row) {
+      var mark = row.querySelector(".unread-mark");
+      if (!mark) {
+        return;
+      }
+      var last = Date.parse(mark.dataset.lastReply || "");
+      var read = Date.parse(store.getItem(READ_PREFIX + row.id.slice("contact-".length)) || since);
+      var unread = !isNaN(last) && last > read;
+      row.classList.toggle("unread", unread);
+      mark.hidden = !unread;
+    });
+  }
+  function markThreadRead() {
+    var store = storage();
+    if (store && body.dataset.livePage === "thread" && body.dataset.livePhone) {
+      store.setItem(READ_PREFIX + body.dataset.livePhone, new Date().toISOString());
+    }
+  }
+  markUnread(document);
+  markThreadRead();
+  body.addEventListener("live:applied", markThreadRead);
+  if (window.htmx) {
+    htmx.onLoad(function (element) { markUnread(element); });
+  }
 
   document.addEventListener("click", function (evt) {
     var button = evt.target.closest ? evt.target.closest("#feed-toggle") : null;

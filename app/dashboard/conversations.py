@@ -106,6 +106,7 @@ def index():
             error=exc,
             webhook_urls=None,
             after=None,
+            page_size=CONTACTS_PAGE,
         ), 400
     after = request.args.get("after") or None
     # No row on the first unfiltered page: nothing has arrived yet, say where to send it.
@@ -118,6 +119,7 @@ def index():
         error=None,
         webhook_urls=webhook_urls() if empty else None,
         after=after,
+        page_size=CONTACTS_PAGE,
     )
 
 

@@ -22,9 +22,9 @@ from werkzeug.datastructures import MultiDict
 
 from ..dashboard.filters import FilterError, MessageFilter
 from ..dashboard.listing import counters_for
-from ..records.models import Activity, Message, Receipt, Reply, db
+from ..records.models import Activity, Contact, Message, Receipt, Reply, db
 
-PAGES = ("messages", "thread", "message", "other")
+PAGES = ("messages", "conversations", "thread", "message", "other")
 MAX_ON_PAGE = 1000
 # Beyond this many events since its cursor a page reloads instead of replaying them.
 MAX_CATCH_UP = 50_000
@@ -57,8 +57,18 @@ class Page:
     inserts: bool = True  # a later page of a list takes no new rows at its top
     phone: str | None = None
     request_id: str | None = None
-    on_page: set = field(default_factory=set)  # request ids whose rows the page shows
+    # The rows the page may show (request ids, or phones on the conversations page), oldest
+    # first. The page drops rows past its size by itself; an update for a row it no longer
+    # has is ignored there, so this only needs to be a bounded superset.
+    on_page: dict = field(default_factory=dict)
     feed: bool = False
+
+    def show(self, key: str) -> None:
+        """Note a row the page now shows (at its top), forgetting the oldest past the cap."""
+        self.on_page.pop(key, None)
+        self.on_page[key] = None
+        while len(self.on_page) > MAX_ON_PAGE:
+            del self.on_page[next(iter(self.on_page))]
 
     @property
     def filter_key(self) -> str:
@@ -112,7 +122,8 @@ def parse_hello(text: Any) -> tuple[int | None, Page]:
         or not all(isinstance(r, str) for r in rows)
     ):
         raise HelloError(f"rows: must be a list of at most {MAX_ON_PAGE} request ids")
-    page.on_page = set(rows)
+    # Listed top first: the newest row goes last.
+    page.on_page = dict.fromkeys(reversed(rows))
     return cursor, page
 
 
@@ -236,8 +247,37 @@ class PushBatch:
             push.counters,
             tuple(push.feed),
             tuple(push.items.items()),
+            tuple(push.contacts.items()),
         )
         return self._once(key, push.frames)
+
+    def contact_row(self, phone: str) -> str | None:
+        """A phone's row of the conversations list, as the summary table has it now."""
+
+        def make():
+            contact = self._contacts().get(phone)
+            if contact is None:
+                return None
+            return render_template("partials/_contact_row.html", c=contact)
+
+        return self._once(("contact", phone), make)
+
+    def _contacts(self) -> dict[str, Contact]:
+        def load():
+            phones = sorted(
+                {e.phone for e in self.events if e.phone}
+                | {m.phone for m in self.messages.values() if m.phone}
+            )
+            found: dict[str, Contact] = {}
+            for chunk in _chunks(phones):
+                for c in db.session.execute(
+                    db.select(Contact).where(Contact.phone.in_(chunk))
+                ).scalars():
+                    found[c.phone] = c
+            db.session.expunge_all()
+            return found
+
+        return self._once(("contacts",), load)
 
     def outbound_item(self, request_id: str) -> str:
         m = self.messages[request_id]
@@ -255,6 +295,7 @@ class Push:
     counters: str | None = None
     feed: list[str] = field(default_factory=list)
     items: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (mode, html)
+    contacts: dict[str, tuple[str, str]] = field(default_factory=dict)  # phone -> (mode, html)
 
     def frames(self, extra: dict | None = None) -> list[str]:
         """The WebSocket messages of this push, the one carrying the cursor last."""
@@ -262,8 +303,12 @@ class Push:
         modes = {mode for mode, _ in self.rows.values()}
         out = [
             render_template("partials/_live_push.html", part=part, push=self)
-            for part, mode in (("updates", "update"), ("inserts", "insert"))
-            if mode in modes
+            for part, wanted in (
+                ("updates", {"update", "leave"}),
+                ("inserts", {"insert"}),
+                ("contacts", {"top", "update"}),
+            )
+            if wanted & (modes if part != "contacts" else {m for m, _ in self.contacts.values()})
         ]
         out.append(render_template("partials/_live_push.html", part="rest", meta=meta, push=self))
         return out
@@ -279,6 +324,8 @@ def compose(page: Page, cursor: int, batches: list[PushBatch], feed_cap: int) ->
         push.cursor = events[-1].id
         if page.kind == "messages":
             _messages_page(page, batch, events, push)
+        elif page.kind == "conversations":
+            _conversations_page(page, batch, events, push)
         elif page.kind == "thread":
             _thread_page(page, batch, events, push)
         elif page.kind == "message":
@@ -309,12 +356,51 @@ def _put(store: dict, key: str, mode: str, html: str) -> None:
 
 def _messages_page(page: Page, batch: PushBatch, events: list[Event], push: Push) -> None:
     for rid in _touched(batch, events):
+        matches = page.filter.matches(batch.messages[rid])
         if rid in page.on_page:
-            _put(push.rows, rid, "update", batch.row(rid))
-        elif page.inserts and page.filter.matches(batch.messages[rid]):
-            page.on_page.add(rid)
+            if matches:
+                _put(push.rows, rid, "update", batch.row(rid))
+                continue
+            # No longer what the page lists (a failed message now delivered, say): it leaves.
+            del page.on_page[rid]
+            old = push.rows.pop(rid, None)
+            if old is None or old[0] != "insert":
+                push.rows[rid] = ("leave", batch.row(rid))
+        elif page.inserts and matches:
+            page.show(rid)
             _put(push.rows, rid, "insert", batch.row(rid))
     push.counters = batch.counters(page.filter, page.filter_key)
+
+
+def _conversations_page(page: Page, batch: PushBatch, events: list[Event], push: Push) -> None:
+    """A phone with new activity goes to the top of the first page (the list is by latest
+    activity); on a later page its row changes where it stands."""
+    prefix = page.filter.phone
+    for phone in _touched_phones(batch, events):
+        if prefix and not phone.startswith(prefix):
+            continue
+        if page.inserts:
+            page.show(phone)
+            mode = "top"
+        elif phone in page.on_page:
+            mode = "update"
+        else:
+            continue
+        html = batch.contact_row(phone)
+        if html:
+            push.contacts.pop(phone, None)
+            push.contacts[phone] = (mode, html)
+
+
+def _touched_phones(batch: PushBatch, events: list[Event]) -> list[str]:
+    seen: dict[str, None] = {}
+    for e in events:
+        m = batch.messages.get(e.request_id or "")
+        phone = e.phone or (m.phone if m is not None else None)
+        if phone:
+            seen.pop(phone, None)
+            seen[phone] = None
+    return list(seen)
 
 
 def _thread_page(page: Page, batch: PushBatch, events: list[Event], push: Push) -> None:
@@ -327,7 +413,7 @@ def _thread_page(page: Page, batch: PushBatch, events: list[Event], push: Push) 
         if batch.messages[rid].phone != page.phone:
             continue
         mode = "update" if rid in page.on_page else "append"
-        page.on_page.add(rid)
+        page.show(rid)
         _put(push.items, f"out-{rid}", mode, batch.outbound_item(rid))
 
 

@@ -38,15 +38,24 @@ class Push:
         return [i for f in self.fragments for i in f.ids]
 
     def rows(self) -> list[tuple[str, str]]:
-        """(request id, "insert" | "update") for every message row in the push."""
+        """(request id, "insert" | "update" | "leave") for every message row in the push:
+        rows travel in a tbody for #messages-body, marked data-live="update" or "leave"
+        unless they are new."""
         out = []
         for f in self.fragments:
-            mode = (
-                "insert"
-                if f.attrs.get("hx-swap-oob", "").startswith("afterbegin:#messages-body")
-                else "update"
-            )
+            if not f.attrs.get("hx-swap-oob", "").startswith("afterbegin:#messages-body"):
+                continue
+            mode = f.attrs.get("data-live") or "insert"
             out.extend((i[4:], mode) for i in f.ids if i.startswith("msg-"))
+        return out
+
+    def contacts(self) -> list[tuple[str, str]]:
+        """(phone, "top" | "update") for every conversations row in the push."""
+        out = []
+        for f in self.fragments:
+            if f.attrs.get("hx-swap-oob", "").startswith("afterbegin:#contacts-body"):
+                mode = f.attrs.get("data-live") or "top"
+                out.extend((i[8:], mode) for i in f.ids if i.startswith("contact-"))
         return out
 
 
