@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run serve test lint bench bench-campaigns bench-live bench-slow bench-soak demo vendor clean
+.PHONY: install run serve test lint bench bench-campaigns bench-search bench-live bench-slow bench-soak demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/live_latency.py --write-docs
 	$(BIN)/python bench/analytics.py --messages $(BENCH_MESSAGES) --reuse
 	$(BIN)/python bench/campaigns.py --messages $(BENCH_MESSAGES) --reuse --write-docs
+	$(BIN)/python bench/search.py --messages $(BENCH_MESSAGES) --reuse --write-docs
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --write-docs
 	$(BIN)/python bench/slow_clients.py --write-docs
 	$(BIN)/python bench/proxy.py --write-docs
@@ -62,6 +63,11 @@ bench: install
 # reused), the production command with 2 workers, 30 timed requests per URL.
 bench-campaigns: install
 	$(BIN)/python bench/campaigns.py --messages $(BENCH_MESSAGES) --reuse --write-docs
+
+# Only text search: BENCH_MESSAGES messages and a fifth as many replies (a seeded database
+# reused), the production command with 2 workers, 30 timed requests per query.
+bench-search: install
+	$(BIN)/python bench/search.py --messages $(BENCH_MESSAGES) --reuse --write-docs
 
 # Only the live-update latency part of the benchmarks.
 bench-live: install
