@@ -58,7 +58,9 @@ def test_new_row_then_update_in_place_with_counters_and_feed(connect, live_serve
     post(live_server.url, DR, receipt(a, "seen"))
     pushes = c.until(lambda ps: any(r == (a, "update") for p in ps for r in p.rows()))
     row = next(f for p in pushes for f in p.fragments if f"msg-{a}" in f.ids)
-    assert row.tag == "tr" and 'data-status="seen"' in row.html
+    # Through the list's body, marked as an update: the page replaces the row it shows.
+    assert row.tag == "tbody" and row.attrs.get("data-live") == "update"
+    assert f'<tr id="msg-{a}"' in row.html and 'data-status="seen"' in row.html
 
 
 def test_pushed_fields_are_escaped(connect, live_server):
