@@ -37,9 +37,11 @@ test: install
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# The production server: gunicorn with threaded workers (gunicorn.conf.py), after migrating.
+# The production server: gunicorn with threaded workers (gunicorn.conf.py), after migrating
+# and, on a database with no user yet, creating the first one (its password printed once).
 serve: install
 	$(BIN)/viberwatch db upgrade
+	$(BIN)/viberwatch ensure-admin
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
 # Benchmarks (docs/benchmarks.md). BENCH_MESSAGES=20000 for a quick run; needs wrk, and

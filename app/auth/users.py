@@ -10,6 +10,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 
 from ..core.services import services
 from ..core.times import utcnow
@@ -74,11 +75,17 @@ def user_names(limit: int = 5) -> list[str]:
 
 
 def ensure_admin(username: str = "admin") -> str | None:
-    """Create a first user with a random password when there is none; return the password."""
+    """Create a first user with a random password when there is none; return the password.
+    Several servers starting at once on one database make one user: the others find the
+    name taken (or the user made) and return None."""
     if db.session.execute(db.select(func.count(User.id))).scalar_one():
         return None
     password = secrets.token_urlsafe(15)
-    create_user(username, password)
+    try:
+        create_user(username, password)
+    except (AccountError, IntegrityError):  # made by another process since the count
+        db.session.rollback()
+        return None
     return password
 
 
