@@ -408,6 +408,29 @@
     for (var i = rows.length - 1; i >= size; i--) {
       list.removeChild(rows[i]);
     }
+    if (rows.length > size) {
+      pointNextBelow(list);
+    }
+  }
+
+  // Rows pushed off the bottom are still there on the next page: Next now starts below the
+  // list's new last row, so none is skipped.
+  function pointNextBelow(list) {
+    var next = document.querySelector(".pager a[rel='next'][data-base]");
+    var rows = list.querySelectorAll(":scope > tr[data-cursor]:not(.leaving)");
+    if (!next || !rows.length) {
+      return;
+    }
+    var last = rows[rows.length - 1];
+    var base = next.dataset.base;
+    var url = base + (base.indexOf("?") < 0 ? "?" : "&") + "after=" + encodeURIComponent(last.dataset.cursor);
+    next.setAttribute("href", url);
+    next.setAttribute("hx-get", url);
+    next.hidden = false;
+    if (next.parentElement) {
+      next.parentElement.hidden = false;
+    }
+    htmx.process(next);
   }
 
   function showNewer() {

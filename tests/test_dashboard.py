@@ -12,7 +12,7 @@ from app.records import tally
 from app.records.models import Message, MessageTally, RawBody, db
 from support.dashboard_data import message_with, receipt, register, reply, set_activity
 
-ROW_RE = re.compile(r'<tr id="msg-([^"]+)" data-status="([^"]+)">')
+ROW_RE = re.compile(r'<tr id="msg-([^"]+)" data-status="([^"]+)"[^>]*>')
 
 
 def rows(response) -> list[str]:

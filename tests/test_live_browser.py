@@ -250,6 +250,11 @@ def test_the_list_keeps_its_page_size_under_a_stream_of_webhooks(page, live_serv
     # The counters stay exact: every message of the stream is counted.
     counters = page.locator("#counters").inner_text()
     assert "145" in counters and "120" in counters
+    # The rows pushed off the bottom are on the next page: Next starts below the new last row.
+    page.click(".pager a[rel='next']")
+    page.wait_for_url("**after=**")
+    page.locator(f"#msg-{stream[-26]}").wait_for()
+    assert page.locator("#messages-body > tr").first.get_attribute("id") == f"msg-{stream[-26]}"
 
 
 def test_new_rows_wait_behind_a_button_while_the_list_is_paused(page, live_server):

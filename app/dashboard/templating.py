@@ -9,6 +9,7 @@ from flask import Flask
 
 from ..core.status import describe_code
 from ..core.times import iso
+from .listing import encode_cursor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 
@@ -94,8 +95,14 @@ def duration(seconds: float) -> str:
     return f"{whole} s"
 
 
+def list_cursor(m) -> str:
+    """The keyset position of a message in the messages list (?after= for the rows below)."""
+    return encode_cursor(m.last_activity_at, m.request_id)
+
+
 def init_app(app: Flask) -> None:
     app.add_template_global(describe_code_global, "describe_code")
+    app.add_template_global(list_cursor, "list_cursor")
     app.add_template_filter(http_url, "http_url")
     app.add_template_test(image_name, "image_name")
     app.add_template_filter(utc_text, "utc")
