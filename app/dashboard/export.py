@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
@@ -305,8 +306,15 @@ def _written_by_csv(stmt: Select) -> Iterator[bytes]:
         cursor.close()
 
 
+# COPY takes no server-side parameters, so the driver writes each value into the SQL; a
+# negative number before a cast ("-2147483648::INTEGER") would be read as minus the cast of
+# 2147483648, out of range. Each value goes in parentheses.
+_PLACEHOLDER = re.compile(r"(?<!%)%\(\w+\)s|(?<!%)%s")
+
+
 def _copied_by_postgresql(stmt: Select) -> Iterator[bytes]:
     sql, params = _driver_statement(stmt)
+    sql = _PLACEHOLDER.sub(lambda m: f"({m.group(0)})", sql)
     with _driver_cursor() as cursor:
         # For this transaction only: the shortest round-trip text of a float, UTF-8 whatever
         # the connection's default, and no JIT, whose compiling delayed the first row by up to
