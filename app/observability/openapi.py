@@ -7,6 +7,7 @@ from flask import Blueprint, Flask, jsonify
 
 from .. import config
 from ..core.payloads import (
+    EPOCH_MS_LIMIT,
     MAX_ID_LENGTH,
     MAX_PHONE_LENGTH,
     MAX_TAG_LENGTH,
@@ -22,16 +23,32 @@ FILTER_TEXT = {"type": "string"}
 bp = Blueprint("openapi", __name__)
 
 SEND_TIME = {
-    "type": "string",
-    "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
-    "description": "NXCLOUD's send time of the message, without a zone (see SENDTIME_TZ).",
+    "anyOf": [
+        {"type": "string", "maxLength": 32},
+        {"type": "number", "minimum": 0, "exclusiveMaximum": EPOCH_MS_LIMIT},
+    ],
+    "description": (
+        "NXCLOUD's send time of the message: as documented, YYYY-MM-DD HH:MM:SS without a zone"
+        " (see SENDTIME_TZ); also ISO 8601 with seconds (its zone, else SENDTIME_TZ), or an"
+        " epoch number (seconds below 10^11, milliseconds below 10^14), each read with an"
+        " anomaly on the message that names it. Any other text is refused (422)."
+    ),
     "example": "2023-07-13 15:12:11",
 }
 ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": r"\S"}
 NULLABLE_STRING = {"type": ["string", "null"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
 
-PRICE = {"type": ["number", "null"], "exclusiveMinimum": -1e12, "exclusiveMaximum": 1e12}
+PRICE = {
+    "anyOf": [
+        {"type": ["number", "null"], "exclusiveMinimum": -1e12, "exclusiveMaximum": 1e12},
+        {"type": "string", "maxLength": 64},
+    ],
+    "description": (
+        "A number; a text of decimal digits (an optional sign and decimal point) is read as"
+        " the number, with an anomaly on the message. Any other text is refused (422)."
+    ),
+}
 COST = {
     "type": ["object", "null"],
     "properties": {
@@ -56,12 +73,25 @@ SCHEMAS = {
     },
     "Receipt": {
         "type": "object",
-        "required": ["status", "requestId", "code", "message", "sendTime"],
+        "required": ["status", "requestId", "code", "sendTime"],
         "properties": {
             "status": {"type": "string", "enum": list(STATUSES)},
             "requestId": ID,
-            "code": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
-            "message": {"type": "string", "maxLength": MAX_TEXT_LENGTH},
+            "code": {
+                "anyOf": [
+                    {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+                    {"type": "string", "maxLength": 20},
+                ],
+                "description": (
+                    "NXCLOUD's status code; a text of decimal digits is read as the number,"
+                    " with an anomaly on the message. Any other text is refused (422)."
+                ),
+            },
+            "message": {
+                "type": ["string", "null"],
+                "maxLength": MAX_TEXT_LENGTH,
+                "description": "Missing or null: taken from the code table, with an anomaly.",
+            },
             "sendTime": SEND_TIME,
             "cost": COST,
         },
