@@ -390,6 +390,8 @@ def test_an_anomaly_kind_is_a_removable_chip_and_round_trips(flagged):
     assert MessageFilter.from_args({"anomaly": "yes"}) == MessageFilter(anomaly=True)
     html = flagged.get("/?anomaly=coerced").get_data(as_text=True)
     assert "anomaly: coerced" in html
+    # The filter form sends the kind again, so applying it keeps the kind.
+    assert 'name="anomaly" value="coerced" checked' in html
     assert flagged.get("/export.csv?anomaly=coerced").status_code == 200
 
 
