@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-from campaigns import analyze, revision, timed
+from campaigns import analyze, revision, timed, timing_table
 from report import write_between
 from run import DATA, database, ensure_user, login, server, sqlalchemy_url, viberwatch
 from sqlalchemy import create_engine, select
@@ -147,12 +147,6 @@ def measure(kind: str, url: str, made: dict) -> list[dict]:
     return rows
 
 
-def verdict(row: dict) -> str:
-    if "error" in row:
-        return "error"
-    return "met" if row["p95"] < TARGET_P95_MS else "missed"
-
-
 def markdown(messages: int, replies: int, made: dict, rows: list[dict]) -> str:
     from campaigns import REPEAT, WARMUP
 
@@ -177,25 +171,7 @@ def markdown(messages: int, replies: int, made: dict, rows: list[dict]) -> str:
             f"**A quick run** at {messages:,} messages, which checks the benchmark; the target "
             "is for the run at 1,000,000.",
         ]
-    lines += [
-        "",
-        f"| database | query | p50 ms | p95 ms | max ms | target p95 < {TARGET_P95_MS:.0f} ms |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
-    ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['db']} | {r['what']} | – | – | – | error: {r['error']} |")
-        else:
-            lines.append(
-                f"| {r['db']} | {r['what']} | {r['p50']:.1f} | {r['p95']:.1f} | "
-                f"{r['max']:.1f} | {verdict(r)} |"
-            )
-    counts = {v: sum(1 for r in rows if verdict(r) == v) for v in ("met", "missed", "error")}
-    lines += [
-        "",
-        f"Target met by {counts['met']} of {len(rows)} rows, missed by {counts['missed']}, "
-        f"{counts['error']} errors.",
-    ]
+    lines += timing_table(rows, "query", TARGET_P95_MS)
     return "\n".join(lines)
 
 

@@ -189,6 +189,19 @@ def bounds_update(stmt) -> dict:
     }
 
 
+def move_bin(bins: dict, key: tuple, n: int, seconds: float) -> None:
+    """Count `n` (negative: taken away) values `seconds` into the bin `key` of `bins`
+    (key -> [n, least added value, greatest added value]); a value taken away leaves the
+    bounds as they are."""
+    known = bins.get(key)
+    if known is None:
+        known = bins[key] = [0, None, None]
+    known[0] += n
+    if n > 0:
+        known[1] = seconds if known[1] is None else min(known[1], seconds)
+        known[2] = seconds if known[2] is None else max(known[2], seconds)
+
+
 class Moves:
     """The changes of a transaction summed per rollup row, so each row is written once."""
 
@@ -220,16 +233,8 @@ class Moves:
             sums[i] += sign * x
 
     def _add_latency(self, entry: tuple, n: int) -> None:
-        seconds = entry[-1]
         for i, (_model, _names, period) in enumerate(LATENCY_TABLES):
-            key = (i, period(entry[0]), *entry[1:-1])
-            known = self.latency.get(key)
-            if known is None:
-                known = self.latency[key] = [0, None, None]
-            known[0] += n
-            if n > 0:
-                known[1] = seconds if known[1] is None else min(known[1], seconds)
-                known[2] = seconds if known[2] is None else max(known[2], seconds)
+            move_bin(self.latency, (i, period(entry[0]), *entry[1:-1]), n, entry[-1])
 
     def write(self, conn) -> None:
         """Write every changed row, each table in key order (a fixed lock order, so two

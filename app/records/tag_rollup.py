@@ -22,8 +22,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .models import Message, MessageTag, TagDay, TagHour, TagLatency, db
+from .rollup import (
+    add_bin,
+    bounds_update,
+    day_of,
+    hour_of,
+    latency_values,
+    move_bin,
+    rebuild_tables,
+    write_tables,
+)
 from .rollup import bin_of as _bin_of
-from .rollup import bounds_update, day_of, hour_of, latency_values, rebuild_tables, write_tables
 from .sqlutil import add_counts
 
 # Coarser than the analytics rollups (2 %): the campaigns list reads every tag's bins of a
@@ -158,15 +167,7 @@ class Moves:
                 self._add_latency(tag, entry, 1)
 
     def _add_latency(self, tag: str, entry: tuple, n: int) -> None:
-        seconds = entry[-1]
-        key = (tag, *entry[:-1])
-        known = self.latency.get(key)
-        if known is None:
-            known = self.latency[key] = [0, None, None]
-        known[0] += n
-        if n > 0:
-            known[1] = seconds if known[1] is None else min(known[1], seconds)
-            known[2] = seconds if known[2] is None else max(known[2], seconds)
+        move_bin(self.latency, (tag, *entry[:-1]), n, entry[-1])
 
     def write(self, conn) -> None:
         """Write every changed row, each table in key order (a fixed lock order)."""
@@ -212,12 +213,7 @@ def recounted(conn=None, batch: int = 10_000) -> list[tuple]:
         _add(days, (tag, *share.day_key), share.day, 1)
         _add(hours, (tag, *share.hour_key), share.hour, 1)
         for *key, seconds in share.latency:
-            known = latency.get((tag, *key))
-            if known is None:
-                latency[(tag, *key)] = [1, seconds, seconds]
-            else:
-                known[0] += 1
-                known[1], known[2] = min(known[1], seconds), max(known[2], seconds)
+            add_bin(latency, (tag, *key), 1, seconds, seconds)
     return [
         (TagDay, _rows(DAY_KEY, DAY_SUMS, days.items())),
         (TagHour, _rows(HOUR_KEY, HOUR_SUMS, hours.items())),
