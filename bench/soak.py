@@ -78,7 +78,7 @@ PROBE_INTERVAL = 0.25
 PROBES = ("/healthz", "/static/app.css", "/login")
 HEALTHZ_P99_LIMIT = 1.0
 # A body the committer had committed but not answered when it was killed is applied again by
-# its worker and stored as a duplicate (README, "When the database is away"); such a body was
+# its worker and stored as a duplicate (docs/spool.md, "What happens when something fails"); such a body was
 # received at most a request's time limit before the kill, its copy shortly after.
 KILL_WINDOW = REQUEST_TIMEOUT + 5
 STATUSES = (
@@ -1090,7 +1090,7 @@ def markdown(r: dict) -> str:
         f"| raw bodies stored (from the spool) | {rec['raw_bodies']:,} "
         f"({rec['spooled_bodies']:,}) |",
         f"| not answered 200 but stored | {rec['not_200_but_stored']:,} |",
-        f"| duplicates near the committer kill (expected, README) | "
+        f"| duplicates near the committer kill (expected, docs/spool.md) | "
         f"{len(rec['duplicates_near_kill'])} |",
         f"| receipts received more than once | {len(rec['times_received_over_1'])} |",
         "",

@@ -17,7 +17,7 @@ from test_campaigns import DAY, T0, independent_count, load
 
 pytestmark = pytest.mark.browser
 
-# Set SCREENSHOTS to a folder (docs/screenshots) to refresh the README's pictures.
+# Set SCREENSHOTS to a folder (docs/screenshots) to refresh the pictures of the README and docs/analytics.md.
 SCREENSHOTS = os.environ.get("SCREENSHOTS")
 FITS_JS = "() => [document.documentElement.scrollWidth, window.innerWidth]"
 

@@ -536,7 +536,7 @@ def records(draw):
 
 
 def documented_csv(columns, rows) -> bytes:
-    """The export's format as the README states it, written the plain Python way."""
+    """The export's format as docs/dashboard.md states it, written the plain Python way."""
 
     def cell(value):
         if isinstance(value, datetime):

@@ -7,7 +7,7 @@ requestId, days, tags (through message_tag) or appkey, and otherwise from the ho
 (app/records/rollup.py) kept beside the messages, plus the messages of the range's partial
 hours at either end.
 
-Definitions (the README repeats them):
+Definitions (docs/analytics.md repeats them):
 - The messages of a range are those first heard of in it (`Message.created_at`: the
   registration or the first receipt or reply, whichever came first).
 - accepted = has any receipt; delivered = has a delivered or a seen receipt; seen = has a

@@ -1,7 +1,7 @@
 """Campaigns: every figure per tag over a range of UTC days, from the rollups per tag
 (app/records/tag_rollup.py), never from the messages one by one.
 
-No `request` here. Definitions (the README repeats them):
+No `request` here. Definitions (docs/analytics.md repeats them):
 - A campaign is a tag. Its messages in a range are those with the tag first heard of on a
   day of the range (`Message.created_at`, as on the analytics page), counted under each of
   their tags.

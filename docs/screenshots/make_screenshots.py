@@ -1,4 +1,4 @@
-"""Screenshots of the dashboard's main pages for the README.
+"""Screenshots of the dashboard's main pages for the README and docs/dashboard.md.
 
 Builds the app on a throw-away SQLite file, feeds it the documented NXCLOUD examples
 (tests/fixtures/) through the real webhooks with varied requestIds, checks the alert rules
