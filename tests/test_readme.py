@@ -195,6 +195,7 @@ def test_the_readme_says_the_csv_starts_with_a_byte_order_mark_as_it_does(client
     """Third-party clients parsing the export must know to skip it."""
     starts_with_bom = client.get("/export.csv").data.startswith("\ufeff".encode())
     described = (
-        "byte order mark" in section("Dashboard").split("The CSV is ", 1)[1].split("\n\n", 1)[0]
+        "byte order mark"
+        in section("Operator's guide").split("The CSV is ", 1)[1].split("\n\n", 1)[0]
     )
     assert starts_with_bom and described
