@@ -189,6 +189,38 @@ class CursorError(QueryError):
     pass
 
 
+# PostgreSQL: how many matches make a word common. A common word's newest matches are found
+# by walking the newest rows back (a match every few hundred rows at most); a rarer one's by
+# the GIN index, then sorting its matches. The planner cannot tell the two apart before it
+# runs (a word nobody wrote walked every row back: seconds at a million), so a probe of the
+# index counts up to this many matches first and the plan is chosen from that.
+COMMON = 5000
+
+
+def _pg_rows(table: str, q: str, sql: str, params: dict, stmt=None):
+    """Run `sql` (a newest-first page of `table`'s rows matching the tsquery `q`) with the
+    plan the probe says fits: the GIN index and a sort for a word with fewer than COMMON
+    matches, the newest rows walked back otherwise."""
+    session = db.session
+    session.execute(text("SELECT set_config('enable_seqscan', 'off', true)"))
+    found = session.execute(
+        text(
+            f"SELECT count(*) FROM (SELECT 1 FROM {table} "
+            f"WHERE {TSVECTOR} @@ to_tsquery('simple'::regconfig, :q) LIMIT :cap) AS probe"
+        ),
+        {"q": q, "cap": COMMON},
+    ).scalar_one()
+    session.execute(text("SELECT set_config('enable_seqscan', 'on', true)"))
+    rare = found < COMMON
+    if rare:
+        session.execute(text("SELECT set_config('enable_indexscan', 'off', true)"))
+    try:
+        return session.execute(stmt if stmt is not None else _typed(sql), params).all()
+    finally:
+        if rare:
+            session.execute(text("SELECT set_config('enable_indexscan', 'on', true)"))
+
+
 def _typed(sql: str):
     return text(sql).columns(received_at=UTCDateTime, created_at=UTCDateTime)
 
@@ -213,6 +245,7 @@ def replies(terms: tuple[Term, ...], after: int | None, limit: int) -> list[Repl
             + below.format(key="id")
             + " ORDER BY id DESC LIMIT :n"
         )
+        return [ReplyHit(*row) for row in _pg_rows("reply", params["q"], sql, params)]
     return [ReplyHit(*row) for row in db.session.execute(_typed(sql), params)]
 
 
@@ -257,7 +290,7 @@ def messages(terms: tuple[Term, ...], after: str | None, limit: int) -> list[Mes
         stmt = stmt.bindparams(bindparam("at", type_=UTCDateTime))
     return [
         MessageHit(*row, cursor=f"{row[4].isoformat()} {row[0]}")
-        for row in db.session.execute(stmt, params)
+        for row in _pg_rows("message", params["q"], sql, params, stmt)
     ]
 
 
