@@ -4,6 +4,7 @@ range, sort and comparison (and refuse bad ones, naming the argument)."""
 
 import json
 import random
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -339,3 +340,33 @@ def test_campaigns_need_a_signed_in_session(loaded, anon_client):
     for url in ("/campaigns", "/campaigns/show?tag=promo", "/campaigns/compare?a=promo"):
         answer = anon_client.get(url)
         assert answer.status_code in (302, 401)
+
+
+def test_the_list_pages_by_50_with_each_shown_campaigns_latency(app, client):
+    app.config["ANALYTICS_CLOCK"] = lambda: T0 + timedelta(hours=1)
+    with app.app_context():
+        for i in range(60):
+            rid = f"P{i:02d}"
+            register(at(i % 50), rid, f"5{i:03d}", tags=[f"c{i:02d}"])
+            receipt(at(i % 50, 1), rid, "success")
+            receipt(at(i % 50, 1 + i % 7), rid, "delivered")
+    first = client.get("/campaigns?range=1d&sort=tag&dir=asc").get_data(as_text=True)
+    assert first.count('<tr data-tag="') == 50 and "60 campaigns, 1–50 shown" in first
+    assert 'data-tag="c49"' in first and 'data-tag="c50"' not in first
+    second = client.get("/campaigns?range=1d&sort=tag&dir=asc&page=2").get_data(as_text=True)
+    assert second.count('<tr data-tag="') == 10 and "51–60 shown" in second
+    # The latency of the campaigns on the page is there (c59 was delivered 3 s after success).
+    row = second[second.index('data-tag="c59"') :]
+    assert '<td class="num" data-col="p50_delivered">3.0 s</td>' in row[: row.index("</tr>")]
+    # Sorted by a latency, every campaign's is computed before the page is cut.
+    by_latency = client.get("/campaigns?range=1d&sort=p50_delivered&dir=asc").get_data(as_text=True)
+    values = re.findall(r'data-col="p50_delivered">([\d.]+) s<', by_latency)
+    assert len(values) == 50 and values == sorted(values, key=float) and values[0] == "0.0"
+    last = client.get("/campaigns?range=1d&sort=p50_delivered&dir=asc&page=2").get_data(
+        as_text=True
+    )
+    assert 'data-tag="c06"' in last  # 6 s: among the slowest, on the last page
+    bad = client.get("/campaigns?page=0", headers={"Accept": "application/json"})
+    assert bad.status_code == 400 and bad.get_json()["field"] == "page"
+    # A page past the last shows the last.
+    assert "51–60 shown" in client.get("/campaigns?range=1d&sort=tag&page=9").get_data(as_text=True)

@@ -67,6 +67,10 @@ COLUMNS = {
     "reply_rate": "Reply rate",
 }
 DEFAULT_SORT = "messages"
+# Campaigns a page of the list shows; sorted by anything but a latency, only those rows'
+# latencies are computed.
+PAGE_SIZE = 50
+LATENCY_COLUMNS = frozenset({"p50_delivered", "p90_delivered", "p50_seen", "p90_seen"})
 # What the funnel over time shows, in order.
 FUNNEL = ("messages", "accepted", "delivered", "seen", "replied")
 
@@ -222,8 +226,11 @@ def _share(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
-def campaigns(rng: DayRange, tags: Sequence[str] | None = None) -> dict[str, Campaign]:
-    """Every tag with messages in the range (or only `tags`), by tag."""
+def campaigns(
+    rng: DayRange, tags: Sequence[str] | None = None, *, latency: bool = True
+) -> dict[str, Campaign]:
+    """Every tag with messages in the range (or only `tags`), by tag; without their latency
+    percentiles if `latency` is false (add_latency adds them to the ones shown)."""
     found: dict[str, Campaign] = {}
     d = TagDay
     keys = (d.tag, d.status, d.code, d.currency)
@@ -271,11 +278,12 @@ def campaigns(rng: DayRange, tags: Sequence[str] | None = None) -> dict[str, Cam
             cost[2] += float(original or 0)
     for tag in [t for t, c in found.items() if not c.messages]:
         del found[tag]
-    _add_latency(found, rng)
+    if latency:
+        add_latency(found, rng)
     return found
 
 
-def _add_latency(found: dict[str, Campaign], rng: DayRange) -> None:
+def add_latency(found: dict[str, Campaign], rng: DayRange) -> None:
     """p50 and p90 of time to delivered and to seen of each campaign, from its bins: the
     database sums the range's days per bin, in key order (tag, kind, bin: no sort), and one
     pass over those sums finds the bin each percentile falls in."""
@@ -287,7 +295,7 @@ def _add_latency(found: dict[str, Campaign], rng: DayRange) -> None:
         return
     t = TagLatency
     where = [t.n > 0, *rng.conditions(t.day)]
-    if len(found) <= 50:
+    if len(found) <= PAGE_SIZE:
         where.append(t.tag.in_(list(found)))
     rows = db.session.connection().execute(
         db.select(t.tag, t.kind, t.bin, func.sum(t.n), func.min(t.low), func.max(t.high))

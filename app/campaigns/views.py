@@ -98,6 +98,13 @@ def _list_rows(rows: list[report.Campaign]) -> list[dict]:
     ]
 
 
+def _page() -> int:
+    value = (request.args.get("page") or "1").strip()
+    if not value.isdigit() or not 1 <= int(value) <= 10**6:
+        raise FilterError("page", f"must be a page number from 1, got {value[:20]!r}")
+    return int(value)
+
+
 def _live(**context) -> dict:
     return {"refresh_gap": REFRESH_GAP, "poll_seconds": POLL_SECONDS, **context}
 
@@ -108,19 +115,35 @@ def index():
     try:
         rng = _range()
         column, descending = report.parse_sort(request.args)
+        page = _page()
     except FilterError as exc:
         return refusal(400, exc.field, exc.reason)
-    rows = report.sorted_campaigns(report.campaigns(rng).values(), column, descending)
     if request.accept_mimetypes.best == "application/json":
+        rows = report.sorted_campaigns(report.campaigns(rng).values(), column, descending)
         return jsonify({"range": rng.as_json(), "campaigns": [c.as_json() for c in rows]})
+    by_latency = column in report.LATENCY_COLUMNS
+    found = report.campaigns(rng, latency=by_latency)
+    ordered = report.sorted_campaigns(found.values(), column, descending)
+    pages = max(1, -(-len(ordered) // report.PAGE_SIZE))
+    page = min(page, pages)
+    first = (page - 1) * report.PAGE_SIZE
+    shown = ordered[first : first + report.PAGE_SIZE]
+    if not by_latency:
+        report.add_latency({c.tag: c for c in shown}, rng)
+    here = {"range": rng.key, "sort": column, "dir": "desc" if descending else "asc"}
     context = _live(
         rng=rng,
-        rows=_list_rows(rows),
+        rows=_list_rows(shown),
+        total=len(ordered),
+        first=first,
+        page=page,
+        pages=pages,
         sort=column,
         descending=descending,
         columns=report.COLUMNS,
         ranges=report.RANGES,
-        here={"range": rng.key, "sort": column, "dir": "desc" if descending else "asc"},
+        here={**here, "page": page} if page > 1 else here,
+        sorted_here=here,
     )
     if wants_fragment():
         return render_template("campaigns/_list.html", **context)
