@@ -57,6 +57,9 @@ TARGET_P95_MS = 100.0
 RANGES = ["7d", "30d", "all"]  # the list, unsorted
 SORT_COLUMNS = ["messages", "delivery_rate", "p90_delivered"]  # the list, sorted by each
 SORT_RANGE = "30d"
+# Sorted by a latency, every campaign's latencies are computed (not only a page's): the
+# widest such list, all time by p90.
+LATENCY_SORT = ("all", "p90_delivered")
 SORT_DIR = "desc"
 TAG_RANGES = ["30d", "all"]  # a busy tag's page
 COMPARE_TAGS_RANGE = "all"  # the busy tag beside the busiest other one, both over this range
@@ -175,6 +178,13 @@ def targets(tags: list[tuple[str, int]]) -> list[tuple[str, str]]:
         )
         for column in SORT_COLUMNS
     ]
+    r, column = LATENCY_SORT
+    out.append(
+        (
+            f"list, range={r}, sorted by {column}",
+            "/campaigns?" + urlencode({"range": r, "sort": column, "dir": SORT_DIR}),
+        )
+    )
     out += [
         (
             f"busy tag ({busy}, {n:,} messages), range={r}",
