@@ -162,6 +162,13 @@ def wrk(url: str, path: str, seconds: int, tag: str, pace_ms: int = 0) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
     result["errors"] = sum(result[k] for k in ("connect", "read", "write", "status", "timeout"))
+    if result["errors"]:
+        kinds = ", ".join(
+            f"{k} {result[k]}"
+            for k in ("connect", "read", "write", "status", "timeout")
+            if result[k]
+        )
+        log(f"errors in a round to {path} ({tag}): {kinds}")
     return result
 
 
