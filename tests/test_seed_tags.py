@@ -9,13 +9,13 @@ from sqlalchemy import func
 
 from app.core.services import services
 from app.ops.rebuild import rebuild
-from app.ops.seed import (
+from app.ops.seed import seed
+from app.ops.seed_content import (
     CAMPAIGN_HOURS,
     OTP_TAG,
     SEGMENT_TAGS,
     CampaignPlan,
     campaign_tag,
-    seed,
 )
 from app.records.models import Message, MessageTag, RawBody, db
 

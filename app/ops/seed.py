@@ -3,23 +3,23 @@
 Every event gets its raw body (so `viberwatch rebuild` can recompute everything from the
 raw record), its receipt or reply row and its activity row; each message's columns come from
 `derivation.message_columns`, exactly as ingest derives them. Rows go in
-with bulk inserts, one transaction per batch of messages.
+with bulk inserts (`sqlutil.bulk_insert`), one transaction per batch of messages.
 
-With `tags`, the messages carry campaign tags as real sending does (`CampaignPlan`): each
-campaign is sent in a window of its own of a few hours to a day, the rest is a steady flow
-(partly one-time codes, tag `otp`), a few campaign messages also name a segment.
+With `tags`, the messages carry campaign tags as real sending does
+(`seed_content.CampaignPlan`): each campaign is sent in a window of its own of a few hours to
+a day, the rest is a steady flow (partly one-time codes, tag `otp`), a few campaign messages
+also name a segment.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, tzinfo
 
-from sqlalchemy import func, insert, text
+from sqlalchemy import func, text
 
 from ..core import payloads
 from ..core.status import ReceiptFact, fold
@@ -39,90 +39,23 @@ from ..records.models import (
     RawBody,
     Receipt,
     Reply,
-    UTCDateTime,
     db,
 )
-
-HEADERS = json.dumps({"content-type": "application/json"})
-APPKEYS = ("TexxxP6", "Shop01x", "Bank7Qz")
-FUNCTION_TYPES = ("text", "text", "text", "text_image", "text_button")
-TEMPLATES = (
-    "Your code is {n}",
-    "Order #{n} has shipped",
-    "Your appointment is confirmed for {n}:00",
-    "Payment of ${n}.00 received, thank you",
-    "Hi! Your parcel {n} is out for delivery",
+from ..records.sqlutil import bulk_insert
+from .seed_content import (
+    APPKEYS,
+    END_MARGIN,
+    FAILURES,
+    FUNCTION_TYPES,
+    HEADERS,
+    MAX_CAMPAIGNS,
+    REPLIES,
+    SENDTIME_FORMAT,
+    TEMPLATES,
+    CampaignPlan,
+    seeded_reply,
+    seeded_text,
 )
-# What makes seeded texts worth searching, chosen from numbers already drawn (a message's
-# number, a reply's requestId) so the random stream, and every other figure, stays as it was:
-# per 100, the ending of a message's text and what a reply adds (words common, middling, rare).
-TEXT_ENDINGS = (
-    ((0, 15), " Questions about a refund? Reply to this message."),
-    ((15, 16), " Use voucher SAVE10 on your next order."),
-    ((16, 40), " Track it in the app."),
-    ((40, 50), " Reply STOP to opt out."),
-)
-REPLY_ADDITIONS = (
-    ((0, 10), " I want a refund"),
-    ((10, 11), " my voucher does not work"),
-    ((11, 20), " where is my order?"),
-)
-
-
-def _by_hundred(table, n: int) -> str:
-    return next((words for (low, high), words in table if low <= n % 100 < high), "")
-
-
-def seeded_text(template: str, n: int) -> str:
-    """A registered text: the template with its number, and an ending by that number."""
-    return template.format(n=n) + _by_hundred(TEXT_ENDINGS, n)
-
-
-def seeded_reply(text: str, rid: str) -> str:
-    """A reply's text: one of REPLIES, and some words more for a share of requestIds."""
-    return text + _by_hundred(REPLY_ADDITIONS, int(rid[-6:], 16))
-
-
-REPLIES = (
-    "Thanks!",
-    "ok",
-    "Who is this?",
-    "STOP",
-    "When will it arrive?",
-    "Received, thank you",
-    "Can I change the time?",
-    "👍",
-    "Please call me",
-    "Wrong number",
-)
-FAILURES = (
-    (9002, "Phone number error"),
-    (1102, "Insufficient balance"),
-    (11000, "Viber send error"),
-    (9001, "System business error"),
-)
-SENDTIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-# Campaign tags: "<theme>-<number>", each campaign sent over one of these many hours.
-CAMPAIGN_THEMES = (
-    "spring-sale",
-    "newsletter",
-    "black-friday",
-    "app-update",
-    "loyalty",
-    "reminder",
-    "flash-sale",
-    "welcome",
-    "survey",
-    "restock",
-)
-CAMPAIGN_HOURS = (2, 3, 4, 6, 8, 12, 24)
-CAMPAIGN_SHARE = 0.8  # of the messages; the rest is the steady flow
-OTP_TAG = "otp"  # always on: a share of the steady flow, all through the period
-OTP_SHARE = 0.5  # of the steady flow; the rest of it has no tag
-SEGMENT_TAGS = ("vip", "new-customers", "win-back")
-SEGMENT_SHARE = 0.08  # of the campaign messages: a segment as their second tag
-MAX_CAMPAIGNS = 10_000
-END_MARGIN = timedelta(hours=8)  # the last message this long before now: room for receipts
 
 
 @dataclass
@@ -133,63 +66,6 @@ class SeedBatch:
     replies: list = field(default_factory=list)
     activity: list = field(default_factory=list)
     tags: list = field(default_factory=list)
-
-
-def campaign_tag(k: int) -> str:
-    """The tag of the k-th campaign (from 0)."""
-    return f"{CAMPAIGN_THEMES[k % len(CAMPAIGN_THEMES)]}-{k + 1:03d}"
-
-
-class CampaignPlan:
-    """When each seeded message is sent and which tags it carries, for `campaigns` campaigns.
-
-    A campaign has a window of its own (one of CAMPAIGN_HOURS, somewhere in the period) and a
-    size drawn from a heavy-tailed distribution, so a few campaigns are busy and most are
-    small; its messages go out in its window, most of them early in it. CAMPAIGN_SHARE of the
-    messages belong to campaigns (SEGMENT_SHARE of those also name a segment); the rest are a
-    steady flow over the whole period, OTP_SHARE of it tagged `otp`, the rest untagged.
-    Messages are handed out in time order, so raw and activity ids still follow the clock.
-    """
-
-    STEADY, OTP = 0, 1  # codes below the first campaign's
-    SHIFT = 16  # a slot: milliseconds after the start << SHIFT | code
-
-    def __init__(self, campaigns: int, count: int, span: timedelta, rng: random.Random):
-        self.rng = rng
-        self.tags = [campaign_tag(k) for k in range(campaigns)]
-        span_ms = int(span.total_seconds() * 1000)
-        weights = [rng.paretovariate(1.2) for _ in range(campaigns)]
-        total = sum(weights)
-        in_campaigns = round(count * CAMPAIGN_SHARE) if campaigns else 0
-        slots = []
-        for k, weight in enumerate(weights):
-            size = max(1, round(in_campaigns * weight / total))
-            window = min(span_ms, rng.choice(CAMPAIGN_HOURS) * 3_600_000)
-            start = rng.randrange(span_ms - window + 1)
-            code = k + 2
-            slots.extend(
-                (start + int(window * rng.random() ** 2)) << self.SHIFT | code for _ in range(size)
-            )
-        del slots[count:]
-        while len(slots) < count:
-            code = self.OTP if rng.random() < OTP_SHARE else self.STEADY
-            slots.append(rng.randrange(span_ms) << self.SHIFT | code)
-        slots.sort()
-        self.slots = array("q", slots)
-
-    def at(self, i: int) -> tuple[timedelta, tuple[str, ...]]:
-        """The i-th message's time after the period's start, and its tags."""
-        slot = self.slots[i]
-        code = slot & ((1 << self.SHIFT) - 1)
-        offset = timedelta(milliseconds=slot >> self.SHIFT)
-        if code == self.STEADY:
-            return offset, ()
-        if code == self.OTP:
-            return offset, (OTP_TAG,)
-        tag = self.tags[code - 2]
-        if self.rng.random() < SEGMENT_SHARE:
-            return offset, (tag, self.rng.choice(SEGMENT_TAGS))
-        return offset, (tag,)
 
 
 class Seeder:
@@ -517,50 +393,6 @@ def _max_ids() -> dict[str, int]:
     }
 
 
-def _sqlite_datetime(value: datetime | None) -> str | None:
-    # The text form SQLAlchemy stores for DateTime on SQLite: naive UTC with microseconds.
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")[:26]
-
-
-def _copy_datetime(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
-
-
-def bulk_insert(model, rows: list[dict]) -> None:
-    """Insert many rows straight through the driver: COPY on PostgreSQL, executemany on SQLite.
-
-    The ORM's per-value type processing costs more than the database's own work here.
-    """
-    if not rows:
-        return
-    columns = list(rows[0])
-    table = model.__tablename__
-    dialect = db.session.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
-        db.session.execute(insert(model.__table__), rows)
-        return
-    convert = _copy_datetime if dialect == "postgresql" else _sqlite_datetime
-    timed = {c for c in columns if isinstance(model.__table__.c[c].type, UTCDateTime)}
-    values = [[convert(row[c]) if c in timed else row[c] for c in columns] for row in rows]
-    dbapi = db.session.connection().connection.dbapi_connection
-    if dialect == "postgresql":
-        with (
-            dbapi.cursor() as cur,
-            cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
-        ):
-            for row in values:
-                copy.write_row(row)
-        return
-    cur = dbapi.cursor()
-    cur.executemany(
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-        values,
-    )
-    cur.close()
-
-
 def _write(batch: SeedBatch) -> None:
     # Parents before children: receipts, replies and activity point at raw bodies.
     for model, rows in (
@@ -571,7 +403,7 @@ def _write(batch: SeedBatch) -> None:
         (Reply, batch.replies),
         (Activity, batch.activity),
     ):
-        bulk_insert(model, rows)
+        bulk_insert(db.session.connection(), model, rows)
 
 
 def _reset_sequences() -> None:

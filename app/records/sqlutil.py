@@ -23,6 +23,7 @@ from sqlalchemy import (
     LargeBinary,
     Numeric,
     bindparam,
+    insert,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
@@ -108,6 +109,32 @@ def cursor(conn):
     come out as the column types would convert them (`Compiled`, `select_in`).
     """
     return conn.connection.dbapi_connection.cursor()
+
+
+def bulk_insert(conn, model, rows: list[dict]) -> None:
+    """Insert many rows straight through the driver: COPY on PostgreSQL, executemany on
+    SQLite, each value as its column type stores it (the ORM's per-value type processing
+    costs more than the database's own work here)."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    table = model.__tablename__
+    dialect = conn.dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        conn.execute(insert(model.__table__), rows)
+        return
+    convert = _postgresql_value if dialect == "postgresql" else _sqlite_value
+    values = [[convert(row[c]) for c in columns] for row in rows]
+    with closing(cursor(conn)) as cur:
+        if dialect == "postgresql":
+            with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in values:
+                    copy.write_row(row)
+        else:
+            placeholders = ", ".join("?" * len(columns))
+            cur.executemany(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", values
+            )
 
 
 def begin_writing(conn) -> None:
