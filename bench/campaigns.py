@@ -91,52 +91,57 @@ def analyze(kind: str, url: str) -> None:
     engine.dispose()
 
 
-def seeded(kind: str, messages: int, reuse: bool) -> tuple[str, dict]:
-    """A database with `messages` messages over TAGS campaigns, and what its marker says
-    (when it was seeded, how long it took, and whether it was reused)."""
-    name = f"bench_campaigns_{messages}_{TAGS}"
-    marker = DATA / f"campaigns-{kind}-{messages}-{TAGS}.seeded"
+def seeded_database(
+    kind: str, name: str, seed_args: list[str], *, reuse: bool, stamp: dict | None = None
+) -> tuple[str, dict]:
+    """The database `name` of `kind` seeded with `viberwatch seed <seed_args>` and analysed,
+    and what its marker says (when it was seeded, how long it took, whether it was reused).
+    `reuse` keeps one an earlier run seeded with the same `stamp`: migrated to the current
+    schema and, when a migration came since, recounted (tables added since, such as rollups,
+    are filled from the messages as after any bulk load)."""
+    stamp = stamp or {}
+    marker = DATA / f"{name}-{kind}.seeded"
     if reuse and marker.exists():
         made = json.loads(marker.read_text())
-        url = database(kind, name, fresh=False)
-        viberwatch(url, "db", "upgrade", quiet=True)
-        now = revision(url)
-        if now != made.get("revision"):
-            # Tables added since the seeding (the campaigns' rollups) are filled from the
-            # messages, as after any bulk load.
-            log(f"{kind}: migrated since the seeding ({made.get('revision')} -> {now}), recounting")
-            viberwatch(url, "recount", quiet=True)
-            analyze(kind, url)
-            made["revision"] = now
-            marker.write_text(json.dumps(made))
-        return url, {**made, "reused": True}
+        if all(made.get(k) == v for k, v in stamp.items()):
+            url = database(kind, name, fresh=False)
+            viberwatch(url, "db", "upgrade", quiet=True)
+            now = revision(url)
+            if now != made.get("revision"):
+                log(
+                    f"{kind}: migrated since the seeding ({made.get('revision')} -> {now}), recounting"
+                )
+                viberwatch(url, "recount", quiet=True)
+                analyze(kind, url)
+                made["revision"] = now
+                marker.write_text(json.dumps(made))
+            return url, {**made, "reused": True}
     marker.unlink(missing_ok=True)
     url = database(kind, name, fresh=True)
     viberwatch(url, "db", "upgrade", quiet=True)
-    log(f"seeding {messages:,} messages over {TAGS} campaigns on {kind}")
+    log(f"{kind}: seed {' '.join(seed_args)}")
     start = time.perf_counter()
-    viberwatch(
-        url,
-        "seed",
-        "--messages",
-        str(messages),
-        "--tags",
-        str(TAGS),
-        "--random-seed",
-        "1",
-        "--batch",
-        "5000",
-        quiet=True,
-    )
+    viberwatch(url, "seed", *seed_args, "--random-seed", "1", "--batch", "5000", quiet=True)
     made = {
         "seconds": time.perf_counter() - start,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "revision": revision(url),
+        **stamp,
     }
     analyze(kind, url)
     DATA.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(made))
     return url, {**made, "reused": False}
+
+
+def seeded(kind: str, messages: int, reuse: bool) -> tuple[str, dict]:
+    """A database with `messages` messages over TAGS campaigns (see seeded_database)."""
+    return seeded_database(
+        kind,
+        f"bench_campaigns_{messages}_{TAGS}",
+        ["--messages", str(messages), "--tags", str(TAGS)],
+        reuse=reuse,
+    )
 
 
 def busy_tags(url: str) -> list[tuple[str, int]]:

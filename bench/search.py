@@ -21,15 +21,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-from campaigns import analyze, revision, timed, timing_table
+from campaigns import seeded_database, timed, timing_table
 from report import write_between
-from run import DATA, database, ensure_user, login, server, sqlalchemy_url, viberwatch
+from run import DATA, ensure_user, login, server, sqlalchemy_url
 from sqlalchemy import create_engine, select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,48 +56,15 @@ def log(*args) -> None:
 
 
 def seeded(kind: str, messages: int, replies: int, reuse: bool) -> tuple[str, dict]:
-    name = f"bench_search_{messages}_{replies}"
-    marker = DATA / f"search-{kind}-{messages}-{replies}.seeded"
-    if reuse and marker.exists():
-        made = json.loads(marker.read_text())
-        if made.get("texts") == TEXTS:
-            url = database(kind, name, fresh=False)
-            viberwatch(url, "db", "upgrade", quiet=True)
-            now = revision(url)
-            if now != made.get("revision"):
-                log(f"{kind}: migrated since the seeding ({made.get('revision')} -> {now})")
-                analyze(kind, url)
-                made["revision"] = now
-                marker.write_text(json.dumps(made))
-            return url, {**made, "reused": True}
-    marker.unlink(missing_ok=True)
-    url = database(kind, name, fresh=True)
-    viberwatch(url, "db", "upgrade", quiet=True)
-    log(f"seeding {messages:,} messages and {replies:,} replies on {kind}")
-    start = time.perf_counter()
-    viberwatch(
-        url,
-        "seed",
-        "--messages",
-        str(messages),
-        "--replies",
-        str(replies),
-        "--random-seed",
-        "1",
-        "--batch",
-        "5000",
-        quiet=True,
+    """A database with `messages` messages and `replies` replies, seeded with the texts
+    TEXTS names (see campaigns.seeded_database)."""
+    return seeded_database(
+        kind,
+        f"bench_search_{messages}_{replies}",
+        ["--messages", str(messages), "--replies", str(replies)],
+        reuse=reuse,
+        stamp={"texts": TEXTS},
     )
-    made = {
-        "seconds": time.perf_counter() - start,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "revision": revision(url),
-        "texts": TEXTS,
-    }
-    analyze(kind, url)
-    DATA.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(made))
-    return url, {**made, "reused": False}
 
 
 def rare_number(url: str) -> str:
