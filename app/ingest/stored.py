@@ -8,35 +8,34 @@ from datetime import datetime
 from functools import cache
 
 from ..core.status import ReceiptFact
+from ..records import rollup, tag_rollup
 from ..records.derivation import Registration, ReplyFact, coerced_of, tags_of
 from ..records.models import Message, RawBody, Receipt, Reply
 from ..records.sqlutil import insert_for, pipelined, run_many, send_next_ids, send_select_in
 
-# What a batch needs of a stored message: the registration, and what the tally and the
-# rollups count it under (tally.key_of, rollup.share_of).
-MESSAGE_COLUMNS = (
-    "request_id",
-    "phone",
-    "registered_at",
-    "text",
-    "appkey",
-    "function_type",
-    "rate_type",
-    "tags",
-    "status",
-    "code",
-    "anomaly",
-    "created_at",
-    "last_activity_at",
-    "receipts_count",
-    "replies_count",
-    "cost_currency",
-    "cost_rate_type",
-    "cost_local_price",
-    "cost_original_price",
-    "accepted_at",
-    "delivered_at",
-    "seen_at",
+# What a batch needs of a stored message: its registration, its counters, and what the
+# tally and the rollups count it under (tally.key_of, rollup.share_of, tag_rollup.share_of),
+# so a rollup that reads one more column reads it here too.
+MESSAGE_COLUMNS = tuple(
+    dict.fromkeys(
+        (
+            "request_id",
+            "phone",
+            "registered_at",
+            "text",
+            "appkey",
+            "function_type",
+            "rate_type",
+            "tags",
+            "last_activity_at",
+            "receipts_count",
+            "status",
+            "code",
+            "anomaly",
+            *rollup.COLUMNS,
+            *tag_rollup.COLUMNS,
+        )
+    )
 )
 RECEIPT_COLUMNS = (
     "request_id",
