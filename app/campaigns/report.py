@@ -185,7 +185,7 @@ class Campaign:
         return round(sum(c[1] for c in self.costs.values()), 6) if self.costs else None
 
     def value(self, column: str):
-        if column in self.latency or column.startswith(("p50_", "p90_")):
+        if column in LATENCY_COLUMNS:
             return self.latency.get(column)
         return getattr(self, column)
 
@@ -421,16 +421,3 @@ def compared(a: Campaign, b: Campaign) -> list[dict]:
 def campaign(tag: str, rng: DayRange) -> Campaign:
     """One tag's figures over the range (all zero when it has no messages there)."""
     return campaigns(rng, [tag]).get(tag) or Campaign(tag)
-
-
-def known_tags(limit: int = 500) -> list[str]:
-    """Tags that have counted messages, for the forms' suggestions."""
-    return list(
-        db.session.execute(
-            db.select(TagDay.tag)
-            .where(TagDay.n != 0)
-            .group_by(TagDay.tag)
-            .order_by(TagDay.tag)
-            .limit(limit)
-        ).scalars()
-    )

@@ -58,7 +58,7 @@ def figure_text(c: report.Campaign, name: str) -> str:
     value = c.value(name)
     if name.endswith("_rate"):
         return percent(value)
-    if name.startswith(("p50_", "p90_")):
+    if name in report.LATENCY_COLUMNS:
         return "–" if value is None else duration(value)
     if name == "cost":
         return ", ".join(cost_lines(c)) or "–"
