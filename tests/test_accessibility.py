@@ -3,7 +3,7 @@ serious or critical finding, on a 390 px phone and a 1366 px desk, and the main 
 dark colour scheme too."""
 
 import os
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 
 import pytest
@@ -44,11 +44,11 @@ def axe():
     return Axe()
 
 
-@pytest.fixture(scope="module")
-def site(request, tmp_path_factory):
-    """One app, one data load and one live server for the whole module: the audit only reads.
-    Yields the base URL and a requestId of the busy day."""
-    folder = tmp_path_factory.mktemp("a11y")
+@contextmanager
+def busy_site(request, folder, **config):
+    """One app (with `config` added), the busy day with campaign tags and rejected bodies
+    loaded, a test user and one live server, on the database the run is for; yields the
+    live server and a requestId of the busy day, and stops them afterwards."""
     with ExitStack() as cleanup:
         if request.config.getoption("--db") == "postgresql":
             admin = request.getfixturevalue("postgres_admin")
@@ -68,6 +68,7 @@ def site(request, tmp_path_factory):
                 # attempts.
                 "ALERT_URL": f"http://127.0.0.1:{free_port()}/hook",
                 "ALERT_TIMEOUT": 1,
+                **config,
             }
         )
         cleanup.callback(stop_app, app)
@@ -78,6 +79,14 @@ def site(request, tmp_path_factory):
         create_test_user(app)
         server = LiveServer(app).start()
         cleanup.callback(server.stop)
+        yield server, rid
+
+
+@pytest.fixture(scope="module")
+def site(request, tmp_path_factory):
+    """One app, one data load and one live server for the whole module: the audit only reads.
+    Yields the base URL and a requestId of the busy day."""
+    with busy_site(request, tmp_path_factory.mktemp("a11y")) as (server, rid):
         yield server.url, rid
 
 

@@ -2,18 +2,13 @@
 of the page, and its main action on screen and usable; rejected bodies as cards on a phone;
 every filter label beside its own input."""
 
-from contextlib import ExitStack
-
 import httpx
 import pytest
 
-from app import create_app
-from app.records.models import db
-from support.accounts import TEST_PASSWORD, TEST_USER, create_test_user
-from support.postgres import postgres_schema
-from support.servers import LiveServer, free_port
-from test_accessibility import TAG, load_tags_and_rejections, stop_app
-from test_browser_pages import PHONE, RANGE, load_busy_day
+from support.accounts import TEST_PASSWORD, TEST_USER
+from support.servers import free_port
+from test_accessibility import TAG, busy_site
+from test_browser_pages import PHONE, RANGE
 
 pytestmark = pytest.mark.browser
 
@@ -26,38 +21,15 @@ SIZES = pytest.mark.parametrize(
 def site(request, tmp_path_factory):
     """One app (with sending configured, so the reply box can send), one data load and one
     live server for the module. Yields the base URL and a requestId of the busy day."""
-    folder = tmp_path_factory.mktemp("fit")
-    with ExitStack() as cleanup:
-        if request.config.getoption("--db") == "postgresql":
-            url = cleanup.enter_context(postgres_schema(request.getfixturevalue("postgres_admin")))
-        else:
-            url = "sqlite:///" + str(folder / "viberwatch.db")
-        app = create_app(
-            {
-                "TESTING": True,
-                "SQLALCHEMY_DATABASE_URI": url,
-                "SECRET_KEY": "test-secret",
-                "SPOOL_FOLDER": str(folder / "spool"),
-                "ARGON2_TIME_COST": 1,
-                "ARGON2_MEMORY_COST": 8192,
-                "ARGON2_PARALLELISM": 1,
-                "ALERT_URL": f"http://127.0.0.1:{free_port()}/hook",
-                "ALERT_TIMEOUT": 1,
-                # Nothing listens there: no test here sends.
-                "NXCLOUD_BASE_URL": f"http://127.0.0.1:{free_port()}",
-                "NXCLOUD_ACCESS_KEY": "fit-key",
-                "NXCLOUD_ACCESS_SECRET": "fit-secret",
-                "NXCLOUD_APPKEY": "FITAPP01",
-            }
-        )
-        cleanup.callback(stop_app, app)
-        with app.app_context():
-            db.create_all()
-        rid = load_busy_day(app)
-        load_tags_and_rejections(app)
-        create_test_user(app)
-        server = LiveServer(app).start()
-        cleanup.callback(server.stop)
+    with busy_site(
+        request,
+        tmp_path_factory.mktemp("fit"),
+        # Nothing listens there: no test here sends.
+        NXCLOUD_BASE_URL=f"http://127.0.0.1:{free_port()}",
+        NXCLOUD_ACCESS_KEY="fit-key",
+        NXCLOUD_ACCESS_SECRET="fit-secret",
+        NXCLOUD_APPKEY="FITAPP01",
+    ) as (server, rid):
         # A body that fails validation, naming a message that exists, through the webhook.
         bad = httpx.post(
             f"{server.url}/webhooks/viber/dr", json={"status": "read", "requestId": rid}
