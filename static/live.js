@@ -236,6 +236,7 @@
     if (fragment.nodeType !== Node.ELEMENT_NODE) {
       return; // an outerHTML swap by id: already in place
     }
+    dropText(fragment);
     if (detail.target.id === "messages-body") {
       detail.shouldSwap = takeRows(fragment);
       return;
@@ -261,6 +262,19 @@
       detail.shouldSwap = false;
     }
   });
+
+  // A push inserts its rows with the whitespace between them, and a list trims rows, not
+  // text: without this, a page open all day gathers a text node per row it ever showed.
+  function dropText(fragment) {
+    var child = fragment.firstChild;
+    while (child) {
+      var next = child.nextSibling;
+      if (child.nodeType === Node.TEXT_NODE && !child.nodeValue.trim()) {
+        fragment.removeChild(child);
+      }
+      child = next;
+    }
+  }
 
   // The first row of an empty list: the table is not on the page yet, fetch the list.
   document.addEventListener("htmx:oobErrorNoTarget", function (evt) {
