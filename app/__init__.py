@@ -11,6 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
 from . import (
+    admin,
     alerts,
     analytics,
     auth,
@@ -48,6 +49,7 @@ AREAS = (
     alerts,
     observability,
     live,
+    admin,
 )
 
 

@@ -340,6 +340,7 @@ SETTINGS: tuple[Setting, ...] = (
     _app("WEBHOOK_REFUSED_KEEP_PER_MINUTE", 60, "refused webhook bodies kept per minute"),
     _app("REJECTED_KEEP_BYTES", 1024**3, "never-applied bodies kept at most, in bytes (0: all)"),
     _app("REJECTED_KEEP_DAYS", 30, "days never-applied bodies are kept (0: until purged)"),
+    _app("AUDIT_RETENTION_DAYS", 365, "days audit records are kept, deleted by purge (0: all)"),
     # Sending through NXCLOUD.
     _app("NXCLOUD_BASE_URL", "https://api2.nxcloud.com", "NXCLOUD's API, for sending"),
     _app("NXCLOUD_ACCESS_KEY", None, "access key that signs sends"),

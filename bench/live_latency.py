@@ -61,7 +61,7 @@ def prepare_database(url: str, secret: str) -> None:
     app = create_app({"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": secret})
     with app.app_context():
         db.create_all()
-        users.create_user(USER, PASSWORD)
+        users.create_user(USER, PASSWORD, "admin")
         db.engine.dispose()
 
 

@@ -230,7 +230,7 @@ def seeded(kind: str, messages: int, replies: int, fresh: bool) -> tuple[str, fl
 
 def ensure_user(url: str) -> None:
     try:
-        viberwatch(url, "create-user", USER, "--password", PASSWORD, quiet=True)
+        viberwatch(url, "create-user", USER, "--role", "admin", "--password", PASSWORD, quiet=True)
     except subprocess.CalledProcessError:
         viberwatch(url, "set-password", USER, "--password", PASSWORD, quiet=True)
 

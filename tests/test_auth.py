@@ -44,6 +44,9 @@ ARGS = {
     "phone": "79100000030",
     "raw_id": 1,
     "filename": "app.css",
+    "user_id": 1,
+    "token_id": 1,
+    "sid": "0" * 64,
 }
 
 

@@ -1,11 +1,13 @@
-"""Commands for users and API tokens: create-user, set-password, logout-user, ensure-admin, tokens."""
+"""Commands for users, API tokens and the audit log: create-user, set-role, disable-user,
+enable-user, set-password, logout-user, ensure-admin, the token commands, audit."""
 
 from __future__ import annotations
 
 import click
 from flask import Flask
 
-from . import tokens, users
+from . import audit, tokens, users
+from .roles import ROLES, SCOPES, VIEWER
 
 # Asked for (hidden, twice) unless given, which scripts do.
 password_option = click.option(
@@ -17,17 +19,71 @@ password_option = click.option(
 )
 
 
+role_option = click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default=VIEWER,
+    show_default=True,
+    help="viewer: every page; operator: also export, send, reprocess; admin: also users, "
+    "tokens, audit log.",
+)
+
+
 def register(app: Flask) -> None:
     @app.cli.command("create-user")
     @click.argument("name")
+    @role_option
     @password_option
-    def create_user(name: str, password: str):
-        """Create a user who can sign in to the dashboard."""
+    def create_user(name: str, role: str, password: str):
+        """Create a user who can sign in to the dashboard, with a role."""
         try:
-            users.create_user(name, password)
+            users.create_user(name, password, role)
         except users.AccountError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"user {name.strip()} created")
+        click.echo(f"user {name.strip()} created ({role})")
+
+    @app.cli.command("set-role")
+    @click.argument("name")
+    @click.argument("role", type=click.Choice(ROLES))
+    def set_role(name: str, role: str):
+        """Change a user's role (the last admin keeps theirs)."""
+        try:
+            old = users.set_role(name, role)
+        except users.AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{name}: {old} -> {role}" if old != role else f"{name} is already {role}")
+
+    @app.cli.command("disable-user")
+    @click.argument("name")
+    def disable_user(name: str):
+        """Disable a user: no sign-in, and their open sign-ins and dashboards end now."""
+        try:
+            ended = users.disable_user(name)
+        except users.AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{name} disabled; {ended} sign-in{'s' if ended != 1 else ''} ended")
+
+    @app.cli.command("enable-user")
+    @click.argument("name")
+    def enable_user(name: str):
+        """Let a disabled user sign in again."""
+        try:
+            users.enable_user(name)
+        except users.AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{name} enabled")
+
+    @app.cli.command("audit")
+    @click.option("--limit", type=click.IntRange(1, 100000), default=50, show_default=True)
+    @click.option("--user", "username", help="Only this user's records.")
+    @click.option("--action", type=click.Choice(sorted(audit.ACTIONS)), help="Only this action.")
+    def audit_command(limit: int, username: str | None, action: str | None):
+        """Print the most recent audit records, newest first."""
+        rows = audit.recent(limit, username=username, action=action)
+        for line in audit.describe(rows):
+            click.echo(line)
+        if not rows:
+            click.echo("no audit records")
 
     @app.cli.command("set-password")
     @click.argument("name")
@@ -68,13 +124,20 @@ def register(app: Flask) -> None:
 
     @app.cli.command("create-token")
     @click.argument("name")
-    def create_token(name: str):
+    @click.option(
+        "--scope",
+        "scopes",
+        multiple=True,
+        type=click.Choice(SCOPES),
+        help="What it may do; repeat for several (default: all of them).",
+    )
+    def create_token(name: str, scopes: tuple[str, ...]):
         """Create an API token for a machine; it is printed once and only its hash is kept."""
         try:
-            row, token = tokens.create_token(name)
+            row, token = tokens.create_token(name, scopes or SCOPES)
         except users.AccountError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"token {row.id} ({row.name}), shown this once:", err=True)
+        click.echo(f"token {row.id} ({row.name}, {row.scopes}), shown this once:", err=True)
         click.echo(token)
 
     @app.cli.command("list-tokens")
@@ -87,8 +150,8 @@ def register(app: Flask) -> None:
             state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
             used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
             click.echo(
-                f"{row.id:>4}  {row.name:24} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}"
-                f"  last used {used}  {state}"
+                f"{row.id:>4}  {row.name:24} {row.prefix}…  {row.scopes:20}  created "
+                f"{row.created_at:%Y-%m-%d %H:%M}  last used {used}  {state}"
             )
 
     @app.cli.command("revoke-token")

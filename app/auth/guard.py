@@ -4,7 +4,8 @@ Every endpoint needs a signed-in user, except the login page, static files and t
 webhooks (their own checks, app/webhooks/checks.py), health and metrics (their own token),
 the OpenAPI document, and views marked with `public`. The JSON API and the CSV export also
 take `Authorization: Bearer <token>` (an API token opens nothing else); such calls need no
-CSRF token, as no browser sends them.
+CSRF token, as no browser sends them. Past the sign-in, the user's role or the token's scope
+must be what the endpoint's rule asks (roles.ACCESS), else 403 and nothing is done.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from flask_login import current_user, logout_user
 
 from ..errors import error_response, wants_json
 from ..htmx import is_htmx
-from .security import MACHINE_BLUEPRINTS, csrf
+from .roles import forbidden, has_role, has_scope, rule_for
+from .security import MACHINE_BLUEPRINTS, csrf, request_client_address
 from .sessions import end_session
 from .tokens import token_for
 
@@ -92,9 +94,14 @@ def require_login():
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer":
             return _unauthenticated("use Bearer <token>")
-        token = token_for(presented.strip())
+        token = token_for(presented.strip(), request_client_address())
         if token is None:
             return _unauthenticated("unknown or revoked token")
+        rule = rule_for(request.endpoint)
+        if rule is None or rule.scope is None:
+            return error_response(403, "Authorization", "no API token opens this endpoint")
+        if not has_scope(token, rule.scope):
+            return forbidden(rule.scope, scope=True)
         g.api_token = token
         return None
     if not current_user.is_authenticated:
@@ -104,5 +111,9 @@ def require_login():
         logout_user()
         session.clear()
         return _unauthenticated("the sign-in has expired")
+    # An endpoint without a rule is nobody's: refused until it gets one (roles.ACCESS).
+    rule = rule_for(request.endpoint)
+    if rule is None or not has_role(current_user, rule.role):
+        return forbidden(rule.role if rule else "admin")
     csrf.protect()
     return None

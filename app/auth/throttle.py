@@ -120,7 +120,14 @@ def authenticate(username: str, password: str, address: str) -> LoginOutcome:
             user.password_hash = hasher().hash(password)
     if not matches:
         return LoginOutcome(http_status=401, error="Unknown username or wrong password.")
+    if user.disabled_at is not None:
+        # Said only to whoever knows the password; the attempt stays counted.
+        db.session.commit()
+        return LoginOutcome(
+            http_status=403, error="This account is disabled. Ask an administrator."
+        )
     user.last_login_at = now
+    user.last_login_address = address
     # This address's failures on the account are forgiven; other addresses' stay counted.
     db.session.execute(
         db.delete(LoginFailure).where(LoginFailure.username == key, LoginFailure.address == address)

@@ -8,6 +8,8 @@ from datetime import timedelta
 
 from ..core.times import utcnow
 from ..records.models import ApiToken, db
+from . import audit
+from .roles import SCOPES, parse_scopes
 from .users import AccountError
 
 TOKEN_PREFIX = "vw_"
@@ -18,19 +20,47 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(name: str) -> tuple[ApiToken, str]:
+def check_token_name(name: str) -> str:
     name = (name or "").strip()
     if not name or len(name) > 64 or not name.isprintable():
         raise AccountError("token name must be 1 to 64 printable characters")
+    return name
+
+
+def create_token(name: str, scopes=SCOPES) -> tuple[ApiToken, str]:
+    """A new token with these scopes (all of them unless given); the secret is returned once."""
+    name = check_token_name(name)
+    try:
+        stored = parse_scopes(scopes)
+    except ValueError as exc:
+        raise AccountError(str(exc)) from None
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(name=name, token_hash=_token_hash(token), prefix=token[:10], created_at=utcnow())
+    row = ApiToken(
+        name=name,
+        token_hash=_token_hash(token),
+        prefix=token[:10],
+        created_at=utcnow(),
+        scopes=stored,
+    )
     db.session.add(row)
-    db.session.commit()
+    db.session.flush()
+    audit.record("token_create", f"{row.id} {row.name}", {"scopes": stored})
     return row, token
 
 
-def token_for(presented: str) -> ApiToken | None:
-    """The live token row for a presented bearer token, noting when it was last used."""
+def _seen_now(last_used_at, last_address, address: str) -> bool:
+    """Whether a use is worth a write: at most one a minute per token, or a new address."""
+    now = utcnow()
+    return (
+        last_used_at is None
+        or now - last_used_at > timedelta(minutes=1)
+        or (address and address != last_address)
+    )
+
+
+def token_for(presented: str, address: str = "") -> ApiToken | None:
+    """The live token row for a presented bearer token, noting when and where it was last
+    used."""
     if not presented or len(presented) > 200:
         return None
     row = db.session.execute(
@@ -38,42 +68,42 @@ def token_for(presented: str) -> ApiToken | None:
             ApiToken.token_hash == _token_hash(presented), ApiToken.revoked_at.is_(None)
         )
     ).scalar_one_or_none()
-    if row is not None:
-        now = utcnow()
-        # At most one write a minute per token, not one per call.
-        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
-            row.last_used_at = now
-            db.session.commit()
+    if row is not None and _seen_now(row.last_used_at, row.last_used_address, address):
+        row.last_used_at = utcnow()
+        row.last_used_address = address[:64] or row.last_used_address
+        db.session.commit()
     return row
 
 
-def live_token_id(presented: str) -> int | None:
+def live_token_scopes(presented: str, address: str = "") -> str | None:
     """`token_for` on a connection of its own, given back to the pool before this returns:
-    the id of the live token (read from the database on every call, so a revoked token is
-    refused at once), noting when it was last used. For a caller that goes on to wait on
-    something else (the send proxy on NXCLOUD) and must not hold a database connection."""
+    the scopes of the live token (read from the database on every call, so a revoked token
+    is refused at once), or None, noting when and where it was last used. For a caller that
+    goes on to wait on something else (the send proxy on NXCLOUD) and must not hold a
+    database connection."""
     if not presented or len(presented) > 200:
         return None
     with db.engine.connect() as conn:
         row = conn.execute(_LIVE, {"digest": _token_hash(presented)}).first()
         if row is None:
             return None
-        now = utcnow()
-        # At most one write a minute per token, not one per call.
-        if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
-            conn.execute(_USED, {"token_id": row.id, "now": now})
+        if _seen_now(row.last_used_at, row.last_used_address, address):
+            conn.execute(
+                _USED,
+                {"token_id": row.id, "now": utcnow(), "address": address[:64] or None},
+            )
             conn.commit()
-    return row.id
+    return row.scopes
 
 
-# Built once: the statements of `live_token_id` (a send pays for no query building).
-_LIVE = db.select(ApiToken.id, ApiToken.last_used_at).where(
-    ApiToken.token_hash == db.bindparam("digest"), ApiToken.revoked_at.is_(None)
-)
+# Built once: the statements of `live_token_scopes` (a send pays for no query building).
+_LIVE = db.select(
+    ApiToken.id, ApiToken.last_used_at, ApiToken.last_used_address, ApiToken.scopes
+).where(ApiToken.token_hash == db.bindparam("digest"), ApiToken.revoked_at.is_(None))
 _USED = (
     db.update(ApiToken)
     .where(ApiToken.id == db.bindparam("token_id"))
-    .values(last_used_at=db.bindparam("now"))
+    .values(last_used_at=db.bindparam("now"), last_used_address=db.bindparam("address"))
 )
 
 
@@ -92,5 +122,6 @@ def revoke_token(ident: str) -> list[ApiToken]:
     rows = list(db.session.execute(query).scalars())
     for row in rows:
         row.revoked_at = utcnow()
+        db.session.add(audit.entry("token_revoke", f"{row.id} {row.name}"))
     db.session.commit()
     return rows

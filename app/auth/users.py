@@ -15,10 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from ..core.services import services
 from ..core.times import utcnow
 from ..records.models import User, UserSession, db
+from . import audit
+from .roles import ADMIN, VIEWER, check_role
 from .sessions import end_sessions
 
 MAX_USERNAME = 64
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
 
 
 class AccountError(ValueError):
@@ -36,35 +39,134 @@ def find_user(username: str) -> User | None:
     return db.session.execute(db.select(User).where(User.username == username)).scalar_one_or_none()
 
 
-def create_user(username: str, password: str) -> User:
+def create_user(username: str, password: str, role: str = VIEWER) -> User:
     username = _check_username(username)
-    if len(password) < MIN_PASSWORD:
-        raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
+    role = _check_role(role)
+    _check_password(password)
     if find_user(username) is not None:
         raise AccountError(f"user {username!r} exists already")
-    user = User(username=username, password_hash=hasher().hash(password), created_at=utcnow())
+    user = User(
+        username=username, password_hash=hasher().hash(password), created_at=utcnow(), role=role
+    )
     db.session.add(user)
-    db.session.commit()
+    db.session.flush()
+    audit.record("user_create", username, {"role": role})
     return user
 
 
-def set_password(username: str, password: str) -> None:
-    """Change a password; every sign-in of the user ends with the old one."""
+def _check_role(role: str) -> str:
+    try:
+        return check_role(role)
+    except ValueError as exc:
+        raise AccountError(str(exc)) from None
+
+
+def _check_password(password: str) -> None:
+    if len(password or "") < MIN_PASSWORD:
+        raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise AccountError(f"password must be at most {MAX_PASSWORD} characters")
+
+
+def _existing(username: str) -> User:
     user = find_user(username)
     if user is None:
         raise AccountError(f"no user {username!r}")
-    if len(password) < MIN_PASSWORD:
-        raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
+    return user
+
+
+def _keeps_an_admin(user: User) -> None:
+    """Refuse a change that would leave no active admin (the change is made, not committed)."""
+    db.session.flush()
+    left = db.session.execute(
+        db.select(func.count(User.id)).where(User.role == ADMIN, User.disabled_at.is_(None))
+    ).scalar_one()
+    if not left:
+        db.session.rollback()
+        raise AccountError(f"{user.username} is the last admin: make another admin first")
+
+
+def set_password(username: str, password: str) -> None:
+    """Set a user's password (an admin's reset, or the command); every sign-in of the user
+    ends with the old one."""
+    user = _existing(username)
+    _check_password(password)
     user.password_hash = hasher().hash(password)
-    end_sessions(UserSession.user_id == user.id)
+    ended = end_sessions(UserSession.user_id == user.id, commit=False)
+    audit.record("password_reset", user.username, {"sign_ins_ended": ended})
+
+
+def new_password() -> str:
+    """A random password, to be shown once."""
+    return secrets.token_urlsafe(15)
+
+
+def reset_password(username: str) -> str:
+    """A new random password for a user, returned to be shown once."""
+    password = new_password()
+    set_password(username, password)
+    return password
+
+
+def change_own_password(user: User, current: str, new: str, keep_session: str | None) -> int:
+    """The user's own change: the current password must match. Their other sign-ins end;
+    the one making the change (`keep_session`, a session id) stays. Returns how many ended."""
+    if not password_matches(user, current or ""):
+        raise AccountError("the current password is wrong")
+    _check_password(new)
+    user.password_hash = hasher().hash(new)
+    conditions = [UserSession.user_id == user.id]
+    if keep_session:
+        conditions.append(UserSession.id != keep_session)
+    ended = end_sessions(*conditions, commit=False)
+    audit.record("password_change", user.username, {"sign_ins_ended": ended})
+    return ended
+
+
+def set_role(username: str, role: str) -> str:
+    """Change a user's role; returns the old one. The last active admin keeps theirs."""
+    user = _existing(username)
+    role = _check_role(role)
+    old = user.role
+    if old == role:
+        return old
+    user.role = role
+    _keeps_an_admin(user)
+    audit.record("role_change", user.username, {"from": old, "to": role})
+    return old
+
+
+def disable_user(username: str) -> int:
+    """Disable a user: they cannot sign in, and every sign-in of theirs ends at once (an open
+    page's live socket closes within LIVE_SESSION_CHECK_INTERVAL). Returns how many ended."""
+    user = _existing(username)
+    if user.disabled_at is not None:
+        return 0
+    user.disabled_at = utcnow()
+    _keeps_an_admin(user)
+    ended = end_sessions(UserSession.user_id == user.id, commit=False)
+    audit.record("user_disable", user.username, {"sign_ins_ended": ended})
+    return ended
+
+
+def enable_user(username: str) -> None:
+    user = _existing(username)
+    if user.disabled_at is None:
+        return
+    user.disabled_at = None
+    audit.record("user_enable", user.username)
 
 
 def logout_everywhere(username: str) -> int:
     """End every sign-in of a user; returns how many were open."""
-    user = find_user(username)
-    if user is None:
-        raise AccountError(f"no user {username!r}")
-    return end_sessions(UserSession.user_id == user.id)
+    user = _existing(username)
+    ended = end_sessions(UserSession.user_id == user.id, commit=False)
+    audit.record("sessions_end", user.username, {"sign_ins_ended": ended})
+    return ended
+
+
+def list_users() -> list[User]:
+    return list(db.session.execute(db.select(User).order_by(User.username)).scalars())
 
 
 def user_names(limit: int = 5) -> list[str]:
@@ -80,9 +182,9 @@ def ensure_admin(username: str = "admin") -> str | None:
     name taken (or the user made) and return None."""
     if db.session.execute(db.select(func.count(User.id))).scalar_one():
         return None
-    password = secrets.token_urlsafe(15)
+    password = new_password()
     try:
-        create_user(username, password)
+        create_user(username, password, ADMIN)
     except (AccountError, IntegrityError):  # made by another process since the count
         db.session.rollback()
         return None

@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, se
 from flask_login import current_user, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
 
+from . import audit
 from .security import request_client_address
 from .sessions import end_session, start_session
 from .throttle import authenticate
@@ -46,6 +47,13 @@ def login():
     username = request.form.get("username", "")
     outcome = authenticate(username, request.form.get("password", ""), request_client_address())
     if outcome.user is None:
+        if outcome.http_status in (401, 403):  # a password was checked and refused
+            audit.record(
+                "sign_in_failed",
+                username.strip()[:MAX_USERNAME],
+                {"reason": outcome.error},
+                username=username.strip()[:MAX_USERNAME] or "(no name)",
+            )
         headers = {"Retry-After": str(outcome.retry_after)} if outcome.retry_after else {}
         return (
             render_template(
@@ -59,8 +67,9 @@ def login():
         )
     # A fresh session on sign-in, so nothing set before it (a planted CSRF token) carries over.
     session.clear()
-    start_session(outcome.user)
+    start_session(outcome.user, request_client_address(), request.headers.get("User-Agent", ""))
     login_user(outcome.user)
+    audit.record("sign_in", outcome.user.username)
     session.permanent = True
     session["login_at"] = int(time.time())
     generate_csrf()
@@ -70,6 +79,7 @@ def login():
 @bp.post("/logout")
 def logout():
     """Sign out: this sign-in ends for good, wherever its cookie was copied."""
+    audit.record("sign_out", current_user.username)
     end_session(getattr(current_user, "session_token", None))
     logout_user()
     session.clear()

@@ -15,6 +15,7 @@ from sqlalchemy import Integer, Select, String, and_, case, func, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from ..auth import audit
 from ..core.times import utcnow
 from ..errors import error_response
 from ..records.models import Message, Reply, db
@@ -291,13 +292,20 @@ def _driver_cursor():
     return db.session.connection().connection.driver_connection.cursor()
 
 
-def _written_by_csv(stmt: Select) -> Iterator[bytes]:
+class Rows:
+    """How many rows an export has written so far."""
+
+    n = 0
+
+
+def _written_by_csv(stmt: Select, count: Rows) -> Iterator[bytes]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     cursor = _driver_cursor()
     try:
         cursor.execute(*_driver_statement(stmt))
         while rows := cursor.fetchmany(CHUNK):
+            count.n += len(rows)
             writer.writerows(rows)
             yield buffer.getvalue().encode()
             buffer.seek(0)
@@ -312,7 +320,7 @@ def _written_by_csv(stmt: Select) -> Iterator[bytes]:
 _PLACEHOLDER = re.compile(r"(?<!%)%\(\w+\)s|(?<!%)%s")
 
 
-def _copied_by_postgresql(stmt: Select) -> Iterator[bytes]:
+def _copied_by_postgresql(stmt: Select, count: Rows) -> Iterator[bytes]:
     sql, params = _driver_statement(stmt)
     sql = _PLACEHOLDER.sub(lambda m: f"({m.group(0)})", sql)
     with _driver_cursor() as cursor:
@@ -330,19 +338,37 @@ def _copied_by_postgresql(stmt: Select) -> Iterator[bytes]:
             while row := copy.read():
                 rows.append(row[:-1])
                 if len(rows) == CHUNK:
+                    count.n += len(rows)
                     yield b"\r\n".join(rows) + b"\r\n"
                     rows = []
             if rows:
+                count.n += len(rows)
                 yield b"\r\n".join(rows) + b"\r\n"
 
 
-def csv_chunks(columns: tuple[str, ...], stmt: Select) -> Iterator[bytes]:
-    """BOM and header at once, before the query runs, then CHUNK rows at a time."""
+def csv_chunks(
+    columns: tuple[str, ...], stmt: Select, count: Rows | None = None
+) -> Iterator[bytes]:
+    """BOM and header at once, before the query runs, then CHUNK rows at a time (counted in
+    `count`)."""
+    count = count if count is not None else Rows()
     yield _header(columns)
     if db.session.get_bind().dialect.name == "postgresql":
-        yield from _copied_by_postgresql(stmt)
+        yield from _copied_by_postgresql(stmt, count)
     else:
-        yield from _written_by_csv(stmt)
+        yield from _written_by_csv(stmt, count)
+
+
+def audited(chunks: Iterator[bytes], count: Rows, target: str, details: dict) -> Iterator[bytes]:
+    """The chunks of an export, then its audit record with the rows it wrote, whether the
+    download ran to its end or was cut off."""
+    complete = False
+    try:
+        yield from chunks
+        complete = True
+    finally:
+        chunks.close()
+        audit.record_apart("export", target, {**details, "rows": count.n, "complete": complete})
 
 
 @bp.get("/export.csv")
@@ -355,13 +381,15 @@ def export_csv():
         flt = MessageFilter.from_args(request.args)
     except FilterError as exc:
         return jsonify(exc.as_json()), 400
+    count = Rows()
     if kind == "replies":
-        chunks = csv_chunks(REPLY_COLUMNS, reply_query(flt))
+        chunks = csv_chunks(REPLY_COLUMNS, reply_query(flt), count)
     else:
-        chunks = csv_chunks(MESSAGE_COLUMNS, message_query(flt))
+        chunks = csv_chunks(MESSAGE_COLUMNS, message_query(flt), count)
     name = f"viberwatch-{kind}-{utcnow().date().isoformat()}.csv"
+    filters = {k: v for k, v in flt.to_args().items() if v not in (None, "", [], ())}
     return Response(
-        stream_with_context(chunks),
+        stream_with_context(audited(chunks, count, kind, {"filter": filters})),
         mimetype="text/csv",
         headers={
             "Content-Disposition": f'attachment; filename="{name}"',

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, url_for
 
+from ..auth import audit
 from ..core.status import describe_code
 from ..htmx import wants_fragment
 from ..records import queries
@@ -162,7 +163,8 @@ def reprocess(raw_id: int):
     """Run one stored body through validation again."""
     if db.session.get(RawBody, raw_id) is None:
         abort(404)
-    reprocess_body(raw_id)
+    result = reprocess_body(raw_id)
+    audit.record("reprocess", f"body {raw_id}", {"outcome": result.outcome})
     raw = db.session.get(RawBody, raw_id)
     if wants_fragment():
         return render_template("rejected/_row.html", raw=raw, known=known_messages([raw]))

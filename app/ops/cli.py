@@ -13,6 +13,7 @@ from flask import Flask, current_app
 from sqlalchemy import func
 
 from .. import config, ingest
+from ..auth import audit
 from ..core.services import services
 from ..core.times import utcnow
 from ..ingest import spoolfile as spool
@@ -25,6 +26,9 @@ from .imports import import_sends
 from .maintenance import count_older, parse_age, purge, recount, recount_differences
 from .rebuild import rebuild
 from .seed import MAX_CAMPAIGNS, seed
+
+# The ids a reprocess record lists at most (the rest are counted).
+AUDIT_IDS = 1000
 
 
 def register(app: Flask) -> None:
@@ -89,6 +93,12 @@ def _record_commands(app: Flask) -> None:
             result = reprocess_body(raw_id)
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do"
+        if targets:
+            audit.record(
+                "reprocess",
+                f"{len(targets)} bod{'y' if len(targets) == 1 else 'ies'}",
+                {"ids": targets[:AUDIT_IDS], "more": max(0, len(targets) - AUDIT_IDS), **counts},
+            )
         click.echo(f"reprocessed {len(targets)}: {summary}")
 
     @app.cli.group("spool")

@@ -5,8 +5,9 @@ kept (retention). It imports only core; the ingest engine (app/ingest/) writes i
 
 from flask import Flask
 
-# search: importing it hooks the text search index to the tables' creation.
-from . import retention, search  # noqa: F401
+# search, append_only: importing them hooks the text search index and the audit record's
+# UPDATE refusal to the tables' creation.
+from . import append_only, retention, search  # noqa: F401
 
 
 def init_app(app: Flask) -> None:

@@ -321,6 +321,10 @@ class User(db.Model):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_login_address: Mapped[str | None] = mapped_column(String(64))
+    # viewer, operator or admin (app/auth/roles.py); each includes the one before it.
+    role: Mapped[str] = mapped_column(String(16), default="viewer")
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # Flask-Login's user interface. The id it keeps in the cookie is the sign-in's own
     # session token (UserSession), set when the user is loaded for a request.
@@ -345,6 +349,11 @@ class UserSession(db.Model):
     user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Where and in what it was made, and when it was last used (to the minute): the
+    # user's own account page lists them.
+    address: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_user_session_user", "user_id", "ended_at"),)
 
@@ -359,7 +368,33 @@ class ApiToken(db.Model):
     prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to tell tokens apart
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_address: Mapped[str | None] = mapped_column(String(64))
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What it may do, space-separated: register, read, send (app/auth/roles.py).
+    scopes: Mapped[str] = mapped_column(String(64), default="register read send")
+
+
+class AuditRecord(db.Model):
+    """One action of a person (or of a command on the server): who, from where, what, on
+    what. Append-only: the database refuses an UPDATE (app/records/audit_guard.py); rows
+    leave only by age (AUDIT_RETENTION_DAYS, through `purge`). The user's name is kept as
+    it was, so a record outlives its user."""
+
+    __tablename__ = "audit_record"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    username: Mapped[str] = mapped_column(String(80))
+    address: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str | None] = mapped_column(String(200))
+    details: Mapped[str | None] = mapped_column(Text)  # JSON
+
+    __table_args__ = (
+        Index("ix_audit_record_at", "at"),
+        Index("ix_audit_record_action", "action", "id"),
+        Index("ix_audit_record_username", "username", "id"),
+    )
 
 
 class LoginFailure(db.Model):

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from flask import current_app
 
 from .. import ingest
+from ..auth import audit
 from ..core.payloads import Invalid, parse_tags
 from ..core.times import utcnow
 from ..records.models import Message, Reply, SendAttempt, db
@@ -192,6 +193,13 @@ def send_text(
         attempt.error_kind = result.kind
         attempt.error_reason = result.reason
         attempt.error_solution = result.solution
+    db.session.add(
+        audit.entry(
+            "send",
+            phone,
+            {"outcome": attempt.outcome, "requestId": attempt.request_id, "attempt": attempt.id},
+        )
+    )
     db.session.commit()
     if result.ok:
         _register(attempt, settings, parsed_tags)

@@ -27,6 +27,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 
 from .. import ingest
 from ..auth import security, tokens
+from ..auth.roles import SEND
 from ..core.payloads import Invalid, parse_tags
 from ..errors import error_response
 from . import nxcloud
@@ -58,9 +59,12 @@ def _refused() -> tuple | None:
     if presented:
         # Looked up on every call (a revoked token is refused at once), on a connection given
         # back before NXCLOUD is called: a send waiting on NXCLOUD holds none.
-        if tokens.live_token_id(presented) is not None:
-            return None
-        return error_response(401, "Authorization", "unknown or revoked token")
+        scopes = tokens.live_token_scopes(presented, security.request_client_address())
+        if scopes is None:
+            return error_response(401, "Authorization", "unknown or revoked token")
+        if SEND not in scopes.split():
+            return error_response(403, "scope", f"this needs the {SEND} scope")
+        return None
     if networks:
         return error_response(
             403, "source", f"address {request.remote_addr or 'unknown'} is not allowed"

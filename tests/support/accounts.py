@@ -12,10 +12,10 @@ TEST_PASSWORD = "correct horse battery"
 CSRF_INPUT_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-def create_test_user(app, username=TEST_USER, password=TEST_PASSWORD):
+def create_test_user(app, username=TEST_USER, password=TEST_PASSWORD, role="admin"):
     with app.app_context():
         if users.find_user(username) is None:
-            users.create_user(username, password)
+            users.create_user(username, password, role)
 
 
 def login_form_token(client) -> str:
