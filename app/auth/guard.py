@@ -114,6 +114,6 @@ def require_login():
     # An endpoint without a rule is nobody's: refused until it gets one (roles.ACCESS).
     rule = rule_for(request.endpoint)
     if rule is None or not has_role(current_user, rule.role):
-        return forbidden(rule.role if rule else "admin")
+        return forbidden(rule.role if rule else None)
     csrf.protect()
     return None

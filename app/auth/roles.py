@@ -115,10 +115,11 @@ def check_role(role: str) -> str:
     return role
 
 
-def forbidden(needs: str, *, scope: bool = False):
-    """The 403 of a refused action: JSON or a page, naming the role (or scope) it needs."""
+def forbidden(needs: str | None, *, scope: bool = False):
+    """The 403 of a refused action: JSON or a page, naming the role (or scope) it needs;
+    `needs` None: the endpoint has no rule, so nobody may use it."""
     what = "scope" if scope else "role"
-    reason = f"this needs the {needs} {what}"
+    reason = f"this needs the {needs} {what}" if needs else "this has no access rule yet"
     if scope or wants_json() or request.headers.get("HX-Request"):
         return error_response(403, what, reason)
     return render_template("auth/forbidden.html", needs=needs), 403
