@@ -8,6 +8,8 @@ with their own schedule (exponential backoff), and every attempt is kept for /al
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -17,13 +19,15 @@ import click
 import httpx
 from flask import Blueprint, Flask, current_app, render_template
 from flask.cli import AppGroup
+from sqlalchemy import func
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..auth import audit
 from ..core.periodic import Periodic, start_with_requests
 from ..core.services import services
 from ..core.times import iso
-from ..records.models import AlertAttempt, AlertNotice, AlertState, db
-from ..records.sqlutil import insert_ignore
+from ..records.models import AlertAttempt, AlertNotice, AlertState, AuditRecord, db
+from ..records.sqlutil import begin_writing, insert_ignore
 from ..urls import external_url
 from .rules import Measure, Rule, measure_all, parse_rules
 
@@ -231,10 +235,56 @@ def firing() -> list[AlertState]:
     )
 
 
+# Any constant: the advisory lock that makes PostgreSQL record a change of the rules once.
+RULES_LOCK = 0x76696265727761
+
+
+def rules_digest(rules: list[Rule]) -> str:
+    text = json.dumps([dataclasses.asdict(r) for r in rules], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_rules_in_effect(rules: list[Rule]) -> bool:
+    """An audit record when the rules in effect differ from the last ones recorded (ALERT_RULES
+    changed, seen as a server starts), by "config": one record per change, whichever of the
+    processes that start at once sees it first. Returns whether one was written."""
+    digest = rules_digest(rules)
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(db.select(func.pg_advisory_xact_lock(RULES_LOCK)))
+    else:
+        begin_writing(db.session.connection())
+    last = db.session.execute(
+        db.select(AuditRecord)
+        .where(AuditRecord.action == "alert_rules_change")
+        .order_by(AuditRecord.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    before = audit.details_of(last) if last is not None else {}
+    if before.get("digest") == digest:
+        db.session.rollback()
+        return False
+    audit.record(
+        "alert_rules_change",
+        "ALERT_RULES",
+        {
+            "digest": digest,
+            "rules": [r.describe() for r in rules],
+            "before": before.get("rules"),
+        },
+        username="config",
+    )
+    return True
+
+
 def evaluate_once(app: Flask) -> None:
-    """One evaluation by the background thread; a failure waits for the next interval."""
+    """One evaluation by the background thread; a failure waits for the next interval. The
+    first one of a process records the rules in effect if they changed."""
     with app.app_context():
         try:
+            registry = services(app)
+            if not registry.alert_rules_recorded:
+                record_rules_in_effect(registry.alert_rules)
+                registry.alert_rules_recorded = True
             check()
         except SQLAlchemyError:
             db.session.rollback()

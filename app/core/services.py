@@ -41,6 +41,7 @@ class Services:
     # Alert rules, and the threads started with a process's first request.
     alert_rules: list[Rule] = field(default_factory=list)
     alert_runner: Periodic | None = None
+    alert_rules_recorded: bool = False  # this process has recorded the rules in effect
     metrics_sampler: Periodic | None = None
     started_by_requests: list[Periodic] = field(default_factory=list)
     # How long never-applied bodies are kept, and what this process kept since it last looked.

@@ -353,6 +353,10 @@ EXPORT = {
                 "session, a caller that asks for JSON (field login). A browser is sent to the "
                 "sign-in page instead (302)."
             ),
+            "403": _error(
+                "A token without the read scope (field scope), or a signed-in viewer (field "
+                "role: exports need the operator role)."
+            ),
         },
     }
 }
@@ -425,6 +429,10 @@ DOCUMENT = {
                         "Empty body, not UTF-8, not JSON, or a missing CSRF token with a session."
                     ),
                     "401": UNAUTHORIZED,
+                    "403": _error(
+                        "A token without the register scope (field scope), or a signed-in "
+                        "viewer (field role: registering needs the operator role)."
+                    ),
                     "413": WEBHOOK_ERRORS["413"],
                     "415": WEBHOOK_ERRORS["415"],
                     "422": WEBHOOK_ERRORS["422"],
@@ -453,6 +461,7 @@ DOCUMENT = {
                         },
                     },
                     "401": UNAUTHORIZED,
+                    "403": _error("A token without the read scope (field scope)."),
                     "404": _error("No message with this requestId."),
                 },
             }
@@ -471,7 +480,10 @@ DOCUMENT = {
             "bearerAuth": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "A token from `viberwatch create-token NAME`.",
+                "description": "A token from the API tokens page (/admin/tokens) or "
+                "`viberwatch create-token NAME [--scope S]`, with scopes register (POST "
+                "/api/messages), read (GET /api/messages/{requestId}, /export.csv) and send "
+                "(the send proxy).",
             },
             "session": {
                 "type": "apiKey",
