@@ -83,10 +83,21 @@ def test_request_ids_that_share_a_beginning_are_shown_whole(app, client):
         for n, rid in enumerate(ids):
             register(T + timedelta(seconds=n), rid, PHONE)
             reply(T + timedelta(minutes=1, seconds=n), rid, PHONE, f"answer {n}")
-    for path in ("/", f"/conversations/{PHONE}"):
+    for path in ("/", f"/conversations/{PHONE}", "/search?q=answer"):
         page = html(client, path)
         for rid in ids:
             assert f">{rid}</a>" in page, (path, rid)
+    # The live feed's entries too (rendered as the socket pushes them).
+    with app.test_request_context():
+        from flask import render_template
+
+        from app.records.models import Activity, db
+
+        shown = set()
+        for a in db.session.execute(db.select(Activity)).scalars():
+            item = render_template("partials/_feed_item.html", a=a)
+            shown |= {rid for rid in ids if f">{rid}</a>" in item}
+        assert shown == set(ids)
 
 
 def test_without_sending_settings_send_is_disabled_and_the_reason_shown_once(app, client):

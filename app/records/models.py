@@ -376,7 +376,7 @@ class ApiToken(db.Model):
 
 class AuditRecord(db.Model):
     """One action of a person (or of a command on the server): who, from where, what, on
-    what. Append-only: the database refuses an UPDATE (app/records/audit_guard.py); rows
+    what. Append-only: the database refuses an UPDATE (app/records/append_only.py); rows
     leave only by age (AUDIT_RETENTION_DAYS, through `purge`). The user's name is kept as
     it was, so a record outlives its user."""
 
