@@ -7,12 +7,13 @@ answer only, shown once. A refused change answers 400 with the reason, and chang
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from flask import (
     Blueprint,
     Response,
     abort,
+    current_app,
     redirect,
     render_template,
     request,
@@ -50,10 +51,11 @@ def _user(user_id: int) -> User:
 
 
 def _open_sign_ins() -> dict[int, int]:
-    """Open sign-ins per user id."""
+    """Open sign-ins per user id: not ended, and not past LOGIN_MAX_AGE."""
+    oldest = utcnow() - timedelta(seconds=current_app.config["LOGIN_MAX_AGE"])
     rows = db.session.execute(
         db.select(UserSession.user_id, func.count())
-        .where(UserSession.ended_at.is_(None))
+        .where(UserSession.ended_at.is_(None), UserSession.created_at >= oldest)
         .group_by(UserSession.user_id)
     ).all()
     return dict(rows)
@@ -109,6 +111,8 @@ def set_role(user_id: int):
         old = users.set_role(user.username, request.form.get("role", ""))
     except users.AccountError as exc:
         return _users_page(error=str(exc), status=400)
+    if old == user.role:
+        return _done("admin.users_page", f"{user.username} is already {old}.")
     return _done("admin.users_page", f"{user.username}: {old} → {user.role}.")
 
 
@@ -215,7 +219,7 @@ def _day(name: str) -> datetime | None:
         day = datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
         raise AuditFilterError(name, "must be a date, YYYY-MM-DD") from None
-    return datetime.combine(day, time())
+    return datetime.combine(day, time(), tzinfo=UTC)
 
 
 def _audit_filters() -> dict:

@@ -75,8 +75,33 @@ def _existing(username: str) -> User:
     return user
 
 
-def _keeps_an_admin(user: User) -> None:
-    """Refuse a change that would leave no active admin (the change is made, not committed)."""
+def _active_admin(user: User) -> bool:
+    return user.role == ADMIN and user.disabled_at is None
+
+
+def _hold_admins(user: User) -> bool:
+    """Before changing an active admin: lock the active admins' rows (PostgreSQL; SQLite
+    takes one writer at a time anyway), in one order, so that two admins stepping down at
+    once take turns and the second sees the first's change. Returns whether `user`, read
+    again under the lock, is an active admin."""
+    if not _active_admin(user):
+        return False
+    db.session.execute(
+        db.select(User.id)
+        .where(User.role == ADMIN, User.disabled_at.is_(None))
+        .order_by(User.id)
+        .with_for_update()
+    )
+    db.session.refresh(user)
+    return _active_admin(user)
+
+
+def _keeps_an_admin(user: User, was_active_admin: bool) -> None:
+    """Refuse a change to an active admin that would leave no active admin (the change is
+    made, not committed). A change to anyone else is never refused: without an admin, the
+    commands still look after viewers and operators."""
+    if not was_active_admin:
+        return
     db.session.flush()
     left = db.session.execute(
         db.select(func.count(User.id)).where(User.role == ADMIN, User.disabled_at.is_(None))
@@ -127,11 +152,12 @@ def set_role(username: str, role: str) -> str:
     """Change a user's role; returns the old one. The last active admin keeps theirs."""
     user = _existing(username)
     role = _check_role(role)
+    was_active_admin = _hold_admins(user)
     old = user.role
     if old == role:
         return old
     user.role = role
-    _keeps_an_admin(user)
+    _keeps_an_admin(user, was_active_admin)
     audit.record("role_change", user.username, {"from": old, "to": role})
     return old
 
@@ -140,10 +166,11 @@ def disable_user(username: str) -> int:
     """Disable a user: they cannot sign in, and every sign-in of theirs ends at once (an open
     page's live socket closes within LIVE_SESSION_CHECK_INTERVAL). Returns how many ended."""
     user = _existing(username)
+    was_active_admin = _hold_admins(user)
     if user.disabled_at is not None:
         return 0
     user.disabled_at = utcnow()
-    _keeps_an_admin(user)
+    _keeps_an_admin(user, was_active_admin)
     ended = end_sessions(UserSession.user_id == user.id, commit=False)
     audit.record("user_disable", user.username, {"sign_ins_ended": ended})
     return ended

@@ -277,7 +277,8 @@ def _maintenance_commands(app: Flask) -> None:
         "--batch", "batch_size", type=click.IntRange(min=1), default=2000, show_default=True
     )
     def purge_command(older_than, batch_size):
-        """Delete messages whose last activity is older than the given age, in batches."""
+        """Delete messages whose last activity is older than the given age, in batches, and
+        audit records older than AUDIT_RETENTION_DAYS."""
         try:
             age = parse_age(older_than)
         except ValueError as exc:
@@ -287,6 +288,15 @@ def _maintenance_commands(app: Flask) -> None:
         with click.progressbar(length=total, label="purging messages", show_pos=True) as bar:
             counts = purge(age, batch_size=batch_size, now=now, progress=bar.update)
         click.echo("deleted: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
+        days = current_app.config["AUDIT_RETENTION_DAYS"]
+        if not days:
+            click.echo("audit records kept: AUDIT_RETENTION_DAYS is 0")
+            return
+        audited = audit.purge_older(now)
+        click.echo(
+            f"deleted: {audited} audit record{'s' if audited != 1 else ''} older than "
+            f"{days} days (AUDIT_RETENTION_DAYS)"
+        )
 
     @app.cli.command("rebuild")
     @click.option("--check", is_flag=True, help="Only report differences, change nothing.")
