@@ -72,9 +72,9 @@ def test_rows_newest_activity_first_with_one_partial(mixed):
     assert dict(found)["fff-pending"] == "pending"
     assert dict(found)["ggg-anomaly"] == "seen"
     assert 'id="messages-body"' in html and 'id="counters"' in html
-    # The code's meaning on hover, the full id on hover, a copy button.
+    # The code's meaning on hover, the full id shown, a copy button.
     assert 'title="Phone number error: Invalid phone number' in html
-    assert 'title="ddd-failed"' in html and 'data-copy="ddd-failed"' in html
+    assert ">ddd-failed</a>" in html and 'data-copy="ddd-failed"' in html
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 from sqlalchemy import Integer, Select, String, and_, case, func, literal_column, or_
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -21,6 +23,7 @@ from ..errors import error_response
 from ..records.models import Message, Reply, db
 from .filters import FilterError, MessageFilter
 
+log = logging.getLogger(__name__)
 bp = Blueprint("export", __name__)
 
 # Rows fetched and written per chunk sent: memory stays flat whatever the export's size, and
@@ -368,7 +371,14 @@ def audited(chunks: Iterator[bytes], count: Rows, target: str, details: dict) ->
         complete = True
     finally:
         chunks.close()
-        audit.record_apart("export", target, {**details, "rows": count.n, "complete": complete})
+        try:
+            audit.record_apart("export", target, {**details, "rows": count.n, "complete": complete})
+        except SQLAlchemyError:
+            # The file has gone out; the database that would record it is away. Said in the
+            # log, with what the record would have held.
+            log.exception(
+                "the audit record of an export (%s, %d rows) was not written", target, count.n
+            )
 
 
 @bp.get("/export.csv")
