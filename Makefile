@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run serve test lint bench bench-campaigns bench-search bench-live bench-slow bench-soak demo vendor clean
+.PHONY: install run serve test lint bench bench-campaigns bench-search bench-live bench-reconnect bench-slow bench-soak bench-access demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,12 +55,15 @@ bench: install
 	$(BIN)/python bench/run.py --messages $(BENCH_MESSAGES)
 	$(BIN)/python bench/live_latency.py --write-docs
 	$(BIN)/python bench/page_memory.py --minutes $(PAGE_MINUTES) --write-docs
+	$(BIN)/python bench/reconnect.py --rounds $(RECONNECT_ROUNDS) --write-docs
 	$(BIN)/python bench/analytics.py --messages $(BENCH_MESSAGES) --reuse
 	$(BIN)/python bench/campaigns.py --messages $(BENCH_MESSAGES) --reuse --write-docs
 	$(BIN)/python bench/search.py --messages $(BENCH_MESSAGES) --reuse --write-docs
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --write-docs
 	$(BIN)/python bench/slow_clients.py --write-docs
 	$(BIN)/python bench/proxy.py --write-docs
+	$(BIN)/python bench/access_cost.py --before $(ACCESS_BEFORE) --messages $(ACCESS_MESSAGES) \
+	  --rounds $(ACCESS_ROUNDS) --write-docs
 
 # Only the campaigns pages: BENCH_MESSAGES messages over 200 campaigns (a seeded database
 # reused), the production command with 2 workers, 30 timed requests per URL.
@@ -78,6 +81,12 @@ PAGE_MINUTES ?= 10
 bench-page: install
 	$(BIN)/python bench/page_memory.py --minutes $(PAGE_MINUTES) --write-docs
 
+# Only the open messages page's reconnect: RECONNECT_ROUNDS restarts of the production server
+# (down 1, 5, 15 and 30 s in turn), timed from /healthz answering to the page being live again.
+RECONNECT_ROUNDS ?= 20
+bench-reconnect: install
+	$(BIN)/python bench/reconnect.py --rounds $(RECONNECT_ROUNDS) --write-docs
+
 # Only the live-update latency part of the benchmarks.
 bench-live: install
 	$(BIN)/python bench/live_latency.py --write-docs
@@ -87,6 +96,18 @@ bench-proxy: install
 	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
 	$(BIN)/python bench/proxy.py --write-docs
+
+# Only what the roles and the audit log cost: the commit before them (ACCESS_BEFORE) and this
+# tree side by side, ACCESS_MESSAGES messages seeded for each, ACCESS_ROUNDS alternating rounds
+# of the ingest, the messages page and the export, on SQLite and then PostgreSQL.
+ACCESS_BEFORE ?= a11fc0e
+ACCESS_MESSAGES ?= 200000
+ACCESS_ROUNDS ?= 5
+bench-access: install
+	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
+	$(BIN)/python bench/access_cost.py --before $(ACCESS_BEFORE) --messages $(ACCESS_MESSAGES) \
+	  --rounds $(ACCESS_ROUNDS) --write-docs
 
 # Only the slow-clients part: 1,500 connections trickling a request, /healthz and a webhook probed.
 bench-slow: install
