@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from app import create_app, ingest
+from app.auth import tokens, users
 from app.live import views as live
 from app.records.models import db
 from support import secrets_in_logs
@@ -77,6 +78,7 @@ def busy_site(request, folder, **config):
         rid = load_busy_day(app)
         load_tags_and_rejections(app)
         create_test_user(app)
+        load_accounts(app)
         server = LiveServer(app).start()
         cleanup.callback(server.stop)
         yield server, rid
@@ -84,7 +86,8 @@ def busy_site(request, folder, **config):
 
 @pytest.fixture(scope="module")
 def site(request, tmp_path_factory):
-    """One app, one data load and one live server for the whole module: the audit only reads.
+    """One app, one data load and one live server for the whole module: the audit reads, but
+    for the answers of the administration forms, which add a user or a token of their own.
     Yields the base URL and a requestId of the busy day."""
     with busy_site(request, tmp_path_factory.mktemp("a11y")) as (server, rid):
         yield server.url, rid
@@ -106,6 +109,19 @@ def load_tags_and_rejections(app) -> None:
         receive_at(T, "dr", {"status": "read", "requestId": "<b>x</b>"})
         body = b'{"status": "seen", "requestId": "late-1", "sendTime": "2025-03-01 09:00:00"}'
         ingest.refuse("dr", body, "application/json", {}, "127.0.0.1", 401, "token missing")
+
+
+def load_accounts(app) -> None:
+    """Users of every role (one disabled) and API tokens (one revoked), each change in the
+    audit log, for the administration pages."""
+    with app.app_context():
+        users.create_user("vera-viewer", TEST_PASSWORD, "viewer")
+        users.create_user("otto-operator", TEST_PASSWORD, "operator")
+        users.create_user("dora-disabled-operator", TEST_PASSWORD, "operator")
+        users.disable_user("dora-disabled-operator")
+        for name, scopes in (("crm-sync", "register"), ("reports", "read"), ("old", "send")):
+            secrets_in_logs.add_secret(tokens.create_token(name, scopes)[1])
+        tokens.revoke_token("old")
 
 
 def stop_app(app) -> None:
@@ -154,6 +170,8 @@ def open_tab(browser, site, signed_in):
         context.close()
 
 
+# The administration pages (the signed-in user is an admin) and everyone's account page.
+ADMIN_PAGES = ["/admin/users", "/admin/tokens", "/admin/audit", "/account"]
 # Every page of the app (the JSON, CSV and metrics answers aside). {rid} is a busy day message.
 PAGES = [
     "/",
@@ -170,6 +188,7 @@ PAGES = [
     "/campaigns?range=all",
     f"/campaigns/show?tag={TAG}&range=all",
     f"/campaigns/compare?a={TAG}&b={TAG2}&ra=all",
+    *ADMIN_PAGES,
 ]
 # The pages audited in the dark colour scheme as well.
 MAIN_PAGES = [
@@ -180,6 +199,7 @@ MAIN_PAGES = [
     "/alerts",
     "/campaigns?range=all",
     f"/campaigns/show?tag={TAG}&range=all",
+    *ADMIN_PAGES,
 ]
 
 # Every chart on the page drawn by Chart.js.
@@ -238,3 +258,49 @@ def test_the_login_page_has_no_serious_or_critical_finding(axe, open_tab, size):
 
 def test_the_login_page_in_the_dark_scheme_has_no_serious_or_critical_finding(axe, open_tab):
     audit(axe, open_tab(DESK_SIZE, "dark", signed=False), "/login")
+
+
+# What the administration forms answer: a secret shown once, with its copy button, or the
+# reason a change was refused. Each run makes a user or a token of its own.
+ANSWERS = {
+    "new user": ("/admin/users", "#new-username", "Create user", "#secret-value"),
+    "new token": ("/admin/tokens", "#token-name", "Create token", "#secret-value"),
+    "name taken": ("/admin/users", "#new-username", "Create user", "#form-error"),
+}
+
+
+@SIZES
+@pytest.mark.parametrize("answer", list(ANSWERS))
+def test_an_administration_answer_has_no_serious_or_critical_finding(axe, open_tab, answer, size):
+    path, field, button, shown = ANSWERS[answer]
+    tab = open_tab(size)
+    tab.goto(path)
+    name = "vera-viewer" if answer == "name taken" else f"a11y-{answer[4:]}-{size['width']}"
+    tab.fill(field, name)
+    tab.click(f"button:text-is('{button}')")
+    tab.locator(shown).wait_for()
+    if shown == "#secret-value":
+        secrets_in_logs.add_secret(tab.locator(shown).inner_text().strip())
+    settle(tab)
+    found = blocking_findings(axe, tab)
+    assert found == [], f"{answer} at {size['width']} px:\n" + "\n".join(found)
+
+
+@SIZES
+def test_the_not_allowed_page_has_no_serious_or_critical_finding(axe, browser, site, size):
+    """What a viewer is shown at an admin's page."""
+    context = browser.new_context(base_url=site[0], viewport=size)
+    try:
+        tab = context.new_page()
+        tab.goto("/login")
+        tab.fill("#username", "vera-viewer")
+        tab.fill("#password", TEST_PASSWORD)
+        tab.click("button[type=submit]")
+        tab.wait_for_url(lambda url: "/login" not in url)
+        response = tab.goto("/admin/users")
+        assert response is not None and response.status == 403
+        settle(tab)
+        found = blocking_findings(axe, tab)
+        assert found == [], "\n".join(found)
+    finally:
+        context.close()

@@ -1,14 +1,16 @@
 """Every page on a 390 px phone and a 1366 px desk, in a real Chromium: no sideways scrolling
 of the page, and its main action on screen and usable; rejected bodies as cards on a phone;
-every filter label beside its own input."""
+every filter label beside its own input; a secret shown once whole on screen, with its copy
+button."""
 
 import httpx
 import pytest
 
+from support import secrets_in_logs
 from support.accounts import TEST_PASSWORD, TEST_USER
 from support.servers import free_port
 from test_accessibility import TAG, busy_site
-from test_browser_pages import PHONE, RANGE
+from test_browser_pages import FITS_JS, PHONE, RANGE
 
 pytestmark = pytest.mark.browser
 
@@ -80,7 +82,14 @@ PAGES = {
     f"/analytics?{RANGE}": [(".an-filters button[type=submit]", True)],
     "/alerts": [("#alert-rules-h", None)],
     "/campaigns?range=all": [("form.an-filters button[type=submit]", True)],
+    "/admin/users": [("button:text-is('Create user')", False)],
+    "/admin/tokens": [("button:text-is('Create token')", False)],
+    "/admin/audit": [("button:text-is('Filter')", True)],
+    "/account": [("button:text-is('Change password')", False)],
 }
+# Pages whose tables stack into cards on a phone: no table or card of theirs scrolls sideways
+# either, at any width.
+STACKED = {"/admin/users", "/admin/tokens", "/admin/audit", "/account"}
 
 
 def assert_on_screen(tab, selector, width):
@@ -102,6 +111,8 @@ def test_the_page_fits_and_its_main_action_is_on_screen_and_usable(open_tab, sit
     width = size["width"]
     fits = tab.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert fits[0] <= fits[1] == width, (path, fits)
+    if path in STACKED:
+        assert tab.evaluate(FITS_JS)["cut"] == [], path
     for selector, click in PAGES[path]:
         target = assert_on_screen(tab, selector, width)
         if click is None:
@@ -174,3 +185,33 @@ def test_every_filter_label_sits_with_its_input(open_tab, path, size):
     assert found
     for item in found:
         assert item["same"] and abs(item["dx"]) <= 2 and -2 <= item["dy"] <= 12, item
+
+
+@SIZES
+@pytest.mark.parametrize("path", ["/admin/users", "/admin/tokens"])
+def test_a_secret_shown_once_fits_and_can_be_copied(open_tab, path, size):
+    """A new user's password or a new token, shown once: whole on screen, beside a copy button
+    that works, on a page that still fits."""
+    tab = open_tab(size)
+    tab.goto(path)
+    settle(tab)
+    name = f"fit-{path.rsplit('/', 1)[1]}-{size['width']}-with-a-rather-long-name"
+    if path == "/admin/users":
+        tab.fill("#new-username", name)
+        tab.click("button:text-is('Create user')")
+    else:
+        tab.fill("#token-name", name)
+        tab.click("button:text-is('Create token')")
+    secret = tab.locator("#secret-value")
+    secret.wait_for()
+    value = secret.inner_text().strip()
+    secrets_in_logs.add_secret(value)
+    assert name in tab.locator("#done").inner_text()
+    width = size["width"]
+    fits = tab.evaluate(FITS_JS)
+    assert fits["page"] <= fits["window"] == width and fits["cut"] == [], fits
+    assert_on_screen(tab, "#secret-value", width)
+    copy = assert_on_screen(tab, "#secret button.copy", width)
+    tab.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    copy.click()
+    assert tab.evaluate("navigator.clipboard.readText()") == value
