@@ -393,7 +393,7 @@ SETTINGS: tuple[Setting, ...] = (
     _app("LIVE_HELLO_TIMEOUT", 10.0, "seconds a new socket has to send its hello"),
     # Seconds between checks that each socket's sign-in is still open (a logout in this
     # process is acted on at once).
-    _app("LIVE_SESSION_CHECK_INTERVAL", 5.0, "seconds between checks of each socket's sign-in"),
+    _app("LIVE_SESSION_CHECK_INTERVAL", 4.0, "seconds between checks of each socket's sign-in"),
     # Largest message a page may send (its hello is a few hundred bytes): a bigger one closes
     # the socket (1009) as it arrives, instead of being read whole into memory.
     _app("LIVE_MAX_MESSAGE", 64 * 1024, "largest message a page may send on its socket"),

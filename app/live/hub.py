@@ -203,6 +203,9 @@ class Hub:
             timeout = (
                 self.poll_interval if self._gap_since is None else min(self.poll_interval, 0.02)
             )
+            # Not past the next check of the sockets' sign-ins: it is due on time, not up to a
+            # poll late.
+            timeout = min(timeout, max(0.0, self._next_session_check - time.monotonic()))
             self.wakeup.wait(timeout)
             self.wakeup.clear()
             if self.stopped.is_set():
