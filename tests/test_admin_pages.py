@@ -725,3 +725,35 @@ def test_no_route_edits_or_deletes_a_record(app, client, history, method):
         assert client.open(path, method=method).status_code in (404, 405)
     assert client.post(f"/admin/audit/{target}/delete").status_code == 404
     assert entries(app) == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/users/{big}/role",
+        "/admin/users/{big}/disable",
+        "/admin/users/{big}/enable",
+        "/admin/users/{big}/password",
+        "/admin/users/{big}/sessions/end",
+        "/admin/tokens/{big}/revoke",
+        "/rejected/{big}/reprocess",
+    ],
+)
+@pytest.mark.parametrize("big", [2**31, 2**63, 10**30])
+def test_an_id_past_its_column_is_no_page(client, path, big):
+    """An id no row can have (past INTEGER, BIGINT, or any 64-bit number) is a 404, never a
+    database error."""
+    if path.startswith("/rejected") and big == 2**31:
+        big = 2**63  # raw bodies count in BIGINT
+    response = client.post(path.format(big=big), data={"role": "viewer"})
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "args", ["since=0001-01-01", "until=9999-12-31", "since=0001-01-01&until=9999-12-31"]
+)
+def test_the_audit_filters_take_the_first_and_last_day(client, history, args):
+    for path in ("/admin/audit", "/admin/audit.csv"):
+        response = client.get(f"{path}?{args}")
+        assert response.status_code == 200, path
+        assert response.get_data(as_text=True)

@@ -30,6 +30,8 @@ from ..errors import error_response
 from ..records.models import ApiToken, AuditRecord, User, UserSession, db
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+# Ids in paths stop at their column's range (an INTEGER): a larger one is no page (404), not a
+# database error.
 
 AUDIT_PAGE = 50
 AUDIT_CELLS = (
@@ -104,7 +106,7 @@ def create_user():
     return _users_page(done=f"User {user.username} created ({user.role}).", secret=secret)
 
 
-@bp.post("/users/<int:user_id>/role")
+@bp.post("/users/<int(max=2147483647):user_id>/role")
 def set_role(user_id: int):
     user = _user(user_id)
     try:
@@ -116,7 +118,7 @@ def set_role(user_id: int):
     return _done("admin.users_page", f"{user.username}: {old} → {user.role}.")
 
 
-@bp.post("/users/<int:user_id>/disable")
+@bp.post("/users/<int(max=2147483647):user_id>/disable")
 def disable_user(user_id: int):
     user = _user(user_id)
     try:
@@ -126,14 +128,14 @@ def disable_user(user_id: int):
     return _done("admin.users_page", f"{user.username} disabled; {ended} sign-in(s) ended.")
 
 
-@bp.post("/users/<int:user_id>/enable")
+@bp.post("/users/<int(max=2147483647):user_id>/enable")
 def enable_user(user_id: int):
     user = _user(user_id)
     users.enable_user(user.username)
     return _done("admin.users_page", f"{user.username} enabled.")
 
 
-@bp.post("/users/<int:user_id>/password")
+@bp.post("/users/<int(max=2147483647):user_id>/password")
 def reset_password(user_id: int):
     """Reset a password: the one the admin typed, or a new one shown once."""
     user = _user(user_id)
@@ -152,7 +154,7 @@ def reset_password(user_id: int):
     )
 
 
-@bp.post("/users/<int:user_id>/sessions/end")
+@bp.post("/users/<int(max=2147483647):user_id>/sessions/end")
 def end_sessions(user_id: int):
     user = _user(user_id)
     ended = users.logout_everywhere(user.username)
@@ -194,7 +196,7 @@ def create_token():
     )
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<int(max=2147483647):token_id>/revoke")
 def revoke_token(token_id: int):
     row = db.session.get(ApiToken, token_id)
     if row is None:
@@ -232,7 +234,11 @@ def _audit_filters() -> dict:
     since = _day("since")
     until = _day("until")
     if until is not None:
-        until += timedelta(days=1)  # the whole of that day
+        try:
+            until += timedelta(days=1)  # the whole of that day
+        except OverflowError:
+            until = None  # 9999-12-31: nothing is later
+
     return {
         "username": request.args.get("user", "").strip()[:80] or None,
         "action": action,

@@ -158,7 +158,9 @@ def rejected():
     )
 
 
-@bp.post("/rejected/<int:raw_id>/reprocess")
+# The id stops at its column's range (a BIGINT): a larger one is no page (404), not a database
+# error.
+@bp.post("/rejected/<int(max=9223372036854775807):raw_id>/reprocess")
 def reprocess(raw_id: int):
     """Run one stored body through validation again."""
     if db.session.get(RawBody, raw_id) is None:
