@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func
 
 from app.core.times import utcnow
-from app.records.models import ApiToken, AuditRecord, User, UserSession, db
+from app.records.models import ApiToken, AuditRecord, LoginFailure, User, UserSession, db
 from support.accounts import TEST_PASSWORD, TEST_USER, create_test_user, log_in, login_form_token
 from support.audit_log import count, entries, user_id
 from support.bodies import REGISTER, post_json, registration
@@ -489,6 +489,32 @@ def test_a_changed_password_ends_the_other_sign_ins_and_keeps_this_one(app, clie
     assert client.get("/admin/users").status_code == 200
     assert sign_in(app, ADMIN, TEST_PASSWORD).status_code == 401
     assert log_in(app, app.test_client(), ADMIN, NEW_PASSWORD).get("/account").status_code == 200
+
+
+def test_the_current_password_is_tried_no_faster_than_a_sign_in(app, client):
+    """A stolen cookie cannot guess the password on the account page: a wrong current
+    password counts as a failed sign-in, with the same limits; a right one is no sign-in."""
+    app.config["LOGIN_MAX_FAILURES_PER_ADDRESS"] = 3
+    with app.app_context():
+        before = db.session.execute(
+            db.select(User.last_login_at).where(User.username == ADMIN)
+        ).scalar_one()
+    for _ in range(3):
+        assert change_password(client, "a guess", NEW_PASSWORD).status_code == 400
+    refused = change_password(client, TEST_PASSWORD, NEW_PASSWORD)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins" in form_error(refused)
+    assert sign_in(app, ADMIN, NEW_PASSWORD).status_code in (401, 429)
+    app.config["LOGIN_MAX_FAILURES_PER_ADDRESS"] = 30
+    with app.app_context():
+        db.session.execute(db.delete(LoginFailure))
+        db.session.commit()
+    assert change_password(client, TEST_PASSWORD, NEW_PASSWORD).status_code == 303
+    with app.app_context():
+        after = db.session.execute(
+            db.select(User.last_login_at).where(User.username == ADMIN)
+        ).scalar_one()
+    assert after == before  # checking the current password is not a sign-in
 
 
 SIGN_IN_ROW = re.compile(

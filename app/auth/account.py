@@ -7,7 +7,9 @@ from flask_login import current_user, logout_user
 
 from ..records.models import UserSession
 from . import audit, users
+from .security import request_client_address
 from .sessions import end_sessions, session_id_of, sessions_of
+from .throttle import authenticate
 
 bp = Blueprint("account", __name__, url_prefix="/account")
 
@@ -37,10 +39,23 @@ def password():
     new = request.form.get("new_password", "")
     if new != request.form.get("confirm_password", ""):
         return _page(error="The new password and its confirmation differ.", status=400)
-    try:
-        ended = users.change_own_password(
-            current_user, request.form.get("current_password", ""), new, session_id_of(current_user)
+    checked = authenticate(
+        current_user.username,
+        request.form.get("current_password", ""),
+        request_client_address(),
+        sign_in=False,
+    )
+    if checked.user is None:
+        wrong = checked.http_status == 401
+        page, status = _page(
+            error="Password not changed: "
+            + ("the current password is wrong." if wrong else checked.error),
+            status=400 if wrong else checked.http_status,
         )
+        retry = {"Retry-After": str(checked.retry_after)} if checked.retry_after else {}
+        return page, status, retry
+    try:
+        ended = users.change_own_password(current_user, new, session_id_of(current_user))
     except users.AccountError as exc:
         return _page(error=f"Password not changed: {exc}.", status=400)
     return redirect(

@@ -90,9 +90,13 @@ def _reserve(key: str, address: str, now, since) -> LoginFailure | None:
     return attempt
 
 
-def authenticate(username: str, password: str, address: str) -> LoginOutcome:
+def authenticate(
+    username: str, password: str, address: str, *, sign_in: bool = True
+) -> LoginOutcome:
     """Check a sign-in: the attempt is counted first (see _reserve), then its password is
-    checked among a bounded number at once; a right password takes the attempt back."""
+    checked among a bounded number at once; a right password takes the attempt back.
+    `sign_in` False: a signed-in user's current password, asked again before a change (the
+    same limits, so a stolen cookie cannot try passwords faster; not a new sign-in)."""
     cfg = current_app.config
     window = cfg["LOGIN_FAILURE_WINDOW"]
     key = (username or "").strip().lower()[:MAX_USERNAME]
@@ -126,8 +130,9 @@ def authenticate(username: str, password: str, address: str) -> LoginOutcome:
         return LoginOutcome(
             http_status=403, error="This account is disabled. Ask an administrator."
         )
-    user.last_login_at = now
-    user.last_login_address = address
+    if sign_in:
+        user.last_login_at = now
+        user.last_login_address = address
     # This address's failures on the account are forgiven; other addresses' stay counted.
     db.session.execute(
         db.delete(LoginFailure).where(LoginFailure.username == key, LoginFailure.address == address)

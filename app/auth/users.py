@@ -133,11 +133,10 @@ def reset_password(username: str) -> str:
     return password
 
 
-def change_own_password(user: User, current: str, new: str, keep_session: str | None) -> int:
-    """The user's own change: the current password must match. Their other sign-ins end;
-    the one making the change (`keep_session`, a session id) stays. Returns how many ended."""
-    if not password_matches(user, current or ""):
-        raise AccountError("the current password is wrong")
+def change_own_password(user: User, new: str, keep_session: str | None) -> int:
+    """The user's own change, once their current password was checked (throttle.authenticate,
+    sign_in False). Their other sign-ins end; the one making the change (`keep_session`, a
+    session id) stays. Returns how many ended."""
     _check_password(new)
     user.password_hash = hasher().hash(new)
     conditions = [UserSession.user_id == user.id]
