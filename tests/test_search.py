@@ -23,7 +23,9 @@ from support.timed_ingest import register as register_at
 from support.timed_ingest import reply as reply_at
 
 REPLY_ROW = re.compile(r'href="/conversations/([^"#]+)#reply-(\d+)"')
-MESSAGE_ROW = re.compile(r'<td data-label="requestId"><a class="mono" href="/messages/([^"]+)"')
+MESSAGE_ROW = re.compile(
+    r'<td data-label="requestId"><a class="mono request-id" href="/messages/([^"]+)"'
+)
 
 
 def found(client, q: str, **args):
