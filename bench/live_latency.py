@@ -65,6 +65,20 @@ def prepare_database(url: str, secret: str) -> None:
         db.engine.dispose()
 
 
+def open_live_messages_page(browser, base: str):
+    """A new tab signed in as the benchmark's user through the login form, on the messages
+    page once its live socket is up."""
+    page = browser.new_context(base_url=base).new_page()
+    page.goto("/login")
+    page.fill("#username", USER)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/login" not in u)
+    page.goto("/")
+    page.wait_for_selector("body[data-live-state=live]")
+    return page
+
+
 def start_server(kind: str, url: str, secret: str, port: int, redis: str | None):
     env = {
         **os.environ,

@@ -28,9 +28,8 @@ sys.path.insert(0, str(BENCH))
 
 from live_latency import (  # noqa: E402
     DOCS,
-    PASSWORD,
-    USER,
     free_port,
+    open_live_messages_page,
     prepare_database,
     start_server,
     stop_server,
@@ -96,14 +95,7 @@ def run(minutes: float, rate: float, every: float) -> tuple[list[dict], int]:
                 http.post(DR, json=receipt(uuid.uuid4().hex, "success"))
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_context(base_url=base).new_page()
-            page.goto("/login")
-            page.fill("#username", USER)
-            page.fill("#password", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda u: "/login" not in u)
-            page.goto("/")
-            page.wait_for_selector("body[data-live-state=live]")
+            page = open_live_messages_page(browser, base)
             cdp = page.context.new_cdp_session(page)
             cdp.send("Performance.enable")
             sender = threading.Thread(target=post_stream, args=(base, rate, stop, sent))
