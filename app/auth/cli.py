@@ -3,6 +3,8 @@ enable-user, set-password, logout-user, ensure-admin, the token commands, audit.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import click
 from flask import Flask
 
@@ -17,6 +19,15 @@ password_option = click.option(
     confirmation_prompt=True,
     help="For scripts; without it the password is asked for.",
 )
+
+
+@contextmanager
+def account_errors():
+    """A refused account change (AccountError) ends the command with its reason."""
+    try:
+        yield
+    except users.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 role_option = click.option(
@@ -36,10 +47,8 @@ def register(app: Flask) -> None:
     @password_option
     def create_user(name: str, role: str, password: str):
         """Create a user who can sign in to the dashboard, with a role."""
-        try:
+        with account_errors():
             users.create_user(name, password, role)
-        except users.AccountError as exc:
-            raise click.ClickException(str(exc)) from None
         click.echo(f"user {name.strip()} created ({role})")
 
     @app.cli.command("set-role")
@@ -47,30 +56,24 @@ def register(app: Flask) -> None:
     @click.argument("role", type=click.Choice(ROLES))
     def set_role(name: str, role: str):
         """Change a user's role (the last admin keeps theirs)."""
-        try:
+        with account_errors():
             old = users.set_role(name, role)
-        except users.AccountError as exc:
-            raise click.ClickException(str(exc)) from None
         click.echo(f"{name}: {old} -> {role}" if old != role else f"{name} is already {role}")
 
     @app.cli.command("disable-user")
     @click.argument("name")
     def disable_user(name: str):
         """Disable a user: no sign-in, and their open sign-ins and dashboards end now."""
-        try:
+        with account_errors():
             ended = users.disable_user(name)
-        except users.AccountError as exc:
-            raise click.ClickException(str(exc)) from None
         click.echo(f"{name} disabled; {ended} sign-in{'s' if ended != 1 else ''} ended")
 
     @app.cli.command("enable-user")
     @click.argument("name")
     def enable_user(name: str):
         """Let a disabled user sign in again."""
-        try:
+        with account_errors():
             users.enable_user(name)
-        except users.AccountError as exc:
-            raise click.ClickException(str(exc)) from None
         click.echo(f"{name} enabled")
 
     @app.cli.command("audit")
@@ -90,20 +93,16 @@ def register(app: Flask) -> None:
     @password_option
     def set_password(name: str, password: str):
         """Change a user's password; their sign-ins end."""
-        try:
+        with account_errors():
             users.set_password(name, password)
-        except users.AccountError as exc:
-            raise click.ClickException(str(exc)) from None
         click.echo(f"password of {name} changed")
 
     @app.cli.command("logout-user")
     @click.argument("name")
     def logout_user(name: str):
         """End every sign-in of a user, on every browser (their open dashboards disconnect)."""
-        try:
+        with account_errors():
             ended = users.logout_everywhere(name)
-        except users.AccountError as exc:
-            raise click.ClickException(str(exc)) from None
         click.echo(f"{ended} sign-in{'s' if ended != 1 else ''} of {name} ended")
 
     @app.cli.command("ensure-admin")
@@ -133,10 +132,8 @@ def register(app: Flask) -> None:
     )
     def create_token(name: str, scopes: tuple[str, ...]):
         """Create an API token for a machine; it is printed once and only its hash is kept."""
-        try:
+        with account_errors():
             row, token = tokens.create_token(name, scopes or SCOPES)
-        except users.AccountError as exc:
-            raise click.ClickException(str(exc)) from None
         click.echo(f"token {row.id} ({row.name}, {row.scopes}), shown this once:", err=True)
         click.echo(token)
 
