@@ -4,7 +4,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func
+from sqlalchemy import func, text
 
 from app.core.services import services
 from app.core.times import utcnow
@@ -260,3 +260,53 @@ def test_commands(app):
     with app.app_context():
         left = count(Message)
     assert f"deleted: {120 - left} message" in purged.output
+
+
+def planner_statistics(table: str) -> int:
+    """How many rows of the query planner's statistics describe `table` (0: none)."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        return db.session.execute(
+            text("SELECT count(*) FROM pg_stats WHERE tablename = :t"), {"t": table}
+        ).scalar()
+    if not db.session.execute(
+        text("SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")
+    ).scalar():
+        return 0
+    return db.session.execute(
+        text("SELECT count(*) FROM sqlite_stat1 WHERE tbl = :t"), {"t": table}
+    ).scalar()
+
+
+def forget_planner_statistics() -> None:
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(text("DELETE FROM pg_statistic WHERE starelid = 'message'::regclass"))
+    else:
+        db.session.execute(text("ANALYZE sqlite_schema"))  # makes sqlite_stat1 if missing
+        db.session.execute(text("DELETE FROM sqlite_stat1"))
+    db.session.commit()
+
+
+@pytest.mark.parametrize("command", ["seed", "import-sends", "rebuild", "purge", "recount"])
+def test_bulk_commands_leave_the_planner_fresh_statistics(app, tmp_path, command):
+    """After a bulk change the planner knows the data: the first page an operator opens is
+    planned on the table as it is, not on the figures of an empty one."""
+    runner = app.test_cli_runner()
+    if command != "seed":
+        seeded = runner.invoke(args=["seed", "--messages", "60", "--random-seed", "3"])
+        assert seeded.exit_code == 0, seeded.output
+    with app.app_context():
+        forget_planner_statistics()
+        assert planner_statistics("message") == 0
+    sends = tmp_path / "sends.csv"
+    sends.write_text("requestId,phone\nst-1,+10000000001\nst-2,+10000000002\n", encoding="utf-8")
+    args = {
+        "seed": ["seed", "--messages", "60", "--random-seed", "3"],
+        "import-sends": ["import-sends", str(sends)],
+        "rebuild": ["rebuild"],
+        "purge": ["purge", "--older-than", "30d"],
+        "recount": ["recount"],
+    }[command]
+    done = runner.invoke(args=args)
+    assert done.exit_code == 0, done.output
+    with app.app_context():
+        assert planner_statistics("message") > 0

@@ -23,7 +23,14 @@ from ..webhooks.reprocess import rejected_ids
 from ..webhooks.reprocess import reprocess as reprocess_body
 from ..webhooks.views import webhook_urls
 from .imports import import_sends
-from .maintenance import count_older, parse_age, purge, recount, recount_differences
+from .maintenance import (
+    count_older,
+    parse_age,
+    purge,
+    recount,
+    recount_differences,
+    refresh_statistics,
+)
 from .rebuild import rebuild
 from .seed import MAX_CAMPAIGNS, seed
 
@@ -189,6 +196,7 @@ def _record_commands(app: Flask) -> None:
                 done = import_sends(path, bar.update)
             except RuntimeError as exc:
                 raise click.ClickException(str(exc)) from None
+        refresh_statistics()
         summary = ", ".join(f"{n} {k}" for k, n in sorted(done.counts.items())) or "nothing"
         click.echo(f"{path.name}: {summary}")
         if done.rejected:
@@ -213,6 +221,7 @@ def _record_commands(app: Flask) -> None:
                 raise SystemExit(1)
             return
         rows = recount()
+        refresh_statistics()
         click.echo(
             f"recounted: {rows['tally']} tally rows, {rows['rollup']} rollup rows,"
             f" {rows['tags']} tag rollup rows"
@@ -267,6 +276,7 @@ def _maintenance_commands(app: Flask) -> None:
                 progress=bar.update,
             )
         recount()
+        refresh_statistics()
         click.echo("written: " + ", ".join(f"{n} {name}" for name, n in written.items()))
 
     @app.cli.command("purge")
@@ -287,6 +297,7 @@ def _maintenance_commands(app: Flask) -> None:
         total = count_older(age, now)
         with click.progressbar(length=total, label="purging messages", show_pos=True) as bar:
             counts = purge(age, batch_size=batch_size, now=now, progress=bar.update)
+        refresh_statistics()
         click.echo("deleted: " + ", ".join(f"{n} {name}" for name, n in counts.items()))
         days = current_app.config["AUDIT_RETENTION_DAYS"]
         if not days:
@@ -310,5 +321,7 @@ def _maintenance_commands(app: Flask) -> None:
             report = rebuild(batch_size=batch_size, fix=not check, progress=bar.update)
         if report.changed_messages and not check:
             recount()
+        if not check:
+            refresh_statistics()
         for line in report.lines():
             click.echo(line)

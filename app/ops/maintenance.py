@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 
 from ..core.times import utcnow
 from ..records import rollup, tag_rollup, tally
@@ -199,6 +199,15 @@ def recount() -> dict[str, int]:
     """The counters' tally and the analytics rollups are derived from the messages; recount
     them after bulk changes. Returns the rows written to each."""
     return {"tally": tally.rebuild(), "rollup": rollup.rebuild(), "tags": tag_rollup.rebuild()}
+
+
+def refresh_statistics() -> None:
+    """ANALYZE every table, so that the query planner knows the data a bulk change left
+    (seed, import-sends, rebuild, purge, recount). Without it, PostgreSQL plans the first
+    queries after a bulk load on the figures of an empty table."""
+    db.session.commit()
+    db.session.execute(text("ANALYZE"))
+    db.session.commit()
 
 
 def _counted() -> dict[str, dict]:
