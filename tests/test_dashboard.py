@@ -2,6 +2,7 @@
 
 import re
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -10,7 +11,8 @@ from app.dashboard import listing
 from app.dashboard.filters import FilterError, MessageFilter
 from app.records import tally
 from app.records.models import Message, MessageTally, RawBody, db
-from support.dashboard_data import message_with, receipt, register, reply, set_activity
+from support import bodies
+from support.dashboard_data import message_with, post, receipt, register, reply, set_activity
 
 ROW_RE = re.compile(r'<tr id="msg-([^"]+)" data-status="([^"]+)"[^>]*>')
 
@@ -305,6 +307,54 @@ def test_tally_kept_in_step_with_every_change_equals_a_recount(mixed, app):
             == db.session.execute(db.select(db.func.count()).select_from(Message)).scalar()
             == 9
         )
+
+
+def recounted(flt: MessageFilter) -> dict[str, int]:
+    """Messages per status for a filter, counted one by one from the page's own query."""
+    found = db.session.execute(flt.query()).scalars().all()
+    return {s: sum((m.status or "pending") == s for m in found) for s in listing.STATUS_CHOICES}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "status=seen&status=pending",
+        "code=9001",
+        "anomaly=1",
+        "anomaly=contradiction",
+        "anomaly=coerced",
+        "from=2000-01-01",
+        "to=2000-01-01",
+        "phone=791",
+        "q=ccc",
+        "tag=spring",
+        "tag=spring&tag=vip",
+        "appkey=APP2",
+        "appkey=APP2&status=seen",
+        "tag=vip&from=2000-01-01&status=delivered",
+    ],
+)
+def test_counters_of_every_filter_equal_a_recount(mixed, app, query):
+    """Whatever the filter, the counters count exactly the messages the list holds (from the
+    tally where its keys answer, from the messages otherwise)."""
+    for rid, status, tags, appkey in (
+        ("t-1", "seen", ["spring"], "APP2"),
+        ("t-2", "delivered", ["spring", "vip"], "APP2"),
+        ("t-3", None, ["vip"], "APP1"),
+    ):
+        post(mixed, bodies.REGISTER, bodies.registration(rid, "7900", tags=tags, appkey=appkey))
+        if status:
+            receipt(mixed, rid, status)
+    from werkzeug.datastructures import MultiDict
+
+    flt = MessageFilter.from_args(MultiDict(parse_qsl(query)))
+    with app.app_context():
+        counted = listing.counters_for(flt)
+        assert not counted.capped
+        assert counted.by_status == recounted(flt)
+        if query.startswith(("tag", "appkey")):
+            assert 0 < counted.total < 11, counted.by_status
 
 
 def test_direct_counts_stop_at_the_cap(client, app, monkeypatch):

@@ -257,6 +257,12 @@ class MessageFilter:
             and self.anomaly_kind is None
         )
 
+    @property
+    def by_day_and_key(self) -> bool:
+        """Whether the counters' tally (per UTC day of the last activity, status, code and
+        anomaly) answers this filter exactly: only those, and the days, are asked for."""
+        return replace(self, date_from=None, date_to=None).by_key_only
+
     def key_conditions(self, table) -> list:
         """Conditions on the status, code and anomaly columns of a tally or rollup table."""
         conds = []

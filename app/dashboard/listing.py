@@ -158,8 +158,9 @@ def _tally_counts(flt: MessageFilter) -> dict[str, int]:
 
 
 def counters_for(flt: MessageFilter) -> Counters:
-    """Messages per status for a filter; from the tally whenever the filter allows it."""
-    if flt.phone is None and flt.q is None:
+    """Messages per status for a filter; from the tally whenever the filter allows it,
+    otherwise counted from the messages up to COUNT_CAP."""
+    if flt.by_day_and_key:
         counts = _tally_counts(flt)
         capped = False
     else:
