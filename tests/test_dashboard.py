@@ -507,6 +507,32 @@ def test_rejected_page_lists_reason_and_body_escaped(client):
     assert "Reprocess" in html
 
 
+def test_rejected_pages_merge_refused_and_rejected_bodies_newest_first(client, app, monkeypatch):
+    from app.dashboard import views
+
+    monkeypatch.setattr(views, "REJECTED_PAGE", 4)
+    for i in range(7):
+        bad = client.post(
+            "/webhooks/viber/dr", data=f'{{"n": {i}}}', content_type="application/json"
+        )
+        assert bad.status_code == 422
+        with app.app_context():
+            ingest.refuse("dr", b"{}", "application/json", {}, None, 401, "no token")
+    with app.app_context():
+        kept = db.select(RawBody.id).where(RawBody.outcome.in_(("rejected", "refused")))
+        expected = db.session.execute(kept.order_by(RawBody.id.desc())).scalars().all()
+    assert len(expected) == 14
+    seen, path = [], "/rejected"
+    while path:
+        html = client.get(path).get_data(as_text=True)
+        page = [int(n) for n in re.findall(r'<tr id="raw-(\d+)"', html)]
+        assert 0 < len(page) <= 4
+        seen += page
+        more = re.search(r'<a rel="next" href="([^"]+)"', html)
+        path = more.group(1).replace("&amp;", "&") if more else None
+    assert seen == expected
+
+
 def test_reprocess_button_applies_a_refused_body(client, app):
     body = (
         b'{"status": "seen", "requestId": "late-1", "code": 11002, "message": "m", '

@@ -106,13 +106,18 @@ def message(request_id: str):
 
 
 def rejected_page(after: int | None) -> tuple[list[RawBody], int | None]:
-    """Refused and rejected bodies, newest first, keyset by id."""
-    stmt = db.select(RawBody).where(RawBody.outcome.in_(REJECTED_OUTCOMES))
-    if after is not None:
-        stmt = stmt.where(RawBody.id < after)
-    rows = list(
-        db.session.execute(stmt.order_by(RawBody.id.desc()).limit(REJECTED_PAGE + 1)).scalars()
-    )
+    """Refused and rejected bodies, newest first, keyset by id. One query per outcome, merged
+    here: each walks the (outcome, id) index from its newest, where an IN over both would
+    make SQLite read every stored body when few are rejected."""
+    rows = []
+    for outcome in REJECTED_OUTCOMES:
+        stmt = db.select(RawBody).where(RawBody.outcome == outcome)
+        if after is not None:
+            stmt = stmt.where(RawBody.id < after)
+        rows += db.session.execute(
+            stmt.order_by(RawBody.id.desc()).limit(REJECTED_PAGE + 1)
+        ).scalars()
+    rows.sort(key=lambda raw: raw.id, reverse=True)
     more = len(rows) > REJECTED_PAGE
     rows = rows[:REJECTED_PAGE]
     return rows, (rows[-1].id if more else None)
