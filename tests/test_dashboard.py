@@ -357,6 +357,41 @@ def test_counters_of_every_filter_equal_a_recount(mixed, app, query):
             assert 0 < counted.total < 11, counted.by_status
 
 
+@pytest.mark.parametrize(
+    "query", ["phone=79", "phone=7910", "phone=79&status=seen&status=failed", "q=ccc", "q=x"]
+)
+def test_a_prefix_lists_and_counts_the_same_whichever_index_serves_it(
+    mixed, app, monkeypatch, query
+):
+    """On SQLite a broad prefix is filtered while walking the order's index, a narrow one
+    sought through its own: both give the same page and the same counters."""
+    from werkzeug.datastructures import MultiDict
+
+    flt = MessageFilter.from_args(MultiDict(parse_qsl(query)))
+    sqlite = app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite")
+    found = {}
+    for bound, seeks in ((10**6, True), (-1, not sqlite)):
+        monkeypatch.setattr(listing, "BROAD_PREFIX", bound)
+        with app.app_context():
+            assert listing.seek_prefix(flt) is seeks
+            page = listing.fetch_page(flt, 2)
+            found[bound] = (
+                [m.request_id for m in page.rows],
+                listing.counters_for(flt).by_status,
+            )
+        found[f"{bound} html"] = ids(mixed, "?" + query)
+    assert found[10**6] == found[-1]
+    assert found[f"{10**6} html"] == found["-1 html"]
+    with app.app_context():
+        # The conditions without the prefix's index select the same messages on both databases.
+        plain = db.select(Message.request_id).where(*flt.conditions()).order_by(Message.request_id)
+        bare = db.select(Message.request_id).where(*flt.conditions(prefix_index=False))
+        assert (
+            db.session.execute(plain).scalars().all()
+            == db.session.execute(bare.order_by(Message.request_id)).scalars().all()
+        )
+
+
 def test_direct_counts_stop_at_the_cap(client, app, monkeypatch):
     for i in range(5):
         message_with(client, f"cap{i}", "seen", phone=f"7555000{i}")

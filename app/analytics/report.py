@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
-from sqlalchemy import and_, case, func, literal, literal_column, or_, union_all
+from sqlalchemy import and_, case, func, literal, or_, union_all
 
 from ..core.status import describe_code
-from ..dashboard.filters import FilterError, MessageFilter
+from ..dashboard.filters import FilterError, MessageFilter, not_indexed
 from ..records.models import LatencyDay, LatencyHour, Message, OutcomeHour, Reply, db
 from ..records.rollup import (
     BINS_PER_BAR,
@@ -149,26 +149,11 @@ NARROW_PREFIX = 20_000
 
 
 def prefix_is_narrow(flt: MessageFilter) -> bool:
-    if dialect() != "sqlite" or (flt.phone is None and flt.q is None):
-        return False
-    prefixes = MessageFilter(phone=flt.phone, q=flt.q).conditions()
-    probe = (
-        db.select(literal(1))
-        .select_from(Message)
-        .where(*prefixes)
-        .limit(NARROW_PREFIX + 1)
-        .subquery()
-    )
-    return db.session.execute(db.select(func.count()).select_from(probe)).scalar() <= NARROW_PREFIX
-
-
-def _not_indexed(column):
-    """The same text on SQLite, but no index serves it (see NARROW_PREFIX)."""
-    return column.op("||")(literal_column("''"))
+    return dialect() == "sqlite" and flt.has_prefix and flt.prefixes_within(NARROW_PREFIX)
 
 
 def _cohort(rng: TimeRange, criteria: Sequence, narrow: bool = False) -> list:
-    created = _not_indexed(Message.created_at) if narrow else Message.created_at
+    created = not_indexed(Message.created_at) if narrow else Message.created_at
     return [created >= rng.start, created <= rng.end, *criteria]
 
 
@@ -490,7 +475,7 @@ def _latency_rolled(flt: MessageFilter, plan: Plan, edges: Totals) -> dict:
 def replies(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> dict:
     """Replies received in the range per bucket, and the phones that replied most."""
     r = Reply
-    received = _not_indexed(r.received_at) if narrow else r.received_at
+    received = not_indexed(r.received_at) if narrow else r.received_at
     where = [received >= rng.start, received <= rng.end]
 
     def scoped(stmt):

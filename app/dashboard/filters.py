@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_
+from sqlalchemy import Select, and_, func, literal, literal_column, or_
 
 from ..core.errors import FieldError
 from ..core.payloads import COERCIONS, Invalid, parse_tags
@@ -89,6 +89,12 @@ def prefix_condition(column, value: str):
         return and_(column >= value, column.startswith(value, autoescape=True))
     upper = value[:-1] + chr(ord(value[-1]) + 1)
     return and_(column >= value, column < upper, column.startswith(value, autoescape=True))
+
+
+def not_indexed(column):
+    """The same value, but no SQLite index serves it (`||` with an empty text changes no
+    value): its planner then walks the index of another condition or of the ORDER BY."""
+    return column.op("||")(literal_column("''"))
 
 
 def day_start(d: date) -> datetime:
@@ -211,16 +217,19 @@ class MessageFilter:
             out.append((f"appkey: {self.appkey}", replace(self, appkey=None)))
         return out
 
-    def conditions(self, *, with_status: bool = True) -> list:
+    def conditions(self, *, with_status: bool = True, prefix_index: bool = True) -> list:
+        """SQL conditions of the filter. Without `prefix_index`, no index serves the phone
+        and requestId prefixes (see `prefixes_within`)."""
         conds = []
+        seek = (lambda column: column) if prefix_index else not_indexed
         if with_status and self.status:
             conds.append(status_condition(self.status))
         if self.phone is not None:
-            conds.append(prefix_condition(Message.phone, self.phone))
+            conds.append(prefix_condition(seek(Message.phone), self.phone))
         if self.code is not None:
             conds.append(Message.code == self.code)
         if self.q is not None:
-            conds.append(prefix_condition(Message.request_id, self.q))
+            conds.append(prefix_condition(seek(Message.request_id), self.q))
         if self.date_from:
             conds.append(Message.last_activity_at >= day_start(self.date_from))
         if self.date_to:
@@ -273,6 +282,24 @@ class MessageFilter:
         if self.anomaly:
             conds.append(table.anomaly.is_(True))
         return conds
+
+    @property
+    def has_prefix(self) -> bool:
+        return self.phone is not None or self.q is not None
+
+    def prefixes_within(self, bound: int) -> bool:
+        """Whether the phone and requestId prefixes match at most `bound` messages, probed
+        through their index (at most bound + 1 index entries read). SQLite's planner has no
+        idea how many a prefix matches: a narrow one is best sought through its index, a
+        broad one (a country code) filtered while walking the index of the order."""
+        probe = (
+            db.select(literal(1))
+            .select_from(Message)
+            .where(*MessageFilter(phone=self.phone, q=self.q).conditions())
+            .limit(bound + 1)
+            .subquery()
+        )
+        return db.session.execute(db.select(func.count()).select_from(probe)).scalar() <= bound
 
     def _anomaly_texts(self) -> tuple[str, ...]:
         """What a message's anomalies contain, one of, to be of the kind asked for."""
