@@ -22,6 +22,7 @@ from werkzeug.datastructures import MultiDict
 
 from ..dashboard.filters import FilterError, MessageFilter
 from ..dashboard.listing import counters_for
+from ..dashboard.rendered import message_row
 from ..records.models import Activity, Contact, Message, Receipt, Reply, db
 
 PAGES = ("messages", "conversations", "thread", "message", "other")
@@ -202,9 +203,7 @@ class PushBatch:
 
     def row(self, request_id: str) -> str:
         m = self.messages[request_id]
-        return self._once(
-            ("row", request_id), lambda: render_template("partials/_message_row.html", m=m)
-        )
+        return self._once(("row", request_id), lambda: message_row(m))
 
     def counters(self, flt: MessageFilter, key: str) -> str:
         return self._once(
