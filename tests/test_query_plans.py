@@ -168,3 +168,54 @@ def test_ingest_reads_by_a_list_of_ids_go_by_index_however_the_table_grew(app):
         else:
             plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, ('["r1"]',)).all()
             assert "ix_receipt_request_id" in "\n".join(str(row) for row in plan)
+
+
+def test_a_broad_prefix_walks_the_order_whatever_the_statistics(app, client, seeded, monkeypatch):
+    """A prefix that matches many messages (here more than 10 of 300) is filtered while
+    walking the order's index, with no sort, even with no planner statistics at all (as right
+    after a bulk load): PostgreSQL's planner then took a country code for a narrow range and
+    sorted every message it matched."""
+    from app.dashboard import listing
+
+    monkeypatch.setattr(listing, "BROAD_PREFIX", 10)
+    with app.app_context():
+        postgres = db.engine.dialect.name == "postgresql"
+        if postgres:
+            db.session.execute(
+                text("DELETE FROM pg_statistic WHERE starelid = 'message'::regclass")
+            )
+        else:
+            db.session.execute(text("ANALYZE sqlite_schema"))
+            db.session.execute(text("DELETE FROM sqlite_stat1"))
+        db.session.commit()
+        engine = db.engine
+    ran = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        ran.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        html = client.get("/?phone=7").get_data(as_text=True)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert html.count('<tr id="msg-') == 50
+    listed = [
+        (s, p) for s, p in ran if "FROM message" in s and "ORDER BY message.last_activity_at" in s
+    ]
+    assert len(listed) == 1
+    statement, parameters = listed[0]
+    with app.app_context(), db.engine.connect() as conn:
+        if postgres:
+            assert [s for s, _ in ran if s in listing.WALK] == list(listing.WALK)
+            for setting in listing.WALK:
+                conn.exec_driver_sql(setting.replace("LOCAL ", ""))
+            plan = [row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters)]
+        else:
+            plan = [
+                row[-1]
+                for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            ]
+    text_plan = "\n".join(plan)
+    assert "ix_message_activity" in text_plan, text_plan
+    assert "Sort" not in text_plan and "TEMP B-TREE" not in text_plan, text_plan
