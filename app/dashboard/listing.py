@@ -43,32 +43,40 @@ def _postgresql() -> bool:
 
 
 def prefix_index(flt: MessageFilter) -> bool:
-    """Whether SQLite may use the prefixes' index: written so that it cannot when the prefix
-    is broad. PostgreSQL's planner would then think the prefix matches nearly nothing and
-    sort the whole table (see `walking_the_order`)."""
-    return _postgresql() or seek_prefix(flt)
+    """Whether the prefixes' index may serve the statements of `flt`: not when the prefix is
+    broad, so that the planner walks the order's index (or the status's, or the code's)
+    instead of every match of the prefix."""
+    return seek_prefix(flt)
 
 
-WALK = ("SET LOCAL enable_sort = off", "SET LOCAL max_parallel_workers_per_gather = 0")
-UNWALK = (
-    "SET LOCAL enable_sort TO DEFAULT",
-    "SET LOCAL max_parallel_workers_per_gather TO DEFAULT",
-)
+# A broad prefix's statements stop early (after a page, or at the count's cap), which only
+# a plain walk down an index or the table does: not a sort, nor a bitmap of every match,
+# nor parallel workers, which the planner chose without statistics. Nor compiled (JIT):
+# priced as a walk of the whole index, the statement would be compiled first, for longer
+# than the walk takes.
+SETTINGS = {
+    "enable_sort": "off",
+    "enable_bitmapscan": "off",
+    "max_parallel_workers_per_gather": "0",
+    "jit": "off",
+}
+# One round trip each way.
+WALK = "; ".join(f"SET LOCAL {name} = {value}" for name, value in SETTINGS.items())
+UNWALK = "; ".join(f"SET LOCAL {name} TO DEFAULT" for name in SETTINGS)
 
 
 @contextmanager
 def walking_the_order(flt: MessageFilter):
-    """On PostgreSQL, while a broad prefix's page is read: no sort and no parallel scan, so
-    that the planner walks the order's index whatever its statistics say."""
+    """On PostgreSQL, while a broad prefix's page or count is read: no sort, no bitmap scan
+    and no parallel scan, so that the planner walks an index (or the table) and stops early
+    whatever its statistics say."""
     if not _postgresql() or seek_prefix(flt):
         yield
         return
-    for statement in WALK:
-        db.session.execute(text(statement))
+    db.session.execute(text(WALK))
     yield
     # Not after an error: the transaction is then rolled back, and its settings with it.
-    for statement in UNWALK:
-        db.session.execute(text(statement))
+    db.session.execute(text(UNWALK))
 
 
 def page_size(value: str | None) -> int:
@@ -222,7 +230,10 @@ def counters_for(flt: MessageFilter) -> Counters:
         status = func.coalesce(Message.status, "pending").label("s")
         conds = flt.conditions(prefix_index=prefix_index(flt))
         sample = db.select(status).where(*conds).limit(COUNT_CAP + 1).subquery()
-        rows = db.session.execute(db.select(sample.c.s, func.count()).group_by(sample.c.s)).all()
+        with walking_the_order(flt):
+            rows = db.session.execute(
+                db.select(sample.c.s, func.count()).group_by(sample.c.s)
+            ).all()
         counts = {s: n for s, n in rows}
         capped = sum(counts.values()) > COUNT_CAP
     return Counters(by_status={s: counts.get(s, 0) for s in STATUS_CHOICES}, capped=capped)
