@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run serve test lint bench bench-campaigns bench-search bench-live bench-reconnect bench-slow bench-soak bench-access demo vendor clean
+.PHONY: install run serve test lint bench bench-campaigns bench-search bench-pages bench-live bench-reconnect bench-slow bench-soak bench-access demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,8 @@ bench: install
 	$(BIN)/python bench/analytics.py --messages $(BENCH_MESSAGES) --reuse
 	$(BIN)/python bench/campaigns.py --messages $(BENCH_MESSAGES) --reuse --write-docs
 	$(BIN)/python bench/search.py --messages $(BENCH_MESSAGES) --reuse --write-docs
+	$(BIN)/python bench/pages.py --messages $(BENCH_MESSAGES) --reuse --before $(PAGES_BEFORE) \
+	  --no-statistics --write-docs
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE) --write-docs
 	$(BIN)/python bench/slow_clients.py --write-docs
 	$(BIN)/python bench/proxy.py --write-docs
@@ -74,6 +76,14 @@ bench-campaigns: install
 # reused), the production command with 2 workers, 30 timed requests per query.
 bench-search: install
 	$(BIN)/python bench/search.py --messages $(BENCH_MESSAGES) --reuse --write-docs
+
+# Only every page and fragment at BENCH_MESSAGES messages (the search benchmark's database),
+# the tree of PAGES_BEFORE beside the working tree, then PostgreSQL once more without its
+# planner statistics; 20 timed requests per URL and side.
+PAGES_BEFORE ?= 58f6dcd
+bench-pages: install
+	$(BIN)/python bench/pages.py --messages $(BENCH_MESSAGES) --reuse --before $(PAGES_BEFORE) \
+	  --no-statistics --write-docs
 
 # Only the open messages page's DOM and JS heap over PAGE_MINUTES of webhooks at 50/s
 # (the issue's run is an hour: PAGE_MINUTES=60).
