@@ -228,3 +228,70 @@ def test_live_refresh_spacing_follows_the_cost_of_the_report(client):
     # From the rollups any range is cheap; read message by message, a month is not.
     assert gap("range=30d") == gap("range=7d&status=failed") == gap("range=1h") == "3"
     assert gap("range=7d&phone=79") == "10" and gap("range=30d&q=abc") == "60"
+
+
+def test_replies_counted_per_bucket_equal_the_grouped_count(app):
+    """Replies of a range with no filter are counted bucket by bucket over the index; the
+    counts equal grouping every reply by its bucket, at the edges of buckets and of the range
+    too, for ranges shown per minute, hour and day."""
+    from app.analytics.report import _reply_counts, _reply_counts_grouped
+    from app.analytics.sql import bucket_labels
+    from support.timed_ingest import reply
+
+    day = datetime(2026, 4, 1, tzinfo=UTC)
+    moments = [
+        day - timedelta(microseconds=1),
+        day,
+        day + timedelta(minutes=7, seconds=30),
+        day + timedelta(hours=1),
+        day + timedelta(hours=1) - timedelta(microseconds=1),
+        day + timedelta(days=1),
+        day + timedelta(days=2, hours=5, microseconds=7),
+        day + timedelta(days=9, hours=23, minutes=59, seconds=59),
+        day + timedelta(days=10),
+    ]
+    ranges = [
+        TimeRange("custom", "Custom", day, day + timedelta(hours=1)),  # per minute
+        TimeRange("custom", "Custom", day + timedelta(minutes=7), day + timedelta(days=2)),
+        TimeRange(
+            "custom", "Custom", day - timedelta(hours=3, minutes=1), day + timedelta(days=10)
+        ),
+        TimeRange("custom", "Custom", day + timedelta(days=20), day + timedelta(days=40)),
+    ]
+    with app.app_context():
+        for n, moment in enumerate(moments):
+            reply(moment, f"R{n}", f"9{n}", f"text {n}")
+        for rng in ranges:
+            labels = bucket_labels(rng.start, rng.end, rng.unit)
+            counted = _reply_counts(rng)
+            assert counted == _reply_counts_grouped(rng, labels), rng
+            assert len(counted) == len(labels)
+            assert report(rng)["replies"]["counts"] == counted
+        assert sum(_reply_counts(ranges[2])) == len(moments)  # both ends inclusive
+        assert sum(_reply_counts(ranges[3])) == 0
+
+
+def test_top_phones_load_after_the_page(app, client):
+    with app.app_context():
+        load_fixture()
+    html = client.get(f"/analytics?{CUSTOM}&status=failed").get_data(as_text=True)
+    table = html.split('id="an-top-phones"', 1)[1].split("</table>", 1)[0]
+    assert 'hx-trigger="load"' in table and 'aria-busy="true"' in table and "Loading" in table
+    url = table.split('hx-get="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    assert url.startswith("/analytics/top-phones?") and "status=failed" in url
+    assert "start=2026-03-01T12%3A00" in url or "start=2026-03-01T12:00" in url
+    loaded = client.get(url).get_data(as_text=True)
+    assert 'id="an-top-phones"' in loaded and "hx-get" not in loaded
+    assert '<th scope="row">300</th><td>1</td>' in loaded  # the failed message's replier
+    assert "100" not in loaded.split("<tbody>", 1)[1]
+    everyone = client.get(f"/analytics/top-phones?{CUSTOM}").get_data(as_text=True)
+    rows = everyone.split("<tbody>", 1)[1]
+    assert rows.index(">100<") < rows.index(">300<") < rows.index(">800<")
+    # The JSON keeps them.
+    data = client.get(f"/analytics/data.json?{CUSTOM}").get_json()
+    assert data["replies"]["top_phones"][0] == {"phone": "100", "count": 2}
+    nothing = client.get(
+        "/analytics/top-phones?range=custom&start=2020-01-01T00:00&end=2020-01-02T00:00"
+    )
+    assert "No replies." in nothing.get_data(as_text=True)
+    assert client.get("/analytics/top-phones?range=5y").get_json()["field"] == "range"

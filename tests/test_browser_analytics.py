@@ -42,6 +42,10 @@ def test_charts_are_drawn_with_tables_beside_them(page, app):
     assert all(drawn[c] > 500 for c in CHARTS), drawn
     assert page.inner_text("[data-percentile='delivered-p50']") == "3.0 s"
     assert page.inner_text("tr[data-stage='seen'] td") == "2"
+    # The phones that replied most load after the page, in place of their placeholder.
+    rows = page.locator("#an-top-phones:not([aria-busy]) tbody tr")
+    rows.first.wait_for()
+    assert rows.all_inner_texts() == ["100\t2", "300\t1", "800\t1"]
     assert not problems, problems
 
 

@@ -46,15 +46,21 @@ def truncate(at: datetime, unit: str) -> datetime:
     return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def bucket_starts(start: datetime, end: datetime, unit: str) -> list[datetime]:
+    """The start of every bucket from start to end inclusive (the first one's may be before
+    `start`)."""
+    at = truncate(start.astimezone(UTC), unit)
+    starts = []
+    while at <= end:
+        starts.append(at)
+        at += UNIT_STEP[unit]
+    return starts
+
+
 def bucket_labels(start: datetime, end: datetime, unit: str) -> list[str]:
     """Every bucket label from start to end inclusive, so empty buckets show as zero."""
     fmt = BUCKET_FORMATS[unit][1]
-    at = truncate(start.astimezone(UTC), unit)
-    labels = []
-    while at <= end:
-        labels.append(at.strftime(fmt))
-        at += UNIT_STEP[unit]
-    return labels
+    return [at.strftime(fmt) for at in bucket_starts(start, end, unit)]
 
 
 def seconds_between(earlier, later):

@@ -8,7 +8,15 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 
 from ..dashboard.filters import STATUS_CHOICES, FilterError, MessageFilter
 from ..htmx import wants_fragment
-from .report import RANGES, TimeRange, parse_range, report, rollup_plan
+from .report import (
+    RANGES,
+    TimeRange,
+    parse_range,
+    prefix_is_narrow,
+    report,
+    rollup_plan,
+    top_phones,
+)
 
 bp = Blueprint("analytics", __name__)
 
@@ -52,8 +60,8 @@ def failure_link(flt: MessageFilter, rng: TimeRange, status: str, code) -> str:
     return url_for("dashboard.messages", **args)
 
 
-def _context(flt: MessageFilter, rng: TimeRange) -> dict:
-    data = report(rng, flt)
+def _context(flt: MessageFilter, rng: TimeRange, *, top: bool = True) -> dict:
+    data = report(rng, flt, top=top)
     for row in data["failures"]:
         row["link"] = failure_link(flt, rng, row["status"], row["code"])
     here = {**flt.to_args(), **range_args(rng)}
@@ -73,6 +81,17 @@ def _context(flt: MessageFilter, rng: TimeRange) -> dict:
     }
 
 
+@bp.get("/analytics/top-phones", endpoint="top_phones")
+def top_phones_table():
+    """The analytics page's table of the phones that replied most, loaded after the page."""
+    try:
+        flt, rng = _parse(request.args)
+    except FilterError as exc:
+        return _bad(exc)
+    rows = top_phones(rng, flt.conditions(), prefix_is_narrow(flt))
+    return render_template("analytics/_top_phones.html", rows=rows)
+
+
 def _bad(exc):
     return jsonify(exc.as_json()), 400
 
@@ -84,7 +103,8 @@ def index():
         flt, rng = _parse(request.args)
     except FilterError as exc:
         return _bad(exc)
-    context = _context(flt, rng)
+    # The phones that replied most load after the report (no rollup answers them).
+    context = _context(flt, rng, top=False)
     if wants_fragment():
         return render_template("analytics/_report.html", **context)
     return render_template("analytics/index.html", **context)

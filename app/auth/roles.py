@@ -41,6 +41,7 @@ ACCESS: dict[str, Rule] = {
     "conversations.thread": Rule(VIEWER),
     "analytics.index": Rule(VIEWER),
     "analytics.data": Rule(VIEWER),
+    "analytics.top_phones": Rule(VIEWER),
     "campaigns.index": Rule(VIEWER),
     "campaigns.show": Rule(VIEWER),
     "campaigns.compare": Rule(VIEWER),
