@@ -15,19 +15,18 @@ does not answer 200 is reported as an error row, and the run goes on.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
-from report import write_between
+from report import arguments, measured_in_turn, publish, seeded_at_once
 from run import (
     DATA,
     database,
@@ -44,9 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.records.models import Message, MessageTag  # noqa: E402
-
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- campaigns:start -->", "<!-- campaigns:end -->"
 
 # What is measured; change these to follow the page.
 TAGS = 200  # campaigns seeded (`seed --tags`), besides otp and the segments
@@ -216,18 +212,25 @@ def targets(tags: list[tuple[str, int]]) -> list[tuple[str, str]]:
     return out
 
 
-def timed(client: httpx.Client, path: str) -> dict:
-    """WARMUP requests, then REPEAT timed ones; an answer other than 200 (or none) makes the
-    row an error, with what came back."""
+def timed(
+    client: httpx.Client,
+    path: str,
+    *,
+    headers: dict[str, str] | None = None,
+    warmup: int = WARMUP,
+    repeat: int = REPEAT,
+) -> dict:
+    """`warmup` requests, then `repeat` timed ones, each with `headers` besides the client's;
+    an answer other than 200 (or none) makes the row an error, with what came back."""
     try:
-        for _ in range(WARMUP):
-            r = client.get(path)
+        for _ in range(warmup):
+            r = client.get(path, headers=headers)
             if r.status_code != 200:
                 return {"error": f"HTTP {r.status_code}"}
         times, bad = [], {}
-        for _ in range(REPEAT):
+        for _ in range(repeat):
             start = time.perf_counter()
-            r = client.get(path)
+            r = client.get(path, headers=headers)
             times.append((time.perf_counter() - start) * 1000)
             if r.status_code != 200:
                 bad[r.status_code] = bad.get(r.status_code, 0) + 1
@@ -236,7 +239,7 @@ def timed(client: httpx.Client, path: str) -> dict:
     if bad:
         return {
             "error": ", ".join(f"HTTP {code} x{n}" for code, n in sorted(bad.items()))
-            + f" of {REPEAT}"
+            + f" of {repeat}"
         }
     return {
         "p50": statistics.median(times),
@@ -246,21 +249,35 @@ def timed(client: httpx.Client, path: str) -> dict:
     }
 
 
+def timed_rows(
+    kind: str,
+    url: str,
+    targets: Callable[[httpx.Client], Iterable[tuple[str, str, dict[str, str] | None]]],
+    *,
+    workers: int = WORKERS,
+    log: Callable[..., None] = log,
+) -> list[dict]:
+    """The database `url` served by the production command with `workers` workers, a user
+    signed in: each (what, path, headers) of `targets(client)` timed, as a row (db, what, path
+    and what timed returns), logged as it comes."""
+    rows = []
+    with server(url, workers=workers) as base:
+        client = login(base)
+        for what, path, headers in targets(client):
+            result = timed(client, path, headers=headers)
+            log(f"{kind}: {what}: {result}")
+            rows.append({"db": kind, "what": what, "path": path, **result})
+        client.close()
+    return rows
+
+
 def measure(kind: str, url: str, made: dict) -> list[dict]:
     ensure_user(url)
     made["load"] = os.getloadavg()[0]
     tags = busy_tags(url)
     if not tags:
         raise RuntimeError(f"{kind}: no message has a tag")
-    rows = []
-    with server(url, workers=WORKERS) as base:
-        client = login(base)
-        for what, path in targets(tags):
-            result = timed(client, path)
-            log(f"{kind}: {what}: {result}")
-            rows.append({"db": kind, "what": what, "path": path, **result})
-        client.close()
-    return rows
+    return timed_rows(kind, url, lambda _: [(what, path, None) for what, path in targets(tags)])
 
 
 def verdict(row: dict, target: float = TARGET_P95_MS) -> str:
@@ -269,7 +286,20 @@ def verdict(row: dict, target: float = TARGET_P95_MS) -> str:
     return "met" if row["p95"] < target else "missed"
 
 
-def markdown(messages: int, made: dict, rows: list[dict]) -> str:
+def opening(
+    messages: int,
+    made: dict[str, dict],
+    data: str,
+    seed: str,
+    *,
+    workers: int = WORKERS,
+    per_url: str = "",
+    quick: str = "A quick run",
+) -> list[str]:
+    """The markdown lines above a timing table: the day, the data (`data`, from `seed <seed>`),
+    how each database came to be and the load (from the markers seeded_database returns and
+    measure adds to), the server, the requests per URL, the machine; and, below 1,000,000
+    messages, that the run was a quick one."""
     day = datetime.now(UTC).date().isoformat()
     seeded = "; ".join(
         f"{kind} {'reused, ' if m['reused'] else ''}seeded {m.get('at', '?')[:10]}"
@@ -277,19 +307,25 @@ def markdown(messages: int, made: dict, rows: list[dict]) -> str:
         for kind, m in made.items()
     )
     lines = [
-        f"Measured {day}: {messages:,} messages over {TAGS} campaigns (`seed --tags {TAGS}"
-        f" --random-seed 1`; {seeded}), the production command with {WORKERS} workers, "
-        f"{WARMUP} warm-ups then {REPEAT} sequential requests per URL; {os.cpu_count()} cores, "
-        "load average at the start of the timing "
+        f"Measured {day}: {data} (`seed {seed} --random-seed 1`; {seeded}), the production "
+        f"command with {workers} workers, {WARMUP} warm-ups then {REPEAT} sequential requests "
+        f"per URL{per_url}; {os.cpu_count()} cores, load average at the start of the timing "
         + ", ".join(f"{m['load']:.1f} ({kind})" for kind, m in made.items())
         + ".",
     ]
     if messages < 1_000_000:
         lines += [
             "",
-            f"A quick run at {messages:,} messages, which checks the benchmark; the target is "
-            "for the run at 1,000,000.",
+            f"{quick} at {messages:,} messages, which checks the benchmark; the target is for "
+            "the run at 1,000,000.",
         ]
+    return lines
+
+
+def markdown(messages: int, made: dict, rows: list[dict]) -> str:
+    lines = opening(
+        messages, made, f"{messages:,} messages over {TAGS} campaigns", f"--tags {TAGS}"
+    )
     lines += timing_table(rows, "view")
     lines[-1] += " URLs: " + ", ".join(f"`{p}`" for p in dict.fromkeys(r["path"] for r in rows))
     return "\n".join(lines)
@@ -323,33 +359,16 @@ def timing_table(rows: list[dict], what: str, target: float = TARGET_P95_MS) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    args = arguments(__doc__).parse_args()
+    done = seeded_at_once(args.db.split(","), lambda k: seeded(k, args.messages, args.reuse))
+    made, rows = measured_in_turn(done, measure, log)
+    publish(
+        "campaigns",
+        {"made": made, "rows": rows},
+        lambda: markdown(args.messages, made, rows),
+        data=DATA,
+        write_docs=args.write_docs,
     )
-    parser.add_argument("--messages", type=int, default=1_000_000)
-    parser.add_argument("--db", default="sqlite,postgresql")
-    parser.add_argument(
-        "--reuse", action="store_true", help="keep a database seeded by an earlier run"
-    )
-    parser.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args()
-    kinds = args.db.split(",")
-    # Both databases are seeded at the same time (each seed is one process).
-    with ThreadPoolExecutor(len(kinds)) as pool:
-        done = dict(
-            zip(kinds, pool.map(lambda k: seeded(k, args.messages, args.reuse), kinds), strict=True)
-        )
-    rows, made = [], {}
-    for kind, (url, marker) in done.items():
-        made[kind] = marker
-        log(f"timing on {kind}")
-        rows += measure(kind, url, marker)
-    DATA.mkdir(parents=True, exist_ok=True)
-    (DATA / "campaigns.json").write_text(json.dumps({"made": made, "rows": rows}, indent=2))
-    out = markdown(args.messages, made, rows)
-    print(out)
-    if args.write_docs:
-        write_between(DOCS, START, END, out)
 
 
 if __name__ == "__main__":

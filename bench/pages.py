@@ -27,29 +27,21 @@ analyses again.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
 from access_cost import serve, trees
-from campaigns import analyze
-from report import write_between
-from run import DATA, ROOT, ensure_user, login, percentile, samples, sqlalchemy_url
+from campaigns import analyze, timed
+from report import arguments, publish, seeded_at_once
+from run import DATA, ensure_user, login, samples, sqlalchemy_url
 from search import seeded
 from sqlalchemy import create_engine, text
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- pages:start -->", "<!-- pages:end -->"
 WORKERS = 2
 WARMUP = 3
 REPEAT = 20
@@ -120,25 +112,6 @@ def targets(s: dict) -> list[dict]:
     return out
 
 
-def timed(client: httpx.Client, target: dict) -> dict:
-    headers = FRAGMENT if target.get("hx") else None
-    try:
-        for _ in range(WARMUP):
-            r = client.get(target["path"], headers=headers)
-            if r.status_code != 200:
-                return {"error": f"HTTP {r.status_code}"}
-        times = []
-        for _ in range(REPEAT):
-            start = time.perf_counter()
-            r = client.get(target["path"], headers=headers)
-            times.append((time.perf_counter() - start) * 1000)
-            if r.status_code != 200:
-                return {"error": f"HTTP {r.status_code}"}
-    except httpx.HTTPError as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"[:120]}
-    return {"p50": statistics.median(times), "p95": percentile(times, 95), "max": max(times)}
-
-
 def forget_statistics(url: str) -> None:
     engine = create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -171,8 +144,11 @@ def measure(kind: str, url: str, sides: dict, only: str | None = None) -> list[d
             stack.callback(clients[side].close)
         for i, row in enumerate(rows):
             order = list(clients) if i % 2 == 0 else list(reversed(clients))
+            headers = FRAGMENT if row.get("hx") else None
             for side in order:
-                row[side] = timed(clients[side], row)
+                row[side] = timed(
+                    clients[side], row["path"], headers=headers, warmup=WARMUP, repeat=REPEAT
+                )
             log(kind, row["what"], {k: row[k] for k in clients})
     return rows
 
@@ -226,27 +202,15 @@ def markdown(messages: int, made: dict, runs: dict, sides: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--messages", type=int, default=1_000_000)
-    parser.add_argument("--db", default="sqlite,postgresql")
+    parser = arguments(__doc__)
     parser.add_argument("--before", help="a commit to time beside the working tree")
-    parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--no-statistics", action="store_true")
     parser.add_argument("--only", help="time only the targets whose name contains this")
-    parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    kinds = args.db.split(",")
     replies = args.messages // 5
-    with ThreadPoolExecutor(len(kinds)) as pool:
-        done = dict(
-            zip(
-                kinds,
-                pool.map(lambda k: seeded(k, args.messages, replies, args.reuse), kinds),
-                strict=True,
-            )
-        )
+    done = seeded_at_once(
+        args.db.split(","), lambda k: seeded(k, args.messages, replies, args.reuse)
+    )
     runs, made = {}, {}
     with tempfile.TemporaryDirectory(prefix="pages-bench-") as tmp:
         both = trees(args.before or "HEAD", Path(tmp))
@@ -263,12 +227,13 @@ def main() -> None:
                     )
                 finally:
                     analyze(kind, url)
-    DATA.mkdir(parents=True, exist_ok=True)
-    (DATA / "pages.json").write_text(json.dumps({"made": made, "runs": runs}, indent=2))
-    out = markdown(args.messages, made, runs, sides)
-    print(out)
-    if args.write_docs:
-        write_between(DOCS, START, END, out)
+    publish(
+        "pages",
+        {"made": made, "runs": runs},
+        lambda: markdown(args.messages, made, runs, sides),
+        data=DATA,
+        write_docs=args.write_docs,
+    )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
-"""Markdown tables of a benchmark run (bench/run.py prints them), and writing a measured
-section into docs/benchmarks.md."""
+"""Markdown tables of a benchmark run (bench/run.py prints them), writing a measured section
+into docs/benchmarks.md, and what the page benchmarks (campaigns, search, pages) share: their
+common options, seeding their databases at once, timing on each in turn, then saving,
+printing and writing their results."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ingest import cpu_markdown
 from ingest import markdown as ingest_markdown
 from ingest_phases import markdown as phases_markdown
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def write_between(doc: Path, start: str, end: str, text: str) -> None:
@@ -20,6 +28,58 @@ def write_between(doc: Path, start: str, end: str, text: str) -> None:
         head, rest = content.split(start, 1)
         _, tail = rest.split(end, 1)
         doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every page benchmark takes (`doc` is its help); each adds its own."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep a database seeded by an earlier run"
+    )
+    parser.add_argument("--write-docs", action="store_true")
+    return parser
+
+
+def seeded_at_once(
+    kinds: list[str], seeded: Callable[[str], tuple[str, dict]]
+) -> dict[str, tuple[str, dict]]:
+    """`seeded(kind)` (a database's URL and marker) of every kind, all at the same time (each
+    seed is one process)."""
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        return dict(zip(kinds, pool.map(seeded, kinds), strict=True))
+
+
+def measured_in_turn(
+    done: dict[str, tuple[str, dict]],
+    measure: Callable[[str, str, dict], list[dict]],
+    log: Callable[..., None],
+) -> tuple[dict[str, dict], list[dict]]:
+    """`measure(kind, url, marker)` on each seeded database in turn (`done`, as
+    seeded_at_once returns it): the markers by kind, as measure leaves them, and all the rows."""
+    made, rows = {}, []
+    for kind, (url, marker) in done.items():
+        made[kind] = marker
+        log(f"timing on {kind}")
+        rows += measure(kind, url, marker)
+    return made, rows
+
+
+def publish(
+    section: str, results: dict, render: Callable[[], str], *, data: Path, write_docs: bool
+) -> None:
+    """Save `results` as `<section>.json` in the folder `data` (first, so that they are kept
+    even if rendering fails), then print the markdown `render()` makes and, with `write_docs`,
+    write it between `<!-- section:start -->` and `<!-- section:end -->` of docs/benchmarks.md."""
+    data.mkdir(parents=True, exist_ok=True)
+    (data / f"{section}.json").write_text(json.dumps(results, indent=2))
+    out = render()
+    print(out)
+    if write_docs:
+        write_between(DOCS, f"<!-- {section}:start -->", f"<!-- {section}:end -->", out)
 
 
 def markdown(results: dict) -> str:

@@ -17,18 +17,14 @@ reported as an error row, and the run goes on.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-from campaigns import seeded_database, timed, timing_table
-from report import write_between
-from run import DATA, ensure_user, login, server, sqlalchemy_url
+from campaigns import opening, seeded_database, timed_rows, timing_table
+from report import arguments, measured_in_turn, publish, seeded_at_once
+from run import DATA, ensure_user, sqlalchemy_url
 from sqlalchemy import create_engine, select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,12 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 from app.records.models import Message  # noqa: E402
 
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- search:start -->", "<!-- search:end -->"
-
 WORKERS = 2
 TARGET_P95_MS = 100.0
 TEXTS = 2  # the seeded texts' version (app/ops/seed.py): a database of other texts is reseeded
+JSON = {"Accept": "application/json"}
 QUERIES = [
     ("a common word", "refund"),
     ("a word of 1 % of texts", "voucher"),
@@ -81,99 +75,55 @@ def rare_number(url: str) -> str:
     return next(w.strip("#$:.,") for w in (text or "0000").split() if w.strip("#$:.,").isdigit())
 
 
-def targets(client, url: str) -> list[tuple[str, str]]:
+def targets(client, url: str) -> list[tuple[str, str, dict[str, str] | None]]:
+    """(what, path, headers) of every URL timed."""
     queries = [*QUERIES, ("a rare number", rare_number(url))]
-    out = [(f"{what}: {q}", "/search?" + urlencode({"q": q})) for what, q in queries]
+    out = [(f"{what}: {q}", "/search?" + urlencode({"q": q}), None) for what, q in queries]
     # The second page of each kind, from the cursors the first page hands out.
-    first = client.get("/search?q=refund", headers={"Accept": "application/json"}).json()
+    first = client.get("/search?q=refund", headers=JSON).json()
     for kind in ("Messages", "Replies"):
         if first.get(f"next{kind}"):
-            out.append((f"refund, older {kind.lower()} (second page)", first[f"next{kind}"]))
-    out.append(("refund, as JSON", "/search?q=refund&format=json"))
+            out.append((f"refund, older {kind.lower()} (second page)", first[f"next{kind}"], None))
+    out.append(("refund, as JSON", "/search?q=refund", JSON))
     return out
 
 
 def measure(kind: str, url: str, made: dict) -> list[dict]:
     ensure_user(url)
     made["load"] = os.getloadavg()[0]
-    rows = []
-    with server(url, workers=WORKERS) as base:
-        client = login(base)
-        for what, path in targets(client, url):
-            if path.endswith("&format=json"):
-                path = path.removesuffix("&format=json")
-                client.headers["Accept"] = "application/json"
-                result = timed(client, path)
-                client.headers["Accept"] = "text/html"
-            else:
-                result = timed(client, path)
-            log(f"{kind}: {what}: {result}")
-            rows.append({"db": kind, "what": what, "path": path, **result})
-        client.close()
-    return rows
+    return timed_rows(kind, url, lambda client: targets(client, url), workers=WORKERS, log=log)
 
 
 def markdown(messages: int, replies: int, made: dict, rows: list[dict]) -> str:
-    from campaigns import REPEAT, WARMUP
-
-    day = datetime.now(UTC).date().isoformat()
-    seeded_ = "; ".join(
-        f"{kind} {'reused, ' if m['reused'] else ''}seeded {m.get('at', '?')[:10]}"
-        + (f" in {m['seconds']:,.0f} s" if m.get("seconds") else "")
-        for kind, m in made.items()
+    lines = opening(
+        messages,
+        made,
+        f"{messages:,} messages and {replies:,} replies",
+        f"--messages {messages} --replies {replies}",
+        workers=WORKERS,
+        per_url=" (each page lists the newest 20 replies and 20 messages that match)",
+        quick="**A quick run**",
     )
-    lines = [
-        f"Measured {day}: {messages:,} messages and {replies:,} replies (`seed --messages "
-        f"{messages} --replies {replies} --random-seed 1`; {seeded_}), the production command "
-        f"with {WORKERS} workers, {WARMUP} warm-ups then {REPEAT} sequential requests per URL "
-        f"(each page lists the newest 20 replies and 20 messages that match); "
-        f"{os.cpu_count()} cores, load average at the start of the timing "
-        + ", ".join(f"{m['load']:.1f} ({kind})" for kind, m in made.items())
-        + ".",
-    ]
-    if messages < 1_000_000:
-        lines += [
-            "",
-            f"**A quick run** at {messages:,} messages, which checks the benchmark; the target "
-            "is for the run at 1,000,000.",
-        ]
     lines += timing_table(rows, "query", TARGET_P95_MS)
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser = arguments(__doc__)
     parser.add_argument("--replies", type=int, help="default: a fifth of --messages")
-    parser.add_argument("--db", default="sqlite,postgresql")
-    parser.add_argument(
-        "--reuse", action="store_true", help="keep a database seeded by an earlier run"
-    )
-    parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     replies = args.messages // 5 if args.replies is None else args.replies
-    kinds = args.db.split(",")
-    with ThreadPoolExecutor(len(kinds)) as pool:
-        done = dict(
-            zip(
-                kinds,
-                pool.map(lambda k: seeded(k, args.messages, replies, args.reuse), kinds),
-                strict=True,
-            )
-        )
-    rows, made = [], {}
-    for kind, (url, marker) in done.items():
-        made[kind] = marker
-        log(f"timing on {kind}")
-        rows += measure(kind, url, marker)
-    DATA.mkdir(parents=True, exist_ok=True)
-    (DATA / "search.json").write_text(json.dumps({"made": made, "rows": rows}, indent=2))
-    out = markdown(args.messages, replies, made, rows)
-    print(out)
-    if args.write_docs:
-        write_between(DOCS, START, END, out)
+    done = seeded_at_once(
+        args.db.split(","), lambda k: seeded(k, args.messages, replies, args.reuse)
+    )
+    made, rows = measured_in_turn(done, measure, log)
+    publish(
+        "search",
+        {"made": made, "rows": rows},
+        lambda: markdown(args.messages, replies, made, rows),
+        data=DATA,
+        write_docs=args.write_docs,
+    )
 
 
 if __name__ == "__main__":
