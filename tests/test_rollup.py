@@ -8,10 +8,25 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
-from app.analytics.report import TimeRange, _latency_spans, report, rollup_plan
+from app.analytics.report import (
+    LATENCY_LEVELS,
+    OUTCOME_LEVELS,
+    TimeRange,
+    report,
+    rollup_plan,
+    spans,
+)
 from app.dashboard.filters import MessageFilter
 from app.records import rollup
-from app.records.models import LatencyDay, LatencyHour, Message, OutcomeHour, db
+from app.records.models import (
+    LatencyDay,
+    LatencyHour,
+    LatencyWeek,
+    Message,
+    OutcomeDay,
+    OutcomeHour,
+    db,
+)
 from support.analytics_data import T0, at, load_fixture
 from support.timed_ingest import receipt, register, reply
 
@@ -25,15 +40,18 @@ def span(start: datetime, end: datetime) -> TimeRange:
 WIDE = span(T0 - timedelta(minutes=40), T0 + timedelta(hours=4))
 
 
-def stored() -> tuple[dict, dict, dict]:
-    """The rows of the three rollup tables that count something."""
-    outcomes = {
-        tuple(getattr(r, c) for c in rollup.OUTCOME_KEY): tuple(
-            round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS
-        )
-        for r in db.session.execute(db.select(OutcomeHour)).scalars()
-        if r.n
-    }
+def stored() -> tuple[dict, ...]:
+    """The rows of every rollup table that count something."""
+    outcomes = [
+        {
+            tuple(getattr(r, c) for c in names): tuple(
+                round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS
+            )
+            for r in db.session.execute(db.select(model)).scalars()
+            if r.n
+        }
+        for model, names, _ in rollup.OUTCOME_TABLES
+    ]
     latency = [
         {
             tuple(getattr(r, c) for c in names): (r.n, r.low, r.high)
@@ -42,7 +60,7 @@ def stored() -> tuple[dict, dict, dict]:
         }
         for model, names, _ in rollup.LATENCY_TABLES
     ]
-    return outcomes, *latency
+    return *outcomes, *latency
 
 
 def test_rollups_kept_at_ingest_equal_a_rebuild(app):
@@ -66,11 +84,14 @@ def test_rollups_kept_at_ingest_equal_a_rebuild(app):
     assert kept == rebuilt
     # D is now anomalous and seen; F delivered 60 s after its success receipt.
     f_hour = (T0, "delivered", "delivered", 11001, False)
-    assert [v for k, v in rebuilt[1].items() if k[:5] == f_hour] == [(1, 60.0, 60.0)]
-    # The daily bins are the hourly ones summed per day: here one day.
-    assert {k[1:]: v[0] for k, v in rebuilt[2].items()} == {
-        k[1:]: v[0] for k, v in rebuilt[1].items()
-    }
+    outcome_hour, outcome_day, latency_hour, latency_day, latency_week = rebuilt
+    assert [v for k, v in latency_hour.items() if k[:5] == f_hour] == [(1, 60.0, 60.0)]
+    # The daily and weekly bins are the hourly ones summed per day and week: here one day.
+    for coarser in (latency_day, latency_week):
+        assert {k[1:]: v[0] for k, v in coarser.items()} == {
+            k[1:]: v[0] for k, v in latency_hour.items()
+        }
+    assert {k[1:]: v for k, v in outcome_day.items()} == {k[1:]: v for k, v in outcome_hour.items()}
 
 
 def test_report_over_whole_hours_matches_the_hand_numbers(app):
@@ -139,6 +160,7 @@ FILTERS = [
 RANGES = [
     WIDE,
     span(T0, T0 + timedelta(hours=5)),
+    span(T0 - timedelta(days=20), T0 + timedelta(days=20)),
     span(T0 + timedelta(minutes=30), T0 + timedelta(hours=6)),
     span(T0 - timedelta(days=1), T0 + timedelta(days=9)),
 ]
@@ -188,48 +210,64 @@ def test_bins_cover_every_value_and_keep_the_histogram_bars():
         previous = b
 
 
-def test_percentiles_from_bins_are_within_two_percent_of_exact(app):
-    """Many messages with spread-out latencies, loaded in bulk and rolled up by a rebuild:
-    the rollups' percentiles are within 2 % of the exact ones, everything else equal."""
-    rnd = random.Random(11)
-    start = datetime(2026, 4, 1, 5, tzinfo=UTC)
+def spread_messages(rnd: random.Random, start: datetime, seconds: float, count: int) -> list:
+    """`count` message rows first heard of over `seconds` from `start` (half an hour either
+    side too), with spread-out latencies; most delivered, some seen, failed, expired or
+    pending, some anomalous, priced in two currencies."""
     rows = []
-    for i in range(3000):
-        created = start + timedelta(seconds=rnd.uniform(-1800, 3 * 86400 + 1800))
+    for i in range(count):
+        created = start + timedelta(seconds=rnd.uniform(-1800, seconds + 1800))
         accepted = created + timedelta(seconds=rnd.uniform(0.2, 2))
         delivered = accepted + timedelta(seconds=rnd.expovariate(1 / 8))
         seen = (
             delivered + timedelta(seconds=rnd.expovariate(1 / 900)) if rnd.random() < 0.6 else None
         )
+        status, code = ("seen", 11002) if seen else ("delivered", 11001)
+        fate = rnd.random()
+        if fate < 0.08:
+            status, code, delivered, seen = "failed", rnd.choice((11000, 9002)), None, None
+        elif fate < 0.12:
+            status, code, delivered, seen = "expired", 11003, None, None
+        elif fate < 0.15:
+            status, code, accepted, delivered, seen = None, None, None, None, None
+        currency = rnd.choice(("USD", "EUR")) if accepted else None
         rows.append(
             {
                 "request_id": f"m{i}",
                 "created_at": created,
-                "last_activity_at": seen or delivered,
-                "status": "seen" if seen else "delivered",
-                "code": 11002 if seen else 11001,
+                "last_activity_at": seen or delivered or accepted or created,
+                "status": status,
+                "code": code,
                 "accepted_at": accepted,
                 "delivered_at": delivered,
                 "seen_at": seen,
-                "anomaly": False,
-                "receipts_count": 3 if seen else 2,
+                "anomaly": status == "failed" and rnd.random() < 0.1,
+                "receipts_count": 3 if seen else 2 if accepted else 0,
                 "replies_count": 0,
-                "cost_currency": "USD",
-                "cost_local_price": 0.012,
-                "cost_original_price": 0.002,
-                "cost_rate_type": "Transactional",
+                "cost_currency": currency,
+                "cost_local_price": 0.012 if currency else None,
+                "cost_original_price": 0.002 if currency else None,
+                "cost_rate_type": "Transactional" if currency else None,
             }
         )
+    return rows
+
+
+def test_percentiles_from_bins_are_within_two_percent_of_exact(app):
+    """Many messages with spread-out latencies, loaded in bulk and rolled up by a rebuild:
+    the rollups' percentiles are within 2 % of the exact ones, everything else equal."""
+    start = datetime(2026, 4, 1, 5, tzinfo=UTC)
+    rows = spread_messages(random.Random(11), start, 3 * 86400, 3000)
     with app.app_context():
         db.session.execute(insert(Message), rows)
         db.session.commit()
         rollup.rebuild()
         # Partial hours at both ends, whole hours around two whole days.
         rng = span(start - timedelta(minutes=30), start + timedelta(days=3, minutes=30))
-        spans = [
-            (model, a, b) for model, _, a, b in _latency_spans(rollup_plan(rng, MessageFilter()))
-        ]
-        assert spans == [
+        plan = rollup_plan(rng, MessageFilter())
+        assert [
+            (level.model, a, b) for level, a, b in spans(plan.first, plan.stop, LATENCY_LEVELS)
+        ] == [
             (LatencyDay, start + timedelta(hours=19), start + timedelta(days=2, hours=19)),
             (LatencyHour, start, start + timedelta(hours=19)),
             (LatencyHour, start + timedelta(days=2, hours=19), start + timedelta(days=3)),
@@ -240,15 +278,74 @@ def test_percentiles_from_bins_are_within_two_percent_of_exact(app):
         assert a["count"] == b["count"] > 1000 and a["histogram"] == b["histogram"]
         for p in ("p50", "p90", "p99"):
             assert abs(a[p] - b[p]) <= 0.02 * b[p] + 0.001, (kind, p, a[p], b[p])
+    assert_same_report(rolled, exact)
+
+
+def assert_same_report(rolled: dict, exact: dict) -> None:
+    """The report from the rollups is the report from every message: count for count, and
+    each percentile within 2 % (interpolated inside its bin)."""
+    for kind in ("delivered", "seen"):
+        a, b = rolled["latency"][kind], exact["latency"][kind]
+        assert a["count"] == b["count"] and a["histogram"] == b["histogram"]
+        for p in ("p50", "p90", "p99"):
+            assert (a[p] is None) == (b[p] is None)
+            assert a[p] is None or abs(a[p] - b[p]) <= 0.02 * b[p] + 0.001, (kind, p, a[p], b[p])
     for section in ("funnel", "rates", "failures", "cost", "replies"):
-        assert rolled[section] == exact[section]
+        assert rolled[section] == exact[section], section
+
+
+def test_long_ranges_read_weeks_and_days_and_equal_every_message(app):
+    """Over seven weeks of messages, ranges of a month and more read whole weeks of latency
+    bins and whole days of outcomes, with the days and hours around them: the report equals
+    the one from every message, for every filter the rollups take."""
+    start = datetime(2026, 5, 6, 13, tzinfo=UTC)  # a Wednesday
+    rows = spread_messages(random.Random(7), start, 50 * 86400, 4000)
+    ranges = [
+        span(start + timedelta(days=3, minutes=20), start + timedelta(days=33, hours=5)),
+        span(start, start + timedelta(days=50)),
+        span(start - timedelta(days=40), start + timedelta(days=50, hours=2, minutes=7)),
+    ]
+    with app.app_context():
+        db.session.execute(insert(Message), rows)
+        db.session.commit()
+        rollup.rebuild()
+        for rng in ranges:
+            plan = rollup_plan(rng, MessageFilter())
+            levels = {level.model for level, _, _ in spans(plan.first, plan.stop, LATENCY_LEVELS)}
+            assert levels == {LatencyWeek, LatencyDay, LatencyHour}, rng
+            days = spans(plan.first, plan.stop, OUTCOME_LEVELS[rng.unit])
+            assert {level.model for level, _, _ in days} == {OutcomeDay, OutcomeHour}
+            for flt in FILTERS:
+                assert_same_report(report(rng, flt), report(rng, flt, use_rollup=False))
+
+
+@pytest.mark.parametrize("levels", [LATENCY_LEVELS, OUTCOME_LEVELS["day"], OUTCOME_LEVELS["hour"]])
+def test_spans_cover_whole_hours_once_with_the_coarsest_periods(levels):
+    rnd = random.Random(5)
+    origin = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(300):
+        first = origin + timedelta(hours=rnd.randrange(0, 24 * 120))
+        stop = first + timedelta(hours=rnd.choice((0, 1, 5, 30, 200, 24 * 40, 24 * 100)))
+        found = sorted(spans(first, stop, levels), key=lambda s: s[1])
+        at = first
+        for level, a, b in found:
+            assert a == at and a < b  # in order, no gap, no overlap
+            assert level.start_of(a) == a and level.start_of(b) == b  # whole periods
+            at = b
+        assert at == stop
+        coarsest = levels[0]
+        whole = [(a, b) for level, a, b in found if level is coarsest]
+        low = coarsest.start_of(first)
+        low = low if low == first else low + coarsest.step
+        if len(levels) > 1 and low + coarsest.step <= coarsest.start_of(stop):
+            assert whole == [(low, coarsest.start_of(stop))]
 
 
 def test_recount_command_rebuilds_the_rollups(app):
     with app.app_context():
         load_fixture()
         kept = stored()
-        for model in (OutcomeHour, LatencyHour, LatencyDay):
+        for model in (OutcomeHour, OutcomeDay, LatencyHour, LatencyDay, LatencyWeek):
             db.session.execute(db.delete(model))
         db.session.commit()
     result = app.test_cli_runner().invoke(args=["recount"])

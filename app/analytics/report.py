@@ -23,7 +23,7 @@ Definitions (docs/analytics.md repeats them):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -32,7 +32,16 @@ from sqlalchemy import and_, case, func, literal, or_, union_all
 
 from ..core.status import describe_code
 from ..dashboard.filters import FilterError, MessageFilter, not_indexed
-from ..records.models import LatencyDay, LatencyHour, Message, OutcomeHour, Reply, db
+from ..records.models import (
+    LatencyDay,
+    LatencyHour,
+    LatencyWeek,
+    Message,
+    OutcomeDay,
+    OutcomeHour,
+    Reply,
+    db,
+)
 from ..records.rollup import (
     BINS_PER_BAR,
     LATENCY_EDGES,
@@ -45,6 +54,7 @@ from ..records.rollup import (
     day_of,
     hour_of,
     message_rows,
+    week_of,
 )
 from .sql import (
     BUCKET_FORMATS,
@@ -229,15 +239,18 @@ def _unkeyed(status, code, currency, rate_type) -> tuple:
 def _outcome_rows_rolled(
     rng: TimeRange, flt: MessageFilter, plan: Plan, edges: Totals
 ) -> list[tuple]:
-    """The same groups as `_outcome_rows`, from the rollup for whole hours plus `edges`."""
-    o = OutcomeHour
-    label = bucket(o.hour, rng.unit).label("bucket")
-    keys = (label, o.status, o.code, o.currency, o.rate_type)
-    stored = db.session.execute(
-        db.select(*keys, *(func.sum(getattr(o, name)) for name in OUTCOME_SUMS))
-        .where(o.hour >= plan.first, o.hour < plan.stop, o.n != 0, *flt.key_conditions(o))
-        .group_by(*keys)
-    ).all()
+    """The same groups as `_outcome_rows`, from the rollups for whole hours (whole days from
+    the daily one where the range is shown per day) plus `edges`."""
+    parts = []
+    for level, start, stop in spans(plan.first, plan.stop, OUTCOME_LEVELS[rng.unit]):
+        o, column = level.model, level.column
+        keys = (bucket(column, rng.unit).label("bucket"), o.status, o.code, o.currency, o.rate_type)
+        parts.append(
+            db.select(*keys, *(func.sum(getattr(o, name)) for name in OUTCOME_SUMS))
+            .where(column >= start, column < stop, o.n != 0, *flt.key_conditions(o))
+            .group_by(*keys)
+        )
+    stored = db.session.execute(union_all(*parts)).all() if parts else []
     fmt = BUCKET_FORMATS[rng.unit][1]
     rows = []
     for row in stored:
@@ -429,36 +442,60 @@ def _percentiles(values, counts: dict[str, list[int]]) -> dict:
     }
 
 
-def _latency_spans(plan: Plan) -> list[tuple]:
-    """Whole days of the plan's hours from the daily bins, the hours around them hourly."""
-    first_day = day_of(plan.first)
-    if first_day < plan.first:
-        first_day += timedelta(days=1)
-    stop_day = day_of(plan.stop)
-    hour = LatencyHour.hour
-    if stop_day <= first_day:
-        return [(LatencyHour, hour, plan.first, plan.stop)]
-    spans = [
-        (LatencyDay, LatencyDay.day, first_day, stop_day),
-        (LatencyHour, hour, plan.first, first_day),
-        (LatencyHour, hour, stop_day, plan.stop),
-    ]
-    return [span for span in spans if span[2] < span[3]]
+@dataclass(frozen=True)
+class Level:
+    """A rollup table read for whole periods: its period column, where a period starts, and
+    how long it is."""
+
+    model: type
+    column: object
+    start_of: Callable[[datetime], datetime]
+    step: timedelta
+
+
+HOURS = Level(OutcomeHour, OutcomeHour.hour, hour_of, timedelta(hours=1))
+# Coarsest first, the last one hourly.
+OUTCOME_LEVELS = {
+    "day": (Level(OutcomeDay, OutcomeDay.day, day_of, timedelta(days=1)), HOURS),
+    "hour": (HOURS,),
+}
+LATENCY_LEVELS = (
+    Level(LatencyWeek, LatencyWeek.week, week_of, timedelta(days=7)),
+    Level(LatencyDay, LatencyDay.day, day_of, timedelta(days=1)),
+    Level(LatencyHour, LatencyHour.hour, hour_of, timedelta(hours=1)),
+)
+
+
+def spans(first: datetime, stop: datetime, levels: Sequence[Level]) -> list[tuple]:
+    """Whole hours [first, stop) as (level, start, stop): the whole periods of the coarsest
+    level inside them, and the hours around those by the finer levels in turn."""
+    level, finer = levels[0], levels[1:]
+    if not finer:
+        return [(level, first, stop)] if first < stop else []
+    start = level.start_of(first)
+    if start < first:
+        start += level.step
+    end = level.start_of(stop)
+    if end <= start:
+        return spans(first, stop, finer)
+    return [(level, start, end), *spans(first, start, finer), *spans(end, stop, finer)]
 
 
 def _latency_rolled(flt: MessageFilter, plan: Plan, edges: Totals) -> dict:
     """The same as `latency`, from the latency bins of whole hours plus `edges`."""
     bins: dict[tuple, list] = {}
-    for model, column, start, stop in _latency_spans(plan):
-        stored = db.session.execute(
+    parts = []
+    for level, start, stop in spans(plan.first, plan.stop, LATENCY_LEVELS):
+        model, column = level.model, level.column
+        parts.append(
             db.select(
                 model.kind, model.bin, func.sum(model.n), func.min(model.low), func.max(model.high)
             )
             .where(column >= start, column < stop, model.n > 0, *flt.key_conditions(model))
             .group_by(model.kind, model.bin)
         )
-        for kind, bin_id, n, low, high in stored:
-            add_bin(bins, (kind, bin_id), int(n), float(low), float(high))
+    for kind, bin_id, n, low, high in db.session.execute(union_all(*parts)) if parts else ():
+        add_bin(bins, (kind, bin_id), int(n), float(low), float(high))
     for (_hour, kind, _status, _code, _anomaly, bin_id), (n, low, high) in edges.latency.items():
         add_bin(bins, (kind, bin_id), n, low, high)
     counts = {key: [0] * (len(LATENCY_EDGES) + 1) for key, _ in LATENCY_TARGETS}

@@ -16,7 +16,6 @@ from ..records.models import (
     Message,
     MessageTag,
     MessageTally,
-    OutcomeHour,
     RawBody,
     Receipt,
     Reply,
@@ -219,13 +218,12 @@ def _counted() -> dict[str, dict]:
             if r.n
         }
     }
-    out["outcome_hour"] = {
-        tuple(getattr(r, c) for c in rollup.OUTCOME_KEY): tuple(
-            round(float(getattr(r, c)), 6) for c in rollup.OUTCOME_SUMS
-        )
-        for r in db.session.execute(db.select(OutcomeHour)).scalars()
-        if r.n
-    }
+    for model, names, _period in rollup.OUTCOME_TABLES:
+        out[model.__tablename__] = {
+            tuple(getattr(r, c) for c in names): _outcome_values(lambda c, r=r: getattr(r, c))
+            for r in db.session.execute(db.select(model)).scalars()
+            if r.n
+        }
     for model, names, _period in rollup.LATENCY_TABLES:
         out[model.__tablename__] = {
             tuple(getattr(r, c) for c in names): (r.n, r.low, r.high)
@@ -249,6 +247,10 @@ def _tag_tables() -> list[tuple]:
     ]
 
 
+def _outcome_values(get) -> tuple:
+    return tuple(round(float(get(c)), 6) for c in rollup.OUTCOME_SUMS)
+
+
 def _tag_values(names: tuple, get) -> tuple:
     return tuple(round(float(get(c)), 6) for c in names)
 
@@ -256,14 +258,11 @@ def _tag_values(names: tuple, get) -> tuple:
 def _recounted() -> dict[str, dict]:
     """What a recount would write, computed without writing."""
     out = {"message_tally": {k: n for k, n in tally.recounted().items() if n}}
+    outcomes = {model: names for model, names, _ in rollup.OUTCOME_TABLES}
     for model, rows in rollup.recounted():
-        if model is OutcomeHour:
+        if model in outcomes:
             out[model.__tablename__] = {
-                tuple(r[c] for c in rollup.OUTCOME_KEY): tuple(
-                    round(float(r[c]), 6) for c in rollup.OUTCOME_SUMS
-                )
-                for r in rows
-                if r["n"]
+                tuple(r[c] for c in outcomes[model]): _outcome_values(r.get) for r in rows if r["n"]
             }
         else:
             names = next(n for m, n, _ in rollup.LATENCY_TABLES if m is model)
@@ -279,6 +278,10 @@ def _recounted() -> dict[str, dict]:
     return out
 
 
+# Tables of latency bins, whose bounds a value taken away does not narrow.
+BOUNDED_BINS = {model.__tablename__ for model, _, _ in rollup.LATENCY_TABLES} | {"tag_latency"}
+
+
 def recount_differences(limit: int = 10) -> list[str]:
     """Where the tally and the rollups kept at ingest differ from a recount of the messages
     (nothing is written). A latency bin's bounds may be wider than a recount's (a value taken
@@ -290,7 +293,7 @@ def recount_differences(limit: int = 10) -> list[str]:
         stored = kept[table]
         for key in sorted(set(rows) | set(stored), key=repr):
             have, want = stored.get(key), rows.get(key)
-            if table in ("latency_hour", "latency_day", "tag_latency") and have and want:
+            if table in BOUNDED_BINS and have and want:
                 same = have[0] == want[0] and have[1] <= want[1] and have[2] >= want[2]
             else:
                 same = have == want

@@ -464,12 +464,10 @@ class MessageTally(db.Model):
     n: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-class OutcomeHour(db.Model):
-    """Messages per hour first heard of, with their outcome and cost, kept in the same
+class Outcomes:
+    """Messages with their outcome and cost per period first heard of, kept in the same
     transaction as every state change so analytics of long ranges never read every message."""
 
-    __tablename__ = "outcome_hour"
-    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)  # of Message.created_at
     status: Mapped[str] = mapped_column(String(16), primary_key=True)  # "pending" for NULL
     code: Mapped[int] = mapped_column(Integer, primary_key=True)  # -1 for NULL
     anomaly: Mapped[bool] = mapped_column(Boolean, primary_key=True)
@@ -482,6 +480,20 @@ class OutcomeHour(db.Model):
     local_price: Mapped[float] = mapped_column(Numeric(24, 6, asdecimal=False), default=0)
     original_price: Mapped[float] = mapped_column(Numeric(24, 6, asdecimal=False), default=0)
 
+
+class OutcomeHour(Outcomes, db.Model):
+    """Outcomes per hour first heard of (of Message.created_at)."""
+
+    __tablename__ = "outcome_hour"
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
+    __table_args__ = {"sqlite_with_rowid": False}
+
+
+class OutcomeDay(Outcomes, db.Model):
+    """The same per UTC day, so a range shown per day reads 30 rows a month per key, not 720."""
+
+    __tablename__ = "outcome_day"
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
     __table_args__ = {"sqlite_with_rowid": False}
 
 
@@ -512,6 +524,16 @@ class LatencyDay(LatencyBins, db.Model):
 
     __tablename__ = "latency_day"
     day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
+    __table_args__ = {"sqlite_with_rowid": False}
+
+
+class LatencyWeek(LatencyBins, db.Model):
+    """The same bins per week (from Monday 00:00 UTC) first heard of: a quarter reads 12 weeks'
+    bins and the days around them, not 90 days'. A bin recurs day after day, so a week holds
+    about as many rows as a day."""
+
+    __tablename__ = "latency_week"
+    week: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, sort_order=-1)
     __table_args__ = {"sqlite_with_rowid": False}
 
 

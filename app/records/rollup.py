@@ -1,5 +1,5 @@
-"""Hourly rollups of the messages for analytics: outcomes and cost, and latency bins
-(per hour, and per day for long ranges).
+"""Hourly rollups of the messages for analytics: outcomes and cost (per hour, and per day for
+ranges shown per day), and latency bins (per hour, per day and per week for long ranges).
 
 A message counts in the hour it was first heard of (`Message.created_at`, which never
 changes). The ingest transaction that changes messages sums their moves (`Moves`) and
@@ -19,12 +19,20 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from sqlalchemy import and_, case, or_
 
-from .models import LatencyDay, LatencyHour, Message, OutcomeHour, db
+from .models import (
+    LatencyDay,
+    LatencyHour,
+    LatencyWeek,
+    Message,
+    OutcomeDay,
+    OutcomeHour,
+    db,
+)
 from .sqlutil import add_counts
 
 # Upper edges of the latency histogram's bars, in seconds; the last bar is open.
@@ -136,6 +144,11 @@ def day_of(at: datetime) -> datetime:
     return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def week_of(at: datetime) -> datetime:
+    """The Monday 00:00 starting the week of `at`."""
+    return day_of(at) - timedelta(days=at.weekday())
+
+
 @dataclass(frozen=True)
 class Share:
     """What one message adds to the rollups."""
@@ -170,11 +183,17 @@ def share_of(m) -> Share:
     return Share(outcome_key, outcome, latency)
 
 
+# Each message's outcome counts in its hour and in its day; each latency entry in its hour,
+# its day and its week: (model, key columns, the period's start of an hour).
+OUTCOME_TABLES = (
+    (OutcomeHour, OUTCOME_KEY, hour_of),
+    (OutcomeDay, ("day",) + OUTCOME_KEY[1:], day_of),
+)
 LATENCY_KEY = ("hour", "kind", "status", "code", "anomaly", "bin")
-# Each latency entry counts in its hour and in its day.
 LATENCY_TABLES = (
     (LatencyHour, LATENCY_KEY, hour_of),
     (LatencyDay, ("day",) + LATENCY_KEY[1:], day_of),
+    (LatencyWeek, ("week",) + LATENCY_KEY[1:], week_of),
 )
 
 
@@ -206,6 +225,7 @@ class Moves:
     """The changes of a transaction summed per rollup row, so each row is written once."""
 
     def __init__(self) -> None:
+        # (table index, key) -> sums
         self.outcomes: dict[tuple, list] = {}
         # (table index, key) -> [n, least added value, greatest added value]
         self.latency: dict[tuple, list] = {}
@@ -226,11 +246,13 @@ class Moves:
             self._add_latency(entry, 1)
 
     def _add_outcome(self, key: tuple, values: tuple, sign: int) -> None:
-        sums = self.outcomes.get(key)
-        if sums is None:
-            sums = self.outcomes[key] = [0] * len(OUTCOME_SUMS)
-        for i, x in enumerate(values):
-            sums[i] += sign * x
+        for table, (_model, _names, period) in enumerate(OUTCOME_TABLES):
+            full = (table, period(key[0]), *key[1:])
+            sums = self.outcomes.get(full)
+            if sums is None:
+                sums = self.outcomes[full] = [0] * len(OUTCOME_SUMS)
+            for i, x in enumerate(values):
+                sums[i] += sign * x
 
     def _add_latency(self, entry: tuple, n: int) -> None:
         for i, (_model, _names, period) in enumerate(LATENCY_TABLES):
@@ -239,15 +261,16 @@ class Moves:
     def write(self, conn) -> None:
         """Write every changed row, each table in key order (a fixed lock order, so two
         transactions cannot deadlock on the rollup rows)."""
-        rows = [
-            {
-                **dict(zip(OUTCOME_KEY, key, strict=False)),
-                **dict(zip(OUTCOME_SUMS, sums, strict=False)),
-            }
-            for key, sums in sorted(self.outcomes.items())
-            if any(sums)
-        ]
-        add_counts(conn, OutcomeHour, OUTCOME_KEY, OUTCOME_SUMS, rows)
+        for i, (model, names, _period) in enumerate(OUTCOME_TABLES):
+            rows = [
+                {
+                    **dict(zip(names, key[1:], strict=False)),
+                    **dict(zip(OUTCOME_SUMS, sums, strict=False)),
+                }
+                for key, sums in sorted(item for item in self.outcomes.items() if item[0][0] == i)
+                if any(sums)
+            ]
+            add_counts(conn, model, names, OUTCOME_SUMS, rows)
         for i, (model, names, _period) in enumerate(LATENCY_TABLES):
             rows = []
             for key, (n, low, high) in sorted((k, v) for k, v in self.latency.items() if k[0] == i):
@@ -306,6 +329,15 @@ def merged_bins(items: Iterable[tuple[tuple, list]]) -> dict:
     return bins
 
 
+def merged_sums(items: Iterable[tuple[tuple, list]]) -> dict:
+    sums: dict = {}
+    for key, values in items:
+        known = sums.setdefault(key, [0] * len(values))
+        for i, x in enumerate(values):
+            known[i] += x
+    return sums
+
+
 class Totals:
     """Rollup rows summed in memory: what `rebuild` writes and what analytics add for the
     part of a range that is not whole hours."""
@@ -336,11 +368,25 @@ def message_rows(*conditions, batch: int = 10_000, conn=None):
 def recounted(conn=None, batch: int = 10_000) -> list[tuple]:
     """The rows of each rollup table, counted from the messages: [(model, rows)]."""
     totals = Totals().add_rows(message_rows(batch=batch, conn=conn))
-    outcome_rows = [
-        {**dict(zip(OUTCOME_KEY, k, strict=False)), **dict(zip(OUTCOME_SUMS, v, strict=False))}
-        for k, v in totals.outcomes.items()
-    ]
-    tables = [(OutcomeHour, outcome_rows)]
+    tables = []
+    for model, names, period in OUTCOME_TABLES:
+        sums = (
+            totals.outcomes
+            if period is hour_of
+            else merged_sums(((period(k[0]), *k[1:]), v) for k, v in totals.outcomes.items())
+        )
+        tables.append(
+            (
+                model,
+                [
+                    {
+                        **dict(zip(names, k, strict=False)),
+                        **dict(zip(OUTCOME_SUMS, v, strict=False)),
+                    }
+                    for k, v in sums.items()
+                ],
+            )
+        )
     for model, names, period in LATENCY_TABLES:
         bins = (
             totals.latency
@@ -380,11 +426,15 @@ def rebuild_tables(counted, batch: int = 10_000) -> int:
     return written
 
 
-def fill(conn, batch: int = 10_000) -> int:
-    """Add every message to empty rollups, through `conn`; returns the rows written."""
-    return write_tables(conn, recounted(conn, batch), batch)
+def fill(conn, only: tuple[str, ...], batch: int = 10_000) -> int:
+    """Add every message to the empty rollup tables named `only` (those a migration creates),
+    through `conn`; returns the rows written."""
+    tables = [
+        (model, rows) for model, rows in recounted(conn, batch) if model.__tablename__ in only
+    ]
+    return write_tables(conn, tables, batch)
 
 
 def rebuild(batch: int = 10_000) -> int:
-    """Recompute both rollups from the messages; returns the number of rows written."""
+    """Recompute the rollups from the messages; returns the number of rows written."""
     return rebuild_tables(recounted, batch)

@@ -59,7 +59,7 @@ def upgrade():
     # The messages stored before this revision count in the rollups too.
     from app.records import rollup
 
-    rollup.fill(op.get_bind())
+    rollup.fill(op.get_bind(), only=("outcome_hour", "latency_hour", "latency_day"))
 
 
 def downgrade():
