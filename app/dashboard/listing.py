@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -63,18 +64,25 @@ SETTINGS = {
 # One round trip each way.
 WALK = "; ".join(f"SET LOCAL {name} = {value}" for name, value in SETTINGS.items())
 UNWALK = "; ".join(f"SET LOCAL {name} TO DEFAULT" for name in SETTINGS)
+# Set while the settings are on: a page and its counters read inside one walk (the view
+# wraps both) set them once.
+_walking: ContextVar[bool] = ContextVar("walking_the_order", default=False)
 
 
 @contextmanager
 def walking_the_order(flt: MessageFilter):
     """On PostgreSQL, while a broad prefix's page or count is read: no sort, no bitmap scan
     and no parallel scan, so that the planner walks an index (or the table) and stops early
-    whatever its statistics say."""
-    if not _postgresql() or seek_prefix(flt):
+    whatever its statistics say. Inside another walk, nothing more is set."""
+    if _walking.get() or not _postgresql() or seek_prefix(flt):
         yield
         return
     db.session.execute(text(WALK))
-    yield
+    token = _walking.set(True)
+    try:
+        yield
+    finally:
+        _walking.reset(token)
     # Not after an error: the transaction is then rolled back, and its settings with it.
     db.session.execute(text(UNWALK))
 

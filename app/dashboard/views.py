@@ -23,10 +23,11 @@ MAX_ID = 2**63 - 1  # ids are BIGINT
 
 def _messages_context(flt: MessageFilter, args) -> dict:
     size = listing.page_size(args.get("size"))
-    page = listing.fetch_page(
-        flt, size, after=args.get("after") or None, before=args.get("before") or None
-    )
-    counters = listing.counters_for(flt)
+    with listing.walking_the_order(flt):  # the page and its counters in one walk
+        page = listing.fetch_page(
+            flt, size, after=args.get("after") or None, before=args.get("before") or None
+        )
+        counters = listing.counters_for(flt)
     nothing_yet = flt.is_empty and counters.total == 0 and not page.rows
     return {
         "flt": flt,
