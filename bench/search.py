@@ -18,6 +18,7 @@ reported as an error row, and the run goes on.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
@@ -72,7 +73,8 @@ def rare_number(url: str) -> str:
             .limit(1)
         ).scalar()
     engine.dispose()
-    return next(w.strip("#$:.,") for w in (text or "0000").split() if w.strip("#$:.,").isdigit())
+    # "$8674.00" holds 8674: the first run of exactly four digits.
+    return next((run for run in re.findall(r"\d+", text or "") if len(run) == 4), "0000")
 
 
 def targets(client, url: str) -> list[tuple[str, str, dict[str, str] | None]]:
