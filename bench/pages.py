@@ -94,6 +94,17 @@ def targets(s: dict) -> list[dict]:
         ("30 days", "/analytics?range=30d", ANALYTICS_TARGET_MS),
         ("90 days", "/analytics?" + ninety, ANALYTICS_TARGET_MS),
         ("30 days, status=failed", "/analytics?range=30d&status=failed", ANALYTICS_TARGET_MS),
+        # Loaded after the page (no rollup answers it); the tree before had it in the page.
+        (
+            "30 days: phones that replied most",
+            "/analytics/top-phones?range=30d",
+            ANALYTICS_TARGET_MS,
+        ),
+        (
+            "90 days: phones that replied most",
+            "/analytics/top-phones?" + ninety,
+            ANALYTICS_TARGET_MS,
+        ),
     ):
         out.append({"group": "analytics", "what": what, "path": path, "target": target})
     for what, path in (
