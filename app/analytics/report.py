@@ -47,24 +47,21 @@ from ..records.rollup import (
     LATENCY_EDGES,
     LATENCY_TARGETS,
     OUTCOME_SUMS,
-    Totals,
     add_bin,
+    bin_of,
     binned_value,
     bucket_at,
     day_of,
     hour_of,
-    message_rows,
     week_of,
 )
 from .sql import (
-    BUCKET_FORMATS,
     bucket,
     bucket_labels,
     bucket_starts,
     clamp_at_zero,
     dialect,
     seconds_between,
-    truncate,
 )
 
 RANGES = {
@@ -237,10 +234,11 @@ def _unkeyed(status, code, currency, rate_type) -> tuple:
 
 
 def _outcome_rows_rolled(
-    rng: TimeRange, flt: MessageFilter, plan: Plan, edges: Totals
+    rng: TimeRange, flt: MessageFilter, plan: Plan, criteria: Sequence
 ) -> list[tuple]:
     """The same groups as `_outcome_rows`, from the rollups for whole hours (whole days from
-    the daily one where the range is shown per day) plus `edges`."""
+    the daily one where the range is shown per day) plus the messages of the plan's edges,
+    grouped in the database."""
     parts = []
     for level, start, stop in spans(plan.first, plan.stop, OUTCOME_LEVELS[rng.unit]):
         o, column = level.model, level.column
@@ -251,19 +249,8 @@ def _outcome_rows_rolled(
             .group_by(*keys)
         )
     stored = db.session.execute(union_all(*parts)).all() if parts else []
-    fmt = BUCKET_FORMATS[rng.unit][1]
-    rows = []
-    for row in stored:
-        rows.append((row[0], *_unkeyed(*row[1:5]), *row[5:]))
-    for (hour, status, code, _anomaly, currency, rate_type), sums in edges.outcomes.items():
-        rows.append(
-            (
-                truncate(hour, rng.unit).strftime(fmt),
-                *_unkeyed(status, code, currency, rate_type),
-                *sums,
-            )
-        )
-    return rows
+    rows = [(row[0], *_unkeyed(*row[1:5]), *row[5:]) for row in stored]
+    return rows + _outcome_rows(rng, [plan.edges, *criteria])
 
 
 def _summarise_outcomes(rows: Sequence[tuple], labels: list[str]) -> tuple[dict, list[dict], dict]:
@@ -369,14 +356,21 @@ def _latency_result(counts: dict[str, list[int]], found: dict) -> dict:
     return result
 
 
+def _latency_columns() -> list:
+    """Each message's seconds to delivered and to seen (NULL where it has none), as columns
+    named after their kind."""
+    m = Message
+    return [
+        clamp_at_zero(seconds_between(m.accepted_at, getattr(m, column))).label(key)
+        for key, column in LATENCY_TARGETS
+    ]
+
+
 def latency(rng: TimeRange, criteria: Sequence = (), narrow: bool = False) -> dict:
     """Seconds from the first success receipt to the first delivered and to the first seen
     receipt: count, p50/p90/p99 and a histogram of each, in two statements."""
     m = Message
-    columns = [
-        clamp_at_zero(seconds_between(m.accepted_at, getattr(m, column))).label(key)
-        for key, column in LATENCY_TARGETS
-    ]
+    columns = _latency_columns()
     # Computed once per message into a temporary table, not once per reference to it.
     values = (
         db.select(*columns)
@@ -481,8 +475,9 @@ def spans(first: datetime, stop: datetime, levels: Sequence[Level]) -> list[tupl
     return [(level, start, end), *spans(first, start, finer), *spans(end, stop, finer)]
 
 
-def _latency_rolled(flt: MessageFilter, plan: Plan, edges: Totals) -> dict:
-    """The same as `latency`, from the latency bins of whole hours plus `edges`."""
+def _latency_rolled(flt: MessageFilter, plan: Plan, criteria: Sequence) -> dict:
+    """The same as `latency`, from the latency bins of whole hours plus the latencies of the
+    messages of the plan's edges, binned here."""
     bins: dict[tuple, list] = {}
     parts = []
     for level, start, stop in spans(plan.first, plan.stop, LATENCY_LEVELS):
@@ -496,8 +491,11 @@ def _latency_rolled(flt: MessageFilter, plan: Plan, edges: Totals) -> dict:
         )
     for kind, bin_id, n, low, high in db.session.execute(union_all(*parts)) if parts else ():
         add_bin(bins, (kind, bin_id), int(n), float(low), float(high))
-    for (_hour, kind, _status, _code, _anomaly, bin_id), (n, low, high) in edges.latency.items():
-        add_bin(bins, (kind, bin_id), n, low, high)
+    edges = db.select(*_latency_columns()).where(plan.edges, *criteria)
+    for row in db.session.execute(edges):
+        for (kind, _), seconds in zip(LATENCY_TARGETS, row, strict=True):
+            if seconds is not None:
+                add_bin(bins, (kind, bin_of(seconds)), 1, seconds, seconds)
     counts = {key: [0] * (len(LATENCY_EDGES) + 1) for key, _ in LATENCY_TARGETS}
     for (kind, bin_id), (n, _, _) in bins.items():
         counts[kind][bin_id // BINS_PER_BAR] += n
@@ -610,11 +608,10 @@ def report(
         rates, failures, cost = _summarise_outcomes(_outcome_rows(rng, criteria, narrow), labels)
         latency_ = latency(rng, criteria, narrow)
     else:
-        edges = Totals().add_rows(message_rows(plan.edges, *criteria))
         rates, failures, cost = _summarise_outcomes(
-            _outcome_rows_rolled(rng, flt, plan, edges), labels
+            _outcome_rows_rolled(rng, flt, plan, criteria), labels
         )
-        latency_ = _latency_rolled(flt, plan, edges)
+        latency_ = _latency_rolled(flt, plan, criteria)
     return {
         "range": rng.as_json(),
         "funnel": funnel_from_rates(rates),
