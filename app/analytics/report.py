@@ -196,8 +196,13 @@ def rollup_plan(rng: TimeRange, flt: MessageFilter) -> Plan | None:
 def _outcome_rows(rng: TimeRange, criteria: Sequence, narrow: bool = False) -> list[tuple]:
     """(bucket, status, code, currency, rate type, messages, delivered, seen, priced, local,
     original) per group, from the messages of the range."""
+    return _outcome_groups(rng.unit, _cohort(rng, criteria, narrow))
+
+
+def _outcome_groups(unit: str, conditions: Sequence) -> list[tuple]:
+    """The groups of `_outcome_rows`, of the messages matching `conditions`."""
     m = Message
-    label = bucket(m.created_at, rng.unit).label("bucket")
+    label = bucket(m.created_at, unit).label("bucket")
     delivered = or_(m.delivered_at.isnot(None), m.seen_at.isnot(None))
     has_cost = or_(
         m.cost_currency.isnot(None),
@@ -217,7 +222,7 @@ def _outcome_rows(rng: TimeRange, criteria: Sequence, narrow: bool = False) -> l
                 func.sum(m.cost_local_price),
                 func.sum(m.cost_original_price),
             )
-            .where(*_cohort(rng, criteria, narrow))
+            .where(*conditions)
             .group_by(*keys)
         )
     ]
@@ -250,7 +255,8 @@ def _outcome_rows_rolled(
         )
     stored = db.session.execute(union_all(*parts)).all() if parts else []
     rows = [(row[0], *_unkeyed(*row[1:5]), *row[5:]) for row in stored]
-    return rows + _outcome_rows(rng, [plan.edges, *criteria])
+    # The edges alone: with the whole range beside them, the planner would walk all of it.
+    return rows + _outcome_groups(rng.unit, [plan.edges, *criteria])
 
 
 def _summarise_outcomes(rows: Sequence[tuple], labels: list[str]) -> tuple[dict, list[dict], dict]:
