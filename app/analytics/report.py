@@ -56,6 +56,7 @@ from ..records.rollup import (
     week_of,
 )
 from .sql import (
+    BUCKET_FORMATS,
     bucket,
     bucket_labels,
     bucket_starts,
@@ -514,10 +515,11 @@ def _latency_rolled(flt: MessageFilter, plan: Plan, criteria: Sequence) -> dict:
     return _latency_result(counts, found)
 
 
-# Up to this many buckets, the replies of a range with no filter are counted bucket by bucket,
-# each a count over the index on `received_at`, in one statement: far cheaper than naming
-# the bucket of every reply (SQLite compounds at most 500 selects).
-COUNTED_BUCKETS = 400
+# On SQLite, up to this many buckets, the replies of a range with no filter are counted
+# bucket by bucket, each a count over the index on `received_at`, in one statement: cheaper
+# than naming the bucket of every reply (at 1M, 30 days: 6 ms against 20; 90 days: 22
+# against 58), but not for a week's 169 hours (25 against 4).
+COUNTED_BUCKETS = 100
 
 
 def _reply_counts(rng: TimeRange) -> list[int] | None:
@@ -553,6 +555,24 @@ def _reply_counts_grouped(
     return [int(per_bucket.get(name, 0)) for name in labels]
 
 
+def _reply_counts_truncated(
+    rng: TimeRange, labels: list[str], criteria: Sequence = (), narrow: bool = False
+) -> list[int]:
+    """The same on PostgreSQL, grouped by the start of their bucket (`date_trunc`) and named
+    here: `to_char` on every reply cost more than the rest (at 1M, 90 days: 45 ms against 84;
+    a count per bucket, 56)."""
+    start = func.date_trunc(rng.unit, Reply.received_at).label("start")
+    scoped = _replies_scoped(rng, criteria, narrow)
+    fmt = BUCKET_FORMATS[rng.unit][1]
+    per_bucket = {
+        at.strftime(fmt): n
+        for at, n in db.session.execute(
+            scoped(db.select(start, func.count()).select_from(Reply)).group_by(start)
+        )
+    }
+    return [int(per_bucket.get(name, 0)) for name in labels]
+
+
 def _replies_scoped(rng: TimeRange, criteria: Sequence, narrow: bool):
     """A function that scopes a statement over replies to the range and the filters."""
     r = Reply
@@ -572,7 +592,10 @@ def replies(
 ) -> dict:
     """Replies received in the range per bucket, and (`top`) the phones that replied most."""
     labels = bucket_labels(rng.start, rng.end, rng.unit)
-    counts = None if criteria or narrow else _reply_counts(rng)
+    if dialect() == "postgresql":
+        counts = _reply_counts_truncated(rng, labels, criteria, narrow)
+    else:
+        counts = None if criteria or narrow else _reply_counts(rng)
     if counts is None:
         counts = _reply_counts_grouped(rng, labels, criteria, narrow)
     found = {"labels": labels, "counts": counts, "total": sum(counts)}
