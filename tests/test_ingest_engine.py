@@ -331,7 +331,16 @@ def test_a_body_the_database_refuses_does_not_sink_its_batch(app):
 
 def snapshot() -> dict:
     """Every derived table, without the ids that depend on insertion order."""
-    from app.records.models import LatencyDay, LatencyHour, MessageTally, OutcomeHour
+    from app.records.models import (
+        LatencyDay,
+        LatencyHour,
+        MessageTag,
+        MessageTally,
+        OutcomeHour,
+        TagDay,
+        TagHour,
+        TagLatency,
+    )
 
     def value(v):
         # Sums kept as floats (SQLite) differ in the last bits with the order of additions.
@@ -359,6 +368,10 @@ def snapshot() -> dict:
             OutcomeHour,
             LatencyHour,
             LatencyDay,
+            MessageTag,
+            TagDay,
+            TagHour,
+            TagLatency,
         )
     }
     out["activity"] = rows(Activity)
@@ -494,6 +507,185 @@ def test_any_split_into_batches_gives_the_same_record(app):
         assert other[1] == snapshots[0][1]
         for table, rows in snapshots[0][0].items():
             assert other[0][table] == rows, table
+
+
+def mixed_work(rng: random.Random) -> tuple[list, list]:
+    """Bodies about messages stored before (`stored`, applied first) and messages first heard
+    of in `work`: registrations again (more tags, new text, the same fields), receipts before
+    and after their message's registration, pushed twice, replies, a registration past the tag
+    limit, shuffled; then pairs of bodies to be received in the same instant: two replies to a
+    new message, two to a stored one, and a reply to a stored message and the registration of
+    a new one, both from one phone."""
+    stored, work = [], []
+    for i in range(12):
+        rid, phone = f"mixs{i:02d}", f"7921{i:07d}"
+        if i < 6:
+            stored.append(("register", registration(rid, phone, f"first {i}", tags=["a"])))
+        elif i < 9:
+            stored.append(("dr", receipt(rid, "success", cost=True)))
+        else:
+            stored.append(("message", reply(rid, phone, f"early {i}")))
+        work.append(("register", registration(rid, phone, f"again {i}", tags=["a", f"t{i % 3}"])))
+    for i in range(12):
+        rid, phone = f"mixn{i:02d}", f"7922{i:07d}"
+        work.append(("register", registration(rid, phone, f"new {i}", tags=[f"t{i % 3}"])))
+        if i % 4 == 0:
+            work.append(("message", reply(rid, phone, f"thanks {i}")))
+    for rid in [f"mixs{i:02d}" for i in range(12)] + [f"mixn{i:02d}" for i in range(12)]:
+        for status in rng.sample(STATUSES, rng.randint(1, 3)):
+            body = ("dr", receipt(rid, status, cost=status == "success"))
+            work += [body, body] if rng.random() < 0.2 else [body]
+    work.append(("register", registration("mixs00", "79210000000", "again 0", tags=["a", "t0"])))
+    # One tag too many with the message's others: whichever of its registrations comes last.
+    many = ["u", "v", "w", "x", "y"]
+    work.append(("register", registration("mixn01", "79220000001", "x", tags=many)))
+    work.append(("register", registration("mixs01", "79210000001", "y", tags=many)))
+    rng.shuffle(work)
+    work += [
+        ("message", reply(rid, phone, text))
+        for rid, phone in (("mixn05", "79220000005"), ("mixs10", "79210000010"))
+        for text in ("tie one", "tie two")
+    ]
+    work.append(("message", reply("mixs09", "79210000009", "tie stored")))
+    work.append(("register", registration("mixn12", "79210000009", "tie new")))
+    return stored, work
+
+
+def clear_records() -> None:
+    from app.ops.maintenance import recount
+    from app.records.models import MessageTag
+
+    for model in (Activity, Receipt, Reply, RawBody, MessageTag, Message, Contact):
+        db.session.execute(db.delete(model))
+    db.session.commit()
+    recount()
+
+
+def test_new_and_stored_messages_in_one_batch_end_as_applied_one_by_one(app):
+    """A batch writes the messages it is first to hear of whole and updates the stored ones:
+    bodies about both, mixed in batches of every size (past the size where PostgreSQL takes
+    rows by COPY too), end in the same answers and tables as applied one at a time, equal to a
+    rebuild and a recount."""
+    stored, work = mixed_work(random.Random(11))
+    start = datetime.now(UTC) - timedelta(hours=1)
+    times = [start + timedelta(milliseconds=137 * i) for i in range(len(stored) + len(work))]
+    for tie in (-1, -3, -5):  # each pair received in one instant: the raw ids order them
+        times[tie] = times[tie - 1]
+    snapshots = []
+    with app.app_context():
+        for size in (1, 4, 9, len(work)):
+            clear_records()
+            jobs = [job(endpoint, encoded(body)) for endpoint, body in stored + work]
+            for j, at in zip(jobs, times, strict=True):
+                j.received_at = at
+            for j in jobs[: len(stored)]:
+                ingest.apply_batch([j])
+            later = jobs[len(stored) :]
+            for i in range(0, len(later), size):
+                ingest.apply_batch(later[i : i + size])
+            answers = [(j.result.http_status, j.result.outcome) for j in jobs]
+            assert all(status < 500 for status, _ in answers)
+            snapshots.append((snapshot(), answers))
+            # The log and the receipts numbered in the order the bodies arrived.
+            for model in (Activity, Receipt):
+                raw_ids = list(db.session.scalars(db.select(model.raw_id).order_by(model.id)))
+                assert raw_ids == sorted(raw_ids), model.__tablename__
+            # (Not assert_consistent: a registration again touches its phone's contact but
+            # leaves its message's last activity, so the contacts' rule there does not hold.)
+            report = rebuild(fix=False)
+            assert report.differences == 0, report.lines()
+            assert recount_differences() == []
+        first = snapshots[0]
+        assert Counter(outcome for _, outcome in first[1])["rejected"] == 2  # the tag limit
+        assert {"duplicate", "accepted"} <= {outcome for _, outcome in first[1]}
+        for other in snapshots[1:]:
+            assert other[1] == first[1]
+            for table, rows in first[0].items():
+                assert other[0][table] == rows, table
+        assert db.session.get(Message, "mixn05").last_reply_text == "tie two"
+        assert db.session.get(Message, "mixs10").last_reply_text == "tie two"
+        assert db.session.get(Contact, "79210000009").last_preview == "→ tie new"
+
+
+def test_a_message_created_meanwhile_by_another_batch_is_read_as_stored(app, app_config):
+    """PostgreSQL: a batch finds a message not stored yet while another transaction is creating
+    it; its insert waits for that one, finds the row once it commits, and the batch reads and
+    locks it as a stored message: the receipt both pushed is a duplicate in the second, and
+    each batch commits in one transaction (none falls back to one body at a time)."""
+    if not app_config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: no message is created meanwhile")
+    other = create_app(app_config)  # a second server process, as far as ingest can tell
+    with app.app_context():
+        ingest.apply_batch([job("dr", receipt("race-held", "success"))])
+        committed = batch_counts()
+        blocker = db.engine.connect()
+        try:
+            blocker.execute(
+                db.text("SELECT 1 FROM message WHERE request_id = 'race-held' FOR UPDATE")
+            )
+            # Creates race-new, then waits for race-held: it holds race-new's insert open.
+            creating = [
+                job("register", registration("race-new", "79230000001", "first", tags=["x"])),
+                job("dr", receipt("race-new", "delivered", cost=True)),
+                job("dr", receipt("race-held", "seen")),
+            ]
+            meanwhile = [
+                job("register", registration("race-new", "79230000001", "again", tags=["y"])),
+                job("dr", receipt("race-new", "delivered", cost=True)),
+                job("dr", receipt("race-new", "seen")),
+            ]
+
+            def apply_in(app_, jobs):
+                with app_.app_context():
+                    ingest.apply_batch(jobs)
+
+            first = threading.Thread(target=apply_in, args=(other, creating))
+            first.start()
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            until(
+                lambda: (
+                    blocker.execute(db.text(f"SELECT pg_stat_clear_snapshot(), ({waiting})")).one()[
+                        1
+                    ]
+                    == 1
+                ),
+                what="the first batch waiting for the held message",
+            )
+            second = threading.Thread(target=apply_in, args=(app, meanwhile))
+            second.start()
+            until(
+                lambda: (
+                    blocker.execute(db.text(f"SELECT pg_stat_clear_snapshot(), ({waiting})")).one()[
+                        1
+                    ]
+                    == 2
+                ),
+                what="the second batch waiting for the message being created",
+            )
+        finally:
+            blocker.rollback()
+            blocker.close()
+        first.join(30)
+        second.join(30)
+        assert not first.is_alive() and not second.is_alive()
+        assert batch_counts() == (committed[0] + 2, committed[1] + 6)
+        other.extensions["sqlalchemy"].engines[None].dispose()
+        assert [j.result.outcome for j in creating] == ["accepted"] * 3
+        assert [(j.result.http_status, j.result.outcome) for j in meanwhile] == [
+            (200, "accepted"),
+            (200, "duplicate"),
+            (200, "accepted"),
+        ]
+        m = db.session.get(Message, "race-new")
+        assert (m.status, m.text, m.tags, m.receipts_count, m.cost_local_price) == (
+            "seen",
+            "again",
+            "x,y",
+            2,
+            0.012,
+        )
+        assert m.created_at == creating[0].received_at
+        assert_consistent()
 
 
 # --- the production command ----------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""One ingest batch, inside the caller's transaction: the touched messages are locked and
-what is stored about them read (one round trip on PostgreSQL); each body is decided in arrival
-order (accepted, duplicate or rejected, each its own answer); then raw bodies, receipts and
-replies, the messages' columns (`derivation.message_columns`), activity rows, contacts, the
-hot rows (tally and rollups, once per key in key order) and the spool marks are written.
+"""One ingest batch, inside the caller's transaction: the messages not stored yet are created
+with their whole rows, the others locked and what is stored about them read (`read_messages`);
+each body is decided (accepted, duplicate or rejected, each its own answer) after its message's
+earlier ones, on what is stored about that message; then, in arrival order, raw bodies,
+receipts and replies, the changed messages' columns (`derivation.message_columns`), activity
+rows, contacts, the hot rows (tally and rollups, once per key in key order) and the spool marks
+are written.
 Status changes go only through `status.fold`, over the whole set of a message's receipts, so
 any arrival order, batching or concurrency gives the same record. No `request` here.
 """
@@ -55,8 +57,8 @@ from ..records.sqlutil import (
 )
 from .jobs import Job, Parsed, Result
 from .stored import (
-    NEW_ROW,
     STORED_RAW_COLUMNS,
+    Stored,
     read_messages,
     registration_of,
 )
@@ -66,7 +68,8 @@ from .stored import (
 class Touched:
     """One message a batch touches: what is stored, and what the batch adds."""
 
-    row: object  # the locked row as stored (receipts_count NEW_ROW when created now)
+    row: object | None  # the locked row as stored; None for a message this batch creates
+    created_at: datetime
     receipts: dict  # content_hash -> ReceiptFact
     replies: dict  # content_hash -> ReplyFact (new ones get theirs once their raw id is known)
     registration: Registration | None
@@ -81,9 +84,26 @@ class Touched:
         self.phone = None if self.new else self.row.phone
         self.statuses = {r.status for r in self.receipts.values()}
 
+    @classmethod
+    def created(cls, at: datetime) -> Touched:
+        """A message first heard of at `at`, with nothing stored."""
+        return cls(None, at, {}, {}, None)
+
+    @classmethod
+    def of(cls, row, stored: Stored) -> Touched:
+        """A stored message: its locked row, and its receipts and replies as read."""
+        rid = row.request_id
+        return cls(
+            row,
+            row.created_at,
+            stored.receipts.get(rid, {}),
+            stored.replies.get(rid, {}),
+            registration_of(row),
+        )
+
     @property
     def new(self) -> bool:
-        return self.row.receipts_count == NEW_ROW
+        return self.row is None
 
     @property
     def status(self) -> str | None:
@@ -153,6 +173,18 @@ def _statements() -> SimpleNamespace:
     )
 
 
+def _json_once(made: dict[tuple, str], value: dict) -> str:
+    """`value` as JSON, made once for equal values among those given `made`."""
+    key = tuple(value.items())
+    try:
+        text = made.get(key)
+    except TypeError:  # a value that is not a string: made each time
+        return json.dumps(value)
+    if text is None:
+        text = made[key] = json.dumps(value)
+    return text
+
+
 def bounded_text(value: str | None, limit: int) -> str | None:
     """A header value fit for a bounded text column (PostgreSQL text cannot hold NUL)."""
     return None if value is None else value.replace("\x00", "\ufffd")[:limit]
@@ -166,6 +198,12 @@ class IngestBatch:
         self.parsed = parsed
         self.zone = zone
         self.sign_window = sign_window  # seconds a signature is remembered as used (twice)
+        # request_id -> the columns of each message this batch created (written already).
+        self.created: dict[str, dict] = {}
+        self._forget_decisions()
+
+    def _forget_decisions(self) -> None:
+        """What deciding the bodies gathers; forgotten when they are decided again."""
         self.touched: dict[str, Touched] = {}
         self.new_receipts: dict[str, list] = {}  # content_hash -> [Parsed, Repeat]
         self.new_replies: dict[str, list] = {}
@@ -187,26 +225,96 @@ class IngestBatch:
             rid, at = p.request_id, p.job.received_at
             if rid not in first_heard or at < first_heard[rid]:
                 first_heard[rid] = at
-        rows, receipts, replies, raw_ids = read_messages(
-            conn, first_heard, sum(p.job.raw_id is None for p in self.parsed)
+        stored = read_messages(
+            conn,
+            sorted(first_heard),
+            lambda ids: self._new_rows(valid, {rid: first_heard[rid] for rid in ids}),
+            sum(p.job.raw_id is None for p in self.parsed),
         )
-        for rid, row in rows.items():
-            self.touched[rid] = Touched(
-                row, receipts.get(rid, {}), replies.get(rid, {}), registration_of(row)
-            )
+        # A message's bodies are decided on what is stored about it and on each other only:
+        # those of the messages created are decided (above), the stored ones' now. Should
+        # another transaction have created one found new meanwhile, all are decided again.
+        decided = stored.created if len(stored.created) == len(self.touched) else set()
+        if not decided:
+            self._forget_decisions()
+        self.touched = {
+            rid: self.touched[rid]
+            if rid in decided
+            else Touched.of(stored.rows[rid], stored)
+            if rid in stored.rows
+            else Touched.created(at)
+            for rid, at in first_heard.items()
+        }
         for p in valid:
-            self._decide(p)
+            if p.request_id not in decided:
+                self._decide(p)
+        self.created = {rid: self.created[rid] for rid in stored.created}
+        self._in_arrival_order()
         # A small batch's writes go to PostgreSQL in one round trip; a large one's by COPY.
         with pipelined(conn) if len(self.parsed) < COPY_FROM else nullcontext():
-            self._write_raw(conn, raw_ids)
+            self._write_raw(conn, stored.raw_ids)
             self._write_records(conn)
             changes = self._write_messages(conn)
             self._write_activity(conn)
+            self._touch_contacts()
             contacts.write(conn, self.contacts)
             for moves in changes:
                 moves.write(conn)
             write_marks(conn, jobs)
         return bool(self.events)
+
+    def _new_rows(self, valid: list[Parsed], first_heard: dict[str, datetime]) -> list[dict]:
+        """The whole row of each message in `first_heard` were it new, in requestId order: its
+        bodies decided with nothing stored (when it is new, these are the decisions)."""
+        self.touched = {rid: Touched.created(at) for rid, at in first_heard.items()}
+        for p in valid:
+            if p.request_id in self.touched:
+                self._decide(p)
+        # A new reply's raw id comes later (after the locks): it follows every stored body's
+        # and the batch's earlier ones, which is all the order of a message's replies needs.
+        after = max((p.job.raw_id or 0 for p in self.parsed), default=0) + 1
+        order = {
+            id(p): p.job.raw_id if p.job.raw_id is not None else after + i
+            for i, p in enumerate(self.parsed)
+        }
+        for digest, (p, _repeat) in self.new_replies.items():
+            self.touched[p.request_id].replies[digest] = reply_fact(
+                p.item, p.job.received_at, order[id(p)]
+            )
+        rows = []
+        for rid in sorted(self.touched):
+            msg = self.touched[rid]
+            self.created[rid] = self._columns(msg)
+            rows.append({"request_id": rid, "created_at": msg.created_at, **self.created[rid]})
+        return rows
+
+    def _in_arrival_order(self) -> None:
+        """The events, and the receipts and replies first received, in the order the bodies
+        arrived (the messages' bodies were decided in two groups)."""
+        position = {id(p): i for i, p in enumerate(self.parsed)}
+        self.events.sort(key=lambda event: position[id(event[0])])
+        for kept in (self.new_receipts, self.new_replies):
+            ordered = sorted(kept.items(), key=lambda item: position[id(item[1][0])])
+            kept.clear()
+            kept.update(ordered)
+
+    def _touch_contacts(self) -> None:
+        """Each reply and registration accepted, in arrival order, touches its phone's
+        contact: a reply counts there, and each offers its preview (the later arrival wins)."""
+        for p, kind, phone, _status in self.events:
+            item, at = p.item, p.job.received_at
+            if kind == "reply":
+                change = self.contacts.of(phone, at)
+                change.replied(at)
+                change.show(reply_preview(item.text, item.file_name, item.media), at)
+            elif kind == "register":
+                self.contacts.of(phone, at).show(outbound_preview(item.text), at)
+
+    def _columns(self, msg: Touched) -> dict:
+        """Every derived column of `msg`, from all that is known of it now."""
+        return message_columns(
+            msg.receipts.values(), msg.replies.values(), msg.registration, msg.created_at, self.zone
+        )
 
     def _leave_out_applied(self, conn) -> None:
         """A body from the spool that is stored already, same endpoint, received time and
@@ -273,9 +381,6 @@ class IngestBatch:
             self.new_replies[digest] = [p, Repeat(1, at)]
             p.result = Result(200, "accepted", None, item.trace_request_id)
             msg.event(at)
-            change = self.contacts.of(item.phone, at)
-            change.replied(at)
-            change.show(reply_preview(item.text, item.file_name, item.media), at)
             if msg.registration is None and msg.phone is None:
                 msg.phone = item.phone
             self.events.append((p, "reply", item.phone, msg.status))
@@ -301,12 +406,12 @@ class IngestBatch:
                 201 if first else 200, "accepted", None, item.request_id, payload=payload
             )
             msg.event(at)
-            self.contacts.of(item.phone, at).show(outbound_preview(item.text), at)
             msg.phone = item.phone
             self.events.append((p, "register", item.phone, msg.status))
 
     def _write_raw(self, conn, ids: list[int]) -> None:
         fresh, again, now = [], [], utcnow()
+        headers: dict[tuple, str] = {}  # the items of one bulk request share its headers
         for p in self.parsed:
             job, result = p.job, p.result
             reason = result.error["error"] if result.error else None
@@ -330,7 +435,7 @@ class IngestBatch:
                     "received_at": job.received_at,
                     "content_type": bounded_text(job.content_type, 255),
                     "body": job.body,
-                    "headers": json.dumps(job.headers),
+                    "headers": _json_once(headers, job.headers),
                     "remote_addr": bounded_text(job.remote_addr, 64),
                     "outcome": result.outcome,
                     "http_status": result.http_status,
@@ -387,18 +492,15 @@ class IngestBatch:
         tally_moves, rollup_moves, tag_moves = tally.Moves(), rollup.Moves(), tag_rollup.Moves()
         updates = []
         for rid, msg in self.touched.items():
-            if not (msg.changed or msg.new):
-                continue
             row = msg.row
-            columns = message_columns(
-                msg.receipts.values(),
-                msg.replies.values(),
-                msg.registration,
-                row.created_at,
-                self.zone,
-            )
-            updates.append({"b_rid": rid, **columns})
-            after = SimpleNamespace(created_at=row.created_at, **columns)
+            if msg.new:
+                columns = self.created[rid]
+            elif msg.changed:
+                columns = self._columns(msg)
+                updates.append({"b_rid": rid, **columns})
+            else:
+                continue
+            after = SimpleNamespace(created_at=msg.created_at, **columns)
             tags = tags_of(columns["tags"])
             if msg.new:
                 tally_moves.move(None, tally.key_of(after))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections import namedtuple
 from collections.abc import Callable
 from contextlib import closing, contextmanager
@@ -95,9 +96,15 @@ def _sqlite_value(value):
     return value
 
 
+@lru_cache(maxsize=8192)
+def _naive_utc(value: datetime) -> datetime:
+    # As _sqlite_datetime: the same instants recur in a batch.
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
 def _postgresql_value(value):
     if isinstance(value, datetime):
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return _naive_utc(value)
     return value
 
 
@@ -154,32 +161,98 @@ def _needs_conversion(kind) -> bool:
     return isinstance(getattr(kind, "impl", kind), (DateTime, Date, NullType))
 
 
+def _returns(stmt) -> bool:
+    """Whether `stmt` asks for RETURNING (PostgreSQL's INSERT also returns a generated key
+    unasked, which is not read)."""
+    return bool(getattr(stmt, "returning_column_descriptions", None))
+
+
+def _picker(names: tuple) -> Callable[[dict], tuple]:
+    """A row's values of `names`, in that order (itemgetter gives one name's value bare)."""
+    if len(names) == 1:
+        return lambda row: (row[names[0]],)
+    return itemgetter(*names)
+
+
+def _row_values(rows: list, pick: Callable | None, converting: tuple) -> list:
+    """Each row's values: `pick`ed (None: the row is its values already), and at each of
+    `converting`'s positions converted by its function unless NULL (as the column's type
+    would store or give the value)."""
+    if not converting:
+        return rows if pick is None else [pick(row) for row in rows]
+    out = []
+    for row in rows:
+        values = list(row if pick is None else pick(row))
+        for at, convert in converting:
+            value = values[at]
+            if value is not None:
+                values[at] = convert(value)
+        out.append(values)
+    return out
+
+
+def _split_values(sql: str) -> tuple[str, str, str]:
+    """An INSERT's SQL cut around its one row of VALUES: (before, the row inside its
+    parentheses, after)."""
+    head, _, rest = sql.partition(" VALUES (")
+    depth, end = 1, 0
+    while depth:
+        depth += {"(": 1, ")": -1}.get(rest[end], 0)
+        end += 1
+    return head, rest[: end - 1], rest[end:]
+
+
+# The rows of an INSERT go to SQLite in statements of this many rows each, while there are as
+# many left, the rest one at a time: SQLite does per statement what an FTS5 table behind a
+# trigger costs most (it writes its pending terms out when each statement ends), and a
+# statement's own overhead. A few fixed sizes keep the statements in the driver's cache.
+INSERT_BLOCKS = (64, 8)
+# Bound parameters SQLite takes in one statement (its default since 3.32, 999 before).
+_SQLITE_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+
 class Compiled:
-    """A statement compiled once for SQLite, run with the driver's executemany, its values
-    converted as the column types would store them, only where the type needs it."""
+    """A statement compiled once for SQLite, its values converted as the column types would
+    store them, only where the type needs it. An INSERT runs in blocks of rows
+    (INSERT_BLOCKS), anything else with the driver's executemany; a statement with RETURNING
+    runs each row on its own (executemany drops what it returns)."""
 
     def __init__(self, stmt, dialect, names: tuple):
         compiled = stmt.compile(dialect=dialect, column_keys=list(names))
         self.sql = compiled.string
         self.order = tuple(compiled.positiontup)
         self.constants = _constants(compiled, names)
-        self.converters = {
-            name: _sqlite_value
-            for name in self.order
+        self.pick = _picker(self.order)
+        self.converting = tuple(
+            (at, _sqlite_value)
+            for at, name in enumerate(self.order)
             if name in names and _needs_conversion(compiled.binds[name].type)
-        }
-
-    def run(self, cur, rows: list[dict]) -> None:
-        constants, converters = self.constants, self.converters
-        if constants:
-            rows = [{**constants, **row} for row in rows]
-        if converters:
-            rows = [{**row, **{n: f(row[n]) for n, f in converters.items()}} for row in rows]
-        pick = itemgetter(*self.order)
-        cur.executemany(
-            self.sql,
-            [pick(row) for row in rows] if len(self.order) > 1 else [(pick(row),) for row in rows],
         )
+        self.returning = _returns(stmt)
+        self.blocks = []
+        if isinstance(stmt, Insert) and " VALUES (" in self.sql:
+            head, row, tail = _split_values(self.sql)
+            for size in INSERT_BLOCKS:
+                if size * len(self.order) <= _SQLITE_VARIABLES:
+                    self.blocks.append(
+                        (size, f"{head} VALUES {', '.join([f'({row})'] * size)}{tail}")
+                    )
+
+    def run(self, cur, rows: list[dict]) -> list:
+        if self.constants:
+            rows = [{**self.constants, **row} for row in rows]
+        values = _row_values(rows, self.pick, self.converting)
+        out, done = [], 0
+        for size, sql in self.blocks:
+            while len(values) - done >= size:
+                cur.execute(sql, [v for row in values[done : done + size] for v in row])
+                out += cur.fetchall()
+                done += size
+        if self.returning:
+            return out + [r for v in values[done:] for r in cur.execute(self.sql, v).fetchall()]
+        if done < len(values):
+            cur.executemany(self.sql, values[done:])
+        return out
 
 
 _PARAM = re.compile(r"%\((\w+)\)s")
@@ -206,11 +279,11 @@ def _copy_type(kind) -> str:
 
 
 def _copy_value(kind: str):
-    """How a value goes into a binary COPY as `kind` (None: as it is)."""
+    """How a value (not NULL) goes into a binary COPY as `kind` (None: as it is)."""
     if kind == "timestamp":
-        return lambda v: None if v is None else v.astimezone(UTC).replace(tzinfo=None)
+        return _naive_utc
     if kind == "numeric":
-        return lambda v: None if v is None else Decimal(repr(v)) if isinstance(v, float) else v
+        return lambda v: Decimal(repr(v)) if isinstance(v, float) else v
     return None
 
 
@@ -218,7 +291,8 @@ class CompiledCopy:
     """A statement compiled once for PostgreSQL, run for many rows with binary COPY, the
     fastest way in: a plain INSERT copies straight into its table; any other statement copies
     its rows into a temporary table and runs once over it, in the order given. Fewer than
-    COPY_FROM rows go by the driver's execute or executemany instead, quicker for them."""
+    COPY_FROM rows go by the driver's execute or executemany instead, quicker for them. What a
+    statement with RETURNING returns is read either way."""
 
     _count = 0
 
@@ -233,13 +307,20 @@ class CompiledCopy:
         }
         self.names = tuple(n for n in names if n in compiled.binds)
         self.types = tuple(_copy_type(compiled.binds[n].type) for n in self.names)
-        self.values = tuple(_copy_value(t) for t in self.types)
+        self.pick = _picker(self.names)
+        self.converting = tuple(
+            (at, convert)
+            for at, convert in enumerate(_copy_value(t) for t in self.types)
+            if convert is not None
+        )
+        self.returning = _returns(stmt)
         table = getattr(stmt, "table", None)
         plain_insert = (
             isinstance(stmt, Insert)
             and getattr(stmt, "_post_values_clause", None) is None
             and not stmt._values
             and not self.constants
+            and not self.returning
         )
         if plain_insert:
             self.copy = f"COPY {table.name} ({', '.join(self.names)}) FROM STDIN (FORMAT BINARY)"
@@ -257,19 +338,20 @@ class CompiledCopy:
         # WHERE true: an INSERT's SELECT followed by ON CONFLICT is then not read as a join.
         source = f"(SELECT * FROM {temp} ORDER BY v_order) AS v WHERE true"
         if body.startswith("INSERT"):
-            head, _, rest = body.partition(" VALUES (")
-            depth, end = 1, 0
-            while depth:
-                depth += {"(": 1, ")": -1}.get(rest[end], 0)
-                end += 1
-            body = f"{head} SELECT {rest[: end - 1]} FROM {source}{rest[end:]}"
+            head, row, tail = _split_values(body)
+            body = f"{head} SELECT {row} FROM {source}{tail}"
         else:
             head, _, tail = body.partition(" WHERE ")
             body = f"{head} FROM {source} AND {tail}"
-        # The temporary rows go in the same statement, so the next use starts empty.
-        self.via_temp = f"WITH applied AS ({body} RETURNING 1) DELETE FROM {temp}"
+        # The temporary rows go in the same statement, so the next use starts empty (the
+        # statement's parts share one snapshot: the rows are read before they are deleted).
+        self.via_temp = (
+            f"WITH applied AS ({body}), emptied AS (DELETE FROM {temp}) SELECT * FROM applied"
+            if self.returning
+            else f"WITH applied AS ({body} RETURNING 1) DELETE FROM {temp}"
+        )
 
-    def run(self, cur, rows: list[dict]) -> None:
+    def run(self, cur, rows: list[dict]) -> list:
         # COPY cannot run inside a pipeline; a pipeline's statements cost no round trip each.
         if len(rows) < COPY_FROM or cur.connection.pgconn.pipeline_status:
             constants, converters = self.constants, self.converters
@@ -280,21 +362,27 @@ class CompiledCopy:
             if len(params) == 1:
                 cur.execute(self.sql, params[0])
             else:
-                cur.executemany(self.sql, params)
-            return
+                cur.executemany(self.sql, params, returning=self.returning)
+            return _every_result(cur) if self.returning else []
         if self.via_temp is not None:
             cur.execute(self.create)
-        steps = tuple(zip(self.names, self.values, strict=False))
         with cur.copy(self.copy) as copy:
             copy.set_types(list(self.types) + ([] if self.via_temp is None else ["int4"]))
-            for i, row in enumerate(rows):
-                values = [row[n] if f is None else f(row[n]) for n, f in steps]
-                if self.via_temp is not None:
-                    values.append(i)
-                copy.write_row(values)
+            for i, values in enumerate(_row_values(rows, self.pick, self.converting)):
+                copy.write_row((*values, i) if self.via_temp is not None else values)
         if self.via_temp is not None:
             # Planned for these rows, as `Sent` plans its reads.
             cur.execute(self.via_temp, self.constants, prepare=False)
+        return cur.fetchall() if self.returning else []
+
+
+def _every_result(cur) -> list:
+    """The rows of every result on the cursor (executemany leaves one per row given)."""
+    out = []
+    while True:
+        out += cur.fetchall()
+        if not cur.nextset():
+            return out
 
 
 @lru_cache(maxsize=512)
@@ -302,11 +390,13 @@ def _compiled(stmt, dialect, names: tuple):
     return (CompiledCopy if dialect.name == "postgresql" else Compiled)(stmt, dialect, names)
 
 
-def run_many(conn, stmt, rows: list[dict]) -> None:
-    """Run `stmt` for every row (all with the same keys), in the order given, through the driver."""
-    if rows:
-        with closing(cursor(conn)) as cur:
-            _compiled(stmt, conn.dialect, tuple(rows[0])).run(cur, rows)
+def run_many(conn, stmt, rows: list[dict]) -> list:
+    """Run `stmt` for every row (all with the same keys), in the order given, through the
+    driver; what it returns (a statement with RETURNING), as the driver gives it."""
+    if not rows:
+        return []
+    with closing(cursor(conn)) as cur:
+        return _compiled(stmt, conn.dialect, tuple(rows[0])).run(cur, rows)
 
 
 @contextmanager
@@ -364,20 +454,16 @@ def send_next_ids(conn, table, n: int) -> Sent:
     )
 
 
-def _from_sqlite_datetime(value):
-    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+# How a value (not NULL) read through the driver is given as its column's type gives it; the
+# same instants recur in what a batch reads.
+@lru_cache(maxsize=8192)
+def _from_sqlite_datetime(value: str) -> datetime:
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
-def _from_naive_utc(value):
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
-def _to_float(value):
-    return None if value is None else float(value)
-
-
-def _to_bool(value):
-    return None if value is None else bool(value)
+@lru_cache(maxsize=8192)
+def _from_naive_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC)
 
 
 def _to_date(value):
@@ -387,7 +473,8 @@ def _to_date(value):
 @cache
 def _reader(dialect: str, table, columns: tuple, key: str, lock: bool):
     """SQL selecting `columns` of the rows whose `key` is in a list given as one parameter,
-    the named-tuple type of its rows, and a converter per column (None: as the driver gives it)."""
+    the named-tuple type of its rows, and the converter of each column that needs one
+    (position, function), as `_row_values` takes them."""
     names = ", ".join(columns)
     if dialect == "postgresql":
         sql = f"SELECT {names} FROM {table.name} WHERE {key} = ANY(%(ids)s)"
@@ -395,21 +482,21 @@ def _reader(dialect: str, table, columns: tuple, key: str, lock: bool):
             sql += f" ORDER BY {key} FOR UPDATE"
     else:
         sql = f"SELECT {names} FROM {table.name} WHERE {key} IN (SELECT value FROM json_each(?))"
-    converters = []
-    for name in columns:
+    converting = []
+    for at, name in enumerate(columns):
         kind = table.c[name].type
         impl = getattr(kind, "impl", kind)
         if isinstance(impl, DateTime):
-            converters.append(_from_naive_utc if dialect == "postgresql" else _from_sqlite_datetime)
+            converting.append(
+                (at, _from_naive_utc if dialect == "postgresql" else _from_sqlite_datetime)
+            )
         elif isinstance(impl, Date):
-            converters.append(_to_date)
+            converting.append((at, _to_date))
         elif isinstance(impl, Boolean):
-            converters.append(_to_bool)
+            converting.append((at, bool))
         elif isinstance(impl, Numeric) and not getattr(impl, "asdecimal", True):
-            converters.append(_to_float)
-        else:
-            converters.append(None)
-    return sql, namedtuple(f"{table.name}_row", columns), tuple(converters)
+            converting.append((at, float))
+    return sql, namedtuple(f"{table.name}_row", columns), tuple(converting)
 
 
 def send_select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bool = False) -> Sent:
@@ -418,7 +505,7 @@ def send_select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bo
     `lock` (PostgreSQL) locks them, in key order."""
     if not ids:
         return Sent(conn, None, None, lambda _: [])
-    sql, row, converters = _reader(conn.dialect.name, table, columns, key, lock)
+    sql, row, converting = _reader(conn.dialect.name, table, columns, key, lock)
     postgres = conn.dialect.name == "postgresql"
     if _needs_conversion(table.c[key].type):  # keys as the column stores them (times)
         ids = [(_postgresql_value if postgres else _sqlite_value)(v) for v in ids]
@@ -427,10 +514,7 @@ def send_select_in(conn, table, columns: tuple, key: str, ids: list, *, lock: bo
         conn,
         sql,
         params,
-        lambda fetched: [
-            row(*[v if f is None else f(v) for f, v in zip(converters, raw, strict=False)])
-            for raw in fetched
-        ],
+        lambda fetched: [row._make(v) for v in _row_values(fetched, None, converting)],
     )
 
 
