@@ -8,7 +8,7 @@ HTMX_VERSION ?= 2.0.11
 HTMX_WS_VERSION ?= 2.0.4
 CHARTJS_VERSION ?= 4.6.1
 
-.PHONY: install run serve test lint bench bench-campaigns bench-search bench-pages bench-live bench-live-tabs bench-reconnect bench-slow bench-soak bench-access demo vendor clean
+.PHONY: install run serve test lint bench bench-campaigns bench-search bench-pages bench-live bench-live-tabs bench-reconnect bench-slow bench-soak bench-access bench-proxy bench-page wrk demo vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,14 +44,17 @@ serve: install
 	$(BIN)/viberwatch ensure-admin
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/gunicorn -c gunicorn.conf.py 'app:create_app()'
 
+# wrk, the HTTP load generator of the benchmarks, from the system's packages when missing.
+wrk:
+	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
+
 # Benchmarks (docs/benchmarks.md). BENCH_MESSAGES=20000 for a quick run; needs wrk, and
 # PostgreSQL's server binaries for the soak (it runs a PostgreSQL cluster of its own).
 BENCH_MESSAGES ?= 1000000
 SOAK_MINUTES ?= 10
 SOAK_RATE ?= 500
-bench: install
-	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
+bench: install wrk
 	$(BIN)/python bench/run.py --messages $(BENCH_MESSAGES)
 	$(BIN)/python bench/live_latency.py --write-docs
 	$(BIN)/python bench/live_tabs.py --write-docs
@@ -109,9 +112,7 @@ bench-live-tabs: install
 	$(BIN)/python bench/live_tabs.py --write-docs
 
 # Only the send proxy's cost and the bulk registration rate.
-bench-proxy: install
-	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
+bench-proxy: install wrk
 	$(BIN)/python bench/proxy.py --write-docs
 
 # Only what the roles and the audit log cost: the commit before them (ACCESS_BEFORE) and this
@@ -120,9 +121,7 @@ bench-proxy: install
 ACCESS_BEFORE ?= a11fc0e
 ACCESS_MESSAGES ?= 200000
 ACCESS_ROUNDS ?= 5
-bench-access: install
-	@command -v wrk >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y wrk; }
+bench-access: install wrk
 	$(BIN)/python bench/access_cost.py --before $(ACCESS_BEFORE) --messages $(ACCESS_MESSAGES) \
 	  --rounds $(ACCESS_ROUNDS) --write-docs
 
