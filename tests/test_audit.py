@@ -106,8 +106,17 @@ def test_sign_out_is_recorded(app, client):
 # Passwords.
 
 
-def test_changing_ones_own_password_is_recorded_and_a_refused_change_is_not(app, client):
+def test_changing_ones_own_password_is_recorded_and_so_is_a_wrong_current_password(app, client):
     start = mark(app)
+    differ = client.post(
+        "/account/password",
+        data={
+            "current_password": "not the password",
+            "new_password": NEW_PASSWORD,
+            "confirm_password": NEW_PASSWORD + "x",
+        },
+    )
+    assert differ.status_code == 400 and entries(app, start) == []  # no password was checked
     wrong = client.post(
         "/account/password",
         data={
@@ -116,7 +125,9 @@ def test_changing_ones_own_password_is_recorded_and_a_refused_change_is_not(app,
             "confirm_password": NEW_PASSWORD,
         },
     )
-    assert wrong.status_code == 400 and entries(app, start) == []
+    assert wrong.status_code == 400
+    entry = only_new(app, start, "password_change_failed")
+    by_admin(app, entry, ADMIN, {"reason": "wrong password"})
     other = log_in(app, app.test_client())
     start = mark(app)
     changed = client.post(

@@ -47,6 +47,10 @@ def password():
     )
     if checked.user is None:
         wrong = checked.http_status == 401
+        if wrong:  # a password was checked and refused: a stolen cookie guessing shows here
+            audit.record(
+                "password_change_failed", current_user.username, {"reason": "wrong password"}
+            )
         page, status = _page(
             error="Password not changed: "
             + ("the current password is wrong." if wrong else checked.error),

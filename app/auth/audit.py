@@ -25,6 +25,7 @@ ACTIONS = {
     "sign_in_failed": "failed to sign in",
     "sign_out": "signed out",
     "password_change": "changed own password",
+    "password_change_failed": "failed to change own password",
     "password_reset": "reset a password",
     "user_create": "created a user",
     "role_change": "changed a role",
