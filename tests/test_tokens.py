@@ -79,6 +79,47 @@ def test_revoke_by_name_and_by_id(app, live_server):
     assert listing.count("revoked") == 2
 
 
+def test_a_number_is_an_id_when_a_live_token_has_it_else_a_name(app, live_server):
+    """A token named with digits can be revoked by its name; `--name` reads the number as a
+    name even when a token has that id; a number past any id is a name, not an error."""
+    url = f"{live_server.url}/api/messages/{RID}"
+    one = create(app, "one")  # id 1
+    named_one = create(app, "1")  # id 2, named "1"
+    named_seven = create(app, "7")  # id 3: no token has id 7
+    huge = "1" + "0" * 30
+    named_huge = create(app, huge)  # id 4
+    runner = app.test_cli_runner()
+
+    def live(token: str) -> bool:
+        return httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+
+    by_name = runner.invoke(args=["revoke-token", "1", "--name"])
+    assert by_name.exit_code == 0 and "revoked token 2 (1)" in by_name.output
+    assert live(one) and not live(named_one)
+    seven = runner.invoke(args=["revoke-token", "7"])
+    assert seven.exit_code == 0 and "revoked token 3 (7)" in seven.output
+    big = runner.invoke(args=["revoke-token", huge])
+    assert big.exit_code == 0 and f"revoked token 4 ({huge})" in big.output
+    assert not live(named_seven) and not live(named_huge)
+    by_id = runner.invoke(args=["revoke-token", "1"])
+    assert by_id.exit_code == 0 and "revoked token 1 (one)" in by_id.output
+    gone = runner.invoke(args=["revoke-token", "1", "--name"])
+    assert gone.exit_code != 0 and "no active token with name '1'" in gone.output
+
+
+def test_the_page_revokes_by_id_only(app):
+    """The page's revoke names a token by id: a revoked token's id never reaches a live token
+    whose name is that number."""
+    from app.auth import tokens
+
+    create(app, "first")  # id 1
+    create(app, "1")  # id 2, named "1"
+    with app.app_context():
+        assert [t.id for t in tokens.revoke_token("1", by="id")] == [1]
+        assert tokens.revoke_token("1", by="id") == []
+        assert [t.id for t in tokens.revoke_token("1")] == [2]
+
+
 def test_token_name_is_required(app):
     result = app.test_cli_runner().invoke(args=["create-token", "   "])
     assert result.exit_code != 0 and "token name" in result.output

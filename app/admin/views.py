@@ -201,7 +201,7 @@ def revoke_token(token_id: int):
     row = db.session.get(ApiToken, token_id)
     if row is None:
         abort(404)
-    revoked = tokens.revoke_token(str(token_id))
+    revoked = tokens.revoke_token(str(token_id), by="id")
     text = f"Token {row.name} revoked." if revoked else f"Token {row.name} was revoked already."
     return _done("admin.tokens_page", text)
 

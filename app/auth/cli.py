@@ -153,10 +153,14 @@ def register(app: Flask) -> None:
 
     @app.cli.command("revoke-token")
     @click.argument("ident")
-    def revoke_token(ident: str):
-        """Revoke API tokens by id or by name."""
-        rows = tokens.revoke_token(ident)
+    @click.option(
+        "--name", "by_name", is_flag=True, help="IDENT is a name, even when it is a number."
+    )
+    def revoke_token(ident: str, by_name: bool):
+        """Revoke API tokens by id or by name (a number is an id when a live token has it)."""
+        rows = tokens.revoke_token(ident, by="name" if by_name else None)
         if not rows:
-            raise click.ClickException(f"no active token with id or name {ident!r}")
+            what = "name" if by_name else "id or name"
+            raise click.ClickException(f"no active token with {what} {ident!r}")
         for row in rows:
             click.echo(f"revoked token {row.id} ({row.name})")

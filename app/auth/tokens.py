@@ -111,15 +111,19 @@ def list_tokens() -> list[ApiToken]:
     return list(db.session.execute(db.select(ApiToken).order_by(ApiToken.id)).scalars())
 
 
-def revoke_token(ident: str) -> list[ApiToken]:
-    """Revoke live tokens by id or by name; returns those revoked."""
-    query = db.select(ApiToken).where(ApiToken.revoked_at.is_(None))
-    query = (
-        query.where(ApiToken.id == int(ident))
-        if ident.isdigit()
-        else query.where(ApiToken.name == ident)
-    )
-    rows = list(db.session.execute(query).scalars())
+# The largest id an Integer column holds: a longer number can only be a name.
+_MAX_ID = 2**31 - 1
+
+
+def revoke_token(ident: str, *, by: str | None = None) -> list[ApiToken]:
+    """Revoke live tokens by id or by name; returns those revoked. `by` "id" or "name": only
+    that; None: a number is an id when a live token has it, else a name."""
+    live = db.select(ApiToken).where(ApiToken.revoked_at.is_(None))
+    rows = []
+    if by != "name" and ident.isascii() and ident.isdigit() and int(ident) <= _MAX_ID:
+        rows = list(db.session.execute(live.where(ApiToken.id == int(ident))).scalars())
+    if not rows and by != "id":
+        rows = list(db.session.execute(live.where(ApiToken.name == ident)).scalars())
     for row in rows:
         row.revoked_at = utcnow()
         db.session.add(audit.entry("token_revoke", f"{row.id} {row.name}"))
