@@ -385,7 +385,7 @@ SETTINGS: tuple[Setting, ...] = (
         env=("REDIS_URL", "VIBERWATCH_REDIS_URL"),
     ),
     _app("LIVE_POLL_INTERVAL", 1.0, "seconds between reads of the activity log unwoken"),
-    _app("LIVE_SQLITE_WATCH_INTERVAL", 0.05, "seconds between checks of a SQLite file (0: off)"),
+    _app("LIVE_SQLITE_WATCH_INTERVAL", 0.01, "seconds between checks of a SQLite file (0: off)"),
     _app("LIVE_GAP_WAIT", 1.0, "seconds to wait for an activity id not yet committed"),
     _app("LIVE_QUEUE_BATCHES", 500, "batches a socket may have waiting before it is closed"),
     _app("LIVE_FEED_CAP", 50, "longest live feed, in events"),

@@ -5,6 +5,7 @@ dashboard, through the poll."""
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -17,7 +18,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.live.wake import RETRY_SECONDS, RedisBackend
+from app.live.wake import RETRY_SECONDS, RedisBackend, SqliteBackend
 from app.records.models import Message, db
 from support.accounts import create_test_user
 from support.bodies import receipt
@@ -269,3 +270,30 @@ def test_workers_without_redis_still_push_every_receipt(gunicorn_without_redis):
     # One line per process at most (two workers and the ingest committer), never a traceback.
     assert 1 <= text.count("live wake-up channel redis lost") <= 3
     assert "Traceback" not in text
+
+
+def test_the_sqlite_file_watch_is_quick_only_while_a_dashboard_is_open(tmp_path):
+    """While the process has an open dashboard (`busy`), another process's commit wakes the
+    tailer at the next quick check; with none, the file is checked only every `idle` seconds,
+    so a commit does not wake it at the quick pace."""
+    path = tmp_path / "watched.db"
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x)")
+    writer.commit()
+    for busy in (True, False):
+        woken, stopped = threading.Event(), threading.Event()
+        backend = SqliteBackend(woken.set, stopped, str(path), 0.01, lambda b=busy: b, idle=60)
+        backend.start_listener()
+        try:
+            assert backend.subscribed.wait(10)
+            woken.clear()  # (a listener wakes the tailer once when it starts)
+            writer.execute("INSERT INTO t VALUES (1)")
+            writer.commit()
+            # Busy: woken within a few checks. Idle: not before the next check, a minute on.
+            assert woken.wait(10 if busy else 1) is busy
+        finally:
+            stopped.set()
+            for thread in backend.threads:
+                thread.join(70)
+    writer.close()

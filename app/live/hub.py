@@ -124,7 +124,9 @@ class Hub:
                     # Created in the process that uses it: threads do not survive a fork.
                     self.stopped.clear()
                     url = self.app.config["SQLALCHEMY_DATABASE_URI"]
-                    self.backend = live_wake.choose(self.app.config, url, self.wake, self.stopped)
+                    self.backend = live_wake.choose(
+                        self.app.config, url, self.wake, self.stopped, busy=self._has_clients
+                    )
                     if self.backend is not None:
                         self.backend.start_publisher()
                     self._backend_pid = os.getpid()
@@ -132,6 +134,9 @@ class Hub:
 
     def wake(self) -> None:
         self.wakeup.set()
+
+    def _has_clients(self) -> bool:
+        return bool(self.clients)
 
     def _on_sessions_ended(self, sender, **_):
         self._sessions_due = True

@@ -238,14 +238,28 @@ class PostgresBackend(Backend):
 class SqliteBackend(Backend):
     """SQLite has no notifications; `PRAGMA data_version` changes when another connection
     commits, so a cheap check on one connection wakes the tailer of every process sharing
-    the file. Nothing to publish: the commit itself is the signal."""
+    the file. Nothing to publish: the commit itself is the signal.
+
+    The check runs every `interval` seconds while `busy()` (this process has an open
+    dashboard), else every `idle` seconds: waking a thread a hundred times a second costs
+    about 1-2 % of a core, worth paying only while a page waits for the rows."""
 
     name = "sqlite"
 
-    def __init__(self, wake, stopped, path: str, interval: float):
+    def __init__(
+        self,
+        wake,
+        stopped,
+        path: str,
+        interval: float,
+        busy: Callable[[], bool] = lambda: True,
+        idle: float = 1.0,
+    ):
         super().__init__(wake, stopped)
         self.path = path
         self.interval = interval
+        self.busy = busy
+        self.idle = max(idle, interval)
 
     def start_publisher(self) -> None:
         pass
@@ -258,7 +272,7 @@ class SqliteBackend(Backend):
         try:
             seen = conn.execute("PRAGMA data_version").fetchone()[0]
             self._listening()
-            while not self.stopped.wait(self.interval):
+            while not self.stopped.wait(self.interval if self.busy() else self.idle):
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != seen:
                     seen = version
@@ -268,10 +282,15 @@ class SqliteBackend(Backend):
 
 
 def choose(
-    config: dict, database_url: str, wake: Callable[[], None], stopped: threading.Event
+    config: dict,
+    database_url: str,
+    wake: Callable[[], None],
+    stopped: threading.Event,
+    busy: Callable[[], bool] = lambda: True,
 ) -> Backend | None:
     """The cross-process wake-up for this configuration: Redis when REDIS_URL is set,
-    else LISTEN/NOTIFY on PostgreSQL, else the SQLite file watch; None disables it."""
+    else LISTEN/NOTIFY on PostgreSQL, else the SQLite file watch (quick while `busy()`,
+    else at the tailer's own pace); None disables it."""
     channel = config["LIVE_CHANNEL"]
     redis_url = config.get("REDIS_URL")
     if redis_url:
@@ -286,5 +305,6 @@ def choose(
         and url.database != ":memory:"
         and interval > 0
     ):
-        return SqliteBackend(wake, stopped, url.database, interval)
+        idle = config.get("LIVE_POLL_INTERVAL") or 1.0
+        return SqliteBackend(wake, stopped, url.database, interval, busy, idle)
     return None
