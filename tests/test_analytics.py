@@ -4,7 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.analytics.report import RangeError, TimeRange, parse_range, report
+from app.analytics.ranges import RangeError, TimeRange, parse_range
+from app.analytics.report import report
 from app.dashboard.filters import MessageFilter
 from support.analytics_data import HOUR, T0, load_fixture
 

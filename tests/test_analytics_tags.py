@@ -11,7 +11,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from werkzeug.datastructures import MultiDict
 
-from app.analytics.report import TimeRange, rollup_plan
+from app.analytics.ranges import TimeRange
+from app.analytics.report import rollup_plan
 from app.dashboard.filters import MessageFilter
 from app.records.models import Message, MessageTag, Reply, db
 from support import bodies

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
+from app.analytics.ranges import TimeRange
 from app.analytics.report import (
     LATENCY_LEVELS,
     OUTCOME_LEVELS,
-    TimeRange,
     report,
     rollup_plan,
     spans,

@@ -8,15 +8,8 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 
 from ..dashboard.filters import STATUS_CHOICES, FilterError, MessageFilter
 from ..htmx import wants_fragment
-from .report import (
-    RANGES,
-    TimeRange,
-    parse_range,
-    prefix_is_narrow,
-    report,
-    rollup_plan,
-    top_phones,
-)
+from .ranges import RANGES, TimeRange, parse_range
+from .report import prefix_is_narrow, report, rollup_plan, top_phones
 
 bp = Blueprint("analytics", __name__)
 

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from app.analytics.report import TimeRange
+from app.analytics.ranges import TimeRange
 
 from .timed_ingest import receipt, register, reply
 
